@@ -1,0 +1,102 @@
+//! `agentvm attach`: run a command in a running VM through its guest agent.
+
+use std::ffi::OsString;
+use std::os::unix::ffi::OsStringExt;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use agentvm_protocol::client::{connect_vsock, terminal, ClientError};
+use agentvm_protocol::{ErrorCode, Start, WinSize, EXEC_PORT};
+use anyhow::{anyhow, bail};
+use clap::Args;
+
+/// Arguments of `agentvm attach`.
+#[derive(Args, Debug)]
+pub struct AttachArgs {
+    /// The VM's vsock Unix socket (the UDS given to `agentvm boot --vsock`).
+    #[arg(long)]
+    uds: PathBuf,
+    /// Guest vsock port the agent serves exec on.
+    #[arg(long, default_value_t = EXEC_PORT)]
+    port: u32,
+    /// Run on a pseudo-terminal, with the local terminal in raw mode (for
+    /// shells and other interactive programs).
+    #[arg(long, short = 't')]
+    tty: bool,
+    /// Working directory in the guest (default: the user's home).
+    #[arg(long)]
+    cwd: Option<String>,
+    /// Run as this guest user (name or uid).
+    #[arg(long, short = 'u')]
+    user: Option<String>,
+    /// Set an environment variable for the command (KEY=VALUE; repeatable).
+    #[arg(long = "env", short = 'e', value_name = "KEY=VALUE")]
+    env: Vec<String>,
+    /// The command and its arguments, after `--`.
+    #[arg(last = true, required = true, value_name = "CMD")]
+    command: Vec<OsString>,
+}
+
+/// Runs the command; the exit code is the command's (128 + n if killed by
+/// signal n).
+pub fn run(args: AttachArgs) -> anyhow::Result<ExitCode> {
+    let mut env = Vec::new();
+    for e in &args.env {
+        let Some((k, v)) = e.split_once('=').filter(|(k, _)| !k.is_empty()) else {
+            bail!("--env {e:?}: expected KEY=VALUE");
+        };
+        env.push((k.as_bytes().to_vec(), v.as_bytes().to_vec()));
+    }
+    let program = args.command[0].to_string_lossy().into_owned();
+    let start = Start {
+        argv: args
+            .command
+            .iter()
+            .cloned()
+            .map(OsString::into_vec)
+            .collect(),
+        env,
+        cwd: args.cwd.clone().map(String::into_bytes),
+        user: args.user.clone(),
+        // The real size comes from the local terminal when there is one.
+        tty: args.tty.then_some(WinSize { rows: 24, cols: 80 }),
+    };
+    let (uds, port) = (&args.uds, args.port);
+    let stream = connect_vsock(uds, port).map_err(|e| explain(e, uds, port, &program))?;
+    let status =
+        terminal::run_terminal(stream, start).map_err(|e| explain(e, uds, port, &program))?;
+    tracing::debug!("{program} ended: {status:?}");
+    Ok(ExitCode::from((status.shell_code() & 0xff) as u8))
+}
+
+/// Turns a client error into a message that says what to do.
+fn explain(e: ClientError, uds: &Path, port: u32, program: &str) -> anyhow::Error {
+    let uds = uds.display();
+    match e {
+        ClientError::Connect { source, .. } => anyhow!(
+            "cannot connect to {uds}: {source}; is the VM running with --vsock {uds}?"
+        ),
+        ClientError::Handshake(why) => anyhow!(
+            "the VM at {uds} did not connect us to guest port {port} ({why}); \
+             has the guest finished booting (its console prints `agentvm-guest: ready`)?"
+        ),
+        ClientError::Remote {
+            code: ErrorCode::SpawnFailed,
+            message,
+        } => anyhow!("cannot run {program} in the guest: {message}"),
+        ClientError::Remote {
+            code: ErrorCode::UnsupportedVersion,
+            message,
+        } => anyhow!("the guest agent is a different version: {message}; rebuild the guest image"),
+        ClientError::UnsupportedVersion(v) => anyhow!(
+            "the guest agent speaks protocol version {v}, this agentvm another; rebuild the guest image"
+        ),
+        ClientError::ClosedBeforeExit | ClientError::Read(_) => {
+            anyhow::Error::new(e).context(format!(
+                "lost the connection to the guest agent before {program} finished \
+                 (did the VM stop?)"
+            ))
+        }
+        other => anyhow::Error::new(other).context(format!("running {program} in the guest")),
+    }
+}

@@ -1,0 +1,188 @@
+//! `agentvm boot`: boot a kernel in the foreground.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use agentvm_devices::virtio::rng::Rng;
+use agentvm_devices::virtio::vsock::{Vsock, VsockError, DEFAULT_GUEST_CID};
+use agentvm_vmm::{config, ExitStatus, SerialSink, VmBuilder, VmConfig};
+use anyhow::{bail, Context};
+use clap::Args;
+
+use crate::kvm_host::{explain, KvmKind};
+
+/// Arguments of `agentvm boot`.
+#[derive(Args, Debug)]
+pub struct BootArgs {
+    /// Kernel image: ELF vmlinux (PVH or 64-bit entry) or bzImage
+    /// [default: the guest image's vmlinux].
+    #[arg(long, conflicts_with = "image")]
+    kernel: Option<PathBuf>,
+    /// Boot the guest image in DIR (vmlinux, initrd.img, cmdline, as
+    /// `agentvm image build` writes them) [default without --kernel:
+    /// $XDG_DATA_HOME/agentvm/images/default].
+    #[arg(long, value_name = "DIR")]
+    image: Option<PathBuf>,
+    /// Initial ramdisk [default: the guest image's initrd.img].
+    #[arg(long)]
+    initrd: Option<PathBuf>,
+    /// Kernel command line [default: the guest image's, or
+    /// "console=ttyS0 reboot=k panic=1 pci=off" with --kernel].
+    #[arg(long)]
+    cmdline: Option<String>,
+    /// Guest memory in MiB.
+    #[arg(long, default_value_t = 512)]
+    memory: u64,
+    /// Number of vCPUs.
+    #[arg(long, default_value_t = 1)]
+    vcpus: u8,
+    /// Write the guest console to this file instead of stdout.
+    #[arg(long)]
+    serial: Option<PathBuf>,
+    /// Do not attach a virtio-rng device.
+    #[arg(long)]
+    no_rng: bool,
+    /// Attach a virtio-vsock device whose host side is the Unix socket UDS:
+    /// host clients connect to it and send `CONNECT <port>\n`; guest
+    /// connections to host port P go to the socket `UDS_P`.
+    #[arg(long, value_name = "UDS")]
+    vsock: Option<PathBuf>,
+    /// The guest's vsock context id (3 to 4294967294) [default: 3].
+    #[arg(long, value_name = "N", requires = "vsock")]
+    cid: Option<u64>,
+    /// Create the legacy i8254 PIT: `on`, `off`, or `auto` (only when the
+    /// command line has `acpi=off`; ACPI guests use the LAPIC timer).
+    #[arg(long, value_enum, default_value_t = PitMode::Auto)]
+    pit: PitMode,
+}
+
+/// Whether the VM gets a legacy PIT.
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum PitMode {
+    /// Only for kernels booted with `acpi=off`.
+    Auto,
+    /// Always.
+    On,
+    /// Never.
+    Off,
+}
+
+/// Exit code when the guest triple-faults or a vCPU fails.
+const EXIT_GUEST_CRASHED: u8 = 2;
+
+pub fn run(mut args: BootArgs) -> anyhow::Result<ExitCode> {
+    let kernel = match args.kernel.take() {
+        Some(k) => k,
+        None => {
+            let image = crate::image::load(args.image.as_deref())?;
+            args.initrd = args.initrd.or(Some(image.initrd));
+            args.cmdline = args.cmdline.or(Some(image.cmdline));
+            image.kernel
+        }
+    };
+    if !kernel.exists() {
+        bail!("kernel {} does not exist", kernel.display());
+    }
+    if let Some(initrd) = &args.initrd {
+        if !initrd.exists() {
+            bail!("initrd {} does not exist", initrd.display());
+        }
+    }
+    if KvmKind::detect() == KvmKind::Pvm {
+        tracing::warn!(
+            "this host's KVM is PVM: {}",
+            KvmKind::Pvm.guest_kernel_note()
+        );
+    }
+    let mut config = VmConfig::new(&kernel);
+    config.memory_mib = args.memory;
+    config.vcpus = args.vcpus;
+    config.initrd = args.initrd.clone();
+    config.cmdline = args
+        .cmdline
+        .clone()
+        .unwrap_or_else(|| config::DEFAULT_CMDLINE.to_string());
+    config.pit = match args.pit {
+        PitMode::Auto => None,
+        PitMode::On => Some(true),
+        PitMode::Off => Some(false),
+    };
+    let serial = match &args.serial {
+        Some(path) => SerialSink::File(path.clone()),
+        None => SerialSink::Stdout,
+    };
+    let mut builder = VmBuilder::from_config(config).serial(serial);
+    if !args.no_rng {
+        builder = builder.device(Box::new(Rng::new()));
+    }
+    if let Some(uds) = &args.vsock {
+        let vsock = vsock_device(args.cid.unwrap_or(DEFAULT_GUEST_CID), uds)?;
+        builder = builder.device(Box::new(vsock));
+    }
+    let vm = match builder.build() {
+        Ok(vm) => vm,
+        Err(e) => match explain(&e) {
+            Some(msg) => bail!(msg),
+            None => return Err(anyhow::Error::new(e).context("cannot create the VM")),
+        },
+    };
+    let status = vm.run().context("cannot run the VM")?;
+    Ok(match status {
+        ExitStatus::PowerOff | ExitStatus::Reset | ExitStatus::Stopped | ExitStatus::Halted => {
+            ExitCode::SUCCESS
+        }
+        ExitStatus::TripleFault => {
+            eprintln!("agentvm: the guest triple-faulted{}", pvm_hint());
+            ExitCode::from(EXIT_GUEST_CRASHED)
+        }
+        ExitStatus::Crashed(why) => {
+            eprintln!("agentvm: the guest crashed: {why}{}", pvm_hint());
+            ExitCode::from(EXIT_GUEST_CRASHED)
+        }
+    })
+}
+
+/// The vsock device, its socket bound now so a bad path fails before boot.
+fn vsock_device(cid: u64, uds: &Path) -> anyhow::Result<Vsock> {
+    let shown = uds.display();
+    Vsock::new(cid, uds).map_err(|e| match &e {
+        VsockError::InvalidCid(_) => anyhow::anyhow!("--cid: {e}"),
+        VsockError::InUse(_) => anyhow::anyhow!(
+            "--vsock: {shown} is in use (another VM or program listens there); \
+             stop it or choose another path"
+        ),
+        VsockError::NotASocket(_) => anyhow::anyhow!(
+            "--vsock: {shown} exists and is not a socket; remove it or choose another path"
+        ),
+        VsockError::Bind { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+            anyhow::anyhow!(
+                "--vsock: cannot create {shown}: its directory does not exist; create it first"
+            )
+        }
+        VsockError::Bind { source, .. }
+            if source.kind() == std::io::ErrorKind::PermissionDenied =>
+        {
+            anyhow::anyhow!(
+                "--vsock: cannot create {shown}: permission denied; choose a path you can write"
+            )
+        }
+        VsockError::Bind { source, .. } if source.kind() == std::io::ErrorKind::InvalidInput => {
+            anyhow::anyhow!(
+                "--vsock: {shown} is too long for a Unix socket (at most 107 bytes); \
+                 use a shorter path"
+            )
+        }
+        _ => anyhow::Error::new(e).context("--vsock: cannot set up the vsock device"),
+    })
+}
+
+/// On PVM hosts a stock kernel dies early; say so when a guest crashes.
+fn pvm_hint() -> String {
+    match KvmKind::detect() {
+        KvmKind::Pvm => format!(
+            " (this host's KVM is PVM: {})",
+            KvmKind::Pvm.guest_kernel_note()
+        ),
+        _ => String::new(),
+    }
+}

@@ -1,0 +1,274 @@
+//! `agentvm image build`: the default guest image from Debian packages, and
+//! finding an image directory for `agentvm boot`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+use agentvm_image::{
+    debian, default_image_dir, files, is_static, which, BusyboxSource, Cache, GuestImage,
+    KernelSource, Recipe,
+};
+use anyhow::{bail, Context};
+use clap::{Args, Subcommand};
+
+/// Arguments of `agentvm image`.
+#[derive(Args, Debug)]
+pub struct ImageArgs {
+    #[command(subcommand)]
+    command: ImageCommand,
+}
+
+#[derive(Subcommand, Debug)]
+enum ImageCommand {
+    /// Build the default guest image (Debian's cloud kernel, busybox, the
+    /// guest agent) into DIR: vmlinux, bzImage, initrd.img, cmdline.
+    Build(BuildArgs),
+}
+
+/// Arguments of `agentvm image build`.
+#[derive(Args, Debug)]
+pub struct BuildArgs {
+    /// Where to write the image [default: $XDG_DATA_HOME/agentvm/images/default].
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+    /// Take the kernel from this linux-image-*.deb instead of downloading
+    /// linux-image-cloud-amd64 with apt.
+    #[arg(long, value_name = "FILE")]
+    kernel_deb: Option<PathBuf>,
+    /// busybox to use: a static busybox binary or the busybox-static .deb
+    /// [default: busybox-static through apt, else a static busybox on PATH].
+    #[arg(long, value_name = "FILE")]
+    busybox: Option<PathBuf>,
+    /// The static guest agent (agentvm-guest) [default: built from the
+    /// source tree, else the agentvm-guest next to this binary].
+    #[arg(long, value_name = "PATH")]
+    agent: Option<PathBuf>,
+}
+
+/// The files `agentvm boot` takes from an image directory.
+#[derive(Debug)]
+pub struct ImageFiles {
+    /// The vmlinux.
+    pub kernel: PathBuf,
+    /// The initramfs.
+    pub initrd: PathBuf,
+    /// The kernel command line.
+    pub cmdline: String,
+}
+
+/// The image in `dir`, or in the default directory.
+pub fn load(dir: Option<&Path>) -> anyhow::Result<ImageFiles> {
+    let dir = match dir {
+        Some(d) => d.to_path_buf(),
+        None => default_dir()?,
+    };
+    let missing: Vec<&str> = [files::VMLINUX, files::INITRD, files::CMDLINE]
+        .into_iter()
+        .filter(|f| !dir.join(f).is_file())
+        .collect();
+    if missing.len() == 3 {
+        bail!(
+            "no guest image at {}: run `agentvm image build{}`",
+            dir.display(),
+            if dir == default_dir()? {
+                String::new()
+            } else {
+                format!(" --out {}", dir.display())
+            }
+        );
+    }
+    if !missing.is_empty() {
+        bail!(
+            "the guest image at {} lacks {}: run `agentvm image build` again",
+            dir.display(),
+            missing.join(", ")
+        );
+    }
+    let cmdline_path = dir.join(files::CMDLINE);
+    let cmdline = std::fs::read_to_string(&cmdline_path)
+        .with_context(|| format!("cannot read {}", cmdline_path.display()))?;
+    Ok(ImageFiles {
+        kernel: dir.join(files::VMLINUX),
+        initrd: dir.join(files::INITRD),
+        cmdline: cmdline.trim().to_string(),
+    })
+}
+
+fn default_dir() -> anyhow::Result<PathBuf> {
+    default_image_dir()
+        .context("neither XDG_DATA_HOME nor HOME is set: give the image directory with --image DIR")
+}
+
+/// Runs `agentvm image …`.
+pub fn run(args: ImageArgs) -> anyhow::Result<ExitCode> {
+    match args.command {
+        ImageCommand::Build(b) => build(b),
+    }
+}
+
+fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
+    let out = match &args.out {
+        Some(o) => o.clone(),
+        None => default_dir()?,
+    };
+    let apt = debian::have_apt();
+    let kernel = match &args.kernel_deb {
+        Some(deb) => KernelSource::Deb(existing(deb, "--kernel-deb")?),
+        None if apt => KernelSource::Apt(agentvm_image::KERNEL_META.to_string()),
+        None => bail!(
+            "this host has no apt-get to download Debian's cloud kernel: pass --kernel-deb FILE \
+             (a linux-image-*-cloud-amd64 .deb), or boot an image directory made elsewhere \
+             (e.g. by the Nix flake) with `agentvm boot --image DIR`"
+        ),
+    };
+    let busybox = match &args.busybox {
+        Some(b) if b.extension().is_some_and(|e| e == "deb") => {
+            BusyboxSource::Deb(existing(b, "--busybox")?)
+        }
+        Some(b) => BusyboxSource::Binary(existing(b, "--busybox")?),
+        None if apt => BusyboxSource::Apt,
+        None => match static_busybox_on_path() {
+            Some(b) => BusyboxSource::Binary(b),
+            None => bail!(
+                "this host has no apt-get to download busybox-static and no static busybox on \
+                 PATH: pass --busybox FILE (a static busybox, or Debian's busybox-static .deb)"
+            ),
+        },
+    };
+    let agent = find_agent(args.agent.as_deref())?;
+    let mut recipe = Recipe::new(&agent);
+    recipe.kernel = kernel;
+    recipe.busybox = busybox;
+
+    let cache = Cache::from_env("AGENTVM_IMAGE_CACHE", "image-build")
+        .context("cannot create the image build cache")?;
+    let _lock = cache.lock().context("cannot lock the image build cache")?;
+    eprintln!(
+        "agentvm: building the guest image (packages are cached in {})",
+        cache.root().display()
+    );
+    let image = GuestImage::build(&cache, &recipe).context("cannot build the guest image")?;
+    image
+        .install(&out)
+        .with_context(|| format!("cannot write the image to {}", out.display()))?;
+    // The installed copy is what boots; the cache keeps only the newest.
+    cache.prune("image-", 1);
+    let size = |p: &Path| {
+        std::fs::metadata(p)
+            .map(|m| format!("{:.1} MB", m.len() as f64 / 1e6))
+            .unwrap_or_else(|_| "?".into())
+    };
+    println!("guest image: {}", out.display());
+    println!(
+        "  kernel   {} ({} {}), vmlinux {}{}, bzImage {}",
+        image.kernel.release,
+        image.kernel.package.name,
+        image.kernel.package.version,
+        size(&image.vmlinux),
+        if image.facts.pvh_entry.is_some() {
+            " with PVH entry"
+        } else {
+            ""
+        },
+        size(&image.bzimage),
+    );
+    println!(
+        "  initrd   {}: agent {}, busybox, {} modules",
+        size(&image.initrd),
+        agent.display(),
+        image.modules.load_order.len()
+    );
+    if !image.modules.missing.is_empty() {
+        println!("  not in this kernel: {}", image.modules.missing.join(", "));
+    }
+    println!("  cmdline  {}", image.cmdline);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn existing(p: &Path, flag: &str) -> anyhow::Result<PathBuf> {
+    if !p.is_file() {
+        bail!("{flag} {} does not exist", p.display());
+    }
+    Ok(p.to_path_buf())
+}
+
+fn static_busybox_on_path() -> Option<PathBuf> {
+    which("busybox").filter(|b| is_static(b).unwrap_or(false))
+}
+
+/// The static guest agent: `--agent`, else built from the source tree this
+/// binary came from (when it and cargo are there), else `agentvm-guest`
+/// next to this binary.
+fn find_agent(given: Option<&Path>) -> anyhow::Result<PathBuf> {
+    let check = |p: &Path, how: &str| -> anyhow::Result<PathBuf> {
+        let static_ =
+            is_static(p).with_context(|| format!("cannot read the agent {}", p.display()))?;
+        if !static_ {
+            bail!(
+                "the agent {} ({how}) is dynamically linked; the guest has no libraries: build \
+                 it with RUSTFLAGS='-C target-feature=+crt-static' cargo build --release \
+                 --target x86_64-unknown-linux-gnu -p agentvm-guest",
+                p.display()
+            );
+        }
+        Ok(p.to_path_buf())
+    };
+    if let Some(p) = given {
+        return check(&existing(p, "--agent")?, "--agent");
+    }
+    if let Some(ws) = source_tree() {
+        if which("cargo").is_some() {
+            return check(&build_agent(&ws)?, "built from the source tree");
+        }
+    }
+    let sibling = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(|d| d.join("agentvm-guest")));
+    match sibling {
+        Some(s) if s.is_file() => check(&s, "next to agentvm"),
+        _ => bail!(
+            "no guest agent: pass --agent PATH (a static agentvm-guest), install agentvm-guest \
+             next to the agentvm binary, or run agentvm from its source tree with cargo installed"
+        ),
+    }
+}
+
+/// The workspace this binary was built from, if it is still there.
+fn source_tree() -> Option<PathBuf> {
+    let ws = Path::new(env!("CARGO_MANIFEST_DIR")).parent()?.parent()?;
+    ws.join("guest/agent/Cargo.toml")
+        .is_file()
+        .then(|| ws.to_path_buf())
+}
+
+/// The target of the static agent build.
+const TARGET: &str = "x86_64-unknown-linux-gnu";
+
+/// `cargo build --release -p agentvm-guest` with `+crt-static`, in its own
+/// target directory (static and dynamic builds would evict each other).
+fn build_agent(ws: &Path) -> anyhow::Result<PathBuf> {
+    let target_dir = ws.join("target/guest-static");
+    eprintln!(
+        "agentvm: building the guest agent (static) from {}",
+        ws.display()
+    );
+    let mut cmd = Command::new("cargo");
+    cmd.current_dir(ws)
+        .args(["build", "--release", "--target", TARGET, "--target-dir"])
+        .arg(&target_dir)
+        .args(["-p", "agentvm-guest", "--bin", "agentvm-guest"]);
+    for var in [
+        "CARGO_ENCODED_RUSTFLAGS",
+        "CARGO_BUILD_RUSTFLAGS",
+        "CARGO_BUILD_TARGET",
+        "CARGO_TARGET_DIR",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd.env("RUSTFLAGS", "-C target-feature=+crt-static");
+    let status = cmd.status().context("cannot run cargo")?;
+    if !status.success() {
+        bail!("cargo could not build the guest agent ({status}); or pass --agent PATH");
+    }
+    Ok(target_dir.join(TARGET).join("release/agentvm-guest"))
+}

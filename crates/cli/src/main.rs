@@ -1,0 +1,59 @@
+//! `agentvm`: run AI coding agents in KVM microVMs.
+
+mod attach;
+mod boot;
+mod doctor;
+mod image;
+mod kvm_host;
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Run AI coding agents in isolated KVM microVMs.
+#[derive(Parser)]
+#[command(name = "agentvm", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a command in a running VM through its guest agent (vsock).
+    Attach(attach::AttachArgs),
+    /// Boot a kernel in the foreground; the guest console goes to stdout.
+    Boot(boot::BootArgs),
+    /// Check that this host can run agentvm VMs, and say how to fix what is missing.
+    Doctor,
+    /// Build the guest image `agentvm boot` uses by default.
+    Image(image::ImageArgs),
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("AGENTVM_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(std::io::stderr().is_terminal())
+        .without_time()
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Attach(args) => attach::run(args),
+        Command::Boot(args) => boot::run(args),
+        Command::Doctor => doctor::run(),
+        Command::Image(args) => image::run(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("agentvm: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,213 @@
+//! `agentvm boot` and `agentvm doctor` from the user's side: exit codes and
+//! one-line errors that say what to do.
+#![allow(clippy::unwrap_used)] // a panicking test is a failing test
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn agentvm(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_agentvm"))
+        .args(args)
+        .env("AGENTVM_LOG", "error")
+        .output()
+        .unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn kvm_usable() -> bool {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_ok()
+}
+
+/// A temporary directory with the tiny hello guest in it, or `None` (with
+/// the reason printed) where /dev/kvm cannot be opened.
+fn hello_guest() -> Option<(tempfile::TempDir, PathBuf)> {
+    if !kvm_usable() {
+        eprintln!("skipped: /dev/kvm cannot be opened");
+        return None;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("hello.elf");
+    let guest = agentvm_testguest::programs::hello("hello from the cli test\n").unwrap();
+    std::fs::write(&p, guest).unwrap();
+    Some((dir, p))
+}
+
+fn one_line_error(o: &Output) -> String {
+    assert_ne!(o.status.code(), Some(0), "expected failure, got {o:?}");
+    let err = stderr(o);
+    let lines: Vec<_> = err
+        .lines()
+        .filter(|l| l.starts_with("agentvm: error:"))
+        .collect();
+    assert_eq!(lines.len(), 1, "one error line expected in {err:?}");
+    lines[0].to_string()
+}
+
+#[test]
+fn missing_kernel_is_named() {
+    let o = agentvm(&["boot", "--kernel", "/nonexistent/vmlinux"]);
+    let line = one_line_error(&o);
+    assert!(
+        line.contains("kernel /nonexistent/vmlinux does not exist"),
+        "{line}"
+    );
+    assert_eq!(o.status.code(), Some(1));
+}
+
+#[test]
+fn a_file_that_is_no_kernel_is_refused_before_anything_runs() {
+    if !kvm_usable() {
+        eprintln!("skipped: /dev/kvm cannot be opened");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("notes.txt");
+    std::fs::write(
+        &p,
+        "not a kernel at all, just text that is long enough to have an offset 0x202".repeat(20),
+    )
+    .unwrap();
+    let line = one_line_error(&agentvm(&["boot", "--kernel", p.to_str().unwrap()]));
+    assert!(
+        line.contains("neither an ELF vmlinux nor a bzImage"),
+        "{line}"
+    );
+}
+
+#[test]
+fn initrd_larger_than_memory_is_refused() {
+    let Some((dir, kernel)) = hello_guest() else {
+        return;
+    };
+    let initrd = dir.path().join("big.img");
+    std::fs::File::create(&initrd)
+        .unwrap()
+        .set_len(200 << 20)
+        .unwrap();
+    let o = agentvm(&[
+        "boot",
+        "--memory",
+        "128",
+        "--kernel",
+        kernel.to_str().unwrap(),
+        "--initrd",
+        initrd.to_str().unwrap(),
+    ]);
+    let line = one_line_error(&o);
+    assert!(
+        line.contains("Initrd of 209715200 bytes does not fit"),
+        "{line}"
+    );
+    assert!(line.contains("give the VM more memory"), "{line}");
+}
+
+#[test]
+fn command_line_too_long_is_refused() {
+    let Some((_dir, kernel)) = hello_guest() else {
+        return;
+    };
+    let long = "x".repeat(5000);
+    let line = one_line_error(&agentvm(&[
+        "boot",
+        "--kernel",
+        kernel.to_str().unwrap(),
+        "--cmdline",
+        &long,
+    ]));
+    assert!(
+        line.contains("command line is 5000 bytes; this kernel accepts at most 2047"),
+        "{line}"
+    );
+}
+
+#[test]
+fn memory_beyond_what_the_host_can_map_is_refused() {
+    use std::os::unix::process::CommandExt;
+    let Some((_dir, kernel)) = hello_guest() else {
+        return;
+    };
+    // Guest RAM is mapped, not committed, so the host's limit is its address
+    // space: give agentvm 2 GiB of it and ask for 8 GiB of guest memory.
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_agentvm"));
+    cmd.args(["boot", "--memory", "8192", "--kernel"])
+        .arg(&kernel);
+    // SAFETY: setrlimit is async-signal-safe; the closure touches nothing else.
+    unsafe {
+        cmd.pre_exec(|| {
+            let limit = libc::rlimit {
+                rlim_cur: 2 << 30,
+                rlim_max: 2 << 30,
+            };
+            if libc::setrlimit(libc::RLIMIT_AS, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let line = one_line_error(&cmd.output().unwrap());
+    assert!(
+        line.contains("this host cannot map 8192 MiB of guest memory"),
+        "{line}"
+    );
+    assert!(line.contains("lower --memory"), "{line}");
+}
+
+#[test]
+fn more_memory_than_the_host_has_is_fine_until_touched() {
+    let Some((_dir, kernel)) = hello_guest() else {
+        return;
+    };
+    // 64 GiB on any host: a limit, not a reservation.
+    let o = agentvm(&[
+        "boot",
+        "--memory",
+        "65536",
+        "--kernel",
+        kernel.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+}
+
+#[test]
+fn boot_prints_the_guest_output_and_exits_zero_on_reset() {
+    let Some((_dir, kernel)) = hello_guest() else {
+        return;
+    };
+    let o = agentvm(&[
+        "boot",
+        "--memory",
+        "128",
+        "--kernel",
+        kernel.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        "hello from the cli test\n"
+    );
+}
+
+#[test]
+fn doctor_names_the_kvm_kind() {
+    let o = agentvm(&["doctor"]);
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    let kind = if Path::new("/sys/module/kvm_pvm").exists() {
+        "kvm: pvm"
+    } else if Path::new("/sys/module/kvm_intel").exists()
+        || Path::new("/sys/module/kvm_amd").exists()
+    {
+        "kvm: hardware"
+    } else {
+        "kvm: unknown"
+    };
+    assert!(out.lines().any(|l| l == kind), "{kind} missing from {out}");
+    assert!(out.contains("virtiofsd:"), "{out}");
+    assert_eq!(o.status.success(), kvm_usable(), "{out}");
+}

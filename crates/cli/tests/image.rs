@@ -1,0 +1,139 @@
+//! `agentvm image build` and `agentvm boot` without `--kernel`, from the
+//! user's side: where the image goes, what it holds, and one-line errors
+//! that say what to do.
+#![allow(clippy::unwrap_used)] // a panicking test is a failing test
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn agentvm(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_agentvm"));
+    cmd.args(args).env("AGENTVM_LOG", "error");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().unwrap()
+}
+
+fn one_line_error(o: &Output) -> String {
+    assert_ne!(o.status.code(), Some(0), "expected failure, got {o:?}");
+    let err = String::from_utf8_lossy(&o.stderr);
+    let lines: Vec<_> = err
+        .lines()
+        .filter(|l| l.starts_with("agentvm: error:"))
+        .collect();
+    assert_eq!(lines.len(), 1, "one error line expected in {err:?}");
+    lines[0].to_string()
+}
+
+#[test]
+fn boot_without_an_image_says_to_build_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap();
+    let line = one_line_error(&agentvm(&["boot"], &[("XDG_DATA_HOME", data)]));
+    assert!(
+        line.ends_with(&format!(
+            "no guest image at {data}/agentvm/images/default: run `agentvm image build`"
+        )),
+        "{line}"
+    );
+    let other = dir.path().join("img");
+    let other = other.to_str().unwrap();
+    let line = one_line_error(&agentvm(&["boot", "--image", other], &[]));
+    assert!(
+        line.ends_with(&format!(
+            "no guest image at {other}: run `agentvm image build --out {other}`"
+        )),
+        "{line}"
+    );
+    std::fs::create_dir_all(other).unwrap();
+    std::fs::write(dir.path().join("img/vmlinux"), b"x").unwrap();
+    let line = one_line_error(&agentvm(&["boot", "--image", other], &[]));
+    assert!(line.contains("lacks initrd.img, cmdline"), "{line}");
+    let o = agentvm(&["boot", "--image", other, "--kernel", "/k"], &[]);
+    assert_eq!(o.status.code(), Some(2), "a usage error");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("cannot be used with"));
+}
+
+#[test]
+fn build_without_apt_says_what_to_do_instead() {
+    let empty = tempfile::tempdir().unwrap();
+    let o = agentvm(
+        &["image", "build", "--out", "/nonexistent/img"],
+        &[("PATH", empty.path().to_str().unwrap())],
+    );
+    let line = one_line_error(&o);
+    assert!(
+        line.contains("no apt-get") && line.contains("--kernel-deb") && line.contains("--image"),
+        "{line}"
+    );
+    let o = agentvm(
+        &["image", "build", "--kernel-deb", "/nonexistent/k.deb"],
+        &[("PATH", empty.path().to_str().unwrap())],
+    );
+    assert!(one_line_error(&o).contains("--kernel-deb /nonexistent/k.deb does not exist"));
+}
+
+#[test]
+fn a_dynamic_agent_is_refused() {
+    let has_apt = std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join("apt-get").is_file()));
+    if !has_apt {
+        eprintln!("skipped: no apt-get");
+        return;
+    }
+    // This test binary is dynamically linked.
+    let me = std::env::current_exe().unwrap();
+    let o = agentvm(&["image", "build", "--agent", me.to_str().unwrap()], &[]);
+    let line = one_line_error(&o);
+    assert!(
+        line.contains("dynamically linked") && line.contains("crt-static"),
+        "{line}"
+    );
+}
+
+/// The real thing: Debian's cloud kernel through apt, the agent built
+/// static from this source tree, the files where `agentvm boot` looks.
+#[test]
+fn build_writes_the_default_image() {
+    let has = |p: &str| {
+        std::env::var_os("PATH")
+            .is_some_and(|path| std::env::split_paths(&path).any(|d| d.join(p).is_file()))
+    };
+    if !has("apt-get") || !has("cargo") {
+        eprintln!("skipped: needs apt-get and cargo");
+        return;
+    }
+    let data = tempfile::tempdir().unwrap();
+    let o = agentvm(
+        &["image", "build"],
+        &[("XDG_DATA_HOME", data.path().to_str().unwrap())],
+    );
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    eprintln!("{stdout}");
+    let dir = data.path().join("agentvm/images/default");
+    assert!(stdout.contains(&format!("guest image: {}", dir.display())));
+    let read = |f: &str| std::fs::read(dir.join(f)).unwrap();
+    assert_eq!(&read("vmlinux")[..4], b"\x7fELF");
+    assert_eq!(&read("bzImage")[0x202..0x206], b"HdrS");
+    let cmdline = String::from_utf8(read("cmdline")).unwrap();
+    assert!(cmdline.starts_with("console=ttyS0 "), "{cmdline}");
+    let initrd = read("initrd.img");
+    assert!(initrd.starts_with(b"070701"));
+    let text = String::from_utf8_lossy(&initrd);
+    for entry in [
+        "init\0",
+        "bin/busybox\0",
+        "bin/sh\0",
+        "etc/agentvm/modules\0",
+        "lib/modules/vmw_vsock_virtio_transport.ko\0",
+    ] {
+        assert!(text.contains(entry), "{entry:?} not in initrd.img");
+    }
+    assert!(!Path::new(&dir.join(".vmlinux.tmp")).exists());
+}

@@ -1,0 +1,109 @@
+//! The virtio device model, independent of any transport.
+//!
+//! A device implements [`VirtioDevice`]: what it is (type, features, queue
+//! sizes, config space) and what it does once the driver says DRIVER_OK
+//! ([`VirtioDevice::activate`]). A transport (virtio-mmio here, vhost-user
+//! later) owns the register state and hands the device an
+//! [`ActivationContext`] with guest memory, ready queues with their notify
+//! eventfds, and a [`VirtioInterrupt`] to signal the guest.
+
+pub mod interrupt;
+pub mod rng;
+pub mod transport;
+pub mod vsock;
+pub mod worker;
+
+use std::sync::Arc;
+
+use virtio_queue::Queue;
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::EventFd;
+
+pub use interrupt::{InterruptKind, VirtioInterrupt};
+
+/// The guest memory type every device works on.
+pub type GuestMemory = GuestMemoryMmap<()>;
+
+/// Device type numbers from the virtio specification (5.x).
+pub mod device_type {
+    /// Network card.
+    pub const NET: u32 = 1;
+    /// Block device.
+    pub const BLOCK: u32 = 2;
+    /// Console.
+    pub const CONSOLE: u32 = 3;
+    /// Entropy source.
+    pub const RNG: u32 = 4;
+    /// Memory balloon.
+    pub const BALLOON: u32 = 5;
+    /// Socket device.
+    pub const VSOCK: u32 = 19;
+    /// File system device.
+    pub const FS: u32 = 26;
+}
+
+/// VIRTIO_F_VERSION_1: every device we offer is a modern (1.x) device.
+pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
+
+/// One ready queue handed to a device at activation.
+pub struct ActiveQueue {
+    /// The queue as the driver configured it.
+    pub queue: Queue,
+    /// Signalled when the driver notifies this queue (an ioeventfd under KVM).
+    pub notify: EventFd,
+}
+
+/// What a device receives when the driver sets DRIVER_OK.
+pub struct ActivationContext {
+    /// Guest memory.
+    pub mem: GuestMemory,
+    /// Signals used buffers and config changes to the driver.
+    pub interrupt: Arc<dyn VirtioInterrupt>,
+    /// The queues, in index order, each with its notify eventfd.
+    pub queues: Vec<ActiveQueue>,
+    /// The features the driver acknowledged.
+    pub acked_features: u64,
+}
+
+/// Errors a device can report when activated.
+#[derive(Debug, thiserror::Error)]
+pub enum ActivateError {
+    /// The driver did not set up the number of queues the device needs.
+    #[error("Device needs {expected} queues, driver set up {got}")]
+    QueueCount {
+        /// Queues the device needs.
+        expected: usize,
+        /// Queues the driver made ready.
+        got: usize,
+    },
+    /// The device's worker could not be started.
+    #[error("Cannot start the device worker")]
+    Worker(#[source] worker::WorkerError),
+    /// The device was activated twice without a reset.
+    #[error("Device is already active")]
+    AlreadyActive,
+}
+
+/// A virtio device, independent of its transport.
+pub trait VirtioDevice: Send {
+    /// Device type ([`device_type`]).
+    fn device_type(&self) -> u32;
+    /// Maximum size of each queue; the length is the number of queues.
+    fn queue_max_sizes(&self) -> &[u16];
+    /// Feature bits the device offers (must include [`VIRTIO_F_VERSION_1`]).
+    fn features(&self) -> u64;
+    /// Reads the device-specific configuration space. Bytes beyond the
+    /// config space read as zero.
+    fn read_config(&self, offset: u64, data: &mut [u8]);
+    /// Writes the device-specific configuration space. Writes to read-only
+    /// or absent fields are ignored.
+    fn write_config(&mut self, offset: u64, data: &[u8]) {
+        let _ = (offset, data);
+    }
+    /// Starts the device: from now on it processes the queues.
+    fn activate(&mut self, ctx: ActivationContext) -> Result<(), ActivateError>;
+    /// Stops the device and returns it to its pre-activation state. Returns
+    /// `false` if the device cannot be reset (the transport then marks it
+    /// as needing a reset).
+    fn reset(&mut self) -> bool;
+}

@@ -1,0 +1,207 @@
+//! The virtio-rng request path: pure and synchronous, so unit tests and
+//! fuzzers drive it without threads or fds.
+//!
+//! A request is a descriptor chain of device-writable buffers; the device
+//! fills them with entropy and reports how many bytes it wrote. Everything in
+//! a chain comes from the guest and is checked before a byte is written:
+//! a read-only descriptor, a buffer outside guest memory, or a chain that
+//! does not end within the queue size (a loop) completes the request with
+//! length 0. Work per call is bounded: at most one queue's worth of chains,
+//! at most [`MAX_REQUEST_BYTES`] per chain.
+
+use std::io;
+
+use tracing::warn;
+use virtio_queue::desc::split::Descriptor;
+use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
+
+use crate::virtio::{GuestMemory, InterruptKind, VirtioInterrupt};
+
+/// The most entropy one request receives; larger buffers are partly filled,
+/// which the specification allows.
+pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
+
+/// Where random bytes come from.
+pub trait EntropySource {
+    /// Fills all of `buf` with random bytes.
+    fn fill(&mut self, buf: &mut [u8]) -> io::Result<()>;
+}
+
+impl<F: FnMut(&mut [u8]) -> io::Result<()>> EntropySource for F {
+    fn fill(&mut self, buf: &mut [u8]) -> io::Result<()> {
+        self(buf)
+    }
+}
+
+/// The host kernel's entropy pool, through `getrandom(2)`.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct HostEntropy;
+
+impl EntropySource for HostEntropy {
+    fn fill(&mut self, buf: &mut [u8]) -> io::Result<()> {
+        let mut filled = 0;
+        while filled < buf.len() {
+            let rest = &mut buf[filled..];
+            // SAFETY: `rest` is a live, exclusively borrowed buffer of
+            // `rest.len()` bytes; getrandom writes at most that many.
+            let n = unsafe { libc::getrandom(rest.as_mut_ptr().cast(), rest.len(), 0) };
+            if n < 0 {
+                let err = io::Error::last_os_error();
+                if err.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(err);
+            }
+            filled += n as usize;
+        }
+        Ok(())
+    }
+}
+
+/// What one call of [`process_queue`] did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    /// Requests put in the used ring.
+    pub completed: u16,
+    /// Random bytes written to the guest.
+    pub bytes: u64,
+    /// The call stopped at its bound with requests still available: call again.
+    pub more_pending: bool,
+}
+
+/// Errors that stop queue processing (the queue is unusable until reset).
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    /// The available ring could not be read or holds an impossible index.
+    #[error("Cannot read the available ring")]
+    AvailRing(#[source] virtio_queue::Error),
+    /// The driver could not be signalled.
+    #[error("Cannot signal the driver")]
+    Interrupt(#[source] io::Error),
+}
+
+/// Serves the requests the driver made available in `queue` with bytes from
+/// `source`, then signals `interrupt` if the driver wants to know.
+pub fn process_queue<E, I>(
+    mem: &GuestMemory,
+    queue: &mut Queue,
+    source: &mut E,
+    interrupt: &I,
+) -> Result<Progress, QueueError>
+where
+    E: EntropySource + ?Sized,
+    I: VirtioInterrupt + ?Sized,
+{
+    let mut progress = Progress::default();
+    let mut popped = 0;
+    while popped < queue.size() {
+        let chain = match queue.iter(mem) {
+            Ok(mut avail) => avail.next(),
+            Err(e) => return Err(QueueError::AvailRing(e)),
+        };
+        let Some(chain) = chain else { break };
+        popped += 1;
+        let head = chain.head_index();
+        // No chain may hold more descriptors than the queue: a direct one
+        // cannot without looping, and we never offer indirect descriptors.
+        let len = serve_request(mem, chain, queue.size(), source);
+        if let Err(e) = queue.add_used(mem, head, len) {
+            // Only a bogus head index gets here (the used ring was checked at
+            // activation); the driver will never see that request again.
+            warn!("virtio-rng: cannot complete request {head}: {e}");
+            continue;
+        }
+        progress.completed += 1;
+        progress.bytes += u64::from(len);
+    }
+    if popped == queue.size() {
+        let avail = queue.avail_idx(mem, std::sync::atomic::Ordering::Acquire);
+        progress.more_pending = avail.is_ok_and(|idx| idx.0 != queue.next_avail());
+    }
+    // needs_notification only fails on a used ring outside memory, which
+    // activation ruled out; signalling anyway is the safe side.
+    if progress.completed > 0 && queue.needs_notification(mem).unwrap_or(true) {
+        interrupt
+            .trigger(InterruptKind::Queue(0))
+            .map_err(QueueError::Interrupt)?;
+    }
+    Ok(progress)
+}
+
+/// Fills one request; returns the number of bytes written (0 if the chain is
+/// malformed).
+fn serve_request<E>(
+    mem: &GuestMemory,
+    chain: DescriptorChain<&GuestMemory>,
+    max_descriptors: u16,
+    source: &mut E,
+) -> u32
+where
+    E: EntropySource + ?Sized,
+{
+    let head = chain.head_index();
+    let buffers = match writable_buffers(mem, chain, usize::from(max_descriptors)) {
+        Ok(b) => b,
+        Err(why) => {
+            warn!("virtio-rng: request {head} rejected: {why}");
+            return 0;
+        }
+    };
+    let total: usize = buffers.iter().map(|(_, len)| len).sum();
+    let mut bytes = vec![0u8; total];
+    if let Err(e) = source.fill(&mut bytes) {
+        warn!("virtio-rng: no entropy for request {head}: {e}");
+        return 0;
+    }
+    let mut written = 0;
+    for (addr, len) in buffers {
+        if let Err(e) = mem.write_slice(&bytes[written..written + len], addr) {
+            warn!("virtio-rng: cannot write request {head}: {e}");
+            break;
+        }
+        written += len;
+    }
+    // `written` is at most MAX_REQUEST_BYTES.
+    written as u32
+}
+
+/// Walks a chain and returns the (address, length) of its buffers, capped
+/// at [`MAX_REQUEST_BYTES`] in total.
+fn writable_buffers(
+    mem: &GuestMemory,
+    chain: DescriptorChain<&GuestMemory>,
+    max_descriptors: usize,
+) -> Result<Vec<(GuestAddress, usize)>, &'static str> {
+    let mut buffers = Vec::new();
+    let mut total = 0;
+    let mut last: Option<Descriptor> = None;
+    for (count, desc) in chain.enumerate() {
+        if count >= max_descriptors {
+            return Err("chain longer than the queue");
+        }
+        if !desc.is_write_only() {
+            return Err("read-only descriptor");
+        }
+        let len = desc.len() as usize;
+        if !GuestMemoryBackend::check_range(mem, desc.addr(), len) {
+            return Err("buffer outside guest memory");
+        }
+        let take = len.min(MAX_REQUEST_BYTES - total);
+        if take > 0 {
+            buffers.push((desc.addr(), take));
+            total += take;
+        }
+        last = Some(desc);
+    }
+    match last {
+        None => Err("head descriptor unreadable"),
+        // The walk stopped on a descriptor that still points onwards: the
+        // next index was out of range, unreadable, or the chain loops.
+        Some(d) if d.has_next() => Err("chain does not end"),
+        Some(_) => Ok(buffers),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,3 @@
+//! Transports that carry a virtio device to the guest.
+
+pub mod mmio;

@@ -1,0 +1,304 @@
+//! The thread a device runs its queue processing on, off the vCPU threads.
+//!
+//! A device builds an event subscriber (its `handler.rs`: fds and tokens
+//! only) at activation and hands it to [`Worker::spawn`]. The worker runs an
+//! [`EventManager`] for that one subscriber on a named thread, next to a kill
+//! eventfd of its own. [`Worker::stop`] (on reset) and `Drop` signal the kill
+//! eventfd and join the thread, so neither the thread nor any fd the
+//! subscriber owns outlives the device. `stop` hands the subscriber back so
+//! the device can recover what it lent (a backend, an entropy source).
+
+use std::io;
+use std::os::fd::AsRawFd;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::thread::JoinHandle;
+
+use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
+use tracing::{debug, error};
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+/// Errors of a device worker.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// The kill eventfd could not be created.
+    #[error("Cannot create the worker's kill eventfd")]
+    KillEvent(#[source] io::Error),
+    /// The epoll-based event manager could not be created.
+    #[error("Cannot create the worker's event manager")]
+    EventManager(#[source] event_manager::Error),
+    /// The OS refused to start the thread.
+    #[error("Cannot spawn worker thread {name}")]
+    Spawn {
+        /// Name of the thread.
+        name: String,
+        /// Why the OS refused.
+        #[source]
+        source: io::Error,
+    },
+    /// The kill eventfd could not be signalled.
+    #[error("Cannot signal worker thread {name} to stop")]
+    Kill {
+        /// Name of the thread.
+        name: String,
+        /// Why the write failed.
+        #[source]
+        source: io::Error,
+    },
+    /// The worker thread panicked; its subscriber is lost.
+    #[error("Worker thread {0} panicked")]
+    Panicked(String),
+}
+
+/// The device's subscriber plus the worker's kill eventfd.
+struct Supervised<S> {
+    inner: S,
+    kill: EventFd,
+    killed: bool,
+}
+
+impl<S: MutEventSubscriber> MutEventSubscriber for Supervised<S> {
+    fn process(&mut self, events: Events, ops: &mut EventOps) {
+        if events.fd() == self.kill.as_raw_fd() {
+            self.killed = true;
+            return;
+        }
+        self.inner.process(events, ops);
+    }
+
+    fn init(&mut self, ops: &mut EventOps) {
+        if let Err(e) = ops.add(Events::new(&self.kill, EventSet::IN)) {
+            // Without it stop() could never wake the loop; the thread
+            // notices on its first round and exits instead.
+            error!("worker: cannot watch the kill eventfd: {e}");
+            self.killed = true;
+        }
+        self.inner.init(ops);
+    }
+}
+
+/// A named thread running one event subscriber until stopped.
+///
+/// # Example
+///
+/// ```
+/// use agentvm_devices::virtio::worker::Worker;
+/// use event_manager::{EventOps, Events, MutEventSubscriber};
+///
+/// struct Idle;
+/// impl MutEventSubscriber for Idle {
+///     fn process(&mut self, _: Events, _: &mut EventOps) {}
+///     fn init(&mut self, _: &mut EventOps) {}
+/// }
+///
+/// let worker = Worker::spawn("idle", Idle).unwrap();
+/// let _idle: Idle = worker.stop().unwrap();
+/// ```
+pub struct Worker<S> {
+    name: String,
+    kill: EventFd,
+    thread: Option<JoinHandle<Result<S, WorkerError>>>,
+}
+
+impl<S: MutEventSubscriber + Send + 'static> Worker<S> {
+    /// Starts `subscriber` on a new thread called `name`. Its `init` runs
+    /// before this returns, on the calling thread.
+    pub fn spawn(name: &str, subscriber: S) -> Result<Self, WorkerError> {
+        let kill = EventFd::new(EFD_NONBLOCK).map_err(WorkerError::KillEvent)?;
+        let thread_kill = kill.try_clone().map_err(WorkerError::KillEvent)?;
+        let mut manager = EventManager::new().map_err(WorkerError::EventManager)?;
+        let id = manager.add_subscriber(Supervised {
+            inner: subscriber,
+            kill: thread_kill,
+            killed: false,
+        });
+        let thread_name = name.to_owned();
+        let thread = std::thread::Builder::new()
+            .name(name.to_owned())
+            .spawn(move || run(&thread_name, manager, id))
+            .map_err(|source| WorkerError::Spawn {
+                name: name.to_owned(),
+                source,
+            })?;
+        Ok(Worker {
+            name: name.to_owned(),
+            kill,
+            thread: Some(thread),
+        })
+    }
+
+    /// Stops the thread, waits for it to end and returns the subscriber.
+    pub fn stop(mut self) -> Result<S, WorkerError> {
+        match self.thread.take() {
+            Some(thread) => self.join(thread),
+            // Only `stop` and `drop` take the handle, and both end the worker.
+            None => Err(WorkerError::Panicked(self.name.clone())),
+        }
+    }
+}
+
+impl<S> Worker<S> {
+    /// The thread's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn join(&self, thread: JoinHandle<Result<S, WorkerError>>) -> Result<S, WorkerError> {
+        if let Err(source) = self.kill.write(1) {
+            // Joining would hang: the loop never learns it should stop.
+            // Leaving the thread detached is the lesser evil.
+            return Err(WorkerError::Kill {
+                name: self.name.clone(),
+                source,
+            });
+        }
+        thread
+            .join()
+            .map_err(|_| WorkerError::Panicked(self.name.clone()))?
+    }
+}
+
+impl<S> Drop for Worker<S> {
+    fn drop(&mut self) {
+        if let Some(thread) = self.thread.take() {
+            if let Err(e) = self.join(thread) {
+                error!("{e}");
+            }
+        }
+    }
+}
+
+/// The thread body: dispatch events until killed, then hand the subscriber
+/// back. A panic in the subscriber ends the loop and loses the subscriber.
+fn run<S: MutEventSubscriber>(
+    name: &str,
+    mut manager: EventManager<Supervised<S>>,
+    id: event_manager::SubscriberId,
+) -> Result<S, WorkerError> {
+    let outcome = catch_unwind(AssertUnwindSafe(|| loop {
+        match manager.subscriber_mut(id) {
+            Ok(s) if s.killed => break,
+            Ok(_) => {}
+            Err(e) => {
+                error!("worker {name}: subscriber vanished: {e}");
+                break;
+            }
+        }
+        if let Err(e) = manager.run() {
+            // epoll_wait only fails on a broken epoll fd: nothing to retry.
+            error!("worker {name}: event loop failed: {e}");
+            break;
+        }
+    }));
+    if outcome.is_err() {
+        error!("worker {name}: panicked; the device needs a reset");
+        return Err(WorkerError::Panicked(name.to_owned()));
+    }
+    debug!("worker {name}: stopped");
+    match manager.remove_subscriber(id) {
+        Ok(supervised) => Ok(supervised.inner),
+        Err(_) => Err(WorkerError::Panicked(name.to_owned())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{mpsc, Arc};
+    use std::time::Duration;
+
+    use super::*;
+
+    /// Counts notifications and reports each one on a channel.
+    struct Counter {
+        evt: EventFd,
+        seen: usize,
+        tx: mpsc::Sender<usize>,
+        alive: Arc<AtomicUsize>,
+        panic_on: Option<usize>,
+    }
+
+    impl Counter {
+        fn new(tx: mpsc::Sender<usize>, alive: Arc<AtomicUsize>) -> Self {
+            alive.fetch_add(1, Ordering::SeqCst);
+            let evt = EventFd::new(EFD_NONBLOCK).unwrap();
+            Counter {
+                evt,
+                seen: 0,
+                tx,
+                alive,
+                panic_on: None,
+            }
+        }
+    }
+
+    impl Drop for Counter {
+        fn drop(&mut self) {
+            self.alive.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    impl MutEventSubscriber for Counter {
+        fn process(&mut self, _: Events, _: &mut EventOps) {
+            let _ = self.evt.read();
+            self.seen += 1;
+            if self.panic_on == Some(self.seen) {
+                panic!("counter asked to panic");
+            }
+            let _ = self.tx.send(self.seen);
+        }
+        fn init(&mut self, ops: &mut EventOps) {
+            ops.add(Events::with_data(&self.evt, 7, EventSet::IN))
+                .unwrap();
+        }
+    }
+
+    const HANG_GUARD: Duration = Duration::from_secs(10);
+
+    #[test]
+    fn runs_subscriber_and_returns_it_on_stop() {
+        let (tx, rx) = mpsc::channel();
+        let alive = Arc::new(AtomicUsize::new(0));
+        let counter = Counter::new(tx, alive.clone());
+        let evt = counter.evt.try_clone().unwrap();
+        let worker = Worker::spawn("test-worker", counter).unwrap();
+        assert_eq!(worker.name(), "test-worker");
+
+        evt.write(1).unwrap();
+        assert_eq!(rx.recv_timeout(HANG_GUARD).unwrap(), 1);
+        evt.write(1).unwrap();
+        assert_eq!(rx.recv_timeout(HANG_GUARD).unwrap(), 2);
+
+        let counter = worker.stop().unwrap();
+        assert_eq!(counter.seen, 2);
+        assert_eq!(alive.load(Ordering::SeqCst), 1);
+        drop(counter);
+        assert_eq!(alive.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn drop_joins_the_thread_and_drops_the_subscriber() {
+        let (tx, _rx) = mpsc::channel();
+        let alive = Arc::new(AtomicUsize::new(0));
+        let worker = Worker::spawn("test-drop", Counter::new(tx, alive.clone())).unwrap();
+        drop(worker);
+        // Join happened inside drop: the subscriber is gone with the thread.
+        assert_eq!(alive.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn panicking_subscriber_is_reported() {
+        let (tx, rx) = mpsc::channel();
+        let alive = Arc::new(AtomicUsize::new(0));
+        let mut counter = Counter::new(tx, alive.clone());
+        counter.panic_on = Some(2);
+        let evt = counter.evt.try_clone().unwrap();
+        let worker = Worker::spawn("test-panic", counter).unwrap();
+        evt.write(1).unwrap();
+        assert_eq!(rx.recv_timeout(HANG_GUARD).unwrap(), 1);
+        evt.write(1).unwrap();
+        // The thread panics on the second event; stop still returns.
+        assert!(matches!(worker.stop(), Err(WorkerError::Panicked(n)) if n == "test-panic"));
+        assert_eq!(alive.load(Ordering::SeqCst), 0);
+    }
+}

@@ -1,0 +1,98 @@
+//! The binaries the rig puts into its guests: agentvm, `rig-stamp` and
+//! `rig-vsock` (L1), the guest agent `agentvm-guest` (L2), all built
+//! static (`-C target-feature=+crt-static`) into their own target directory
+//! so the build does not fight the workspace's normal one.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use agentvm_image::{run, ImageError};
+
+/// Environment variable naming a prebuilt agentvm binary to use instead of
+/// building one.
+pub const BIN_ENV: &str = "AGENTVM_RIG_BIN";
+
+/// The target triple of the static build.
+const TARGET: &str = "x86_64-unknown-linux-gnu";
+
+/// The built binaries.
+#[derive(Debug, Clone)]
+pub struct StaticBinaries {
+    /// agentvm.
+    pub agentvm: PathBuf,
+    /// rig-stamp.
+    pub stamp: PathBuf,
+    /// rig-vsock.
+    pub vsock: PathBuf,
+    /// The guest agent.
+    pub agent: PathBuf,
+}
+
+/// The workspace this crate belongs to.
+pub fn workspace_root() -> PathBuf {
+    let here = Path::new(env!("CARGO_MANIFEST_DIR"));
+    here.parent()
+        .and_then(Path::parent)
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| here.to_path_buf())
+}
+
+/// Builds what is needed: agentvm (unless [`BIN_ENV`] names one),
+/// rig-stamp, rig-vsock and the guest agent, in
+/// `<workspace>/target/rig-static`.
+pub fn build() -> Result<StaticBinaries, ImageError> {
+    let ws = workspace_root();
+    let target_dir = ws.join("target/rig-static");
+    let prebuilt = std::env::var_os(BIN_ENV)
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from);
+    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cmd.current_dir(&ws)
+        .args(["build", "--release", "--target", TARGET, "--target-dir"])
+        .arg(&target_dir)
+        .args([
+            "-p",
+            "agentvm-rig",
+            "--bin",
+            "rig-stamp",
+            "--bin",
+            "rig-vsock",
+        ])
+        .args(["-p", "agentvm-guest", "--bin", "agentvm-guest"]);
+    if prebuilt.is_none() {
+        cmd.args(["-p", "agentvm", "--bin", "agentvm"]);
+    }
+    // The outer cargo may have set flags for the host build; this build's
+    // flags are exactly these.
+    for var in [
+        "CARGO_ENCODED_RUSTFLAGS",
+        "CARGO_BUILD_RUSTFLAGS",
+        "CARGO_BUILD_TARGET",
+        "CARGO_TARGET_DIR",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd.env("RUSTFLAGS", "-C target-feature=+crt-static");
+    run(
+        &mut cmd,
+        "cargo build (static agentvm, guest agent, rig helpers)",
+    )?;
+    let out = target_dir.join(TARGET).join("release");
+    let agentvm = match prebuilt {
+        Some(p) if p.is_file() => p,
+        Some(p) => {
+            return Err(ImageError::io(
+                "AGENTVM_RIG_BIN does not name a file:",
+                &p,
+                std::io::Error::from(std::io::ErrorKind::NotFound),
+            ))
+        }
+        None => out.join("agentvm"),
+    };
+    Ok(StaticBinaries {
+        agentvm,
+        stamp: out.join("rig-stamp"),
+        vsock: out.join("rig-vsock"),
+        agent: out.join("agentvm-guest"),
+    })
+}

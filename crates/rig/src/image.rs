@@ -1,0 +1,319 @@
+//! The rig's images, cached by content key. L2 is agentvm's default guest
+//! image ([`GuestImage`]: Debian's cloud kernel, the guest agent as `/init`,
+//! busybox, the modules) with a small overlay archive appended to its
+//! initramfs: the rig's report init (`rdinit=/rig/init`, for the boot
+//! scenarios that must print what the guest sees before anything else runs)
+//! and, for the exec benchmark, dropbear on vsock port 22 (started by the
+//! agent's startup script). L1 is the same kernel with
+//! kvm-amd, busybox, the static agentvm, the L2 image, and the helpers a
+//! scenario needs.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use agentvm_image::{
+    files, run, which, Cache, DebianKernel, GuestImage, ImageError, Initramfs, KeyHasher, Recipe,
+};
+
+/// Modules the L1 initramfs loads: KVM for the L2 VMM, fw_cfg for the
+/// scenario script.
+pub const L1_MODULES: &[&str] = &["irqbypass", "kvm", "kvm_amd", "qemu_fw_cfg"];
+
+/// QEMU firmware files a `-M microvm` boot reads (copied when present).
+const QEMU_FIRMWARE: &[&str] = &[
+    "bios-microvm.bin",
+    "qboot.rom",
+    "linuxboot_dma.bin",
+    "linuxboot.bin",
+    "pvh.bin",
+];
+
+/// Path of QEMU's firmware directory on the host.
+pub const QEMU_DATADIR: &str = "/usr/share/qemu";
+
+/// The rig's report init inside L2 (selected with `rdinit=`).
+pub const RIG_INIT: &str = "/rig/init";
+/// The vsock helper inside L2 (when the image carries the SSH peer).
+pub const L2_VSOCK_HELPER: &str = "/rig/rig-vsock";
+/// The dropbear server inside L2.
+pub const L2_DROPBEAR: &str = "/usr/sbin/dropbear";
+/// Dropbear's host key inside L2.
+pub const L2_DROPBEAR_HOST_KEY: &str = "/etc/dropbear/dropbear_ed25519_host_key";
+/// The vsock port dropbear serves in L2.
+pub const L2_SSH_PORT: u32 = 22;
+/// The agent's startup script that starts the SSH server.
+const L2_SSHD_STARTUP: &str = "/etc/agentvm/startup.d/50-rig-sshd";
+
+const L2_INIT: &str = include_str!("guest/l2-init.sh");
+const L1_INIT: &str = include_str!("guest/l1-init.sh");
+
+/// The SSH peer of the exec benchmark: Debian's dropbear (server in L2,
+/// `dbclient` in L1) with a client key and a host key made for the rig.
+#[derive(Debug, Clone)]
+pub struct SshPeer {
+    /// The dropbear server binary (dynamic; its libraries go along).
+    pub dropbear: PathBuf,
+    /// The dropbear client.
+    pub dbclient: PathBuf,
+    /// The client's private key (dropbear format).
+    pub client_key: PathBuf,
+    /// The client's public key line, for `authorized_keys`.
+    pub client_pub: String,
+    /// The server's host key (dropbear format).
+    pub host_key: PathBuf,
+}
+
+impl SshPeer {
+    /// Finds dropbear on this host (Debian's `dropbear-bin`) and makes the
+    /// keys once; `Ok(None)` when it is not installed.
+    pub fn find(cache: &Cache) -> Result<Option<Self>, ImageError> {
+        let sbin = |p: &str| which(p).or_else(|| Some(Path::new("/usr/sbin").join(p)));
+        let (Some(dropbear), Some(dbclient), Some(keygen)) = (
+            sbin("dropbear").filter(|p| p.is_file()),
+            which("dbclient"),
+            which("dropbearkey"),
+        ) else {
+            return Ok(None);
+        };
+        let dir = cache.entry("ssh-keys-ed25519", |tmp| {
+            for name in ["client", "host"] {
+                run(
+                    Command::new(&keygen)
+                        .args(["-t", "ed25519", "-f"])
+                        .arg(tmp.join(name)),
+                    "dropbearkey",
+                )?;
+            }
+            Ok(())
+        })?;
+        let client_key = dir.join("client");
+        let out = run(
+            Command::new(&keygen).arg("-y").arg("-f").arg(&client_key),
+            "dropbearkey -y",
+        )?;
+        let client_pub = String::from_utf8_lossy(&out)
+            .lines()
+            .find(|l| l.starts_with("ssh-"))
+            .unwrap_or_default()
+            .to_string();
+        Ok(Some(SshPeer {
+            dropbear,
+            dbclient,
+            client_key,
+            client_pub,
+            host_key: dir.join("host"),
+        }))
+    }
+}
+
+/// What the L2 overlay carries besides the report init.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct L2Extras<'a> {
+    /// The static `rig-vsock` helper and the SSH peer, for the exec
+    /// benchmark.
+    pub ssh: Option<(&'a Path, &'a SshPeer)>,
+}
+
+/// The L2 guest: the default image, and the rig's copy of it with the
+/// overlay appended, laid out as an image directory (`agentvm boot
+/// --image DIR` boots it).
+#[derive(Debug, Clone)]
+pub struct L2Image {
+    /// The default guest image, exactly as `agentvm image build` makes it.
+    pub image: GuestImage,
+    /// The rig's image directory: `vmlinux`, `bzImage` and `cmdline` as in
+    /// the default image, `initrd.img` with the overlay appended.
+    pub dir: PathBuf,
+    /// The vmlinux (PVH entry).
+    pub vmlinux: PathBuf,
+    /// The bzImage.
+    pub bzimage: PathBuf,
+    /// The default initramfs with the overlay appended.
+    pub initrd: PathBuf,
+    /// The cache key.
+    pub key: String,
+}
+
+impl L2Image {
+    /// Builds (or finds in the cache) the L2 image around the static
+    /// guest agent `agent`.
+    pub fn build(cache: &Cache, agent: &Path, extras: &L2Extras<'_>) -> Result<Self, ImageError> {
+        let image = GuestImage::build(cache, &Recipe::new(agent))?;
+        let mut key = KeyHasher::default();
+        key.add(image.key.as_bytes()).add(L2_INIT.as_bytes());
+        if let Some((helper, ssh)) = extras.ssh {
+            key.add_file(helper)?.add_file(&ssh.dropbear)?;
+            key.add(ssh.client_pub.as_bytes());
+        }
+        let key = key.hex();
+        let dir = cache.entry(&format!("l2-{key}"), |tmp| {
+            let overlay = tmp.join("overlay.cpio");
+            let mut a = Initramfs::create_empty(&overlay)?;
+            a.bytes(RIG_INIT, 0o755, L2_INIT.as_bytes())?;
+            if let Some((helper, ssh)) = extras.ssh {
+                a.copy(L2_VSOCK_HELPER, 0o755, helper)?;
+                a.binary_with_libs(L2_DROPBEAR, &ssh.dropbear)?;
+                a.copy(L2_DROPBEAR_HOST_KEY, 0o600, &ssh.host_key)?;
+                a.bytes(
+                    "root/.ssh/authorized_keys",
+                    0o600,
+                    format!("{}\n", ssh.client_pub).as_bytes(),
+                )?;
+                a.bytes("etc/shells", 0o644, b"/bin/sh\n")?;
+                let start = format!(
+                    "#!/bin/sh\n# Started by the agent before it serves exec.\n\
+                     setsid {L2_VSOCK_HELPER} listen {L2_SSH_PORT} -- {L2_DROPBEAR} -i -s -r \
+                     {L2_DROPBEAR_HOST_KEY} </dev/null >/dev/null 2>&1 &\n"
+                );
+                a.bytes(L2_SSHD_STARTUP, 0o755, start.as_bytes())?;
+            }
+            a.finish()?;
+            let mut initrd = fs::read(&image.initrd)
+                .map_err(|e| ImageError::io("Cannot read", &image.initrd, e))?;
+            initrd.extend(
+                fs::read(&overlay).map_err(|e| ImageError::io("Cannot read", &overlay, e))?,
+            );
+            let path = tmp.join(files::INITRD);
+            fs::write(&path, initrd).map_err(|e| ImageError::io("Cannot write", &path, e))?;
+            for name in [files::VMLINUX, files::BZIMAGE, files::CMDLINE] {
+                let link = tmp.join(name);
+                std::os::unix::fs::symlink(image.dir.join(name), &link)
+                    .map_err(|e| ImageError::io("Cannot link", &link, e))?;
+            }
+            Ok(())
+        })?;
+        // A new agent or init script makes a new image; keep the last two.
+        cache.prune("l2-", 2);
+        Ok(L2Image {
+            vmlinux: dir.join(files::VMLINUX),
+            bzimage: dir.join(files::BZIMAGE),
+            initrd: dir.join(files::INITRD),
+            dir,
+            image,
+            key,
+        })
+    }
+
+    /// The kernel package.
+    pub fn kernel(&self) -> &DebianKernel {
+        &self.image.kernel
+    }
+}
+
+/// What goes into an L1 image besides the fixed parts.
+#[derive(Debug, Clone)]
+pub struct L1Contents<'a> {
+    /// The L2 image to carry.
+    pub l2: &'a L2Image,
+    /// The agentvm binary (static; a dynamic one gets its libraries copied).
+    pub agentvm: &'a Path,
+    /// The static `rig-stamp` helper.
+    pub stamp: &'a Path,
+    /// A QEMU binary to carry with its libraries and microvm firmware.
+    pub qemu: Option<&'a Path>,
+    /// The vsock helper and the SSH client, for the exec benchmark.
+    pub ssh: Option<(&'a Path, &'a SshPeer)>,
+}
+
+/// Where L1 keeps things (the scenario scripts use these paths).
+pub mod l1_paths {
+    /// The L2 image directory.
+    pub const L2_DIR: &str = "/l2";
+    /// agentvm.
+    pub const AGENTVM: &str = "/bin/agentvm";
+    /// rig-stamp.
+    pub const STAMP: &str = "/bin/rig-stamp";
+    /// rig-vsock.
+    pub const VSOCK_HELPER: &str = "/bin/rig-vsock";
+    /// dbclient.
+    pub const DBCLIENT: &str = "/bin/dbclient";
+    /// The SSH client key.
+    pub const SSH_KEY: &str = "/etc/rig/ssh_id";
+    /// QEMU.
+    pub const QEMU: &str = "/bin/qemu-system-x86_64";
+    /// Where vsock sockets go.
+    pub const SOCK_DIR: &str = "/tmp";
+}
+
+/// The L1 image: an initramfs for the Debian kernel.
+#[derive(Debug, Clone)]
+pub struct L1Image {
+    /// The kernel to boot L1 with (the same Debian bzImage).
+    pub kernel: PathBuf,
+    /// The initramfs.
+    pub initrd: PathBuf,
+    /// The cache key.
+    pub key: String,
+}
+
+impl L1Image {
+    /// Builds (or finds in the cache) the L1 image for `c`.
+    pub fn build(cache: &Cache, c: &L1Contents<'_>) -> Result<Self, ImageError> {
+        let modules = c.l2.kernel().modules()?.plan(L1_MODULES)?;
+        if let Some(m) = modules.missing.first() {
+            return Err(ImageError::MissingModule(m.clone()));
+        }
+        let mut key = KeyHasher::default();
+        key.add(c.l2.key.as_bytes()).add(L1_INIT.as_bytes());
+        key.add_file(c.agentvm)?.add_file(c.stamp)?;
+        if let Some(q) = c.qemu {
+            key.add_file(q)?;
+        }
+        if let Some((helper, ssh)) = c.ssh {
+            key.add_file(helper)?.add_file(&ssh.dbclient)?;
+            key.add_file(&ssh.client_key)?;
+        }
+        let variant = match (c.qemu.is_some(), c.ssh.is_some()) {
+            (true, _) => "qemu",
+            (false, true) => "ssh",
+            (false, false) => "vmm",
+        };
+        let name = format!("l1-{variant}-{}", key.hex());
+        let dir = cache.entry(&name, |tmp| {
+            use l1_paths as p;
+            let mut a = Initramfs::create(&tmp.join("initrd"))?;
+            a.bytes("init", 0o755, L1_INIT.as_bytes())?;
+            a.copy("bin/busybox", 0o755, &c.l2.image.busybox)?;
+            // dbclient looks its user up.
+            a.bytes("etc/passwd", 0o644, b"root:x:0:0:root:/tmp:/bin/sh\n")?;
+            let order: Vec<&str> = modules.load_order.iter().map(|m| m.name.as_str()).collect();
+            a.bytes(
+                "etc/rig/modules",
+                0o644,
+                format!("{}\n", order.join("\n")).as_bytes(),
+            )?;
+            for m in &modules.load_order {
+                a.bytes(&format!("lib/modules/{}.ko", m.name), 0o644, &m.read()?)?;
+            }
+            a.binary_with_libs(p::AGENTVM, c.agentvm)?;
+            a.binary_with_libs(p::STAMP, c.stamp)?;
+            for name in files::ALL {
+                let dst = format!("{}/{name}", p::L2_DIR);
+                a.copy(&dst, 0o644, &c.l2.dir.join(name))?;
+            }
+            if let Some(q) = c.qemu {
+                a.binary_with_libs(p::QEMU, q)?;
+                for fw in QEMU_FIRMWARE {
+                    let src = Path::new(QEMU_DATADIR).join(fw);
+                    if src.exists() {
+                        a.copy(&format!("usr/share/qemu/{fw}"), 0o644, &src)?;
+                    }
+                }
+            }
+            if let Some((helper, ssh)) = c.ssh {
+                a.copy(p::VSOCK_HELPER, 0o755, helper)?;
+                a.binary_with_libs(p::DBCLIENT, &ssh.dbclient)?;
+                a.copy(p::SSH_KEY, 0o600, &ssh.client_key)?;
+            }
+            a.finish()
+        })?;
+        // Each new agentvm build makes a new L1 image; keep the last two.
+        cache.prune(&format!("l1-{variant}-"), 2);
+        Ok(L1Image {
+            kernel: c.l2.bzimage.clone(),
+            initrd: dir.join("initrd"),
+            key: name,
+        })
+    }
+}

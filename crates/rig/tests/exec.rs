@@ -1,0 +1,162 @@
+//! T3 for the guest agent: agentvm boots the default guest image (no
+//! `--kernel`: `--image DIR` with its vmlinux, initrd.img and cmdline) with
+//! a vsock device, the agent as PID 1; from L1 (or the host, in the direct
+//! tier) `agentvm attach` runs commands in it. One L1 boot does it all.
+#![allow(clippy::unwrap_used)] // a panicking test is a failing test
+
+use agentvm_rig::{error_chain, Boot, BootResult, Rig, Scenario, ScenarioResult, Tier};
+
+/// Concurrent sessions.
+const SESSIONS: usize = 16;
+
+/// Runs in L1 once the agent printed its ready line. Every step prints
+/// markers; `t_*` are L1 uptimes for the step timings.
+const SCRIPT: &str = r#"A="$AGENTVM attach --uds $UDS"
+up() { cut -d' ' -f1 /proc/uptime; }
+one_line() { head -c 300 "$1" | tr '\n' ' '; }
+echo "RIG-EXEC t_start=$(up)"
+out=$($A -- uname -r 2>/tmp/uname.err); rc=$?
+echo "RIG-EXEC uname_rc=$rc"
+echo "RIG-EXEC uname=$out"
+echo "RIG-EXEC uname_err=$(one_line /tmp/uname.err)"
+echo "RIG-EXEC t_uname=$(up)"
+$A -- sh -c 'exit 7'; echo "RIG-EXEC exit7_rc=$?"
+$A -- sh -c 'echo to-out; echo to-err >&2' >/tmp/split.out 2>/tmp/split.err
+echo "RIG-EXEC split_rc=$?"
+echo "RIG-EXEC split_out=$(one_line /tmp/split.out)"
+echo "RIG-EXEC split_err=$(one_line /tmp/split.err)"
+$A -- sh -c 'kill -9 $$'; echo "RIG-EXEC signal_rc=$?"
+echo "RIG-EXEC t_small=$(up)"
+head -c 1048576 /dev/urandom > /tmp/in.bin
+echo "RIG-EXEC cat_want=$(sha256sum < /tmp/in.bin | cut -d' ' -f1)"
+echo "RIG-EXEC t_cat_start=$(up)"
+$A -- cat < /tmp/in.bin > /tmp/out.bin 2>/tmp/cat.err; echo "RIG-EXEC cat_rc=$?"
+echo "RIG-EXEC t_cat=$(up)"
+echo "RIG-EXEC cat_got=$(sha256sum < /tmp/out.bin | cut -d' ' -f1)"
+echo "RIG-EXEC cat_bytes=$(wc -c < /tmp/out.bin)"
+echo "RIG-EXEC cat_err=$(one_line /tmp/cat.err)"
+i=1
+while [ $i -le SESSIONS ]; do
+  ( $A -- sh -c "sleep 1; echo session-$i" >/tmp/c$i.out 2>/tmp/c$i.err; echo $? >/tmp/c$i.rc ) &
+  i=$((i+1))
+done
+wait
+ok=0
+i=1
+while [ $i -le SESSIONS ]; do
+  if [ "$(cat /tmp/c$i.rc)" = 0 ] && [ "$(cat /tmp/c$i.out)" = "session-$i" ]; then
+    ok=$((ok+1))
+  else
+    echo "RIG-EXEC concurrent_fail=$i rc=$(cat /tmp/c$i.rc) out=$(one_line /tmp/c$i.out) err=$(one_line /tmp/c$i.err)"
+  fi
+  i=$((i+1))
+done
+echo "RIG-EXEC concurrent_ok=$ok"
+echo "RIG-EXEC t_concurrent=$(up)"
+$A -- poweroff -f >/dev/null 2>&1
+echo "RIG-EXEC t_poweroff=$(up)"
+"#;
+
+fn seconds(b: &BootResult, from: &str, to: &str) -> String {
+    let t = |k: &str| b.exec_marker(k).and_then(|v| v.parse::<f64>().ok());
+    match (t(from), t(to)) {
+        (Some(a), Some(z)) => format!("{:.2} s", z - a),
+        _ => "?".into(),
+    }
+}
+
+#[test]
+fn attach_runs_commands_in_the_default_image() {
+    let Some(rig) = Rig::open_for_test().unwrap_or_else(|e| panic!("{}", error_chain(&e))) else {
+        return;
+    };
+    let release = rig
+        .l2_image()
+        .unwrap_or_else(|e| panic!("{}", error_chain(&e)))
+        .kernel()
+        .release
+        .clone();
+    let script = SCRIPT.replace("SESSIONS", &SESSIONS.to_string());
+    let boot = Boot::agent("exec", &script).vcpus(2);
+    let r: ScenarioResult = rig
+        .run(&Scenario::new("exec", vec![boot]))
+        .unwrap_or_else(|e| panic!("{}", error_chain(&e)));
+    let b = r.boot("exec").expect("boot ran");
+    let ctx = || {
+        format!(
+            "log {}; console tail:\n{}",
+            r.log_path.display(),
+            b.console_tail(40)
+        )
+    };
+    eprintln!(
+        "scenario exec ({:?}): {:.1} s in all, L1 ready after {:?}; agent ready {:?} after \
+         agentvm started, VMM exit after {:?}",
+        r.tier,
+        r.elapsed.as_secs_f64(),
+        r.l1_ready,
+        b.first_line,
+        b.exit_after
+    );
+    eprintln!(
+        "  uname {}, small commands {}, 1 MiB cat {}, {SESSIONS} sessions {}, poweroff {}",
+        seconds(b, "t_start", "t_uname"),
+        seconds(b, "t_uname", "t_small"),
+        seconds(b, "t_cat_start", "t_cat"),
+        seconds(b, "t_cat", "t_concurrent"),
+        seconds(b, "t_concurrent", "t_poweroff"),
+    );
+
+    assert!(
+        b.first_line.is_some(),
+        "the agent never printed `agentvm-guest: ready`; {}",
+        ctx()
+    );
+    let m = |k: &str| b.exec_marker(k).unwrap_or("<missing>");
+    assert_eq!(m("uname_rc"), "0", "uname: {}; {}", m("uname_err"), ctx());
+    assert_eq!(m("uname"), release, "uname -r is the L2 kernel; {}", ctx());
+    assert_eq!(m("exit7_rc"), "7", "exit code propagated; {}", ctx());
+    assert_eq!(m("split_rc"), "0", "{}", ctx());
+    assert_eq!(m("split_out").trim(), "to-out", "stdout; {}", ctx());
+    assert_eq!(m("split_err").trim(), "to-err", "stderr apart; {}", ctx());
+    assert_eq!(m("signal_rc"), "137", "SIGKILL → 128+9; {}", ctx());
+    assert_eq!(m("cat_rc"), "0", "cat: {}; {}", m("cat_err"), ctx());
+    assert_eq!(m("cat_bytes").trim(), "1048576", "{}", ctx());
+    assert_eq!(m("cat_want").len(), 64, "{}", ctx());
+    assert_eq!(
+        m("cat_got"),
+        m("cat_want"),
+        "1 MiB through cat, byte-exact; {}",
+        ctx()
+    );
+    let failed: Vec<&str> = b
+        .exec
+        .iter()
+        .filter(|(k, _)| k == "concurrent_fail")
+        .map(|(_, v)| v.as_str())
+        .collect();
+    assert_eq!(
+        m("concurrent_ok"),
+        SESSIONS.to_string(),
+        "concurrent sessions failed: {failed:?}; {}",
+        ctx()
+    );
+    assert!(
+        b.exec_marker("t_poweroff").is_some(),
+        "the script did not finish; {}",
+        ctx()
+    );
+    assert_eq!(
+        b.exit_code(),
+        Some(0),
+        "poweroff through the agent ends agentvm with 0; {}",
+        ctx()
+    );
+    if r.tier == Tier::Nested {
+        assert!(
+            r.l1_marker("done").is_some(),
+            "L1 never finished; {}",
+            ctx()
+        );
+    }
+}

@@ -1,0 +1,3 @@
+//! Architecture-specific setup. Only x86_64 for now.
+
+pub mod x86_64;

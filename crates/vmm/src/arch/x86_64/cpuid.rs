@@ -1,0 +1,214 @@
+//! Per-vCPU CPUID, normalised from what KVM supports.
+//!
+//! KVM_GET_SUPPORTED_CPUID describes the host. Each vCPU needs its own APIC ID
+//! in the leaves that carry it, a topology that matches the VM (one socket,
+//! `n` cores, one thread per core), the hypervisor bit, and the KVM signature
+//! leaves so the guest enables kvm-clock and other paravirtual features.
+
+use kvm_bindings::kvm_cpuid_entry2;
+
+/// VM topology the CPUID describes.
+#[derive(Debug, Clone, Copy)]
+pub struct Topology {
+    /// Number of vCPUs (cores of the single socket).
+    pub vcpus: u8,
+}
+
+impl Topology {
+    /// Bits of the APIC ID that number the cores: ceil(log2(vcpus)).
+    pub fn core_bits(&self) -> u32 {
+        u32::from(self.vcpus.max(1))
+            .next_power_of_two()
+            .trailing_zeros()
+    }
+}
+
+const LEAF_FEATURES: u32 = 0x1;
+const LEAF_CACHE_PARAMS: u32 = 0x4;
+const LEAF_TOPOLOGY: u32 = 0xb;
+const LEAF_TOPOLOGY_V2: u32 = 0x1f;
+const LEAF_KVM_SIGNATURE: u32 = 0x4000_0000;
+const LEAF_KVM_FEATURES: u32 = 0x4000_0001;
+const LEAF_AMD_SIZES: u32 = 0x8000_0008;
+const LEAF_AMD_CACHE: u32 = 0x8000_001d;
+const LEAF_AMD_TOPOLOGY: u32 = 0x8000_001e;
+
+/// CPUID.1:ECX bit 31, "running under a hypervisor".
+pub const ECX_HYPERVISOR: u32 = 1 << 31;
+/// CPUID.1:EDX bit 28, "more than one logical processor per package".
+pub const EDX_HTT: u32 = 1 << 28;
+/// "KVMKVMKVM\0\0\0" as EBX, ECX, EDX.
+pub const KVM_SIGNATURE: [u32; 3] = [0x4b4d_564b, 0x564b_4d56, 0x0000_004d];
+
+const LEVEL_TYPE_INVALID: u32 = 0;
+const LEVEL_TYPE_SMT: u32 = 1;
+const LEVEL_TYPE_CORE: u32 = 2;
+
+/// Rewrites `entries` (KVM's supported CPUID) for vCPU `apic_id`.
+pub fn normalize(entries: &mut Vec<kvm_cpuid_entry2>, apic_id: u8, topo: Topology) {
+    let apic = u32::from(apic_id);
+    let n = u32::from(topo.vcpus.max(1));
+    let core_bits = topo.core_bits();
+
+    for e in entries.iter_mut() {
+        match e.function {
+            LEAF_FEATURES => {
+                // EBX: 31:24 initial APIC ID, 23:16 logical processors per
+                // package, 15:8 CLFLUSH line size in quadwords.
+                e.ebx = (apic << 24) | (n << 16) | (8 << 8) | (e.ebx & 0xff);
+                e.ecx |= ECX_HYPERVISOR;
+                if n > 1 {
+                    e.edx |= EDX_HTT;
+                } else {
+                    e.edx &= !EDX_HTT;
+                }
+            }
+            LEAF_CACHE_PARAMS => {
+                // EAX 31:26 cores per package - 1; 25:14 logical processors
+                // sharing this cache - 1 (L3 is shared by all, L1/L2 per core).
+                let level = (e.eax >> 5) & 0x7;
+                let sharing = if level >= 3 { n - 1 } else { 0 };
+                e.eax = (e.eax & 0x3fff) | (sharing << 14) | ((n - 1) << 26);
+            }
+            LEAF_TOPOLOGY | LEAF_TOPOLOGY_V2 => {
+                let (shift, count, kind) = match e.index {
+                    0 => (0, 1, LEVEL_TYPE_SMT),
+                    1 => (core_bits, n, LEVEL_TYPE_CORE),
+                    _ => (0, 0, LEVEL_TYPE_INVALID),
+                };
+                e.eax = shift;
+                e.ebx = count;
+                e.ecx = (kind << 8) | (e.index & 0xff);
+                e.edx = apic;
+            }
+            LEAF_KVM_SIGNATURE => {
+                e.eax = LEAF_KVM_FEATURES;
+                [e.ebx, e.ecx, e.edx] = KVM_SIGNATURE;
+            }
+            LEAF_AMD_SIZES => {
+                // ECX 15:12 APIC ID size, 7:0 number of cores - 1.
+                e.ecx = (core_bits << 12) | (n - 1);
+            }
+            LEAF_AMD_CACHE => {
+                let level = (e.eax >> 5) & 0x7;
+                let sharing = if level >= 3 { n - 1 } else { 0 };
+                e.eax = (e.eax & 0x3fff) | (sharing << 14);
+            }
+            LEAF_AMD_TOPOLOGY => {
+                // EAX extended APIC ID; EBX 15:8 threads per core - 1, 7:0
+                // core id; ECX node 0, one node per package.
+                e.eax = apic;
+                e.ebx = apic & 0xff;
+                e.ecx = 0;
+            }
+            _ => {}
+        }
+    }
+
+    // Guests find KVM through 0x40000000; make sure it is there even if the
+    // host's list lacks it.
+    if !entries.iter().any(|e| e.function == LEAF_KVM_SIGNATURE) {
+        entries.push(kvm_cpuid_entry2 {
+            function: LEAF_KVM_SIGNATURE,
+            eax: LEAF_KVM_FEATURES,
+            ebx: KVM_SIGNATURE[0],
+            ecx: KVM_SIGNATURE[1],
+            edx: KVM_SIGNATURE[2],
+            ..Default::default()
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(function: u32, index: u32) -> kvm_cpuid_entry2 {
+        kvm_cpuid_entry2 {
+            function,
+            index,
+            ..Default::default()
+        }
+    }
+
+    fn host() -> Vec<kvm_cpuid_entry2> {
+        let mut leaf1 = entry(1, 0);
+        leaf1.ebx = 0xff_ff_ff_12; // host APIC id/count garbage, brand index 0x12
+        leaf1.edx = EDX_HTT;
+        let mut l1d = entry(4, 0);
+        l1d.eax = (1 << 5) | 0x1; // level 1 data cache
+        let mut l3 = entry(4, 3);
+        l3.eax = (3 << 5) | 0x3;
+        vec![
+            leaf1,
+            l1d,
+            l3,
+            entry(0xb, 0),
+            entry(0xb, 1),
+            entry(0xb, 2),
+            entry(0x1f, 1),
+            entry(0x8000_0008, 0),
+            entry(0x8000_001e, 0),
+        ]
+    }
+
+    fn find(v: &[kvm_cpuid_entry2], f: u32, i: u32) -> kvm_cpuid_entry2 {
+        *v.iter().find(|e| e.function == f && e.index == i).unwrap()
+    }
+
+    #[test]
+    fn each_vcpu_sees_its_apic_id_and_the_vm_topology() {
+        let topo = Topology { vcpus: 6 };
+        assert_eq!(topo.core_bits(), 3);
+        let mut v = host();
+        normalize(&mut v, 5, topo);
+
+        let l1 = find(&v, 1, 0);
+        assert_eq!(l1.ebx >> 24, 5);
+        assert_eq!((l1.ebx >> 16) & 0xff, 6);
+        assert_eq!(l1.ebx & 0xff, 0x12, "brand index kept");
+        assert_ne!(l1.ecx & ECX_HYPERVISOR, 0);
+        assert_ne!(l1.edx & EDX_HTT, 0);
+
+        let smt = find(&v, 0xb, 0);
+        assert_eq!(
+            (smt.eax, smt.ebx, smt.ecx >> 8, smt.edx),
+            (0, 1, LEVEL_TYPE_SMT, 5)
+        );
+        let core = find(&v, 0xb, 1);
+        assert_eq!(
+            (core.eax, core.ebx, core.ecx, core.edx),
+            (3, 6, (2 << 8) | 1, 5)
+        );
+        let end = find(&v, 0xb, 2);
+        assert_eq!((end.ebx, end.ecx), (0, 2));
+        assert_eq!(find(&v, 0x1f, 1).edx, 5);
+
+        assert_eq!(find(&v, 4, 0).eax >> 26, 5, "cores per package - 1");
+        assert_eq!((find(&v, 4, 0).eax >> 14) & 0xfff, 0, "L1 private");
+        assert_eq!((find(&v, 4, 3).eax >> 14) & 0xfff, 5, "L3 shared by all");
+        assert_eq!(
+            find(&v, 4, 3).eax & 0x3fff,
+            (3 << 5) | 3,
+            "cache fields kept"
+        );
+
+        assert_eq!(find(&v, 0x8000_0008, 0).ecx, (3 << 12) | 5);
+        assert_eq!(find(&v, 0x8000_001e, 0).eax, 5);
+    }
+
+    #[test]
+    fn single_vcpu_has_no_htt_and_kvm_signature_is_added() {
+        let mut v = host();
+        normalize(&mut v, 0, Topology { vcpus: 1 });
+        assert_eq!(find(&v, 1, 0).edx & EDX_HTT, 0);
+        assert_eq!(find(&v, 0xb, 1).eax, 0);
+        let sig = find(&v, LEAF_KVM_SIGNATURE, 0);
+        let mut text = Vec::new();
+        for r in [sig.ebx, sig.ecx, sig.edx] {
+            text.extend_from_slice(&r.to_le_bytes());
+        }
+        assert_eq!(&text, b"KVMKVMKVM\0\0\0");
+        assert_eq!(sig.eax, LEAF_KVM_FEATURES);
+    }
+}

@@ -1,0 +1,376 @@
+//! [`VmBuilder`]: from a [`VmConfig`] and devices to a ready [`Vm`].
+//!
+//! The order of setup matters for start-up time on KVM: guest memory is
+//! registered before the in-kernel irqchip exists (registering after it
+//! costs milliseconds per 128 MiB on some hosts), and the vCPUs are created
+//! last, once every device and table is in place.
+
+use std::fs::File;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use agentvm_devices::bus::Bus;
+use agentvm_devices::virtio::VirtioDevice;
+use kvm_bindings::{
+    kvm_pit_config, kvm_userspace_memory_region, CpuId, KVM_MAX_CPUID_ENTRIES,
+    KVM_PIT_SPEAKER_DUMMY,
+};
+use kvm_ioctls::{Kvm, VmFd};
+use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
+
+use crate::arch::x86_64::regs::{self, EntryMode};
+use crate::arch::x86_64::{acpi, cpuid, e820, mptable};
+use crate::boot::{self, pvh, zero_page, BootError};
+use crate::config::{CmdlineDevices, VmConfig, MAX_VCPUS};
+use crate::device_manager::{DeviceError, DeviceManager};
+use crate::memory::{GuestRam, MemoryError};
+use crate::vcpu::Buses;
+use crate::vm::{Shared, Vm};
+
+/// Address of the 3-page TSS KVM needs on Intel hosts (just below the BIOS
+/// ROM area at the top of the 32-bit space, inside the MMIO hole).
+const KVM_TSS_ADDRESS: usize = 0xfffb_d000;
+
+/// Where the guest's serial console goes.
+pub enum SerialSink {
+    /// The VMM's standard output.
+    Stdout,
+    /// A file, created or truncated.
+    File(PathBuf),
+    /// Any writer.
+    Writer(Box<dyn Write + Send>),
+    /// Nowhere.
+    Discard,
+}
+
+/// Errors while building a VM.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// The configuration is not usable.
+    #[error("Invalid VM configuration: {0}")]
+    InvalidConfig(String),
+    /// /dev/kvm cannot be opened.
+    #[error("Cannot open /dev/kvm")]
+    OpenKvm(#[source] kvm_ioctls::Error),
+    /// A KVM ioctl failed.
+    #[error("KVM refused to {what}")]
+    Kvm {
+        /// What we asked for.
+        what: &'static str,
+        /// The KVM error.
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    /// Guest memory could not be created.
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
+    /// The kernel, initrd or command line could not be loaded.
+    #[error(transparent)]
+    Boot(#[from] BootError),
+    /// Device setup failed.
+    #[error(transparent)]
+    Devices(#[from] DeviceError),
+    /// The ACPI tables could not be written.
+    #[error("Cannot write ACPI tables")]
+    Acpi(#[source] acpi::AcpiError),
+    /// The MP table could not be written.
+    #[error("Cannot write the MP table")]
+    Mptable(#[source] mptable::MptableError),
+    /// A vCPU's boot state could not be set.
+    #[error("Cannot set up vCPU {0}")]
+    Vcpu(u8, #[source] regs::RegsError),
+    /// The serial output file could not be created.
+    #[error("Cannot create serial output file {}", .0.display())]
+    SerialFile(PathBuf, #[source] std::io::Error),
+}
+
+/// Builds a [`Vm`].
+///
+/// Boot a tiny test guest that prints a line and resets, capture its
+/// console, and stop it from another thread if it runs too long:
+///
+/// ```
+/// use std::io::Write;
+/// use std::sync::{Arc, Mutex};
+/// use std::time::Duration;
+/// use agentvm_vmm::{ExitStatus, SerialSink, VmBuilder};
+///
+/// #[derive(Clone, Default)]
+/// struct Console(Arc<Mutex<Vec<u8>>>);
+/// impl Write for Console {
+///     fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+///         self.0.lock().unwrap().extend_from_slice(b);
+///         Ok(b.len())
+///     }
+///     fn flush(&mut self) -> std::io::Result<()> { Ok(()) }
+/// }
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # if std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_err() {
+/// #     return Ok(()); // no usable KVM here
+/// # }
+/// let dir = tempfile::tempdir()?;
+/// let kernel = agentvm_testguest::programs::hello("hello from the guest\n")?.write_to(dir.path())?;
+/// let console = Console::default();
+/// let vm = VmBuilder::new(&kernel)
+///     .memory_mib(128)
+///     .vcpus(2)
+///     .serial(SerialSink::Writer(Box::new(console.clone())))
+///     .build()?;
+/// let handle = vm.handle();
+/// std::thread::spawn(move || {
+///     if handle.wait_timeout(Duration::from_secs(10)).is_none() {
+///         handle.stop();
+///     }
+/// });
+/// assert_eq!(vm.run()?, ExitStatus::Reset);
+/// assert_eq!(&*console.0.lock().unwrap(), b"hello from the guest\n");
+/// # Ok(())
+/// # }
+/// ```
+pub struct VmBuilder {
+    config: VmConfig,
+    serial: SerialSink,
+    devices: Vec<Box<dyn VirtioDevice>>,
+}
+
+impl VmBuilder {
+    /// A builder with [`VmConfig::new`] defaults for `kernel`.
+    pub fn new(kernel: impl Into<PathBuf>) -> Self {
+        Self::from_config(VmConfig::new(kernel))
+    }
+
+    /// A builder for `config`.
+    pub fn from_config(config: VmConfig) -> Self {
+        VmBuilder {
+            config,
+            serial: SerialSink::Stdout,
+            devices: Vec::new(),
+        }
+    }
+
+    /// Guest RAM in MiB.
+    pub fn memory_mib(mut self, mib: u64) -> Self {
+        self.config.memory_mib = mib;
+        self
+    }
+
+    /// Number of vCPUs.
+    pub fn vcpus(mut self, n: u8) -> Self {
+        self.config.vcpus = n;
+        self
+    }
+
+    /// Initial ramdisk.
+    pub fn initrd(mut self, path: impl Into<PathBuf>) -> Self {
+        self.config.initrd = Some(path.into());
+        self
+    }
+
+    /// Kernel command line.
+    pub fn cmdline(mut self, cmdline: impl Into<String>) -> Self {
+        self.config.cmdline = cmdline.into();
+        self
+    }
+
+    /// Whether to create the in-kernel PIT (default: only with `acpi=off`).
+    pub fn pit(mut self, pit: bool) -> Self {
+        self.config.pit = Some(pit);
+        self
+    }
+
+    /// Where the serial console goes.
+    pub fn serial(mut self, sink: SerialSink) -> Self {
+        self.serial = sink;
+        self
+    }
+
+    /// Adds a virtio device (on virtio-mmio).
+    pub fn device(mut self, device: Box<dyn VirtioDevice>) -> Self {
+        self.devices.push(device);
+        self
+    }
+
+    /// The configuration so far.
+    pub fn config(&self) -> &VmConfig {
+        &self.config
+    }
+
+    /// Creates the VM: memory, irqchip, devices, kernel, tables, vCPUs.
+    pub fn build(self) -> Result<Vm, BuildError> {
+        let VmBuilder {
+            config,
+            serial,
+            devices,
+        } = self;
+        validate(&config)?;
+        let memory_bytes = config.memory_mib << 20;
+
+        let kvm = Kvm::new().map_err(BuildError::OpenKvm)?;
+        let vm_fd = kvm.create_vm().map_err(kvm_err("create a VM"))?;
+        let ram = GuestRam::new(memory_bytes)?;
+        let memory_slots = register_memory(&vm_fd, &ram)?;
+        vm_fd
+            .set_tss_address(KVM_TSS_ADDRESS)
+            .map_err(kvm_err("place the TSS"))?;
+        vm_fd
+            .create_irq_chip()
+            .map_err(kvm_err("create the interrupt controller"))?;
+        if config.wants_pit() {
+            let pit = kvm_pit_config {
+                flags: KVM_PIT_SPEAKER_DUMMY,
+                ..Default::default()
+            };
+            vm_fd.create_pit2(pit).map_err(kvm_err("create the PIT"))?;
+        }
+
+        let shared = Arc::new(Shared::new(config.vcpus, memory_bytes));
+        let mem = ram.memory();
+        let mut pio = Bus::new();
+        let mut mmio = Bus::new();
+        let mut device_manager =
+            DeviceManager::new(&vm_fd, &mut pio, serial_writer(serial)?, &shared)?;
+        for device in devices {
+            device_manager.add_virtio(&vm_fd, &mut mmio, mem, device)?;
+        }
+
+        let kernel = boot::load_kernel(mem, &config.kernel)?;
+        let initrd = match &config.initrd {
+            Some(path) => Some(boot::load_initrd(mem, memory_bytes, &kernel, path)?),
+            None => None,
+        };
+        let cmdline = full_cmdline(&config, &device_manager);
+        boot::write_cmdline(mem, &kernel, &cmdline)?;
+
+        let rsdp = acpi::create_acpi_tables(mem, &acpi_layout(&config, &device_manager))
+            .map_err(BuildError::Acpi)?;
+        mptable::setup_mptable(mem, config.vcpus).map_err(BuildError::Mptable)?;
+        let map = e820::memory_map(memory_bytes);
+        match kernel.mode {
+            EntryMode::Pvh => pvh::write(mem, &map, initrd, Some(rsdp.0))?,
+            EntryMode::Linux64 => zero_page::write(
+                mem,
+                &zero_page::ZeroPage {
+                    header: kernel.header,
+                    initrd,
+                    e820: &map,
+                    rsdp: Some(rsdp.0),
+                },
+            )?,
+        }
+        regs::write_boot_tables(mem, kernel.mode).map_err(|e| BuildError::Vcpu(0, e))?;
+
+        let supported = kvm
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map_err(kvm_err("report CPUID"))?;
+        let topology = cpuid::Topology {
+            vcpus: config.vcpus,
+        };
+        let mut vcpus = Vec::with_capacity(usize::from(config.vcpus));
+        for id in 0..config.vcpus {
+            let vcpu = vm_fd
+                .create_vcpu(u64::from(id))
+                .map_err(kvm_err("create a vCPU"))?;
+            let mut entries = supported.as_slice().to_vec();
+            cpuid::normalize(&mut entries, id, topology);
+            let cpuid = CpuId::from_entries(&entries)
+                .map_err(|_| BuildError::InvalidConfig("too many CPUID entries".into()))?;
+            vcpu.set_cpuid2(&cpuid).map_err(kvm_err("set CPUID"))?;
+            regs::setup_vcpu(&vcpu, kernel.mode, kernel.entry, id == 0)
+                .map_err(|e| BuildError::Vcpu(id, e))?;
+            vcpus.push(vcpu);
+        }
+
+        Ok(Vm {
+            shared,
+            vcpus,
+            buses: Arc::new(Buses { pio, mmio }),
+            devices: device_manager,
+            vm_fd,
+            ram,
+            memory_slots,
+        })
+    }
+}
+
+fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> BuildError {
+    move |source| BuildError::Kvm { what, source }
+}
+
+fn validate(config: &VmConfig) -> Result<(), BuildError> {
+    if config.vcpus == 0 || config.vcpus > MAX_VCPUS {
+        return Err(BuildError::InvalidConfig(format!(
+            "{} vCPUs requested; between 1 and {MAX_VCPUS} are supported",
+            config.vcpus
+        )));
+    }
+    if config
+        .memory_mib
+        .checked_shl(20)
+        .is_none_or(|b| b >> 20 != config.memory_mib)
+    {
+        return Err(BuildError::InvalidConfig(format!(
+            "{} MiB of memory is too large",
+            config.memory_mib
+        )));
+    }
+    Ok(())
+}
+
+/// Gives KVM the RAM regions as slots 0..n; returns n.
+fn register_memory(vm: &VmFd, ram: &GuestRam) -> Result<u32, BuildError> {
+    for (slot, region) in ram.memory().iter().enumerate() {
+        let region_desc = kvm_userspace_memory_region {
+            slot: slot as u32,
+            guest_phys_addr: region.start_addr().0,
+            memory_size: region.len(),
+            userspace_addr: region.as_ptr() as u64,
+            flags: 0,
+        };
+        // SAFETY: the region is a live mapping owned by `ram`; the Vm keeps
+        // it until its Drop has removed these slots, and a failed build drops
+        // `ram` only after every vCPU is gone. Slots do not overlap because
+        // the regions do not.
+        unsafe { vm.set_user_memory_region(region_desc) }.map_err(kvm_err("map guest memory"))?;
+    }
+    Ok(ram.memory().num_regions() as u32)
+}
+
+fn serial_writer(sink: SerialSink) -> Result<Box<dyn Write + Send>, BuildError> {
+    Ok(match sink {
+        SerialSink::Stdout => Box::new(std::io::stdout()),
+        SerialSink::File(path) => {
+            Box::new(File::create(&path).map_err(|e| BuildError::SerialFile(path, e))?)
+        }
+        SerialSink::Writer(w) => w,
+        SerialSink::Discard => Box::new(std::io::sink()),
+    })
+}
+
+fn full_cmdline(config: &VmConfig, devices: &DeviceManager) -> String {
+    let add = match config.cmdline_devices {
+        CmdlineDevices::Always => true,
+        CmdlineDevices::Never => false,
+        CmdlineDevices::WhenNoAcpi => config.acpi_disabled(),
+    };
+    let mut cmdline = config.cmdline.clone();
+    if add {
+        for slot in devices.slots() {
+            cmdline.push(' ');
+            cmdline.push_str(&slot.cmdline_param());
+        }
+    }
+    cmdline
+}
+
+fn acpi_layout(config: &VmConfig, devices: &DeviceManager) -> acpi::AcpiLayout {
+    acpi::AcpiLayout {
+        vcpus: config.vcpus,
+        virtio_mmio: devices
+            .slots()
+            .iter()
+            .map(|s| (s.base, s.size, s.gsi))
+            .collect(),
+    }
+}

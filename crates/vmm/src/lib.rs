@@ -1,0 +1,21 @@
+//! agentvm-vmm: a KVM virtual machine monitor for microVMs, as a library.
+//!
+//! Build a VM with [`VmBuilder`] (memory, vCPUs, kernel, initrd, command
+//! line, serial console, virtio devices), run it with [`Vm::run`], and control
+//! it from other threads with a [`VmHandle`]. Guests boot from an ELF
+//! `vmlinux` (PVH or 64-bit entry) or a bzImage; they find their devices
+//! through ACPI (or `virtio_mmio.device=` on the command line).
+#![deny(missing_docs)]
+
+pub mod arch;
+pub mod boot;
+pub mod builder;
+pub mod config;
+pub mod device_manager;
+pub mod memory;
+pub mod vcpu;
+pub mod vm;
+
+pub use builder::{BuildError, SerialSink, VmBuilder};
+pub use config::{CmdlineDevices, VmConfig};
+pub use vm::{ExitStatus, RunError, Vm, VmHandle, VmStats};

@@ -1,0 +1,212 @@
+//! Guest RAM: one memfd, mapped shared, laid out around the 32-bit MMIO hole.
+//!
+//! The memfd lets vhost-user back ends (virtiofsd) map the same pages, and
+//! lets the balloon give pages back with `fallocate(PUNCH_HOLE)`. Mappings
+//! are `MAP_NORESERVE`: guest RAM is a limit, not a reservation; pages are
+//! allocated when the guest first touches them.
+
+use std::fs::File;
+use std::os::fd::FromRawFd;
+use std::sync::Arc;
+
+use vm_memory::{FileOffset, GuestAddress, GuestMemoryMmap};
+
+use crate::arch::x86_64::layout::{MMIO_HOLE_END, MMIO_HOLE_START};
+
+/// Smallest guest RAM we accept: room for the boot structures, a kernel and
+/// its stack.
+pub const MIN_MEMORY: u64 = 16 << 20;
+/// Largest guest RAM we accept (1 TiB); the host limit is checked separately.
+pub const MAX_MEMORY: u64 = 1 << 40;
+
+/// Errors while creating guest memory.
+#[derive(Debug, thiserror::Error)]
+pub enum MemoryError {
+    /// Size not a multiple of the page size, or outside the supported range.
+    #[error("Guest memory of {0} bytes is not a multiple of 4 KiB between 16 MiB and 1 TiB")]
+    InvalidSize(u64),
+    /// memfd_create failed.
+    #[error("Cannot create the guest memory file")]
+    Memfd(#[source] std::io::Error),
+    /// ftruncate of the memfd failed.
+    #[error("Cannot size the guest memory file")]
+    Truncate(#[source] std::io::Error),
+    /// The host refused to map this much memory (address-space limit,
+    /// strict overcommit).
+    #[error("The host cannot map {mib} MiB of guest memory")]
+    Map {
+        /// What was asked for.
+        mib: u64,
+        /// Why the mapping failed.
+        #[source]
+        source: vm_memory::mmap::FromRangesError,
+    },
+}
+
+/// The guest's RAM and the memfd behind it.
+#[derive(Clone)]
+pub struct GuestRam {
+    mem: GuestMemoryMmap<()>,
+    memfd: Arc<File>,
+    size: u64,
+}
+
+/// The guest-physical RAM ranges for `size` bytes of RAM: everything below
+/// the MMIO hole first, the rest above 4 GiB.
+pub fn ram_ranges(size: u64) -> Vec<(GuestAddress, u64)> {
+    if size <= MMIO_HOLE_START {
+        vec![(GuestAddress(0), size)]
+    } else {
+        vec![
+            (GuestAddress(0), MMIO_HOLE_START),
+            (GuestAddress(MMIO_HOLE_END), size - MMIO_HOLE_START),
+        ]
+    }
+}
+
+impl GuestRam {
+    /// Creates `size` bytes of guest RAM backed by a new memfd. Nothing is
+    /// committed: more RAM than the host has is fine until the guest touches
+    /// it (the balloon gives unused pages back).
+    pub fn new(size: u64) -> Result<Self, MemoryError> {
+        if !size.is_multiple_of(4096) || !(MIN_MEMORY..=MAX_MEMORY).contains(&size) {
+            return Err(MemoryError::InvalidSize(size));
+        }
+        let memfd = create_memfd(size)?;
+        let mut offset = 0;
+        let ranges: Vec<_> = ram_ranges(size)
+            .into_iter()
+            .map(|(addr, len)| {
+                let r = (
+                    addr,
+                    len as usize,
+                    Some(FileOffset::from_arc(memfd.clone(), offset)),
+                );
+                offset += len;
+                r
+            })
+            .collect();
+        let mem = GuestMemoryMmap::from_ranges_with_files(&ranges).map_err(|source| {
+            MemoryError::Map {
+                mib: size >> 20,
+                source,
+            }
+        })?;
+        Ok(GuestRam { mem, memfd, size })
+    }
+
+    /// The mapped memory.
+    pub fn memory(&self) -> &GuestMemoryMmap<()> {
+        &self.mem
+    }
+
+    /// The memfd behind guest RAM (for vhost-user back ends and the balloon).
+    pub fn memfd(&self) -> &Arc<File> {
+        &self.memfd
+    }
+
+    /// RAM size in bytes.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+}
+
+fn create_memfd(size: u64) -> Result<Arc<File>, MemoryError> {
+    let name = c"agentvm-guest-ram";
+    // SAFETY: `name` is a valid NUL-terminated string; the flags are valid.
+    let fd =
+        unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) };
+    if fd < 0 {
+        return Err(MemoryError::Memfd(std::io::Error::last_os_error()));
+    }
+    // SAFETY: memfd_create returned a new descriptor that nothing else owns.
+    let file = unsafe { File::from_raw_fd(fd) };
+    file.set_len(size).map_err(MemoryError::Truncate)?;
+    // Seal the size: nothing may shrink the file under a live mapping (that
+    // would turn guest accesses into SIGBUS in the VMM).
+    // SAFETY: fcntl on a descriptor we own with valid seal flags.
+    let rc = unsafe {
+        libc::fcntl(
+            fd,
+            libc::F_ADD_SEALS,
+            libc::F_SEAL_SHRINK | libc::F_SEAL_GROW,
+        )
+    };
+    if rc < 0 {
+        tracing::debug!(
+            "cannot seal guest memory size: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(Arc::new(file))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+    use vm_memory::{Bytes, GuestMemoryBackend, GuestMemoryRegion};
+
+    #[test]
+    fn small_ram_is_one_range_and_large_ram_skips_the_hole() {
+        assert_eq!(ram_ranges(128 << 20), vec![(GuestAddress(0), 128 << 20)]);
+        let big = 64u64 << 30;
+        let r = ram_ranges(big);
+        assert_eq!(r[0], (GuestAddress(0), MMIO_HOLE_START));
+        assert_eq!(r[1], (GuestAddress(MMIO_HOLE_END), big - MMIO_HOLE_START));
+        assert_eq!(r.iter().map(|x| x.1).sum::<u64>(), big);
+    }
+
+    #[test]
+    fn ram_above_the_hole_shares_the_memfd_at_the_right_offset() {
+        let ram = GuestRam::new(4 << 30).unwrap();
+        let mem = ram.memory();
+        assert_eq!(mem.num_regions(), 2);
+        assert!(mem.address_in_range(GuestAddress(MMIO_HOLE_START - 1)));
+        assert!(!mem.address_in_range(GuestAddress(MMIO_HOLE_START)));
+        assert!(mem.address_in_range(GuestAddress(MMIO_HOLE_END)));
+        let high = mem.iter().nth(1).unwrap();
+        assert_eq!(high.file_offset().unwrap().start(), MMIO_HOLE_START);
+        mem.write_obj(0xabcd_u32, GuestAddress(MMIO_HOLE_END))
+            .unwrap();
+        // The write is visible through the memfd at the region's file offset.
+        let mut buf = [0u8; 4];
+        let n = pread(ram.memfd(), &mut buf, MMIO_HOLE_START);
+        assert_eq!(n, 4);
+        assert_eq!(u32::from_le_bytes(buf), 0xabcd);
+    }
+
+    fn pread(f: &File, buf: &mut [u8], off: u64) -> usize {
+        use std::os::unix::fs::FileExt;
+        f.read_at(buf, off).unwrap()
+    }
+
+    #[test]
+    fn ram_of_64_gib_maps_without_committing_memory() {
+        let ram = GuestRam::new(64 << 30).unwrap();
+        assert_eq!(ram.memory().iter().map(|r| r.len()).sum::<u64>(), 64 << 30);
+        // Only what is touched is allocated.
+        ram.memory()
+            .write_obj(1u64, GuestAddress(63 << 30))
+            .unwrap();
+        let blocks = ram.memfd().metadata().unwrap().blocks();
+        assert!(blocks * 512 <= 2 << 20, "{blocks} blocks allocated");
+    }
+
+    #[test]
+    fn bad_sizes_are_refused() {
+        assert!(GuestRam::new(4095 << 20).is_ok());
+        assert!(matches!(
+            GuestRam::new((16 << 20) + 1),
+            Err(MemoryError::InvalidSize(_))
+        ));
+        assert!(matches!(
+            GuestRam::new(1 << 20),
+            Err(MemoryError::InvalidSize(_))
+        ));
+        assert!(matches!(
+            GuestRam::new(2 << 40),
+            Err(MemoryError::InvalidSize(_))
+        ));
+    }
+}

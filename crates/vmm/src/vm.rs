@@ -1,0 +1,288 @@
+//! A built VM: running it, stopping it from another thread, its exit status.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use kvm_bindings::kvm_userspace_memory_region;
+use kvm_ioctls::{VcpuFd, VmFd};
+use vmm_sys_util::signal::Killable;
+
+use crate::device_manager::DeviceManager;
+use crate::memory::GuestRam;
+use crate::vcpu::{self, Buses, VcpuCounters};
+
+/// How a VM ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExitStatus {
+    /// The guest powered off (ACPI S5 or a KVM shutdown event).
+    PowerOff,
+    /// The guest reset itself (i8042, ACPI reset register or KVM reset event).
+    Reset,
+    /// A vCPU triple-faulted.
+    TripleFault,
+    /// A vCPU halted with nothing left to wake it.
+    Halted,
+    /// The host asked the VM to stop ([`VmHandle::stop`]).
+    Stopped,
+    /// A vCPU could not go on; the text says why.
+    Crashed(String),
+}
+
+impl ExitStatus {
+    /// Whether the guest ended the VM itself, cleanly (power-off or reset).
+    pub fn is_clean(&self) -> bool {
+        matches!(
+            self,
+            ExitStatus::PowerOff | ExitStatus::Reset | ExitStatus::Stopped
+        )
+    }
+}
+
+/// Running statistics of a VM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmStats {
+    /// Time since the vCPUs started (zero before).
+    pub uptime: Duration,
+    /// Guest RAM size in bytes.
+    pub memory_bytes: u64,
+    /// Number of vCPUs.
+    pub vcpus: u8,
+    /// Port-I/O exits so far, all vCPUs.
+    pub pio_exits: u64,
+    /// MMIO exits so far, all vCPUs.
+    pub mmio_exits: u64,
+    /// The exit status once the VM has ended.
+    pub exit: Option<ExitStatus>,
+}
+
+/// State shared by the VM, its vCPU threads, its devices and its handles.
+pub struct Shared {
+    exit: Mutex<Option<ExitStatus>>,
+    exited: Condvar,
+    stopping: AtomicBool,
+    started: Mutex<Option<Instant>>,
+    counters: Vec<VcpuCounters>,
+    memory_bytes: u64,
+}
+
+impl Shared {
+    pub(crate) fn new(vcpus: u8, memory_bytes: u64) -> Self {
+        Shared {
+            exit: Mutex::new(None),
+            exited: Condvar::new(),
+            stopping: AtomicBool::new(false),
+            started: Mutex::new(None),
+            counters: (0..vcpus).map(|_| VcpuCounters::default()).collect(),
+            memory_bytes,
+        }
+    }
+
+    /// Records how the VM ends. The first request wins; later ones are
+    /// ignored (a reset racing a power-off keeps whichever came first).
+    pub fn request_exit(&self, status: ExitStatus) {
+        let mut exit = self.exit.lock().unwrap_or_else(|p| p.into_inner());
+        if exit.is_none() {
+            tracing::debug!("VM exit requested: {status:?}");
+            *exit = Some(status);
+        }
+        self.stopping.store(true, Ordering::SeqCst);
+        self.exited.notify_all();
+    }
+
+    /// Whether the VM is on its way down.
+    pub fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn counters(&self) -> &[VcpuCounters] {
+        &self.counters
+    }
+
+    pub(crate) fn exit_status(&self) -> Option<ExitStatus> {
+        self.exit.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn wait(&self, timeout: Option<Duration>) -> Option<ExitStatus> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let mut exit = self.exit.lock().unwrap_or_else(|p| p.into_inner());
+        while exit.is_none() {
+            exit = match deadline {
+                None => self.exited.wait(exit).unwrap_or_else(|p| p.into_inner()),
+                Some(d) => {
+                    let left = d.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return None;
+                    }
+                    self.exited
+                        .wait_timeout(exit, left)
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0
+                }
+            };
+        }
+        exit.clone()
+    }
+
+    fn stats(&self) -> VmStats {
+        let started = *self.started.lock().unwrap_or_else(|p| p.into_inner());
+        VmStats {
+            uptime: started.map_or(Duration::ZERO, |s| s.elapsed()),
+            memory_bytes: self.memory_bytes,
+            vcpus: self.counters.len() as u8,
+            pio_exits: self
+                .counters
+                .iter()
+                .map(|c| c.pio.load(Ordering::Relaxed))
+                .sum(),
+            mmio_exits: self
+                .counters
+                .iter()
+                .map(|c| c.mmio.load(Ordering::Relaxed))
+                .sum(),
+            exit: self.exit_status(),
+        }
+    }
+}
+
+/// Controls a VM from another thread: stop it, wait for it, read its stats.
+#[derive(Clone)]
+pub struct VmHandle {
+    shared: Arc<Shared>,
+}
+
+impl VmHandle {
+    /// Asks the VM to stop; [`Vm::run`] then returns [`ExitStatus::Stopped`]
+    /// unless the guest ended first.
+    pub fn stop(&self) {
+        self.shared.request_exit(ExitStatus::Stopped);
+    }
+
+    /// Blocks until the VM has an exit status.
+    pub fn wait(&self) -> ExitStatus {
+        self.shared.wait(None).unwrap_or(ExitStatus::Stopped)
+    }
+
+    /// Like [`VmHandle::wait`], giving up after `timeout`.
+    pub fn wait_timeout(&self, timeout: Duration) -> Option<ExitStatus> {
+        self.shared.wait(Some(timeout))
+    }
+
+    /// Current statistics.
+    pub fn stats(&self) -> VmStats {
+        self.shared.stats()
+    }
+}
+
+/// Errors while running a VM.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// A vCPU thread could not be started.
+    #[error("Cannot start vCPU thread")]
+    Spawn(#[source] std::io::Error),
+}
+
+/// A VM ready to run. Build one with [`crate::VmBuilder`].
+pub struct Vm {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) vcpus: Vec<VcpuFd>,
+    pub(crate) buses: Arc<Buses>,
+    pub(crate) devices: DeviceManager,
+    // Dropped last, after the vCPUs and devices that use them.
+    pub(crate) vm_fd: VmFd,
+    pub(crate) ram: GuestRam,
+    /// Number of KVM memory slots the RAM occupies (0..n).
+    pub(crate) memory_slots: u32,
+}
+
+impl Vm {
+    /// A handle that controls this VM from other threads.
+    pub fn handle(&self) -> VmHandle {
+        VmHandle {
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// Guest RAM.
+    pub fn ram(&self) -> &GuestRam {
+        &self.ram
+    }
+
+    /// The VM's devices.
+    pub fn devices(&self) -> &DeviceManager {
+        &self.devices
+    }
+
+    /// The KVM VM file descriptor (for embedders that add their own devices).
+    pub fn vm_fd(&self) -> &VmFd {
+        &self.vm_fd
+    }
+
+    /// Runs the VM until the guest powers off, resets or crashes, or a
+    /// handle stops it. Every vCPU thread is joined and every device stopped
+    /// before this returns.
+    pub fn run(mut self) -> Result<ExitStatus, RunError> {
+        *self
+            .shared
+            .started
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+        let mut threads = Vec::with_capacity(self.vcpus.len());
+        let mut spawn_error = None;
+        for (index, vcpu) in self.vcpus.drain(..).enumerate() {
+            match vcpu::spawn(index as u8, vcpu, self.buses.clone(), self.shared.clone()) {
+                Ok(t) => threads.push(t),
+                Err(e) => {
+                    self.shared
+                        .request_exit(ExitStatus::Crashed(format!("cannot start vCPU {index}")));
+                    spawn_error = Some(e);
+                    break;
+                }
+            }
+        }
+        let status = self.shared.wait(None).unwrap_or(ExitStatus::Stopped);
+        stop_vcpus(threads);
+        self.devices.shutdown();
+        match spawn_error {
+            Some(e) => Err(RunError::Spawn(e)),
+            None => Ok(status),
+        }
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        // Take guest memory out of KVM before the VM fd closes. With an
+        // in-kernel irqchip, each change to a VM's memory map waits for a
+        // grace period (~7 ms on some hosts); closing a VM that still maps
+        // its memory pays it twice. Removing the slots here pays it once.
+        // The vCPUs are gone (run joined them, or they never started).
+        for slot in 0..self.memory_slots {
+            let empty = kvm_userspace_memory_region {
+                slot,
+                ..Default::default()
+            };
+            // SAFETY: deleting a memory slot (size 0) removes KVM's mapping of
+            // guest memory; no vCPU is running, so nothing can access it.
+            if let Err(e) = unsafe { self.vm_fd.set_user_memory_region(empty) } {
+                tracing::debug!("cannot remove memory slot {slot}: {e}");
+            }
+        }
+    }
+}
+
+/// Kicks every vCPU thread out of KVM_RUN until it has ended, then joins it.
+fn stop_vcpus(threads: Vec<JoinHandle<()>>) {
+    for t in threads {
+        while !t.is_finished() {
+            if t.kill(vcpu::kick_signal()).is_err() {
+                break;
+            }
+            std::thread::sleep(Duration::from_micros(50));
+        }
+        if t.join().is_err() {
+            tracing::error!("a vCPU thread panicked");
+        }
+    }
+}

@@ -1,0 +1,242 @@
+use super::*;
+use crate::ErrorCode;
+
+fn samples() -> Vec<Frame> {
+    vec![
+        Frame::hello(),
+        Frame::Hello { version: 0xbeef },
+        Frame::Start(Start {
+            argv: vec![b"sh".to_vec(), b"-c".to_vec(), b"echo \xff".to_vec()],
+            env: vec![(b"A".to_vec(), b"1".to_vec()), (b"EMPTY".to_vec(), vec![])],
+            cwd: Some(b"/tmp".to_vec()),
+            user: Some("nobody".into()),
+            tty: Some(WinSize { rows: 24, cols: 80 }),
+        }),
+        Frame::Start(Start {
+            argv: vec![b"true".to_vec()],
+            ..Start::default()
+        }),
+        Frame::Stdin(b"hello".to_vec()),
+        Frame::Stdin(vec![7; MAX_DATA]),
+        Frame::Stdin(vec![]),
+        Frame::StdinEof,
+        Frame::Resize(WinSize {
+            rows: 50,
+            cols: 132,
+        }),
+        Frame::Signal(15),
+        Frame::Configure {
+            env: vec![(b"API_KEY".to_vec(), b"secret".to_vec())],
+        },
+        Frame::Configure { env: vec![] },
+        Frame::Poweroff,
+        Frame::Started { pid: 4242 },
+        Frame::Stdout(vec![0, 1, 2, 255]),
+        Frame::Stderr(b"oops\n".to_vec()),
+        Frame::Exit(ExitStatus::Code(0)),
+        Frame::Exit(ExitStatus::Code(-1)),
+        Frame::Exit(ExitStatus::Signal(9)),
+        Frame::error(ErrorCode::SpawnFailed, "no such file"),
+        Frame::error(ErrorCode::Other(999), ""),
+        Frame::Ack,
+    ]
+}
+
+#[test]
+fn round_trip_every_frame() {
+    for f in samples() {
+        let bytes = f.encode().unwrap();
+        assert_eq!(bytes[4], f.kind());
+        let (back, used) = decode(&bytes).unwrap().unwrap();
+        assert_eq!(back, f);
+        assert_eq!(used, bytes.len());
+    }
+}
+
+#[test]
+fn concatenated_frames_decode_in_order() {
+    let mut buf = Vec::new();
+    for f in samples() {
+        f.encode_into(&mut buf).unwrap();
+    }
+    let mut off = 0;
+    let mut got = Vec::new();
+    while let Some((f, n)) = decode(&buf[off..]).unwrap() {
+        got.push(f);
+        off += n;
+    }
+    assert_eq!(off, buf.len());
+    assert_eq!(got, samples());
+}
+
+#[test]
+fn every_prefix_is_incomplete_not_an_error() {
+    for f in samples() {
+        let bytes = f.encode().unwrap();
+        for cut in 0..bytes.len() {
+            assert_eq!(decode(&bytes[..cut]), Ok(None), "{f:?} cut at {cut}");
+        }
+    }
+}
+
+/// A frame whose header length is shortened (payload truncated inside a
+/// field) is an error, never a panic.
+#[test]
+fn truncated_payloads_are_errors() {
+    for f in samples() {
+        let bytes = f.encode().unwrap();
+        let len = bytes.len() - HEADER_LEN;
+        for short in 0..len {
+            let mut b = bytes[..HEADER_LEN + short].to_vec();
+            b[..4].copy_from_slice(&(short as u32).to_le_bytes());
+            match decode(&b) {
+                // Data frames and some fixed frames decode fine when shorter.
+                Ok(Some(_)) => {}
+                Err(DecodeError::Truncated(k)) | Err(DecodeError::Invalid { kind: k, .. }) => {
+                    assert_eq!(k, f.kind())
+                }
+                other => panic!("{f:?} shortened to {short}: {other:?}"),
+            }
+        }
+    }
+}
+
+#[test]
+fn oversized_header_rejected_before_payload() {
+    let mut h = ((MAX_PAYLOAD + 1) as u32).to_le_bytes().to_vec();
+    h.push(kind::STDIN);
+    assert_eq!(
+        decode(&h),
+        Err(DecodeError::TooLarge((MAX_PAYLOAD + 1) as u32))
+    );
+    let mut h = u32::MAX.to_le_bytes().to_vec();
+    h.push(kind::START);
+    assert_eq!(decode(&h), Err(DecodeError::TooLarge(u32::MAX)));
+    let mut ok = (MAX_PAYLOAD as u32).to_le_bytes().to_vec();
+    ok.push(kind::START);
+    assert_eq!(decode(&ok), Ok(None), "exactly the limit is allowed");
+}
+
+#[test]
+fn data_frames_over_chunk_limit() {
+    assert_eq!(
+        Frame::Stdout(vec![0; MAX_DATA + 1]).encode(),
+        Err(EncodeError::DataTooLarge(MAX_DATA + 1))
+    );
+    let mut b = ((MAX_DATA + 1) as u32).to_le_bytes().to_vec();
+    b.push(kind::STDOUT);
+    b.resize(HEADER_LEN + MAX_DATA + 1, 0);
+    assert_eq!(decode(&b), Err(DecodeError::DataTooLarge(MAX_DATA + 1)));
+    assert!(matches!(
+        data_header(kind::STDOUT, MAX_DATA + 1),
+        Err(EncodeError::DataTooLarge(_))
+    ));
+}
+
+#[test]
+fn oversized_start_refused_by_encoder() {
+    let f = Frame::Start(Start {
+        argv: vec![vec![b'x'; MAX_PAYLOAD]],
+        ..Start::default()
+    });
+    let mut out = vec![1, 2, 3];
+    assert!(matches!(
+        f.encode_into(&mut out),
+        Err(EncodeError::TooLarge(_))
+    ));
+    assert_eq!(out, [1, 2, 3], "buffer left as it was");
+}
+
+#[test]
+fn huge_counts_do_not_allocate() {
+    // argc = u32::MAX in a 13-byte payload.
+    let mut p = vec![1u8, 24, 0, 80, 0];
+    p.extend_from_slice(&u32::MAX.to_le_bytes());
+    assert_eq!(
+        decode_payload(kind::START, &p),
+        Err(DecodeError::Truncated(kind::START))
+    );
+    let p = u32::MAX.to_le_bytes();
+    assert_eq!(
+        decode_payload(kind::CONFIGURE, &p),
+        Err(DecodeError::Truncated(kind::CONFIGURE))
+    );
+}
+
+#[test]
+fn trailing_unknown_and_invalid() {
+    let mut b = Frame::Signal(2).encode().unwrap();
+    b.push(0);
+    b[0] += 1;
+    assert_eq!(decode(&b), Err(DecodeError::TrailingBytes(kind::SIGNAL)));
+    assert_eq!(
+        decode(&[0, 0, 0, 0, 0x7f]),
+        Err(DecodeError::UnknownType(0x7f))
+    );
+    assert!(matches!(
+        decode(&[5, 0, 0, 0, kind::EXIT, 2, 0, 0, 0, 0]),
+        Err(DecodeError::Invalid { .. })
+    ));
+    // Start with argc 0.
+    let mut p = vec![0u8, 0, 0, 0, 0, 0, 0, 0, 0];
+    p.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
+    assert!(matches!(
+        decode_payload(kind::START, &p),
+        Err(DecodeError::Invalid {
+            what: "empty argv",
+            ..
+        })
+    ));
+}
+
+/// Pseudo-random bytes and mutated valid frames: decode returns, never panics,
+/// and whatever it accepts re-encodes to the same bytes.
+#[test]
+fn garbage_never_panics() {
+    let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let valid: Vec<Vec<u8>> = samples().iter().map(|f| f.encode().unwrap()).collect();
+    for i in 0..20_000 {
+        let mut b = if i % 2 == 0 {
+            let len = (next() % 64) as usize;
+            let mut b: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+            if b.len() >= 4 {
+                let n = (next() % 80) as u32;
+                b[..4].copy_from_slice(&n.to_le_bytes());
+            }
+            b
+        } else {
+            valid[(next() as usize) % valid.len()].clone()
+        };
+        if !b.is_empty() {
+            for _ in 0..(next() % 4) {
+                let at = (next() as usize) % b.len();
+                b[at] = next() as u8;
+            }
+        }
+        if let Ok(Some((f, n))) = decode(&b) {
+            if f.kind() == kind::ERROR {
+                continue; // lossy UTF-8 may change the message bytes
+            }
+            assert_eq!(f.encode().unwrap(), b[..n].to_vec(), "{f:?}");
+        }
+    }
+}
+
+#[test]
+fn error_codes_round_trip() {
+    for n in 0..20u16 {
+        assert_eq!(ErrorCode::from_wire(n).to_wire(), n);
+    }
+}
+
+#[test]
+fn shell_codes() {
+    assert_eq!(ExitStatus::Code(7).shell_code(), 7);
+    assert_eq!(ExitStatus::Signal(15).shell_code(), 143);
+}
