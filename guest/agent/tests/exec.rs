@@ -64,7 +64,7 @@ fn signal_frame_reaches_the_process_group() {
     )
     .unwrap();
     assert_eq!(s.next_event().unwrap(), Event::Stdout(b"up\n".to_vec()));
-    assert!(s.pid().is_some());
+    common::wait_for_child(s.pid().unwrap(), "sleep");
     let t = Instant::now();
     s.control().signal(2).unwrap();
     assert_eq!(s.next_event().unwrap(), Event::Exit(ExitStatus::Signal(2)));
@@ -278,6 +278,7 @@ fn pty_ctrl_c_interrupts_foreground() {
     let mut s = Session::start(conn.try_clone().unwrap(), conn, req).unwrap();
     let mut acc = Vec::new();
     read_until(&mut s, &mut acc, "go");
+    common::wait_for_child(s.pid().unwrap(), "sleep");
     s.control().stdin(b"\x03").unwrap();
     loop {
         match s.next_event().unwrap() {

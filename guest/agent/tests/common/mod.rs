@@ -115,3 +115,26 @@ pub fn pattern(len: usize, mut seed: u64) -> Vec<u8> {
     v.truncate(len);
     v
 }
+
+/// Waits until process `pid` has a child that runs `comm`. A shell that
+/// printed a line may not have started its next command yet, and dash
+/// blocks signals between its vfork and the exec: a signal sent to the group
+/// in that gap waits in the shell while the command runs on.
+pub fn wait_for_child(pid: u32, comm: &str) {
+    let t = std::time::Instant::now();
+    loop {
+        let children =
+            std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+        let running = children.split_whitespace().any(|c| {
+            std::fs::read_to_string(format!("/proc/{c}/comm")).is_ok_and(|n| n.trim() == comm)
+        });
+        if running {
+            return;
+        }
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(10),
+            "process {pid} never started {comm}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
