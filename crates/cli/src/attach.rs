@@ -2,10 +2,12 @@
 
 use std::ffi::OsString;
 use std::os::unix::ffi::OsStringExt;
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
 
-use agentvm_protocol::client::{connect_vsock, terminal, ClientError};
+use agentvm_protocol::client::{self, connect_vsock, connect_vsock_within, terminal, ClientError};
 use agentvm_protocol::{ErrorCode, Start, WinSize, EXEC_PORT};
 use anyhow::{anyhow, bail};
 use clap::Args;
@@ -32,8 +34,21 @@ pub struct AttachArgs {
     /// Set an environment variable for the command (KEY=VALUE; repeatable).
     #[arg(long = "env", short = 'e', value_name = "KEY=VALUE")]
     env: Vec<String>,
+    /// Wait up to SECS for the VM's socket and its guest agent (for a VM
+    /// that is still booting); give up early if the VM goes away.
+    #[arg(long, value_name = "SECS")]
+    wait: Option<f64>,
+    /// Instead of running a command, ask the guest agent to power the guest
+    /// off (the VM then exits 0).
+    #[arg(long, conflicts_with_all = ["tty", "cwd", "user", "env"])]
+    poweroff: bool,
     /// The command and its arguments, after `--`.
-    #[arg(last = true, required = true, value_name = "CMD")]
+    #[arg(
+        last = true,
+        required_unless_present = "poweroff",
+        conflicts_with = "poweroff",
+        value_name = "CMD"
+    )]
     command: Vec<OsString>,
 }
 
@@ -47,7 +62,15 @@ pub fn run(args: AttachArgs) -> anyhow::Result<ExitCode> {
         };
         env.push((k.as_bytes().to_vec(), v.as_bytes().to_vec()));
     }
-    let program = args.command[0].to_string_lossy().into_owned();
+    if args.poweroff {
+        let stream = connect(&args, "poweroff")?;
+        client::poweroff(stream).map_err(|e| explain(e, &args.uds, args.port, "poweroff"))?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let Some(program) = args.command.first() else {
+        bail!("no command given: put it after `--`");
+    };
+    let program = program.to_string_lossy().into_owned();
     let start = Start {
         argv: args
             .command
@@ -61,13 +84,57 @@ pub fn run(args: AttachArgs) -> anyhow::Result<ExitCode> {
         // The real size comes from the local terminal when there is one.
         tty: args.tty.then_some(WinSize { rows: 24, cols: 80 }),
     };
+    let stream = connect(&args, &program)?;
     let (uds, port) = (&args.uds, args.port);
-    let stream = connect_vsock(uds, port).map_err(|e| explain(e, uds, port, &program))?;
     let status =
         terminal::run_terminal(stream, start).map_err(|e| explain(e, uds, port, &program))?;
     tracing::debug!("{program} ended: {status:?}");
     Ok(ExitCode::from((status.shell_code() & 0xff) as u8))
 }
+
+/// Connects to the agent, waiting for it if `--wait` says so.
+fn connect(args: &AttachArgs, program: &str) -> anyhow::Result<UnixStream> {
+    let (uds, port) = (&args.uds, args.port);
+    match args.wait {
+        None => connect_vsock(uds, port).map_err(|e| explain(e, uds, port, program)),
+        Some(secs) => connect_waiting(uds, port, secs, program),
+    }
+}
+
+/// Connects, retrying while the VM's socket has not appeared yet or its
+/// guest agent does not answer, for at most `secs` seconds. A socket that
+/// appeared and went away means the VM stopped: no point waiting on.
+fn connect_waiting(uds: &Path, port: u32, secs: f64, program: &str) -> anyhow::Result<UnixStream> {
+    let limit = Duration::try_from_secs_f64(secs)
+        .map_err(|_| anyhow!("--wait {secs}: expected a number of seconds"))?;
+    let deadline = Instant::now() + limit;
+    let mut seen = false;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let err = match connect_vsock_within(uds, port, Some(left.max(RETRY))) {
+            Ok(stream) => return Ok(stream),
+            Err(e) => e,
+        };
+        let exists = uds.exists();
+        seen |= exists;
+        if seen && !exists {
+            bail!(
+                "the VM at {} stopped before its guest agent answered; see its console output",
+                uds.display()
+            );
+        }
+        let retry = matches!(err, ClientError::Connect { .. } | ClientError::Handshake(_));
+        if !retry || Instant::now() + RETRY >= deadline {
+            return Err(
+                explain(err, uds, port, program).context(format!("gave up after waiting {secs} s"))
+            );
+        }
+        std::thread::sleep(RETRY);
+    }
+}
+
+/// Pause between attempts of `--wait`.
+const RETRY: Duration = Duration::from_millis(20);
 
 /// Turns a client error into a message that says what to do.
 fn explain(e: ClientError, uds: &Path, port: u32, program: &str) -> anyhow::Error {

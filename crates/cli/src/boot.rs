@@ -75,6 +75,16 @@ pub fn run(mut args: BootArgs) -> anyhow::Result<ExitCode> {
         Some(k) => k,
         None => {
             let image = crate::image::load(args.image.as_deref())?;
+            if KvmKind::detect() == KvmKind::Pvm {
+                // Debian's kernel spends most of a minute in PVM's emulator
+                // before it fails: say so now instead.
+                bail!(
+                    "this host's KVM is PVM (nested virtualization without VT-x/AMD-V), and \
+                     the guest image at {} has Debian's stock kernel: {}",
+                    image.dir.display(),
+                    KvmKind::Pvm.guest_kernel_note()
+                );
+            }
             args.initrd = args.initrd.or(Some(image.initrd));
             args.cmdline = args.cmdline.or(Some(image.cmdline));
             image.kernel

@@ -55,6 +55,15 @@ pub fn run() -> anyhow::Result<ExitCode> {
     let kind = KvmKind::detect();
     println!("kvm: {}", kind.name());
     println!("  guest kernel: {}", kind.guest_kernel_note());
+    if kind == KvmKind::Pvm {
+        // Tiny and PVM-enabled guests run, but not what agentvm is for.
+        ok = false;
+        println!(
+            "default image: cannot boot here (Debian's stock kernel needs hardware KVM); \
+             use a host with VT-x/AMD-V, boot a PVM guest kernel with `agentvm boot --kernel`, \
+             or watch the default image boot inside the nested rig: `cargo demo`"
+        );
+    }
     match find_virtiofsd() {
         Some(p) => println!("virtiofsd: {}", p.display()),
         None => println!(

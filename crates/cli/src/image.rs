@@ -48,6 +48,8 @@ pub struct BuildArgs {
 /// The files `agentvm boot` takes from an image directory.
 #[derive(Debug)]
 pub struct ImageFiles {
+    /// The image directory.
+    pub dir: PathBuf,
     /// The vmlinux.
     pub kernel: PathBuf,
     /// The initramfs.
@@ -89,6 +91,7 @@ pub fn load(dir: Option<&Path>) -> anyhow::Result<ImageFiles> {
         .with_context(|| format!("cannot read {}", cmdline_path.display()))?;
     Ok(ImageFiles {
         kernel: dir.join(files::VMLINUX),
+        dir: dir.clone(),
         initrd: dir.join(files::INITRD),
         cmdline: cmdline.trim().to_string(),
     })

@@ -134,6 +134,77 @@ fn attach_without_a_vm_says_what_to_do() {
     assert!(err.contains("is the VM running with --vsock"), "{err}");
 }
 
+/// `agentvm attach --uds UDS ARGS…` as a child with its output collected.
+fn attach_at(uds: &Path, args: &[&str]) -> (std::process::Output, Duration) {
+    let t = Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_agentvm"))
+        .arg("attach")
+        .arg("--uds")
+        .arg(uds)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    (out, t.elapsed())
+}
+
+#[test]
+fn attach_wait_connects_once_the_vm_socket_appears() {
+    let g = guest();
+    let late = g._dir.path().join("late.sock");
+    let target = g.uds.clone();
+    let link = late.clone();
+    let appear = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        std::os::unix::fs::symlink(target, link).unwrap();
+    });
+    let (out, _) = attach_at(&late, &["--wait", "30", "--", "echo", "up"]);
+    appear.join().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(out.stdout, b"up\n");
+}
+
+#[test]
+fn attach_wait_gives_up_when_the_vm_goes_away() {
+    let dir = tempfile::tempdir().unwrap();
+    let uds = dir.path().join("vsock.sock");
+    // A VM whose guest never listens: the VMM closes every connection.
+    let listener = UnixListener::bind(&uds).unwrap();
+    std::thread::spawn(move || {
+        for c in listener.incoming() {
+            drop(c);
+        }
+    });
+    let gone = uds.clone();
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(500));
+        std::fs::remove_file(gone).unwrap();
+    });
+    let (out, took) = attach_at(&uds, &["--wait", "60", "--", "true"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("stopped before its guest agent answered"),
+        "{err}"
+    );
+    assert!(took < Duration::from_secs(50), "waited the whole minute");
+}
+
+#[test]
+fn attach_wait_has_a_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let (out, _) = attach_at(
+        &dir.path().join("never.sock"),
+        &["--wait", "0.3", "--", "true"],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("gave up after waiting 0.3 s"), "{err}");
+    assert!(err.contains("is the VM running with --vsock"), "{err}");
+    let (out, _) = attach_at(&dir.path().join("never.sock"), &["--wait=-1", "--", "true"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("expected a number of seconds"));
+}
+
 #[test]
 fn attach_streams_and_propagates_exit_codes() {
     let g = guest();
@@ -271,4 +342,25 @@ fn attach_tty_is_raw_follows_resizes_and_restores_the_terminal() {
     assert_eq!(after.local_flags, before.local_flags, "terminal restored");
     assert_eq!(after.input_flags, before.input_flags);
     assert_eq!(after.output_flags, before.output_flags);
+}
+
+#[test]
+fn attach_poweroff_asks_the_agent_to_power_off() {
+    let mut g = guest();
+    let (out, _) = attach_at(&g.uds, &["--poweroff"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let t = Instant::now();
+    while g.agent.try_wait().unwrap().is_none() {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "the agent still runs"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (out, _) = attach_at(&g.uds, &["--poweroff", "--", "true"]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "a command with --poweroff is a usage error"
+    );
 }

@@ -137,3 +137,28 @@ fn build_writes_the_default_image() {
     }
     assert!(!Path::new(&dir.join(".vmlinux.tmp")).exists());
 }
+
+#[test]
+fn booting_the_stock_image_on_pvm_fails_at_once_and_says_why() {
+    let doctor = agentvm(&["doctor"], &[]);
+    if !String::from_utf8_lossy(&doctor.stdout).contains("kvm: pvm") {
+        eprintln!("skipped: this host's KVM is not PVM");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    for f in ["vmlinux", "initrd.img"] {
+        std::fs::write(dir.path().join(f), b"not read").unwrap();
+    }
+    std::fs::write(dir.path().join("cmdline"), "console=ttyS0\n").unwrap();
+    let image = dir.path().to_str().unwrap();
+    let line = one_line_error(&agentvm(&["boot", "--image", image], &[]));
+    assert!(
+        line.contains(&format!("KVM is PVM (nested virtualization without VT-x/AMD-V), and the guest image at {image} has Debian's stock kernel")),
+        "{line}"
+    );
+    assert!(
+        line.contains("Supply a PVM guest kernel with --kernel"),
+        "{line}"
+    );
+    assert!(line.contains("cargo demo"), "{line}");
+}

@@ -15,7 +15,7 @@ const SCRIPT: &str = r#"A="$AGENTVM attach --uds $UDS"
 up() { cut -d' ' -f1 /proc/uptime; }
 one_line() { head -c 300 "$1" | tr '\n' ' '; }
 echo "RIG-EXEC t_start=$(up)"
-out=$($A -- uname -r 2>/tmp/uname.err); rc=$?
+out=$($A --wait 30 -- uname -r 2>/tmp/uname.err); rc=$?
 echo "RIG-EXEC uname_rc=$rc"
 echo "RIG-EXEC uname=$out"
 echo "RIG-EXEC uname_err=$(one_line /tmp/uname.err)"
@@ -53,7 +53,8 @@ while [ $i -le SESSIONS ]; do
 done
 echo "RIG-EXEC concurrent_ok=$ok"
 echo "RIG-EXEC t_concurrent=$(up)"
-$A -- poweroff -f >/dev/null 2>&1
+$A --poweroff 2>/tmp/poweroff.err; echo "RIG-EXEC poweroff_rc=$?"
+echo "RIG-EXEC poweroff_err=$(one_line /tmp/poweroff.err)"
 echo "RIG-EXEC t_poweroff=$(up)"
 "#;
 
@@ -139,6 +140,13 @@ fn attach_runs_commands_in_the_default_image() {
         m("concurrent_ok"),
         SESSIONS.to_string(),
         "concurrent sessions failed: {failed:?}; {}",
+        ctx()
+    );
+    assert_eq!(
+        m("poweroff_rc"),
+        "0",
+        "attach --poweroff: {}; {}",
+        m("poweroff_err"),
         ctx()
     );
     assert!(

@@ -13,7 +13,7 @@ use std::io::{self, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Mutex, PoisonError};
 
-pub use vsock::connect_vsock;
+pub use vsock::{connect_vsock, connect_vsock_within};
 
 use crate::frame::EnvList;
 use crate::io::{write_frame, FrameReader, ReadError, WriteError};

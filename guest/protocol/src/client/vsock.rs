@@ -4,6 +4,7 @@
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
+use std::time::Duration;
 
 use super::ClientError;
 
@@ -17,11 +18,26 @@ const MAX_REPLY: usize = 64;
 /// (the agent's first frame) is consumed: the stream returned is positioned
 /// exactly at the start of the guest's data.
 pub fn connect_vsock(uds_path: impl AsRef<Path>, port: u32) -> Result<UnixStream, ClientError> {
+    connect_vsock_within(uds_path, port, None)
+}
+
+/// [`connect_vsock`], giving up on the VMM's reply after `timeout` (a VMM
+/// whose guest has not yet set up its vsock driver holds the connection).
+pub fn connect_vsock_within(
+    uds_path: impl AsRef<Path>,
+    port: u32,
+    timeout: Option<Duration>,
+) -> Result<UnixStream, ClientError> {
     let path = uds_path.as_ref();
     let mut stream = UnixStream::connect(path).map_err(|source| ClientError::Connect {
         path: path.display().to_string(),
         source,
     })?;
+    if timeout.is_some() {
+        stream
+            .set_read_timeout(timeout)
+            .map_err(|e| ClientError::Handshake(format!("setting a timeout: {e}")))?;
+    }
     stream
         .write_all(format!("CONNECT {port}\n").as_bytes())
         .map_err(|e| ClientError::Handshake(format!("sending CONNECT: {e}")))?;
@@ -43,7 +59,12 @@ pub fn connect_vsock(uds_path: impl AsRef<Path>, port: u32) -> Result<UnixStream
     }
     let reply = String::from_utf8_lossy(&line);
     match reply.strip_prefix("OK ") {
-        Some(n) if n.trim().parse::<u32>().is_ok() => Ok(stream),
+        Some(n) if n.trim().parse::<u32>().is_ok() => {
+            stream
+                .set_read_timeout(None)
+                .map_err(|e| ClientError::Handshake(format!("clearing the timeout: {e}")))?;
+            Ok(stream)
+        }
         _ => Err(ClientError::Handshake(format!(
             "unexpected reply {reply:?}"
         ))),
