@@ -8,8 +8,9 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
-use std::os::unix::net::UnixStream;
-use std::os::unix::process::ExitStatusExt;
+use std::os::fd::AsRawFd;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -17,6 +18,9 @@ use std::time::{Duration, Instant};
 use agentvm_protocol::client;
 use agentvm_protocol::ExitStatus;
 use common::{start, Shared};
+
+/// The fd number the listening socket has in init.
+const INHERITED_FD: i32 = 100;
 
 struct Init {
     child: Child,
@@ -43,26 +47,39 @@ fn boot() -> Option<Init> {
         eprintln!("skipped: unshare cannot create namespaces here");
         return None;
     }
-    // Not under /tmp: init mounts a tmpfs there.
-    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    // init mounts a tmpfs over /tmp (where the target directory may be), so
+    // it gets the socket already listening, as an inherited fd.
+    let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("agent.sock");
-    let mut child = Command::new("unshare")
-        .args([
-            "--pid",
-            "--fork",
-            "--mount",
-            "--uts",
-            "--net",
-            "--propagation",
-            "private",
-        ])
-        .arg(env!("CARGO_BIN_EXE_agentvm-guest"))
-        .args(["init", "--listen"])
-        .arg(format!("unix:{}", socket.display()))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let listener = UnixListener::bind(&socket).unwrap();
+    let fd = listener.as_raw_fd();
+    let mut cmd = Command::new("unshare");
+    cmd.args([
+        "--pid",
+        "--fork",
+        "--mount",
+        "--uts",
+        "--net",
+        "--propagation",
+        "private",
+    ])
+    .arg(env!("CARGO_BIN_EXE_agentvm-guest"))
+    .args(["init", "--listen"])
+    .arg(format!("fd:{INHERITED_FD}"))
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped());
+    // SAFETY: dup2 is async-signal-safe; `fd` stays open in the parent
+    // until spawn returns, and the copy (without CLOEXEC) is the child's.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::dup2(fd, INHERITED_FD) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().unwrap();
+    drop(listener);
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let ready = lines.any(|l| l.unwrap() == "agentvm-guest: ready");
     assert!(ready, "no ready line");

@@ -57,7 +57,7 @@ for b in $(seq {BLOCKS}); do
   $RIG_STAMP --repeat {per_block} --label ssh -- $DBCLIENT -y -y -i "$SSH_KEY" -J "$PROXY" root@l2 true
   $RIG_STAMP --repeat {per_block} --label spawn -- $AGENTVM --version
 done
-$A -- poweroff -f
+$AGENTVM attach --uds "$UDS" --poweroff
 "#,
         port = L2_SSH_PORT,
     )
