@@ -7,6 +7,7 @@
 //! [`ActivationContext`] with guest memory, ready queues with their notify
 //! eventfds, and a [`VirtioInterrupt`] to signal the guest.
 
+pub mod balloon;
 pub mod interrupt;
 pub mod rng;
 pub mod transport;
