@@ -42,6 +42,10 @@ pub struct BootArgs {
     /// Do not attach a virtio-rng device.
     #[arg(long)]
     no_rng: bool,
+    /// Do not attach a virtio-balloon device (with free page reporting, the
+    /// guest hands memory it frees back to the host).
+    #[arg(long)]
+    no_balloon: bool,
     /// Attach a virtio-vsock device whose host side is the Unix socket UDS:
     /// host clients connect to it and send `CONNECT <port>\n`; guest
     /// connections to host port P go to the socket `UDS_P`.
@@ -125,7 +129,11 @@ pub fn run(mut args: BootArgs) -> anyhow::Result<ExitCode> {
     if !args.no_rng {
         builder = builder.device(Box::new(Rng::new()));
     }
+    if !args.no_balloon {
+        builder = builder.balloon();
+    }
     if let Some(uds) = &args.vsock {
+        builder = builder.agent_socket(uds);
         let vsock = vsock_device(args.cid.unwrap_or(DEFAULT_GUEST_CID), uds)?;
         builder = builder.device(Box::new(vsock));
     }

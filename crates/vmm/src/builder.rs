@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use agentvm_devices::bus::Bus;
+use agentvm_devices::virtio::balloon::Balloon;
 use agentvm_devices::virtio::VirtioDevice;
 use kvm_bindings::{
     kvm_pit_config, kvm_userspace_memory_region, CpuId, KVM_MAX_CPUID_ENTRIES,
@@ -26,7 +27,7 @@ use crate::config::{CmdlineDevices, VmConfig, MAX_VCPUS};
 use crate::device_manager::{DeviceError, DeviceManager};
 use crate::memory::{GuestRam, MemoryError};
 use crate::vcpu::Buses;
-use crate::vm::{Shared, Vm};
+use crate::vm::{MemoryControls, Shared, Vm};
 
 /// Address of the 3-page TSS KVM needs on Intel hosts (just below the BIOS
 /// ROM area at the top of the 32-bit space, inside the MMIO hole).
@@ -50,6 +51,9 @@ pub enum BuildError {
     /// The configuration is not usable.
     #[error("Invalid VM configuration: {0}")]
     InvalidConfig(String),
+    /// The balloon device could not be created.
+    #[error("Cannot create the balloon device")]
+    Balloon(#[source] agentvm_devices::virtio::balloon::BalloonError),
     /// /dev/kvm cannot be opened.
     #[error("Cannot open /dev/kvm")]
     OpenKvm(#[source] kvm_ioctls::Error),
@@ -133,6 +137,8 @@ pub struct VmBuilder {
     config: VmConfig,
     serial: SerialSink,
     devices: Vec<Box<dyn VirtioDevice>>,
+    balloon: bool,
+    agent_socket: Option<PathBuf>,
 }
 
 impl VmBuilder {
@@ -147,6 +153,8 @@ impl VmBuilder {
             config,
             serial: SerialSink::Stdout,
             devices: Vec::new(),
+            balloon: false,
+            agent_socket: None,
         }
     }
 
@@ -192,6 +200,21 @@ impl VmBuilder {
         self
     }
 
+    /// Adds a virtio-balloon device (statistics, deflate on OOM, free page
+    /// reporting), controlled through [`crate::VmHandle`].
+    pub fn balloon(mut self) -> Self {
+        self.balloon = true;
+        self
+    }
+
+    /// The vsock Unix socket behind which the guest agent serves (the UDS of
+    /// the vsock device added with [`VmBuilder::device`]);
+    /// [`crate::VmHandle::reclaim`] goes through it.
+    pub fn agent_socket(mut self, uds: impl Into<PathBuf>) -> Self {
+        self.agent_socket = Some(uds.into());
+        self
+    }
+
     /// The configuration so far.
     pub fn config(&self) -> &VmConfig {
         &self.config
@@ -202,7 +225,9 @@ impl VmBuilder {
         let VmBuilder {
             config,
             serial,
-            devices,
+            mut devices,
+            balloon,
+            agent_socket,
         } = self;
         validate(&config)?;
         let memory_bytes = config.memory_mib << 20;
@@ -225,7 +250,16 @@ impl VmBuilder {
             vm_fd.create_pit2(pit).map_err(kvm_err("create the PIT"))?;
         }
 
-        let shared = Arc::new(Shared::new(config.vcpus, memory_bytes));
+        let mut controls = MemoryControls {
+            agent: agent_socket,
+            ..MemoryControls::default()
+        };
+        if balloon {
+            let device = Balloon::new().map_err(BuildError::Balloon)?;
+            controls.balloon = Some(device.handle());
+            devices.push(Box::new(device));
+        }
+        let shared = Arc::new(Shared::new(config.vcpus, memory_bytes, controls));
         let mem = ram.memory();
         let mut pio = Bus::new();
         let mut mmio = Bus::new();

@@ -13,9 +13,11 @@ pub mod builder;
 pub mod config;
 pub mod device_manager;
 pub mod memory;
+pub mod memory_control;
 pub mod vcpu;
 pub mod vm;
 
 pub use builder::{BuildError, SerialSink, VmBuilder};
 pub use config::{CmdlineDevices, VmConfig};
+pub use memory_control::{BalloonReport, MemoryControlError};
 pub use vm::{ExitStatus, RunError, Vm, VmHandle, VmStats};

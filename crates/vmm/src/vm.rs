@@ -1,16 +1,19 @@
 //! A built VM: running it, stopping it from another thread, its exit status.
 
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use agentvm_devices::virtio::balloon::BalloonHandle;
 use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::{VcpuFd, VmFd};
 use vmm_sys_util::signal::Killable;
 
 use crate::device_manager::DeviceManager;
 use crate::memory::GuestRam;
+use crate::memory_control::{self, BalloonReport, MemoryControlError};
 use crate::vcpu::{self, Buses, VcpuCounters};
 
 /// How a VM ended.
@@ -65,11 +68,22 @@ pub struct Shared {
     started: Mutex<Option<Instant>>,
     counters: Vec<VcpuCounters>,
     memory_bytes: u64,
+    controls: MemoryControls,
+}
+
+/// What the memory controls of [`VmHandle`] act through.
+#[derive(Default)]
+pub(crate) struct MemoryControls {
+    /// The balloon device's handle, when the VM has one.
+    pub balloon: Option<BalloonHandle>,
+    /// The guest agent's vsock socket, when the VM has one.
+    pub agent: Option<PathBuf>,
 }
 
 impl Shared {
-    pub(crate) fn new(vcpus: u8, memory_bytes: u64) -> Self {
+    pub(crate) fn new(vcpus: u8, memory_bytes: u64, controls: MemoryControls) -> Self {
         Shared {
+            controls,
             exit: Mutex::new(None),
             exited: Condvar::new(),
             stopping: AtomicBool::new(false),
@@ -172,6 +186,30 @@ impl VmHandle {
     /// Current statistics.
     pub fn stats(&self) -> VmStats {
         self.shared.stats()
+    }
+
+    /// The balloon device's own handle (counters, raw page targets), when
+    /// the VM was built with [`crate::VmBuilder::balloon`].
+    pub fn balloon(&self) -> Option<&BalloonHandle> {
+        self.shared.controls.balloon.as_ref()
+    }
+
+    /// Sets how much memory the balloon takes from the guest, in MiB.
+    pub fn set_balloon_target_mib(&self, mib: u64) -> Result<(), MemoryControlError> {
+        memory_control::set_target_mib(self.balloon(), mib)
+    }
+
+    /// Asks the guest for fresh memory statistics (waiting up to `timeout`)
+    /// and returns them with the balloon's state.
+    pub fn balloon_report(&self, timeout: Duration) -> Result<BalloonReport, MemoryControlError> {
+        memory_control::report(self.balloon(), timeout)
+    }
+
+    /// Asks the guest, through its agent, to drop its caches; free page
+    /// reporting then returns those pages to the host (see
+    /// [`crate::memory_control`]). Needs [`crate::VmBuilder::agent_socket`].
+    pub fn reclaim(&self) -> Result<(), MemoryControlError> {
+        memory_control::reclaim(self.shared.controls.agent.as_deref())
     }
 }
 

@@ -18,7 +18,7 @@ use agentvm_vmm::arch::x86_64::e820::memory_map;
 use agentvm_vmm::arch::x86_64::layout::{
     CMDLINE_START, PVH_INFO_START, RSDP_START, VIRTIO_MMIO_START, ZERO_PAGE_START,
 };
-use agentvm_vmm::{ExitStatus, SerialSink, VmBuilder};
+use agentvm_vmm::{ExitStatus, MemoryControlError, SerialSink, VmBuilder};
 use iced_x86::code_asm::{dword_ptr, rax};
 
 #[derive(Clone, Default)]
@@ -276,6 +276,45 @@ fn guest_mmio_reads_see_the_virtio_registers_and_queue_notify_hits_the_ioeventfd
         exits, 0,
         "KVM consumed the notify write; it never reached the VMM"
     );
+}
+
+#[test]
+fn a_balloon_is_virtio_device_5_and_the_handle_controls_it() {
+    if !kvm_or_skip() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let kernel = write_guest(
+        dir.path(),
+        &programs::mmio_probe(VIRTIO_MMIO_START).unwrap(),
+    );
+    let vm = VmBuilder::new(&kernel)
+        .memory_mib(128)
+        .balloon()
+        .serial(SerialSink::Writer(Box::new(Console::default())))
+        .build()
+        .unwrap();
+    let handle = vm.handle();
+    // No driver yet: the target is kept for when one comes.
+    handle.set_balloon_target_mib(16).unwrap();
+    assert_eq!(handle.balloon().unwrap().target_pages(), 16 * 256);
+    assert!(matches!(
+        handle.balloon_report(Duration::from_millis(10)),
+        Err(MemoryControlError::Balloon(_))
+    ));
+    assert!(matches!(handle.reclaim(), Err(MemoryControlError::NoAgent)));
+    drop(vm);
+
+    let (status, out) = boot(VmBuilder::new(&kernel).memory_mib(128).balloon());
+    assert_eq!(status, ExitStatus::Reset, "{out}");
+    assert_eq!(Report::parse(&out).value("device_id"), Some(5), "{out}");
+
+    let vm = VmBuilder::new(&kernel).memory_mib(128).build().unwrap();
+    assert!(vm.handle().balloon().is_none());
+    assert!(matches!(
+        vm.handle().set_balloon_target_mib(1),
+        Err(MemoryControlError::NoBalloon)
+    ));
 }
 
 #[test]

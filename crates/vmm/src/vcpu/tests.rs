@@ -99,7 +99,7 @@ fn buses() -> (Buses, Arc<Mutex<Log>>, Arc<Mutex<Log>>) {
 #[test]
 fn accesses_reach_devices_and_unclaimed_reads_are_all_ones() {
     let (buses, pio, mmio) = buses();
-    let shared = Shared::new(1, 0);
+    let shared = Shared::new(1, 0, Default::default());
     let counters = VcpuCounters::default();
     let mut s = Script::new(vec![
         Scripted::Out(0x3f8, b"A".to_vec()),
@@ -142,7 +142,7 @@ fn exits_map_to_vm_statuses() {
         (Scripted::Failed, ExitStatus::Crashed("script ended".into())),
     ];
     for (exit, want) in cases {
-        let shared = Shared::new(1, 0);
+        let shared = Shared::new(1, 0, Default::default());
         let mut s = Script::new(vec![exit]);
         assert_eq!(
             run_loop(&mut s, &buses, &shared, &counters),
@@ -154,7 +154,7 @@ fn exits_map_to_vm_statuses() {
 #[test]
 fn a_stop_request_ends_the_loop_before_the_next_entry() {
     let (buses, pio, _) = buses();
-    let shared = Shared::new(1, 0);
+    let shared = Shared::new(1, 0, Default::default());
     shared.request_exit(ExitStatus::Stopped);
     let mut s = Script::new(vec![Scripted::Out(0x3f8, b"X".to_vec())]);
     assert_eq!(

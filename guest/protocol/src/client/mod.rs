@@ -236,7 +236,12 @@ where
             // the first failed send.
             std::thread::spawn(move || pump_stdin(input, &control, tty));
         }
-        None if !tty => control.stdin_eof()?,
+        // Best effort: a command that has already ended, behind an agent
+        // that has closed the connection, refuses it; the outcome is read
+        // below either way.
+        None if !tty => {
+            let _ = control.stdin_eof();
+        }
         None => {}
     }
     loop {
