@@ -44,8 +44,12 @@ pub struct BootArgs {
     no_rng: bool,
     /// Do not attach a virtio-balloon device (with free page reporting, the
     /// guest hands memory it frees back to the host).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "balloon")]
     no_balloon: bool,
+    /// Inflate the balloon to MIB at boot: the guest gives that much of its
+    /// memory back to the host (deflated again if the guest runs short).
+    #[arg(long, value_name = "MIB")]
+    balloon: Option<u64>,
     /// Attach a virtio-vsock device whose host side is the Unix socket UDS:
     /// host clients connect to it and send `CONNECT <port>\n`; guest
     /// connections to host port P go to the socket `UDS_P`.
@@ -132,6 +136,12 @@ pub fn run(mut args: BootArgs) -> anyhow::Result<ExitCode> {
     if !args.no_balloon {
         builder = builder.balloon();
     }
+    if let Some(mib) = args.balloon.filter(|&mib| mib >= args.memory) {
+        bail!(
+            "--balloon {mib} MiB would take all of the guest's {} MiB; give less than --memory",
+            args.memory
+        );
+    }
     if let Some(uds) = &args.vsock {
         builder = builder.agent_socket(uds);
         let vsock = vsock_device(args.cid.unwrap_or(DEFAULT_GUEST_CID), uds)?;
@@ -144,6 +154,12 @@ pub fn run(mut args: BootArgs) -> anyhow::Result<ExitCode> {
             None => return Err(anyhow::Error::new(e).context("cannot create the VM")),
         },
     };
+    if let Some(mib) = args.balloon {
+        // Kept by the device until the guest's driver starts, then asked for.
+        vm.handle()
+            .set_balloon_target_mib(mib)
+            .context("cannot set the balloon's target")?;
+    }
     let status = vm.run().context("cannot run the VM")?;
     Ok(match status {
         ExitStatus::PowerOff | ExitStatus::Reset | ExitStatus::Stopped | ExitStatus::Halted => {

@@ -218,3 +218,26 @@ fn doctor_names_the_kvm_kind() {
         "{out}"
     );
 }
+
+#[test]
+fn balloon_options_are_checked_and_a_target_boots() {
+    let Some((_dir, kernel)) = hello_guest() else {
+        return;
+    };
+    let k = kernel.to_str().unwrap();
+    let o = agentvm(&["boot", "--memory", "128", "--balloon", "128", "--kernel", k]);
+    let line = one_line_error(&o);
+    assert!(
+        line.contains("--balloon 128 MiB would take all of the guest's 128 MiB"),
+        "{line}"
+    );
+    let o = agentvm(&["boot", "--no-balloon", "--balloon", "16", "--kernel", k]);
+    assert_eq!(o.status.code(), Some(2), "clap refuses the conflict");
+    // A guest without a balloon driver: the target waits, the guest runs.
+    let o = agentvm(&["boot", "--memory", "128", "--balloon", "16", "--kernel", k]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        "hello from the cli test\n"
+    );
+}

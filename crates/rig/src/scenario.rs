@@ -84,6 +84,8 @@ pub struct Boot {
     pub script: Option<String>,
     /// Carry the SSH peer (dropbear in L2, dbclient in L1).
     pub ssh: bool,
+    /// More `agentvm boot` arguments (agentvm boots only).
+    pub extra_args: Vec<String>,
 }
 
 /// The kernel command line every L2 boot starts from (agentvm's default
@@ -105,6 +107,7 @@ impl Boot {
             timeout: Duration::from_secs(120),
             script: None,
             ssh: false,
+            extra_args: Vec::new(),
         }
     }
 
@@ -163,6 +166,12 @@ impl Boot {
         self
     }
 
+    /// Adds `agentvm boot` arguments.
+    pub fn args(mut self, args: &[&str]) -> Self {
+        self.extra_args.extend(args.iter().map(|a| a.to_string()));
+        self
+    }
+
     /// Sets the memory size.
     pub fn memory_mib(mut self, m: u32) -> Self {
         self.memory_mib = m;
@@ -212,7 +221,9 @@ impl Boot {
                     "--vcpus".into(),
                     self.vcpus.to_string(),
                 ];
-                (p.agentvm.clone(), args.into())
+                let mut args: Vec<String> = args.into();
+                args.extend(self.extra_args.iter().cloned());
+                (p.agentvm.clone(), args)
             }
             Vmm::Agentvm => {
                 let args = [
@@ -228,7 +239,9 @@ impl Boot {
                     "--cmdline".into(),
                     self.cmdline(),
                 ];
-                (p.agentvm.clone(), args.into())
+                let mut args: Vec<String> = args.into();
+                args.extend(self.extra_args.iter().cloned());
+                (p.agentvm.clone(), args)
             }
             Vmm::QemuMicrovm => {
                 let mut args: Vec<String> = Vec::new();

@@ -9,6 +9,9 @@ use agentvm_rig::{error_chain, Boot, BootResult, Rig, Scenario, ScenarioResult, 
 /// Concurrent sessions.
 const SESSIONS: usize = 16;
 
+/// MiB the balloon takes at boot (`agentvm boot --balloon`).
+const BALLOON_MIB: u64 = 64;
+
 /// MiB the guest writes to its tmpfs and frees again: free page reporting
 /// must hand most of it back to agentvm's host.
 const FILL_MIB: u64 = 192;
@@ -60,6 +63,15 @@ while [ $i -le SESSIONS ]; do
 done
 echo "RIG-EXEC concurrent_ok=$ok"
 echo "RIG-EXEC t_concurrent=$(up)"
+# The balloon inflates once its driver is up: poll the guest's counter.
+i=0
+while [ $i -lt 30 ]; do
+  inflated=$($A -- awk '/^balloon_inflate /{print $2}' /proc/vmstat)
+  [ "${inflated:-0}" -ge BALLOON_PAGES ] && break
+  sleep 1; i=$((i+1))
+done
+echo "RIG-EXEC balloon_inflated=$inflated"
+echo "RIG-EXEC meminfo=$($A -- awk '/^Mem(Total|Available):/{printf "%s %s ", $1, $2}' /proc/meminfo)"
 P=$(pidof agentvm)
 shm() { awk '/^RssShmem:/ {print $2}' /proc/$P/status; }
 echo "RIG-EXEC vmm_pids=$P"
@@ -100,8 +112,11 @@ fn attach_runs_commands_in_the_default_image() {
     let script = SCRIPT
         .replace("SESSIONS", &SESSIONS.to_string())
         .replace("FILL_BYTES", &(FILL_MIB << 20).to_string())
-        .replace("WANT_KIB", &WANT_KIB.to_string());
-    let boot = Boot::agent("exec", &script).vcpus(2);
+        .replace("WANT_KIB", &WANT_KIB.to_string())
+        .replace("BALLOON_PAGES", &(BALLOON_MIB * 256).to_string());
+    let boot = Boot::agent("exec", &script)
+        .vcpus(2)
+        .args(&["--balloon", &BALLOON_MIB.to_string()]);
     let r: ScenarioResult = rig
         .run(&Scenario::new("exec", vec![boot]))
         .unwrap_or_else(|e| panic!("{}", error_chain(&e)));
@@ -171,6 +186,17 @@ fn attach_runs_commands_in_the_default_image() {
         kib("shm_before"),
         kib("shm_filled"),
         kib("shm_after")
+    );
+    eprintln!(
+        "  balloon: {} pages inflated; {}",
+        m("balloon_inflated"),
+        m("meminfo")
+    );
+    assert!(
+        m("balloon_inflated").trim().parse::<u64>().unwrap_or(0) >= BALLOON_MIB * 256,
+        "--balloon {BALLOON_MIB}: the guest's balloon_inflate counter is {}; {}",
+        m("balloon_inflated"),
+        ctx()
     );
     assert_eq!(m("fill_rc"), "0", "{}", ctx());
     assert_eq!(m("rm_rc"), "0", "{}", ctx());
