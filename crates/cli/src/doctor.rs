@@ -1,37 +1,12 @@
 //! `agentvm doctor`: can this host run agentvm VMs?
 
 use std::fs::OpenOptions;
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 
+use agentvm_devices::virtio::fs::Search;
+
 use crate::kvm_host::KvmKind;
-
-/// Where virtiofsd is looked for, in order: `$AGENTVM_VIRTIOFSD`, `$PATH`,
-/// the distribution's libexec, cargo's bin directory.
-pub fn find_virtiofsd() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("AGENTVM_VIRTIOFSD") {
-        return Some(PathBuf::from(p)).filter(|p| is_executable(p));
-    }
-    let mut candidates: Vec<PathBuf> = std::env::var_os("PATH")
-        .map(|p| {
-            std::env::split_paths(&p)
-                .map(|d| d.join("virtiofsd"))
-                .collect()
-        })
-        .unwrap_or_default();
-    candidates.push(PathBuf::from("/usr/libexec/virtiofsd"));
-    candidates.push(PathBuf::from("/usr/lib/qemu/virtiofsd"));
-    if let Some(home) = std::env::var_os("HOME") {
-        candidates.push(Path::new(&home).join(".cargo/bin/virtiofsd"));
-    }
-    candidates.into_iter().find(|p| is_executable(p))
-}
-
-fn is_executable(p: &Path) -> bool {
-    p.metadata()
-        .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-}
 
 pub fn run() -> anyhow::Result<ExitCode> {
     let mut ok = true;
@@ -64,11 +39,12 @@ pub fn run() -> anyhow::Result<ExitCode> {
              or watch the default image boot inside the nested rig: `cargo demo`"
         );
     }
-    match find_virtiofsd() {
-        Some(p) => println!("virtiofsd: {}", p.display()),
-        None => println!(
-            "virtiofsd: not found — workspace sharing needs it: `cargo install --locked virtiofsd` \
-             (needs libseccomp-dev and libcap-ng-dev) or `apt install virtiofsd`, or set AGENTVM_VIRTIOFSD"
+    // Where the virtio-fs device itself looks, so the answer is the same.
+    match Search::from_env(None).find() {
+        Ok(v) => println!("virtiofsd: {} ({})", v.path.display(), v.version),
+        Err(e) => println!(
+            "virtiofsd: not usable — workspace sharing needs it: {}",
+            lower_first(&e.to_string())
         ),
     }
     Ok(if ok {
@@ -76,4 +52,13 @@ pub fn run() -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// `Cannot find …` → `cannot find …`, to follow a dash.
+fn lower_first(s: &str) -> String {
+    let mut c = s.chars();
+    match c.next() {
+        Some(f) => f.to_lowercase().chain(c).collect(),
+        None => String::new(),
+    }
 }

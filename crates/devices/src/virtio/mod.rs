@@ -8,6 +8,7 @@
 //! eventfds, and a [`VirtioInterrupt`] to signal the guest.
 
 pub mod balloon;
+pub mod fs;
 pub mod interrupt;
 pub mod rng;
 pub mod transport;
@@ -80,6 +81,10 @@ pub enum ActivateError {
     /// The device's worker could not be started.
     #[error("Cannot start the device worker")]
     Worker(#[source] worker::WorkerError),
+    /// The device's backend (an external process, a host resource) could
+    /// not be started or set up.
+    #[error("Cannot set up the device's backend")]
+    Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// The device was activated twice without a reset.
     #[error("Device is already active")]
     AlreadyActive,

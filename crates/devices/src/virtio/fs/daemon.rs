@@ -1,0 +1,677 @@
+//! One `virtiofsd` process: started for a share, watched through a pidfd,
+//! stopped with nothing left behind.
+//!
+//! The process runs in a process group of its own, so stopping it reaches
+//! every process it forked (with `--sandbox namespace` the server runs in a
+//! child inside new namespaces; that child also gets SIGTERM from the
+//! kernel when its parent dies). [`Daemon::stop`] lets the process exit by
+//! itself first (it does once its vhost-user connection closes), then
+//! kills the group while the leader is still unreaped (so the group id
+//! cannot have been reused), reaps the leader and removes the socket and
+//! the pid file virtiofsd writes beside it.
+//! `Drop` does the same.
+//!
+//! # Options
+//!
+//! Every daemon runs with `--thread-pool-size=0` (requests are completed
+//! in ring order, which the EIO takeover relies on, see the
+//! [module docs](super)), `--rlimit-nofile` raised as far as we may
+//! (1,000,000 capped by `fs.nr_open` with CAP_SYS_RESOURCE, else our hard
+//! limit), and `--inode-file-handles=prefer` when we hold
+//! CAP_DAC_READ_SEARCH (`never` otherwise: opening file handles needs it).
+//!
+//! # Sandbox
+//!
+//! `--sandbox namespace` first: as root it needs CAP_SYS_ADMIN, without
+//! root it needs unprivileged user namespaces (virtiofsd creates one and
+//! maps our uid to root inside). Where that fails (the daemon exits during
+//! startup; containers without CAP_SYS_ADMIN, or user namespaces switched
+//! off), the share is started again with `--sandbox chroot` when we hold
+//! CAP_SYS_CHROOT, else with `--sandbox none` and a warning. The fallback
+//! is remembered for the rest of the process ([`Sandbox::choices`]).
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::fs;
+use std::io::{self, BufRead, BufReader};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::FileTypeExt;
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStderr, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::{sleep, JoinHandle};
+use std::time::{Duration, Instant};
+
+use tracing::{debug, error, warn};
+
+use super::config::FsConfig;
+use super::locate::Virtiofsd;
+
+/// How long a daemon may take to open its socket.
+pub const START_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a daemon gets to exit by itself before it is killed.
+pub const STOP_GRACE: Duration = Duration::from_secs(1);
+/// Lines of virtiofsd's stderr kept for error messages.
+const STDERR_TAIL: usize = 6;
+/// RLIMIT_NOFILE we ask for when we may raise it.
+const WANTED_NOFILE: u64 = 1_000_000;
+
+/// Capability bits (linux/capability.h).
+const CAP_DAC_READ_SEARCH: u32 = 2;
+const CAP_SYS_CHROOT: u32 = 18;
+const CAP_SYS_RESOURCE: u32 = 24;
+
+/// Set once `--sandbox namespace` failed here: later shares go straight
+/// to the fallback.
+static NAMESPACE_FAILED: AtomicBool = AtomicBool::new(false);
+
+/// virtiofsd's `--sandbox` mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sandbox {
+    /// New mount, pid and net namespaces (plus a user namespace when not
+    /// root), with the shared directory as `/`.
+    Namespace,
+    /// `chroot(2)` into the shared directory (needs CAP_SYS_CHROOT).
+    Chroot,
+    /// No isolation: the daemon sees the host as we do.
+    None,
+}
+
+impl Sandbox {
+    /// The value of `--sandbox`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Sandbox::Namespace => "namespace",
+            Sandbox::Chroot => "chroot",
+            Sandbox::None => "none",
+        }
+    }
+
+    /// The modes to try, in order: `namespace` unless it already failed in
+    /// this process, then `chroot` with CAP_SYS_CHROOT or else `none`.
+    pub fn choices() -> Vec<Sandbox> {
+        let fallback = if has_capability(CAP_SYS_CHROOT) {
+            Sandbox::Chroot
+        } else {
+            Sandbox::None
+        };
+        if NAMESPACE_FAILED.load(Ordering::Relaxed) {
+            vec![fallback]
+        } else {
+            vec![Sandbox::Namespace, fallback]
+        }
+    }
+
+    /// Records that `--sandbox namespace` does not work here.
+    pub fn namespace_failed() {
+        NAMESPACE_FAILED.store(true, Ordering::Relaxed);
+    }
+}
+
+impl fmt::Display for Sandbox {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Errors while starting a daemon.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// Something that is not a socket sits where the socket goes.
+    #[error("{0} exists and is not a socket; refusing to replace it")]
+    SocketPathTaken(PathBuf),
+    /// A socket left by an earlier run could not be removed.
+    #[error("Cannot remove the stale socket {path}")]
+    StaleSocket {
+        /// The socket.
+        path: PathBuf,
+        /// Why removal failed.
+        #[source]
+        source: io::Error,
+    },
+    /// The process could not be started.
+    #[error("Cannot start {path}")]
+    Spawn {
+        /// The binary.
+        path: PathBuf,
+        /// Why the OS refused.
+        #[source]
+        source: io::Error,
+    },
+    /// The process could not be watched.
+    #[error("Cannot open a pidfd for virtiofsd (pid {pid})")]
+    Pidfd {
+        /// Its pid.
+        pid: u32,
+        /// Why `pidfd_open` failed.
+        #[source]
+        source: io::Error,
+    },
+    /// The process ended before it served the share.
+    #[error("virtiofsd exited during startup ({status}){stderr}")]
+    Exited {
+        /// The share.
+        tag: String,
+        /// How it ended.
+        status: ExitStatus,
+        /// `: <its last stderr lines>`, or empty.
+        stderr: String,
+    },
+    /// The process did not open its socket in time.
+    #[error("virtiofsd did not open {} within {} s", socket.display(), START_TIMEOUT.as_secs())]
+    Timeout {
+        /// The share.
+        tag: String,
+        /// The socket it should have opened.
+        socket: PathBuf,
+    },
+    /// Connecting to the socket failed for another reason than "not yet".
+    #[error("Cannot connect to {path}")]
+    Connect {
+        /// The socket.
+        path: PathBuf,
+        /// Why connect failed.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// The last lines virtiofsd wrote to stderr.
+type Tail = Arc<Mutex<VecDeque<String>>>;
+
+/// A running (or exited, not yet cleaned up) virtiofsd.
+#[derive(Debug)]
+pub struct Daemon {
+    tag: String,
+    child: Child,
+    pidfd: OwnedFd,
+    socket: PathBuf,
+    sandbox: Sandbox,
+    tail: Tail,
+    relay: Option<JoinHandle<()>>,
+    status: Option<ExitStatus>,
+}
+
+impl Daemon {
+    /// Starts `bin` for the share `config` (already validated) in
+    /// `sandbox` mode. Returns once the process exists; see
+    /// [`Daemon::connect`].
+    pub fn spawn(
+        bin: &Virtiofsd,
+        config: &FsConfig,
+        sandbox: Sandbox,
+    ) -> Result<Self, DaemonError> {
+        let socket = config.socket_path();
+        remove_stale_socket(&socket)?;
+        if sandbox == Sandbox::None {
+            warn!(
+                tag = %config.tag,
+                "virtio-fs: neither namespaces nor chroot are available; \
+                 virtiofsd runs without a sandbox (--sandbox none)"
+            );
+        }
+        let mut cmd = Command::new(&bin.path);
+        cmd.args(arguments(config, &socket, sandbox))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .process_group(0);
+        debug!(tag = %config.tag, ?cmd, "virtio-fs: starting virtiofsd {}", bin.version);
+        let mut child = cmd.spawn().map_err(|source| DaemonError::Spawn {
+            path: bin.path.clone(),
+            source,
+        })?;
+        let pid = child.id();
+        let pidfd = match pidfd_open(pid) {
+            Ok(fd) => fd,
+            Err(source) => {
+                kill_group(pid);
+                // Reaping a process we just SIGKILLed returns at once.
+                let _ = child.wait();
+                return Err(DaemonError::Pidfd { pid, source });
+            }
+        };
+        let tail = Tail::default();
+        let relay = child
+            .stderr
+            .take()
+            .and_then(|stderr| relay_stderr(&config.tag, stderr, tail.clone()));
+        Ok(Daemon {
+            tag: config.tag.clone(),
+            child,
+            pidfd,
+            socket,
+            sandbox,
+            tail,
+            relay,
+            status: None,
+        })
+    }
+
+    /// Waits until the daemon accepts connections on its socket and
+    /// returns the connection (virtiofsd serves exactly one).
+    pub fn connect(&mut self, timeout: Duration) -> Result<UnixStream, DaemonError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.has_exited(Duration::ZERO) {
+                return Err(self.exited_error());
+            }
+            match UnixStream::connect(&self.socket) {
+                Ok(stream) => return Ok(stream),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused
+                    ) => {}
+                Err(source) => {
+                    return Err(DaemonError::Connect {
+                        path: self.socket.clone(),
+                        source,
+                    })
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(DaemonError::Timeout {
+                    tag: self.tag.clone(),
+                    socket: self.socket.clone(),
+                });
+            }
+            sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// The error for a daemon that has exited: waits for it (briefly) and
+    /// reaps it, so the status and its last words are known.
+    pub fn exited_error(&mut self) -> DaemonError {
+        self.has_exited(STOP_GRACE);
+        let status = self.stop();
+        let stderr = self.stderr_tail();
+        match status {
+            Some(status) => DaemonError::Exited {
+                tag: self.tag.clone(),
+                status,
+                stderr: if stderr.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {stderr}")
+                },
+            },
+            // Only a failed waitpid gets here; the socket never came.
+            None => DaemonError::Timeout {
+                tag: self.tag.clone(),
+                socket: self.socket.clone(),
+            },
+        }
+    }
+
+    /// The process id (also its process group id).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Readable once the process has exited.
+    pub fn pidfd(&self) -> BorrowedFd<'_> {
+        self.pidfd.as_fd()
+    }
+
+    /// The sandbox mode it runs in.
+    pub fn sandbox(&self) -> Sandbox {
+        self.sandbox
+    }
+
+    /// The socket it listens on.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// Its last stderr lines, joined with " | ".
+    pub fn stderr_tail(&self) -> String {
+        let tail = self.tail.lock().unwrap_or_else(PoisonError::into_inner);
+        tail.iter().cloned().collect::<Vec<_>>().join(" | ")
+    }
+
+    /// How it ended, once [`Daemon::stop`] reaped it.
+    pub fn status(&self) -> Option<ExitStatus> {
+        self.status
+    }
+
+    /// Whether the process has exited, waiting up to `timeout` for it.
+    /// Does not reap it.
+    pub fn has_exited(&self, timeout: Duration) -> bool {
+        self.status.is_some() || wait_readable(self.pidfd.as_fd(), timeout)
+    }
+
+    /// Stops the daemon: waits up to [`STOP_GRACE`] for it to exit by
+    /// itself, kills its process group, reaps it and removes its socket.
+    /// Returns how it ended (`None` if it could not be reaped). Safe to call
+    /// again; later calls return the same status.
+    pub fn stop(&mut self) -> Option<ExitStatus> {
+        if self.status.is_none() {
+            if !self.has_exited(STOP_GRACE) {
+                debug!(tag = %self.tag, "virtio-fs: virtiofsd did not exit by itself; killing it");
+            }
+            // The rest of the group (the namespaced server, a helper): they
+            // are not our children, so their pidfds tell when they are gone.
+            let pid = self.pid();
+            let others: Vec<OwnedFd> = group_members(pid)
+                .into_iter()
+                .filter(|&p| p != pid)
+                .filter_map(|p| pidfd_open(p).ok())
+                .collect();
+            // The leader is not reaped yet, so its group id is still ours.
+            kill_group(pid);
+            match self.child.wait() {
+                Ok(status) => self.status = Some(status),
+                Err(e) => error!(tag = %self.tag, "virtio-fs: cannot reap virtiofsd: {e}"),
+            }
+            // SIGKILLed processes still take a moment to exit (a pid
+            // namespace's init waits for its namespace to empty).
+            let deadline = Instant::now() + STOP_GRACE;
+            for fd in &others {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if !wait_readable(fd.as_fd(), left) {
+                    warn!(tag = %self.tag, "virtio-fs: a virtiofsd process outlived SIGKILL");
+                }
+            }
+        }
+        // virtiofsd leaves `<socket>.pid` next to the socket (it locks it
+        // while running; a stale one does not bother the next start).
+        for path in [self.socket.clone(), pid_file(&self.socket)] {
+            if let Err(e) = fs::remove_file(&path) {
+                if e.kind() != io::ErrorKind::NotFound {
+                    warn!("virtio-fs: cannot remove {}: {e}", path.display());
+                }
+            }
+        }
+        self.join_relay();
+        self.status
+    }
+
+    /// The relay ends when the last writer of the pipe is gone; every
+    /// process of the group is dead by now, so that is within moments.
+    fn join_relay(&mut self) {
+        let Some(relay) = self.relay.take() else {
+            return;
+        };
+        let deadline = Instant::now() + Duration::from_millis(500);
+        while !relay.is_finished() && Instant::now() < deadline {
+            sleep(Duration::from_millis(2));
+        }
+        if relay.is_finished() {
+            // The relay cannot panic in a way worth reporting.
+            let _ = relay.join();
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// virtiofsd's command line for `config`.
+fn arguments(config: &FsConfig, socket: &Path, sandbox: Sandbox) -> Vec<String> {
+    let handles = if has_capability(CAP_DAC_READ_SEARCH) {
+        "prefer"
+    } else {
+        "never"
+    };
+    let mut args = vec![
+        format!("--shared-dir={}", config.shared_dir.display()),
+        format!("--socket-path={}", socket.display()),
+        format!("--sandbox={sandbox}"),
+        format!("--cache={}", config.cache),
+        "--thread-pool-size=0".to_owned(),
+        format!("--inode-file-handles={handles}"),
+        format!("--rlimit-nofile={}", nofile_limit()),
+    ];
+    if config.read_only {
+        args.push("--readonly".to_owned());
+    }
+    args
+}
+
+/// The pid file virtiofsd writes for `socket`.
+fn pid_file(socket: &Path) -> PathBuf {
+    let mut name = socket.as_os_str().to_owned();
+    name.push(".pid");
+    PathBuf::from(name)
+}
+
+/// A socket left by a VMM that died is replaced; anything else is not ours.
+fn remove_stale_socket(path: &Path) -> Result<(), DaemonError> {
+    match fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => {
+            fs::remove_file(path).map_err(|source| DaemonError::StaleSocket {
+                path: path.to_owned(),
+                source,
+            })
+        }
+        Ok(_) => Err(DaemonError::SocketPathTaken(path.to_owned())),
+        Err(_) => Ok(()),
+    }
+}
+
+/// Forwards virtiofsd's stderr to our log and keeps its last lines.
+fn relay_stderr(tag: &str, stderr: ChildStderr, tail: Tail) -> Option<JoinHandle<()>> {
+    let tag = tag.to_owned();
+    let spawned = std::thread::Builder::new()
+        .name(format!("virtiofsd-{tag}"))
+        .spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if line.contains("ERROR") {
+                    warn!(target: "virtiofsd", tag = %tag, "{line}");
+                } else {
+                    debug!(target: "virtiofsd", tag = %tag, "{line}");
+                }
+                let mut tail = tail.lock().unwrap_or_else(PoisonError::into_inner);
+                if tail.len() == STDERR_TAIL {
+                    tail.pop_front();
+                }
+                tail.push_back(line);
+            }
+        });
+    match spawned {
+        Ok(handle) => Some(handle),
+        Err(e) => {
+            // The pipe closes with the dropped thread closure: virtiofsd
+            // then gets EPIPE on its logs, nothing worse.
+            warn!("virtio-fs: cannot relay virtiofsd's stderr: {e}");
+            None
+        }
+    }
+}
+
+/// Waits up to `timeout` for `fd` to become readable (a pidfd: the
+/// process exited).
+fn wait_readable(fd: BorrowedFd<'_>, timeout: Duration) -> bool {
+    let mut pfd = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let ms = i32::try_from(left.as_millis()).unwrap_or(i32::MAX);
+        // SAFETY: `pfd` is one valid pollfd for the duration of the call;
+        // the count passed is 1.
+        let n = unsafe { libc::poll(&mut pfd, 1, ms) };
+        if n >= 0 {
+            return n > 0;
+        }
+        if io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+            return false;
+        }
+    }
+}
+
+/// The live processes of process group `pgid`, from `/proc`.
+fn group_members(pgid: u32) -> Vec<u32> {
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let pgid = pgid.to_string();
+    let mut members = Vec::new();
+    for entry in dir.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // After "(comm)", which may hold anything: state, ppid, pgrp.
+        let Some((_, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let mut fields = rest.split_whitespace();
+        let state = fields.next();
+        if fields.nth(1) == Some(pgid.as_str()) && state != Some("Z") {
+            members.push(pid);
+        }
+    }
+    members
+}
+
+fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
+    let pid = libc::pid_t::try_from(pid).map_err(|_| io::Error::from_raw_os_error(libc::ESRCH))?;
+    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let fd = i32::try_from(fd).map_err(|_| io::Error::from_raw_os_error(libc::EBADF))?;
+    // SAFETY: the kernel just returned this fd; nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// SIGKILL to the process group `pid` leads. ESRCH (all gone) is fine.
+fn kill_group(pid: u32) {
+    let Ok(pgid) = libc::pid_t::try_from(pid) else {
+        return;
+    };
+    if pgid <= 1 {
+        return;
+    }
+    // SAFETY: kill(2) with a negative pid signals that process group; it
+    // touches no memory of ours.
+    unsafe { libc::kill(-pgid, libc::SIGKILL) };
+}
+
+/// Whether our effective capability set holds `cap`.
+fn has_capability(cap: u32) -> bool {
+    let Ok(status) = fs::read_to_string("/proc/self/status") else {
+        return false;
+    };
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .is_some_and(|caps| caps & (1 << cap) != 0)
+}
+
+/// The RLIMIT_NOFILE to give virtiofsd: as high as we may set it.
+fn nofile_limit() -> u64 {
+    let nr_open = fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .unwrap_or(WANTED_NOFILE);
+    if has_capability(CAP_SYS_RESOURCE) {
+        return WANTED_NOFILE.min(nr_open);
+    }
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit into the struct we pass.
+    let rc = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) };
+    if rc != 0 {
+        // 0 leaves virtiofsd's limit as it inherits it.
+        return 0;
+    }
+    limit.rlim_max.min(nr_open)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn arguments_follow_the_config() {
+        let mut config = FsConfig::new("work", "/srv/share", "/run/vm");
+        let socket = config.socket_path();
+        let args = arguments(&config, &socket, Sandbox::Namespace);
+        for want in [
+            "--shared-dir=/srv/share",
+            "--socket-path=/run/vm/virtiofs-work.sock",
+            "--sandbox=namespace",
+            "--cache=auto",
+            "--thread-pool-size=0",
+        ] {
+            assert!(args.iter().any(|a| a == want), "{want} missing: {args:?}");
+        }
+        assert!(args.iter().any(|a| a.starts_with("--inode-file-handles=")));
+        assert!(args.iter().any(|a| a.starts_with("--rlimit-nofile=")));
+        assert!(!args.iter().any(|a| a == "--readonly"));
+        config.read_only = true;
+        config.cache = super::super::CacheMode::Never;
+        let args = arguments(&config, &socket, Sandbox::None);
+        assert!(args.iter().any(|a| a == "--readonly"));
+        assert!(args.iter().any(|a| a == "--cache=never"));
+        assert!(args.iter().any(|a| a == "--sandbox=none"));
+    }
+
+    #[test]
+    fn sandbox_choices_end_with_a_fallback() {
+        let choices = Sandbox::choices();
+        assert!(!choices.is_empty());
+        assert_ne!(choices.last(), Some(&Sandbox::Namespace));
+    }
+
+    #[test]
+    fn stale_sockets_go_and_other_files_stay() {
+        let tmp = tempfile::tempdir().unwrap();
+        let sock = tmp.path().join("s.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+        drop(listener);
+        remove_stale_socket(&sock).unwrap();
+        assert!(!sock.exists());
+        remove_stale_socket(&sock).unwrap();
+        fs::write(&sock, b"mine").unwrap();
+        assert!(matches!(
+            remove_stale_socket(&sock),
+            Err(DaemonError::SocketPathTaken(_))
+        ));
+        assert!(sock.exists());
+    }
+
+    #[test]
+    fn a_process_group_is_stopped_and_reaped() {
+        let tmp = tempfile::tempdir().unwrap();
+        // A stand-in "virtiofsd" that forks a child and waits forever.
+        let bin = tmp.path().join("fake");
+        fs::write(&bin, "#!/bin/sh\nsleep 1000 &\necho started >&2\nwait\n").unwrap();
+        let exec = <fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o755);
+        fs::set_permissions(&bin, exec).unwrap();
+        let config = FsConfig::new("fake", tmp.path(), tmp.path());
+        let fake = Virtiofsd {
+            path: bin,
+            version: "0".into(),
+        };
+        let mut daemon = Daemon::spawn(&fake, &config, Sandbox::None).unwrap();
+        let pid = daemon.pid();
+        assert!(!daemon.has_exited(Duration::from_millis(50)));
+        let status = daemon.stop().unwrap();
+        assert!(!status.success());
+        let left = group_members(pid);
+        assert!(left.is_empty(), "process group {pid} survived: {left:?}");
+        assert_eq!(daemon.stop(), Some(status));
+    }
+}

@@ -1,0 +1,274 @@
+//! The virtio-fs device: what the transport sees (type 26, a high-priority
+//! queue and one request queue, `tag` and `num_request_queues` in config
+//! space, the backend's features) and the switch between idle and running.
+//!
+//! # Lifecycle
+//!
+//! [`VirtioFs::new`] validates the share, finds virtiofsd, starts it and
+//! runs the first half of the handshake: the features the guest is offered
+//! come from the daemon, so it must run before the driver looks. The
+//! driver's DRIVER_OK ([`VirtioDevice::activate`]) completes the handshake
+//! and hands the daemon, the rings and the call eventfds to a worker.
+//! A reset stops the worker and the daemon; the next activation starts a
+//! fresh daemon (same binary, same options, hence the same features).
+//! Dropping the device stops everything.
+
+use std::error::Error;
+use std::sync::Arc;
+
+use tracing::{error, warn};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use super::backend::BackendError;
+use super::config::{ConfigError, FsConfig};
+use super::daemon::STOP_GRACE;
+use super::handle::{DaemonState, FsHandle, Shared};
+use super::handler::FsHandler;
+use super::locate::{LocateError, Search, Virtiofsd};
+use super::session::{Session, StartError};
+use super::{CONFIG_LEN, NUM_QUEUES, NUM_REQUEST_QUEUES, QUEUE_SIZE, TAG_LEN};
+use crate::virtio::worker::Worker;
+use crate::virtio::{device_type, ActivateError, ActivationContext, VirtioDevice};
+
+/// The queue sizes the transport offers.
+const QUEUE_MAX_SIZES: [u16; NUM_QUEUES] = [QUEUE_SIZE; NUM_QUEUES];
+
+/// Why a share could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum FsError {
+    /// The configuration is not usable.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// No usable virtiofsd (one line naming what to install).
+    #[error(transparent)]
+    Locate(#[from] LocateError),
+    /// virtiofsd did not start or the handshake failed.
+    #[error("Cannot start virtiofsd for share {tag}")]
+    Start {
+        /// The share.
+        tag: String,
+        /// What went wrong.
+        #[source]
+        source: StartError,
+    },
+    /// An eventfd could not be created.
+    #[error("Cannot create the call eventfds")]
+    CallEvent(#[source] std::io::Error),
+    /// The second half of the handshake failed.
+    #[error("Cannot set up virtiofsd for share {tag}")]
+    Activate {
+        /// The share.
+        tag: String,
+        /// What went wrong.
+        #[source]
+        source: BackendError,
+    },
+    /// The worker thread could not be started.
+    #[error("Cannot start the device worker")]
+    Worker(#[source] crate::virtio::worker::WorkerError),
+    /// The driver acknowledged features the (new) daemon does not offer.
+    #[error("The driver acknowledged features {0:#x} virtiofsd does not offer")]
+    Features(u64),
+}
+
+/// A virtio-fs device backed by one virtiofsd; see the [module docs](self).
+pub struct VirtioFs {
+    config: FsConfig,
+    binary: Virtiofsd,
+    features: u64,
+    config_space: [u8; CONFIG_LEN],
+    /// A started daemon waiting for the driver.
+    idle: Option<Session>,
+    worker: Option<Worker<FsHandler>>,
+    shared: Arc<Shared>,
+}
+
+impl VirtioFs {
+    /// Starts the share `config` with the virtiofsd its configuration,
+    /// `$AGENTVM_VIRTIOFSD` or the search path names.
+    pub fn new(config: FsConfig) -> Result<Self, FsError> {
+        let search = Search::from_env(config.virtiofsd.clone());
+        Self::with_search(config, &search)
+    }
+
+    /// Starts the share `config` with the first virtiofsd `search` finds.
+    pub fn with_search(config: FsConfig, search: &Search) -> Result<Self, FsError> {
+        config.validate()?;
+        let binary = search.find()?;
+        let session = Session::start(&binary, &config).map_err(|source| FsError::Start {
+            tag: config.tag.clone(),
+            source,
+        })?;
+        let mut config_space = [0u8; CONFIG_LEN];
+        config_space[..TAG_LEN].copy_from_slice(&config.tag_bytes());
+        config_space[TAG_LEN..].copy_from_slice(&u32::from(NUM_REQUEST_QUEUES).to_le_bytes());
+        let shared = Arc::new(Shared::new(&config.tag, config.socket_path()));
+        shared.set(DaemonState::Running { pid: session.pid() });
+        Ok(VirtioFs {
+            features: session.guest_features(),
+            config,
+            binary,
+            config_space,
+            idle: Some(session),
+            worker: None,
+            shared,
+        })
+    }
+
+    /// The host's view of the daemon; valid for the device's lifetime and
+    /// beyond (it then reports the last state).
+    pub fn handle(&self) -> FsHandle {
+        FsHandle::new(self.shared.clone())
+    }
+
+    /// The virtiofsd binary in use.
+    pub fn virtiofsd(&self) -> &Virtiofsd {
+        &self.binary
+    }
+
+    /// The share.
+    pub fn config(&self) -> &FsConfig {
+        &self.config
+    }
+
+    /// Whether a worker is running the queues.
+    pub fn is_active(&self) -> bool {
+        self.worker.is_some()
+    }
+
+    fn start(&mut self, ctx: ActivationContext) -> Result<Worker<FsHandler>, FsError> {
+        let tag = self.config.tag.clone();
+        let calls = (0..NUM_QUEUES)
+            .map(|_| EventFd::new(EFD_NONBLOCK))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(FsError::CallEvent)?;
+        let mut idle = self.idle.take();
+        let session = loop {
+            let was_idle = idle.is_some();
+            let mut session = match idle.take() {
+                Some(session) => session,
+                None => self.start_session()?,
+            };
+            self.shared.set(DaemonState::Running { pid: session.pid() });
+            let unknown = ctx.acked_features & !session.guest_features();
+            if unknown != 0 {
+                return Err(FsError::Features(unknown));
+            }
+            match session.activate(&ctx.mem, &ctx.queues, &calls, ctx.acked_features) {
+                Ok(()) => break session,
+                // The daemon started at construction died while it waited
+                // for the driver: start another, once.
+                Err(e @ BackendError::Request { .. })
+                    if was_idle && session.has_exited(STOP_GRACE) =>
+                {
+                    warn!(tag = %tag, "virtio-fs: the waiting virtiofsd exited ({e}); starting another");
+                }
+                Err(source) => return Err(FsError::Activate { tag, source }),
+            }
+        };
+        let handler = FsHandler::new(
+            &tag,
+            session,
+            ctx.mem,
+            ctx.queues,
+            calls,
+            ctx.interrupt,
+            self.shared.clone(),
+        );
+        // On failure the handler, and with it the daemon, is dropped.
+        Worker::spawn("virtio-fs", handler).map_err(FsError::Worker)
+    }
+
+    fn start_session(&self) -> Result<Session, FsError> {
+        Session::start(&self.binary, &self.config).map_err(|source| FsError::Start {
+            tag: self.config.tag.clone(),
+            source,
+        })
+    }
+}
+
+impl VirtioDevice for VirtioFs {
+    fn device_type(&self) -> u32 {
+        device_type::FS
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &QUEUE_MAX_SIZES
+    }
+
+    fn features(&self) -> u64 {
+        self.features
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        for (i, byte) in data.iter_mut().enumerate() {
+            let at = offset
+                .checked_add(i as u64)
+                .and_then(|a| usize::try_from(a).ok());
+            *byte = at
+                .and_then(|a| self.config_space.get(a))
+                .copied()
+                .unwrap_or(0);
+        }
+    }
+
+    fn activate(&mut self, ctx: ActivationContext) -> Result<(), ActivateError> {
+        if self.worker.is_some() {
+            return Err(ActivateError::AlreadyActive);
+        }
+        if ctx.queues.len() != NUM_QUEUES {
+            return Err(ActivateError::QueueCount {
+                expected: NUM_QUEUES,
+                got: ctx.queues.len(),
+            });
+        }
+        match self.start(ctx) {
+            Ok(worker) => {
+                self.worker = Some(worker);
+                Ok(())
+            }
+            Err(e) => {
+                // The transport logs only the top line; the cause matters.
+                error!(tag = %self.config.tag, "virtio-fs: {}", chain(&e));
+                self.shared.set(DaemonState::Stopped);
+                Err(ActivateError::Backend(Box::new(e)))
+            }
+        }
+    }
+
+    fn reset(&mut self) -> bool {
+        if let Some(worker) = self.worker.take() {
+            // Either way the thread is gone; dropping the handler stops
+            // the daemon (a panicked worker dropped it while unwinding).
+            match worker.stop() {
+                Ok(handler) => drop(handler),
+                Err(e) => error!("virtio-fs: {e}"),
+            }
+            self.shared.set(DaemonState::Stopped);
+        }
+        true
+    }
+}
+
+impl Drop for VirtioFs {
+    fn drop(&mut self) {
+        // The worker's handler and the idle session each stop their
+        // daemon when dropped; this only makes the order explicit and
+        // leaves the handle with the final state.
+        self.reset();
+        drop(self.idle.take());
+        self.shared.set(DaemonState::Stopped);
+    }
+}
+
+/// An error and its sources on one line.
+fn chain(e: &dyn Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}

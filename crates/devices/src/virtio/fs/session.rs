@@ -1,0 +1,182 @@
+//! A started share: one virtiofsd process and our vhost-user connection to
+//! it, past the first half of the handshake.
+
+use std::os::fd::{BorrowedFd, RawFd};
+use std::process::ExitStatus;
+use std::time::Duration;
+
+use tracing::warn;
+use vmm_sys_util::eventfd::EventFd;
+
+use super::backend::{BackendError, VhostUserFs};
+use super::config::FsConfig;
+use super::daemon::{Daemon, DaemonError, Sandbox, START_TIMEOUT, STOP_GRACE};
+use super::locate::Virtiofsd;
+use crate::virtio::{ActiveQueue, GuestMemory};
+
+/// How long any one vhost-user reply may take.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why a share could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The process did not come up.
+    #[error(transparent)]
+    Daemon(#[from] DaemonError),
+    /// The handshake failed.
+    #[error("Handshake with virtiofsd failed")]
+    Backend(#[from] BackendError),
+}
+
+/// A daemon and its connection.
+pub(crate) struct Session {
+    // Field order matters: the connection closes first, so the daemon
+    // exits by itself before `Daemon`'s drop would have to kill it.
+    backend: VhostUserFs,
+    daemon: Daemon,
+}
+
+impl Session {
+    /// Starts `bin` for `config` (validated) and connects. Tries the
+    /// sandbox modes of [`Sandbox::choices`] in order: a daemon that dies
+    /// during startup in `namespace` mode is started again in the next.
+    pub(crate) fn start(bin: &Virtiofsd, config: &FsConfig) -> Result<Self, StartError> {
+        let choices = Sandbox::choices();
+        let mut tried = choices.iter().peekable();
+        while let Some(&sandbox) = tried.next() {
+            match Self::start_in(bin, config, sandbox) {
+                Ok(session) => return Ok(session),
+                Err(StartError::Daemon(e @ DaemonError::Exited { .. }))
+                    if sandbox == Sandbox::Namespace =>
+                {
+                    let Some(next) = tried.peek() else {
+                        return Err(e.into());
+                    };
+                    warn!(
+                        tag = %config.tag,
+                        "virtio-fs: virtiofsd cannot use --sandbox namespace here ({e}); \
+                         using --sandbox {next}"
+                    );
+                    Sandbox::namespace_failed();
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        // `choices` is never empty; this only keeps the types honest.
+        Err(DaemonError::Timeout {
+            tag: config.tag.clone(),
+            socket: config.socket_path(),
+        }
+        .into())
+    }
+
+    fn start_in(bin: &Virtiofsd, config: &FsConfig, sandbox: Sandbox) -> Result<Self, StartError> {
+        let mut daemon = Daemon::spawn(bin, config, sandbox)?;
+        let stream = daemon.connect(START_TIMEOUT)?;
+        match VhostUserFs::connect(stream, REPLY_TIMEOUT) {
+            Ok(backend) => Ok(Session { backend, daemon }),
+            // A daemon that died mid-handshake explains the failure better
+            // than the broken socket does.
+            Err(_) if daemon.has_exited(STOP_GRACE) => Err(daemon.exited_error().into()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The virtio features to offer the guest.
+    pub(crate) fn guest_features(&self) -> u64 {
+        self.backend.guest_features()
+    }
+
+    /// Whether the daemon has exited, waiting up to `timeout` for it.
+    pub(crate) fn has_exited(&self, timeout: Duration) -> bool {
+        self.daemon.has_exited(timeout)
+    }
+
+    /// The daemon's pid.
+    pub(crate) fn pid(&self) -> u32 {
+        self.daemon.pid()
+    }
+
+    /// The vhost-user socket (readable once the daemon is gone).
+    pub(crate) fn socket_fd(&self) -> RawFd {
+        self.backend.socket_fd()
+    }
+
+    /// The daemon's pidfd (readable once it exited).
+    pub(crate) fn pidfd(&self) -> BorrowedFd<'_> {
+        self.daemon.pidfd()
+    }
+
+    /// The second half of the handshake; see [`VhostUserFs::activate`].
+    pub(crate) fn activate(
+        &mut self,
+        mem: &GuestMemory,
+        queues: &[ActiveQueue],
+        calls: &[EventFd],
+        acked_features: u64,
+    ) -> Result<(), BackendError> {
+        self.backend.activate(mem, queues, calls, acked_features)
+    }
+
+    /// Closes the connection, stops the daemon and tells how it ended.
+    pub(crate) fn shutdown(self) -> Option<ExitStatus> {
+        let Session {
+            backend,
+            mut daemon,
+        } = self;
+        drop(backend);
+        daemon.stop()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::fs;
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::ExitStatusExt;
+
+    use super::*;
+
+    #[test]
+    fn a_namespace_failure_falls_back_and_is_remembered() {
+        let tmp = tempfile::tempdir().unwrap();
+        // A stand-in that dies in namespace mode, as virtiofsd does where
+        // namespaces are not allowed, and says what it got otherwise.
+        let bin = tmp.path().join("fake-virtiofsd");
+        fs::write(
+            &bin,
+            "#!/bin/sh\n\
+             case \"$*\" in *--sandbox=namespace*) echo 'ERROR unshare: EPERM' >&2; exit 1;; esac\n\
+             echo \"got $*\" >&2\n\
+             exit 3\n",
+        )
+        .unwrap();
+        fs::set_permissions(&bin, fs::Permissions::from_mode(0o755)).unwrap();
+        let fake = Virtiofsd {
+            path: bin,
+            version: "0".into(),
+        };
+        let config = FsConfig::new("fallback", tmp.path(), tmp.path());
+        let fallback = *Sandbox::choices().last().unwrap();
+
+        let err = match Session::start(&fake, &config) {
+            Err(StartError::Daemon(e)) => e,
+            Err(e) => panic!("unexpected error {e}"),
+            Ok(_) => panic!("the fake daemon cannot serve"),
+        };
+        // The error is the fallback attempt's, not the namespace one's.
+        match &err {
+            DaemonError::Exited { status, stderr, .. } => {
+                assert_eq!(status.into_raw() >> 8, 3, "{err}");
+                assert!(stderr.contains(&format!("--sandbox={fallback}")), "{err}");
+            }
+            other => panic!("unexpected error {other}"),
+        }
+        // Later shares go straight to the fallback.
+        assert_eq!(Sandbox::choices(), [fallback]);
+        // Both attempts cleaned up after themselves.
+        assert_eq!(fs::read_dir(tmp.path()).unwrap().count(), 1);
+    }
+}

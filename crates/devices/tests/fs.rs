@@ -1,0 +1,776 @@
+//! virtio-fs end to end with a real virtiofsd (T2): the driver harness sets
+//! the device up over memfd-backed guest RAM, as the VMM maps it, and sends
+//! FUSE requests through the request queue; virtiofsd maps that RAM and
+//! serves them on a temporary host directory.
+//!
+//! Needs the Rust virtiofsd (`cargo install --locked virtiofsd`, or
+//! `$AGENTVM_VIRTIOFSD`). Without one each test prints why it skipped —
+//! unless `CI` is set, where a missing virtiofsd fails the test.
+#![allow(clippy::unwrap_used)]
+
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::os::fd::FromRawFd;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, Once};
+use std::time::{Duration, Instant};
+
+use agentvm_devices::testing::{Buf, Driver};
+use agentvm_devices::virtio::fs::{
+    DaemonState, FsConfig, FsHandle, LocateError, Search, VirtioFs, Virtiofsd, NUM_QUEUES,
+    QUEUE_SIZE, TAG_LEN,
+};
+use agentvm_devices::virtio::{device_type, GuestMemory, VIRTIO_F_VERSION_1};
+use vm_memory::{FileOffset, GuestAddress};
+
+const MEM: u64 = 32 << 20;
+/// A hang guard only: every wait ends as soon as the device answers.
+const HANG_GUARD: Duration = Duration::from_secs(20);
+const HIPRIO: u16 = 0;
+const REQUEST: u16 = 1;
+const EVENT_IDX: u64 = 1 << 29;
+const INDIRECT_DESC: u64 = 1 << 28;
+
+/// FUSE messages (linux/fuse.h, protocol 7.31): just what these tests send.
+mod fuse {
+    pub const LOOKUP: u32 = 1;
+    pub const FORGET: u32 = 2;
+    pub const GETATTR: u32 = 3;
+    pub const MKDIR: u32 = 9;
+    pub const OPEN: u32 = 14;
+    pub const READ: u32 = 15;
+    pub const WRITE: u32 = 16;
+    pub const RELEASE: u32 = 18;
+    pub const INIT: u32 = 26;
+    pub const OPENDIR: u32 = 27;
+    pub const READDIR: u32 = 28;
+    pub const RELEASEDIR: u32 = 29;
+    pub const CREATE: u32 = 35;
+
+    pub const ROOT: u64 = 1;
+    pub const IN_HEADER: usize = 40;
+    pub const OUT_HEADER: usize = 16;
+    /// fuse_entry_out: nodeid, generation, two timeouts, two nsecs, attr.
+    pub const ENTRY_OUT: usize = 40 + 88;
+    pub const OPEN_OUT: usize = 16;
+    pub const INIT_OUT: usize = 64;
+
+    /// A little-endian byte builder.
+    #[derive(Default)]
+    pub struct Msg(pub Vec<u8>);
+
+    impl Msg {
+        pub fn u16(mut self, v: u16) -> Self {
+            self.0.extend(v.to_le_bytes());
+            self
+        }
+        pub fn u32(mut self, v: u32) -> Self {
+            self.0.extend(v.to_le_bytes());
+            self
+        }
+        pub fn u64(mut self, v: u64) -> Self {
+            self.0.extend(v.to_le_bytes());
+            self
+        }
+        pub fn bytes(mut self, b: &[u8]) -> Self {
+            self.0.extend(b);
+            self
+        }
+        /// A NUL-terminated name.
+        pub fn name(self, name: &str) -> Self {
+            self.bytes(name.as_bytes()).bytes(&[0])
+        }
+    }
+
+    /// fuse_in_header followed by `body`.
+    pub fn request(opcode: u32, unique: u64, nodeid: u64, body: &[u8]) -> Vec<u8> {
+        let len = (IN_HEADER + body.len()) as u32;
+        Msg::default()
+            .u32(len)
+            .u32(opcode)
+            .u64(unique)
+            .u64(nodeid)
+            .u32(0) // uid
+            .u32(0) // gid
+            .u32(std::process::id())
+            .u16(0) // total_extlen
+            .u16(0) // padding
+            .bytes(body)
+            .0
+    }
+
+    pub fn init_in() -> Vec<u8> {
+        // major, minor, max_readahead, flags.
+        Msg::default().u32(7).u32(31).u32(128 << 10).u32(0).0
+    }
+
+    pub fn create_in(flags: u32, mode: u32, name: &str) -> Vec<u8> {
+        // flags, mode, umask, open_flags.
+        Msg::default()
+            .u32(flags)
+            .u32(mode)
+            .u32(0o022)
+            .u32(0)
+            .name(name)
+            .0
+    }
+
+    pub fn open_in(flags: u32) -> Vec<u8> {
+        Msg::default().u32(flags).u32(0).0
+    }
+
+    pub fn mkdir_in(mode: u32, name: &str) -> Vec<u8> {
+        Msg::default().u32(mode).u32(0o022).name(name).0
+    }
+
+    /// fuse_read_in, also READDIR's body.
+    pub fn read_in(fh: u64, offset: u64, size: u32, flags: u32) -> Vec<u8> {
+        Msg::default()
+            .u64(fh)
+            .u64(offset)
+            .u32(size)
+            .u32(0) // read_flags
+            .u64(0) // lock_owner
+            .u32(flags)
+            .u32(0)
+            .0
+    }
+
+    pub fn write_in(fh: u64, offset: u64, data: &[u8]) -> Vec<u8> {
+        Msg::default()
+            .u64(fh)
+            .u64(offset)
+            .u32(data.len() as u32)
+            .u32(0) // write_flags
+            .u64(0) // lock_owner
+            .u32(0) // flags
+            .u32(0)
+            .bytes(data)
+            .0
+    }
+
+    pub fn release_in(fh: u64, flags: u32) -> Vec<u8> {
+        Msg::default().u64(fh).u32(flags).u32(0).u64(0).0
+    }
+
+    pub fn forget_in(nlookup: u64) -> Vec<u8> {
+        Msg::default().u64(nlookup).0
+    }
+
+    pub fn u32_at(b: &[u8], at: usize) -> u32 {
+        u32::from_le_bytes(b[at..at + 4].try_into().unwrap())
+    }
+
+    pub fn u64_at(b: &[u8], at: usize) -> u64 {
+        u64::from_le_bytes(b[at..at + 8].try_into().unwrap())
+    }
+
+    /// (nodeid, size, mode) of a fuse_entry_out.
+    pub fn entry(b: &[u8]) -> (u64, u64, u32) {
+        (u64_at(b, 0), u64_at(b, 40 + 8), u32_at(b, 40 + 60))
+    }
+
+    /// The names in a READDIR reply (fuse_dirent records, 8-byte aligned).
+    pub fn dirent_names(mut b: &[u8]) -> Vec<String> {
+        let mut names = Vec::new();
+        while b.len() >= 24 {
+            let namelen = u32_at(b, 16) as usize;
+            let name = &b[24..24 + namelen];
+            names.push(String::from_utf8_lossy(name).into_owned());
+            let rec = (24 + namelen).next_multiple_of(8).min(b.len());
+            b = &b[rec..];
+        }
+        names
+    }
+}
+
+/// A FUSE reply: the out header's fields and what follows it.
+#[derive(Debug)]
+struct Reply {
+    error: i32,
+    unique: u64,
+    body: Vec<u8>,
+}
+
+// ---- logs -----------------------------------------------------------------
+
+static LOGS: Mutex<Vec<u8>> = Mutex::new(Vec::new());
+
+struct Capture;
+
+impl Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        LOGS.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Sends every log line of this test process into [`LOGS`].
+fn capture_logs() {
+    static INIT: Once = Once::new();
+    INIT.call_once(|| {
+        let _ = tracing_subscriber::fmt()
+            .with_writer(|| Capture)
+            .with_ansi(false)
+            .with_max_level(tracing_subscriber::filter::LevelFilter::DEBUG)
+            .try_init();
+    });
+}
+
+fn logs() -> String {
+    String::from_utf8_lossy(&LOGS.lock().unwrap()).into_owned()
+}
+
+// ---- setup ----------------------------------------------------------------
+
+/// The virtiofsd the device will use, or `None` (test skipped) outside CI.
+fn virtiofsd(test: &str) -> Option<Virtiofsd> {
+    match Search::from_env(None).find() {
+        Ok(found) => Some(found),
+        Err(e) if std::env::var_os("CI").is_some() => panic!("{test}: CI needs virtiofsd: {e}"),
+        Err(e) => {
+            eprintln!("skipping {test}: {e}");
+            None
+        }
+    }
+}
+
+/// Temporary shared and state directories.
+struct Dirs {
+    _tmp: tempfile::TempDir,
+    shared: PathBuf,
+    state: PathBuf,
+}
+
+fn dirs() -> Dirs {
+    let tmp = tempfile::tempdir().unwrap();
+    let shared = tmp.path().join("share");
+    let state = tmp.path().join("state");
+    fs::create_dir(&shared).unwrap();
+    fs::create_dir(&state).unwrap();
+    Dirs {
+        _tmp: tmp,
+        shared,
+        state,
+    }
+}
+
+/// Guest RAM as the VMM makes it: a memfd mapped shared.
+fn memfd_ram(size: u64) -> GuestMemory {
+    // SAFETY: a valid NUL-terminated name and valid flags.
+    let fd = unsafe { libc::memfd_create(c"fs-test".as_ptr(), libc::MFD_CLOEXEC) };
+    assert!(fd >= 0, "memfd_create: {}", io::Error::last_os_error());
+    // SAFETY: memfd_create returned a new descriptor nothing else owns.
+    let file = Arc::new(unsafe { File::from_raw_fd(fd) });
+    file.set_len(size).unwrap();
+    GuestMemory::from_ranges_with_files([(
+        GuestAddress(0),
+        size as usize,
+        Some(FileOffset::from_arc(file, 0)),
+    )])
+    .unwrap()
+}
+
+/// A guest with a virtio-fs device, driven through the harness.
+struct Guest {
+    drv: Driver,
+    host: FsHandle,
+    unique: u64,
+}
+
+impl Guest {
+    fn start(config: FsConfig) -> Self {
+        capture_logs();
+        let fs = VirtioFs::new(config).unwrap();
+        let host = fs.handle();
+        let drv = Driver::with_memory(Box::new(fs), memfd_ram(MEM)).unwrap();
+        let mut g = Guest {
+            drv,
+            host,
+            unique: 0,
+        };
+        g.init_driver();
+        g
+    }
+
+    /// Probe, features, both queues, DRIVER_OK: what Linux's driver does.
+    fn init_driver(&mut self) {
+        assert_eq!(self.drv.probe().unwrap(), device_type::FS);
+        let offered = self.drv.device_features();
+        assert_ne!(offered & VIRTIO_F_VERSION_1, 0);
+        let wanted = VIRTIO_F_VERSION_1 | EVENT_IDX | INDIRECT_DESC;
+        self.drv.negotiate(wanted).unwrap();
+        assert_eq!(self.drv.queue_max(NUM_QUEUES as u16), 0);
+        for q in 0..NUM_QUEUES as u16 {
+            assert_eq!(self.drv.queue_max(q), QUEUE_SIZE);
+            self.drv.setup_queue(q, 64).unwrap();
+        }
+        self.drv.driver_ok().unwrap();
+    }
+
+    /// Sends one request on queue `queue` with room for `reply_len` bytes
+    /// after the out header; waits for its reply.
+    fn send(&mut self, queue: u16, opcode: u32, nodeid: u64, body: &[u8], reply_len: u32) -> Reply {
+        self.unique += 1;
+        let unique = self.unique;
+        let req = fuse::request(opcode, unique, nodeid, body);
+        let head = self
+            .drv
+            .add_chain(
+                queue,
+                &[
+                    Buf::readable(req),
+                    Buf::writable(fuse::OUT_HEADER as u32 + reply_len),
+                ],
+            )
+            .unwrap();
+        self.drv.notify(queue);
+        let used = self.drv.wait_used(queue, HANG_GUARD).unwrap();
+        assert_eq!(used.len(), 1);
+        assert_eq!(used[0].head, head);
+        let bytes = self.drv.read_written(&used[0]).unwrap();
+        assert!(bytes.len() >= fuse::OUT_HEADER, "short reply {bytes:?}");
+        let len = fuse::u32_at(&bytes, 0) as usize;
+        assert_eq!(len, bytes.len(), "out header length vs used length");
+        let reply = Reply {
+            error: fuse::u32_at(&bytes, 4) as i32,
+            unique: fuse::u64_at(&bytes, 8),
+            body: bytes[fuse::OUT_HEADER..].to_vec(),
+        };
+        assert_eq!(reply.unique, unique);
+        reply
+    }
+
+    fn request(&mut self, opcode: u32, nodeid: u64, body: &[u8], reply_len: u32) -> Reply {
+        self.send(REQUEST, opcode, nodeid, body, reply_len)
+    }
+
+    /// FUSE_INIT; returns the server's minor version.
+    fn fuse_init(&mut self) -> u32 {
+        let r = self.request(fuse::INIT, 0, &fuse::init_in(), fuse::INIT_OUT as u32);
+        assert_eq!(r.error, 0, "FUSE_INIT failed");
+        assert_eq!(fuse::u32_at(&r.body, 0), 7, "major");
+        let minor = fuse::u32_at(&r.body, 4);
+        assert!(minor >= 31, "minor {minor}");
+        minor
+    }
+
+    fn lookup(&mut self, name: &str) -> Result<(u64, u64, u32), i32> {
+        let body = fuse::Msg::default().name(name).0;
+        let r = self.request(fuse::LOOKUP, fuse::ROOT, &body, fuse::ENTRY_OUT as u32);
+        match r.error {
+            0 => Ok(fuse::entry(&r.body)),
+            e => Err(-e),
+        }
+    }
+}
+
+fn config(dirs: &Dirs, tag: &str) -> FsConfig {
+    FsConfig::new(tag, &dirs.shared, &dirs.state)
+}
+
+/// Live (not zombie) processes in process group `pgid`.
+fn live_in_group(pgid: u32) -> Vec<u32> {
+    let mut live = Vec::new();
+    for entry in fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // After "(comm)": state, ppid, pgrp.
+        let Some((_, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        if fields.get(2) == Some(&pgid.to_string().as_str()) && fields.first() != Some(&"Z") {
+            live.push(pid);
+        }
+    }
+    live
+}
+
+/// Processes whose command line mentions `needle` (our socket path).
+fn processes_mentioning(needle: &Path) -> Vec<u32> {
+    let needle = needle.to_string_lossy().into_owned();
+    let mut found = Vec::new();
+    for entry in fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(cmdline) = fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        if String::from_utf8_lossy(&cmdline).contains(&needle) {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+/// Asserts nothing of the daemon in group `pgid` with socket `socket` is left.
+fn assert_gone(pgid: u32, socket: &Path) {
+    assert_eq!(
+        live_in_group(pgid),
+        Vec::<u32>::new(),
+        "daemon processes left"
+    );
+    assert_eq!(processes_mentioning(socket), Vec::<u32>::new());
+    assert!(!socket.exists(), "{} left behind", socket.display());
+}
+
+// ---- tests ----------------------------------------------------------------
+
+#[test]
+fn fuse_requests_reach_the_host_directory() {
+    let Some(bin) = virtiofsd("fuse_requests_reach_the_host_directory") else {
+        return;
+    };
+    eprintln!("using {} {}", bin.path.display(), bin.version);
+    let started = logs();
+    let d = dirs();
+    let mut g = Guest::start(config(&d, "work"));
+
+    // The config space: the tag, NUL-padded, then one request queue.
+    let tag = g.drv.config_bytes(0, TAG_LEN);
+    assert_eq!(&tag[..5], b"work\0");
+    assert!(tag[4..].iter().all(|&b| b == 0));
+    assert_eq!(g.drv.config_u32(TAG_LEN as u64), 1);
+
+    g.fuse_init();
+    assert_eq!(g.lookup("hello.txt"), Err(libc::ENOENT));
+
+    // CREATE hello.txt, O_RDWR.
+    let create = fuse::create_in(
+        libc::O_CREAT as u32 | libc::O_RDWR as u32,
+        0o100644,
+        "hello.txt",
+    );
+    let r = g.request(
+        fuse::CREATE,
+        fuse::ROOT,
+        &create,
+        (fuse::ENTRY_OUT + fuse::OPEN_OUT) as u32,
+    );
+    assert_eq!(r.error, 0, "CREATE failed");
+    let (nodeid, size, mode) = fuse::entry(&r.body);
+    assert!(nodeid > fuse::ROOT);
+    assert_eq!(size, 0);
+    assert_eq!(mode & libc::S_IFMT, libc::S_IFREG);
+    let fh = fuse::u64_at(&r.body, fuse::ENTRY_OUT);
+
+    // WRITE, READ back.
+    let text = b"hello from the guest\n";
+    let r = g.request(fuse::WRITE, nodeid, &fuse::write_in(fh, 0, text), 8);
+    assert_eq!(r.error, 0, "WRITE failed");
+    assert_eq!(fuse::u32_at(&r.body, 0), text.len() as u32);
+    let r = g.request(fuse::READ, nodeid, &fuse::read_in(fh, 0, 4096, 2), 4096);
+    assert_eq!(r.error, 0, "READ failed");
+    assert_eq!(r.body, text);
+    let r = g.request(fuse::RELEASE, nodeid, &fuse::release_in(fh, 2), 0);
+    assert_eq!(r.error, 0);
+
+    // The host sees the file at once.
+    assert_eq!(fs::read(d.shared.join("hello.txt")).unwrap(), text);
+    // A LOOKUP now finds it with the written size.
+    let (again, size, _) = g.lookup("hello.txt").unwrap();
+    assert_eq!((again, size), (nodeid, text.len() as u64));
+
+    // READDIR lists it.
+    fs::write(d.shared.join("from-host.txt"), b"x").unwrap();
+    let r = g.request(
+        fuse::OPENDIR,
+        fuse::ROOT,
+        &fuse::open_in(0),
+        fuse::OPEN_OUT as u32,
+    );
+    assert_eq!(r.error, 0, "OPENDIR failed");
+    let dh = fuse::u64_at(&r.body, 0);
+    let r = g.request(
+        fuse::READDIR,
+        fuse::ROOT,
+        &fuse::read_in(dh, 0, 4096, 0),
+        4096,
+    );
+    assert_eq!(r.error, 0, "READDIR failed");
+    let mut names = fuse::dirent_names(&r.body);
+    names.sort();
+    assert_eq!(names, [".", "..", "from-host.txt", "hello.txt"]);
+    let r = g.request(fuse::RELEASEDIR, fuse::ROOT, &fuse::release_in(dh, 0), 0);
+    assert_eq!(r.error, 0);
+
+    // FORGET on the high-priority queue: no reply expected, none given.
+    let forget = fuse::request(fuse::FORGET, 99, nodeid, &fuse::forget_in(2));
+    let head = g.drv.add_chain(HIPRIO, &[Buf::readable(forget)]).unwrap();
+    g.drv.notify(HIPRIO);
+    // virtiofsd completes FORGETs without writing; wait for the used entry.
+    let used = g.drv.wait_used(HIPRIO, HANG_GUARD).unwrap();
+    assert_eq!((used[0].head, used[0].len), (head, 0));
+
+    // Used buffers reached the guest as interrupts, not only by polling.
+    assert!(g.drv.interrupt_count() > 0);
+    let pid = g.host.daemon_pid().unwrap();
+    let socket = g.host.socket_path().to_owned();
+    drop(g);
+    assert_gone(pid, &socket);
+    // For the CI log: how the daemon was started here.
+    let log = logs();
+    let line = log[started.len().min(log.len())..]
+        .lines()
+        .find(|l| l.contains("starting virtiofsd"))
+        .unwrap_or("(no start line logged)");
+    eprintln!("{line}");
+}
+
+#[test]
+fn read_only_share_refuses_changes_with_erofs() {
+    let Some(_) = virtiofsd("read_only_share_refuses_changes_with_erofs") else {
+        return;
+    };
+    let d = dirs();
+    fs::write(d.shared.join("ro.txt"), b"read me").unwrap();
+    let mut c = config(&d, "ro");
+    c.read_only = true;
+    let mut g = Guest::start(c);
+    g.fuse_init();
+
+    let create = fuse::create_in(
+        libc::O_CREAT as u32 | libc::O_RDWR as u32,
+        0o100644,
+        "new.txt",
+    );
+    let r = g.request(
+        fuse::CREATE,
+        fuse::ROOT,
+        &create,
+        (fuse::ENTRY_OUT + fuse::OPEN_OUT) as u32,
+    );
+    assert_eq!(-r.error, libc::EROFS, "CREATE on a read-only share");
+    let r = g.request(
+        fuse::MKDIR,
+        fuse::ROOT,
+        &fuse::mkdir_in(0o755, "dir"),
+        fuse::ENTRY_OUT as u32,
+    );
+    assert_eq!(-r.error, libc::EROFS, "MKDIR on a read-only share");
+
+    let (nodeid, size, _) = g.lookup("ro.txt").unwrap();
+    assert_eq!(size, 7);
+    for flags in [libc::O_WRONLY, libc::O_RDWR] {
+        let r = g.request(
+            fuse::OPEN,
+            nodeid,
+            &fuse::open_in(flags as u32),
+            fuse::OPEN_OUT as u32,
+        );
+        assert_eq!(-r.error, libc::EROFS, "OPEN with flags {flags:#o}");
+    }
+    // Reading still works.
+    let r = g.request(fuse::OPEN, nodeid, &fuse::open_in(0), fuse::OPEN_OUT as u32);
+    assert_eq!(r.error, 0);
+    let fh = fuse::u64_at(&r.body, 0);
+    let r = g.request(fuse::READ, nodeid, &fuse::read_in(fh, 0, 64, 0), 64);
+    assert_eq!((r.error, r.body.as_slice()), (0, &b"read me"[..]));
+
+    assert!(!d.shared.join("new.txt").exists());
+    assert!(!d.shared.join("dir").exists());
+    assert_eq!(fs::read(d.shared.join("ro.txt")).unwrap(), b"read me");
+}
+
+#[test]
+fn missing_virtiofsd_names_what_to_install() {
+    // Needs no virtiofsd: that is the point.
+    let d = dirs();
+    let mut c = config(&d, "missing");
+    c.virtiofsd = Some(d.state.join("no-such-virtiofsd"));
+    let msg = match VirtioFs::new(c.clone()) {
+        Err(e) => e.to_string(),
+        Ok(_) => panic!("a missing binary was accepted"),
+    };
+    assert!(!msg.contains('\n'), "not one line: {msg}");
+    assert!(msg.contains("no-such-virtiofsd"), "{msg}");
+    for hint in [
+        "cargo install --locked virtiofsd",
+        "libseccomp-dev",
+        "libcap-ng-dev",
+        "apt install virtiofsd",
+        "AGENTVM_VIRTIOFSD",
+    ] {
+        assert!(msg.contains(hint), "{hint} missing from: {msg}");
+    }
+
+    // Nothing anywhere on the search path.
+    c.virtiofsd = None;
+    let empty = Search {
+        path_var: Some(d.state.clone().into_os_string()),
+        ..Search::default()
+    };
+    let err = match VirtioFs::with_search(c, &empty) {
+        Err(e) => e,
+        Ok(_) => panic!("found a virtiofsd in an empty directory"),
+    };
+    let msg = err.to_string();
+    assert_eq!(
+        msg,
+        LocateError::NotFound {
+            skipped: String::new()
+        }
+        .to_string()
+    );
+    assert!(msg
+        .starts_with("Cannot find virtiofsd: install it with `cargo install --locked virtiofsd`"));
+    assert!(!msg.contains('\n'));
+    // No socket was created for a share that never started.
+    assert_eq!(fs::read_dir(&d.state).unwrap().count(), 0);
+}
+
+#[test]
+fn killed_virtiofsd_turns_requests_into_eio() {
+    let Some(_) = virtiofsd("killed_virtiofsd_turns_requests_into_eio") else {
+        return;
+    };
+    let d = dirs();
+    let mut g = Guest::start(config(&d, "doomed"));
+    g.fuse_init();
+    let pid = g.host.daemon_pid().unwrap();
+    let socket = g.host.socket_path().to_owned();
+
+    // Kill the whole daemon (its namespaced child too), as a crash would.
+    // SAFETY: kill(2) on the process group the device started.
+    assert_eq!(unsafe { libc::kill(-(pid as i32), libc::SIGKILL) }, 0);
+
+    // The next request is answered, with EIO, well within the hang guard.
+    let started = Instant::now();
+    let err = g.lookup("anything").unwrap_err();
+    assert_eq!(err, libc::EIO);
+    assert!(started.elapsed() < HANG_GUARD);
+
+    // The host side knows how it died, and the log says so once, clearly.
+    match g.host.state() {
+        DaemonState::Died { pid: died, status } => {
+            assert_eq!(died, pid);
+            assert_eq!(status.unwrap().signal(), Some(libc::SIGKILL));
+        }
+        other => panic!("daemon state {other:?}"),
+    }
+    let log = logs();
+    let line = log
+        .lines()
+        .find(|l| l.contains("virtiofsd of share doomed died"))
+        .unwrap_or_else(|| panic!("no death in the log:\n{log}"));
+    assert!(line.contains("ERROR"), "{line}");
+    assert!(
+        line.contains("SIGKILL") || line.contains("signal: 9"),
+        "{line}"
+    );
+
+    // Later requests fail the same way, on both queues; nothing hangs.
+    let r = g.request(fuse::GETATTR, fuse::ROOT, &[0; 16], 104);
+    assert_eq!(-r.error, libc::EIO);
+    let r = g.send(HIPRIO, fuse::GETATTR, fuse::ROOT, &[0; 16], 104);
+    assert_eq!(-r.error, libc::EIO);
+    // The daemon was reaped and its socket removed when it died.
+    assert_gone(pid, &socket);
+
+    // A reset brings the share back with a new daemon.
+    g.drv.reset();
+    assert_eq!(g.host.state(), DaemonState::Stopped);
+    g.init_driver();
+    g.fuse_init();
+    let new_pid = g.host.daemon_pid().unwrap();
+    assert_ne!(new_pid, pid);
+    assert_eq!(g.lookup("anything"), Err(libc::ENOENT));
+}
+
+#[test]
+fn teardown_leaves_no_process_and_no_socket() {
+    let Some(_) = virtiofsd("teardown_leaves_no_process_and_no_socket") else {
+        return;
+    };
+    let d = dirs();
+    let mut g = Guest::start(config(&d, "tidy"));
+    g.fuse_init();
+    let first = g.host.daemon_pid().unwrap();
+    let socket = g.host.socket_path().to_owned();
+    assert!(!live_in_group(first).is_empty());
+    assert!(socket.starts_with(&d.state));
+
+    // Reset: the daemon goes with the driver's session.
+    g.drv.reset();
+    assert_eq!(g.host.state(), DaemonState::Stopped);
+    assert_gone(first, &socket);
+
+    // The next activation starts a fresh one; dropping the VM ends it.
+    g.init_driver();
+    g.fuse_init();
+    let second = g.host.daemon_pid().unwrap();
+    assert_ne!(second, first);
+    assert!(!live_in_group(second).is_empty());
+    let host = g.host.clone();
+    drop(g);
+    assert_gone(second, &socket);
+    assert_eq!(host.state(), DaemonState::Stopped);
+
+    // A device that was never activated also stops its daemon on drop.
+    let idle = VirtioFs::new(config(&d, "idle")).unwrap();
+    let pid = idle.handle().daemon_pid().unwrap();
+    let idle_socket = idle.handle().socket_path().to_owned();
+    assert!(idle_socket.exists());
+    drop(idle);
+    assert_gone(pid, &idle_socket);
+    assert_eq!(fs::read_dir(&d.state).unwrap().count(), 0);
+}
+
+#[test]
+fn guest_memory_virtiofsd_cannot_map_is_refused_at_activation() {
+    let Some(_) = virtiofsd("guest_memory_virtiofsd_cannot_map_is_refused_at_activation") else {
+        return;
+    };
+    capture_logs();
+    let d = dirs();
+    let fs = VirtioFs::new(config(&d, "anon")).unwrap();
+    let host = fs.handle();
+    let pid = host.daemon_pid().unwrap();
+    // Anonymous memory: nothing another process could map.
+    let mut drv = Driver::new(Box::new(fs), MEM as usize).unwrap();
+    drv.probe().unwrap();
+    drv.negotiate(VIRTIO_F_VERSION_1).unwrap();
+    for q in 0..NUM_QUEUES as u16 {
+        drv.setup_queue(q, 64).unwrap();
+    }
+    // The device refuses DRIVER_OK: the transport reports DEVICE_NEEDS_RESET.
+    assert!(drv.driver_ok().is_err());
+    assert_eq!(host.state(), DaemonState::Stopped);
+    assert_gone(pid, host.socket_path());
+    assert!(logs().contains("not file-backed"), "{}", logs());
+}
+
+#[test]
+fn a_daemon_that_died_before_the_driver_came_is_replaced() {
+    let Some(_) = virtiofsd("a_daemon_that_died_before_the_driver_came_is_replaced") else {
+        return;
+    };
+    capture_logs();
+    let d = dirs();
+    let fs = VirtioFs::new(config(&d, "early")).unwrap();
+    let host = fs.handle();
+    let pid = host.daemon_pid().unwrap();
+    // SAFETY: kill(2) on the process group the device started.
+    assert_eq!(unsafe { libc::kill(-(pid as i32), libc::SIGKILL) }, 0);
+    let mut g = Guest {
+        drv: Driver::with_memory(Box::new(fs), memfd_ram(MEM)).unwrap(),
+        host,
+        unique: 0,
+    };
+    g.init_driver();
+    g.fuse_init();
+    let new_pid = g.host.daemon_pid().unwrap();
+    assert_ne!(new_pid, pid);
+    assert_eq!(live_in_group(pid), Vec::<u32>::new());
+    assert_eq!(g.lookup("nothing"), Err(libc::ENOENT));
+}
