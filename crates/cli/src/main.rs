@@ -2,8 +2,11 @@
 
 mod attach;
 mod boot;
+mod config;
+mod config_cmd;
 mod doctor;
 mod image;
+mod init;
 mod kvm_host;
 
 use std::io::IsTerminal;
@@ -25,10 +28,15 @@ enum Command {
     Attach(attach::AttachArgs),
     /// Boot a kernel in the foreground; the guest console goes to stdout.
     Boot(boot::BootArgs),
+    /// Print the workspace's configuration, plugins merged and defaults
+    /// filled in (host secrets are never shown).
+    Config(config_cmd::ConfigArgs),
     /// Check that this host can run agentvm VMs, and say how to fix what is missing.
     Doctor,
     /// Build the guest image `agentvm boot` uses by default.
     Image(image::ImageArgs),
+    /// Write a commented .agentvm/config.toml in the current directory.
+    Init(init::InitArgs),
 }
 
 fn main() -> ExitCode {
@@ -46,8 +54,10 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Attach(args) => attach::run(args),
         Command::Boot(args) => boot::run(args),
+        Command::Config(args) => config_cmd::run(args),
         Command::Doctor => doctor::run(),
         Command::Image(args) => image::run(args),
+        Command::Init(args) => init::run(args),
     };
     match result {
         Ok(code) => code,

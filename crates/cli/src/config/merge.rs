@@ -1,0 +1,287 @@
+//! Layering configuration fragments: the defaults, then each plugin in the
+//! order the file lists them, then the workspace's own file.
+//!
+//! Rules, applying a later layer onto what is there:
+//! - scalars (`resources.*`, `network.mode`, `kernel`, `initrd`, `image`):
+//!   the later layer's value wins, so the user's beats every plugin's;
+//! - tables of values (`[env]`): merged key by key, the later layer winning
+//!   a key both set;
+//! - lists (`network.domains`, `network.ports`, `scripts`, `hooks.*`):
+//!   concatenated in layer order, duplicates dropped (the first occurrence
+//!   keeps its place); so the plugins' scripts run before the user's;
+//! - `mounts` are keyed by guest target and `network.forwards` by host port:
+//!   a later layer's entry replaces an earlier one with the same key, in
+//!   its place (the user can remount the workspace read-only by mounting
+//!   the same target);
+//! - `network.ports` defaults to 80 and 443 only when no layer lists ports.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use super::env::EnvEntry;
+use super::load::Source;
+use super::{Forward, Hooks, Host, Mount, Network, NetworkMode, Origin, ResolvedConfig};
+
+/// One layer's settings, checked, with absolute paths; `None` and empty
+/// lists mean "not set here".
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Fragment {
+    /// `resources.vcpus`.
+    pub vcpus: Option<u8>,
+    /// `resources.memory_mib`.
+    pub memory_mib: Option<u64>,
+    /// `[[mounts]]`.
+    pub mounts: Vec<Mount>,
+    /// `network.mode`.
+    pub mode: Option<NetworkMode>,
+    /// `network.domains`.
+    pub domains: Vec<String>,
+    /// `network.ports`: `Some` when the layer lists ports.
+    pub ports: Option<Vec<u16>>,
+    /// `network.forwards`.
+    pub forwards: Vec<Forward>,
+    /// `[env]`.
+    pub env: BTreeMap<String, EnvEntry>,
+    /// `scripts`.
+    pub scripts: Vec<String>,
+    /// `[hooks]`.
+    pub hooks: Hooks,
+    /// `kernel`.
+    pub kernel: Option<PathBuf>,
+    /// `initrd`.
+    pub initrd: Option<PathBuf>,
+    /// `image`.
+    pub image: Option<PathBuf>,
+}
+
+impl Fragment {
+    /// The bottom layer: the workspace mounted read-write at its own path.
+    pub fn defaults(workspace: &Path) -> Fragment {
+        Fragment {
+            mounts: vec![Mount {
+                source: workspace.to_path_buf(),
+                target: workspace.to_path_buf(),
+                read_only: false,
+                create: false,
+                origin: Origin::Default,
+            }],
+            ..Fragment::default()
+        }
+    }
+
+    /// Applies `later` on top of this layer.
+    pub fn apply(&mut self, later: Fragment) {
+        over(&mut self.vcpus, later.vcpus);
+        over(&mut self.memory_mib, later.memory_mib);
+        over(&mut self.mode, later.mode);
+        over(&mut self.kernel, later.kernel);
+        over(&mut self.initrd, later.initrd);
+        over(&mut self.image, later.image);
+        keyed(&mut self.mounts, later.mounts, |m| m.target.clone());
+        keyed(&mut self.forwards, later.forwards, |f| f.host);
+        concat(&mut self.domains, later.domains);
+        match (&mut self.ports, later.ports) {
+            (Some(mine), Some(theirs)) => concat(mine, theirs),
+            (mine @ None, theirs) => *mine = theirs,
+            (Some(_), None) => {}
+        }
+        self.env.extend(later.env);
+        concat(&mut self.scripts, later.scripts);
+        concat(&mut self.hooks.pre_up, later.hooks.pre_up);
+        concat(&mut self.hooks.post_up, later.hooks.post_up);
+        concat(&mut self.hooks.pre_down, later.hooks.pre_down);
+        concat(&mut self.hooks.post_down, later.hooks.post_down);
+    }
+
+    /// The merged layers with the remaining defaults filled in.
+    pub fn resolve(
+        self,
+        workspace: &Path,
+        source: Option<&Source>,
+        name: String,
+        plugins: Vec<String>,
+        host: &Host,
+    ) -> ResolvedConfig {
+        ResolvedConfig {
+            workspace: workspace.to_path_buf(),
+            file: source.map(|s| s.path.clone()),
+            name,
+            plugins,
+            vcpus: self.vcpus.unwrap_or_else(|| host.default_vcpus()),
+            memory_mib: self.memory_mib.unwrap_or_else(|| host.default_memory_mib()),
+            mounts: self.mounts,
+            network: Network {
+                mode: self.mode.unwrap_or(NetworkMode::Filtered),
+                domains: self.domains,
+                ports: self.ports.unwrap_or_else(|| super::DEFAULT_PORTS.to_vec()),
+                forwards: self.forwards,
+            },
+            env: self.env,
+            scripts: self.scripts,
+            hooks: self.hooks,
+            kernel: self.kernel,
+            initrd: self.initrd,
+            image: self.image,
+        }
+    }
+}
+
+/// A scalar: the later layer's, when it sets one.
+fn over<T>(mine: &mut Option<T>, later: Option<T>) {
+    if later.is_some() {
+        *mine = later;
+    }
+}
+
+/// A list: appended, duplicates dropped, the first occurrence kept.
+fn concat<T: PartialEq>(mine: &mut Vec<T>, later: Vec<T>) {
+    for item in later {
+        if !mine.contains(&item) {
+            mine.push(item);
+        }
+    }
+}
+
+/// A list keyed by `key`: a later entry replaces an earlier one with the
+/// same key in its place; new keys are appended.
+fn keyed<T, K: PartialEq>(mine: &mut Vec<T>, later: Vec<T>, key: impl Fn(&T) -> K) {
+    for item in later {
+        let k = key(&item);
+        match mine.iter_mut().find(|m| key(m) == k) {
+            Some(slot) => *slot = item,
+            None => mine.push(item),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mount(source: &str, target: &str, origin: Origin) -> Mount {
+        Mount {
+            source: source.into(),
+            target: target.into(),
+            read_only: false,
+            create: false,
+            origin,
+        }
+    }
+
+    #[test]
+    fn lists_concatenate_without_duplicates_in_layer_order() {
+        let mut base = Fragment {
+            domains: vec!["a.com".into(), "b.com".into()],
+            scripts: vec!["one".into()],
+            ..Fragment::default()
+        };
+        base.apply(Fragment {
+            domains: vec!["b.com".into(), "c.com".into(), "a.com".into()],
+            scripts: vec!["two".into(), "one".into()],
+            ..Fragment::default()
+        });
+        assert_eq!(base.domains, ["a.com", "b.com", "c.com"]);
+        assert_eq!(base.scripts, ["one", "two"]);
+    }
+
+    #[test]
+    fn scalars_and_keys_go_to_the_later_layer() {
+        let mut base = Fragment {
+            vcpus: Some(2),
+            memory_mib: Some(1024),
+            mode: Some(NetworkMode::Open),
+            ..Fragment::default()
+        };
+        base.apply(Fragment {
+            vcpus: Some(4),
+            mode: None,
+            ..Fragment::default()
+        });
+        assert_eq!(base.vcpus, Some(4));
+        assert_eq!(base.memory_mib, Some(1024));
+        assert_eq!(base.mode, Some(NetworkMode::Open));
+    }
+
+    #[test]
+    fn mounts_and_forwards_are_replaced_in_place_by_key() {
+        let mut base = Fragment {
+            mounts: vec![
+                mount("/w", "/w", Origin::Default),
+                mount(
+                    "/h/.claude",
+                    "/root/.claude",
+                    Origin::BuiltIn("claude-code"),
+                ),
+            ],
+            forwards: vec![Forward {
+                host: 8080,
+                guest: 80,
+            }],
+            ..Fragment::default()
+        };
+        let user = Origin::File {
+            file: "c".into(),
+            line: 1,
+        };
+        base.apply(Fragment {
+            mounts: vec![
+                mount("/data", "/data", user.clone()),
+                mount("/w", "/w", user.clone()),
+            ],
+            forwards: vec![
+                Forward {
+                    host: 9000,
+                    guest: 90,
+                },
+                Forward {
+                    host: 8080,
+                    guest: 81,
+                },
+            ],
+            ..Fragment::default()
+        });
+        let targets: Vec<_> = base.mounts.iter().map(|m| m.target.clone()).collect();
+        assert_eq!(
+            targets,
+            [
+                Path::new("/w"),
+                Path::new("/root/.claude"),
+                Path::new("/data")
+            ]
+        );
+        assert_eq!(base.mounts[0].origin, user);
+        assert_eq!(
+            base.forwards,
+            [
+                Forward {
+                    host: 8080,
+                    guest: 81
+                },
+                Forward {
+                    host: 9000,
+                    guest: 90
+                }
+            ]
+        );
+    }
+
+    #[test]
+    fn ports_default_only_when_no_layer_lists_any() {
+        let host = Host {
+            home: None,
+            cpus: 2,
+            memory_mib: 1000,
+        };
+        let resolve = |f: Fragment| f.resolve(Path::new("/w"), None, "w".into(), vec![], &host);
+        assert_eq!(resolve(Fragment::default()).network.ports, [80, 443]);
+        let mut f = Fragment {
+            ports: Some(vec![22]),
+            ..Fragment::default()
+        };
+        f.apply(Fragment {
+            ports: Some(vec![443, 22]),
+            ..Fragment::default()
+        });
+        assert_eq!(resolve(f).network.ports, [22, 443]);
+    }
+}

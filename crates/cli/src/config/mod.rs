@@ -1,0 +1,421 @@
+//! The workspace configuration: `.agentvm/config.toml`, the plugins it
+//! lists, and the [`ResolvedConfig`] that `up` and the other lifecycle
+//! commands consume (every value defaulted, every path absolute).
+//!
+//! How it is put together:
+//! 1. [`find_workspace`]: the workspace is the nearest directory, from the
+//!    one given up through its parents, holding `.agentvm/config.toml`
+//!    (the home directory itself is skipped unless it is where the search
+//!    starts: `~/.agentvm` may be a per-user directory); with none, the
+//!    starting directory with no file, and every default.
+//! 2. [`load::Source::parse`] reads each file into [`schema::ConfigFile`];
+//!    unknown keys and wrong types are errors with `file:line:column` and
+//!    the key path.
+//! 3. [`validate`] checks values one file at a time (ports, forwards,
+//!    modes, names, sizes) and makes paths absolute, into a
+//!    [`merge::Fragment`].
+//! 4. [`merge`] layers the fragments: the defaults, then each plugin in
+//!    the order listed, then the workspace's own file. See that module for
+//!    the rules (lists concatenated and de-duplicated, tables and scalars:
+//!    the later layer, so the user, wins).
+//!
+//! Decisions a user sees:
+//! - `${HOST_VAR}` in `[env]` is expanded at `up`; an unset host variable
+//!   leaves its entry out, with a warning for entries the user wrote
+//!   ([`env`]).
+//! - A mount whose source directory is missing is an error at `up`, unless
+//!   it says `create = true`, as the built-in plugins' state directories do
+//!   (so that a login inside the guest persists on the host).
+
+pub mod env;
+pub mod load;
+pub mod merge;
+pub mod plugins;
+pub mod render;
+pub mod schema;
+pub mod template;
+pub mod validate;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+
+pub use env::EnvEntry;
+pub use load::Source;
+
+/// The directory in a workspace that holds its configuration.
+pub const CONFIG_DIR: &str = ".agentvm";
+/// The configuration file's name in [`CONFIG_DIR`].
+pub const CONFIG_FILE: &str = "config.toml";
+/// Memory default floor, MiB: guest memory is a limit, not a reservation.
+pub const MIN_DEFAULT_MEMORY_MIB: u64 = 4096;
+/// The smallest memory a guest may be given, MiB.
+pub const MIN_MEMORY_MIB: u64 = 128;
+/// Destination ports `filtered` mode allows when no file lists any.
+pub const DEFAULT_PORTS: [u16; 2] = [80, 443];
+/// The guest user's home, where plugins mount state directories.
+pub const GUEST_HOME: &str = "/root";
+
+/// Everything `up` needs to know, with defaults applied and paths absolute.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResolvedConfig {
+    /// The workspace directory (absolute): where `.agentvm/` is, or the
+    /// directory the command started from when there is no file.
+    pub workspace: PathBuf,
+    /// The workspace's configuration file, if it has one.
+    pub file: Option<PathBuf>,
+    /// The VM's name: `[a-z0-9-]`, 1 to 63 characters. Default: the
+    /// workspace directory's name, lowercased, other characters as `-`.
+    pub name: String,
+    /// The plugins merged in, as the file lists them (built-in names, or
+    /// plugin file paths as written).
+    pub plugins: Vec<String>,
+    /// Number of vCPUs. Default: all of the host's (at most 255).
+    pub vcpus: u8,
+    /// Guest memory limit in MiB, not reserved up front: memory the guest
+    /// does not use goes back to the host. Default: half the host's RAM,
+    /// at least [`MIN_DEFAULT_MEMORY_MIB`].
+    pub memory_mib: u64,
+    /// Host directories shared with the guest, in mount order. The first is
+    /// the workspace itself, read-write at the same absolute path, unless a
+    /// file mounts something else at that path.
+    pub mounts: Vec<Mount>,
+    /// Egress policy and port forwards.
+    pub network: Network,
+    /// Environment of commands run in the guest, unexpanded: expand at `up`
+    /// with [`env::resolve`].
+    pub env: BTreeMap<String, EnvEntry>,
+    /// Shell commands run in the guest (`sh -c`, as root, in the workspace)
+    /// once it has booted, in order: the plugins' first, then the user's.
+    pub scripts: Vec<String>,
+    /// Shell commands run on the host (`sh -c`, in the workspace).
+    pub hooks: Hooks,
+    /// Kernel image instead of the guest image's (absolute).
+    pub kernel: Option<PathBuf>,
+    /// Initial ramdisk instead of the guest image's (absolute).
+    pub initrd: Option<PathBuf>,
+    /// Guest image directory instead of the default image (absolute).
+    pub image: Option<PathBuf>,
+}
+
+/// A host directory shared with the guest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mount {
+    /// Host directory (absolute, `~` expanded, `.`/`..` removed).
+    pub source: PathBuf,
+    /// Where the guest sees it (absolute).
+    pub target: PathBuf,
+    /// Whether the guest may only read it.
+    pub read_only: bool,
+    /// Whether `up` creates `source` when it does not exist.
+    pub create: bool,
+    /// Where it was configured.
+    pub origin: Origin,
+}
+
+impl Mount {
+    /// Makes sure the source directory exists, creating it when the mount
+    /// says so; `up` calls this before starting the file server.
+    #[allow(dead_code, reason = "consumed by `agentvm up`")]
+    pub fn prepare_source(&self) -> anyhow::Result<()> {
+        let source = self.source.display();
+        match std::fs::metadata(&self.source) {
+            Ok(m) if m.is_dir() => Ok(()),
+            Ok(_) => bail!(
+                "{}: mount source {source} is not a directory; only directories can be mounted",
+                self.origin
+            ),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && self.create => {
+                std::fs::create_dir_all(&self.source)
+                    .with_context(|| format!("{}: cannot create {source}", self.origin))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(
+                "{}: mount source {source} does not exist; create it, or add `create = true` \
+                 to the mount",
+                self.origin
+            ),
+            Err(e) => Err(anyhow::Error::new(e)
+                .context(format!("{}: cannot use mount source {source}", self.origin))),
+        }
+    }
+}
+
+/// `[network]`, resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Network {
+    /// Egress mode. Default: [`NetworkMode::Filtered`].
+    pub mode: NetworkMode,
+    /// Names (lowercase) the guest may resolve in `filtered` mode; each
+    /// covers its subdomains. Default: none.
+    pub domains: Vec<String>,
+    /// Destination ports allowed in `filtered` mode. Default: 80 and 443.
+    pub ports: Vec<u16>,
+    /// Host loopback ports forwarded into the guest. Default: none.
+    pub forwards: Vec<Forward>,
+}
+
+/// The guest's egress mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NetworkMode {
+    /// No network traffic leaves the VMM.
+    Off,
+    /// Only allowlisted names, on allowed ports.
+    Filtered,
+    /// Everything, NATed out.
+    Open,
+}
+
+impl NetworkMode {
+    /// Every mode, in the order messages list them.
+    pub const ALL: [NetworkMode; 3] = [NetworkMode::Off, NetworkMode::Filtered, NetworkMode::Open];
+
+    /// The word a file uses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NetworkMode::Off => "off",
+            NetworkMode::Filtered => "filtered",
+            NetworkMode::Open => "open",
+        }
+    }
+
+    /// The mode a file's word names.
+    pub fn parse(word: &str) -> Option<NetworkMode> {
+        NetworkMode::ALL.into_iter().find(|m| m.as_str() == word)
+    }
+}
+
+/// A host port forwarded to a guest port (TCP, host loopback only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Forward {
+    /// Port on the host's loopback address.
+    pub host: u16,
+    /// Port in the guest.
+    pub guest: u16,
+}
+
+impl fmt::Display for Forward {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.host, self.guest)
+    }
+}
+
+/// `[hooks]`, resolved: host shell commands, the plugins' first.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Hooks {
+    /// Before the VM starts; a failure stops `up`.
+    pub pre_up: Vec<String>,
+    /// Once the VM is up and its scripts have run.
+    pub post_up: Vec<String>,
+    /// Before the VM is stopped.
+    pub pre_down: Vec<String>,
+    /// After the VM has stopped.
+    pub post_down: Vec<String>,
+}
+
+/// Where a value was configured, for messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    /// A built-in default.
+    Default,
+    /// A built-in plugin.
+    BuiltIn(&'static str),
+    /// A file (as messages show it) and a 1-based line.
+    File {
+        /// The file as messages show it.
+        file: String,
+        /// 1-based line.
+        line: usize,
+    },
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Origin::Default => f.write_str("default"),
+            Origin::BuiltIn(name) => write!(f, "plugin {name}"),
+            Origin::File { file, line } => write!(f, "{file}:{line}"),
+        }
+    }
+}
+
+/// What the defaults depend on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Host {
+    /// `$HOME`, for `~` in paths.
+    pub home: Option<PathBuf>,
+    /// Usable CPUs.
+    pub cpus: usize,
+    /// Physical memory, MiB.
+    pub memory_mib: u64,
+}
+
+impl Host {
+    /// This host.
+    pub fn detect() -> Host {
+        Host {
+            home: std::env::var_os("HOME")
+                .filter(|h| !h.is_empty())
+                .map(PathBuf::from),
+            cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            memory_mib: host_memory_mib().unwrap_or(2 * MIN_DEFAULT_MEMORY_MIB),
+        }
+    }
+
+    /// Default vCPUs: every CPU, within what a VM can have.
+    pub fn default_vcpus(&self) -> u8 {
+        u8::try_from(self.cpus.max(1)).unwrap_or(u8::MAX)
+    }
+
+    /// Default memory limit: half the host's, at least 4 GiB.
+    pub fn default_memory_mib(&self) -> u64 {
+        (self.memory_mib / 2).max(MIN_DEFAULT_MEMORY_MIB)
+    }
+}
+
+/// MemTotal from /proc/meminfo, in MiB.
+fn host_memory_mib() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024)
+}
+
+/// A workspace directory and its configuration file, if any.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Workspace {
+    /// The workspace (absolute).
+    pub dir: PathBuf,
+    /// `dir/.agentvm/config.toml`, when it exists.
+    pub config: Option<PathBuf>,
+}
+
+/// `dir/.agentvm/config.toml`.
+pub fn config_path(dir: &Path) -> PathBuf {
+    dir.join(CONFIG_DIR).join(CONFIG_FILE)
+}
+
+/// The workspace for a command run in `start` (absolute): the nearest of
+/// `start` and its parents with a configuration file, skipping the home
+/// directory unless it is `start`; else `start`, with no file.
+pub fn find_workspace(start: &Path, home: Option<&Path>) -> Workspace {
+    for dir in start.ancestors() {
+        if dir != start && Some(dir) == home {
+            continue;
+        }
+        let file = config_path(dir);
+        if file.is_file() {
+            return Workspace {
+                dir: dir.to_path_buf(),
+                config: Some(file),
+            };
+        }
+    }
+    Workspace {
+        dir: start.to_path_buf(),
+        config: None,
+    }
+}
+
+/// The configuration for a command run in `start`: found, read, merged
+/// and resolved for this host.
+pub fn load(start: &Path) -> anyhow::Result<ResolvedConfig> {
+    let start = std::fs::canonicalize(start)
+        .with_context(|| format!("cannot use the directory {}", start.display()))?;
+    if !start.is_dir() {
+        bail!("{} is not a directory", start.display());
+    }
+    let host = Host::detect();
+    let ws = find_workspace(&start, host.home.as_deref());
+    let source = ws.config.as_deref().map(Source::read).transpose()?;
+    resolve(&ws.dir, source.as_ref(), &host)
+}
+
+/// The configuration of the workspace `workspace` (absolute) whose file,
+/// if it has one, is `source`.
+pub fn resolve(
+    workspace: &Path,
+    source: Option<&Source>,
+    host: &Host,
+) -> anyhow::Result<ResolvedConfig> {
+    let file = match source {
+        Some(s) => s.parse()?,
+        None => schema::ConfigFile::default(),
+    };
+    let ctx = validate::Context {
+        workspace,
+        home: host.home.as_deref(),
+    };
+    let name = match (&file.name, source) {
+        (Some(name), Some(src)) => validate::name(name, src)?,
+        _ => default_name(workspace),
+    };
+    let mut merged = merge::Fragment::defaults(workspace);
+    let mut plugin_names = Vec::new();
+    if let (Some(list), Some(src)) = (&file.plugins, source) {
+        for entry in list {
+            if plugin_names.contains(entry.get_ref()) {
+                continue;
+            }
+            let fragment = plugins::load(entry, src, &ctx)?;
+            merged.apply(fragment);
+            plugin_names.push(entry.get_ref().clone());
+        }
+    }
+    if let Some(src) = source {
+        merged.apply(validate::fragment(&file, src, &ctx)?);
+    }
+    Ok(merged.resolve(workspace, source, name, plugin_names, host))
+}
+
+/// A VM name from a directory name: lowercase, runs of anything but
+/// `[a-z0-9]` as one `-`, at most 63 characters; `workspace` when nothing
+/// is left.
+pub fn sanitize_name(raw: &str) -> String {
+    let mut out = String::new();
+    for c in raw.chars().flat_map(char::to_lowercase) {
+        if c.is_ascii_lowercase() || c.is_ascii_digit() {
+            out.push(c);
+        } else if !out.is_empty() && !out.ends_with('-') {
+            out.push('-');
+        }
+    }
+    out.truncate(validate::MAX_NAME);
+    let out = out.trim_end_matches('-');
+    if out.is_empty() {
+        "workspace".to_string()
+    } else {
+        out.to_string()
+    }
+}
+
+/// The default name of the VM of `workspace`.
+pub fn default_name(workspace: &Path) -> String {
+    sanitize_name(
+        &workspace
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+    )
+}
+
+/// `path` with `.` and `..` removed lexically (the path need not exist).
+pub fn normalize(path: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::CurDir => {}
+            // At the root, `..` stays at the root.
+            Component::ParentDir => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}

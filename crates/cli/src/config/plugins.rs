@@ -1,0 +1,252 @@
+//! Plugins: configuration fragments merged into the workspace's file.
+//!
+//! A `plugins` entry is a built-in plugin's name, or the path of a plugin
+//! file (it has a `/` or ends in `.toml`), relative to the configuration
+//! file that lists it; `~/` is the home directory. A plugin file has the
+//! configuration file's schema without `name` and `plugins`: plugins do not
+//! include other plugins, the workspace's file lists them all.
+//!
+//! The built-ins set up one coding agent each: the domains it needs in
+//! `filtered` mode (its API and login, and the npm registry it installs
+//! from), its credentials passed through from the host's environment, its
+//! state directories mounted read-write from the host's home into the
+//! guest's (created on the host at `up` when missing, so a login inside
+//! the guest persists), and a script that installs it with npm unless the
+//! guest image has it already.
+
+use std::path::Path;
+
+use toml::Spanned;
+
+use super::env::{EnvEntry, EnvValue};
+use super::load::{ConfigError, Source};
+use super::merge::Fragment;
+use super::validate::{self, expand_home, Context};
+use super::{Mount, Origin, GUEST_HOME};
+
+/// A built-in plugin.
+#[derive(Debug)]
+pub struct BuiltIn {
+    /// The name a `plugins` list uses.
+    pub name: &'static str,
+    /// One line about it, for `init`'s comments.
+    pub about: &'static str,
+    /// The npm package the install script installs.
+    pub npm_package: &'static str,
+    /// The command it provides.
+    pub command: &'static str,
+    /// Names it must reach (each covers its subdomains).
+    pub domains: &'static [&'static str],
+    /// Host variables passed through to the guest under the same name.
+    pub pass_env: &'static [&'static str],
+    /// Guest variables set to fixed values.
+    pub set_env: &'static [(&'static str, &'static str)],
+    /// State directories: a path under the host's home, mounted at the same
+    /// path under the guest's.
+    pub state_dirs: &'static [&'static str],
+}
+
+/// Where every npm-installed agent comes from.
+pub const NPM_REGISTRY: &str = "registry.npmjs.org";
+
+/// The built-in plugins: what each agent needs, in one place.
+pub const BUILT_INS: &[BuiltIn] = &[
+    BuiltIn {
+        name: "claude-code",
+        about: "Anthropic's Claude Code (`claude`)",
+        npm_package: "@anthropic-ai/claude-code",
+        command: "claude",
+        domains: &[
+            "api.anthropic.com",
+            "console.anthropic.com",
+            "statsig.anthropic.com",
+            "claude.ai",
+            "sentry.io",
+            NPM_REGISTRY,
+        ],
+        pass_env: &[
+            "ANTHROPIC_API_KEY",
+            "ANTHROPIC_AUTH_TOKEN",
+            "CLAUDE_CODE_OAUTH_TOKEN",
+        ],
+        // Claude Code keeps its settings file beside (not in) ~/.claude
+        // unless told otherwise; a directory can be mounted, a file cannot.
+        set_env: &[("CLAUDE_CONFIG_DIR", "/root/.claude")],
+        state_dirs: &[".claude"],
+    },
+    BuiltIn {
+        name: "codex",
+        about: "OpenAI's Codex CLI (`codex`)",
+        npm_package: "@openai/codex",
+        command: "codex",
+        domains: &[
+            "api.openai.com",
+            "auth.openai.com",
+            "chatgpt.com",
+            NPM_REGISTRY,
+        ],
+        pass_env: &["OPENAI_API_KEY"],
+        set_env: &[],
+        state_dirs: &[".codex"],
+    },
+    BuiltIn {
+        name: "gemini",
+        about: "Google's Gemini CLI (`gemini`)",
+        npm_package: "@google/gemini-cli",
+        command: "gemini",
+        domains: &[
+            "generativelanguage.googleapis.com",
+            "cloudcode-pa.googleapis.com",
+            "oauth2.googleapis.com",
+            "www.googleapis.com",
+            "accounts.google.com",
+            NPM_REGISTRY,
+        ],
+        pass_env: &["GEMINI_API_KEY", "GOOGLE_API_KEY", "GOOGLE_CLOUD_PROJECT"],
+        set_env: &[],
+        state_dirs: &[".gemini"],
+    },
+    BuiltIn {
+        name: "opencode",
+        about: "opencode (`opencode`), with Anthropic and OpenAI models",
+        npm_package: "opencode-ai",
+        command: "opencode",
+        domains: &[
+            "opencode.ai",
+            "models.dev",
+            "api.anthropic.com",
+            "api.openai.com",
+            NPM_REGISTRY,
+        ],
+        pass_env: &["ANTHROPIC_API_KEY", "OPENAI_API_KEY"],
+        set_env: &[],
+        state_dirs: &[".config/opencode", ".local/share/opencode"],
+    },
+];
+
+/// The built-in plugin called `name`.
+pub fn built_in(name: &str) -> Option<&'static BuiltIn> {
+    BUILT_INS.iter().find(|b| b.name == name)
+}
+
+/// The built-ins' names, for messages: `claude-code, codex, …`.
+pub fn built_in_names() -> String {
+    BUILT_INS
+        .iter()
+        .map(|b| b.name)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Whether a `plugins` entry names a file rather than a built-in.
+pub fn is_file(entry: &str) -> bool {
+    entry.contains('/') || entry.ends_with(".toml")
+}
+
+/// The message for a plugin name that is neither a built-in nor a file.
+pub fn unknown_message(name: &str) -> String {
+    format!(
+        "unknown plugin {name:?} (built-in plugins: {}; a plugin file is given by its path, \
+         e.g. \"./my-plugin.toml\")",
+        built_in_names()
+    )
+}
+
+impl BuiltIn {
+    /// This plugin as a layer; `home` is the host's home directory.
+    pub fn fragment(&self, home: Option<&Path>) -> Result<Fragment, String> {
+        let origin = Origin::BuiltIn(self.name);
+        let mut mounts = Vec::new();
+        for dir in self.state_dirs {
+            let Some(home) = home else {
+                return Err(format!(
+                    "plugin {} mounts ~/{dir}, but HOME is not set",
+                    self.name
+                ));
+            };
+            mounts.push(Mount {
+                source: home.join(dir),
+                target: Path::new(GUEST_HOME).join(dir),
+                read_only: false,
+                create: true,
+                origin: origin.clone(),
+            });
+        }
+        let entry = |value| EnvEntry {
+            value,
+            origin: origin.clone(),
+        };
+        let mut env: std::collections::BTreeMap<String, EnvEntry> = self
+            .pass_env
+            .iter()
+            .map(|v| ((*v).to_string(), entry(EnvValue::host(v))))
+            .collect();
+        for (k, v) in self.set_env {
+            env.insert((*k).to_string(), entry(EnvValue::literal(v)));
+        }
+        Ok(Fragment {
+            mounts,
+            domains: self.domains.iter().map(|d| (*d).to_string()).collect(),
+            env,
+            scripts: vec![self.install_script()],
+            ..Fragment::default()
+        })
+    }
+
+    /// Installs the agent unless the guest has it already.
+    pub fn install_script(&self) -> String {
+        format!(
+            "command -v {} >/dev/null 2>&1 || npm install --global --no-fund --no-audit {}",
+            self.command, self.npm_package
+        )
+    }
+}
+
+/// The layer for one `plugins` entry of `src`.
+pub fn load(
+    entry: &Spanned<String>,
+    src: &Source,
+    ctx: &Context<'_>,
+) -> Result<Fragment, ConfigError> {
+    let name = entry.get_ref();
+    if !is_file(name) {
+        let b = built_in(name).ok_or_else(|| src.error(entry.span(), unknown_message(name)))?;
+        return b
+            .fragment(ctx.home)
+            .map_err(|why| src.error(entry.span(), why));
+    }
+    let path = expand_home(name, src.dir(), ctx.home)
+        .map_err(|why| src.error(entry.span(), format!("plugin {why}")))?;
+    let text = std::fs::read_to_string(&path).map_err(|e| {
+        let why = match e.kind() {
+            std::io::ErrorKind::NotFound => "not found".to_string(),
+            _ => format!("cannot be read ({e})"),
+        };
+        src.error(
+            entry.span(),
+            format!(
+                "plugin file {name:?} {why}: {} (plugin paths are relative to {})",
+                path.display(),
+                src.shown
+            ),
+        )
+    })?;
+    let plugin = Source::new(&path, text);
+    let file = plugin.parse()?;
+    if let Some(n) = &file.name {
+        return Err(plugin.error(
+            n.span(),
+            "a plugin cannot set `name`; the workspace's configuration names the VM",
+        ));
+    }
+    if let Some(first) = file.plugins.as_ref().and_then(|l| l.first()) {
+        return Err(plugin.error(
+            first.span(),
+            format!(
+                "a plugin cannot include other plugins; list them in {} instead",
+                src.shown
+            ),
+        ));
+    }
+    validate::fragment(&file, &plugin, ctx)
+}

@@ -1,0 +1,145 @@
+//! The resolved configuration as TOML, for `agentvm config`: the merged
+//! result in the file's own schema (it parses back as a configuration
+//! file), with comments saying where things came from. Values taken from
+//! the host's environment are never printed: `${VAR}` stays as written and
+//! a comment says `<set>` or `<unset>`.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use super::env::redacted;
+use super::load::toml_key;
+use super::{Origin, ResolvedConfig};
+
+/// Renders `cfg`; `lookup` tells which host variables are set.
+pub fn render(cfg: &ResolvedConfig, lookup: &dyn Fn(&str) -> Option<String>) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "# agentvm configuration of {}",
+        cfg.workspace.display()
+    );
+    match &cfg.file {
+        Some(f) => {
+            let _ = writeln!(out, "# file: {}", f.display());
+        }
+        None => {
+            let _ = writeln!(
+                out,
+                "# no {}: defaults (`agentvm init` writes one)",
+                super::config_path(Path::new("")).display()
+            );
+        }
+    }
+    if !cfg.plugins.is_empty() {
+        let _ = writeln!(out, "# plugins merged in: {}", cfg.plugins.join(", "));
+    }
+    out.push_str(
+        "# Values from the host's environment are not shown: <set> or <unset> says\n\
+         # whether the host has them now (an unset one is left out of the guest).\n\n",
+    );
+    line(&mut out, "name", &string(&cfg.name), None);
+    line(&mut out, "scripts", &array(&strings(&cfg.scripts)), None);
+    for (key, path) in [
+        ("kernel", &cfg.kernel),
+        ("initrd", &cfg.initrd),
+        ("image", &cfg.image),
+    ] {
+        if let Some(p) = path {
+            line(&mut out, key, &path_value(p), None);
+        }
+    }
+
+    out.push_str("\n[resources]\n");
+    line(&mut out, "vcpus", &cfg.vcpus.to_string(), None);
+    line(&mut out, "memory_mib", &cfg.memory_mib.to_string(), None);
+
+    let net = &cfg.network;
+    out.push_str("\n[network]\n");
+    line(&mut out, "mode", &string(net.mode.as_str()), None);
+    line(&mut out, "domains", &array(&strings(&net.domains)), None);
+    let ports: Vec<String> = net.ports.iter().map(u16::to_string).collect();
+    line(&mut out, "ports", &array(&ports), None);
+    let forwards: Vec<String> = net
+        .forwards
+        .iter()
+        .map(|f| string(&f.to_string()))
+        .collect();
+    line(&mut out, "forwards", &array(&forwards), None);
+
+    out.push_str("\n[env]\n");
+    for (key, entry) in &cfg.env {
+        let note = match redacted(&entry.value, lookup) {
+            Some(state) => format!("{state}; {}", origin(&entry.origin)),
+            None => origin(&entry.origin),
+        };
+        line(
+            &mut out,
+            &toml_key(key),
+            &string(&entry.value.template),
+            Some(&note),
+        );
+    }
+
+    out.push_str("\n[hooks]\n");
+    for (key, list) in [
+        ("pre_up", &cfg.hooks.pre_up),
+        ("post_up", &cfg.hooks.post_up),
+        ("pre_down", &cfg.hooks.pre_down),
+        ("post_down", &cfg.hooks.post_down),
+    ] {
+        line(&mut out, key, &array(&strings(list)), None);
+    }
+
+    for m in &cfg.mounts {
+        let _ = writeln!(out, "\n[[mounts]]  # {}", origin(&m.origin));
+        line(&mut out, "source", &path_value(&m.source), None);
+        line(&mut out, "target", &path_value(&m.target), None);
+        line(&mut out, "read_only", &m.read_only.to_string(), None);
+        line(&mut out, "create", &m.create.to_string(), None);
+    }
+    out
+}
+
+/// Where something came from, as a comment says it.
+fn origin(o: &Origin) -> String {
+    match o {
+        Origin::Default => "default: the workspace, read-write at its own path".to_string(),
+        Origin::BuiltIn(_) => format!("from {o}"),
+        Origin::File { .. } => format!("from {o}"),
+    }
+}
+
+fn line(out: &mut String, key: &str, value: &str, comment: Option<&str>) {
+    let _ = match comment {
+        Some(c) => writeln!(out, "{key} = {value}  # {c}"),
+        None => writeln!(out, "{key} = {value}"),
+    };
+}
+
+/// A TOML string literal.
+fn string(s: &str) -> String {
+    toml::Value::String(s.to_string()).to_string()
+}
+
+fn strings(list: &[String]) -> Vec<String> {
+    list.iter().map(|s| string(s)).collect()
+}
+
+fn path_value(p: &Path) -> String {
+    string(&p.to_string_lossy())
+}
+
+/// An array of rendered values: on one line when short, else one per line.
+fn array(items: &[String]) -> String {
+    let inline = format!("[{}]", items.join(", "));
+    if inline.len() <= 60 || items.len() < 2 {
+        return inline;
+    }
+    let mut out = String::from("[\n");
+    for item in items {
+        let _ = writeln!(out, "  {item},");
+    }
+    out.push(']');
+    out
+}

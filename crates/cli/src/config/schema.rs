@@ -1,0 +1,101 @@
+//! The configuration file as written: serde types that mirror
+//! `.agentvm/config.toml` key for key.
+//!
+//! Every table denies unknown keys, and every value that is checked after
+//! parsing keeps its [`Spanned`] position, so that a mistake is reported at
+//! its line. Nothing here applies defaults or resolves paths: that is
+//! [`super::validate`] (one file at a time) and [`super::merge`] (all of
+//! them together).
+//!
+//! Plugin files use the same schema; they may not set `name` or `plugins`.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+/// A list whose items keep their positions.
+pub type SpannedList = Vec<Spanned<String>>;
+
+/// One configuration file: the workspace's, or a plugin's.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    /// The VM's name (only in the workspace's file).
+    pub name: Option<Spanned<String>>,
+    /// Plugins to merge in: built-in names or paths relative to this file
+    /// (only in the workspace's file).
+    pub plugins: Option<SpannedList>,
+    /// CPU and memory.
+    pub resources: Option<Resources>,
+    /// Host directories shared with the guest.
+    pub mounts: Option<Vec<Spanned<Mount>>>,
+    /// Egress policy and port forwards.
+    pub network: Option<Network>,
+    /// Environment variables of commands run in the guest.
+    pub env: Option<BTreeMap<Spanned<String>, Spanned<String>>>,
+    /// Shell commands run in the guest after boot.
+    pub scripts: Option<SpannedList>,
+    /// Shell commands run on the host around `up` and `down`.
+    pub hooks: Option<Hooks>,
+    /// Kernel image overriding the guest image's.
+    pub kernel: Option<Spanned<String>>,
+    /// Initial ramdisk overriding the guest image's.
+    pub initrd: Option<Spanned<String>>,
+    /// Guest image directory overriding the default image.
+    pub image: Option<Spanned<String>>,
+}
+
+/// `[resources]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Resources {
+    /// Number of vCPUs.
+    pub vcpus: Option<Spanned<i64>>,
+    /// Guest memory limit in MiB.
+    pub memory_mib: Option<Spanned<i64>>,
+}
+
+/// One `[[mounts]]` entry.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Mount {
+    /// Host directory: absolute, `~/…`, or relative to the workspace.
+    pub source: Spanned<String>,
+    /// Absolute path in the guest.
+    pub target: Spanned<String>,
+    /// Whether the guest may only read it.
+    #[serde(default)]
+    pub read_only: bool,
+    /// Whether `up` creates a missing source directory.
+    #[serde(default)]
+    pub create: bool,
+}
+
+/// `[network]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Network {
+    /// `off`, `filtered` or `open`.
+    pub mode: Option<Spanned<String>>,
+    /// Names the guest may resolve and reach in `filtered` mode.
+    pub domains: Option<SpannedList>,
+    /// Destination ports allowed in `filtered` mode.
+    pub ports: Option<Vec<Spanned<i64>>>,
+    /// `"HOST:GUEST"` port forwards from the host's loopback into the guest.
+    pub forwards: Option<SpannedList>,
+}
+
+/// `[hooks]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Hooks {
+    /// Before the VM starts.
+    pub pre_up: Option<SpannedList>,
+    /// Once the VM is up and the scripts have run.
+    pub post_up: Option<SpannedList>,
+    /// Before the VM is stopped.
+    pub pre_down: Option<SpannedList>,
+    /// After the VM has stopped.
+    pub post_down: Option<SpannedList>,
+}

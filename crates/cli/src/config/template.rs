@@ -1,0 +1,100 @@
+//! The commented configuration file `agentvm init` writes: every key
+//! explained, its default shown, only `name` and `plugins` set (so the file
+//! resolves to exactly the defaults).
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use super::plugins::BUILT_INS;
+use super::{DEFAULT_PORTS, MIN_DEFAULT_MEMORY_MIB};
+
+/// The file for the workspace `workspace` with VM name `name` and the
+/// `plugins` entries as they should be written.
+pub fn init_text(name: &str, workspace: &Path, plugins: &[String]) -> String {
+    let quote = |s: &str| toml::Value::String(s.to_string()).to_string();
+    let mut builtins = String::new();
+    for b in BUILT_INS {
+        let _ = writeln!(builtins, "#   {:<12} {}", b.name, b.about);
+    }
+    let plugins = plugins
+        .iter()
+        .map(|p| quote(p))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let ports = DEFAULT_PORTS.map(|p| p.to_string()).join(", ");
+    let workspace = workspace.display();
+    format!(
+        r#"# agentvm configuration of this workspace, read by `agentvm up`.
+# Every key is optional: the commented-out lines show the defaults or an
+# example. `agentvm config` prints the result, with the plugins merged in.
+
+# The VM's name: lowercase letters, digits and '-'.
+# Default: the workspace directory's name.
+name = {name}
+
+# Plugins merged into this file: built-in names, or paths of plugin files
+# (relative to this file), which have this file's keys except name and
+# plugins. Their lists add to this file's; for single values and [env]
+# keys this file wins. Built-in plugins (API and login domains, API keys
+# passed through, state directories such as ~/.claude mounted, the agent
+# installed with npm):
+{builtins}plugins = [{plugins}]
+
+# Kernel, initrd or guest image directory to boot instead of the default
+# image (`agentvm image build`); relative paths are relative to this file.
+# kernel = "vmlinux"
+# initrd = "initrd.img"
+# image = "/path/to/image"
+
+# Shell commands run in the guest after boot (as root, in the workspace),
+# after the plugins' own.
+# scripts = ["make setup"]
+
+[resources]
+# Number of vCPUs. Default: all of the host's CPUs.
+# vcpus = 4
+# Guest memory in MiB. Default: half of the host's memory, at least
+# {min_memory}. A limit, not a reservation: memory the guest does not use
+# stays with the host.
+# memory_mib = {min_memory}
+
+[network]
+# "off": no network. "filtered": only the domains below, on the ports
+# below. "open": everything.
+# mode = "filtered"
+# Names the guest may reach in filtered mode; a name covers its
+# subdomains (github.com covers api.github.com). Plugins add their own.
+# domains = ["github.com"]
+# Destination ports allowed in filtered mode.
+# ports = [{ports}]
+# Host ports forwarded into the guest, "HOST:GUEST" (on the host's
+# loopback only).
+# forwards = ["8080:80"]
+
+[env]
+# Environment of commands run in the guest. "${{VAR}}" is VAR from the
+# host's environment when `agentvm up` runs; an entry whose host variable
+# is not set is left out (and `up` warns). $$ is a literal $.
+# GITHUB_TOKEN = "${{GITHUB_TOKEN}}"
+# RUST_LOG = "info"
+
+[hooks]
+# Shell commands run on the host, in the workspace.
+# pre_up = ["make build"]
+# post_up = []
+# pre_down = []
+# post_down = []
+
+# Host directories shared with the guest. The workspace
+# ({workspace}) is always mounted read-write at the same path in the
+# guest; a mount with that target replaces it (to make it read-only, say).
+# [[mounts]]
+# source = "~/datasets"   # host directory: absolute, ~/..., or relative to the workspace
+# target = "/data"        # absolute path in the guest
+# read_only = true        # default: false
+# create = true           # create a missing source at `up` (default: false, an error)
+"#,
+        name = quote(name),
+        min_memory = MIN_DEFAULT_MEMORY_MIB,
+    )
+}

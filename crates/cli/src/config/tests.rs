@@ -1,0 +1,760 @@
+//! Parsing, defaults, plugin merging and every error path, table-driven.
+
+use std::path::{Path, PathBuf};
+
+use super::env::{EnvValue, Part};
+use super::load::ConfigError;
+use super::*;
+
+/// A workspace in a temporary directory, with a home beside it.
+struct Ws {
+    _tmp: tempfile::TempDir,
+    dir: PathBuf,
+    home: PathBuf,
+}
+
+impl Ws {
+    fn new() -> Ws {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("My Project_2");
+        let home = tmp.path().join("home");
+        std::fs::create_dir_all(dir.join(CONFIG_DIR)).unwrap();
+        std::fs::create_dir_all(&home).unwrap();
+        Ws {
+            _tmp: tmp,
+            dir,
+            home,
+        }
+    }
+
+    fn host(&self) -> Host {
+        Host {
+            home: Some(self.home.clone()),
+            cpus: 6,
+            memory_mib: 16000,
+        }
+    }
+
+    /// Writes `rel` (relative to the workspace).
+    fn write(&self, rel: &str, text: &str) -> PathBuf {
+        let p = self.dir.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    /// Resolves `text` as the workspace's configuration file.
+    fn load(&self, text: &str) -> anyhow::Result<ResolvedConfig> {
+        let src = Source::new(&config_path(&self.dir), text.to_string());
+        resolve(&self.dir, Some(&src), &self.host())
+    }
+
+    fn ok(&self, text: &str) -> ResolvedConfig {
+        self.load(text)
+            .unwrap_or_else(|e| panic!("{text}\n=> {e:#}"))
+    }
+
+    fn err(&self, text: &str) -> ConfigError {
+        let e = self.load(text).expect_err(text);
+        e.downcast_ref::<ConfigError>()
+            .unwrap_or_else(|| panic!("{text}: not located: {e:#}"))
+            .clone()
+    }
+
+    fn defaults(&self) -> ResolvedConfig {
+        resolve(&self.dir, None, &self.host()).unwrap()
+    }
+}
+
+#[test]
+fn no_file_means_every_default() {
+    let ws = Ws::new();
+    let c = ws.defaults();
+    assert_eq!(c.name, "my-project-2");
+    assert_eq!(c.workspace, ws.dir);
+    assert_eq!(c.file, None);
+    assert!(c.plugins.is_empty());
+    assert_eq!(c.vcpus, 6);
+    assert_eq!(c.memory_mib, 8000);
+    assert_eq!(
+        c.mounts,
+        [Mount {
+            source: ws.dir.clone(),
+            target: ws.dir.clone(),
+            read_only: false,
+            create: false,
+            origin: Origin::Default,
+        }]
+    );
+    assert_eq!(
+        c.network,
+        Network {
+            mode: NetworkMode::Filtered,
+            domains: vec![],
+            ports: vec![80, 443],
+            forwards: vec![],
+        }
+    );
+    assert!(c.env.is_empty() && c.scripts.is_empty());
+    assert_eq!(c.hooks, Hooks::default());
+    assert_eq!((c.kernel, c.initrd, c.image), (None, None, None));
+    // An empty file is the same, but for knowing its path.
+    let empty = ws.ok("");
+    assert_eq!(
+        empty,
+        ResolvedConfig {
+            file: Some(config_path(&ws.dir)),
+            ..ws.defaults()
+        }
+    );
+}
+
+#[test]
+fn memory_and_cpu_defaults_follow_the_host() {
+    let cases = [
+        // (cpus, host MiB, vcpus, memory_mib)
+        (1, 2048, 1, 4096),
+        (4, 8192, 4, 4096),
+        (16, 65536, 16, 32768),
+        (512, 1 << 20, 255, 1 << 19),
+    ];
+    for (cpus, memory_mib, vcpus, mem) in cases {
+        let host = Host {
+            home: None,
+            cpus,
+            memory_mib,
+        };
+        assert_eq!(host.default_vcpus(), vcpus, "{cpus}");
+        assert_eq!(host.default_memory_mib(), mem, "{memory_mib}");
+    }
+    let h = Host::detect();
+    assert!(h.cpus >= 1 && h.memory_mib > 0, "{h:?}");
+}
+
+#[test]
+fn names_are_sanitized_from_the_directory() {
+    for (dir, name) in [
+        ("agentvm", "agentvm"),
+        ("My Project_2", "my-project-2"),
+        ("--a..b--", "a-b"),
+        ("Émile", "mile"),
+        ("日本", "workspace"),
+        ("", "workspace"),
+        (&"x".repeat(70), &"x".repeat(63)),
+        (&format!("{}-y", "x".repeat(62)), &"x".repeat(62)),
+    ] {
+        assert_eq!(sanitize_name(dir), name, "{dir:?}");
+    }
+    assert_eq!(default_name(Path::new("/")), "workspace");
+}
+
+#[test]
+fn every_key_is_read() {
+    let ws = Ws::new();
+    let text = r#"
+name = "dev-vm"
+kernel = "vmlinux"
+initrd = "../boot/initrd.img"
+image = "~/images/mine"
+scripts = ["make setup", "make setup", "echo $HOME"]
+
+[resources]
+vcpus = 3
+memory_mib = 2048
+
+[[mounts]]
+source = "../data"
+target = "/data/"
+read_only = true
+
+[[mounts]]
+source = "~/cache"
+target = "/root/.cache"
+create = true
+
+[network]
+mode = "open"
+domains = ["GitHub.com.", "crates.io", "github.com"]
+ports = [443, 22, 443]
+forwards = ["8080:80", "2222:22", "8080:80"]
+
+[env]
+RUST_LOG = "debug"
+TOKEN = "${GH_TOKEN}"
+"_X1" = "a$$b"
+
+[hooks]
+pre_up = ["make image"]
+post_up = ["echo up"]
+pre_down = ["echo bye"]
+post_down = ["rm -f /tmp/x", "echo done"]
+"#;
+    let c = ws.ok(text);
+    let cfg_dir = ws.dir.join(CONFIG_DIR);
+    assert_eq!(c.name, "dev-vm");
+    assert_eq!(c.kernel, Some(cfg_dir.join("vmlinux")));
+    assert_eq!(c.initrd, Some(ws.dir.join("boot/initrd.img")));
+    assert_eq!(c.image, Some(ws.home.join("images/mine")));
+    assert_eq!(c.scripts, ["make setup", "echo $HOME"]);
+    assert_eq!((c.vcpus, c.memory_mib), (3, 2048));
+    let mounts: Vec<_> = c
+        .mounts
+        .iter()
+        .map(|m| (m.source.clone(), m.target.clone(), m.read_only, m.create))
+        .collect();
+    let parent = ws.dir.parent().unwrap();
+    assert_eq!(
+        mounts,
+        [
+            (ws.dir.clone(), ws.dir.clone(), false, false),
+            (parent.join("data"), "/data".into(), true, false),
+            (ws.home.join("cache"), "/root/.cache".into(), false, true),
+        ]
+    );
+    let shown = config_path(&ws.dir).display().to_string();
+    assert_eq!(
+        c.mounts[1].origin,
+        Origin::File {
+            file: shown.clone(),
+            line: 12
+        }
+    );
+    assert_eq!(c.network.mode, NetworkMode::Open);
+    assert_eq!(c.network.domains, ["github.com", "crates.io"]);
+    assert_eq!(c.network.ports, [443, 22]);
+    assert_eq!(
+        c.network.forwards,
+        [
+            Forward {
+                host: 8080,
+                guest: 80
+            },
+            Forward {
+                host: 2222,
+                guest: 22
+            }
+        ]
+    );
+    let env: Vec<_> = c
+        .env
+        .iter()
+        .map(|(k, e)| (k.as_str(), e.value.parts.clone()))
+        .collect();
+    assert_eq!(
+        env,
+        [
+            ("RUST_LOG", vec![Part::Literal("debug".into())]),
+            ("TOKEN", vec![Part::Host("GH_TOKEN".into())]),
+            ("_X1", vec![Part::Literal("a$b".into())]),
+        ]
+    );
+    assert_eq!(
+        c.env["TOKEN"].origin,
+        Origin::File {
+            file: shown,
+            line: 30
+        }
+    );
+    assert_eq!(c.hooks.pre_up, ["make image"]);
+    assert_eq!(c.hooks.post_up, ["echo up"]);
+    assert_eq!(c.hooks.pre_down, ["echo bye"]);
+    assert_eq!(c.hooks.post_down, ["rm -f /tmp/x", "echo done"]);
+}
+
+#[test]
+fn the_init_template_resolves_to_the_defaults() {
+    let ws = Ws::new();
+    let name = default_name(&ws.dir);
+    let text = template::init_text(&name, &ws.dir, &[]);
+    let c = ws.ok(&text);
+    assert_eq!(
+        c,
+        ResolvedConfig {
+            file: Some(config_path(&ws.dir)),
+            ..ws.defaults()
+        }
+    );
+    // Every key is explained in it.
+    for key in [
+        "name =",
+        "plugins =",
+        "kernel =",
+        "initrd =",
+        "image =",
+        "scripts =",
+        "vcpus =",
+        "memory_mib =",
+        "mode =",
+        "domains =",
+        "ports = [80, 443]",
+        "forwards =",
+        "[env]",
+        "pre_up =",
+        "post_up =",
+        "pre_down =",
+        "post_down =",
+        "[[mounts]]",
+        "source =",
+        "target =",
+        "read_only =",
+        "create =",
+    ] {
+        assert!(text.contains(key), "{key} missing from\n{text}");
+    }
+    assert!(text.contains(&ws.dir.display().to_string()));
+    for b in plugins::BUILT_INS {
+        assert!(text.contains(b.name), "{}", b.name);
+    }
+    // With plugins, it is the same as listing them by hand.
+    let with = template::init_text(&name, &ws.dir, &["codex".into(), "gemini".into()]);
+    let by_hand = ws.ok("plugins = [\"codex\", \"gemini\"]");
+    assert_eq!(ws.ok(&with), by_hand);
+}
+
+#[test]
+fn built_in_plugins_bring_domains_credentials_state_and_install() {
+    let ws = Ws::new();
+    let c = ws.ok("plugins = [\"claude-code\"]");
+    assert_eq!(c.plugins, ["claude-code"]);
+    for d in ["api.anthropic.com", "claude.ai", "registry.npmjs.org"] {
+        assert!(c.network.domains.iter().any(|x| x == d), "{d}");
+    }
+    assert_eq!(
+        c.env["ANTHROPIC_API_KEY"].value,
+        EnvValue::host("ANTHROPIC_API_KEY")
+    );
+    assert_eq!(
+        c.env["ANTHROPIC_API_KEY"].origin,
+        Origin::BuiltIn("claude-code")
+    );
+    let state = &c.mounts[1];
+    assert_eq!(state.source, ws.home.join(".claude"));
+    assert_eq!(state.target, Path::new("/root/.claude"));
+    assert!(state.create && !state.read_only);
+    assert!(c.scripts[0]
+        .contains("npm install --global --no-fund --no-audit @anthropic-ai/claude-code"));
+    let c = ws.ok("plugins = [\"opencode\"]");
+    let targets: Vec<_> = c.mounts.iter().skip(1).map(|m| m.target.clone()).collect();
+    assert_eq!(
+        targets,
+        [
+            Path::new("/root/.config/opencode"),
+            Path::new("/root/.local/share/opencode")
+        ]
+    );
+}
+
+#[test]
+fn every_built_in_is_valid() {
+    let ws = Ws::new();
+    for b in plugins::BUILT_INS {
+        let f = b.fragment(Some(&ws.home)).unwrap();
+        for d in &f.domains {
+            assert_eq!(
+                validate::check_domain(d).as_deref(),
+                Ok(d.as_str()),
+                "{}",
+                b.name
+            );
+        }
+        assert!(f.domains.iter().any(|d| d == plugins::NPM_REGISTRY));
+        for k in f.env.keys() {
+            assert!(env::is_var_name(k), "{k}");
+        }
+        assert!(!f.mounts.is_empty() && f.mounts.iter().all(|m| m.create));
+        assert!(ws.ok(&format!("plugins = [{:?}]", b.name)).plugins == [b.name]);
+        let no_home = b.fragment(None).unwrap_err();
+        assert!(no_home.contains("HOME is not set"), "{no_home}");
+    }
+}
+
+#[test]
+fn plugins_merge_under_the_users_file() {
+    let ws = Ws::new();
+    let c = ws.ok(r#"
+plugins = ["codex", "opencode", "codex"]
+scripts = ["echo mine"]
+[resources]
+vcpus = 2
+[network]
+domains = ["github.com", "api.openai.com"]
+[env]
+OPENAI_API_KEY = "${MY_OPENAI_KEY}"
+EXTRA = "1"
+[[mounts]]
+source = "/elsewhere/codex"
+target = "/root/.codex"
+"#);
+    assert_eq!(c.plugins, ["codex", "opencode"]);
+    // Lists: plugins first in listed order, duplicates dropped.
+    assert_eq!(
+        c.network.domains,
+        [
+            "api.openai.com",
+            "auth.openai.com",
+            "chatgpt.com",
+            "registry.npmjs.org",
+            "opencode.ai",
+            "models.dev",
+            "api.anthropic.com",
+            "github.com",
+        ]
+    );
+    assert_eq!(c.scripts.len(), 3);
+    assert!(c.scripts[0].contains("@openai/codex") && c.scripts[1].contains("opencode-ai"));
+    assert_eq!(c.scripts[2], "echo mine");
+    // Tables: merged key by key, the user's key wins.
+    assert_eq!(
+        c.env["OPENAI_API_KEY"].value,
+        EnvValue::host("MY_OPENAI_KEY")
+    );
+    assert!(matches!(
+        c.env["OPENAI_API_KEY"].origin,
+        Origin::File { line: 9, .. }
+    ));
+    assert_eq!(
+        c.env["ANTHROPIC_API_KEY"].origin,
+        Origin::BuiltIn("opencode")
+    );
+    assert!(c.env.contains_key("EXTRA"));
+    // Scalars: the user's.
+    assert_eq!(c.vcpus, 2);
+    // Mounts keyed by target: the user's replaces the plugin's, in place.
+    assert_eq!(c.mounts[1].target, Path::new("/root/.codex"));
+    assert_eq!(c.mounts[1].source, Path::new("/elsewhere/codex"));
+    assert!(!c.mounts[1].create);
+    assert_eq!(c.mounts.len(), 4);
+}
+
+#[test]
+fn plugin_files_are_found_relative_to_the_config_file() {
+    let ws = Ws::new();
+    ws.write(
+        ".agentvm/tools.toml",
+        "scripts = [\"echo tools\"]\nkernel = \"k\"\n[network]\nmode = \"off\"\ndomains = [\"a.example\"]\n[[mounts]]\nsource = \"cache\"\ntarget = \"/cache\"\n",
+    );
+    ws.write(
+        "shared/more.toml",
+        "[network]\nmode = \"open\"\nports = [8443]\n[env]\nA = \"from plugin\"\n",
+    );
+    let c = ws.ok("plugins = [\"./tools.toml\", \"../shared/more.toml\"]\n[env]\nB = \"mine\"\n");
+    assert_eq!(c.plugins, ["./tools.toml", "../shared/more.toml"]);
+    assert_eq!(c.scripts, ["echo tools"]);
+    // A later plugin's scalar beats an earlier one's.
+    assert_eq!(c.network.mode, NetworkMode::Open);
+    assert_eq!(c.network.ports, [8443]);
+    assert_eq!(c.network.domains, ["a.example"]);
+    // Boot files relative to the plugin file, mounts to the workspace.
+    assert_eq!(c.kernel, Some(ws.dir.join(".agentvm/k")));
+    assert_eq!(c.mounts[1].source, ws.dir.join("cache"));
+    let plugin_file = ws.dir.join(".agentvm/tools.toml").display().to_string();
+    assert_eq!(
+        c.mounts[1].origin,
+        Origin::File {
+            file: plugin_file,
+            line: 6
+        }
+    );
+    assert_eq!(c.env["A"].value.template, "from plugin");
+    assert_eq!(c.env["B"].value.template, "mine");
+    // ~ is the home directory.
+    std::fs::write(ws.home.join("p.toml"), "scripts = [\"echo home\"]").unwrap();
+    assert_eq!(ws.ok("plugins = [\"~/p.toml\"]").scripts, ["echo home"]);
+}
+
+#[test]
+fn plugin_files_cannot_name_the_vm_or_include_plugins() {
+    let ws = Ws::new();
+    ws.write(".agentvm/nested.toml", "# nested\nplugins = [\"codex\"]\n");
+    ws.write(".agentvm/named.toml", "name = \"x\"\n");
+    ws.write(".agentvm/empty.toml", "plugins = []\n");
+    let e = ws.err("plugins = [\"./nested.toml\"]");
+    assert!(e.file.ends_with(".agentvm/nested.toml"), "{e}");
+    assert_eq!((e.line, e.column), (2, 12));
+    assert!(
+        e.message
+            .contains("a plugin cannot include other plugins; list them in"),
+        "{e}"
+    );
+    let e = ws.err("plugins = [\"./named.toml\"]");
+    assert_eq!((e.line, e.column), (1, 8));
+    assert!(e.message.contains("a plugin cannot set `name`"), "{e}");
+    ws.ok("plugins = [\"./empty.toml\"]");
+}
+
+/// Each case: the file, its error's line and column, and part of the message.
+const ERRORS: &[(&str, usize, usize, &str)] = &[
+    // Syntax.
+    ("a = ", 1, 5, "invalid TOML: string values must be quoted"),
+    ("[network]\nmode = \"off\"\nmode = \"open\"\n", 3, 1, "invalid TOML: duplicate key"),
+    // Unknown keys, top level and nested, in every kind of table.
+    ("nmae = \"x\"", 1, 1, "unknown key `nmae` (expected one of name, plugins, resources, mounts, network, env, scripts, hooks, kernel, initrd, image)"),
+    ("\n\n[network]\nmode = \"off\"\n\nmdoe = \"open\"\n", 6, 1, "unknown key `network.mdoe` (expected one of mode, domains, ports, forwards)"),
+    ("network.mdoe = 1", 1, 9, "unknown key `network.mdoe`"),
+    ("[resources]\ncpus = 2", 2, 1, "unknown key `resources.cpus` (expected one of vcpus, memory_mib)"),
+    ("[hooks]\npost-up = []", 2, 1, "unknown key `hooks.post-up` (expected one of pre_up, post_up, pre_down, post_down)"),
+    ("[[mounts]]\nsource = \"a\"\ntarget = \"/a\"\n\n[[mounts]]\nsource = \"b\"\ntarget = \"/b\"\nreadonly = true\n", 8, 1, "unknown key `mounts[1].readonly` (expected one of source, target, read_only, create)"),
+    ("mounts = [{ source = \"a\", target = \"/a\", ro = true }]", 1, 42, "unknown key `mounts[0].ro`"),
+    // Wrong types.
+    ("name = 3", 1, 8, "`name` must be a string, not integer 3"),
+    ("plugins = \"codex\"", 1, 11, "`plugins` must be an array, not string \"codex\""),
+    ("plugins = [\"codex\", 3]", 1, 21, "`plugins[1]` must be a string, not integer 3"),
+    ("[resources]\nvcpus = \"four\"", 2, 9, "`resources.vcpus` must be an integer, not string \"four\""),
+    ("[resources]\nmemory_mib = 1.5", 2, 14, "`resources.memory_mib` must be an integer, not floating point 1.5"),
+    ("network = 3", 1, 11, "`network` must be a table, not integer 3"),
+    ("[network]\nports = [99999999999999999999]", 2, 10, "`network.ports[0]`: integer 99999999999999999999 is out of range"),
+    ("[network]\nports = [80, \"443\"]", 2, 14, "`network.ports[1]` must be an integer, not string \"443\""),
+    ("[env]\nA = 1", 2, 5, "`env.A` must be a string, not integer 1"),
+    ("[[mounts]]\nsource = \"a\"\ntarget = \"/a\"\nread_only = \"yes\"", 4, 13, "`mounts[0].read_only` must be true or false"),
+    ("[[mounts]]\nsource = \"a\"\n", 1, 1, "`mounts[0]` needs a `target` key"),
+    ("[hooks]\npre_up = \"make\"", 2, 10, "`hooks.pre_up` must be an array"),
+    // Bad values.
+    ("name = \"My VM\"", 1, 8, "`name` \"My VM\" is not a VM name: use 1 to 63 lowercase letters, digits and '-', not starting or ending with '-' (e.g. \"my-vm\")"),
+    ("name = \"-x\"", 1, 8, "is not a VM name"),
+    ("[resources]\nvcpus = 0", 2, 9, "`resources.vcpus` must be between 1 and 255, not 0"),
+    ("[resources]\nvcpus = 256", 2, 9, "must be between 1 and 255, not 256"),
+    ("[resources]\nmemory_mib = 64", 2, 14, "`resources.memory_mib` must be at least 128 (MiB), not 64"),
+    ("[resources]\nmemory_mib = -1", 2, 14, "must be at least 128 (MiB), not -1"),
+    ("[network]\nmode = \"closed\"", 2, 8, "`network.mode` \"closed\" is not a mode (expected one of off, filtered, open)"),
+    ("[network]\nports = [80, 0]", 2, 14, "`network.ports[1]`: 0 is not a port (1 to 65535)"),
+    ("[network]\nports = [70000]", 2, 10, "`network.ports[0]`: 70000 is not a port (1 to 65535)"),
+    ("[network]\nports = [-443]", 2, 10, "-443 is not a port"),
+    ("[network]\nforwards = [\"8080\"]", 2, 13, "`network.forwards[0]`: \"8080\" is not a forward: expected \"HOST:GUEST\", e.g. \"8080:80\""),
+    ("[network]\nforwards = [\"a:80\"]", 2, 13, "\"a\" in \"a:80\" is not a port (1 to 65535)"),
+    ("[network]\nforwards = [\"0:80\"]", 2, 13, "\"0\" in \"0:80\" is not a port"),
+    ("[network]\nforwards = [\"8080:99999\"]", 2, 13, "\"99999\" in \"8080:99999\" is not a port"),
+    ("[network]\nforwards = [\"8080:80\", \"8080:81\"]", 2, 24, "`network.forwards[1]`: host port 8080 is already forwarded to guest port 80"),
+    ("[network]\ndomains = [\"https://github.com\"]", 2, 12, "`network.domains[0]`: \"https://github.com\" is not a host name: write the name only"),
+    ("[network]\ndomains = [\"*.github.com\"]", 2, 12, "a name covers its subdomains already; write \"github.com\""),
+    ("[network]\ndomains = [\"github.com:22\"]", 2, 12, "allowed ports go in `network.ports`"),
+    ("[network]\ndomains = [\"1.1.1.1\"]", 2, 12, "is an IP address"),
+    ("[network]\ndomains = [\"a..b\"]", 2, 12, "\"a..b\" is not a host name"),
+    ("[env]\n\"1A\" = \"x\"", 2, 1, "`env.1A` is not an environment variable name"),
+    ("[env]\nA = \"${HOME\"", 2, 5, "`env.A`: unclosed `${`"),
+    ("[env]\nA = \"${A B}\"", 2, 5, "is not a host variable name"),
+    ("[[mounts]]\nsource = \"a\"\ntarget = \"data\"", 3, 10, "`mounts[0].target` \"data\" must be an absolute path in the guest"),
+    ("[[mounts]]\nsource = \"a\"\ntarget = \"/tmp/..\"", 3, 10, "`mounts[0].target` cannot be the guest's root directory"),
+    ("[[mounts]]\nsource = \"\"\ntarget = \"/a\"", 2, 10, "`mounts[0].source` is empty"),
+    ("[[mounts]]\nsource = \"~bob/x\"\ntarget = \"/a\"", 2, 10, "only ~ (your home) is understood"),
+    ("scripts = [\"ok\", \"  \"]", 1, 18, "`scripts[1]` is an empty command"),
+    ("[hooks]\npost_down = [\"\"]", 2, 14, "`hooks.post_down[0]` is an empty command"),
+    ("kernel = \"\"", 1, 10, "`kernel` is empty"),
+    // Plugins.
+    ("plugins = [\"codex\", \"claud-code\"]", 1, 21, "unknown plugin \"claud-code\" (built-in plugins: claude-code, codex, gemini, opencode; a plugin file is given by its path"),
+    ("\nplugins = [\"./missing.toml\"]", 2, 12, "plugin file \"./missing.toml\" not found: "),
+];
+
+#[test]
+fn every_mistake_is_reported_at_its_line_with_its_key() {
+    let ws = Ws::new();
+    let shown = config_path(&ws.dir).display().to_string();
+    let mut failures = Vec::new();
+    for &(text, line, column, message) in ERRORS {
+        let e = ws.err(text);
+        if e.file != shown || (e.line, e.column) != (line, column) || !e.message.contains(message) {
+            failures.push(format!(
+                "{text:?}\n  want {line}:{column}: {message}\n  got  {}:{}: {}",
+                e.line, e.column, e.message
+            ));
+        }
+        assert!(e
+            .to_string()
+            .starts_with(&format!("{shown}:{}:{}: ", e.line, e.column)));
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn unreadable_files_are_named() {
+    let ws = Ws::new();
+    let bad = ws.write(".agentvm/config.toml", "");
+    std::fs::write(&bad, b"name = \"\xff\"\n").unwrap();
+    let e = Source::read(&bad).unwrap_err();
+    assert!(
+        format!("{e:#}").starts_with(&format!("cannot read {}: ", bad.display())),
+        "{e:#}"
+    );
+    std::fs::create_dir_all(ws.dir.join(".agentvm/dir.toml")).unwrap();
+    let e = ws.err("plugins = [\"./dir.toml\"]");
+    assert_eq!((e.line, e.column), (1, 12));
+    assert!(
+        e.message
+            .contains("plugin file \"./dir.toml\" cannot be read ("),
+        "{e}"
+    );
+    ws.write(".agentvm/binary.toml", "");
+    std::fs::write(ws.dir.join(".agentvm/binary.toml"), b"\xff\xfe").unwrap();
+    let e = ws.err("plugins = [\"./binary.toml\"]");
+    assert!(e.message.contains("cannot be read ("), "{e}");
+}
+
+#[test]
+fn errors_in_a_plugin_file_point_into_it() {
+    let ws = Ws::new();
+    ws.write(
+        ".agentvm/p.toml",
+        "[network]\nports = [1]\nforwards = [\"x\"]\n",
+    );
+    let e = ws.err("plugins = [\"./p.toml\"]");
+    assert!(e.file.ends_with(".agentvm/p.toml"), "{e}");
+    assert_eq!((e.line, e.column), (3, 13));
+    assert!(e.message.contains("`network.forwards[0]`"), "{e}");
+}
+
+#[test]
+fn missing_home_is_said_where_it_matters() {
+    let ws = Ws::new();
+    let src = Source::new(&config_path(&ws.dir), "plugins = [\"gemini\"]".into());
+    let host = Host {
+        home: None,
+        ..ws.host()
+    };
+    let e = resolve(&ws.dir, Some(&src), &host).unwrap_err();
+    let e = e.downcast_ref::<ConfigError>().unwrap();
+    assert_eq!((e.line, e.column), (1, 12));
+    assert_eq!(
+        e.message,
+        "plugin gemini mounts ~/.gemini, but HOME is not set"
+    );
+    let src = Source::new(&config_path(&ws.dir), "image = \"~/img\"".into());
+    let e = resolve(&ws.dir, Some(&src), &host).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("`image`: \"~/img\" starts with ~, but HOME is not set"),
+        "{e}"
+    );
+}
+
+#[test]
+fn the_workspace_is_the_nearest_directory_with_a_file() {
+    let ws = Ws::new();
+    let sub = ws.dir.join("src/deep");
+    std::fs::create_dir_all(&sub).unwrap();
+    assert_eq!(
+        find_workspace(&sub, None),
+        Workspace {
+            dir: sub.clone(),
+            config: None
+        }
+    );
+    let file = ws.write(".agentvm/config.toml", "name = \"x\"");
+    assert_eq!(
+        find_workspace(&sub, None),
+        Workspace {
+            dir: ws.dir.clone(),
+            config: Some(file.clone())
+        }
+    );
+    // The home directory's own .agentvm is skipped, unless started there.
+    assert_eq!(find_workspace(&sub, Some(&ws.dir)).config, None);
+    assert_eq!(find_workspace(&ws.dir, Some(&ws.dir)).config, Some(file));
+    let c = load(&sub).unwrap();
+    assert_eq!((c.name.as_str(), c.workspace), ("x", ws.dir.clone()));
+}
+
+#[test]
+fn the_rendered_configuration_loads_back_to_itself() {
+    let ws = Ws::new();
+    ws.write(".agentvm/p.toml", "[hooks]\npre_up = [\"echo plugin\"]\n");
+    let c = ws.ok(r#"
+name = "rt"
+plugins = ["claude-code", "./p.toml"]
+kernel = "/k"
+scripts = ["echo \"quoted\" \\ back"]
+[resources]
+memory_mib = 1024
+[network]
+mode = "filtered"
+forwards = ["8080:80"]
+[env]
+WITH_UNDERSCORE = "x"
+GREETING = "hello $$USER ${USER}"
+[hooks]
+post_down = ["echo bye"]
+[[mounts]]
+source = "ro"
+target = "/ro"
+read_only = true
+"#);
+    let text = render::render(&c, &|_| None);
+    let again = ws.ok(&text);
+    let strip = |c: &ResolvedConfig| {
+        let mut c = c.clone();
+        c.plugins.clear();
+        for m in &mut c.mounts {
+            m.origin = Origin::Default;
+        }
+        for e in c.env.values_mut() {
+            e.origin = Origin::Default;
+        }
+        c
+    };
+    assert_eq!(strip(&again), strip(&c), "{text}");
+}
+
+#[test]
+fn rendering_never_shows_host_values() {
+    let ws = Ws::new();
+    let c = ws
+        .ok("plugins = [\"claude-code\"]\n[env]\nLIT = \"plain\"\nPAIR = \"${SECRET}:${NOPE}\"\n");
+    let lookup =
+        |v: &str| (v == "ANTHROPIC_API_KEY" || v == "SECRET").then(|| "sk-hunter2".to_string());
+    let text = render::render(&c, &lookup);
+    assert!(!text.contains("hunter2"), "{text}");
+    let line = |key: &str| {
+        text.lines()
+            .find(|l| l.starts_with(&format!("{key} =")))
+            .unwrap_or_else(|| panic!("{key} missing from\n{text}"))
+            .to_string()
+    };
+    assert_eq!(
+        line("ANTHROPIC_API_KEY"),
+        "ANTHROPIC_API_KEY = \"${ANTHROPIC_API_KEY}\"  # <set>; from plugin claude-code"
+    );
+    assert!(line("CLAUDE_CODE_OAUTH_TOKEN").ends_with("# <unset>; from plugin claude-code"));
+    assert!(line("PAIR").contains("# SECRET <set>, NOPE <unset>; from "));
+    assert!(line("LIT").starts_with("LIT = \"plain\"  # from "));
+    assert!(text.contains("# plugins merged in: claude-code"));
+    assert!(text.contains("[[mounts]]  # default: the workspace, read-write at its own path"));
+}
+
+#[test]
+fn mount_sources_are_created_only_when_asked() {
+    let ws = Ws::new();
+    let m = |source: PathBuf, create: bool| Mount {
+        source,
+        target: "/t".into(),
+        read_only: false,
+        create,
+        origin: Origin::File {
+            file: "c.toml".into(),
+            line: 4,
+        },
+    };
+    let missing = ws.dir.join("a/b");
+    let e = m(missing.clone(), false).prepare_source().unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        format!(
+            "c.toml:4: mount source {} does not exist; create it, or add `create = true` to the mount",
+            missing.display()
+        )
+    );
+    m(missing.clone(), true).prepare_source().unwrap();
+    assert!(missing.is_dir());
+    let file = ws.write("f", "");
+    let e = m(file, true).prepare_source().unwrap_err();
+    assert!(e.to_string().contains("is not a directory"), "{e}");
+}
+
+#[test]
+fn paths_are_normalized_lexically() {
+    for (p, want) in [
+        ("/a/./b/../c", "/a/c"),
+        ("/a/b/", "/a/b"),
+        ("/..", "/"),
+        ("/a/../..", "/"),
+    ] {
+        assert_eq!(normalize(Path::new(p)), Path::new(want), "{p}");
+    }
+}

@@ -1,0 +1,332 @@
+//! Checks one parsed file's values and resolves its paths, into a
+//! [`Fragment`]. Every error names the file, line, column and key path.
+
+use std::path::{Path, PathBuf};
+
+use toml::Spanned;
+
+use super::env::{is_var_name, EnvEntry, EnvValue};
+use super::load::{ConfigError, Source};
+use super::merge::Fragment;
+use super::schema::{self, ConfigFile, SpannedList};
+use super::{normalize, Forward, Mount, NetworkMode, Origin, MIN_MEMORY_MIB};
+
+/// The longest VM name.
+pub const MAX_NAME: usize = 63;
+
+/// What relative and `~` paths are resolved against.
+#[derive(Debug, Clone, Copy)]
+pub struct Context<'a> {
+    /// The workspace (absolute): mount sources are relative to it.
+    pub workspace: &'a Path,
+    /// `$HOME`, for `~`.
+    pub home: Option<&'a Path>,
+}
+
+type Result<T> = std::result::Result<T, ConfigError>;
+
+/// Checks the `name` key.
+pub fn name(name: &Spanned<String>, src: &Source) -> Result<String> {
+    let n = name.get_ref();
+    let ok = !n.is_empty()
+        && n.len() <= MAX_NAME
+        && n.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !n.starts_with('-')
+        && !n.ends_with('-');
+    if !ok {
+        return Err(src.error(
+            name.span(),
+            format!(
+                "`name` {n:?} is not a VM name: use 1 to {MAX_NAME} lowercase letters, digits \
+                 and '-', not starting or ending with '-' (e.g. {:?})",
+                super::sanitize_name(n)
+            ),
+        ));
+    }
+    Ok(n.clone())
+}
+
+/// Checks everything but `name` and `plugins` (which only the workspace's
+/// own file may set, and which [`super::resolve`] handles).
+pub fn fragment(file: &ConfigFile, src: &Source, ctx: &Context<'_>) -> Result<Fragment> {
+    let mut out = Fragment::default();
+    let origin = |span: std::ops::Range<usize>| Origin::File {
+        file: src.shown.clone(),
+        line: src.line(span.start),
+    };
+    if let Some(r) = &file.resources {
+        if let Some(v) = &r.vcpus {
+            let n = *v.get_ref();
+            out.vcpus = Some(u8::try_from(n).ok().filter(|&n| n > 0).ok_or_else(|| {
+                src.error(
+                    v.span(),
+                    format!("`resources.vcpus` must be between 1 and 255, not {n}"),
+                )
+            })?);
+        }
+        if let Some(m) = &r.memory_mib {
+            let n = *m.get_ref();
+            out.memory_mib = Some(
+                u64::try_from(n)
+                    .ok()
+                    .filter(|&n| n >= MIN_MEMORY_MIB)
+                    .ok_or_else(|| {
+                        src.error(
+                            m.span(),
+                            format!(
+                                "`resources.memory_mib` must be at least {MIN_MEMORY_MIB} \
+                                 (MiB), not {n}"
+                            ),
+                        )
+                    })?,
+            );
+        }
+    }
+    for (i, m) in file.mounts.iter().flatten().enumerate() {
+        out.mounts.push(mount(m, i, src, ctx)?);
+    }
+    if let Some(n) = &file.network {
+        network(n, src, &mut out)?;
+    }
+    for (key, value) in file.env.iter().flatten() {
+        if !is_var_name(key.get_ref()) {
+            return Err(src.error(
+                key.span(),
+                format!(
+                    "`env.{}` is not an environment variable name (letters, digits and _, \
+                     not starting with a digit)",
+                    super::load::toml_key(key.get_ref())
+                ),
+            ));
+        }
+        let parsed = EnvValue::parse(value.get_ref())
+            .map_err(|why| src.error(value.span(), format!("`env.{}`: {why}", key.get_ref())))?;
+        out.env.insert(
+            key.get_ref().clone(),
+            EnvEntry {
+                value: parsed,
+                origin: origin(key.span()),
+            },
+        );
+    }
+    out.scripts = commands(file.scripts.as_ref(), "scripts", src)?;
+    if let Some(h) = &file.hooks {
+        out.hooks.pre_up = commands(h.pre_up.as_ref(), "hooks.pre_up", src)?;
+        out.hooks.post_up = commands(h.post_up.as_ref(), "hooks.post_up", src)?;
+        out.hooks.pre_down = commands(h.pre_down.as_ref(), "hooks.pre_down", src)?;
+        out.hooks.post_down = commands(h.post_down.as_ref(), "hooks.post_down", src)?;
+    }
+    // Boot files are relative to the file that names them.
+    let file_relative = |p: &Option<Spanned<String>>, key: &str| -> Result<Option<PathBuf>> {
+        p.as_ref()
+            .map(|p| host_path(p, key, src.dir(), src, ctx))
+            .transpose()
+    };
+    out.kernel = file_relative(&file.kernel, "kernel")?;
+    out.initrd = file_relative(&file.initrd, "initrd")?;
+    out.image = file_relative(&file.image, "image")?;
+    Ok(out)
+}
+
+fn mount(m: &Spanned<schema::Mount>, i: usize, src: &Source, ctx: &Context<'_>) -> Result<Mount> {
+    let inner = m.get_ref();
+    let source = host_path(
+        &inner.source,
+        &format!("mounts[{i}].source"),
+        ctx.workspace,
+        src,
+        ctx,
+    )?;
+    let t = inner.target.get_ref();
+    if !t.starts_with('/') {
+        return Err(src.error(
+            inner.target.span(),
+            format!("`mounts[{i}].target` {t:?} must be an absolute path in the guest"),
+        ));
+    }
+    let target = normalize(Path::new(t));
+    if target == Path::new("/") {
+        return Err(src.error(
+            inner.target.span(),
+            format!("`mounts[{i}].target` cannot be the guest's root directory"),
+        ));
+    }
+    Ok(Mount {
+        source,
+        target,
+        read_only: inner.read_only,
+        create: inner.create,
+        origin: Origin::File {
+            file: src.shown.clone(),
+            line: src.line(m.span().start),
+        },
+    })
+}
+
+/// A host path: `~` is `$HOME`, relative paths are relative to `base`.
+fn host_path(
+    p: &Spanned<String>,
+    key: &str,
+    base: &Path,
+    src: &Source,
+    ctx: &Context<'_>,
+) -> Result<PathBuf> {
+    let s = p.get_ref();
+    if s.is_empty() {
+        return Err(src.error(p.span(), format!("`{key}` is empty")));
+    }
+    expand_home(s, base, ctx.home).map_err(|why| src.error(p.span(), format!("`{key}`: {why}")))
+}
+
+/// `~` and `~/…` under `home`, other relative paths under `base`.
+pub fn expand_home(
+    s: &str,
+    base: &Path,
+    home: Option<&Path>,
+) -> std::result::Result<PathBuf, String> {
+    let path = if s == "~" || s.starts_with("~/") {
+        let home = home.ok_or_else(|| format!("{s:?} starts with ~, but HOME is not set"))?;
+        home.join(s.trim_start_matches('~').trim_start_matches('/'))
+    } else if s.starts_with('~') {
+        return Err(format!(
+            "{s:?}: only ~ (your home) is understood, not ~user; write the absolute path"
+        ));
+    } else {
+        base.join(s)
+    };
+    Ok(normalize(&path))
+}
+
+fn network(n: &schema::Network, src: &Source, out: &mut Fragment) -> Result<()> {
+    if let Some(mode) = &n.mode {
+        out.mode = Some(NetworkMode::parse(mode.get_ref()).ok_or_else(|| {
+            let all: Vec<&str> = NetworkMode::ALL.iter().map(|m| m.as_str()).collect();
+            src.error(
+                mode.span(),
+                format!(
+                    "`network.mode` {:?} is not a mode (expected one of {})",
+                    mode.get_ref(),
+                    all.join(", ")
+                ),
+            )
+        })?);
+    }
+    for (i, d) in n.domains.iter().flatten().enumerate() {
+        let domain = check_domain(d.get_ref())
+            .map_err(|why| src.error(d.span(), format!("`network.domains[{i}]`: {why}")))?;
+        if !out.domains.contains(&domain) {
+            out.domains.push(domain);
+        }
+    }
+    if let Some(ports) = &n.ports {
+        let mut list = Vec::new();
+        for (i, p) in ports.iter().enumerate() {
+            let port = port(*p.get_ref()).ok_or_else(|| {
+                src.error(
+                    p.span(),
+                    format!(
+                        "`network.ports[{i}]`: {} is not a port (1 to 65535)",
+                        p.get_ref()
+                    ),
+                )
+            })?;
+            if !list.contains(&port) {
+                list.push(port);
+            }
+        }
+        out.ports = Some(list);
+    }
+    for (i, f) in n.forwards.iter().flatten().enumerate() {
+        let key = format!("network.forwards[{i}]");
+        let fwd = parse_forward(f.get_ref())
+            .map_err(|why| src.error(f.span(), format!("`{key}`: {why}")))?;
+        match out.forwards.iter().find(|o| o.host == fwd.host) {
+            Some(o) if o.guest == fwd.guest => {}
+            Some(o) => {
+                return Err(src.error(
+                    f.span(),
+                    format!(
+                        "`{key}`: host port {} is already forwarded to guest port {}",
+                        fwd.host, o.guest
+                    ),
+                ))
+            }
+            None => out.forwards.push(fwd),
+        }
+    }
+    Ok(())
+}
+
+fn port(n: i64) -> Option<u16> {
+    u16::try_from(n).ok().filter(|&p| p != 0)
+}
+
+/// `"HOST:GUEST"`, both ports 1 to 65535.
+pub fn parse_forward(s: &str) -> std::result::Result<Forward, String> {
+    let usage = "expected \"HOST:GUEST\", e.g. \"8080:80\" (host port 8080 to guest port 80)";
+    let Some((h, g)) = s.split_once(':') else {
+        return Err(format!("{s:?} is not a forward: {usage}"));
+    };
+    let parse = |p: &str| {
+        p.parse::<i64>()
+            .ok()
+            .and_then(port)
+            .ok_or_else(|| format!("{p:?} in {s:?} is not a port (1 to 65535): {usage}"))
+    };
+    Ok(Forward {
+        host: parse(h)?,
+        guest: parse(g)?,
+    })
+}
+
+/// A host name for the allowlist, lowercased.
+pub fn check_domain(d: &str) -> std::result::Result<String, String> {
+    let lower = d.trim_end_matches('.').to_ascii_lowercase();
+    if lower.contains("://") || lower.contains('/') {
+        return Err(format!(
+            "{d:?} is not a host name: write the name only, e.g. \"github.com\""
+        ));
+    }
+    if let Some(rest) = lower.strip_prefix("*.") {
+        return Err(format!(
+            "{d:?}: a name covers its subdomains already; write {rest:?}"
+        ));
+    }
+    if lower.contains(':') {
+        return Err(format!(
+            "{d:?}: write the name only; allowed ports go in `network.ports`"
+        ));
+    }
+    let labels: Vec<&str> = lower.split('.').collect();
+    let label_ok = |l: &&str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && l.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+    };
+    if lower.is_empty() || lower.len() > 253 || !labels.iter().all(label_ok) {
+        return Err(format!("{d:?} is not a host name"));
+    }
+    if labels.iter().all(|l| l.chars().all(|c| c.is_ascii_digit())) {
+        return Err(format!(
+            "{d:?} is an IP address; the filter allows names (use mode = \"open\" to reach \
+             addresses directly)"
+        ));
+    }
+    Ok(lower)
+}
+
+/// A list of shell commands; none may be empty.
+fn commands(list: Option<&SpannedList>, key: &str, src: &Source) -> Result<Vec<String>> {
+    let mut out: Vec<String> = Vec::new();
+    for (i, c) in list.into_iter().flatten().enumerate() {
+        if c.get_ref().trim().is_empty() {
+            return Err(src.error(c.span(), format!("`{key}[{i}]` is an empty command")));
+        }
+        if !out.contains(c.get_ref()) {
+            out.push(c.get_ref().clone());
+        }
+    }
+    Ok(out)
+}
