@@ -50,6 +50,11 @@ pub struct BootArgs {
     /// memory back to the host (deflated again if the guest runs short).
     #[arg(long, value_name = "MIB")]
     balloon: Option<u64>,
+    /// Share a host directory with the guest over virtio-fs (repeatable): the
+    /// guest agent mounts TAG at the same path; `:ro` makes it read-only.
+    /// Needs virtiofsd (`agentvm doctor` says where it looks).
+    #[arg(long, value_name = "HOST_DIR:TAG[:ro]")]
+    share: Vec<crate::share::ShareSpec>,
     /// Attach a virtio-vsock device whose host side is the Unix socket UDS:
     /// host clients connect to it and send `CONNECT <port>\n`; guest
     /// connections to host port P go to the socket `UDS_P`.
@@ -129,7 +134,19 @@ pub fn run(mut args: BootArgs) -> anyhow::Result<ExitCode> {
         Some(path) => SerialSink::File(path.clone()),
         None => SerialSink::Stdout,
     };
+    // virtiofsd's sockets; removed (with the daemons stopped) at exit.
+    let state = tempfile::Builder::new()
+        .prefix("agentvm-")
+        .tempdir()
+        .context("cannot create a state directory for the shares")?;
+    for share in &args.share {
+        config.cmdline.push(' ');
+        config.cmdline.push_str(&share.cmdline_entry()?);
+    }
     let mut builder = VmBuilder::from_config(config).serial(serial);
+    for fs in crate::share::devices(&args.share, state.path())? {
+        builder = builder.device(Box::new(fs));
+    }
     if !args.no_rng {
         builder = builder.device(Box::new(Rng::new()));
     }

@@ -8,6 +8,7 @@ mod doctor;
 mod image;
 mod init;
 mod kvm_host;
+mod share;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;

@@ -214,6 +214,8 @@ pub struct L1Contents<'a> {
     pub qemu: Option<&'a Path>,
     /// The vsock helper and the SSH client, for the exec benchmark.
     pub ssh: Option<(&'a Path, &'a SshPeer)>,
+    /// virtiofsd, for boots with `--share` (carried with its libraries).
+    pub virtiofsd: Option<&'a Path>,
 }
 
 /// Where L1 keeps things (the scenario scripts use these paths).
@@ -232,6 +234,8 @@ pub mod l1_paths {
     pub const SSH_KEY: &str = "/etc/rig/ssh_id";
     /// QEMU.
     pub const QEMU: &str = "/bin/qemu-system-x86_64";
+    /// virtiofsd (on L1's `PATH`, where agentvm looks for it).
+    pub const VIRTIOFSD: &str = "/bin/virtiofsd";
     /// Where vsock sockets go.
     pub const SOCK_DIR: &str = "/tmp";
 }
@@ -264,10 +268,14 @@ impl L1Image {
             key.add_file(helper)?.add_file(&ssh.dbclient)?;
             key.add_file(&ssh.client_key)?;
         }
-        let variant = match (c.qemu.is_some(), c.ssh.is_some()) {
-            (true, _) => "qemu",
-            (false, true) => "ssh",
-            (false, false) => "vmm",
+        if let Some(v) = c.virtiofsd {
+            key.add_file(v)?;
+        }
+        let variant = match (c.qemu.is_some(), c.ssh.is_some(), c.virtiofsd.is_some()) {
+            (true, _, _) => "qemu",
+            (false, true, _) => "ssh",
+            (false, false, true) => "fs",
+            (false, false, false) => "vmm",
         };
         let name = format!("l1-{variant}-{}", key.hex());
         let dir = cache.entry(&name, |tmp| {
@@ -305,6 +313,9 @@ impl L1Image {
                 a.copy(p::VSOCK_HELPER, 0o755, helper)?;
                 a.binary_with_libs(p::DBCLIENT, &ssh.dbclient)?;
                 a.copy(p::SSH_KEY, 0o600, &ssh.client_key)?;
+            }
+            if let Some(v) = c.virtiofsd {
+                a.binary_with_libs(p::VIRTIOFSD, v)?;
             }
             a.finish()
         })?;

@@ -35,6 +35,9 @@ pub enum RunError {
     /// This host can run neither tier (the reason says what is missing).
     #[error("Cannot run the rig here: {0}")]
     Unavailable(String),
+    /// A boot's setup lines failed (direct tier).
+    #[error("The setup of boot {0} failed: {1}")]
+    Setup(String, String),
     /// An image or binary could not be built.
     #[error("Cannot build the rig's images")]
     Image(#[from] ImageError),
@@ -324,6 +327,15 @@ impl Rig {
             initrd: l2.initrd.clone(),
         };
         let result = scenario.boots.iter().try_for_each(|b| {
+            if let Some(setup) = &b.setup {
+                let status = Command::new("sh")
+                    .args(["-c", setup])
+                    .status()
+                    .map_err(io_err("Cannot run the setup of", log_path))?;
+                if !status.success() {
+                    return Err(RunError::Setup(b.name.clone(), status.to_string()));
+                }
+            }
             let (program, args) = b.command(&paths);
             let then = match b.script_text(&paths) {
                 Some(text) => {
@@ -359,6 +371,14 @@ impl Rig {
         log_path: &Path,
     ) -> Result<Option<Duration>, RunError> {
         let qemu_host = agentvm_image::which("qemu-system-x86_64");
+        let virtiofsd = if scenario.needs_virtiofsd() {
+            let found = agentvm_devices::virtio::fs::Search::from_env(None)
+                .find()
+                .map_err(|e| RunError::Unavailable(e.to_string()))?;
+            Some(found.path)
+        } else {
+            None
+        };
         let l1 = L1Image::build(
             &self.cache,
             &L1Contents {
@@ -371,6 +391,7 @@ impl Rig {
                     None
                 },
                 ssh: extras.ssh,
+                virtiofsd: virtiofsd.as_deref(),
             },
         )?;
         let paths = BootPaths::in_l1();

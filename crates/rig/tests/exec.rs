@@ -9,12 +9,15 @@ use agentvm_rig::{error_chain, Boot, BootResult, Rig, Scenario, ScenarioResult, 
 /// Concurrent sessions.
 const SESSIONS: usize = 16;
 
+/// Guest memory: room for the fill below.
+const GUEST_MIB: u32 = 1024;
+
 /// MiB the balloon takes at boot (`agentvm boot --balloon`).
 const BALLOON_MIB: u64 = 64;
 
 /// MiB the guest writes to its tmpfs and frees again: free page reporting
 /// must hand most of it back to agentvm's host.
-const FILL_MIB: u64 = 192;
+const FILL_MIB: u64 = 512;
 
 /// KiB of it that must come back (three quarters; 98 % did when measured).
 const WANT_KIB: u64 = (FILL_MIB << 10) * 3 / 4;
@@ -76,13 +79,13 @@ P=$(pidof agentvm)
 shm() { awk '/^RssShmem:/ {print $2}' /proc/$P/status; }
 echo "RIG-EXEC vmm_pids=$P"
 echo "RIG-EXEC shm_before=$(shm)"
-$A -- sh -c 'head -c FILL_BYTES /dev/zero > /tmp/fill'; echo "RIG-EXEC fill_rc=$?"
+$A -- sh -c 'mkdir -p /fill && mount -t tmpfs -o size=FILL_MOUNT_MIBm fill /fill && head -c FILL_BYTES /dev/zero > /fill/x'; echo "RIG-EXEC fill_rc=$?"
 F=$(shm)
 echo "RIG-EXEC shm_filled=$F"
-$A -- rm /tmp/fill; echo "RIG-EXEC rm_rc=$?"
+$A -- sh -c 'rm /fill/x && umount /fill'; echo "RIG-EXEC rm_rc=$?"
 # The guest reports free pages in 2-4 MiB blocks after a delay of ~2 s.
 i=0
-while [ $i -lt 30 ] && [ $((F - $(shm))) -lt WANT_KIB ]; do sleep 1; i=$((i+1)); done
+while [ $i -lt 60 ] && [ $((F - $(shm))) -lt WANT_KIB ]; do sleep 1; i=$((i+1)); done
 echo "RIG-EXEC shm_after=$(shm)"
 echo "RIG-EXEC t_balloon=$(up)"
 $A --poweroff 2>/tmp/poweroff.err; echo "RIG-EXEC poweroff_rc=$?"
@@ -112,11 +115,15 @@ fn attach_runs_commands_in_the_default_image() {
     let script = SCRIPT
         .replace("SESSIONS", &SESSIONS.to_string())
         .replace("FILL_BYTES", &(FILL_MIB << 20).to_string())
+        .replace("FILL_MOUNT_MIB", &(FILL_MIB + 16).to_string())
         .replace("WANT_KIB", &WANT_KIB.to_string())
         .replace("BALLOON_PAGES", &(BALLOON_MIB * 256).to_string());
-    let boot = Boot::agent("exec", &script)
+    let mut boot = Boot::agent("exec", &script)
         .vcpus(2)
+        .memory_mib(GUEST_MIB)
         .args(&["--balloon", &BALLOON_MIB.to_string()]);
+    // Filling and freeing 512 MiB takes a minute or two under nested TCG.
+    boot.timeout = std::time::Duration::from_secs(900);
     let r: ScenarioResult = rig
         .run(&Scenario::new("exec", vec![boot]))
         .unwrap_or_else(|e| panic!("{}", error_chain(&e)));
