@@ -18,10 +18,9 @@
 //! length 0.
 
 use std::io;
-use std::sync::atomic::Ordering;
 
 use tracing::{debug, warn};
-use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
+use virtio_queue::{DescriptorChain, Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress};
 
 use super::handle::{BalloonCounters, Counters};
@@ -29,7 +28,8 @@ use super::pages::{HeldPages, Insert, PageRun, RunBuilder};
 use super::release::{is_releasable, MemoryReleaser};
 use super::stats::BalloonStats;
 use super::{MAX_PFNS_PER_CHAIN, MAX_STATS_BYTES};
-use crate::virtio::{GuestMemory, InterruptKind, VirtioInterrupt};
+use crate::virtio::queue as vq;
+use crate::virtio::{GuestMemory, VirtioInterrupt};
 
 /// What a call did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -302,11 +302,8 @@ struct Done {
 impl Done {
     /// Puts `head` in the used ring with length 0.
     fn complete(&mut self, mem: &GuestMemory, queue: &mut Queue, head: u16) {
-        match queue.add_used(mem, head, 0) {
-            Ok(()) => self.completed += 1,
-            // Only a bogus head index gets here (the used ring was checked
-            // at activation); the driver never sees that chain again.
-            Err(e) => warn!("virtio-balloon: cannot complete chain {head}: {e}"),
+        if vq::complete(mem, queue, head, 0, "virtio-balloon") {
+            self.completed += 1;
         }
     }
 
@@ -317,21 +314,18 @@ impl Done {
         ctx: &QueueContext<'_, I>,
         vq: IndexedQueue<'_>,
     ) -> Result<Progress, QueueError> {
-        let mut progress = Progress {
+        let progress = Progress {
             completed: self.completed,
-            more_pending: false,
+            more_pending: vq::more_pending(ctx.mem, vq.queue, self.popped),
         };
-        if self.popped == vq.queue.size() {
-            let avail = vq.queue.avail_idx(ctx.mem, Ordering::Acquire);
-            progress.more_pending = avail.is_ok_and(|idx| idx.0 != vq.queue.next_avail());
-        }
-        // needs_notification only fails on a used ring outside memory, which
-        // activation ruled out; signalling anyway is the safe side.
-        if progress.completed > 0 && vq.queue.needs_notification(ctx.mem).unwrap_or(true) {
-            ctx.interrupt
-                .trigger(InterruptKind::Queue(vq.index))
-                .map_err(QueueError::Interrupt)?;
-        }
+        vq::signal_used(
+            ctx.mem,
+            vq.queue,
+            vq.index,
+            progress.completed,
+            ctx.interrupt,
+        )
+        .map_err(QueueError::Interrupt)?;
         Ok(progress)
     }
 }
@@ -340,10 +334,7 @@ fn pop<'m>(
     mem: &'m GuestMemory,
     queue: &mut Queue,
 ) -> Result<Option<DescriptorChain<&'m GuestMemory>>, QueueError> {
-    match queue.iter(mem) {
-        Ok(mut avail) => Ok(avail.next()),
-        Err(e) => Err(QueueError::AvailRing(e)),
-    }
+    vq::next_chain(mem, queue).map_err(QueueError::AvailRing)
 }
 
 /// One descriptor of a chain, as the guest wrote it.

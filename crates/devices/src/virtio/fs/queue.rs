@@ -19,10 +19,11 @@ use std::io;
 use std::sync::atomic::Ordering;
 
 use tracing::warn;
-use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
+use virtio_queue::{DescriptorChain, Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
-use crate::virtio::{GuestMemory, InterruptKind, VirtioInterrupt};
+use crate::virtio::queue as vq;
+use crate::virtio::{GuestMemory, VirtioInterrupt};
 
 /// Bytes of `fuse_in_header` (linux/fuse.h).
 pub const FUSE_IN_HEADER_LEN: usize = 40;
@@ -86,24 +87,19 @@ where
     let mut popped = 0;
     loop {
         while popped < queue.size() {
-            let chain = match queue.iter(mem) {
-                Ok(mut avail) => avail.next(),
-                Err(e) => return Err(QueueError::AvailRing(e)),
+            let Some(chain) = vq::next_chain(mem, queue).map_err(QueueError::AvailRing)? else {
+                break;
             };
-            let Some(chain) = chain else { break };
             popped += 1;
             let head = chain.head_index();
             let len = error_reply(mem, chain, queue.size(), errno);
-            if let Err(e) = queue.add_used(mem, head, len) {
-                warn!("virtio-fs: cannot complete request {head} on queue {index}: {e}");
-                continue;
+            if vq::complete(mem, queue, head, len, "virtio-fs") {
+                progress.completed += 1;
+                progress.replied += u16::from(len > 0);
             }
-            progress.completed += 1;
-            progress.replied += u16::from(len > 0);
         }
         if popped >= queue.size() {
-            let avail = queue.avail_idx(mem, Ordering::Acquire);
-            progress.more_pending = avail.is_ok_and(|idx| idx.0 != queue.next_avail());
+            progress.more_pending = vq::more_pending(mem, queue, popped);
             break;
         }
         // Notifications back on; requests that slipped in meanwhile are
@@ -114,13 +110,8 @@ where
             Err(e) => return Err(QueueError::AvailRing(e)),
         }
     }
-    // needs_notification only fails on a used ring outside memory, which
-    // activation ruled out; signalling anyway is the safe side.
-    if progress.completed > 0 && queue.needs_notification(mem).unwrap_or(true) {
-        interrupt
-            .trigger(InterruptKind::Queue(index))
-            .map_err(QueueError::Interrupt)?;
-    }
+    vq::signal_used(mem, queue, index, progress.completed, interrupt)
+        .map_err(QueueError::Interrupt)?;
     Ok(progress)
 }
 
@@ -192,6 +183,7 @@ mod tests {
     use virtio_queue::mock::MockSplitQueue;
 
     use super::*;
+    use crate::virtio::InterruptKind;
 
     const WRITE: u16 = VRING_DESC_F_WRITE as u16;
     const NEXT: u16 = VRING_DESC_F_NEXT as u16;

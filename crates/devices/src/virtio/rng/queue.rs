@@ -13,10 +13,11 @@ use std::io;
 
 use tracing::warn;
 use virtio_queue::desc::split::Descriptor;
-use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
+use virtio_queue::{DescriptorChain, Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
-use crate::virtio::{GuestMemory, InterruptKind, VirtioInterrupt};
+use crate::virtio::queue as vq;
+use crate::virtio::{GuestMemory, VirtioInterrupt};
 
 /// The most entropy one request receives; larger buffers are partly filled,
 /// which the specification allows.
@@ -96,36 +97,21 @@ where
     let mut progress = Progress::default();
     let mut popped = 0;
     while popped < queue.size() {
-        let chain = match queue.iter(mem) {
-            Ok(mut avail) => avail.next(),
-            Err(e) => return Err(QueueError::AvailRing(e)),
+        let Some(chain) = vq::next_chain(mem, queue).map_err(QueueError::AvailRing)? else {
+            break;
         };
-        let Some(chain) = chain else { break };
         popped += 1;
         let head = chain.head_index();
         // No chain may hold more descriptors than the queue: a direct one
         // cannot without looping, and we never offer indirect descriptors.
         let len = serve_request(mem, chain, queue.size(), source);
-        if let Err(e) = queue.add_used(mem, head, len) {
-            // Only a bogus head index gets here (the used ring was checked at
-            // activation); the driver will never see that request again.
-            warn!("virtio-rng: cannot complete request {head}: {e}");
-            continue;
+        if vq::complete(mem, queue, head, len, "virtio-rng") {
+            progress.completed += 1;
+            progress.bytes += u64::from(len);
         }
-        progress.completed += 1;
-        progress.bytes += u64::from(len);
     }
-    if popped == queue.size() {
-        let avail = queue.avail_idx(mem, std::sync::atomic::Ordering::Acquire);
-        progress.more_pending = avail.is_ok_and(|idx| idx.0 != queue.next_avail());
-    }
-    // needs_notification only fails on a used ring outside memory, which
-    // activation ruled out; signalling anyway is the safe side.
-    if progress.completed > 0 && queue.needs_notification(mem).unwrap_or(true) {
-        interrupt
-            .trigger(InterruptKind::Queue(0))
-            .map_err(QueueError::Interrupt)?;
-    }
+    progress.more_pending = vq::more_pending(mem, queue, popped);
+    vq::signal_used(mem, queue, 0, progress.completed, interrupt).map_err(QueueError::Interrupt)?;
     Ok(progress)
 }
 

@@ -16,7 +16,6 @@
 //! Work per call is bounded by the queue size.
 
 use std::io;
-use std::sync::atomic::Ordering;
 
 use tracing::warn;
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
@@ -24,7 +23,8 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
 use super::packet::{Header, HDR_LEN};
 use super::MAX_PKT_PAYLOAD;
-use crate::virtio::{GuestMemory, InterruptKind, VirtioInterrupt};
+use crate::virtio::queue as vq;
+use crate::virtio::{GuestMemory, VirtioInterrupt};
 
 /// Index of the receive queue.
 pub const RX_QUEUE: u16 = 0;
@@ -164,20 +164,15 @@ fn next_chain<'m>(
     queue: &mut Queue,
     index: u16,
 ) -> Result<Option<DescriptorChain<&'m GuestMemory>>, QueueError> {
-    match queue.iter(mem) {
-        Ok(mut avail) => Ok(avail.next()),
-        Err(source) => Err(QueueError::AvailRing {
-            queue: index,
-            source,
-        }),
-    }
+    vq::next_chain(mem, queue).map_err(|source| QueueError::AvailRing {
+        queue: index,
+        source,
+    })
 }
 
 fn complete(mem: &GuestMemory, queue: &mut Queue, head: u16, len: u32, progress: &mut Progress) {
-    match queue.add_used(mem, head, len) {
-        Ok(()) => progress.completed += 1,
-        // Only a bogus head index gets here; the driver never sees it again.
-        Err(e) => warn!("virtio-vsock: cannot complete chain {head}: {e}"),
+    if vq::complete(mem, queue, head, len, "virtio-vsock") {
+        progress.completed += 1;
     }
 }
 
@@ -191,17 +186,9 @@ fn finish<I: VirtioInterrupt + ?Sized>(
     interrupt: &I,
     mut progress: Progress,
 ) -> Result<Progress, QueueError> {
-    if popped == queue.size() {
-        let avail = queue.avail_idx(mem, Ordering::Acquire);
-        progress.more_pending = avail.is_ok_and(|idx| idx.0 != queue.next_avail());
-    }
-    // needs_notification only fails on a used ring outside memory, which
-    // activation ruled out; signalling anyway is the safe side.
-    if progress.completed > 0 && queue.needs_notification(mem).unwrap_or(true) {
-        interrupt
-            .trigger(InterruptKind::Queue(index))
-            .map_err(QueueError::Interrupt)?;
-    }
+    progress.more_pending = vq::more_pending(mem, queue, popped);
+    vq::signal_used(mem, queue, index, progress.completed, interrupt)
+        .map_err(QueueError::Interrupt)?;
     Ok(progress)
 }
 

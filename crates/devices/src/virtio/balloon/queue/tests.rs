@@ -11,6 +11,7 @@ use vm_memory::Address;
 use super::*;
 use crate::virtio::balloon::release::ReleaseError;
 use crate::virtio::balloon::stats::{encode, tag};
+use crate::virtio::InterruptKind;
 
 const WRITE: u16 = VRING_DESC_F_WRITE as u16;
 const NEXT: u16 = VRING_DESC_F_NEXT as u16;

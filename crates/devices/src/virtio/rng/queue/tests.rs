@@ -6,6 +6,7 @@ use virtio_queue::mock::MockSplitQueue;
 use vm_memory::Address;
 
 use super::*;
+use crate::virtio::InterruptKind;
 
 const WRITE: u16 = VRING_DESC_F_WRITE as u16;
 const NEXT: u16 = VRING_DESC_F_NEXT as u16;

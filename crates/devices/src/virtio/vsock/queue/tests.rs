@@ -10,6 +10,7 @@ use virtio_queue::mock::MockSplitQueue;
 
 use super::*;
 use crate::virtio::vsock::packet::op;
+use crate::virtio::InterruptKind;
 
 const WRITE: u16 = VRING_DESC_F_WRITE as u16;
 const NEXT: u16 = VRING_DESC_F_NEXT as u16;

@@ -1,0 +1,63 @@
+//! The steps every device takes on its virtqueues, in one place: take the
+//! next available chain, put a chain in the used ring, tell whether chains
+//! are left after a call's bound, and signal the driver when it wants to
+//! know. Each device's loop bounds itself to one queue's worth of chains
+//! per call (a driver that keeps refilling cannot hold the worker).
+
+use std::io;
+use std::sync::atomic::Ordering;
+
+use tracing::warn;
+use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
+
+use crate::virtio::{GuestMemory, InterruptKind, VirtioInterrupt};
+
+/// The next chain the driver made available, if any. An error means the
+/// available ring is unreadable or its index impossible: the queue is
+/// unusable until the driver resets the device.
+pub fn next_chain<'m>(
+    mem: &'m GuestMemory,
+    queue: &mut Queue,
+) -> Result<Option<DescriptorChain<&'m GuestMemory>>, virtio_queue::Error> {
+    Ok(queue.iter(mem)?.next())
+}
+
+/// Puts chain `head` in the used ring with `len` bytes written; false (and
+/// a warning naming `device`) if the ring refused it, which only a bogus
+/// head index can cause (the used ring was checked at activation): the
+/// driver never sees that chain again.
+pub fn complete(mem: &GuestMemory, queue: &mut Queue, head: u16, len: u32, device: &str) -> bool {
+    match queue.add_used(mem, head, len) {
+        Ok(()) => true,
+        Err(e) => {
+            warn!("{device}: cannot complete chain {head}: {e}");
+            false
+        }
+    }
+}
+
+/// Whether chains are still available after a call that took `popped`, its
+/// bound being the queue's size: the caller should come back.
+pub fn more_pending(mem: &GuestMemory, queue: &Queue, popped: u16) -> bool {
+    popped >= queue.size()
+        && queue
+            .avail_idx(mem, Ordering::Acquire)
+            .is_ok_and(|idx| idx.0 != queue.next_avail())
+}
+
+/// Signals queue `index` if `completed` chains were used and the driver
+/// wants an interrupt for them. `needs_notification` only fails on a used
+/// ring outside memory, which activation ruled out; signalling anyway is
+/// the safe side.
+pub fn signal_used<I: VirtioInterrupt + ?Sized>(
+    mem: &GuestMemory,
+    queue: &mut Queue,
+    index: u16,
+    completed: u16,
+    interrupt: &I,
+) -> io::Result<()> {
+    if completed > 0 && queue.needs_notification(mem).unwrap_or(true) {
+        interrupt.trigger(InterruptKind::Queue(index))?;
+    }
+    Ok(())
+}
