@@ -27,7 +27,7 @@ pub const REQUIRE_ENV: &str = "AGENTVM_RIG_REQUIRE";
 /// The L1 guest's memory: its initramfs lives in RAM next to the L2 guest.
 pub const L1_MEMORY_MIB: u32 = 3072;
 /// Time allowed for L1 to boot, on top of the boots' own timeouts.
-const L1_BOOT_ALLOWANCE: Duration = Duration::from_secs(180);
+const L1_BOOT_ALLOWANCE: Duration = Duration::from_secs(600);
 
 /// Why a scenario could not be run, or failed.
 #[derive(Debug, Error)]
