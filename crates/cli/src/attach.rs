@@ -62,15 +62,15 @@ pub fn run(args: AttachArgs) -> anyhow::Result<ExitCode> {
         };
         env.push((k.as_bytes().to_vec(), v.as_bytes().to_vec()));
     }
+    let agent = Agent {
+        uds: &args.uds,
+        port: args.port,
+        wait: args.wait,
+    };
     if args.poweroff {
-        let stream = connect(&args, "poweroff")?;
-        client::poweroff(stream).map_err(|e| explain(e, &args.uds, args.port, "poweroff"))?;
+        agent.poweroff()?;
         return Ok(ExitCode::SUCCESS);
     }
-    let Some(program) = args.command.first() else {
-        bail!("no command given: put it after `--`");
-    };
-    let program = program.to_string_lossy().into_owned();
     let start = Start {
         argv: args
             .command
@@ -84,20 +84,54 @@ pub fn run(args: AttachArgs) -> anyhow::Result<ExitCode> {
         // The real size comes from the local terminal when there is one.
         tty: args.tty.then_some(WinSize { rows: 24, cols: 80 }),
     };
-    let stream = connect(&args, &program)?;
-    let (uds, port) = (&args.uds, args.port);
-    let status =
-        terminal::run_terminal(stream, start).map_err(|e| explain(e, uds, port, &program))?;
-    tracing::debug!("{program} ended: {status:?}");
-    Ok(ExitCode::from((status.shell_code() & 0xff) as u8))
+    agent.exec(start)
 }
 
-/// Connects to the agent, waiting for it if `--wait` says so.
-fn connect(args: &AttachArgs, program: &str) -> anyhow::Result<UnixStream> {
-    let (uds, port) = (&args.uds, args.port);
-    match args.wait {
-        None => connect_vsock(uds, port).map_err(|e| explain(e, uds, port, program)),
-        Some(secs) => connect_waiting(uds, port, secs, program),
+/// A VM's guest agent, as `attach`, `run` and `shell` reach it.
+pub struct Agent<'a> {
+    /// The VM's vsock Unix socket.
+    pub uds: &'a Path,
+    /// The guest port the agent serves exec on.
+    pub port: u32,
+    /// How long to wait for a VM that is still booting, seconds.
+    pub wait: Option<f64>,
+}
+
+impl Agent<'_> {
+    /// Runs `start` with the local terminal (or stdio) attached; the exit
+    /// code is the command's (128 + n if killed by signal n).
+    pub fn exec(&self, start: Start) -> anyhow::Result<ExitCode> {
+        let code = self.exec_code(start)?;
+        Ok(ExitCode::from((code & 0xff) as u8))
+    }
+
+    /// [`Agent::exec`], returning the command's exit code as a shell
+    /// reports it.
+    pub fn exec_code(&self, start: Start) -> anyhow::Result<i32> {
+        let Some(program) = start.argv.first() else {
+            bail!("no command given: put it after `--`");
+        };
+        let program = String::from_utf8_lossy(program).into_owned();
+        let stream = self.connect(&program)?;
+        let status = terminal::run_terminal(stream, start)
+            .map_err(|e| explain(e, self.uds, self.port, &program))?;
+        tracing::debug!("{program} ended: {status:?}");
+        Ok(status.shell_code())
+    }
+
+    /// Asks the agent to power the guest off.
+    pub fn poweroff(&self) -> anyhow::Result<()> {
+        let stream = self.connect("poweroff")?;
+        client::poweroff(stream).map_err(|e| explain(e, self.uds, self.port, "poweroff"))
+    }
+
+    /// Connects to the agent, waiting for it if `wait` says so.
+    pub fn connect(&self, program: &str) -> anyhow::Result<UnixStream> {
+        let (uds, port) = (self.uds, self.port);
+        match self.wait {
+            None => connect_vsock(uds, port).map_err(|e| explain(e, uds, port, program)),
+            Some(secs) => connect_waiting(uds, port, secs, program),
+        }
     }
 }
 

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use agentvm_devices::virtio::rng::Rng;
 use agentvm_devices::virtio::vsock::{Vsock, VsockError, DEFAULT_GUEST_CID};
-use agentvm_vmm::{config, ExitStatus, SerialSink, VmBuilder, VmConfig};
+use agentvm_vmm::{config, ExitStatus, SerialSink, Vm, VmBuilder, VmConfig};
 use anyhow::{bail, Context};
 use clap::Args;
 
@@ -83,53 +83,19 @@ pub enum PitMode {
 /// Exit code when the guest triple-faults or a vCPU fails.
 const EXIT_GUEST_CRASHED: u8 = 2;
 
-pub fn run(mut args: BootArgs) -> anyhow::Result<ExitCode> {
-    let kernel = match args.kernel.take() {
-        Some(k) => k,
-        None => {
-            let image = crate::image::load(args.image.as_deref())?;
-            if KvmKind::detect() == KvmKind::Pvm {
-                // Debian's kernel spends most of a minute in PVM's emulator
-                // before it fails: say so now instead.
-                bail!(
-                    "this host's KVM is PVM (nested virtualization without VT-x/AMD-V), and \
-                     the guest image at {} has Debian's stock kernel: {}",
-                    image.dir.display(),
-                    KvmKind::Pvm.guest_kernel_note()
-                );
-            }
-            args.initrd = args.initrd.or(Some(image.initrd));
-            args.cmdline = args.cmdline.or(Some(image.cmdline));
-            image.kernel
-        }
-    };
-    if !kernel.exists() {
-        bail!("kernel {} does not exist", kernel.display());
-    }
-    if let Some(initrd) = &args.initrd {
-        if !initrd.exists() {
-            bail!("initrd {} does not exist", initrd.display());
-        }
-    }
-    if KvmKind::detect() == KvmKind::Pvm {
-        tracing::warn!(
-            "this host's KVM is PVM: {}",
-            KvmKind::Pvm.guest_kernel_note()
+pub fn run(args: BootArgs) -> anyhow::Result<ExitCode> {
+    let kernel = choose_kernel(
+        args.kernel.clone(),
+        args.image.as_deref(),
+        args.initrd.clone(),
+        args.cmdline.clone(),
+    )?;
+    if let Some(mib) = args.balloon.filter(|&mib| mib >= args.memory) {
+        bail!(
+            "--balloon {mib} MiB would take all of the guest's {} MiB; give less than --memory",
+            args.memory
         );
     }
-    let mut config = VmConfig::new(&kernel);
-    config.memory_mib = args.memory;
-    config.vcpus = args.vcpus;
-    config.initrd = args.initrd.clone();
-    config.cmdline = args
-        .cmdline
-        .clone()
-        .unwrap_or_else(|| config::DEFAULT_CMDLINE.to_string());
-    config.pit = match args.pit {
-        PitMode::Auto => None,
-        PitMode::On => Some(true),
-        PitMode::Off => Some(false),
-    };
     let serial = match &args.serial {
         Some(path) => SerialSink::File(path.clone()),
         None => SerialSink::Stdout,
@@ -139,38 +105,23 @@ pub fn run(mut args: BootArgs) -> anyhow::Result<ExitCode> {
         .prefix("agentvm-")
         .tempdir()
         .context("cannot create a state directory for the shares")?;
-    for share in &args.share {
-        config.cmdline.push(' ');
-        config.cmdline.push_str(&share.cmdline_entry()?);
-    }
-    let mut builder = VmBuilder::from_config(config).serial(serial);
-    for fs in crate::share::devices(&args.share, state.path())? {
-        builder = builder.device(Box::new(fs));
-    }
-    if !args.no_rng {
-        builder = builder.device(Box::new(Rng::new()));
-    }
-    if !args.no_balloon {
-        builder = builder.balloon();
-    }
-    if let Some(mib) = args.balloon.filter(|&mib| mib >= args.memory) {
-        bail!(
-            "--balloon {mib} MiB would take all of the guest's {} MiB; give less than --memory",
-            args.memory
-        );
-    }
-    if let Some(uds) = &args.vsock {
-        builder = builder.agent_socket(uds);
-        let vsock = vsock_device(args.cid.unwrap_or(DEFAULT_GUEST_CID), uds)?;
-        builder = builder.device(Box::new(vsock));
-    }
-    let vm = match builder.build() {
-        Ok(vm) => vm,
-        Err(e) => match explain(&e) {
-            Some(msg) => bail!(msg),
-            None => return Err(anyhow::Error::new(e).context("cannot create the VM")),
+    let vm = build_vm(VmSpec {
+        kernel,
+        memory_mib: args.memory,
+        vcpus: args.vcpus,
+        shares: &args.share,
+        state_dir: state.path(),
+        vsock: args.vsock.as_deref(),
+        cid: args.cid,
+        rng: !args.no_rng,
+        balloon: !args.no_balloon,
+        serial,
+        pit: match args.pit {
+            PitMode::Auto => None,
+            PitMode::On => Some(true),
+            PitMode::Off => Some(false),
         },
-    };
+    })?;
     if let Some(mib) = args.balloon {
         // Kept by the device until the guest's driver starts, then asked for.
         vm.handle()
@@ -191,6 +142,131 @@ pub fn run(mut args: BootArgs) -> anyhow::Result<ExitCode> {
             ExitCode::from(EXIT_GUEST_CRASHED)
         }
     })
+}
+
+/// What a VM boots: kernel, initial ramdisk, command line.
+#[derive(Debug, Clone)]
+pub struct KernelChoice {
+    /// The kernel image.
+    pub kernel: PathBuf,
+    /// The initial ramdisk, if any.
+    pub initrd: Option<PathBuf>,
+    /// The kernel command line (without shares and devices).
+    pub cmdline: String,
+}
+
+/// `kernel` with `initrd` and `cmdline` when given, else the guest image in
+/// `image` (or the default image) with its own initrd and command line;
+/// the files checked to exist.
+pub fn choose_kernel(
+    kernel: Option<PathBuf>,
+    image: Option<&Path>,
+    initrd: Option<PathBuf>,
+    cmdline: Option<String>,
+) -> anyhow::Result<KernelChoice> {
+    let choice = match kernel {
+        Some(kernel) => KernelChoice {
+            kernel,
+            initrd,
+            cmdline: cmdline.unwrap_or_else(|| config::DEFAULT_CMDLINE.to_string()),
+        },
+        None => {
+            let image = crate::image::load(image)?;
+            if KvmKind::detect() == KvmKind::Pvm {
+                // Debian's kernel spends most of a minute in PVM's emulator
+                // before it fails: say so now instead.
+                bail!(
+                    "this host's KVM is PVM (nested virtualization without VT-x/AMD-V), and \
+                     the guest image at {} has Debian's stock kernel: {}",
+                    image.dir.display(),
+                    KvmKind::Pvm.guest_kernel_note()
+                );
+            }
+            KernelChoice {
+                kernel: image.kernel,
+                initrd: initrd.or(Some(image.initrd)),
+                cmdline: cmdline.unwrap_or(image.cmdline),
+            }
+        }
+    };
+    if !choice.kernel.exists() {
+        bail!("kernel {} does not exist", choice.kernel.display());
+    }
+    if let Some(initrd) = &choice.initrd {
+        if !initrd.exists() {
+            bail!("initrd {} does not exist", initrd.display());
+        }
+    }
+    Ok(choice)
+}
+
+/// Everything [`build_vm`] puts together.
+pub struct VmSpec<'a> {
+    /// What to boot.
+    pub kernel: KernelChoice,
+    /// Guest memory, MiB.
+    pub memory_mib: u64,
+    /// vCPUs.
+    pub vcpus: u8,
+    /// Host directories shared over virtio-fs.
+    pub shares: &'a [crate::share::ShareSpec],
+    /// Where virtiofsd's sockets go.
+    pub state_dir: &'a Path,
+    /// The vsock Unix socket, if the VM gets a vsock device.
+    pub vsock: Option<&'a Path>,
+    /// The guest's vsock context id [default: 3].
+    pub cid: Option<u64>,
+    /// Whether to attach virtio-rng.
+    pub rng: bool,
+    /// Whether to attach virtio-balloon.
+    pub balloon: bool,
+    /// Where the console goes.
+    pub serial: SerialSink,
+    /// Whether to create the PIT (`None`: only with `acpi=off`).
+    pub pit: Option<bool>,
+}
+
+/// Builds the VM `spec` describes: the devices of `agentvm boot` and
+/// `agentvm up`, shares with their virtiofsd started.
+pub fn build_vm(spec: VmSpec<'_>) -> anyhow::Result<Vm> {
+    if KvmKind::detect() == KvmKind::Pvm {
+        tracing::warn!(
+            "this host's KVM is PVM: {}",
+            KvmKind::Pvm.guest_kernel_note()
+        );
+    }
+    let mut config = VmConfig::new(&spec.kernel.kernel);
+    config.memory_mib = spec.memory_mib;
+    config.vcpus = spec.vcpus;
+    config.initrd = spec.kernel.initrd.clone();
+    config.cmdline = spec.kernel.cmdline.clone();
+    config.pit = spec.pit;
+    for share in spec.shares {
+        config.cmdline.push(' ');
+        config.cmdline.push_str(&share.cmdline_entry()?);
+    }
+    let mut builder = VmBuilder::from_config(config).serial(spec.serial);
+    for fs in crate::share::devices(spec.shares, spec.state_dir)? {
+        builder = builder.device(Box::new(fs));
+    }
+    if spec.rng {
+        builder = builder.device(Box::new(Rng::new()));
+    }
+    if spec.balloon {
+        builder = builder.balloon();
+    }
+    if let Some(uds) = spec.vsock {
+        builder = builder.agent_socket(uds);
+        let vsock = vsock_device(spec.cid.unwrap_or(DEFAULT_GUEST_CID), uds)?;
+        builder = builder.device(Box::new(vsock));
+    }
+    match builder.build() {
+        Ok(vm) => Ok(vm),
+        Err(e) => match explain(&e) {
+            Some(msg) => bail!(msg),
+            None => Err(anyhow::Error::new(e).context("cannot create the VM")),
+        },
+    }
 }
 
 /// The vsock device, its socket bound now so a bad path fails before boot.

@@ -8,6 +8,7 @@ mod doctor;
 mod image;
 mod init;
 mod kvm_host;
+mod lifecycle;
 mod share;
 
 use std::io::IsTerminal;
@@ -38,6 +39,23 @@ enum Command {
     Image(image::ImageArgs),
     /// Write a commented .agentvm/config.toml in the current directory.
     Init(init::InitArgs),
+    /// Start the workspace's VM in the background; wait until it is ready.
+    Up(lifecycle::up::UpArgs),
+    /// Stop the workspace's VM and remove its state.
+    Down(lifecycle::down::DownArgs),
+    /// List every VM: name, pid, uptime, memory in use, network, state.
+    #[command(visible_alias = "ps")]
+    Status,
+    /// Print the VM's console (`-f` follows it).
+    Logs(lifecycle::status::LogsArgs),
+    /// Run a shell command in the workspace's VM (`sh -c CMD`, in the
+    /// workspace); exits with the command's code.
+    Run(lifecycle::exec::RunArgs),
+    /// Open a login shell in the workspace's VM.
+    Shell(lifecycle::exec::ShellArgs),
+    /// The background VMM process `up` starts (internal).
+    #[command(name = "__vmm", hide = true)]
+    Vmm(lifecycle::vmm::VmmArgs),
 }
 
 fn main() -> ExitCode {
@@ -59,6 +77,13 @@ fn main() -> ExitCode {
         Command::Doctor => doctor::run(),
         Command::Image(args) => image::run(args),
         Command::Init(args) => init::run(args),
+        Command::Up(args) => lifecycle::up::run(args),
+        Command::Down(args) => lifecycle::down::run(args),
+        Command::Status => lifecycle::status::run(),
+        Command::Logs(args) => lifecycle::status::logs(args),
+        Command::Run(args) => lifecycle::exec::run(args),
+        Command::Shell(args) => lifecycle::exec::shell(args),
+        Command::Vmm(args) => lifecycle::vmm::run(args),
     };
     match result {
         Ok(code) => code,

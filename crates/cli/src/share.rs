@@ -15,6 +15,8 @@ pub struct ShareSpec {
     pub tag: String,
     /// Whether the guest may only read.
     pub read_only: bool,
+    /// Where the guest agent mounts it [default: `dir`, the same path].
+    pub target: Option<PathBuf>,
 }
 
 impl std::str::FromStr for ShareSpec {
@@ -42,15 +44,18 @@ impl std::str::FromStr for ShareSpec {
             dir,
             tag: tag.to_string(),
             read_only,
+            target: None,
         })
     }
 }
 
 impl ShareSpec {
-    /// The guest agent's command-line entry: mount `tag` at the host path.
+    /// The guest agent's command-line entry: mount `tag` at the target
+    /// (the host path unless the share says otherwise).
     pub fn cmdline_entry(&self) -> anyhow::Result<String> {
-        let Some(target) = self.dir.to_str() else {
-            bail!("--share {}: the path is not UTF-8", self.dir.display());
+        let target = self.target.as_deref().unwrap_or(&self.dir);
+        let Some(target) = target.to_str() else {
+            bail!("--share {}: the path is not UTF-8", target.display());
         };
         if target.contains(['"', ':']) {
             bail!("--share {target}: the guest cannot mount a path with `\"` or `:` in it");

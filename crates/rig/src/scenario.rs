@@ -89,6 +89,8 @@ pub struct Boot {
     /// Shell lines run beside the VMM (in L1, or on the host in the direct
     /// tier) before it starts: files a share needs, say.
     pub setup: Option<String>,
+    /// The script starts VMs with shares of its own (L1 carries virtiofsd).
+    pub virtiofsd: bool,
 }
 
 /// The kernel command line every L2 boot starts from (agentvm's default
@@ -112,6 +114,7 @@ impl Boot {
             ssh: false,
             extra_args: Vec::new(),
             setup: None,
+            virtiofsd: false,
         }
     }
 
@@ -167,6 +170,12 @@ impl Boot {
     /// Sets the vCPU count.
     pub fn vcpus(mut self, n: u8) -> Self {
         self.vcpus = n;
+        self
+    }
+
+    /// Carries virtiofsd for VMs the script starts itself.
+    pub fn with_virtiofsd(mut self) -> Self {
+        self.virtiofsd = true;
         self
     }
 
@@ -373,7 +382,7 @@ impl Scenario {
     pub fn needs_virtiofsd(&self) -> bool {
         self.boots
             .iter()
-            .any(|b| b.extra_args.iter().any(|a| a == "--share"))
+            .any(|b| b.virtiofsd || b.extra_args.iter().any(|a| a == "--share"))
     }
 
     /// Whether any boot needs the SSH peer.

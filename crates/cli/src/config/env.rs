@@ -169,7 +169,6 @@ pub struct LeftOut {
 impl LeftOut {
     /// Whether `up` should warn: the user wrote this entry (plugins pass
     /// through optional credentials, missing ones are normal).
-    #[allow(dead_code, reason = "consumed by `agentvm up`")]
     pub fn worth_a_warning(&self) -> bool {
         !matches!(self.origin, Origin::BuiltIn(_))
     }
@@ -186,7 +185,6 @@ impl fmt::Display for LeftOut {
 }
 
 /// Expands every entry with `lookup` (`std::env::var` at `up`).
-#[allow(dead_code, reason = "consumed by `agentvm up`")]
 pub fn resolve(
     env: &BTreeMap<String, EnvEntry>,
     lookup: &dyn Fn(&str) -> Option<String>,

@@ -121,7 +121,6 @@ pub struct Mount {
 impl Mount {
     /// Makes sure the source directory exists, creating it when the mount
     /// says so; `up` calls this before starting the file server.
-    #[allow(dead_code, reason = "consumed by `agentvm up`")]
     pub fn prepare_source(&self) -> anyhow::Result<()> {
         let source = self.source.display();
         match std::fs::metadata(&self.source) {

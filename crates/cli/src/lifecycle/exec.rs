@@ -1,0 +1,82 @@
+//! `agentvm run` and `agentvm shell`: commands in the workspace's running
+//! VM, through the same agent client as `agentvm attach`.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use agentvm_protocol::EXEC_PORT;
+use anyhow::bail;
+use clap::Args;
+
+use super::up::{guest_start, shell_start};
+use super::{Snapshot, StateDir, VmState};
+use crate::attach::Agent;
+use crate::config;
+
+/// Arguments of `agentvm run`.
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// The workspace [default: the current directory].
+    #[arg(long, value_name = "DIR")]
+    dir: Option<PathBuf>,
+    /// Run on a pseudo-terminal [default: when stdin is a terminal].
+    #[arg(long, short = 't')]
+    tty: bool,
+    /// The command, run with `sh -c` in the guest's workspace (its words
+    /// are joined with spaces).
+    #[arg(required = true, trailing_var_arg = true, value_name = "CMD")]
+    command: Vec<String>,
+}
+
+/// Arguments of `agentvm shell`.
+#[derive(Args, Debug)]
+pub struct ShellArgs {
+    /// The workspace [default: the current directory].
+    #[arg(long, value_name = "DIR")]
+    dir: Option<PathBuf>,
+}
+
+/// Runs the command; its exit code is `run`'s.
+pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let (state, snap) = running(args.dir.as_deref())?;
+    let tty = args.tty || std::io::stdin().is_terminal();
+    let start = shell_start(&args.command.join(" "), &snap, tty);
+    agent(&state.vsock()).exec(start)
+}
+
+/// Opens a login shell in the guest's workspace.
+pub fn shell(args: ShellArgs) -> anyhow::Result<ExitCode> {
+    let (state, snap) = running(args.dir.as_deref())?;
+    let start = guest_start(vec![b"sh".to_vec(), b"-l".to_vec()], &snap, true);
+    agent(&state.vsock()).exec(start)
+}
+
+fn agent(uds: &Path) -> Agent<'_> {
+    Agent {
+        uds,
+        port: EXEC_PORT,
+        wait: None,
+    }
+}
+
+/// The workspace's VM, which must be running.
+fn running(dir: Option<&Path>) -> anyhow::Result<(StateDir, Snapshot)> {
+    let cfg = config::load(dir.unwrap_or(Path::new(".")))?;
+    let state = StateDir::of(&cfg.name);
+    match state.state() {
+        VmState::Running(_) => {}
+        VmState::Starting(_) => bail!(
+            "{} is still starting; wait for `agentvm up` to finish",
+            cfg.name
+        ),
+        VmState::Stale(_) => bail!(
+            "{}'s VM is gone (stale state in {}); `agentvm up` starts it again",
+            cfg.name,
+            state.dir.display()
+        ),
+        VmState::Stopped => bail!("{} is not running; start it with `agentvm up`", cfg.name),
+    }
+    let snap = state.read_snapshot()?;
+    Ok((state, snap))
+}

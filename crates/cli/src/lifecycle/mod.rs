@@ -1,0 +1,348 @@
+//! The VM lifecycle: `up`, `down`, `status`/`ps`, `logs`, `run`, `shell`,
+//! and the background VMM process (`__vmm`) they talk to.
+//!
+//! Each VM has a state directory, `$XDG_RUNTIME_DIR/agentvm/<name>/`
+//! (`/tmp/agentvm-$UID/<name>/` without `XDG_RUNTIME_DIR`):
+//! - `vmm.pid`: the VMM process (written by `up`, removed by the VMM as it
+//!   exits);
+//! - `control.sock`: the VMM's control socket, JSON lines ([`control`]);
+//! - `vsock.sock`: the guest's vsock (hybrid form), where the agent serves;
+//! - `console.log`: the guest's serial console and the VMM's own messages;
+//! - `config.json`: what `up` resolved ([`Snapshot`]); never a secret, since
+//!   `[env]` values go to the guest agent over vsock only.
+//!
+//! A VM is *running* when its VMM process lives and answers on the control
+//! socket; *stale* when the pid file names a process that is gone (or no
+//! longer answers); *stopped* when the VMM exited on its own (the guest
+//! powered off). `up` cleans stale and stopped state before starting.
+
+pub mod control;
+pub mod down;
+pub mod exec;
+pub mod status;
+pub mod up;
+pub mod vmm;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+
+use crate::config::ResolvedConfig;
+
+/// The hidden subcommand `up` starts the VMM with.
+pub const VMM_SUBCOMMAND: &str = "__vmm";
+
+/// Where every VM's state directory lives.
+pub fn state_root() -> PathBuf {
+    match std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
+        Some(dir) => {
+            let dir = PathBuf::from(dir);
+            std::path::absolute(&dir).unwrap_or(dir).join("agentvm")
+        }
+        // SAFETY: getuid has no preconditions and cannot fail.
+        None => PathBuf::from(format!("/tmp/agentvm-{}", unsafe { libc::getuid() })),
+    }
+}
+
+/// A VM's state directory and the files in it.
+#[derive(Debug, Clone)]
+pub struct StateDir {
+    /// The directory.
+    pub dir: PathBuf,
+}
+
+impl StateDir {
+    /// The state directory of the VM called `name`.
+    pub fn of(name: &str) -> StateDir {
+        StateDir {
+            dir: state_root().join(name),
+        }
+    }
+
+    /// The VMM's pid file.
+    pub fn pid_file(&self) -> PathBuf {
+        self.dir.join("vmm.pid")
+    }
+
+    /// The control socket.
+    pub fn control(&self) -> PathBuf {
+        self.dir.join("control.sock")
+    }
+
+    /// The vsock Unix socket.
+    pub fn vsock(&self) -> PathBuf {
+        self.dir.join("vsock.sock")
+    }
+
+    /// The console log.
+    pub fn console(&self) -> PathBuf {
+        self.dir.join("console.log")
+    }
+
+    /// The resolved configuration snapshot.
+    pub fn snapshot(&self) -> PathBuf {
+        self.dir.join("config.json")
+    }
+
+    /// The VM's name (the directory's).
+    pub fn name(&self) -> String {
+        self.dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    }
+
+    /// The pid in the pid file, if there is a readable one.
+    pub fn pid(&self) -> Option<i32> {
+        std::fs::read_to_string(self.pid_file())
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    /// The VMM's pid when that process is alive and is this VM's VMM (a
+    /// recycled pid belongs to someone else).
+    pub fn live_vmm(&self) -> Option<i32> {
+        self.pid().filter(|&pid| is_vmm_of(pid, &self.dir))
+    }
+
+    /// The configuration snapshot `up` wrote.
+    pub fn read_snapshot(&self) -> anyhow::Result<Snapshot> {
+        let path = self.snapshot();
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        serde_json::from_str(&text).with_context(|| format!("{} is damaged", path.display()))
+    }
+
+    /// What the directory says about its VM.
+    pub fn state(&self) -> VmState {
+        match self.live_vmm() {
+            Some(pid) if control::request(&self.control(), &control::Request::Status).is_ok() => {
+                VmState::Running(pid)
+            }
+            // Still building the VM: the control socket comes next.
+            Some(pid) if !self.control().exists() => VmState::Starting(pid),
+            // A socket nobody answers on.
+            Some(pid) => VmState::Stale(Some(pid)),
+            None if self.pid_file().exists() => VmState::Stale(None),
+            None => VmState::Stopped,
+        }
+    }
+
+    /// Removes the directory, first killing a VMM that no longer answers.
+    pub fn clean(&self) -> anyhow::Result<()> {
+        if let Some(pid) = self.live_vmm() {
+            kill_and_wait(pid, std::time::Duration::from_secs(5));
+        }
+        match std::fs::remove_dir_all(&self.dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(anyhow::Error::new(e)
+                .context(format!("cannot remove the state in {}", self.dir.display()))),
+        }
+    }
+}
+
+/// How a state directory's VM is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VmState {
+    /// The VMM answers.
+    Running(i32),
+    /// The VMM process lives and has not opened its control socket yet.
+    Starting(i32),
+    /// The pid file names a process that is gone or does not answer.
+    Stale(Option<i32>),
+    /// The VMM exited and cleaned up after itself.
+    Stopped,
+}
+
+impl VmState {
+    /// The word `status` prints.
+    pub fn word(self) -> &'static str {
+        match self {
+            VmState::Running(_) => "running",
+            VmState::Starting(_) => "starting",
+            VmState::Stale(_) => "stale",
+            VmState::Stopped => "stopped",
+        }
+    }
+}
+
+/// What `up` resolved, as `config.json` keeps it: everything the VMM needs
+/// to build the VM and `down`/`status` need later. No secret values.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// The VM's name.
+    pub name: String,
+    /// The workspace directory.
+    pub workspace: PathBuf,
+    /// The kernel booted.
+    pub kernel: PathBuf,
+    /// The initial ramdisk, if any.
+    pub initrd: Option<PathBuf>,
+    /// The kernel command line, before shares are added.
+    pub cmdline: String,
+    /// Guest memory limit, MiB.
+    pub memory_mib: u64,
+    /// vCPUs.
+    pub vcpus: u8,
+    /// Host directories shared with the guest.
+    pub mounts: Vec<SnapshotMount>,
+    /// The configured egress mode (`off`, `filtered`, `open`).
+    pub network_mode: String,
+    /// Names of the `[env]` variables (their values are never written).
+    pub env_keys: Vec<String>,
+    /// Shell commands run in the guest after boot.
+    pub scripts: Vec<String>,
+    /// Host commands after the VM has stopped (`down` runs them).
+    pub post_down: Vec<String>,
+    /// Host commands before the VM stops (`down` runs them).
+    pub pre_down: Vec<String>,
+}
+
+/// A share in [`Snapshot`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SnapshotMount {
+    /// Host directory.
+    pub source: PathBuf,
+    /// Guest path.
+    pub target: PathBuf,
+    /// Read-only in the guest.
+    pub read_only: bool,
+}
+
+impl Snapshot {
+    /// The snapshot of `cfg` booting `kernel`/`initrd` with `cmdline`.
+    pub fn new(
+        cfg: &ResolvedConfig,
+        kernel: PathBuf,
+        initrd: Option<PathBuf>,
+        cmdline: String,
+    ) -> Snapshot {
+        Snapshot {
+            name: cfg.name.clone(),
+            workspace: cfg.workspace.clone(),
+            kernel,
+            initrd,
+            cmdline,
+            memory_mib: cfg.memory_mib,
+            vcpus: cfg.vcpus,
+            mounts: cfg
+                .mounts
+                .iter()
+                .map(|m| SnapshotMount {
+                    source: m.source.clone(),
+                    target: m.target.clone(),
+                    read_only: m.read_only,
+                })
+                .collect(),
+            network_mode: cfg.network.mode.as_str().to_string(),
+            env_keys: cfg.env.keys().cloned().collect(),
+            scripts: cfg.scripts.clone(),
+            pre_down: cfg.hooks.pre_down.clone(),
+            post_down: cfg.hooks.post_down.clone(),
+        }
+    }
+
+    /// The guest path of the workspace, when it is shared.
+    pub fn workspace_in_guest(&self) -> Option<&Path> {
+        self.mounts
+            .iter()
+            .find(|m| m.source == self.workspace)
+            .map(|m| m.target.as_path())
+    }
+}
+
+/// Whether `pid` is alive (not a zombie) and runs `agentvm __vmm` for `dir`.
+pub fn is_vmm_of(pid: i32, dir: &Path) -> bool {
+    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
+    let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+    let dir = dir.as_os_str().as_encoded_bytes();
+    args.contains(&VMM_SUBCOMMAND.as_bytes()) && args.contains(&dir) && is_alive(pid)
+}
+
+/// Whether `pid` exists and is not a zombie.
+pub fn is_alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the parenthesised command name.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| !rest.trim_start().starts_with(['Z', 'X'])),
+        Err(_) => false,
+    }
+}
+
+/// Sends SIGKILL to `pid` and waits up to `timeout` for it to be gone.
+pub fn kill_and_wait(pid: i32, timeout: std::time::Duration) -> bool {
+    // SAFETY: kill has no memory-safety preconditions; the caller checked
+    // that `pid` is one of our VMMs.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    wait_gone(pid, timeout)
+}
+
+/// Waits up to `timeout` for `pid` to exit.
+pub fn wait_gone(pid: i32, timeout: std::time::Duration) -> bool {
+    let deadline = std::time::Instant::now() + timeout;
+    while is_alive(pid) {
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    true
+}
+
+/// Holds an exclusive lock on the state root while `up` checks and starts
+/// a VM, so that two `up`s of one workspace start one VM.
+pub struct RootLock {
+    /// The state root, open; closing it drops the lock.
+    _dir: std::fs::File,
+}
+
+impl RootLock {
+    /// Waits for the lock.
+    pub fn take(root: &Path) -> anyhow::Result<RootLock> {
+        let dir =
+            std::fs::File::open(root).with_context(|| format!("cannot open {}", root.display()))?;
+        loop {
+            // SAFETY: flock on a descriptor we own; no memory is involved.
+            if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&dir), libc::LOCK_EX) } == 0 {
+                return Ok(RootLock { _dir: dir });
+            }
+            let e = std::io::Error::last_os_error();
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                return Err(
+                    anyhow::Error::new(e).context(format!("cannot lock {}", root.display()))
+                );
+            }
+        }
+    }
+}
+
+/// Runs host hooks with `sh -c` in `dir`; a failure is a warning.
+pub fn run_hooks(which: &str, hooks: &[String], dir: &Path) -> bool {
+    let mut ok = true;
+    for hook in hooks {
+        let status = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(hook)
+            .current_dir(dir)
+            .status();
+        match status {
+            Ok(s) if s.success() => {}
+            Ok(s) => {
+                ok = false;
+                eprintln!("agentvm: warning: {which} hook `{hook}` failed ({s})");
+            }
+            Err(e) => {
+                ok = false;
+                eprintln!("agentvm: warning: cannot run {which} hook `{hook}`: {e}");
+            }
+        }
+    }
+    ok
+}

@@ -1,0 +1,296 @@
+//! `agentvm __vmm --state DIR`: the background VMM process `up` starts.
+//! It builds the VM from `DIR/config.json`, writes the console to
+//! `DIR/console.log`, serves `DIR/control.sock`, and removes its sockets
+//! and pid file when the VM ends.
+
+use std::fs::File;
+use std::io::Write;
+use std::os::unix::net::UnixListener;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use agentvm_protocol::client::{self, connect_vsock_within};
+use agentvm_protocol::EXEC_PORT;
+use agentvm_vmm::{SerialSink, VmHandle};
+use anyhow::Context;
+use clap::Args;
+use serde_json::{json, Value};
+
+use super::control::{self, Handler, Request};
+use super::StateDir;
+use crate::boot::{build_vm, KernelChoice, VmSpec};
+use crate::share::ShareSpec;
+
+/// The line the guest agent prints on the console once it serves.
+pub const READY_LINE: &[u8] = b"agentvm-guest: ready";
+/// How long `stop` waits for the agent to take a power-off request.
+const AGENT_HANDSHAKE: Duration = Duration::from_secs(1);
+/// How long the guest gets to power off when the request names no time.
+const DEFAULT_GRACE: Duration = Duration::from_secs(10);
+
+/// Arguments of `agentvm __vmm`.
+#[derive(Args, Debug)]
+pub struct VmmArgs {
+    /// The VM's state directory.
+    #[arg(long)]
+    state: PathBuf,
+}
+
+/// Runs the VM until it ends; the exit code says whether it ended cleanly.
+pub fn run(args: VmmArgs) -> anyhow::Result<ExitCode> {
+    let state = StateDir { dir: args.state };
+    let snap = state.read_snapshot()?;
+    let console = File::options()
+        .create(true)
+        .append(true)
+        .open(state.console())
+        .with_context(|| format!("cannot open {}", state.console().display()))?;
+    let ready = Arc::new(AtomicBool::new(false));
+    let watch = ReadyWatch {
+        out: console,
+        ready: ready.clone(),
+        tail: Vec::new(),
+    };
+    let shares: Vec<ShareSpec> = snap
+        .mounts
+        .iter()
+        .enumerate()
+        .map(|(i, m)| ShareSpec {
+            dir: m.source.clone(),
+            tag: format!("agentvm{i}"),
+            read_only: m.read_only,
+            target: Some(m.target.clone()),
+        })
+        .collect();
+    let vsock = state.vsock();
+    let vm = build_vm(VmSpec {
+        kernel: KernelChoice {
+            kernel: snap.kernel.clone(),
+            initrd: snap.initrd.clone(),
+            cmdline: snap.cmdline.clone(),
+        },
+        memory_mib: snap.memory_mib,
+        vcpus: snap.vcpus,
+        shares: &shares,
+        state_dir: &state.dir,
+        vsock: Some(&vsock),
+        cid: None,
+        rng: true,
+        balloon: true,
+        serial: SerialSink::Writer(Box::new(watch)),
+        pit: None,
+    })?;
+    let control_path = state.control();
+    let _ = std::fs::remove_file(&control_path);
+    let listener = UnixListener::bind(&control_path)
+        .with_context(|| format!("cannot listen on {}", control_path.display()))?;
+    let server = Arc::new(Server {
+        handle: vm.handle(),
+        ready,
+        vsock: vsock.clone(),
+        network_mode: snap.network_mode.clone(),
+        started: Instant::now(),
+    });
+    std::thread::Builder::new()
+        .name("control".into())
+        .spawn(move || {
+            for conn in listener.incoming().flatten() {
+                let server = server.clone();
+                let _ = std::thread::Builder::new()
+                    .name("control-conn".into())
+                    .spawn(move || control::serve_connection(conn, &*server));
+            }
+        })
+        .context("cannot start the control thread")?;
+    stop_on_signals(vm.handle())?;
+    let status = vm.run();
+    for f in [control_path, vsock, state.pid_file()] {
+        let _ = std::fs::remove_file(f);
+    }
+    match status {
+        Ok(status) => {
+            eprintln!("agentvm: the VM ended: {status:?}");
+            Ok(if status.is_clean() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        Err(e) => Err(anyhow::Error::new(e).context("cannot run the VM")),
+    }
+}
+
+/// Stops the VM (so the VMM cleans up after itself) on SIGTERM, SIGINT
+/// or SIGHUP.
+fn stop_on_signals(handle: VmHandle) -> anyhow::Result<()> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])
+        .context("cannot handle signals")?;
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            if let Some(signal) = signals.forever().next() {
+                eprintln!("agentvm: signal {signal}: stopping the VM");
+                handle.stop();
+            }
+        })
+        .context("cannot start the signal thread")?;
+    Ok(())
+}
+
+/// Writes the console to its file and notes when the ready line passes.
+struct ReadyWatch {
+    out: File,
+    ready: Arc<AtomicBool>,
+    /// The last bytes seen, so a line split across writes still matches.
+    tail: Vec<u8>,
+}
+
+impl Write for ReadyWatch {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.out.write(buf)?;
+        if !self.ready.load(Ordering::Relaxed) {
+            self.tail.extend_from_slice(&buf[..n]);
+            if self.tail.windows(READY_LINE.len()).any(|w| w == READY_LINE) {
+                self.ready.store(true, Ordering::Relaxed);
+                self.tail = Vec::new();
+            } else {
+                let keep = self.tail.len().saturating_sub(READY_LINE.len());
+                self.tail.drain(..keep);
+            }
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.out.flush()
+    }
+}
+
+/// Answers control requests for one VM.
+struct Server {
+    handle: VmHandle,
+    ready: Arc<AtomicBool>,
+    vsock: PathBuf,
+    network_mode: String,
+    started: Instant,
+}
+
+impl Handler for Server {
+    fn handle(&self, request: Request) -> Result<Value, String> {
+        match request {
+            Request::Status => {
+                let stats = self.handle.stats();
+                Ok(json!({
+                    "uptime_ms": self.started.elapsed().as_millis() as u64,
+                    "memory_mib": stats.memory_bytes >> 20,
+                    "rss_kib": rss_kib(std::process::id()),
+                    "vcpus": stats.vcpus,
+                    "pid": std::process::id(),
+                    "network_mode": self.network_mode,
+                    "ready": self.ready.load(Ordering::Relaxed),
+                }))
+            }
+            Request::Stop { grace_ms } => {
+                let grace = grace_ms.map_or(DEFAULT_GRACE, Duration::from_millis);
+                let (handle, vsock) = (self.handle.clone(), self.vsock.clone());
+                let ready = self.ready.load(Ordering::Relaxed);
+                std::thread::Builder::new()
+                    .name("stop".into())
+                    .spawn(move || stop(&handle, &vsock, ready, grace))
+                    .map_err(|e| format!("cannot start stopping: {e}"))?;
+                Ok(json!({ "stopping": true }))
+            }
+            Request::Stats => {
+                let s = self.handle.stats();
+                let mut reply = json!({
+                    "uptime_ms": s.uptime.as_millis() as u64,
+                    "memory_mib": s.memory_bytes >> 20,
+                    "rss_kib": rss_kib(std::process::id()),
+                    "vcpus": s.vcpus,
+                    "pio_exits": s.pio_exits,
+                    "mmio_exits": s.mmio_exits,
+                });
+                match self.handle.balloon_report(Duration::from_millis(500)) {
+                    Ok(r) => {
+                        reply["balloon"] = json!({
+                            "target_pages": r.target_pages,
+                            "actual_pages": r.actual_pages,
+                            "held_pages": r.counters.held_pages,
+                            "reported_bytes": r.counters.reported_bytes,
+                            "guest_stats": format!("{:?}", r.stats.stats),
+                        });
+                    }
+                    Err(e) => reply["balloon_error"] = Value::String(e.to_string()),
+                }
+                Ok(reply)
+            }
+            Request::Balloon { target_mib } => self
+                .handle
+                .set_balloon_target_mib(target_mib)
+                .map(|()| json!({ "target_mib": target_mib }))
+                .map_err(|e| e.to_string()),
+            Request::Reclaim => self
+                .handle
+                .reclaim()
+                .map(|()| json!({}))
+                .map_err(|e| e.to_string()),
+        }
+    }
+}
+
+/// Asks the guest agent to power off, gives it `grace`, then stops the VM.
+fn stop(handle: &VmHandle, vsock: &std::path::Path, ready: bool, grace: Duration) {
+    // A guest that never printed the ready line has no agent to ask.
+    let asked = ready
+        && connect_vsock_within(vsock, EXEC_PORT, Some(AGENT_HANDSHAKE))
+            .ok()
+            .is_some_and(|s| client::poweroff(s).is_ok());
+    if asked && handle.wait_timeout(grace).is_some() {
+        return;
+    }
+    handle.stop();
+}
+
+/// The resident memory of process `pid`, KiB (0 when unknown).
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ready_line_is_seen_even_split_across_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("console.log");
+        let ready = Arc::new(AtomicBool::new(false));
+        let mut w = ReadyWatch {
+            out: File::create(&path).unwrap(),
+            ready: ready.clone(),
+            tail: Vec::new(),
+        };
+        for chunk in ["booting\nagentvm-gu", "est", ": rea"] {
+            w.write_all(chunk.as_bytes()).unwrap();
+            assert!(!ready.load(Ordering::Relaxed));
+        }
+        w.write_all(b"dy\nmore\n").unwrap();
+        assert!(ready.load(Ordering::Relaxed));
+        assert!(w.tail.len() < READY_LINE.len());
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "booting\nagentvm-guest: ready\nmore\n"
+        );
+    }
+}

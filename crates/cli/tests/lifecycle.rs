@@ -1,0 +1,427 @@
+//! `agentvm up` / `status` / `down` end to end with tiny guests on the
+//! host's /dev/kvm: background VMMs, their state directories, the control
+//! socket, stale state, and 64 VMs at once. Each test has its own
+//! `XDG_RUNTIME_DIR`, so its state root is its own.
+#![allow(clippy::unwrap_used)] // a panicking test is a failing test
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use agentvm_testguest::{Asm64, Format, Program};
+
+/// A test's world: its runtime directory (the state root's parent), its
+/// workspaces, and the tiny guest they boot.
+struct World {
+    runtime: tempfile::TempDir,
+    kernel: PathBuf,
+    _guest_dir: tempfile::TempDir,
+}
+
+impl World {
+    /// `None` (with the reason printed) where /dev/kvm cannot be opened.
+    fn new() -> Option<World> {
+        if let Err(e) = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/kvm")
+        {
+            eprintln!("skipped: /dev/kvm cannot be opened ({e})");
+            return None;
+        }
+        let guest_dir = tempfile::tempdir().unwrap();
+        // Prints the agent's ready line, then halts for good: the vCPU
+        // sleeps in KVM (a pause loop would burn a host CPU per VM).
+        let mut code = Asm64::new().unwrap();
+        code.serial_print("tiny guest booted\nagentvm-guest: ready\n")
+            .unwrap();
+        let mut top = code.create_label();
+        code.set_label(&mut top).unwrap();
+        code.cli().unwrap();
+        code.hlt().unwrap();
+        code.jmp(top).unwrap();
+        let guest = Program::new("ready")
+            .with_long64(code)
+            .build(Format::Elf64)
+            .unwrap();
+        let kernel = guest.write_to(guest_dir.path()).unwrap();
+        Some(World {
+            runtime: tempfile::Builder::new().prefix("avm").tempdir().unwrap(),
+            kernel,
+            _guest_dir: guest_dir,
+        })
+    }
+
+    fn state_root(&self) -> PathBuf {
+        self.runtime.path().join("agentvm")
+    }
+
+    /// A workspace whose VM is `name`, booting the tiny guest.
+    fn workspace(&self, name: &str) -> PathBuf {
+        let dir = self.runtime.path().join("ws").join(name);
+        std::fs::create_dir_all(dir.join(".agentvm")).unwrap();
+        std::fs::write(
+            dir.join(".agentvm/config.toml"),
+            format!(
+                "name = \"{name}\"\nkernel = \"{}\"\n\n[resources]\nvcpus = 1\nmemory_mib = 128\n",
+                self.kernel.display()
+            ),
+        )
+        .unwrap();
+        dir
+    }
+
+    fn agentvm(&self, args: &[&str], workspace: &Path) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_agentvm"))
+            .args(args)
+            .current_dir(workspace)
+            .env("XDG_RUNTIME_DIR", self.runtime.path())
+            .env("AGENTVM_LOG", "error")
+            .output()
+            .unwrap()
+    }
+
+    fn ok(&self, args: &[&str], workspace: &Path) -> String {
+        let o = self.agentvm(args, workspace);
+        assert!(o.status.success(), "agentvm {args:?}: {o:?}");
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    /// Live processes whose command line names this test's state root
+    /// (VMMs and their virtiofsd).
+    fn processes(&self) -> Vec<String> {
+        let root = self.state_root();
+        let root = root.to_str().unwrap();
+        let mut found = Vec::new();
+        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+                continue;
+            };
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            if cmdline.contains(root) {
+                found.push(cmdline);
+            }
+        }
+        found
+    }
+
+    /// Resident memory of every process [`World::processes`] finds, KiB.
+    fn rss_kib(&self) -> u64 {
+        let root = self.state_root();
+        let root = root.to_str().unwrap();
+        let mut total = 0;
+        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+                continue;
+            };
+            if !String::from_utf8_lossy(&cmdline).contains(root) {
+                continue;
+            }
+            let status = std::fs::read_to_string(entry.path().join("status")).unwrap_or_default();
+            total += status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+        total
+    }
+
+    /// VMM processes of this test.
+    fn vmms(&self) -> usize {
+        self.processes()
+            .iter()
+            .filter(|c| c.contains("__vmm"))
+            .count()
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        // A failed test must not leave VMMs behind.
+        let root = self.state_root();
+        let Ok(dirs) = std::fs::read_dir(&root) else {
+            return;
+        };
+        for d in dirs.flatten() {
+            if let Ok(pid) = std::fs::read_to_string(d.path().join("vmm.pid")) {
+                if let Ok(pid) = pid.trim().parse::<i32>() {
+                    let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
+                }
+            }
+        }
+    }
+}
+
+fn control(sock: &Path, line: &str) -> serde_json::Value {
+    let s = UnixStream::connect(sock).unwrap();
+    let mut w = s.try_clone().unwrap();
+    w.write_all(line.as_bytes()).unwrap();
+    let mut reply = String::new();
+    BufReader::new(s).read_line(&mut reply).unwrap();
+    serde_json::from_str(&reply).unwrap()
+}
+
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").unwrap().count()
+}
+
+#[test]
+fn up_status_down_leaves_nothing_behind() {
+    let Some(w) = World::new() else { return };
+    let ws = w.workspace("one");
+    let out = w.ok(&["up"], &ws);
+    assert!(out.contains("one is up in"), "{out}");
+    eprintln!("{out}");
+    let state = w.state_root().join("one");
+    for f in [
+        "vmm.pid",
+        "control.sock",
+        "vsock.sock",
+        "console.log",
+        "config.json",
+    ] {
+        assert!(state.join(f).exists(), "{f} missing");
+    }
+    let console = std::fs::read_to_string(state.join("console.log")).unwrap();
+    assert!(console.contains("agentvm-guest: ready"), "{console}");
+    let snapshot = std::fs::read_to_string(state.join("config.json")).unwrap();
+    assert!(snapshot.contains("\"memory_mib\": 128"), "{snapshot}");
+
+    let again = w.ok(&["up"], &ws);
+    assert!(again.contains("already running"), "{again}");
+    assert_eq!(w.vmms(), 1, "a second up starts no second VMM");
+
+    let status = w.ok(&["status"], &ws);
+    let line = status.lines().find(|l| l.starts_with("one ")).unwrap();
+    assert!(line.ends_with("running"), "{status}");
+    assert!(line.contains("filtered"), "{status}");
+    let ps = w.ok(&["ps"], &ws);
+    assert!(ps.lines().any(|l| l.starts_with("one ")), "{ps}");
+
+    // The control socket: JSON lines, errors keep the connection.
+    let sock = state.join("control.sock");
+    let st = control(&sock, "{\"op\":\"status\"}\n");
+    assert_eq!(st["ok"], true, "{st}");
+    assert_eq!(st["memory_mib"], 128);
+    assert_eq!(st["vcpus"], 1);
+    assert_eq!(st["ready"], true);
+    assert_eq!(st["network_mode"], "filtered");
+    assert!(st["rss_kib"].as_u64().unwrap() > 0);
+    let s = UnixStream::connect(&sock).unwrap();
+    let mut wr = s.try_clone().unwrap();
+    let mut rd = BufReader::new(s);
+    let mut ask = |line: &str| {
+        wr.write_all(line.as_bytes()).unwrap();
+        let mut reply = String::new();
+        rd.read_line(&mut reply).unwrap();
+        serde_json::from_str::<serde_json::Value>(&reply).unwrap()
+    };
+    assert_eq!(ask("not json\n")["ok"], false);
+    assert_eq!(ask(&format!("{}\n", "x".repeat(10_000)))["ok"], false);
+    let stats = ask("{\"op\":\"stats\"}\n");
+    assert_eq!(stats["ok"], true, "{stats}");
+    assert!(
+        stats.get("balloon_error").is_some(),
+        "no balloon driver: {stats}"
+    );
+    assert_eq!(ask("{\"op\":\"balloon\",\"target_mib\":16}\n")["ok"], true);
+
+    let logs = w.ok(&["logs"], &ws);
+    assert!(logs.contains("tiny guest booted"), "{logs}");
+
+    let mut follow = Command::new(env!("CARGO_BIN_EXE_agentvm"))
+        .args(["logs", "-f"])
+        .current_dir(&ws)
+        .env("XDG_RUNTIME_DIR", w.runtime.path())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    let down = w.ok(&["down", "--timeout", "5"], &ws);
+    eprintln!("down took {:?}", t.elapsed());
+    assert!(down.contains("one is down"), "{down}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while follow.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "logs -f goes on after down");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut followed = String::new();
+    std::io::Read::read_to_string(&mut follow.stdout.take().unwrap(), &mut followed).unwrap();
+    assert!(followed.contains("agentvm-guest: ready"), "{followed}");
+    assert!(!state.exists(), "state directory left");
+    assert!(w.processes().is_empty(), "{:?}", w.processes());
+    let none = w.ok(&["status"], &ws);
+    assert!(none.starts_with("no VMs"), "{none}");
+    let again = w.ok(&["down"], &ws);
+    assert!(again.contains("not running"), "{again}");
+}
+
+#[test]
+fn a_killed_vmm_leaves_stale_state_that_the_next_up_cleans() {
+    let Some(w) = World::new() else { return };
+    let ws = w.workspace("stale");
+    w.ok(&["up"], &ws);
+    let state = w.state_root().join("stale");
+    let pid = std::fs::read_to_string(state.join("vmm.pid")).unwrap();
+    let pid = pid.trim().to_string();
+    assert!(Command::new("kill")
+        .args(["-9", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while w.vmms() > 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(w.vmms(), 0);
+    assert!(
+        state.join("control.sock").exists(),
+        "a kill -9 leaves sockets"
+    );
+    let status = w.ok(&["status"], &ws);
+    assert!(status.contains("stale"), "{status}");
+    let o = w.agentvm(&["run", "true"], &ws);
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("agentvm up"),
+        "{o:?}"
+    );
+
+    let o = w.agentvm(&["up"], &ws);
+    assert!(o.status.success(), "{o:?}");
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("cleaning up"),
+        "{o:?}"
+    );
+    let new_pid = std::fs::read_to_string(state.join("vmm.pid")).unwrap();
+    assert_ne!(new_pid.trim(), pid);
+    assert_eq!(w.vmms(), 1);
+    w.ok(&["down"], &ws);
+    assert!(!state.exists());
+    assert!(w.processes().is_empty(), "{:?}", w.processes());
+}
+
+#[test]
+fn a_vm_that_cannot_start_says_why_and_leaves_nothing() {
+    let Some(w) = World::new() else { return };
+    let ws = w.workspace("broken");
+    let notes = w.runtime.path().join("notes.txt");
+    std::fs::write(&notes, "not a kernel, just text ".repeat(100)).unwrap();
+    let config = ws.join(".agentvm/config.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let text = text.replace(w.kernel.to_str().unwrap(), notes.to_str().unwrap());
+    std::fs::write(&config, text).unwrap();
+    let o = w.agentvm(&["up"], &ws);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("broken did not start"), "{err}");
+    let error_lines = err.lines().filter(|l| l.starts_with("agentvm: error:"));
+    assert_eq!(error_lines.count(), 1, "{err}");
+    assert!(
+        err.contains("neither an ELF vmlinux nor a bzImage"),
+        "{err}"
+    );
+    assert!(!w.state_root().join("broken").exists());
+    assert!(w.processes().is_empty(), "{:?}", w.processes());
+}
+
+#[test]
+fn sigterm_stops_the_vm_and_the_vmm_cleans_up() {
+    let Some(w) = World::new() else { return };
+    let ws = w.workspace("term");
+    w.ok(&["up"], &ws);
+    let state = w.state_root().join("term");
+    let pid = std::fs::read_to_string(state.join("vmm.pid")).unwrap();
+    assert!(Command::new("kill")
+        .args(["-TERM", pid.trim()])
+        .status()
+        .unwrap()
+        .success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while w.vmms() > 0 {
+        assert!(Instant::now() < deadline, "the VMM ignored SIGTERM");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    for f in ["vmm.pid", "control.sock", "vsock.sock"] {
+        assert!(!state.join(f).exists(), "{f} left");
+    }
+    let status = w.ok(&["status"], &ws);
+    assert!(status.contains("stopped"), "{status}");
+    let console = std::fs::read_to_string(state.join("console.log")).unwrap();
+    assert!(console.contains("stopping the VM"), "{console}");
+    w.ok(&["down"], &ws);
+    assert!(!state.exists());
+}
+
+#[test]
+fn two_ups_at_once_start_one_vm() {
+    let Some(w) = World::new() else { return };
+    let ws = w.workspace("twice");
+    let outs: Vec<String> = std::thread::scope(|s| {
+        let a = s.spawn(|| w.ok(&["up"], &ws));
+        let b = s.spawn(|| w.ok(&["up"], &ws));
+        vec![a.join().unwrap(), b.join().unwrap()]
+    });
+    assert_eq!(w.vmms(), 1, "{outs:?}");
+    assert_eq!(
+        outs.iter()
+            .filter(|o| o.contains("already running"))
+            .count(),
+        1,
+        "{outs:?}"
+    );
+    w.ok(&["down"], &ws);
+    assert!(w.processes().is_empty(), "{:?}", w.processes());
+}
+
+#[test]
+fn sixty_four_vms_come_up_are_listed_and_go_down() {
+    let Some(w) = World::new() else { return };
+    const N: usize = 64;
+    let fds = open_fds();
+    let spaces: Vec<PathBuf> = (0..N).map(|i| w.workspace(&format!("vm-{i:02}"))).collect();
+    let t = Instant::now();
+    std::thread::scope(|s| {
+        for ws in &spaces {
+            let w = &w;
+            s.spawn(move || w.ok(&["up", "--timeout", "120"], ws));
+        }
+    });
+    let up = t.elapsed();
+    assert_eq!(w.vmms(), N);
+    let status = w.ok(&["status"], &spaces[0]);
+    let running: Vec<&str> = status.lines().filter(|l| l.ends_with("running")).collect();
+    assert_eq!(running.len(), N, "{status}");
+    let rss_mib: u64 = running
+        .iter()
+        .map(|l| {
+            let cols: Vec<&str> = l.split_whitespace().collect();
+            // NAME PID UPTIME RSS "MiB" NETWORK STATE
+            cols[3].parse::<u64>().unwrap()
+        })
+        .sum();
+    let all_rss_mib = w.rss_kib() / 1024;
+    let t = Instant::now();
+    std::thread::scope(|s| {
+        for ws in &spaces {
+            let w = &w;
+            s.spawn(move || w.ok(&["down", "--timeout", "5"], ws));
+        }
+    });
+    let down = t.elapsed();
+    eprintln!(
+        "{N} VMs: up in {up:?}, VMM RSS {rss_mib} MiB as status shows it, \
+         {all_rss_mib} MiB with virtiofsd, down in {down:?}"
+    );
+    assert!(w.processes().is_empty(), "{:?}", w.processes());
+    let left: Vec<_> = std::fs::read_dir(w.state_root())
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    assert_eq!(open_fds(), fds, "file descriptors leaked");
+}
