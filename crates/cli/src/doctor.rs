@@ -42,10 +42,14 @@ pub fn run() -> anyhow::Result<ExitCode> {
     // Where the virtio-fs device itself looks, so the answer is the same.
     match Search::from_env(None).find() {
         Ok(v) => println!("virtiofsd: {} ({})", v.path.display(), v.version),
-        Err(e) => println!(
-            "virtiofsd: not usable — workspace sharing needs it: {}",
-            lower_first(&e.to_string())
-        ),
+        Err(e) => {
+            // `agentvm up` shares the workspace: no VM without it.
+            ok = false;
+            println!(
+                "virtiofsd: not usable — workspace sharing needs it: {}",
+                lower_first(&e.to_string())
+            );
+        }
     }
     Ok(if ok {
         ExitCode::SUCCESS
