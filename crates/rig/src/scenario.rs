@@ -586,6 +586,16 @@ impl ScenarioResult {
         self.boots.iter().find(|b| b.name == name)
     }
 
+    /// What a failed assertion about `boot` should show: where the whole
+    /// log is, and the end of the boot's console.
+    pub fn context(&self, boot: &BootResult) -> String {
+        format!(
+            "log {}; console tail:\n{}",
+            self.log_path.display(),
+            boot.console_tail(40)
+        )
+    }
+
     /// The first value of the L1 marker `key`.
     pub fn l1_marker(&self, key: &str) -> Option<&str> {
         self.l1_markers

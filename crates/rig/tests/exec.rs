@@ -128,13 +128,7 @@ fn attach_runs_commands_in_the_default_image() {
         .run(&Scenario::new("exec", vec![boot]))
         .unwrap_or_else(|e| panic!("{}", error_chain(&e)));
     let b = r.boot("exec").expect("boot ran");
-    let ctx = || {
-        format!(
-            "log {}; console tail:\n{}",
-            r.log_path.display(),
-            b.console_tail(40)
-        )
-    };
+    let ctx = || r.context(b);
     eprintln!(
         "scenario exec ({:?}): {:.1} s in all, L1 ready after {:?}; agent ready {:?} after \
          agentvm started, VMM exit after {:?}",

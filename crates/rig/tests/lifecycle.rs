@@ -52,13 +52,7 @@ fn up_run_status_down_in_two_workspaces() {
         .run(&Scenario::new("lifecycle", vec![boot]))
         .unwrap_or_else(|e| panic!("{}", error_chain(&e)));
     let b = r.boot("lifecycle").expect("boot ran");
-    let ctx = || {
-        format!(
-            "log {}; console tail:\n{}",
-            r.log_path.display(),
-            b.console_tail(40)
-        )
-    };
+    let ctx = || r.context(b);
     let m = |k: &str| b.exec_marker(k).unwrap_or("<missing>");
     eprintln!(
         "scenario lifecycle ({:?}): {:.1} s; up: {} / {}",

@@ -43,13 +43,7 @@ fn run(rig: &Rig, scenario: &Scenario) -> ScenarioResult {
 /// Everything a report-mode boot must show.
 fn check_report(r: &ScenarioResult, name: &str, vcpus: u8, memory_mib: u32) {
     let b: &BootResult = r.boot(name).expect("boot ran");
-    let ctx = || {
-        format!(
-            "boot {name}; log {}; console tail:\n{}",
-            r.log_path.display(),
-            b.console_tail(40)
-        )
-    };
+    let ctx = || format!("boot {name}; {}", r.context(b));
     assert_eq!(
         b.exit_code(),
         Some(0),
@@ -189,13 +183,7 @@ fn kernel_panic_ends_agentvm_with_crash_status() {
     boot.timeout = Duration::from_secs(90);
     let r = run(&rig, &Scenario::new("panic", vec![boot]));
     let b = r.boot("panic").expect("boot ran");
-    let ctx = || {
-        format!(
-            "log {}; console tail:\n{}",
-            r.log_path.display(),
-            b.console_tail(40)
-        )
-    };
+    let ctx = || r.context(b);
     assert_eq!(
         b.marker("panic"),
         Some("init-exits"),

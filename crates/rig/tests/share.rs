@@ -71,13 +71,7 @@ fn the_guest_shares_directories_with_the_host_through_virtiofsd() {
         .run(&Scenario::new("share", vec![boot]))
         .unwrap_or_else(|e| panic!("{}", error_chain(&e)));
     let b = r.boot("share").expect("boot ran");
-    let ctx = || {
-        format!(
-            "log {}; console tail:\n{}",
-            r.log_path.display(),
-            b.console_tail(40)
-        )
-    };
+    let ctx = || r.context(b);
     let m = |k: &str| b.exec_marker(k).unwrap_or("<missing>");
     let t = |k: &str| b.exec_marker(k).and_then(|v| v.parse::<f64>().ok());
     eprintln!(
