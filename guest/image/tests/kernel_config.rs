@@ -1,0 +1,264 @@
+//! The guest kernel's config fragment (`guest/kernel/microvm.config`):
+//! its syntax, and that it sets every option in
+//! `guest/kernel/required-options.txt`.
+//!
+//! `kernel_build_keeps_every_fragment_option` also builds the kernel with
+//! `guest/kernel/build.sh` and checks the resulting `.config` against the
+//! fragment — opt-in, since a kernel build takes many minutes: it runs when
+//! `AGENTVM_KERNEL_BUILD=1`, or when a build for this fragment is already
+//! cached (`$AGENTVM_KERNEL_CACHE`, else `~/.cache/agentvm/kernel/<key>/`).
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use agentvm_image::{kernel, Cache, ImageError, KeyHasher};
+
+/// A config option's setting as a fragment or `.config` states it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Setting {
+    /// `CONFIG_X=value` (`y`, a number or a quoted string).
+    Value(String),
+    /// `# CONFIG_X is not set`.
+    NotSet,
+}
+
+fn kernel_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../kernel")
+}
+
+fn fragment_path() -> PathBuf {
+    kernel_dir().join("microvm.config")
+}
+
+fn is_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
+}
+
+/// Parses a fragment or `.config`: option lines in order, or the first
+/// syntax error (with its line number). Other `#` lines are comments.
+fn parse_config(text: &str) -> Result<Vec<(String, Setting)>, String> {
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let n = i + 1;
+        let line = line.trim_end();
+        if line.is_empty() {
+            continue;
+        }
+        if let Some(comment) = line.strip_prefix('#') {
+            let unset = comment
+                .strip_prefix(" CONFIG_")
+                .and_then(|r| r.strip_suffix(" is not set"));
+            match unset {
+                Some(name) if is_name(name) => out.push((name.to_string(), Setting::NotSet)),
+                Some(_) => return Err(format!("line {n}: bad option name: {line}")),
+                // A comment that mentions an option must not look like one.
+                None if comment.trim_start().starts_with("CONFIG_") => {
+                    return Err(format!("line {n}: commented-out option: {line}"))
+                }
+                None => {}
+            }
+            continue;
+        }
+        let Some((name, value)) = line.strip_prefix("CONFIG_").and_then(|r| r.split_once('='))
+        else {
+            return Err(format!("line {n}: expected CONFIG_X=value: {line}"));
+        };
+        let valid_value = value == "y"
+            || value == "m"
+            || value.parse::<i64>().is_ok()
+            || value.starts_with("0x")
+            || (value.len() >= 2 && value.starts_with('"') && value.ends_with('"'));
+        if !is_name(name) || !valid_value {
+            return Err(format!("line {n}: bad option: {line}"));
+        }
+        out.push((name.to_string(), Setting::Value(value.to_string())));
+    }
+    Ok(out)
+}
+
+/// The fragment as a map, after checking it has no duplicates.
+fn fragment() -> BTreeMap<String, Setting> {
+    let text = std::fs::read_to_string(fragment_path()).unwrap();
+    let lines = parse_config(&text).unwrap_or_else(|e| panic!("microvm.config: {e}"));
+    let mut map = BTreeMap::new();
+    for (name, setting) in lines {
+        if let Some(old) = map.insert(name.clone(), setting) {
+            panic!("microvm.config: CONFIG_{name} appears twice (first {old:?})");
+        }
+    }
+    map
+}
+
+/// `required-options.txt`: (name, must be `y` rather than not set).
+fn required() -> Vec<(String, bool)> {
+    let text = std::fs::read_to_string(kernel_dir().join("required-options.txt")).unwrap();
+    text.lines()
+        .map(|l| l.split('#').next().unwrap_or("").trim())
+        .filter(|l| !l.is_empty())
+        .map(|l| match l.strip_prefix('!') {
+            Some(name) => (name.to_string(), false),
+            None => (l.to_string(), true),
+        })
+        .inspect(|(name, _)| assert!(is_name(name), "required-options.txt: bad name {name}"))
+        .collect()
+}
+
+#[test]
+fn fragment_parses_without_duplicates_or_modules() {
+    let frag = fragment();
+    assert!(frag.len() > 50, "suspiciously short fragment");
+    let modules: Vec<_> = frag
+        .iter()
+        .filter(|(_, s)| **s == Setting::Value("m".into()))
+        .map(|(n, _)| n.as_str())
+        .collect();
+    assert!(
+        modules.is_empty(),
+        "=m in a kernel without modules: {modules:?}"
+    );
+    assert_eq!(frag.get("MODULES"), Some(&Setting::NotSet));
+}
+
+#[test]
+fn fragment_sets_every_required_option() {
+    let frag = fragment();
+    let mut wrong = Vec::new();
+    for (name, on) in required() {
+        let want = if on {
+            Setting::Value("y".into())
+        } else {
+            Setting::NotSet
+        };
+        if frag.get(&name) != Some(&want) {
+            wrong.push(format!(
+                "CONFIG_{name}: want {want:?}, have {:?}",
+                frag.get(&name)
+            ));
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "microvm.config misses:\n{}",
+        wrong.join("\n")
+    );
+}
+
+#[test]
+fn parser_rejects_bad_lines() {
+    assert!(parse_config("CONFIG_A=y\n# CONFIG_B is not set\n# note\n").is_ok());
+    for bad in [
+        "CONFIG_A",
+        "A=y",
+        "CONFIG_a=y",
+        "CONFIG_A=yes",
+        "#CONFIG_A=y",
+        "# CONFIG_a is not set",
+    ] {
+        assert!(parse_config(bad).is_err(), "{bad:?} accepted");
+    }
+}
+
+/// Where build.sh gets its source: `$AGENTVM_KERNEL_SRC`, else Debian's
+/// linux-source-6.12 tarball.
+fn kernel_source() -> PathBuf {
+    std::env::var_os("AGENTVM_KERNEL_SRC")
+        .filter(|s| !s.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| "/usr/src/linux-source-6.12.tar.xz".into())
+}
+
+/// The cache key: the fragment, the script, and which source (by path,
+/// size and modification time — hashing a 150 MB tarball is not worth it).
+fn build_key(src: &Path) -> String {
+    let mut key = KeyHasher::default();
+    key.add(b"agentvm-kernel-1");
+    key.add_file(&fragment_path()).unwrap();
+    key.add_file(&kernel_dir().join("build.sh")).unwrap();
+    key.add(src.as_os_str().as_encoded_bytes());
+    if let Ok(meta) = std::fs::metadata(src) {
+        let mtime = meta
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_secs());
+        key.add(&meta.len().to_le_bytes()).add(&mtime.to_le_bytes());
+    }
+    format!("vmlinux-{}", key.hex())
+}
+
+#[test]
+fn kernel_build_keeps_every_fragment_option() {
+    let src = kernel_source();
+    let cache = Cache::from_env("AGENTVM_KERNEL_CACHE", "kernel").unwrap();
+    let name = build_key(&src);
+    let opted_in = std::env::var("AGENTVM_KERNEL_BUILD").is_ok_and(|v| v == "1");
+    if !opted_in && !cache.root().join(&name).is_dir() {
+        eprintln!(
+            "skipped: no kernel cached at {}; set AGENTVM_KERNEL_BUILD=1 to build \
+             it from {} (minutes)",
+            cache.root().join(&name).display(),
+            src.display()
+        );
+        return;
+    }
+    let _lock = cache.lock().unwrap();
+    let dir = cache
+        .entry(&name, |tmp| {
+            let script = kernel_dir().join("build.sh");
+            let status = Command::new(&script)
+                .arg(&src)
+                .arg(tmp)
+                .status()
+                .map_err(|e| ImageError::io("Cannot run", &script, e))?;
+            if status.success() {
+                Ok(())
+            } else {
+                // An error, not a panic: the cache then removes `tmp`.
+                let e = std::io::Error::other(format!("exited with {status}"));
+                Err(ImageError::io(
+                    "Failed to build the kernel with",
+                    &script,
+                    e,
+                ))
+            }
+        })
+        .unwrap();
+    cache.prune("vmlinux-", 2);
+
+    let config = std::fs::read_to_string(dir.join("config")).unwrap();
+    let built: BTreeMap<String, Setting> = parse_config(&config)
+        .unwrap_or_else(|e| panic!("built .config: {e}"))
+        .into_iter()
+        .collect();
+    let mut dropped = Vec::new();
+    for (name, want) in fragment() {
+        let have = built.get(&name);
+        let ok = match &want {
+            Setting::Value(_) => have == Some(&want),
+            // Options whose dependencies are off do not appear at all.
+            Setting::NotSet => have.is_none_or(|h| *h == Setting::NotSet),
+        };
+        if !ok {
+            dropped.push(format!("CONFIG_{name}: want {want:?}, built {have:?}"));
+        }
+    }
+    assert!(
+        dropped.is_empty(),
+        "the built kernel lost fragment options:\n{}",
+        dropped.join("\n")
+    );
+
+    let vmlinux = std::fs::read(dir.join("vmlinux")).unwrap();
+    assert!(
+        vmlinux.starts_with(b"\x7fELF"),
+        "vmlinux is not an ELF file"
+    );
+    assert!(
+        kernel::pvh_entry(&vmlinux).is_some(),
+        "vmlinux has no PVH entry note (CONFIG_PVH)"
+    );
+}
