@@ -3,51 +3,22 @@
 #![allow(clippy::unwrap_used)] // a panicking test is a failing test
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
-fn agentvm(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_agentvm"))
-        .args(args)
-        .env("AGENTVM_LOG", "error")
-        .output()
-        .unwrap()
-}
+mod common;
 
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
+use common::{kvm_usable, one_line_error, stderr};
 
-fn kvm_usable() -> bool {
-    std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .is_ok()
+fn agentvm(args: &[&str]) -> std::process::Output {
+    common::agentvm(args, &[])
 }
 
 /// A temporary directory with the tiny hello guest in it, or `None` (with
 /// the reason printed) where /dev/kvm cannot be opened.
 fn hello_guest() -> Option<(tempfile::TempDir, PathBuf)> {
-    if !kvm_usable() {
-        eprintln!("skipped: /dev/kvm cannot be opened");
-        return None;
-    }
     let dir = tempfile::tempdir().unwrap();
-    let p = dir.path().join("hello.elf");
-    let guest = agentvm_testguest::programs::hello("hello from the cli test\n").unwrap();
-    std::fs::write(&p, guest).unwrap();
+    let p = common::hello_guest(dir.path(), "hello from the cli test\n")?;
     Some((dir, p))
-}
-
-fn one_line_error(o: &Output) -> String {
-    assert_ne!(o.status.code(), Some(0), "expected failure, got {o:?}");
-    let err = stderr(o);
-    let lines: Vec<_> = err
-        .lines()
-        .filter(|l| l.starts_with("agentvm: error:"))
-        .collect();
-    assert_eq!(lines.len(), 1, "one error line expected in {err:?}");
-    lines[0].to_string()
 }
 
 #[test]

@@ -4,27 +4,10 @@
 #![allow(clippy::unwrap_used)] // a panicking test is a failing test
 
 use std::path::Path;
-use std::process::{Command, Output};
 
-fn agentvm(args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_agentvm"));
-    cmd.args(args).env("AGENTVM_LOG", "error");
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd.output().unwrap()
-}
+mod common;
 
-fn one_line_error(o: &Output) -> String {
-    assert_ne!(o.status.code(), Some(0), "expected failure, got {o:?}");
-    let err = String::from_utf8_lossy(&o.stderr);
-    let lines: Vec<_> = err
-        .lines()
-        .filter(|l| l.starts_with("agentvm: error:"))
-        .collect();
-    assert_eq!(lines.len(), 1, "one error line expected in {err:?}");
-    lines[0].to_string()
-}
+use common::{agentvm, one_line_error};
 
 #[test]
 fn boot_without_an_image_says_to_build_one() {

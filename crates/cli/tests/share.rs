@@ -3,38 +3,9 @@
 //! boots and leaves no virtiofsd or socket behind.
 #![allow(clippy::unwrap_used)] // a panicking test is a failing test
 
-use std::path::PathBuf;
-use std::process::{Command, Output};
+mod common;
 
-fn agentvm(args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_agentvm"));
-    cmd.args(args).env("AGENTVM_LOG", "error");
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd.output().unwrap()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-/// The tiny hello guest, or `None` where /dev/kvm cannot be opened.
-fn hello_guest(dir: &std::path::Path) -> Option<PathBuf> {
-    if std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .is_err()
-    {
-        eprintln!("skipped: /dev/kvm cannot be opened");
-        return None;
-    }
-    let p = dir.join("hello.elf");
-    let guest = agentvm_testguest::programs::hello("hello with a share\n").unwrap();
-    std::fs::write(&p, guest).unwrap();
-    Some(p)
-}
+use common::{agentvm, hello_guest, stderr};
 
 /// virtiofsd processes whose command line names `dir`.
 fn daemons_for(dir: &std::path::Path) -> usize {
@@ -122,7 +93,7 @@ fn bad_share_specs_are_refused() {
 #[test]
 fn a_vm_with_a_share_boots_and_leaves_nothing_behind() {
     let dir = tempfile::tempdir().unwrap();
-    let Some(kernel) = hello_guest(dir.path()) else {
+    let Some(kernel) = hello_guest(dir.path(), "hello with a share\n") else {
         return;
     };
     let shared = dir.path().join("shared");
