@@ -1,48 +1,42 @@
-//! agentvm-net: the user-mode network stack that sits behind agentvm's
-//! virtio-net device and enforces the egress policy.
+//! agentvm-net: the user-mode network stack behind agentvm's virtio-net
+//! device, and the egress policy it enforces.
 //!
-//! The stack is frame-in / frame-out and knows nothing of virtio. This crate
-//! is a placeholder until the networking issue lands; it exists now so the
-//! dependency direction (cli → vmm → devices → net-filter) is fixed from the
-//! start.
+//! The stack is frame-in / frame-out and knows nothing of virtio: the
+//! device hands it the Ethernet frames the guest sends
+//! ([`NetStack::push_frame`]) and takes the frames for the guest
+//! ([`NetStack::pop_frame`]). Behind it, every guest TCP connection is
+//! terminated in the stack (smoltcp) and spliced to a non-blocking host
+//! socket, every UDP flow gets a host socket of its own, and the stack's
+//! DNS server answers only what the [`Policy`] allows. Host sockets are
+//! watched by one epoll instance whose fd ([`NetStack::as_raw_fd`]) the
+//! device's event loop waits on, next to a timer for
+//! [`NetStack::poll_delay`].
+//!
+//! The guest sees slirp's network: it is 10.0.2.15/24 (by DHCP), the
+//! gateway is 10.0.2.2, the DNS server 10.0.2.3 ([`addr`]).
+//!
+//! | file | what it does |
+//! |------|--------------|
+//! | `addr.rs` | the network's addresses, always-blocked host ranges |
+//! | `policy.rs` | modes, allowed names and ports, host pins, forwards |
+//! | `audit.rs` | one JSON line per decision |
+//! | `stack.rs` | [`NetStack`]: classifies frames, runs the poll loop |
+//! | `phy.rs` | the frame queues smoltcp sends and receives through |
+//! | `frames.rs` | frames the stack builds itself (UDP, ICMP, RST) |
+//! | `dhcp.rs` | the DHCP server |
+//! | `dns.rs` | the DNS server with the allowlist and the handed-out table |
+//! | `tcp.rs` | guest TCP connections spliced to host sockets |
+//! | `udp.rs` | guest UDP flows on host sockets |
+//! | `forward.rs` | host→guest port forwards |
 #![deny(missing_docs)]
 
-/// Network egress modes a VM can run with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Mode {
-    /// No frame leaves the VMM.
-    #[default]
-    Off,
-    /// Only allowlisted names resolve, and only their addresses are reachable.
-    Filtered,
-    /// Everything is NATed out (host loopback and metadata stay unreachable).
-    Open,
-}
+pub mod addr;
+pub mod audit;
 
-impl std::str::FromStr for Mode {
-    type Err = String;
+pub mod dns;
+pub mod policy;
+mod stack;
 
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "off" => Ok(Mode::Off),
-            "filtered" => Ok(Mode::Filtered),
-            "open" => Ok(Mode::Open),
-            other => Err(format!(
-                "unknown network mode `{other}` (expected off, filtered or open)"
-            )),
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn mode_parses_the_three_names_and_rejects_others() {
-        assert_eq!("off".parse::<Mode>(), Ok(Mode::Off));
-        assert_eq!("filtered".parse::<Mode>(), Ok(Mode::Filtered));
-        assert_eq!("open".parse::<Mode>(), Ok(Mode::Open));
-        assert!("bridge".parse::<Mode>().unwrap_err().contains("bridge"));
-    }
-}
+pub use audit::{Audit, AuditEvent, Proto, Verdict};
+pub use policy::{Forward, Mode, Policy, PolicyError};
+pub use stack::{NetError, NetHandle, NetStack, StackConfig, StackStats};
