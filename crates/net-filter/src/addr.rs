@@ -67,7 +67,9 @@ pub fn host_addresses() -> Vec<IpAddr> {
             if i32::from(family) == libc::AF_INET {
                 // SAFETY: as above: the family is AF_INET.
                 let sin = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in) };
-                out.push(IpAddr::V4(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr))));
+                out.push(IpAddr::V4(Ipv4Addr::from(u32::from_be(
+                    sin.sin_addr.s_addr,
+                ))));
             }
         }
         cur = ifa.ifa_next;

@@ -84,9 +84,8 @@ impl AuditEvent {
 
     /// The event as one JSON line (with its newline).
     pub fn to_line(&self) -> String {
-        let mut line = serde_json::to_string(self).unwrap_or_else(|e| {
-            format!("{{\"error\":\"cannot encode an audit event: {e}\"}}")
-        });
+        let mut line = serde_json::to_string(self)
+            .unwrap_or_else(|e| format!("{{\"error\":\"cannot encode an audit event: {e}\"}}"));
         line.push('\n');
         line
     }
@@ -164,7 +163,9 @@ mod tests {
                 .name("a.test")
                 .dest(Ipv4Addr::new(1, 2, 3, 4), 22),
         );
-        audit.clone().record(AuditEvent::now(Proto::Dns, Verdict::Allow, "allowlisted").name("b.test"));
+        audit
+            .clone()
+            .record(AuditEvent::now(Proto::Dns, Verdict::Allow, "allowlisted").name("b.test"));
         let text = std::fs::read_to_string(&path).unwrap();
         let lines: Vec<serde_json::Value> = text
             .lines()

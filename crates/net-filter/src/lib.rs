@@ -32,11 +32,19 @@
 
 pub mod addr;
 pub mod audit;
+mod dhcp;
 
 pub mod dns;
+mod forward;
+mod frames;
+mod phy;
 pub mod policy;
 mod stack;
+mod tcp;
+#[cfg(feature = "testing")]
+pub mod testing;
+mod udp;
 
 pub use audit::{Audit, AuditEvent, Proto, Verdict};
 pub use policy::{Forward, Mode, Policy, PolicyError};
-pub use stack::{NetError, NetHandle, NetStack, StackConfig, StackStats};
+pub use stack::{NetError, NetHandle, NetStack, StackConfig, StackStats, DEFAULT_MTU};

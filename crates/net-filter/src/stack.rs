@@ -1,19 +1,74 @@
-//! [`NetStack`]: placeholder API while the stack is written (this file is
-//! replaced by the real stack; signatures are final).
+//! [`NetStack`]: takes the guest's frames, decides what each one is, and
+//! runs the poll loop that moves data between smoltcp and host sockets.
+//!
+//! Classification (in [`NetStack::push_frame`]), before smoltcp sees
+//! anything:
+//! - ARP: only requests and replies about the gateway and DNS addresses
+//!   reach smoltcp (which answers them); everything else is dropped.
+//! - IPv4 from anything but the guest's address (or 0.0.0.0 for DHCP),
+//!   fragments, IPv6 and other ethertypes: dropped.
+//! - UDP to port 67: the DHCP server. UDP to 10.0.2.3:53: the DNS server.
+//!   Other UDP: a host flow when the policy allows the destination, ICMP
+//!   "administratively prohibited" at once when not.
+//! - TCP: segments of known connections go to smoltcp; a SYN for a new
+//!   one is judged by the policy — refused with a RST at once, or parked
+//!   while the host connects ([`crate::tcp`]); other segments go to
+//!   smoltcp, which resets them.
+//! - ICMP echo to the gateway or DNS address: smoltcp answers. Other ICMP
+//!   is dropped.
+//!
+//! smoltcp runs with "any IP": its sockets answer for whatever remote
+//! address the guest connected to, so the guest sees the real peer
+//! address on every connection.
 
-use std::net::SocketAddr;
+use std::collections::hash_map::RandomState;
+use std::hash::{BuildHasher, Hasher};
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use crate::{Audit, Policy};
+use mio::{Events, Poll, Token, Waker};
+use smoltcp::iface::{Config, Interface, SocketSet};
+use smoltcp::time::Instant as SmolInstant;
+use smoltcp::wire::{
+    ArpPacket, ArpRepr, EthernetAddress, EthernetFrame, EthernetProtocol, HardwareAddress,
+    Icmpv4Message, Icmpv4Packet, IpCidr, IpProtocol, Ipv4Packet, Ipv4Repr, TcpPacket, UdpPacket,
+    DHCP_SERVER_PORT,
+};
+use tracing::{debug, warn};
+
+use crate::addr::{self, DNS_IP, GATEWAY_IP, GATEWAY_MAC, GUEST_IP, PREFIX_LEN};
+use crate::dns::{resolvers_from, DnsServer};
+use crate::forward::Forwards;
+use crate::phy::{Phy, ETH_HEADER};
+use crate::tcp::{Connected, FlowKey, TcpFlows};
+use crate::udp::UdpFlows;
+use crate::{dhcp, frames, Audit, AuditEvent, Mode, Policy, Proto, Verdict};
+
+/// The IP MTU when the configuration names none: the largest that keeps
+/// a frame plus virtio header under 64 KiB.
+pub const DEFAULT_MTU: usize = 65520;
+/// Connections (TCP, connecting ones included) at most.
+const MAX_TCP_FLOWS: usize = 4096;
+/// Rounds of "move data, let smoltcp send" per poll, at most.
+const ROUNDS: usize = 64;
+
+const WAKER: Token = Token(0);
+const DNS_UPSTREAM: Token = Token(1);
+const FIRST_TOKEN: usize = 2;
 
 /// Errors starting a stack.
 #[derive(Debug, thiserror::Error)]
 pub enum NetError {
     /// The epoll instance or a host socket could not be created.
     #[error("Cannot set up the network stack's host side")]
-    Host(#[source] std::io::Error),
+    Host(#[source] io::Error),
+    /// The DNS server's upstream socket could not be opened.
+    #[error("Cannot start the DNS server")]
+    Dns(#[source] crate::dns::DnsError),
 }
 
 /// How a stack starts.
@@ -26,7 +81,7 @@ pub struct StackConfig {
     /// Upstream DNS resolvers; empty: the host's (from /etc/resolv.conf).
     pub resolvers: Vec<SocketAddr>,
     /// The largest IP packet either side sends (the MTU the device tells
-    /// the guest); 0: 65520.
+    /// the guest); 0: [`DEFAULT_MTU`].
     pub mtu: usize,
 }
 
@@ -45,86 +100,713 @@ pub struct StackStats {
     pub udp_flows: usize,
 }
 
+/// What a [`NetHandle`] shares with its stack.
+struct Shared {
+    policy: Mutex<Policy>,
+    generation: AtomicU64,
+    waker: Waker,
+}
+
 /// Replaces the policy of a running stack from another thread.
 #[derive(Clone)]
 pub struct NetHandle {
-    policy: Arc<Mutex<Policy>>,
+    shared: Arc<Shared>,
 }
 
 impl NetHandle {
     /// The policy in force.
     pub fn policy(&self) -> Policy {
-        match self.policy.lock() {
+        match self.shared.policy.lock() {
             Ok(p) => p.clone(),
             Err(p) => p.into_inner().clone(),
         }
     }
 
-    /// Replaces the policy; the stack applies it at its next poll
-    /// (closing flows the new policy denies, keeping the rest).
+    /// Replaces the policy; the stack applies it at its next poll (woken
+    /// through its fd), closing flows the new policy denies and keeping
+    /// the rest.
     pub fn set_policy(&self, policy: Policy) {
-        match self.policy.lock() {
+        match self.shared.policy.lock() {
             Ok(mut p) => *p = policy,
             Err(p) => *p.into_inner() = policy,
+        }
+        self.shared.generation.fetch_add(1, Ordering::SeqCst);
+        if let Err(e) = self.shared.waker.wake() {
+            warn!("net: cannot wake the stack for a new policy: {e}");
         }
     }
 }
 
+/// A policy verdict on a destination.
+struct Decision {
+    allow: bool,
+    name: Option<String>,
+    reason: &'static str,
+}
+
 /// The user-mode network stack of one VM.
 pub struct NetStack {
-    handle: NetHandle,
-    fd: std::fs::File,
+    poll: Poll,
+    events: Events,
+    shared: Arc<Shared>,
+    policy: Policy,
+    generation: u64,
+    audit: Audit,
+    host_addrs: Vec<IpAddr>,
+    iface: Interface,
+    sockets: SocketSet<'static>,
+    phy: Phy,
+    dns: DnsServer,
+    tcp: TcpFlows,
+    udp: UdpFlows,
+    forwards: Forwards,
+    next_token: usize,
+    /// Host sockets left with work by a burst bound (edge-triggered epoll
+    /// does not report them again).
+    again: Vec<Token>,
+    guest_mac: EthernetAddress,
+    stats: StackStats,
 }
 
 impl NetStack {
     /// Starts a stack (no frames flow until the guest sends some).
     pub fn new(config: StackConfig) -> Result<Self, NetError> {
-        Ok(NetStack {
-            handle: NetHandle {
-                policy: Arc::new(Mutex::new(config.policy)),
-            },
-            fd: std::fs::File::open("/dev/null").map_err(NetError::Host)?,
-        })
+        let poll = Poll::new().map_err(NetError::Host)?;
+        let waker = Waker::new(poll.registry(), WAKER).map_err(NetError::Host)?;
+        let resolvers = if config.resolvers.is_empty() {
+            resolvers_from(&std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default())
+        } else {
+            config.resolvers
+        };
+        let dns =
+            DnsServer::new(resolvers, poll.registry(), DNS_UPSTREAM).map_err(NetError::Dns)?;
+        let mtu = if config.mtu == 0 {
+            DEFAULT_MTU
+        } else {
+            config.mtu
+        };
+        let mut phy = Phy::new(mtu);
+        let mut iface_config = Config::new(HardwareAddress::Ethernet(GATEWAY_MAC));
+        iface_config.random_seed = RandomState::new().build_hasher().finish();
+        let mut iface = Interface::new(iface_config, &mut phy, SmolInstant::now());
+        iface.update_ip_addrs(|addrs| {
+            for ip in [GATEWAY_IP, DNS_IP] {
+                // Room for two addresses is smoltcp's default.
+                let _ = addrs.push(IpCidr::new(ip.into(), PREFIX_LEN));
+            }
+        });
+        iface
+            .routes_mut()
+            .add_default_ipv4_route(GATEWAY_IP)
+            .map_err(|e| NetError::Host(io::Error::other(format!("{e:?}"))))?;
+        iface.set_any_ip(true);
+        let mut stack = NetStack {
+            poll,
+            events: Events::with_capacity(256),
+            shared: Arc::new(Shared {
+                policy: Mutex::new(config.policy.clone()),
+                generation: AtomicU64::new(0),
+                waker,
+            }),
+            policy: config.policy,
+            generation: 0,
+            audit: config.audit,
+            host_addrs: addr::host_addresses(),
+            iface,
+            sockets: SocketSet::new(Vec::new()),
+            phy,
+            dns,
+            tcp: TcpFlows::default(),
+            udp: UdpFlows::default(),
+            forwards: Forwards::default(),
+            next_token: FIRST_TOKEN,
+            again: Vec::new(),
+            guest_mac: EthernetAddress::BROADCAST,
+            stats: StackStats::default(),
+        };
+        stack.sync_forwards();
+        Ok(stack)
     }
 
     /// A handle to replace the policy from another thread.
     pub fn handle(&self) -> NetHandle {
-        self.handle.clone()
+        NetHandle {
+            shared: self.shared.clone(),
+        }
     }
 
-    /// Takes one Ethernet frame (no virtio header) the guest sent.
-    pub fn push_frame(&mut self, frame: &[u8]) {
-        let _ = frame;
-    }
-
-    /// The next frame for the guest, if any.
-    pub fn pop_frame(&mut self) -> Option<Vec<u8>> {
-        None
-    }
-
-    /// Whether frames wait for the guest.
-    pub fn has_frames(&self) -> bool {
-        false
-    }
-
-    /// Does the pending work: host socket events, timers, frames taken.
-    pub fn poll(&mut self) {}
-
-    /// How long until [`NetStack::poll`] must run again even if nothing
-    /// happens (`None`: only when the fd or a frame says so).
-    pub fn poll_delay(&mut self) -> Option<Duration> {
-        None
+    /// The policy in force.
+    pub fn policy(&self) -> &Policy {
+        &self.policy
     }
 
     /// Counters.
     pub fn stats(&self) -> StackStats {
-        StackStats::default()
+        StackStats {
+            tcp_flows: self.tcp.len(),
+            udp_flows: self.udp.len(),
+            ..self.stats
+        }
+    }
+
+    /// The next frame for the guest, if any. Call [`NetStack::poll`]
+    /// after taking frames: room in the queue lets smoltcp send more.
+    pub fn pop_frame(&mut self) -> Option<Vec<u8>> {
+        let frame = self.phy.pop()?;
+        self.stats.frames_out += 1;
+        Some(frame)
+    }
+
+    /// Whether frames wait for the guest.
+    pub fn has_frames(&self) -> bool {
+        self.phy.has_frames()
+    }
+
+    /// Takes one Ethernet frame (no virtio header) the guest sent.
+    pub fn push_frame(&mut self, frame: &[u8]) {
+        self.stats.frames_in += 1;
+        if !self.classify(frame) {
+            self.stats.dropped += 1;
+        }
+    }
+
+    /// How long until [`NetStack::poll`] must run again even if neither
+    /// the fd nor a frame says so (`None`: not before then).
+    pub fn poll_delay(&mut self) -> Option<Duration> {
+        if !self.again.is_empty() || !self.phy.rx.is_empty() {
+            return Some(Duration::ZERO);
+        }
+        let now = Instant::now();
+        let own = [
+            self.dns.next_deadline(),
+            self.tcp.next_deadline(),
+            self.udp.next_deadline(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .map(|t| t.saturating_duration_since(now));
+        let smol = self
+            .iface
+            .poll_delay(SmolInstant::now(), &self.sockets)
+            .map(Duration::from);
+        match (own, smol) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Does the pending work: a new policy, host socket events, frames
+    /// the guest sent, timers.
+    pub fn poll(&mut self) {
+        let now = Instant::now();
+        self.apply_new_policy(now);
+        self.host_events(now);
+        for _ in 0..ROUNDS {
+            let mut progress = self.finish_connects(now);
+            progress |= self.tcp.splice(&mut self.sockets);
+            let smol = self
+                .iface
+                .poll(SmolInstant::now(), &mut self.phy, &mut self.sockets);
+            progress |= smol != smoltcp::iface::PollResult::None;
+            progress |= self.tcp.reap(&mut self.sockets, self.poll.registry()) > 0;
+            if !progress {
+                break;
+            }
+        }
+        for (guest, reply) in self.dns.expire(now) {
+            self.send_udp(SocketAddrV4::new(DNS_IP, 53), guest, &reply);
+        }
+        self.udp.expire(now, self.poll.registry());
+    }
+
+    fn token(&mut self) -> Token {
+        let t = Token(self.next_token);
+        self.next_token = self.next_token.wrapping_add(1).max(FIRST_TOKEN);
+        t
+    }
+
+    /// Handles one guest frame; false if it was dropped.
+    fn classify(&mut self, frame: &[u8]) -> bool {
+        if self.policy.mode == Mode::Off || frame.len() > ETH_HEADER + usize::from(u16::MAX) {
+            return false;
+        }
+        let Ok(eth) = EthernetFrame::new_checked(frame) else {
+            return false;
+        };
+        match eth.ethertype() {
+            EthernetProtocol::Arp => self.classify_arp(frame, eth.payload()),
+            EthernetProtocol::Ipv4 => {
+                if eth.src_addr().is_unicast() {
+                    self.guest_mac = eth.src_addr();
+                }
+                self.classify_ipv4(frame, eth.payload())
+            }
+            // IPv6 and everything else: this network has none.
+            _ => false,
+        }
+    }
+
+    fn classify_arp(&mut self, frame: &[u8], payload: &[u8]) -> bool {
+        let Ok(arp) = ArpPacket::new_checked(payload) else {
+            return false;
+        };
+        let Ok(ArpRepr::EthernetIpv4 {
+            target_protocol_addr,
+            source_hardware_addr,
+            ..
+        }) = ArpRepr::parse(&arp)
+        else {
+            return false;
+        };
+        if target_protocol_addr != GATEWAY_IP && target_protocol_addr != DNS_IP {
+            return false;
+        }
+        if source_hardware_addr.is_unicast() {
+            self.guest_mac = source_hardware_addr;
+        }
+        self.phy.rx.push_back(frame.to_vec());
+        true
+    }
+
+    fn classify_ipv4(&mut self, frame: &[u8], payload: &[u8]) -> bool {
+        let Ok(packet) = Ipv4Packet::new_checked(payload) else {
+            return false;
+        };
+        if packet.more_frags() || packet.frag_offset() != 0 {
+            return false;
+        }
+        let Ok(repr) = Ipv4Repr::parse(&packet, &smoltcp::phy::ChecksumCapabilities::ignored())
+        else {
+            return false;
+        };
+        let l4 = packet.payload();
+        let from_guest = repr.src_addr == GUEST_IP;
+        match repr.next_header {
+            IpProtocol::Udp => {
+                let Ok(udp) = UdpPacket::new_checked(l4) else {
+                    return false;
+                };
+                if udp.dst_port() == DHCP_SERVER_PORT {
+                    return self.dhcp(udp.payload());
+                }
+                if !from_guest {
+                    return false;
+                }
+                let guest = SocketAddrV4::new(GUEST_IP, udp.src_port());
+                let dst = SocketAddrV4::new(repr.dst_addr, udp.dst_port());
+                self.classify_udp(&repr, l4, guest, dst, udp.payload());
+                true
+            }
+            IpProtocol::Tcp if from_guest => {
+                let Ok(tcp) = TcpPacket::new_checked(l4) else {
+                    return false;
+                };
+                let key = FlowKey {
+                    guest_port: tcp.src_port(),
+                    remote: SocketAddrV4::new(repr.dst_addr, tcp.dst_port()),
+                };
+                match self.tcp.state_of(&key) {
+                    // A retransmitted SYN while the host connects.
+                    Some(true) => false,
+                    Some(false) => {
+                        self.phy.rx.push_back(frame.to_vec());
+                        true
+                    }
+                    None if tcp.syn() && !tcp.ack() => {
+                        let syn_len = l4.len().saturating_sub(usize::from(tcp.header_len())) + 1;
+                        self.new_connection(key, frame, tcp.seq_number(), syn_len);
+                        true
+                    }
+                    // smoltcp resets segments of unknown connections.
+                    None => {
+                        self.phy.rx.push_back(frame.to_vec());
+                        true
+                    }
+                }
+            }
+            IpProtocol::Icmp if from_guest => {
+                let Ok(icmp) = Icmpv4Packet::new_checked(l4) else {
+                    return false;
+                };
+                let to_us = repr.dst_addr == GATEWAY_IP || repr.dst_addr == DNS_IP;
+                if to_us && icmp.msg_type() == Icmpv4Message::EchoRequest {
+                    self.phy.rx.push_back(frame.to_vec());
+                    return true;
+                }
+                false
+            }
+            _ => false,
+        }
+    }
+
+    fn dhcp(&mut self, payload: &[u8]) -> bool {
+        match dhcp::reply(payload) {
+            Some(reply) => self.phy.send(reply),
+            None => false,
+        }
+    }
+
+    fn classify_udp(
+        &mut self,
+        repr: &Ipv4Repr,
+        l4: &[u8],
+        guest: SocketAddrV4,
+        dst: SocketAddrV4,
+        payload: &[u8],
+    ) {
+        let now = Instant::now();
+        if dst == SocketAddrV4::new(DNS_IP, 53) {
+            if let Some(reply) = self
+                .dns
+                .query(now, &self.policy, guest, payload, &self.audit)
+            {
+                self.send_udp(dst, guest, &reply);
+            }
+            return;
+        }
+        let key = FlowKey {
+            guest_port: guest.port(),
+            remote: dst,
+        };
+        if !self.udp.contains(&key) {
+            let decision = self.decide(*dst.ip(), dst.port(), now);
+            self.record(Proto::Udp, &decision, dst);
+            if !decision.allow {
+                let icmp = frames::icmp_prohibited(self.guest_mac, GATEWAY_IP, repr, l4);
+                self.phy.send(icmp);
+                return;
+            }
+        }
+        let (registry, next) = (self.poll.registry(), &mut self.next_token);
+        let token = || {
+            let t = Token(*next);
+            *next = next.wrapping_add(1).max(FIRST_TOKEN);
+            t
+        };
+        if let Err(e) = self.udp.send(key, payload, registry, token, now) {
+            debug!("net: udp {dst}: {e}");
+        }
+    }
+
+    fn new_connection(
+        &mut self,
+        key: FlowKey,
+        frame: &[u8],
+        seq: smoltcp::wire::TcpSeqNumber,
+        syn_len: usize,
+    ) {
+        let now = Instant::now();
+        let mut decision = self.decide(*key.remote.ip(), key.remote.port(), now);
+        if decision.allow && self.tcp.len() >= MAX_TCP_FLOWS {
+            decision.allow = false;
+            decision.reason = "too many connections";
+        }
+        self.record(Proto::Tcp, &decision, key.remote);
+        if decision.allow {
+            let token = self.token();
+            match self
+                .tcp
+                .connect(key, frame.to_vec(), self.poll.registry(), token, now)
+            {
+                Ok(()) => return,
+                Err(e) => debug!("net: tcp {}: connect failed at once: {e}", key.remote),
+            }
+        }
+        let guest = SocketAddrV4::new(GUEST_IP, key.guest_port);
+        self.phy.send(frames::tcp_reset(
+            self.guest_mac,
+            guest,
+            key.remote,
+            seq,
+            syn_len,
+        ));
+    }
+
+    /// Hands connected flows their parked SYN (one at a time, so each
+    /// lands in its own listening socket), resets failed ones.
+    fn finish_connects(&mut self, now: Instant) -> bool {
+        let done = self.tcp.finished_connects(now);
+        let progress = !done.is_empty();
+        for connected in done {
+            match connected {
+                Connected::Ready { key, syn } => {
+                    if !self.tcp.listen(&key, &mut self.sockets) {
+                        self.tcp
+                            .remove(&key, &mut self.sockets, self.poll.registry());
+                        continue;
+                    }
+                    let queued = std::mem::take(&mut self.phy.rx);
+                    self.phy.rx.push_back(syn);
+                    self.iface
+                        .poll(SmolInstant::now(), &mut self.phy, &mut self.sockets);
+                    let leftover = std::mem::replace(&mut self.phy.rx, queued);
+                    if !leftover.is_empty() || !self.tcp.took_syn(&key, &self.sockets) {
+                        // No room to answer, or smoltcp refused the SYN:
+                        // the guest retransmits and gets a fresh try.
+                        self.tcp
+                            .remove(&key, &mut self.sockets, self.poll.registry());
+                    }
+                }
+                Connected::Failed { key, syn, error } => {
+                    debug!("net: tcp {}: {error}", key.remote);
+                    self.tcp
+                        .remove(&key, &mut self.sockets, self.poll.registry());
+                    self.reset_from_syn(&syn);
+                }
+            }
+        }
+        progress
+    }
+
+    fn reset_from_syn(&mut self, syn: &[u8]) {
+        let parsed = EthernetFrame::new_checked(syn).ok().and_then(|eth| {
+            let ip = Ipv4Packet::new_checked(eth.payload()).ok()?;
+            let tcp = TcpPacket::new_checked(ip.payload()).ok()?;
+            let len = ip
+                .payload()
+                .len()
+                .saturating_sub(usize::from(tcp.header_len()))
+                + 1;
+            Some((
+                SocketAddrV4::new(ip.src_addr(), tcp.src_port()),
+                SocketAddrV4::new(ip.dst_addr(), tcp.dst_port()),
+                tcp.seq_number(),
+                len,
+            ))
+        });
+        if let Some((guest, remote, seq, len)) = parsed {
+            self.phy
+                .send(frames::tcp_reset(self.guest_mac, guest, remote, seq, len));
+        }
+    }
+
+    /// Judges a guest flow to `ip:port` under the current policy.
+    fn decide(&self, ip: Ipv4Addr, port: u16, now: Instant) -> Decision {
+        judge(&self.policy, &self.dns, &self.host_addrs, ip, port, now)
+    }
+
+    fn record(&self, proto: Proto, decision: &Decision, dst: SocketAddrV4) {
+        let verdict = if decision.allow {
+            Verdict::Allow
+        } else {
+            Verdict::Deny
+        };
+        let mut event =
+            AuditEvent::now(proto, verdict, decision.reason).dest(*dst.ip(), dst.port());
+        event.name = decision.name.clone();
+        self.audit.record(event);
+    }
+
+    fn send_udp(&mut self, from: SocketAddrV4, to: SocketAddrV4, payload: &[u8]) {
+        match frames::udp(self.guest_mac, from, to, payload) {
+            Some(frame) => {
+                if !self.phy.send(frame) {
+                    debug!("net: guest queue full, datagram from {from} dropped");
+                }
+            }
+            None => debug!("net: datagram from {from} too large for one packet"),
+        }
+    }
+
+    fn host_events(&mut self, now: Instant) {
+        let mut ready: Vec<(Token, bool, bool)> = std::mem::take(&mut self.again)
+            .into_iter()
+            .map(|t| (t, true, false))
+            .collect();
+        match self.poll.poll(&mut self.events, Some(Duration::ZERO)) {
+            Ok(()) => ready.extend(self.events.iter().map(|e| {
+                let readable = e.is_readable() || e.is_read_closed() || e.is_error();
+                let writable = e.is_writable() || e.is_write_closed() || e.is_error();
+                (e.token(), readable, writable)
+            })),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => warn!("net: epoll failed: {e}"),
+        }
+        for (token, readable, writable) in ready {
+            match token {
+                WAKER => {}
+                DNS_UPSTREAM => {
+                    for (guest, reply) in self.dns.upstream_ready(now) {
+                        self.send_udp(SocketAddrV4::new(DNS_IP, 53), guest, &reply);
+                    }
+                }
+                t if self.tcp.key_of(t).is_some() => self.tcp.on_event(t, readable, writable),
+                t if self.forwards.owns(t) => self.accept_forwards(t),
+                t => {
+                    let mut more = false;
+                    for (key, datagram) in self.udp.receive(t, now, &mut more) {
+                        let guest = SocketAddrV4::new(GUEST_IP, key.guest_port);
+                        self.send_udp(key.remote, guest, &datagram);
+                    }
+                    if more {
+                        self.again.push(t);
+                    }
+                }
+            }
+        }
+    }
+
+    fn accept_forwards(&mut self, listener: Token) {
+        let mut more = false;
+        for (stream, guest_port) in self.forwards.accept(listener, &mut more) {
+            let token = self.token();
+            let dst = SocketAddrV4::new(GUEST_IP, guest_port);
+            let started = self.tcp.forward(
+                stream,
+                guest_port,
+                &mut self.iface,
+                &mut self.sockets,
+                self.poll.registry(),
+                token,
+            );
+            let decision = match &started {
+                Ok(()) => Decision {
+                    allow: true,
+                    name: None,
+                    reason: "port forward",
+                },
+                Err(e) => {
+                    warn!("net: forward to guest port {guest_port}: {e}");
+                    Decision {
+                        allow: false,
+                        name: None,
+                        reason: "cannot start the forwarded connection",
+                    }
+                }
+            };
+            self.record(Proto::Forward, &decision, dst);
+        }
+        if more {
+            self.again.push(listener);
+        }
+    }
+
+    fn sync_forwards(&mut self) {
+        let wanted = if self.policy.mode == Mode::Off {
+            Vec::new()
+        } else {
+            self.policy.forwards.clone()
+        };
+        let (registry, next) = (self.poll.registry(), &mut self.next_token);
+        let failed = self.forwards.sync(&wanted, registry, || {
+            let t = Token(*next);
+            *next = next.wrapping_add(1).max(FIRST_TOKEN);
+            t
+        });
+        for (forward, e) in failed {
+            warn!(
+                "net: cannot listen on {} for the forward to guest port {}: {e}",
+                forward.host, forward.guest_port
+            );
+        }
+    }
+
+    /// Takes a policy a [`NetHandle`] set: forwards follow it, flows it
+    /// denies are reset, the rest carry on untouched.
+    fn apply_new_policy(&mut self, now: Instant) {
+        let generation = self.shared.generation.load(Ordering::SeqCst);
+        if generation == self.generation {
+            return;
+        }
+        self.generation = generation;
+        self.policy = match self.shared.policy.lock() {
+            Ok(p) => p.clone(),
+            Err(p) => p.into_inner().clone(),
+        };
+        self.dns.retain_allowed(&self.policy);
+        self.sync_forwards();
+        let forwarded: Vec<u16> = self
+            .forwards
+            .active()
+            .iter()
+            .map(|f| f.guest_port)
+            .collect();
+        let (policy, dns, hosts) = (&self.policy, &self.dns, &self.host_addrs);
+        let allowed = |key: &FlowKey| {
+            judge(policy, dns, hosts, *key.remote.ip(), key.remote.port(), now).allow
+        };
+        let tcp = self
+            .tcp
+            .retain(&mut self.sockets, self.poll.registry(), allowed, |key| {
+                forwarded.contains(&key.guest_port)
+            });
+        let mut udp = Vec::new();
+        self.udp.retain(self.poll.registry(), |key| {
+            let ok = allowed(key);
+            if !ok {
+                udp.push(*key);
+            }
+            ok
+        });
+        for (proto, key) in tcp
+            .iter()
+            .map(|k| (Proto::Tcp, k))
+            .chain(udp.iter().map(|k| (Proto::Udp, k)))
+        {
+            let mut decision = self.decide(*key.remote.ip(), key.remote.port(), now);
+            if decision.allow {
+                // A forward's flow whose forward went away.
+                decision = Decision {
+                    allow: false,
+                    name: None,
+                    reason: "port forward removed",
+                };
+            }
+            self.record(proto, &decision, key.remote);
+        }
+    }
+}
+
+/// Judges a guest flow to `ip:port` under `policy`, with the addresses
+/// `dns` handed out and the host's own addresses `hosts`.
+fn judge(
+    policy: &Policy,
+    dns: &DnsServer,
+    hosts: &[IpAddr],
+    ip: Ipv4Addr,
+    port: u16,
+    now: Instant,
+) -> Decision {
+    let deny = |name, reason| Decision {
+        allow: false,
+        name,
+        reason,
+    };
+    let name = dns.name_for(ip, now).map(str::to_owned);
+    let pinned = name
+        .as_deref()
+        .is_some_and(|n| policy.pinned(n) == Some(ip));
+    if policy.mode == Mode::Off {
+        return deny(name, "network off");
+    }
+    if let Some(why) = addr::always_blocked(ip, hosts) {
+        if !pinned {
+            return deny(name, why);
+        }
+    }
+    if !policy.allows_port(port) {
+        return deny(name, "port not allowed");
+    }
+    let named = name.as_deref().is_some_and(|n| policy.allows_name(n));
+    match policy.mode {
+        Mode::Open => Decision {
+            allow: true,
+            name,
+            reason: "open mode",
+        },
+        Mode::Filtered if named => Decision {
+            allow: true,
+            name,
+            reason: "address of an allowed name",
+        },
+        _ => deny(name, "address not handed out for an allowed name"),
     }
 }
 
 impl AsRawFd for NetStack {
     /// Readable when host sockets have news (an epoll fd).
     fn as_raw_fd(&self) -> RawFd {
-        self.fd.as_raw_fd()
+        self.poll.as_raw_fd()
     }
 }

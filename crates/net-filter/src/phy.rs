@@ -1,0 +1,125 @@
+//! The frame queues between the stack and smoltcp: frames the classifier
+//! lets through wait in `rx` for smoltcp, frames smoltcp sends wait in
+//! `tx` for the guest. `tx` is bounded; when it is full smoltcp holds its
+//! data (TCP's own flow control then slows the host side down), so a guest
+//! that stops taking frames costs bounded memory.
+
+use std::collections::VecDeque;
+
+use smoltcp::phy::{Checksum, ChecksumCapabilities, Device, DeviceCapabilities, Medium};
+use smoltcp::time::Instant;
+
+/// Ethernet header length.
+pub const ETH_HEADER: usize = 14;
+/// Frames waiting for the guest, at most.
+const TX_FRAMES: usize = 1024;
+/// Bytes waiting for the guest, at most.
+const TX_BYTES: usize = 16 << 20;
+
+/// The two queues and the MTU smoltcp sees.
+pub struct Phy {
+    /// Frames for smoltcp to process.
+    pub rx: VecDeque<Vec<u8>>,
+    /// Frames for the guest.
+    tx: VecDeque<Vec<u8>>,
+    tx_bytes: usize,
+    /// Largest IP packet, bytes.
+    mtu: usize,
+}
+
+impl Phy {
+    /// Empty queues for an IP MTU of `mtu` bytes.
+    pub fn new(mtu: usize) -> Self {
+        Phy {
+            rx: VecDeque::new(),
+            tx: VecDeque::new(),
+            tx_bytes: 0,
+            mtu,
+        }
+    }
+
+    /// Whether the guest-bound queue takes another frame.
+    pub fn has_room(&self) -> bool {
+        self.tx.len() < TX_FRAMES && self.tx_bytes < TX_BYTES
+    }
+
+    /// Queues a frame the stack built itself; false (dropped) when full.
+    pub fn send(&mut self, frame: Vec<u8>) -> bool {
+        if !self.has_room() {
+            return false;
+        }
+        self.tx_bytes += frame.len();
+        self.tx.push_back(frame);
+        true
+    }
+
+    /// The next frame for the guest.
+    pub fn pop(&mut self) -> Option<Vec<u8>> {
+        let frame = self.tx.pop_front()?;
+        self.tx_bytes -= frame.len();
+        Some(frame)
+    }
+
+    /// Whether frames wait for the guest.
+    pub fn has_frames(&self) -> bool {
+        !self.tx.is_empty()
+    }
+}
+
+/// A frame smoltcp takes.
+pub struct RxTok(Vec<u8>);
+
+/// Room for one frame smoltcp sends.
+pub struct TxTok<'a>(&'a mut Phy);
+
+impl smoltcp::phy::RxToken for RxTok {
+    fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
+        f(&self.0)
+    }
+}
+
+impl smoltcp::phy::TxToken for TxTok<'_> {
+    fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
+        let mut frame = vec![0; len];
+        let r = f(&mut frame);
+        // transmit() only hands out a token when there is room.
+        self.0.send(frame);
+        r
+    }
+}
+
+impl Device for Phy {
+    type RxToken<'a> = RxTok;
+    type TxToken<'a> = TxTok<'a>;
+
+    fn receive(&mut self, _: Instant) -> Option<(RxTok, TxTok<'_>)> {
+        if !self.has_room() {
+            // A reply could not be queued; leave the frame for later.
+            return None;
+        }
+        let frame = self.rx.pop_front()?;
+        Some((RxTok(frame), TxTok(self)))
+    }
+
+    fn transmit(&mut self, _: Instant) -> Option<TxTok<'_>> {
+        self.has_room().then_some(TxTok(self))
+    }
+
+    fn capabilities(&self) -> DeviceCapabilities {
+        let mut caps = DeviceCapabilities::default();
+        caps.medium = Medium::Ethernet;
+        caps.max_transmission_unit = self.mtu + ETH_HEADER;
+        caps.max_burst_size = None;
+        // Guest frames' checksums are not verified: a guest that sends
+        // corrupt data only corrupts its own connections, and with
+        // checksum offload its L4 checksums are partial anyway. Frames to
+        // the guest carry correct checksums.
+        let mut checksum = ChecksumCapabilities::default();
+        checksum.ipv4 = Checksum::Tx;
+        checksum.tcp = Checksum::Tx;
+        checksum.udp = Checksum::Tx;
+        checksum.icmpv4 = Checksum::Tx;
+        caps.checksum = checksum;
+        caps
+    }
+}

@@ -1,0 +1,462 @@
+//! Guest TCP connections, terminated in smoltcp and spliced to host
+//! sockets.
+//!
+//! A guest SYN that the policy allows starts a non-blocking connect on the
+//! host and is parked; the guest's retransmissions of it are dropped. Only
+//! when the host connect succeeds does a smoltcp socket listen on the
+//! SYN's destination and take the parked SYN, so the guest sees the
+//! handshake complete exactly when the remote accepted — and a RST at once
+//! when it refused. Data then moves between the smoltcp socket's buffers
+//! and the host socket as each side has room: a full buffer on one side
+//! stops reading on the other (back-pressure both ways, bounded memory).
+//! A FIN from either side half-closes the other.
+//!
+//! Host→guest port forwards use the same flows, started from the other
+//! end: an accepted host connection and a smoltcp socket connecting to the
+//! guest.
+
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr, SocketAddrV4};
+use std::time::{Duration, Instant};
+
+use mio::net::TcpStream;
+use mio::{Interest, Registry, Token};
+use smoltcp::iface::{Interface, SocketHandle, SocketSet};
+use smoltcp::socket::tcp;
+use smoltcp::wire::IpListenEndpoint;
+use tracing::debug;
+
+use crate::addr::{GATEWAY_IP, GUEST_IP};
+
+/// Receive and send buffer of each smoltcp socket, bytes. The receive
+/// buffer is the window the guest sees.
+pub const SOCKET_BUFFER: usize = 256 << 10;
+/// How long a host connect may take before the guest gets a RST.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long smoltcp waits for a guest that stopped acknowledging.
+const GUEST_TIMEOUT: Duration = Duration::from_secs(120);
+/// First local port of forwarded connections (10.0.2.2:port → guest).
+const FORWARD_PORTS: u16 = 49152;
+
+/// A connection as the guest sees it: its port and the remote end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    /// The guest's port.
+    pub guest_port: u16,
+    /// The other end (a real address, or 10.0.2.2 for forwards).
+    pub remote: SocketAddrV4,
+}
+
+enum State {
+    /// Waiting for the host connect; the guest's SYN is parked.
+    Connecting { syn: Vec<u8>, since: Instant },
+    /// Host connected, SYN handed to the smoltcp socket.
+    Open { socket: SocketHandle },
+}
+
+/// One connection.
+struct Flow {
+    host: TcpStream,
+    token: Token,
+    state: State,
+    /// A forward's flow (kept while the forward exists).
+    forward: bool,
+    host_readable: bool,
+    host_writable: bool,
+    /// The host closed its side; the smoltcp socket was closed.
+    host_eof: bool,
+    /// The guest closed its side; the host socket was shut for writing.
+    guest_eof: bool,
+}
+
+/// What to do with a connect that finished.
+pub enum Connected {
+    /// The host end is connected: hand `syn` to a socket listening on the
+    /// flow's remote end.
+    Ready {
+        /// The flow.
+        key: FlowKey,
+        /// The parked SYN frame.
+        syn: Vec<u8>,
+    },
+    /// The connect failed or timed out: answer the SYN with a RST.
+    Failed {
+        /// The flow.
+        key: FlowKey,
+        /// The parked SYN frame.
+        syn: Vec<u8>,
+        /// Why.
+        error: io::Error,
+    },
+}
+
+/// Every TCP connection of a stack.
+#[derive(Default)]
+pub struct TcpFlows {
+    flows: HashMap<FlowKey, Flow>,
+    by_token: HashMap<Token, FlowKey>,
+    next_port: u16,
+}
+
+impl TcpFlows {
+    /// Number of connections (connecting ones included).
+    pub fn len(&self) -> usize {
+        self.flows.len()
+    }
+
+    /// Whether `key` is a connection; `Some(true)` while it connects.
+    pub fn state_of(&self, key: &FlowKey) -> Option<bool> {
+        self.flows
+            .get(key)
+            .map(|f| matches!(f.state, State::Connecting { .. }))
+    }
+
+    /// The flow a host socket token belongs to.
+    pub fn key_of(&self, token: Token) -> Option<FlowKey> {
+        self.by_token.get(&token).copied()
+    }
+
+    /// Starts the host connect for a guest SYN the policy allowed.
+    pub fn connect(
+        &mut self,
+        key: FlowKey,
+        syn: Vec<u8>,
+        registry: &Registry,
+        token: Token,
+        now: Instant,
+    ) -> io::Result<()> {
+        let mut host = TcpStream::connect(SocketAddr::V4(key.remote))?;
+        registry.register(&mut host, token, Interest::READABLE | Interest::WRITABLE)?;
+        self.insert(
+            key,
+            Flow {
+                host,
+                token,
+                state: State::Connecting { syn, since: now },
+                forward: false,
+                host_readable: false,
+                host_writable: false,
+                host_eof: false,
+                guest_eof: false,
+            },
+        );
+        Ok(())
+    }
+
+    /// Starts a forwarded connection: `host` was accepted on the host,
+    /// the smoltcp socket connects from 10.0.2.2 to the guest's
+    /// `guest_port`.
+    pub fn forward(
+        &mut self,
+        mut host: TcpStream,
+        guest_port: u16,
+        iface: &mut Interface,
+        sockets: &mut SocketSet<'static>,
+        registry: &Registry,
+        token: Token,
+    ) -> io::Result<()> {
+        let local_port = self.free_forward_port(guest_port)?;
+        let key = FlowKey {
+            guest_port,
+            remote: SocketAddrV4::new(GATEWAY_IP, local_port),
+        };
+        let mut socket = new_socket();
+        socket
+            .connect(
+                iface.context(),
+                (GUEST_IP, guest_port),
+                (GATEWAY_IP, local_port),
+            )
+            .map_err(|e| io::Error::other(format!("cannot connect to the guest: {e}")))?;
+        registry.register(&mut host, token, Interest::READABLE | Interest::WRITABLE)?;
+        let socket = sockets.add(socket);
+        self.insert(
+            key,
+            Flow {
+                host,
+                token,
+                state: State::Open { socket },
+                forward: true,
+                // Whatever the host sent already is read once the guest
+                // accepted.
+                host_readable: true,
+                host_writable: true,
+                host_eof: false,
+                guest_eof: false,
+            },
+        );
+        Ok(())
+    }
+
+    fn insert(&mut self, key: FlowKey, flow: Flow) {
+        self.by_token.insert(flow.token, key);
+        self.flows.insert(key, flow);
+    }
+
+    fn free_forward_port(&mut self, guest_port: u16) -> io::Result<u16> {
+        for _ in 0..=(u16::MAX - FORWARD_PORTS) {
+            self.next_port = self.next_port.max(FORWARD_PORTS).wrapping_add(1);
+            if self.next_port < FORWARD_PORTS {
+                self.next_port = FORWARD_PORTS;
+            }
+            let key = FlowKey {
+                guest_port,
+                remote: SocketAddrV4::new(GATEWAY_IP, self.next_port),
+            };
+            if !self.flows.contains_key(&key) {
+                return Ok(self.next_port);
+            }
+        }
+        Err(io::Error::other(
+            "no local port left for a forwarded connection",
+        ))
+    }
+
+    /// Notes what epoll said about a host socket.
+    pub fn on_event(&mut self, token: Token, readable: bool, writable: bool) {
+        let Some(flow) = self
+            .by_token
+            .get(&token)
+            .and_then(|k| self.flows.get_mut(k))
+        else {
+            return;
+        };
+        flow.host_readable |= readable;
+        flow.host_writable |= writable;
+    }
+
+    /// Connects that finished (or timed out) since the last call.
+    pub fn finished_connects(&mut self, now: Instant) -> Vec<Connected> {
+        let mut done = Vec::new();
+        for (key, flow) in &mut self.flows {
+            let since = match &flow.state {
+                State::Connecting { since, .. } => *since,
+                State::Open { .. } => continue,
+            };
+            let outcome = if flow.host_writable || flow.host_readable {
+                match (flow.host.take_error(), flow.host.peer_addr()) {
+                    (Ok(Some(e)), _) | (Err(e), _) => Some(Err(e)),
+                    (Ok(None), Ok(_)) => Some(Ok(())),
+                    (Ok(None), Err(e)) if e.kind() == io::ErrorKind::NotConnected => None,
+                    (Ok(None), Err(e)) => Some(Err(e)),
+                }
+            } else if now.duration_since(since) > CONNECT_TIMEOUT {
+                Some(Err(io::Error::from(io::ErrorKind::TimedOut)))
+            } else {
+                None
+            };
+            let Some(outcome) = outcome else {
+                flow.host_readable = false;
+                flow.host_writable = false;
+                continue;
+            };
+            let State::Connecting { syn, .. } = std::mem::replace(
+                &mut flow.state,
+                State::Connecting {
+                    syn: Vec::new(),
+                    since,
+                },
+            ) else {
+                continue;
+            };
+            done.push(match outcome {
+                Ok(()) => Connected::Ready { key: *key, syn },
+                Err(error) => Connected::Failed {
+                    key: *key,
+                    syn,
+                    error,
+                },
+            });
+        }
+        done
+    }
+
+    /// Gives a connected flow its smoltcp socket, listening on the remote
+    /// end so the parked SYN lands in it.
+    pub fn listen(&mut self, key: &FlowKey, sockets: &mut SocketSet<'static>) -> bool {
+        let Some(flow) = self.flows.get_mut(key) else {
+            return false;
+        };
+        let mut socket = new_socket();
+        let endpoint = IpListenEndpoint {
+            addr: Some((*key.remote.ip()).into()),
+            port: key.remote.port(),
+        };
+        if socket.listen(endpoint).is_err() {
+            return false;
+        }
+        flow.state = State::Open {
+            socket: sockets.add(socket),
+        };
+        true
+    }
+
+    /// Whether the flow's socket took its SYN (it is past LISTEN).
+    pub fn took_syn(&self, key: &FlowKey, sockets: &SocketSet<'static>) -> bool {
+        match self.flows.get(key).map(|f| &f.state) {
+            Some(State::Open { socket }) => {
+                sockets.get::<tcp::Socket>(*socket).state() != tcp::State::Listen
+            }
+            _ => false,
+        }
+    }
+
+    /// Drops a flow at once (its socket too), deregistering the host end.
+    pub fn remove(&mut self, key: &FlowKey, sockets: &mut SocketSet<'static>, registry: &Registry) {
+        if let Some(mut flow) = self.flows.remove(key) {
+            self.by_token.remove(&flow.token);
+            let _ = registry.deregister(&mut flow.host);
+            if let State::Open { socket } = flow.state {
+                sockets.remove(socket);
+            }
+        }
+    }
+
+    /// Moves data both ways on every open flow; true if anything moved.
+    pub fn splice(&mut self, sockets: &mut SocketSet<'static>) -> bool {
+        let mut progress = false;
+        for (key, flow) in &mut self.flows {
+            let State::Open { socket } = flow.state else {
+                continue;
+            };
+            let socket = sockets.get_mut::<tcp::Socket>(socket);
+            progress |= splice_one(key, flow, socket);
+        }
+        progress
+    }
+
+    /// Removes flows whose smoltcp socket is closed (after smoltcp had its
+    /// chance to send a final RST or FIN). Returns how many went.
+    pub fn reap(&mut self, sockets: &mut SocketSet<'static>, registry: &Registry) -> usize {
+        let gone: Vec<FlowKey> = self
+            .flows
+            .iter()
+            .filter(|(_, f)| match f.state {
+                State::Open { socket } => matches!(
+                    sockets.get::<tcp::Socket>(socket).state(),
+                    tcp::State::Closed | tcp::State::TimeWait
+                ),
+                State::Connecting { .. } => false,
+            })
+            .map(|(k, _)| *k)
+            .collect();
+        for key in &gone {
+            self.remove(key, sockets, registry);
+        }
+        gone.len()
+    }
+
+    /// Aborts (RST to the guest, host end dropped) every flow `keep`
+    /// refuses; forwards' flows are judged by `keep_forward`.
+    pub fn retain(
+        &mut self,
+        sockets: &mut SocketSet<'static>,
+        registry: &Registry,
+        mut keep: impl FnMut(&FlowKey) -> bool,
+        mut keep_forward: impl FnMut(&FlowKey) -> bool,
+    ) -> Vec<FlowKey> {
+        let mut refused = Vec::new();
+        for (key, flow) in &mut self.flows {
+            let kept = if flow.forward {
+                keep_forward(key)
+            } else {
+                keep(key)
+            };
+            if kept {
+                continue;
+            }
+            refused.push(*key);
+            match flow.state {
+                // Reaped after smoltcp sent the RST.
+                State::Open { socket } => sockets.get_mut::<tcp::Socket>(socket).abort(),
+                State::Connecting { .. } => {}
+            }
+        }
+        for key in &refused {
+            if self.state_of(key) == Some(true) {
+                self.remove(key, sockets, registry);
+            }
+        }
+        refused
+    }
+
+    /// The earliest connect deadline.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.flows
+            .values()
+            .filter_map(|f| match f.state {
+                State::Connecting { since, .. } => Some(since + CONNECT_TIMEOUT),
+                State::Open { .. } => None,
+            })
+            .min()
+    }
+}
+
+fn new_socket() -> tcp::Socket<'static> {
+    let mut socket = tcp::Socket::new(
+        tcp::SocketBuffer::new(vec![0; SOCKET_BUFFER]),
+        tcp::SocketBuffer::new(vec![0; SOCKET_BUFFER]),
+    );
+    socket.set_nagle_enabled(false);
+    socket.set_timeout(Some(GUEST_TIMEOUT.into()));
+    socket
+}
+
+/// Moves what each side has room for; true if anything moved.
+fn splice_one(key: &FlowKey, flow: &mut Flow, socket: &mut tcp::Socket<'static>) -> bool {
+    let mut progress = false;
+    // Guest → host.
+    while flow.host_writable && socket.can_recv() {
+        let host = &mut flow.host;
+        match socket.recv(|buf| match host.write(buf) {
+            Ok(n) => (n, Ok(n)),
+            Err(e) => (0, Err(e)),
+        }) {
+            Ok(Ok(0)) => break,
+            Ok(Ok(_)) => progress = true,
+            Ok(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => flow.host_writable = false,
+            Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
+            Ok(Err(e)) => {
+                debug!("net: {key:?}: host write failed ({e}); resetting the guest's side");
+                socket.abort();
+                return true;
+            }
+            Err(_) => break,
+        }
+    }
+    // The guest's FIN, once everything before it reached the host.
+    let guest_closed = matches!(
+        socket.state(),
+        tcp::State::CloseWait | tcp::State::LastAck | tcp::State::Closing | tcp::State::TimeWait
+    );
+    if !flow.guest_eof && guest_closed && socket.recv_queue() == 0 {
+        flow.guest_eof = true;
+        let _ = flow.host.shutdown(Shutdown::Write);
+        progress = true;
+    }
+    // Host → guest.
+    while flow.host_readable && !flow.host_eof && socket.can_send() {
+        let host = &mut flow.host;
+        match socket.send(|buf| match host.read(buf) {
+            Ok(n) => (n, Ok(n)),
+            Err(e) => (0, Err(e)),
+        }) {
+            Ok(Ok(0)) => {
+                flow.host_eof = true;
+                socket.close();
+                progress = true;
+            }
+            Ok(Ok(_)) => progress = true,
+            Ok(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => flow.host_readable = false,
+            Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
+            Ok(Err(e)) => {
+                debug!("net: {key:?}: host read failed ({e}); resetting the guest's side");
+                socket.abort();
+                return true;
+            }
+            Err(_) => break,
+        }
+    }
+    progress
+}
