@@ -32,7 +32,14 @@ impl HandedOut {
     /// Remembers that `ip` was handed out for `name` until `expires`
     /// (keeping a later expiry already known), `pinned` if it is the
     /// name's `hosts` pin.
-    pub fn record(&mut self, now: Instant, ip: Ipv4Addr, name: &str, expires: Instant, pinned: bool) {
+    pub fn record(
+        &mut self,
+        now: Instant,
+        ip: Ipv4Addr,
+        name: &str,
+        expires: Instant,
+        pinned: bool,
+    ) {
         if !self.by_addr.contains_key(&ip) && self.by_addr.len() >= MAX_ADDRS {
             self.prune(now);
             if self.by_addr.len() >= MAX_ADDRS {

@@ -264,7 +264,8 @@ impl DnsServer {
                     let ttl = record.ttl.clamp(MIN_TABLE_TTL, MAX_TABLE_TTL);
                     let expires = now + Duration::from_secs(ttl.into());
                     let ip = Ipv4Addr::from(a.address);
-                    self.handed_out.record(now, ip, &pending.name, expires, false);
+                    self.handed_out
+                        .record(now, ip, &pending.name, expires, false);
                 }
             }
         }

@@ -360,6 +360,30 @@ fn a_policy_change_forgets_the_names_it_denies() {
 }
 
 #[test]
+fn a_public_name_resolving_to_a_pinned_address_does_not_hide_the_pin() {
+    let mut rig = Rig::new();
+    let mut policy = Policy::new(Mode::Open);
+    policy.pin("api.test", Ipv4Addr::LOCALHOST).unwrap();
+    rig.ask(&policy, "api.test", TYPE::A).unwrap();
+    assert_eq!(rig.ask(&policy, "localhost.example", TYPE::A), None);
+    rig.resolver
+        .serve(&[Rec::A("localhost.example", [127, 0, 0, 1], 3600)]);
+    assert_eq!(rig.upstream().len(), 1);
+    let later = rig.now + Duration::from_secs(30);
+    assert_eq!(
+        rig.server.name_for(Ipv4Addr::LOCALHOST, later),
+        Some("api.test")
+    );
+    // Unpinned, the pin's entry goes; the public name stays.
+    policy.hosts.clear();
+    rig.server.retain_allowed(&policy);
+    assert_eq!(
+        rig.server.name_for(Ipv4Addr::LOCALHOST, later),
+        Some("localhost.example")
+    );
+}
+
+#[test]
 fn answers_from_elsewhere_or_to_other_questions_are_dropped() {
     let mut rig = Rig::new();
     let policy = Policy::new(Mode::Open);
