@@ -5,11 +5,13 @@ use std::process::ExitCode;
 
 use agentvm_devices::virtio::rng::Rng;
 use agentvm_devices::virtio::vsock::{Vsock, VsockError, DEFAULT_GUEST_CID};
+use agentvm_net::{Audit, NetStack, Policy, StackConfig};
 use agentvm_vmm::{config, ExitStatus, SerialSink, Vm, VmBuilder, VmConfig};
 use anyhow::{bail, Context};
 use clap::Args;
 
 use crate::kvm_host::{explain, KvmKind};
+use crate::net_args::NetArgs;
 
 /// Arguments of `agentvm boot`.
 #[derive(Args, Debug)]
@@ -67,6 +69,9 @@ pub struct BootArgs {
     /// command line has `acpi=off`; ACPI guests use the LAPIC timer).
     #[arg(long, value_enum, default_value_t = PitMode::Auto)]
     pit: PitMode,
+    /// The network: mode, allowlist, ports, pins, forwards, audit log.
+    #[command(flatten)]
+    net: NetArgs,
 }
 
 /// Whether the VM gets a legacy PIT.
@@ -84,6 +89,11 @@ pub enum PitMode {
 const EXIT_GUEST_CRASHED: u8 = 2;
 
 pub fn run(args: BootArgs) -> anyhow::Result<ExitCode> {
+    // Options are checked before files are looked at.
+    let policy = args.net.policy()?;
+    for warning in args.net.warnings() {
+        eprintln!("agentvm: warning: {warning}");
+    }
     let kernel = choose_kernel(
         args.kernel.clone(),
         args.image.as_deref(),
@@ -96,6 +106,13 @@ pub fn run(args: BootArgs) -> anyhow::Result<ExitCode> {
             args.memory
         );
     }
+    let net = match policy {
+        Some(policy) => Some(NetSpec {
+            policy,
+            audit: args.net.audit()?,
+        }),
+        None => None,
+    };
     let serial = match &args.serial {
         Some(path) => SerialSink::File(path.clone()),
         None => SerialSink::Stdout,
@@ -115,6 +132,7 @@ pub fn run(args: BootArgs) -> anyhow::Result<ExitCode> {
         cid: args.cid,
         rng: !args.no_rng,
         balloon: !args.no_balloon,
+        net,
         serial,
         pit: match args.pit {
             PitMode::Auto => None,
@@ -220,10 +238,21 @@ pub struct VmSpec<'a> {
     pub rng: bool,
     /// Whether to attach virtio-balloon.
     pub balloon: bool,
+    /// The network, if the VM gets a virtio-net device.
+    pub net: Option<NetSpec>,
     /// Where the console goes.
     pub serial: SerialSink,
     /// Whether to create the PIT (`None`: only with `acpi=off`).
     pub pit: Option<bool>,
+}
+
+/// A VM's network: the egress policy its stack starts with, and where
+/// the stack records its decisions.
+pub struct NetSpec {
+    /// The policy (its mode is not `off`: that is no network at all).
+    pub policy: Policy,
+    /// The audit log.
+    pub audit: Audit,
 }
 
 /// Builds the VM `spec` describes: the devices of `agentvm boot` and
@@ -245,7 +274,25 @@ pub fn build_vm(spec: VmSpec<'_>) -> anyhow::Result<Vm> {
         config.cmdline.push(' ');
         config.cmdline.push_str(&share.cmdline_entry()?);
     }
+    let stack = match spec.net {
+        Some(net) => {
+            let mode = net.policy.mode;
+            let stack = NetStack::new(StackConfig {
+                policy: net.policy,
+                audit: net.audit,
+                resolvers: Vec::new(),
+                mtu: 0,
+            })
+            .context("cannot start the network stack")?;
+            tracing::debug!("network: {}", mode.as_str());
+            Some(stack)
+        }
+        None => None,
+    };
     let mut builder = VmBuilder::from_config(config).serial(spec.serial);
+    if let Some(stack) = stack {
+        builder = builder.net(stack);
+    }
     for fs in crate::share::devices(spec.shares, spec.state_dir)? {
         builder = builder.device(Box::new(fs));
     }

@@ -9,7 +9,9 @@ mod image;
 mod init;
 mod kvm_host;
 mod lifecycle;
+mod net_args;
 mod share;
+mod vhost_user;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -53,6 +55,12 @@ enum Command {
     Run(lifecycle::exec::RunArgs),
     /// Open a login shell in the workspace's VM.
     Shell(lifecycle::exec::ShellArgs),
+    /// The running VM's network: allow or deny a domain, show the policy,
+    /// print the audit log.
+    Net(lifecycle::net::NetArgs),
+    /// Serve a device to another VMM over vhost-user (e.g. `net`: agentvm's
+    /// filtered network for a QEMU guest).
+    VhostUser(vhost_user::VhostUserArgs),
     /// The background VMM process `up` starts (internal).
     #[command(name = "__vmm", hide = true)]
     Vmm(lifecycle::vmm::VmmArgs),
@@ -83,6 +91,8 @@ fn main() -> ExitCode {
         Command::Logs(args) => lifecycle::status::logs(args),
         Command::Run(args) => lifecycle::exec::run(args),
         Command::Shell(args) => lifecycle::exec::shell(args),
+        Command::Net(args) => lifecycle::net::run(args),
+        Command::VhostUser(args) => vhost_user::run(args),
         Command::Vmm(args) => lifecycle::vmm::run(args),
     };
     match result {

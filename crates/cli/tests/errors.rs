@@ -217,3 +217,116 @@ fn balloon_options_are_checked_and_a_target_boots() {
         "hello from the cli test\n"
     );
 }
+
+#[test]
+fn network_flags_name_their_bad_values() {
+    for (args, expect) in [
+        (
+            &["--net", "bridge"][..],
+            "invalid value 'bridge' for '--net <MODE>'",
+        ),
+        (
+            &["--net", "filtered", "--allow", "*.github.com"][..],
+            "write \"github.com\"",
+        ),
+        (
+            &["--net", "filtered", "--port", "0"][..],
+            "invalid value '0' for '--port <N>'",
+        ),
+        (
+            &["--net", "open", "--host", "db.test"][..],
+            "`db.test` is not a host pin",
+        ),
+        (
+            &["--net", "open", "--forward", "8080"][..],
+            "`8080` is not a port forward",
+        ),
+    ] {
+        let mut all = vec!["boot", "--kernel", "/nonexistent/vmlinux"];
+        all.extend_from_slice(args);
+        let o = agentvm(&all);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
+        assert!(stderr(&o).contains(expect), "{args:?}: {}", stderr(&o));
+    }
+    // Valid values that need a network the VM would not have.
+    let o = agentvm(&[
+        "boot",
+        "--kernel",
+        "/nonexistent/vmlinux",
+        "--allow",
+        "a.test",
+    ]);
+    let line = one_line_error(&o);
+    assert!(
+        line.contains("--allow a.test needs a network") && line.contains("add --net filtered"),
+        "{line}"
+    );
+}
+
+#[test]
+fn a_vm_with_a_network_device_boots_and_writes_its_audit_log() {
+    let Some((dir, kernel)) = hello_guest() else {
+        return;
+    };
+    let audit = dir.path().join("audit.jsonl");
+    let o = agentvm(&[
+        "boot",
+        "--memory",
+        "128",
+        "--kernel",
+        kernel.to_str().unwrap(),
+        "--net",
+        "filtered",
+        "--allow",
+        "a.test",
+        "--port",
+        "22",
+        "--host",
+        "db.test=127.0.0.1",
+        "--forward",
+        "0",
+        "--audit",
+        audit.to_str().unwrap(),
+    ]);
+    // `--forward 0` is refused before anything starts.
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(!audit.exists());
+    let o = agentvm(&[
+        "boot",
+        "--memory",
+        "128",
+        "--kernel",
+        kernel.to_str().unwrap(),
+        "--net",
+        "filtered",
+        "--allow",
+        "a.test",
+        "--port",
+        "22",
+        "--host",
+        "db.test=127.0.0.1",
+        "--audit",
+        audit.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        "hello from the cli test\n"
+    );
+    // The guest sent nothing: the log exists and is empty.
+    assert_eq!(std::fs::read_to_string(&audit).unwrap(), "");
+    let o = agentvm(&[
+        "boot",
+        "--kernel",
+        kernel.to_str().unwrap(),
+        "--net",
+        "open",
+        "--audit",
+        "/nonexistent/dir/audit.jsonl",
+    ]);
+    let line = one_line_error(&o);
+    assert!(
+        line.contains("--audit: cannot open /nonexistent/dir/audit.jsonl"),
+        "{line}"
+    );
+}

@@ -425,3 +425,134 @@ fn sixty_four_vms_come_up_are_listed_and_go_down() {
     assert!(left.is_empty(), "{left:?}");
     assert_eq!(open_fds(), fds, "file descriptors leaked");
 }
+
+#[test]
+fn net_allow_deny_show_and_log_act_on_the_running_vm() {
+    let Some(w) = World::new() else { return };
+    let ws = w.workspace("netvm");
+    let config = ws.join(".agentvm/config.toml");
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str("\n[network]\ndomains = [\"a.test\"]\nports = [443]\nforwards = [\"0:0\"]\n");
+    // A bad forward is refused at `up`, at its line.
+    std::fs::write(&config, &text).unwrap();
+    let o = w.agentvm(&["up"], &ws);
+    assert!(!o.status.success(), "{o:?}");
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("network.forwards[0]"),
+        "{o:?}"
+    );
+    std::fs::write(&config, text.replace("forwards = [\"0:0\"]\n", "")).unwrap();
+
+    let o = w.agentvm(&["net", "show"], &ws);
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("netvm is not running"),
+        "{o:?}"
+    );
+    w.ok(&["up"], &ws);
+    let state = w.state_root().join("netvm");
+    let sock = state.join("control.sock");
+    assert!(state.join("net-audit.jsonl").exists());
+    let policy = |sock: &Path| {
+        let r = control(sock, "{\"op\":\"net\"}\n");
+        assert_eq!(r["ok"], true, "{r}");
+        r["policy"].clone()
+    };
+    let p = policy(&sock);
+    assert_eq!(p["mode"], "filtered", "{p}");
+    assert_eq!(p["domains"], serde_json::json!(["a.test"]), "{p}");
+    assert_eq!(p["ports"], serde_json::json!([443]), "{p}");
+
+    let out = w.ok(&["net", "allow", "X.test", "b.test"], &ws);
+    assert!(out.contains("x.test allowed"), "{out}");
+    assert!(out.contains("b.test allowed"), "{out}");
+    assert_eq!(
+        policy(&sock)["domains"],
+        serde_json::json!(["a.test", "x.test", "b.test"])
+    );
+    let out = w.ok(&["net", "allow", "x.test"], &ws);
+    assert!(out.contains("x.test was already allowed"), "{out}");
+    let out = w.ok(&["net", "deny", "a.test", "api.b.test"], &ws);
+    assert!(out.contains("a.test no longer allowed"), "{out}");
+    assert!(out.contains("b.test still allows it"), "{out}");
+    assert_eq!(
+        policy(&sock)["domains"],
+        serde_json::json!(["x.test", "b.test"])
+    );
+    let show = w.ok(&["net", "show"], &ws);
+    assert!(show.contains("mode      filtered"), "{show}");
+    assert!(show.contains("domains   x.test, b.test"), "{show}");
+    assert!(show.contains("ports     443"), "{show}");
+    let json: serde_json::Value =
+        serde_json::from_str(&w.ok(&["net", "show", "--json"], &ws)).unwrap();
+    assert_eq!(json["domains"], serde_json::json!(["x.test", "b.test"]));
+
+    let o = w.agentvm(&["net", "allow", "https://c.test"], &ws);
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("write the name only"),
+        "{o:?}"
+    );
+    // No decisions yet: an empty log, printed as such.
+    assert_eq!(w.ok(&["net", "log"], &ws), "");
+    assert_eq!(w.ok(&["net", "log", "--json"], &ws), "");
+
+    // A whole policy through the socket; status shows the mode in force.
+    let r = control(
+        &sock,
+        "{\"op\":\"net_policy\",\"policy\":{\"mode\":\"open\",\"domains\":[],\"ports\":[],\"hosts\":{},\"forwards\":[]}}\n",
+    );
+    assert_eq!(r["ok"], true, "{r}");
+    let status = w.ok(&["status"], &ws);
+    let line = status.lines().find(|l| l.starts_with("netvm ")).unwrap();
+    assert!(line.contains(" open "), "{status}");
+
+    let mut follow = Command::new(env!("CARGO_BIN_EXE_agentvm"))
+        .args(["net", "log", "-f"])
+        .current_dir(&ws)
+        .env("XDG_RUNTIME_DIR", w.runtime.path())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(follow.try_wait().unwrap().is_none(), "-f follows");
+    w.ok(&["down", "--timeout", "5"], &ws);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while follow.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "net log -f goes on after down");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!state.exists(), "state directory left");
+    assert!(w.processes().is_empty(), "{:?}", w.processes());
+}
+
+#[test]
+fn a_vm_without_network_has_no_device_and_says_so() {
+    let Some(w) = World::new() else { return };
+    let ws = w.workspace("offline");
+    let config = ws.join(".agentvm/config.toml");
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str("\n[network]\nmode = \"off\"\n");
+    std::fs::write(&config, text).unwrap();
+    w.ok(&["up"], &ws);
+    let state = w.state_root().join("offline");
+    assert!(!state.join("net-audit.jsonl").exists());
+    let r = control(&state.join("control.sock"), "{\"op\":\"status\"}\n");
+    assert_eq!(r["network_mode"], "off", "{r}");
+    let r = control(
+        &state.join("control.sock"),
+        "{\"op\":\"net_allow\",\"domains\":[\"x.test\"]}\n",
+    );
+    assert_eq!(r["ok"], false, "{r}");
+    for args in [&["net", "allow", "x.test"][..], &["net", "log"][..]] {
+        let o = w.agentvm(args, &ws);
+        assert!(!o.status.success(), "{args:?}");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains("no network"), "{args:?}: {err}");
+        assert!(err.contains("[network]"), "{args:?}: {err}");
+    }
+    let status = w.ok(&["status"], &ws);
+    assert!(status.contains(" off "), "{status}");
+    w.ok(&["down"], &ws);
+    assert!(w.processes().is_empty(), "{:?}", w.processes());
+}

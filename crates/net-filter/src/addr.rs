@@ -19,6 +19,42 @@ pub const GATEWAY_MAC: EthernetAddress = EthernetAddress([0x52, 0x55, 0x0a, 0x00
 /// The MAC address the virtio-net device gives the guest.
 pub const GUEST_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
 
+/// Where the guest sees the host's loopback: 127.0.B.C of the host is
+/// 198.18.B.C to the guest (in 198.18.0.0/15, RFC 2544's benchmarking
+/// range, which no public service uses). A guest routes 127.0.0.0/8 to its
+/// own loopback, so a `hosts` pin to the host's 127.0.0.1 — how tests and
+/// local dev servers are reached — is answered with 198.18.0.1, and the
+/// stack connects to 127.0.0.1 on the host for it.
+pub const LOOPBACK_ALIAS: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 0);
+
+/// The address the guest sees for the host's `ip`: the loopback alias for
+/// 127.0.0.0/16, `ip` itself otherwise.
+pub fn guest_view(ip: Ipv4Addr) -> Ipv4Addr {
+    match ip.octets() {
+        [127, 0, b, c] => {
+            let [a0, a1, _, _] = LOOPBACK_ALIAS.octets();
+            Ipv4Addr::new(a0, a1, b, c)
+        }
+        _ => ip,
+    }
+}
+
+/// The host address behind `ip` as the guest sees it (inverse of
+/// [`guest_view`]).
+pub fn host_view(ip: Ipv4Addr) -> Ipv4Addr {
+    let [_, _, b, c] = ip.octets();
+    if is_loopback_alias(ip) {
+        Ipv4Addr::new(127, 0, b, c)
+    } else {
+        ip
+    }
+}
+
+/// Whether `ip` is in the loopback alias range (198.18.0.0/16).
+pub fn is_loopback_alias(ip: Ipv4Addr) -> bool {
+    ip.octets()[..2] == LOOPBACK_ALIAS.octets()[..2]
+}
+
 /// Whether `ip` lies in the guest's own network.
 pub fn in_guest_network(ip: Ipv4Addr) -> bool {
     ip.octets()[..3] == GUEST_IP.octets()[..3]
@@ -27,7 +63,7 @@ pub fn in_guest_network(ip: Ipv4Addr) -> bool {
 /// Why an address is out of reach whatever the mode (unless a forward or a
 /// `hosts` pin says otherwise), or `None` when it is an ordinary address.
 pub fn always_blocked(ip: Ipv4Addr, host_addrs: &[IpAddr]) -> Option<&'static str> {
-    if ip.is_loopback() {
+    if ip.is_loopback() || is_loopback_alias(ip) {
         Some("host loopback")
     } else if ip.is_link_local() {
         Some("link-local or cloud metadata address")
@@ -98,9 +134,25 @@ mod tests {
             ("192.168.1.8", false),
             ("140.82.112.3", false),
             ("10.0.3.1", false),
+            ("198.18.0.1", true),
+            ("198.19.0.1", false),
         ] {
             let ip: Ipv4Addr = ip.parse().unwrap();
             assert_eq!(always_blocked(ip, &host).is_some(), blocked, "{ip}");
+        }
+    }
+
+    #[test]
+    fn the_host_loopback_has_an_alias_the_guest_can_route() {
+        let host = Ipv4Addr::new(127, 0, 3, 4);
+        assert_eq!(guest_view(host), Ipv4Addr::new(198, 18, 3, 4));
+        assert_eq!(host_view(guest_view(host)), host);
+        for other in ["8.8.8.8", "127.1.0.1", "10.0.2.2", "198.19.0.1"] {
+            let ip: Ipv4Addr = other.parse().unwrap();
+            assert_eq!(guest_view(ip), ip, "{other}");
+            if !is_loopback_alias(ip) {
+                assert_eq!(host_view(ip), ip, "{other}");
+            }
         }
     }
 

@@ -21,8 +21,9 @@ pub enum PolicyError {
     /// A port forward not of the form `[ADDR:]HOST_PORT:GUEST_PORT`.
     #[error("`{0}` is not a port forward (expected HOST_PORT:GUEST_PORT or ADDR:HOST_PORT:GUEST_PORT, ports 1-65535)")]
     BadForward(String),
-    /// A `hosts` pin not of the form `NAME=IPV4`.
-    #[error("`{0}` is not a host pin (expected NAME=IPV4, e.g. api.test=127.0.0.1)")]
+    /// A `hosts` pin not of the form `NAME=IPV4`, or to a loopback
+    /// address outside 127.0.0.0/16.
+    #[error("`{0}` is not a host pin (expected NAME=IPV4, e.g. api.test=127.0.0.1; loopback addresses only in 127.0.0.0/16)")]
     BadHost(String),
     /// An unknown mode.
     #[error("unknown network mode `{0}` (expected off, filtered or open)")]
@@ -155,15 +156,20 @@ impl Policy {
         Ok(self.domains.len() != before)
     }
 
-    /// Pins `name` to `ip` (`NAME=IPV4` on the command line).
+    /// Pins `name` to `ip` (`NAME=IPV4` on the command line); a host
+    /// loopback address must lie in 127.0.0.0/16 (the guest reaches it
+    /// through [`crate::addr::LOOPBACK_ALIAS`]).
     pub fn pin(&mut self, name: &str, ip: Ipv4Addr) -> Result<(), PolicyError> {
+        check_pin_address(name, ip)?;
         self.hosts.insert(normalize_name(name)?, ip);
         Ok(())
     }
 
-    /// The pinned address of `name` (already normalized), if any.
+    /// The address the guest is given for `name` (already normalized) when
+    /// it is pinned: the pinned address, or its loopback alias
+    /// ([`crate::addr::guest_view`]).
     pub fn pinned(&self, name: &str) -> Option<Ipv4Addr> {
-        self.hosts.get(name).copied()
+        self.hosts.get(name).copied().map(crate::addr::guest_view)
     }
 
     /// Whether the DNS server may answer `name` (already normalized) with
@@ -218,12 +224,22 @@ pub fn normalize_name(name: &str) -> Result<String, PolicyError> {
     Ok(trimmed.to_ascii_lowercase())
 }
 
+/// A pin's address must be one the guest can be given: a host loopback
+/// address only in 127.0.0.0/16.
+fn check_pin_address(name: &str, ip: Ipv4Addr) -> Result<(), PolicyError> {
+    if ip.is_loopback() && ip.octets()[1] != 0 {
+        return Err(PolicyError::BadHost(format!("{name}={ip}")));
+    }
+    Ok(())
+}
+
 /// Parses a `NAME=IPV4` host pin.
 pub fn parse_host_pin(s: &str) -> Result<(String, Ipv4Addr), PolicyError> {
     let bad = || PolicyError::BadHost(s.to_string());
     let (name, ip) = s.split_once('=').ok_or_else(bad)?;
     let ip: Ipv4Addr = ip.trim().parse().map_err(|_| bad())?;
     let name = normalize_name(name.trim()).map_err(|_| bad())?;
+    check_pin_address(&name, ip)?;
     Ok((name, ip))
 }
 
@@ -262,6 +278,9 @@ mod tests {
         let mut p = filtered(&["a.test"]);
         p.pin("pinned.test", Ipv4Addr::LOCALHOST).unwrap();
         assert!(p.allows_name("pinned.test"));
+        // The guest is given the host loopback's alias.
+        assert_eq!(p.pinned("pinned.test"), Some(Ipv4Addr::new(198, 18, 0, 1)));
+        assert_eq!(p.hosts["pinned.test"], Ipv4Addr::LOCALHOST);
         assert!(!p.allows_name("b.test"));
         assert!(p.allows_port(443) && p.allows_port(80) && !p.allows_port(22));
         p.mode = Mode::Open;
@@ -303,7 +322,13 @@ mod tests {
             parse_host_pin("Api.Test=127.0.0.1").unwrap(),
             ("api.test".to_string(), Ipv4Addr::LOCALHOST)
         );
-        for bad in ["api.test", "api.test=::1", "=1.2.3.4", "a=1.2.3"] {
+        for bad in [
+            "api.test",
+            "api.test=::1",
+            "=1.2.3.4",
+            "a=1.2.3",
+            "a=127.1.0.1",
+        ] {
             assert!(parse_host_pin(bad).is_err(), "{bad}");
         }
         assert_eq!(

@@ -44,7 +44,7 @@ use crate::addr::{self, DNS_IP, GATEWAY_IP, GATEWAY_MAC, GUEST_IP, PREFIX_LEN};
 use crate::dns::{resolvers_from, DnsServer};
 use crate::forward::Forwards;
 use crate::phy::{Phy, ETH_HEADER};
-use crate::tcp::{Connected, FlowKey, TcpFlows};
+use crate::tcp::{Connected, FlowKey, Refused, TcpFlows};
 use crate::udp::UdpFlows;
 use crate::{dhcp, frames, Audit, AuditEvent, Mode, Policy, Proto, Verdict};
 
@@ -123,8 +123,8 @@ impl NetHandle {
     }
 
     /// Replaces the policy; the stack applies it at its next poll (woken
-    /// through its fd), closing flows the new policy denies and keeping
-    /// the rest.
+    /// through its fd) or frame, whichever comes first, closing flows the
+    /// new policy denies and keeping the rest.
     pub fn set_policy(&self, policy: Policy) {
         match self.shared.policy.lock() {
             Ok(mut p) => *p = policy,
@@ -264,6 +264,9 @@ impl NetStack {
 
     /// Takes one Ethernet frame (no virtio header) the guest sent.
     pub fn push_frame(&mut self, frame: &[u8]) {
+        // A policy a handle set since the last poll decides this frame
+        // already: a name denied a moment ago must not go upstream.
+        self.apply_new_policy(Instant::now());
         self.stats.frames_in += 1;
         if !self.classify(frame) {
             self.stats.dropped += 1;
@@ -469,6 +472,7 @@ impl NetStack {
             guest_port: guest.port(),
             remote: dst,
         };
+        let mut name = None;
         if !self.udp.contains(&key) {
             let decision = self.decide(*dst.ip(), dst.port(), now);
             self.record(Proto::Udp, &decision, dst);
@@ -477,6 +481,7 @@ impl NetStack {
                 self.phy.send(icmp);
                 return;
             }
+            name = decision.name;
         }
         let (registry, next) = (self.poll.registry(), &mut self.next_token);
         let token = || {
@@ -484,7 +489,7 @@ impl NetStack {
             *next = next.wrapping_add(1).max(FIRST_TOKEN);
             t
         };
-        if let Err(e) = self.udp.send(key, payload, registry, token, now) {
+        if let Err(e) = self.udp.send(key, payload, name, registry, token, now) {
             debug!("net: udp {dst}: {e}");
         }
     }
@@ -505,9 +510,10 @@ impl NetStack {
         self.record(Proto::Tcp, &decision, key.remote);
         if decision.allow {
             let token = self.token();
+            let (syn, name) = (frame.to_vec(), decision.name.clone());
             match self
                 .tcp
-                .connect(key, frame.to_vec(), self.poll.registry(), token, now)
+                .connect(key, syn, name, self.poll.registry(), token, now)
             {
                 Ok(()) => return,
                 Err(e) => debug!("net: tcp {}: connect failed at once: {e}", key.remote),
@@ -723,8 +729,14 @@ impl NetStack {
             .map(|f| f.guest_port)
             .collect();
         let (policy, dns, hosts) = (&self.policy, &self.dns, &self.host_addrs);
-        let allowed = |key: &FlowKey| {
-            judge(policy, dns, hosts, *key.remote.ip(), key.remote.port(), now).allow
+        // A flow stays if the new policy allows it by the name it was
+        // opened for (its DNS answer may have expired since: a long
+        // download must survive an unrelated change) or by what the DNS
+        // server handed its address out for now.
+        let allowed = |key: &FlowKey, opened_for: Option<&str>| {
+            let (ip, port) = (*key.remote.ip(), key.remote.port());
+            judge_named(policy, hosts, ip, port, opened_for.map(str::to_owned)).allow
+                || judge(policy, dns, hosts, ip, port, now).allow
         };
         let tcp = self
             .tcp
@@ -732,28 +744,36 @@ impl NetStack {
                 forwarded.contains(&key.guest_port)
             });
         let mut udp = Vec::new();
-        self.udp.retain(self.poll.registry(), |key| {
-            let ok = allowed(key);
+        self.udp.retain(self.poll.registry(), |key, name| {
+            let ok = allowed(key, name);
             if !ok {
                 udp.push(*key);
             }
             ok
         });
-        for (proto, key) in tcp
-            .iter()
-            .map(|k| (Proto::Tcp, k))
-            .chain(udp.iter().map(|k| (Proto::Udp, k)))
-        {
-            let mut decision = self.decide(*key.remote.ip(), key.remote.port(), now);
-            if decision.allow {
-                // A forward's flow whose forward went away.
-                decision = Decision {
+        for Refused { key, forward, syn } in tcp {
+            if let Some(syn) = syn {
+                // Still connecting: refused at once rather than when the
+                // guest retransmits its SYN.
+                self.reset_from_syn(&syn);
+            }
+            if forward {
+                // Recorded as its start was: the guest port it reached.
+                let removed = Decision {
                     allow: false,
                     name: None,
                     reason: "port forward removed",
                 };
+                let guest = SocketAddrV4::new(GUEST_IP, key.guest_port);
+                self.record(Proto::Forward, &removed, guest);
+            } else {
+                let decision = self.decide(*key.remote.ip(), key.remote.port(), now);
+                self.record(Proto::Tcp, &decision, key.remote);
             }
-            self.record(proto, &decision, key.remote);
+        }
+        for key in udp {
+            let decision = self.decide(*key.remote.ip(), key.remote.port(), now);
+            self.record(Proto::Udp, &decision, key.remote);
         }
     }
 }
@@ -768,17 +788,33 @@ fn judge(
     port: u16,
     now: Instant,
 ) -> Decision {
+    let name = dns.name_for(ip, now).map(str::to_owned);
+    judge_named(policy, hosts, ip, port, name)
+}
+
+/// Judges a guest flow to `ip:port` under `policy` as an address handed
+/// out for `name` (`None`: for no name).
+fn judge_named(
+    policy: &Policy,
+    hosts: &[IpAddr],
+    ip: Ipv4Addr,
+    port: u16,
+    name: Option<String>,
+) -> Decision {
     let deny = |name, reason| Decision {
         allow: false,
         name,
         reason,
     };
-    let name = dns.name_for(ip, now).map(str::to_owned);
-    let pinned = name
-        .as_deref()
-        .is_some_and(|n| policy.pinned(n) == Some(ip));
+    let pin = name.as_deref().and_then(|n| policy.pinned(n));
+    let pinned = pin == Some(ip);
     if policy.mode == Mode::Off {
         return deny(name, "network off");
+    }
+    if pin.is_some() && !pinned {
+        // A flow opened before the name was pinned elsewhere (the DNS
+        // server forgets such addresses too).
+        return deny(name, "name pinned to another address");
     }
     if let Some(why) = addr::always_blocked(ip, hosts) {
         if !pinned {

@@ -62,6 +62,10 @@ struct Flow {
     state: State,
     /// A forward's flow (kept while the forward exists).
     forward: bool,
+    /// The name the policy allowed the flow for (a new policy judges the
+    /// flow by it: the DNS answer the guest connected by may have expired
+    /// since).
+    name: Option<String>,
     host_readable: bool,
     host_writable: bool,
     /// The host closed its side; the smoltcp socket was closed.
@@ -91,6 +95,17 @@ pub enum Connected {
     },
 }
 
+/// A flow a new policy refused.
+pub struct Refused {
+    /// The flow.
+    pub key: FlowKey,
+    /// A forward's flow.
+    pub forward: bool,
+    /// The parked SYN of a flow that was still connecting (already
+    /// dropped): the guest's RST is made from it.
+    pub syn: Option<Vec<u8>>,
+}
+
 /// Every TCP connection of a stack.
 #[derive(Default)]
 pub struct TcpFlows {
@@ -117,16 +132,18 @@ impl TcpFlows {
         self.by_token.get(&token).copied()
     }
 
-    /// Starts the host connect for a guest SYN the policy allowed.
+    /// Starts the host connect for a guest SYN the policy allowed (for
+    /// `name`).
     pub fn connect(
         &mut self,
         key: FlowKey,
         syn: Vec<u8>,
+        name: Option<String>,
         registry: &Registry,
         token: Token,
         now: Instant,
     ) -> io::Result<()> {
-        let mut host = TcpStream::connect(SocketAddr::V4(key.remote))?;
+        let mut host = TcpStream::connect(host_address(key.remote))?;
         registry.register(&mut host, token, Interest::READABLE | Interest::WRITABLE)?;
         self.insert(
             key,
@@ -135,6 +152,7 @@ impl TcpFlows {
                 token,
                 state: State::Connecting { syn, since: now },
                 forward: false,
+                name,
                 host_readable: false,
                 host_writable: false,
                 host_eof: false,
@@ -178,6 +196,7 @@ impl TcpFlows {
                 token,
                 state: State::Open { socket },
                 forward: true,
+                name: None,
                 // Whatever the host sent already is read once the guest
                 // accepted.
                 host_readable: true,
@@ -348,34 +367,42 @@ impl TcpFlows {
     }
 
     /// Aborts (RST to the guest, host end dropped) every flow `keep`
-    /// refuses; forwards' flows are judged by `keep_forward`.
+    /// refuses (given the flow and the name it was allowed for); forwards'
+    /// flows are judged by `keep_forward`. Returns the refused flows.
     pub fn retain(
         &mut self,
         sockets: &mut SocketSet<'static>,
         registry: &Registry,
-        mut keep: impl FnMut(&FlowKey) -> bool,
+        mut keep: impl FnMut(&FlowKey, Option<&str>) -> bool,
         mut keep_forward: impl FnMut(&FlowKey) -> bool,
-    ) -> Vec<FlowKey> {
+    ) -> Vec<Refused> {
         let mut refused = Vec::new();
         for (key, flow) in &mut self.flows {
             let kept = if flow.forward {
                 keep_forward(key)
             } else {
-                keep(key)
+                keep(key, flow.name.as_deref())
             };
             if kept {
                 continue;
             }
-            refused.push(*key);
-            match flow.state {
+            let syn = match &mut flow.state {
                 // Reaped after smoltcp sent the RST.
-                State::Open { socket } => sockets.get_mut::<tcp::Socket>(socket).abort(),
-                State::Connecting { .. } => {}
-            }
+                State::Open { socket } => {
+                    sockets.get_mut::<tcp::Socket>(*socket).abort();
+                    None
+                }
+                State::Connecting { syn, .. } => Some(std::mem::take(syn)),
+            };
+            refused.push(Refused {
+                key: *key,
+                forward: flow.forward,
+                syn,
+            });
         }
-        for key in &refused {
-            if self.state_of(key) == Some(true) {
-                self.remove(key, sockets, registry);
+        for r in &refused {
+            if r.syn.is_some() {
+                self.remove(&r.key, sockets, registry);
             }
         }
         refused
@@ -391,6 +418,15 @@ impl TcpFlows {
             })
             .min()
     }
+}
+
+/// The host end of a flow to `remote` as the guest addressed it (the
+/// loopback alias leads to the host's loopback).
+pub fn host_address(remote: SocketAddrV4) -> SocketAddr {
+    SocketAddr::V4(SocketAddrV4::new(
+        crate::addr::host_view(*remote.ip()),
+        remote.port(),
+    ))
 }
 
 fn new_socket() -> tcp::Socket<'static> {

@@ -96,7 +96,10 @@ pub struct Guest {
     pub phy: GuestPhy,
     /// Frames the stack sent the guest, in order (when recording).
     pub seen: Vec<Vec<u8>>,
-    /// Whether to keep a copy of every frame the stack sends in `seen`.
+    /// Frames the guest sent the stack, in order (when recording).
+    pub sent: Vec<Vec<u8>>,
+    /// Whether to keep a copy of every frame the stack sends in `seen`
+    /// and of every frame the guest sends in `sent`.
     pub record: bool,
 }
 
@@ -126,6 +129,7 @@ impl Guest {
             sockets: SocketSet::new(Vec::new()),
             phy,
             seen: Vec::new(),
+            sent: Vec::new(),
             record: false,
         }
     }
@@ -153,6 +157,9 @@ impl Guest {
             .poll(SmolInstant::now(), &mut self.phy, &mut self.sockets);
         while let Some(frame) = self.phy.tx.pop_front() {
             stack.push_frame(&frame);
+            if self.record {
+                self.sent.push(frame);
+            }
             moved = true;
         }
         stack.poll();

@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::net::SocketAddr;
+
 use std::time::{Duration, Instant};
 
 use mio::net::UdpSocket;
@@ -24,6 +24,8 @@ struct Flow {
     socket: UdpSocket,
     token: Token,
     last: Instant,
+    /// The name the policy allowed the flow for.
+    name: Option<String>,
 }
 
 /// Every UDP flow of a stack.
@@ -44,12 +46,13 @@ impl UdpFlows {
         self.flows.contains_key(key)
     }
 
-    /// Sends `payload` on the flow of `key`, opening it (with `token`)
-    /// when new.
+    /// Sends `payload` on the flow of `key`, opening it (with `token`,
+    /// allowed for `name`) when new.
     pub fn send(
         &mut self,
         key: FlowKey,
         payload: &[u8],
+        name: Option<String>,
         registry: &Registry,
         token: impl FnOnce() -> Token,
         now: Instant,
@@ -59,7 +62,7 @@ impl UdpFlows {
                 self.evict_oldest(registry);
             }
             let mut socket = UdpSocket::bind("0.0.0.0:0".parse().map_err(io::Error::other)?)?;
-            socket.connect(SocketAddr::V4(key.remote))?;
+            socket.connect(crate::tcp::host_address(key.remote))?;
             let token = token();
             registry.register(&mut socket, token, Interest::READABLE)?;
             self.by_token.insert(token, key);
@@ -69,6 +72,7 @@ impl UdpFlows {
                     socket,
                     token,
                     last: now,
+                    name,
                 },
             );
         }
@@ -130,9 +134,19 @@ impl UdpFlows {
         }
     }
 
-    /// Drops every flow `keep` refuses.
-    pub fn retain(&mut self, registry: &Registry, mut keep: impl FnMut(&FlowKey) -> bool) {
-        let gone: Vec<FlowKey> = self.flows.keys().filter(|k| !keep(k)).copied().collect();
+    /// Drops every flow `keep` refuses (given the flow and the name it was
+    /// allowed for).
+    pub fn retain(
+        &mut self,
+        registry: &Registry,
+        mut keep: impl FnMut(&FlowKey, Option<&str>) -> bool,
+    ) {
+        let gone: Vec<FlowKey> = self
+            .flows
+            .iter()
+            .filter(|(k, f)| !keep(k, f.name.as_deref()))
+            .map(|(k, _)| *k)
+            .collect();
         for key in gone {
             self.remove(&key, registry);
         }

@@ -12,7 +12,9 @@ use std::sync::Arc;
 
 use agentvm_devices::bus::Bus;
 use agentvm_devices::virtio::balloon::Balloon;
+use agentvm_devices::virtio::net::Net;
 use agentvm_devices::virtio::VirtioDevice;
+use agentvm_net::NetStack;
 use kvm_bindings::{
     kvm_pit_config, kvm_userspace_memory_region, CpuId, KVM_MAX_CPUID_ENTRIES,
     KVM_PIT_SPEAKER_DUMMY,
@@ -27,7 +29,7 @@ use crate::config::{CmdlineDevices, VmConfig, MAX_VCPUS};
 use crate::device_manager::{DeviceError, DeviceManager};
 use crate::memory::{GuestRam, MemoryError};
 use crate::vcpu::Buses;
-use crate::vm::{MemoryControls, Shared, Vm};
+use crate::vm::{Controls, Shared, Vm};
 
 /// Address of the 3-page TSS KVM needs on Intel hosts (just below the BIOS
 /// ROM area at the top of the 32-bit space, inside the MMIO hole).
@@ -139,6 +141,7 @@ pub struct VmBuilder {
     devices: Vec<Box<dyn VirtioDevice>>,
     balloon: bool,
     agent_socket: Option<PathBuf>,
+    net: Option<NetStack>,
 }
 
 impl VmBuilder {
@@ -155,6 +158,7 @@ impl VmBuilder {
             devices: Vec::new(),
             balloon: false,
             agent_socket: None,
+            net: None,
         }
     }
 
@@ -207,6 +211,16 @@ impl VmBuilder {
         self
     }
 
+    /// Adds a virtio-net device whose frames go through `stack`, the
+    /// user-mode network that enforces its egress policy (the guest's MAC
+    /// is [`agentvm_net::addr::GUEST_MAC`]). [`crate::VmHandle::net`] reads
+    /// and replaces the policy while the VM runs. Without this call the VM
+    /// has no network device at all.
+    pub fn net(mut self, stack: NetStack) -> Self {
+        self.net = Some(stack);
+        self
+    }
+
     /// The vsock Unix socket behind which the guest agent serves (the UDS of
     /// the vsock device added with [`VmBuilder::device`]);
     /// [`crate::VmHandle::reclaim`] goes through it.
@@ -228,6 +242,7 @@ impl VmBuilder {
             mut devices,
             balloon,
             agent_socket,
+            net,
         } = self;
         validate(&config)?;
         let memory_bytes = config.memory_mib << 20;
@@ -250,14 +265,18 @@ impl VmBuilder {
             vm_fd.create_pit2(pit).map_err(kvm_err("create the PIT"))?;
         }
 
-        let mut controls = MemoryControls {
+        let mut controls = Controls {
             agent: agent_socket,
-            ..MemoryControls::default()
+            ..Controls::default()
         };
         if balloon {
             let device = Balloon::new().map_err(BuildError::Balloon)?;
             controls.balloon = Some(device.handle());
             devices.push(Box::new(device));
+        }
+        if let Some(stack) = net {
+            controls.net = Some(stack.handle());
+            devices.push(Box::new(Net::new(stack, agentvm_net::addr::GUEST_MAC)));
         }
         let shared = Arc::new(Shared::new(config.vcpus, memory_bytes, controls));
         let mem = ram.memory();

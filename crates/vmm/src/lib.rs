@@ -4,7 +4,10 @@
 //! line, serial console, virtio devices), run it with [`Vm::run`], and control
 //! it from other threads with a [`VmHandle`]. Guests boot from an ELF
 //! `vmlinux` (PVH or 64-bit entry) or a bzImage; they find their devices
-//! through ACPI (or `virtio_mmio.device=` on the command line).
+//! through ACPI (or `virtio_mmio.device=` on the command line). A VM built
+//! with [`VmBuilder::net`] has a virtio-net device behind agentvm's
+//! user-mode network stack, whose egress policy a [`VmHandle::net`] replaces
+//! while the guest runs.
 #![deny(missing_docs)]
 
 pub mod arch;

@@ -7,6 +7,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use agentvm_devices::virtio::balloon::BalloonHandle;
+use agentvm_net::NetHandle;
 use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::{VcpuFd, VmFd};
 use vmm_sys_util::signal::Killable;
@@ -68,20 +69,22 @@ pub struct Shared {
     started: Mutex<Option<Instant>>,
     counters: Vec<VcpuCounters>,
     memory_bytes: u64,
-    controls: MemoryControls,
+    controls: Controls,
 }
 
-/// What the memory controls of [`VmHandle`] act through.
+/// What the controls of [`VmHandle`] act through.
 #[derive(Default)]
-pub(crate) struct MemoryControls {
+pub(crate) struct Controls {
     /// The balloon device's handle, when the VM has one.
     pub balloon: Option<BalloonHandle>,
     /// The guest agent's vsock socket, when the VM has one.
     pub agent: Option<PathBuf>,
+    /// The network stack's handle, when the VM has a virtio-net device.
+    pub net: Option<NetHandle>,
 }
 
 impl Shared {
-    pub(crate) fn new(vcpus: u8, memory_bytes: u64, controls: MemoryControls) -> Self {
+    pub(crate) fn new(vcpus: u8, memory_bytes: u64, controls: Controls) -> Self {
         Shared {
             controls,
             exit: Mutex::new(None),
@@ -210,6 +213,13 @@ impl VmHandle {
     /// [`crate::memory_control`]). Needs [`crate::VmBuilder::agent_socket`].
     pub fn reclaim(&self) -> Result<(), MemoryControlError> {
         memory_control::reclaim(self.shared.controls.agent.as_deref())
+    }
+
+    /// The network stack's handle, when the VM was built with
+    /// [`crate::VmBuilder::net`]: read the egress policy in force, or
+    /// replace it while the guest runs ([`NetHandle::set_policy`]).
+    pub fn net(&self) -> Option<&NetHandle> {
+        self.shared.controls.net.as_ref()
     }
 }
 

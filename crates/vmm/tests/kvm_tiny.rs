@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use agentvm_devices::virtio::rng::Rng;
 use agentvm_testguest::programs::{self, BootProbeOptions};
-use agentvm_testguest::{Asm64, Format, Guest, Program, Report};
+use agentvm_testguest::{Asm64, Format, Guest, Program, Report, Width};
 use agentvm_vmm::arch::x86_64::e820::memory_map;
 use agentvm_vmm::arch::x86_64::layout::{
     CMDLINE_START, PVH_INFO_START, RSDP_START, VIRTIO_MMIO_START, ZERO_PAGE_START,
@@ -315,6 +315,78 @@ fn a_balloon_is_virtio_device_5_and_the_handle_controls_it() {
         vm.handle().set_balloon_target_mib(1),
         Err(MemoryControlError::NoBalloon)
     ));
+}
+
+#[test]
+fn a_net_device_is_virtio_device_1_with_our_mac_and_the_handle_replaces_its_policy() {
+    use agentvm_net::{addr::GUEST_MAC, Mode, NetStack, Policy, StackConfig};
+    use iced_x86::code_asm::rbx;
+    if !kvm_or_skip() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // Reads the device's id and its config space (the MAC), then resets.
+    let mut code = Asm64::new().unwrap();
+    code.mov(rbx, VIRTIO_MMIO_START).unwrap();
+    code.report_mem("device_id", rbx, 0x008, Width::U32)
+        .unwrap();
+    code.report_mem("mac_lo", rbx, 0x100, Width::U32).unwrap();
+    code.report_mem("mac_hi", rbx, 0x104, Width::U16).unwrap();
+    code.reset().unwrap();
+    let kernel = write_guest(
+        dir.path(),
+        &Program::new("net-probe")
+            .with_long64(code)
+            .build(Format::Elf64)
+            .unwrap(),
+    );
+    let stack = |mode| {
+        NetStack::new(StackConfig {
+            policy: Policy::new(mode),
+            ..StackConfig::default()
+        })
+        .unwrap()
+    };
+    let vm = VmBuilder::new(&kernel)
+        .memory_mib(128)
+        .net(stack(Mode::Filtered))
+        .serial(SerialSink::Writer(Box::new(Console::default())))
+        .build()
+        .unwrap();
+    let net = vm.handle().net().cloned().unwrap();
+    assert_eq!(net.policy().mode, Mode::Filtered);
+    let mut open = Policy::new(Mode::Open);
+    open.allow("a.test").unwrap();
+    net.set_policy(open.clone());
+    assert_eq!(vm.handle().net().unwrap().policy(), open);
+    assert_eq!(vm.devices().slots().len(), 1);
+    assert_eq!(vm.devices().slots()[0].device_type, 1);
+    drop(vm);
+
+    let (status, out) = boot(
+        VmBuilder::new(&kernel)
+            .memory_mib(128)
+            .net(stack(Mode::Open)),
+    );
+    assert_eq!(status, ExitStatus::Reset, "{out}");
+    let r = Report::parse(&out);
+    assert_eq!(r.value("device_id"), Some(1), "{out}");
+    let mac = GUEST_MAC;
+    assert_eq!(
+        r.value("mac_lo"),
+        Some(u64::from(u32::from_le_bytes([
+            mac[0], mac[1], mac[2], mac[3]
+        ]))),
+        "{out}"
+    );
+    assert_eq!(
+        r.value("mac_hi"),
+        Some(u64::from(u16::from_le_bytes([mac[4], mac[5]]))),
+        "{out}"
+    );
+
+    let vm = VmBuilder::new(&kernel).memory_mib(128).build().unwrap();
+    assert!(vm.handle().net().is_none(), "no net device unless asked");
 }
 
 #[test]

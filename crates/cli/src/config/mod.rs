@@ -158,6 +158,29 @@ pub struct Network {
     pub forwards: Vec<Forward>,
 }
 
+impl Network {
+    /// The network stack's egress policy for this configuration: the mode,
+    /// the domains (already lowercase, plugins' included), the ports, and
+    /// each forward listening on the host's 127.0.0.1. A VM whose mode is
+    /// `off` gets no network device at all.
+    pub fn policy(&self) -> agentvm_net::Policy {
+        agentvm_net::Policy {
+            mode: self.mode.into(),
+            domains: self.domains.clone(),
+            ports: self.ports.clone(),
+            hosts: BTreeMap::new(),
+            forwards: self
+                .forwards
+                .iter()
+                .map(|f| agentvm_net::Forward {
+                    host: std::net::SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, f.host),
+                    guest_port: f.guest,
+                })
+                .collect(),
+        }
+    }
+}
+
 /// The guest's egress mode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NetworkMode {
@@ -185,6 +208,16 @@ impl NetworkMode {
     /// The mode a file's word names.
     pub fn parse(word: &str) -> Option<NetworkMode> {
         NetworkMode::ALL.into_iter().find(|m| m.as_str() == word)
+    }
+}
+
+impl From<NetworkMode> for agentvm_net::Mode {
+    fn from(mode: NetworkMode) -> Self {
+        match mode {
+            NetworkMode::Off => agentvm_net::Mode::Off,
+            NetworkMode::Filtered => agentvm_net::Mode::Filtered,
+            NetworkMode::Open => agentvm_net::Mode::Open,
+        }
     }
 }
 

@@ -64,6 +64,8 @@ name = {name}
 # mode = "filtered"
 # Names the guest may reach in filtered mode; a name covers its
 # subdomains (github.com covers api.github.com). Plugins add their own.
+# `agentvm net allow NAME` adds one to the running VM until it stops;
+# `agentvm net log` shows what the guest asked for.
 # domains = ["github.com"]
 # Destination ports allowed in filtered mode.
 # ports = [{ports}]

@@ -758,3 +758,49 @@ fn paths_are_normalized_lexically() {
         assert_eq!(normalize(Path::new(p)), Path::new(want), "{p}");
     }
 }
+
+#[test]
+fn the_network_table_becomes_the_stacks_policy() {
+    use agentvm_net::{Mode, Policy};
+    use std::net::{Ipv4Addr, SocketAddrV4};
+    let ws = Ws::new();
+    let fwd = |host, guest_port| agentvm_net::Forward {
+        host: SocketAddrV4::new(Ipv4Addr::LOCALHOST, host),
+        guest_port,
+    };
+    #[rustfmt::skip]
+    let cases: &[(&str, Policy)] = &[
+        // No [network]: filtered, nothing allowed, the default ports.
+        ("", Policy { mode: Mode::Filtered, ..Policy::default() }),
+        ("[network]\nmode = \"off\"\n", Policy::new(Mode::Off)),
+        ("[network]\nmode = \"open\"\nports = [22]\n",
+         Policy { mode: Mode::Open, ports: vec![22], ..Policy::default() }),
+        ("[network]\ndomains = [\"GitHub.com.\", \"crates.io\"]\nports = [443, 22, 443]\n",
+         Policy {
+             mode: Mode::Filtered,
+             domains: vec!["github.com".into(), "crates.io".into()],
+             ports: vec![443, 22],
+             ..Policy::default()
+         }),
+        ("[network]\nforwards = [\"8080:80\", \"2222:22\"]\n",
+         Policy {
+             mode: Mode::Filtered,
+             forwards: vec![fwd(8080, 80), fwd(2222, 22)],
+             ..Policy::default()
+         }),
+    ];
+    for (text, want) in cases {
+        assert_eq!(&ws.ok(text).network.policy(), want, "{text}");
+    }
+    // Plugins' domains come first, the user's after them.
+    let c = ws.ok("plugins = [\"claude-code\"]\n[network]\ndomains = [\"mine.test\"]\n");
+    let p = c.network.policy();
+    assert_eq!(p.mode, Mode::Filtered);
+    assert_eq!(p.domains.last().map(String::as_str), Some("mine.test"));
+    assert!(p.domains.len() > 1, "{:?}", p.domains);
+    assert!(p.allows_name("api.anthropic.com"), "{:?}", p.domains);
+    // Every domain the configuration accepts, the policy accepts as is.
+    for d in &p.domains {
+        assert_eq!(&agentvm_net::policy::normalize_name(d).unwrap(), d);
+    }
+}

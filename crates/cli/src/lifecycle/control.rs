@@ -1,10 +1,31 @@
 //! The VMM's control socket: one JSON object per line each way.
 //!
 //! Requests: `{"op":"status"}`, `{"op":"stop"}`, `{"op":"stats"}`,
-//! `{"op":"balloon","target_mib":N}`, `{"op":"reclaim"}`. Every reply has
-//! `"ok"`; a failed one has `"error"` too. A request line longer than
-//! [`MAX_REQUEST`] or not valid JSON gets an error reply and the
-//! connection goes on (an over-long line is skipped to its end).
+//! `{"op":"balloon","target_mib":N}`, `{"op":"reclaim"}`, and the network
+//! policy ones:
+//!
+//! | request | does | reply (besides `"ok"`) |
+//! |---|---|---|
+//! | `{"op":"net"}` | reads the policy in force | `"policy"` |
+//! | `{"op":"net_allow","domains":[D…]}` | adds names to the allowlist | `"policy"`, `"changed"`: the names that were not on it |
+//! | `{"op":"net_deny","domains":[D…]}` | takes names off it (exact entries) | `"policy"`, `"changed"`: the names that were on it |
+//! | `{"op":"net_policy","policy":P}` | replaces the whole policy | `"policy"` |
+//!
+//! A policy is `{"mode":"off"|"filtered"|"open","domains":[…],"ports":[…],
+//! "hosts":{NAME:IPV4…},"forwards":[{"host":"ADDR:PORT","guest_port":N}…]}`
+//! (`agentvm_net::Policy`); names are normalized (lower case, no trailing
+//! dot) and checked, and a bad one fails the whole request. Allow and deny
+//! edit the policy in the VMM, one request at a time, so two clients never
+//! undo each other's change as a read-then-replace would; `net_policy` is
+//! for tools that own the whole policy. Every change applies to the
+//! running guest at once (flows the new policy denies are closed, forward
+//! listeners open and close with it) and lasts until the VM stops (the
+//! configuration file is not touched). A VM without a network device (mode `off` at
+//! start) answers every `net*` request with an error.
+//!
+//! Every reply has `"ok"`; a failed one has `"error"` too. A request line
+//! longer than [`MAX_REQUEST`] or not valid JSON gets an error reply and
+//! the connection goes on (an over-long line is skipped to its end).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
@@ -15,8 +36,8 @@ use anyhow::{anyhow, bail, Context};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-/// Longest request line accepted, bytes.
-pub const MAX_REQUEST: usize = 4096;
+/// Longest request line accepted, bytes (a whole policy fits easily).
+pub const MAX_REQUEST: usize = 64 << 10;
 /// Longest reply line a client accepts, bytes.
 const MAX_REPLY: u64 = 1 << 20;
 /// How long a client waits for a reply.
@@ -24,7 +45,7 @@ const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A control request.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(tag = "op", rename_all = "lowercase", deny_unknown_fields)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Request {
     /// Uptime, memory, pid, readiness.
     Status,
@@ -43,6 +64,23 @@ pub enum Request {
     },
     /// Ask the guest to drop its caches (free page reporting returns them).
     Reclaim,
+    /// The network policy in force.
+    Net,
+    /// Add names to the network allowlist.
+    NetAllow {
+        /// The names (each covers the names below it).
+        domains: Vec<String>,
+    },
+    /// Take names off the network allowlist.
+    NetDeny {
+        /// The names, as listed.
+        domains: Vec<String>,
+    },
+    /// Replace the network policy.
+    NetPolicy {
+        /// The new policy.
+        policy: agentvm_net::Policy,
+    },
 }
 
 /// What the VMM answers a request with (`Err` becomes an error reply).
@@ -199,6 +237,99 @@ mod tests {
         assert_eq!(ask(b"{\"op\":\"stop\"}\n")["ok"], true, "still serving");
         drop(w);
         drop(r);
+        server.join().unwrap();
+    }
+
+    /// The VMM's network side behind a real socket, driven by [`request`].
+    struct Net(crate::lifecycle::net::NetControl);
+
+    impl Handler for Net {
+        fn handle(&self, request: Request) -> Result<Value, String> {
+            self.0.answer(&request)
+        }
+    }
+
+    #[test]
+    fn net_requests_round_trip() {
+        use agentvm_net::{Mode, NetStack, Policy, StackConfig};
+        let stack = NetStack::new(StackConfig {
+            policy: Policy::new(Mode::Filtered),
+            ..StackConfig::default()
+        })
+        .unwrap();
+        let handler = Net(crate::lifecycle::net::NetControl::new(Some(stack.handle())));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("control.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let server = std::thread::spawn(move || {
+            for conn in listener.incoming().take(6) {
+                serve_connection(conn.unwrap(), &handler);
+            }
+        });
+        let allow = Request::NetAllow {
+            domains: vec!["x.test".into(), "Y.test".into()],
+        };
+        // Every request encodes to one line with a snake_case op and back.
+        let line = serde_json::to_string(&allow).unwrap();
+        assert_eq!(line, r#"{"op":"net_allow","domains":["x.test","Y.test"]}"#);
+        assert_eq!(serde_json::from_str::<Request>(&line).unwrap(), allow);
+        let reply = request(&path, &allow).unwrap();
+        assert_eq!(reply["changed"], json!(["x.test", "y.test"]));
+        assert_eq!(stack.handle().policy().domains, ["x.test", "y.test"]);
+
+        let deny = Request::NetDeny {
+            domains: vec!["x.test".into()],
+        };
+        assert_eq!(request(&path, &deny).unwrap()["changed"], json!(["x.test"]));
+        let reply = request(&path, &Request::Net).unwrap();
+        assert_eq!(reply["policy"]["domains"], json!(["y.test"]));
+        assert_eq!(reply["policy"]["ports"], json!([80, 443]));
+
+        let mut open = Policy::new(Mode::Open);
+        open.forwards.push("8080:80".parse().unwrap());
+        let replace = Request::NetPolicy {
+            policy: open.clone(),
+        };
+        let line = serde_json::to_string(&replace).unwrap();
+        assert!(
+            line.starts_with(r#"{"op":"net_policy","policy":{"mode":"open""#),
+            "{line}"
+        );
+        assert!(
+            line.contains(r#""forwards":[{"host":"127.0.0.1:8080","guest_port":80}]"#),
+            "{line}"
+        );
+        assert_eq!(serde_json::from_str::<Request>(&line).unwrap(), replace);
+        let reply = request(&path, &replace).unwrap();
+        assert_eq!(
+            serde_json::from_value::<Policy>(reply["policy"].clone()).unwrap(),
+            open
+        );
+        assert_eq!(stack.handle().policy(), open);
+
+        let err = request(
+            &path,
+            &Request::NetAllow {
+                domains: vec!["no spaces".into()],
+            },
+        )
+        .unwrap_err();
+        assert!(
+            format!("{err:#}").contains("the VMM refused: `no spaces` is not a domain name"),
+            "{err:#}"
+        );
+        // Unknown fields are refused, not ignored.
+        let mut s = UnixStream::connect(&path).unwrap();
+        s.write_all(b"{\"op\":\"net_allow\",\"domain\":\"x.test\"}\n")
+            .unwrap();
+        let mut reply = String::new();
+        BufReader::new(s).read_line(&mut reply).unwrap();
+        let reply: Value = serde_json::from_str(&reply).unwrap();
+        assert_eq!(reply["ok"], false);
+        assert!(
+            reply["error"].as_str().unwrap().contains("domain"),
+            "{reply}"
+        );
         server.join().unwrap();
     }
 }

@@ -61,7 +61,7 @@ fn agent(uds: &Path) -> Agent<'_> {
 }
 
 /// The workspace's VM, which must be running.
-fn running(dir: Option<&Path>) -> anyhow::Result<(StateDir, Snapshot)> {
+pub(super) fn running(dir: Option<&Path>) -> anyhow::Result<(StateDir, Snapshot)> {
     let cfg = config::load(dir.unwrap_or(Path::new(".")))?;
     let state = StateDir::of(&cfg.name);
     match state.state() {

@@ -8,8 +8,13 @@
 //! - `control.sock`: the VMM's control socket, JSON lines ([`control`]);
 //! - `vsock.sock`: the guest's vsock (hybrid form), where the agent serves;
 //! - `console.log`: the guest's serial console and the VMM's own messages;
+//! - `net-audit.jsonl`: the network stack's decisions, one JSON object per
+//!   line (only when the VM has a network: mode `filtered` or `open`);
 //! - `config.json`: what `up` resolved ([`Snapshot`]); never a secret, since
 //!   `[env]` values go to the guest agent over vsock only.
+//!
+//! `agentvm net` (allow, deny, show, log) acts on a running VM's network
+//! ([`net`]).
 //!
 //! A VM is *running* when its VMM process lives and answers on the control
 //! socket; *stale* when the pid file names a process that is gone (or no
@@ -19,6 +24,7 @@
 pub mod control;
 pub mod down;
 pub mod exec;
+pub mod net;
 pub mod status;
 pub mod up;
 pub mod vmm;
@@ -78,6 +84,11 @@ impl StateDir {
     /// The console log.
     pub fn console(&self) -> PathBuf {
         self.dir.join("console.log")
+    }
+
+    /// The network audit log (JSON lines).
+    pub fn net_audit(&self) -> PathBuf {
+        self.dir.join("net-audit.jsonl")
     }
 
     /// The resolved configuration snapshot.
@@ -190,8 +201,13 @@ pub struct Snapshot {
     pub vcpus: u8,
     /// Host directories shared with the guest.
     pub mounts: Vec<SnapshotMount>,
-    /// The configured egress mode (`off`, `filtered`, `open`).
+    /// The configured egress mode (`off`, `filtered`, `open`); the running
+    /// VM's may since have changed (the control socket's `status` says).
     pub network_mode: String,
+    /// The egress policy the VM starts with: no network device in mode
+    /// `off` (also for a snapshot from before policies were kept).
+    #[serde(default)]
+    pub policy: agentvm_net::Policy,
     /// Names of the `[env]` variables (their values are never written).
     pub env_keys: Vec<String>,
     /// Shell commands run in the guest after boot.
@@ -239,6 +255,7 @@ impl Snapshot {
                 })
                 .collect(),
             network_mode: cfg.network.mode.as_str().to_string(),
+            policy: cfg.network.policy(),
             env_keys: cfg.env.keys().cloned().collect(),
             scripts: cfg.scripts.clone(),
             pre_down: cfg.hooks.pre_down.clone(),

@@ -88,6 +88,10 @@ fn row(state: StateDir) -> Row {
             if reply.get("ready").and_then(|v| v.as_bool()) == Some(false) {
                 row.state = "booting".into();
             }
+            // The mode in force: `agentvm net` may have changed it.
+            if let Some(mode) = reply.get("network_mode").and_then(|v| v.as_str()) {
+                row.network = mode.to_string();
+            }
         }
     }
     row

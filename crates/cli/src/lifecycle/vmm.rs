@@ -1,7 +1,8 @@
 //! `agentvm __vmm --state DIR`: the background VMM process `up` starts.
 //! It builds the VM from `DIR/config.json`, writes the console to
-//! `DIR/console.log`, serves `DIR/control.sock`, and removes its sockets
-//! and pid file when the VM ends.
+//! `DIR/console.log`, records network decisions in `DIR/net-audit.jsonl`,
+//! serves `DIR/control.sock`, and removes its sockets and pid file when the
+//! VM ends.
 
 use std::fs::File;
 use std::io::Write;
@@ -20,8 +21,9 @@ use clap::Args;
 use serde_json::{json, Value};
 
 use super::control::{self, Handler, Request};
+use super::net::NetControl;
 use super::StateDir;
-use crate::boot::{build_vm, KernelChoice, VmSpec};
+use crate::boot::{build_vm, KernelChoice, NetSpec, VmSpec};
 use crate::share::ShareSpec;
 
 /// The line the guest agent prints on the console once it serves.
@@ -66,6 +68,18 @@ pub fn run(args: VmmArgs) -> anyhow::Result<ExitCode> {
         })
         .collect();
     let vsock = state.vsock();
+    let net = match snap.policy.mode {
+        agentvm_net::Mode::Off => None,
+        _ => {
+            let path = state.net_audit();
+            let audit = agentvm_net::Audit::to_file(&path)
+                .with_context(|| format!("cannot create {}", path.display()))?;
+            Some(NetSpec {
+                policy: snap.policy.clone(),
+                audit,
+            })
+        }
+    };
     let vm = build_vm(VmSpec {
         kernel: KernelChoice {
             kernel: snap.kernel.clone(),
@@ -80,6 +94,7 @@ pub fn run(args: VmmArgs) -> anyhow::Result<ExitCode> {
         cid: None,
         rng: true,
         balloon: true,
+        net,
         serial: SerialSink::Writer(Box::new(watch)),
         pit: None,
     })?;
@@ -91,7 +106,7 @@ pub fn run(args: VmmArgs) -> anyhow::Result<ExitCode> {
         handle: vm.handle(),
         ready,
         vsock: vsock.clone(),
-        network_mode: snap.network_mode.clone(),
+        net: NetControl::new(vm.handle().net().cloned()),
         started: Instant::now(),
     });
     std::thread::Builder::new()
@@ -175,7 +190,7 @@ struct Server {
     handle: VmHandle,
     ready: Arc<AtomicBool>,
     vsock: PathBuf,
-    network_mode: String,
+    net: NetControl,
     started: Instant,
 }
 
@@ -190,7 +205,7 @@ impl Handler for Server {
                     "rss_kib": rss_kib(std::process::id()),
                     "vcpus": stats.vcpus,
                     "pid": std::process::id(),
-                    "network_mode": self.network_mode,
+                    "network_mode": self.net.mode().as_str(),
                     "ready": self.ready.load(Ordering::Relaxed),
                 }))
             }
@@ -238,6 +253,10 @@ impl Handler for Server {
                 .reclaim()
                 .map(|()| json!({}))
                 .map_err(|e| e.to_string()),
+            Request::Net
+            | Request::NetAllow { .. }
+            | Request::NetDeny { .. }
+            | Request::NetPolicy { .. } => self.net.answer(&request),
         }
     }
 }

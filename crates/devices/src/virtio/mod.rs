@@ -10,6 +10,7 @@
 pub mod balloon;
 pub mod fs;
 pub mod interrupt;
+pub mod net;
 pub mod queue;
 pub mod rng;
 pub mod transport;

@@ -243,21 +243,31 @@ fn denied_names_get_nxdomain_locally_and_never_reach_upstream() {
     assert_eq!(rig.resolver.drain(), 1);
 }
 
+/// The address tests pin names to (TEST-NET-1: no loopback alias).
+const PIN: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 10);
+
+#[test]
+fn a_pin_to_the_host_loopback_is_answered_with_its_alias() {
+    let mut rig = Rig::new();
+    let mut policy = Policy::new(Mode::Filtered);
+    policy.pin("api.test", Ipv4Addr::LOCALHOST).unwrap();
+    let reply = rig.ask(&policy, "api.test", TYPE::A).unwrap();
+    let alias = Ipv4Addr::new(198, 18, 0, 1);
+    assert_eq!(read_reply(&reply), (RCODE::NoError, GUEST_ID, vec![alias]));
+    assert_eq!(rig.server.name_for(alias, rig.now), Some("api.test"));
+    assert_eq!(rig.server.name_for(Ipv4Addr::LOCALHOST, rig.now), None);
+    assert_eq!(rig.resolver.drain(), 0);
+}
+
 #[test]
 fn pinned_names_and_aaaa_are_answered_locally() {
     let mut rig = Rig::new();
     let mut policy = Policy::new(Mode::Open);
-    policy.pin("api.test", Ipv4Addr::LOCALHOST).unwrap();
+    policy.pin("api.test", PIN).unwrap();
     let reply = rig.ask(&policy, "Api.Test", TYPE::A).unwrap();
-    assert_eq!(
-        read_reply(&reply),
-        (RCODE::NoError, GUEST_ID, vec![Ipv4Addr::LOCALHOST])
-    );
+    assert_eq!(read_reply(&reply), (RCODE::NoError, GUEST_ID, vec![PIN]));
     assert_eq!(Packet::parse(&reply).unwrap().answers[0].ttl, 60);
-    assert_eq!(
-        rig.server.name_for(Ipv4Addr::LOCALHOST, rig.now),
-        Some("api.test")
-    );
+    assert_eq!(rig.server.name_for(PIN, rig.now), Some("api.test"));
     for name in ["api.test", "example.com"] {
         let reply = rig.ask(&policy, name, TYPE::AAAA).unwrap();
         assert_eq!(read_reply(&reply), (RCODE::NoError, GUEST_ID, vec![]));
@@ -332,7 +342,7 @@ fn addresses_behind_cnames_are_recorded_under_the_name_asked() {
 fn a_policy_change_forgets_the_names_it_denies() {
     let mut rig = Rig::new();
     let mut policy = filtered(&["github.com", "crates.io"]);
-    policy.pin("api.test", Ipv4Addr::LOCALHOST).unwrap();
+    policy.pin("api.test", PIN).unwrap();
     for (name, ip) in [
         ("api.github.com", [140, 82, 112, 5]),
         ("static.crates.io", [140, 82, 112, 5]),
@@ -347,40 +357,33 @@ fn a_policy_change_forgets_the_names_it_denies() {
     policy.deny("crates.io").unwrap();
     rig.server.retain_allowed(&policy);
     assert_eq!(rig.server.name_for(shared, rig.now), Some("api.github.com"));
-    assert_eq!(
-        rig.server.name_for(Ipv4Addr::LOCALHOST, rig.now),
-        Some("api.test")
-    );
+    assert_eq!(rig.server.name_for(PIN, rig.now), Some("api.test"));
 
     policy.deny("github.com").unwrap();
-    policy.pin("api.test", Ipv4Addr::new(127, 0, 0, 2)).unwrap();
+    policy
+        .pin("api.test", Ipv4Addr::new(192, 0, 2, 11))
+        .unwrap();
     rig.server.retain_allowed(&policy);
     assert_eq!(rig.server.name_for(shared, rig.now), None);
-    assert_eq!(rig.server.name_for(Ipv4Addr::LOCALHOST, rig.now), None);
+    assert_eq!(rig.server.name_for(PIN, rig.now), None);
 }
 
 #[test]
 fn a_public_name_resolving_to_a_pinned_address_does_not_hide_the_pin() {
     let mut rig = Rig::new();
     let mut policy = Policy::new(Mode::Open);
-    policy.pin("api.test", Ipv4Addr::LOCALHOST).unwrap();
+    policy.pin("api.test", PIN).unwrap();
     rig.ask(&policy, "api.test", TYPE::A).unwrap();
     assert_eq!(rig.ask(&policy, "localhost.example", TYPE::A), None);
     rig.resolver
-        .serve(&[Rec::A("localhost.example", [127, 0, 0, 1], 3600)]);
+        .serve(&[Rec::A("localhost.example", [192, 0, 2, 10], 3600)]);
     assert_eq!(rig.upstream().len(), 1);
     let later = rig.now + Duration::from_secs(30);
-    assert_eq!(
-        rig.server.name_for(Ipv4Addr::LOCALHOST, later),
-        Some("api.test")
-    );
+    assert_eq!(rig.server.name_for(PIN, later), Some("api.test"));
     // Unpinned, the pin's entry goes; the public name stays.
     policy.hosts.clear();
     rig.server.retain_allowed(&policy);
-    assert_eq!(
-        rig.server.name_for(Ipv4Addr::LOCALHOST, later),
-        Some("localhost.example")
-    );
+    assert_eq!(rig.server.name_for(PIN, later), Some("localhost.example"));
 }
 
 #[test]

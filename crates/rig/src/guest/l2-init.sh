@@ -5,8 +5,11 @@
 # The kernel command line picks what it does: rig.mode=report (default)
 # reports what the guest sees and powers off; rig.mode=panic loads the
 # modules and exits, so the kernel panics; rig.mode=bench powers off at
-# once (boot-time benchmark). The modules are the image's own, loaded from
-# the list the agent reads.
+# once (boot-time benchmark); rig.mode=net asks for a DHCP lease on eth0,
+# resolves rig.host (busybox's nslookup: the static wget cannot resolve),
+# fetches http://ADDRESS:rig.port/ and http://rig.denied:rig.port/ (which
+# must fail), and powers off. The modules are the image's
+# own, loaded from the list the agent reads.
 echo "RIG-L2 init=start"
 export PATH=/sbin:/usr/sbin:/bin:/usr/bin
 mount -t proc proc /proc
@@ -14,7 +17,12 @@ mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 mode=report
 for a in $(cat /proc/cmdline); do
-  case "$a" in rig.mode=*) mode="${a#rig.mode=}" ;; esac
+  case "$a" in
+    rig.mode=*) mode="${a#rig.mode=}" ;;
+    rig.host=*) host="${a#rig.host=}" ;;
+    rig.port=*) port="${a#rig.port=}" ;;
+    rig.denied=*) denied="${a#rig.denied=}" ;;
+  esac
 done
 echo "RIG-L2 mode=$mode"
 echo "RIG-L2 uptime_init=$(cut -d' ' -f1 /proc/uptime)"
@@ -29,6 +37,26 @@ echo "RIG-L2 uptime_modules=$(cut -d' ' -f1 /proc/uptime)"
 for d in /sys/bus/platform/drivers/pvpanic-mmio/*:*; do
   [ -e "$d" ] && echo "RIG-L2 pvpanic=${d##*/}"
 done
+
+if [ "$mode" = net ]; then
+  echo "RIG-L2 links=$(ip -o link | cut -d: -f2 | tr -d ' ' | tr '\n' ' ')"
+  ip link set lo up
+  ip link set eth0 up
+  # -s /bin/true: report the lease, configure nothing (done below by hand).
+  udhcpc -i eth0 -n -q -t 5 -T 2 -s /bin/true >/tmp/dhcp.out 2>&1
+  echo "RIG-L2 dhcp_rc=$?"
+  echo "RIG-L2 dhcp=$(grep -o 'lease of [0-9.]* obtained' /tmp/dhcp.out)"
+  ip addr add 10.0.2.15/24 dev eth0
+  ip route add default via 10.0.2.2
+  echo "nameserver 10.0.2.3" > /etc/resolv.conf
+  addr=$(nslookup "$host" 2>/dev/null | sed -n 's/^Address: *\([0-9.]*\)$/\1/p' | tail -n 1)
+  echo "RIG-L2 resolved=$addr"
+  echo "RIG-L2 fetch=$(timeout 10 wget -q -O - "http://$addr:$port/" 2>&1 | head -c 200 | tr '\n' ' ')"
+  timeout 10 wget -q -O /dev/null "http://$denied:$port/" >/dev/null 2>&1
+  echo "RIG-L2 denied_rc=$?"
+  echo "RIG-L2 done=1"
+  poweroff -f
+fi
 
 if [ "$mode" = panic ]; then
   echo "RIG-L2 panic=init-exits"
