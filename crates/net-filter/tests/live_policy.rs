@@ -305,7 +305,6 @@ fn an_unrelated_change_keeps_a_connection_the_dns_table_no_longer_names() {
 }
 
 #[test]
-#[ignore = "waits out the 60 s TTL of the pinned answer"]
 fn an_unrelated_change_keeps_a_connection_whose_dns_answer_expired() {
     let server = TcpEcho::start();
     let policy = pinned("api.test", &[server.port]);
