@@ -15,8 +15,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use agentvm_devices::vhost_user::net::VhostUserNet;
-use agentvm_net::addr::GUEST_MAC;
 use agentvm_devices::virtio::net::DEFAULT_MTU;
+use agentvm_net::addr::GUEST_MAC;
 use agentvm_net::{NetStack, StackConfig};
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
@@ -80,4 +80,3 @@ pub fn run(args: VhostUserArgs) -> anyhow::Result<ExitCode> {
     let _ = std::fs::remove_file(&args.socket);
     Ok(ExitCode::SUCCESS)
 }
-

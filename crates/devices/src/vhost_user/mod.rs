@@ -4,3 +4,4 @@
 //! virtio-mmio transport and a worker thread.
 
 pub mod net;
+pub mod relay;

@@ -11,19 +11,26 @@
 
 use std::io;
 use std::os::fd::AsRawFd;
-use std::path::Path;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use agentvm_net::NetStack;
 use tracing::{error, warn};
-use vhost::vhost_user::message::VhostUserProtocolFeatures;
+use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
+use vhost::vhost_user::{Error as VhostUserError, Listener};
 use vhost_user_backend::{VhostUserBackendMut, VhostUserDaemon, VringRwLock, VringT};
+use virtio_queue::QueueT;
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::event::{
+    new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
+};
 use vmm_sys_util::timerfd::TimerFd;
 
-use crate::virtio::net::device::{config_space, features, OFFERED_FEATURES, QUEUE_SIZE};
+use super::relay::relay;
+use crate::virtio::net::device::{config_space, features, OFFERED_FEATURES};
 use crate::virtio::net::rx::{process_rx, RxState};
 use crate::virtio::net::tx::{process_tx, TxState};
 use crate::virtio::net::{FrameBackend, Negotiated, RX_QUEUE, TX_QUEUE};
@@ -34,6 +41,8 @@ use crate::virtio::{InterruptKind, VirtioInterrupt};
 const BACKEND_EVENT: u16 = 3;
 /// Event id of the poll timer.
 const TIMER_EVENT: u16 = 4;
+/// The largest queue a frontend may set up.
+const MAX_QUEUE_SIZE: usize = 1024;
 /// Rounds of "tx, poll, rx" per wakeup, at most.
 const ROUNDS: usize = 16;
 /// The shortest timer the backend gets (a zero delay would disarm it).
@@ -55,6 +64,12 @@ pub enum VhostUserNetError {
     /// The backend's fd or the timer could not be watched.
     #[error("Cannot watch the backend's events")]
     Watch(#[source] io::Error),
+    /// A socket could not be created, bound or accepted on.
+    #[error("Cannot serve on {0}")]
+    Socket(PathBuf, #[source] io::Error),
+    /// Relaying the frontend's messages failed.
+    #[error("Lost the frontend's messages")]
+    Relay(#[source] io::Error),
 }
 
 /// Remembers that a queue wants its driver signalled; the signal is sent
@@ -106,7 +121,9 @@ impl<B: FrameBackend + Sync> VhostUserNet<B> {
         })
     }
 
-    /// Serves one frontend on the Unix socket `path` until it disconnects.
+    /// Serves one frontend on the Unix socket `path` (created) until it
+    /// disconnects. The daemon itself listens on a private socket next to
+    /// `path` and gets the frontend through [`relay`](super::relay).
     pub fn serve(self, path: &Path) -> Result<(), VhostUserNetError> {
         let backend_fd = self.backend.as_raw_fd();
         let timer_fd = self.timer.as_raw_fd();
@@ -119,15 +136,42 @@ impl<B: FrameBackend + Sync> VhostUserNet<B> {
         .map_err(|e| VhostUserNetError::Daemon(e.to_string()))?;
         let handlers = daemon.get_epoll_handlers();
         let handler = handlers.first().ok_or(VhostUserNetError::NoEventThread)?;
+        let stop_threads = || handler.send_exit_event();
         for (fd, event) in [(backend_fd, BACKEND_EVENT), (timer_fd, TIMER_EVENT)] {
             if let Err(e) = handler.register_listener(fd, EventSet::IN, u64::from(event)) {
                 // The daemon's threads run already; they end on this event
                 // (else dropping the daemon would wait for them forever).
-                handler.send_exit_event();
+                stop_threads();
                 return Err(VhostUserNetError::Watch(e));
             }
         }
-        daemon.serve(path).map_err(|e| VhostUserNetError::Daemon(e.to_string()))
+        let connected = connect_daemon(&mut daemon, path).and_then(|back| {
+            let frontend = UnixListener::bind(path)
+                .map_err(|e| VhostUserNetError::Socket(path.to_path_buf(), e))?;
+            let (front, _) = frontend
+                .accept()
+                .map_err(|e| VhostUserNetError::Socket(path.to_path_buf(), e))?;
+            Ok((front, back))
+        });
+        let (front, back) = match connected {
+            Ok(pair) => pair,
+            Err(e) => {
+                stop_threads();
+                return Err(e);
+            }
+        };
+        let relayed = relay(front, back);
+        let served = daemon.wait();
+        stop_threads();
+        relayed.map_err(VhostUserNetError::Relay)?;
+        match served {
+            // The frontend hanging up is how a session ends.
+            Ok(())
+            | Err(vhost_user_backend::Error::HandleRequest(
+                VhostUserError::Disconnected | VhostUserError::PartialMessage,
+            )) => Ok(()),
+            Err(e) => Err(VhostUserNetError::Daemon(e.to_string())),
+        }
     }
 
     /// Moves frames both ways as far as buffers allow, lets the backend
@@ -143,16 +187,37 @@ impl<B: FrameBackend + Sync> VhostUserNet<B> {
         ) else {
             return;
         };
+        // Events (the backend's, the timer's) can come before the frontend
+        // has set both rings up and enabled them.
+        let usable = |ring: &VringRwLock| {
+            let state = ring.get_ref();
+            state.is_enabled() && state.get_queue().ready()
+        };
+        if !usable(rx_ring) || !usable(tx_ring) {
+            return;
+        }
         for _ in 0..ROUNDS {
             let (tx_signal, rx_signal) = (Pending::default(), Pending::default());
             let tx = {
                 let mut ring = tx_ring.get_mut();
-                process_tx(&mem, ring.get_queue_mut(), &mut self.backend, &tx_signal, &mut self.tx)
+                process_tx(
+                    &mem,
+                    ring.get_queue_mut(),
+                    &mut self.backend,
+                    &tx_signal,
+                    &mut self.tx,
+                )
             };
             self.backend.poll();
             let rx = {
                 let mut ring = rx_ring.get_mut();
-                process_rx(&mem, ring.get_queue_mut(), &mut self.backend, &rx_signal, &mut self.rx)
+                process_rx(
+                    &mem,
+                    ring.get_queue_mut(),
+                    &mut self.backend,
+                    &rx_signal,
+                    &mut self.rx,
+                )
             };
             for (ring, signal) in [(tx_ring, &tx_signal), (rx_ring, &rx_signal)] {
                 if signal.0.load(Ordering::Relaxed) {
@@ -184,6 +249,27 @@ impl<B: FrameBackend + Sync> VhostUserNet<B> {
     }
 }
 
+/// Starts `daemon` on a private socket beside `path` and returns our end
+/// of its one connection (the socket's name is gone by then).
+fn connect_daemon<B: FrameBackend + Sync>(
+    daemon: &mut VhostUserDaemon<Arc<Mutex<VhostUserNet<B>>>>,
+    path: &Path,
+) -> Result<UnixStream, VhostUserNetError> {
+    let mut inner = path.as_os_str().to_owned();
+    inner.push(".daemon");
+    let inner = PathBuf::from(inner);
+    let mut listener =
+        Listener::new(&inner, true).map_err(|e| VhostUserNetError::Daemon(e.to_string()))?;
+    let back = UnixStream::connect(&inner).map_err(|e| VhostUserNetError::Socket(inner.clone(), e));
+    let _ = std::fs::remove_file(&inner);
+    let back = back?;
+    // Accepts the connection made above, then serves it on its own thread.
+    daemon
+        .start(&mut listener)
+        .map_err(|e| VhostUserNetError::Daemon(e.to_string()))?;
+    Ok(back)
+}
+
 impl<B: FrameBackend + Sync> VhostUserBackendMut for VhostUserNet<B> {
     type Bitmap = ();
     type Vring = VringRwLock;
@@ -193,15 +279,15 @@ impl<B: FrameBackend + Sync> VhostUserBackendMut for VhostUserNet<B> {
     }
 
     fn max_queue_size(&self) -> usize {
-        usize::from(QUEUE_SIZE)
+        // The frontend picks the size; QEMU's virtio-mmio lets the guest
+        // driver take up to 1024.
+        MAX_QUEUE_SIZE
     }
 
     fn features(&self) -> u64 {
-        // No VHOST_USER_F_PROTOCOL_FEATURES: QEMU's net frontend sends
-        // SET_VRING_ENABLE before SET_FEATURES, which the daemon refuses
-        // when protocol features are on; without them rings start enabled
-        // at SET_FEATURES, and a one-queue-pair device needs nothing more.
-        OFFERED_FEATURES
+        // QEMU's net frontend cannot start the device without protocol
+        // features (it enables vrings with SET_VRING_ENABLE).
+        OFFERED_FEATURES | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
     }
 
     fn acked_features(&mut self, acked: u64) {
@@ -213,13 +299,27 @@ impl<B: FrameBackend + Sync> VhostUserBackendMut for VhostUserNet<B> {
     }
 
     fn protocol_features(&self) -> VhostUserProtocolFeatures {
-        // Never asked for (see `features`).
+        // Nothing beyond the base protocol: no REPLY_ACK (the relay holds
+        // messages back and answers none), no CONFIG (QEMU's net device
+        // model keeps MAC and MTU itself).
         VhostUserProtocolFeatures::empty()
     }
 
     fn reset_device(&mut self) {
         self.broken = false;
         self.acked_features(self.acked);
+    }
+
+    fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
+        // How the daemon stops its event thread when the session ends;
+        // without one that thread outlives the frontend.
+        match new_event_consumer_and_notifier(EventFlag::NONBLOCK | EventFlag::CLOEXEC) {
+            Ok(pair) => Some(pair),
+            Err(e) => {
+                error!("vhost-user-net: cannot create the exit event: {e}");
+                None
+            }
+        }
     }
 
     fn set_event_idx(&mut self, _enabled: bool) {

@@ -9,6 +9,7 @@ use std::sync::atomic::Ordering;
 
 use tracing::warn;
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
+use vm_memory::{Bytes, GuestAddress};
 
 use crate::virtio::{GuestMemory, InterruptKind, VirtioInterrupt};
 
@@ -60,4 +61,59 @@ pub fn signal_used<I: VirtioInterrupt + ?Sized>(
         interrupt.trigger(InterruptKind::Queue(index))?;
     }
     Ok(())
+}
+
+/// Reads `out.len()` bytes starting `skip` bytes into the buffers
+/// `regions` (address, length — already checked to lie in guest memory);
+/// false if they hold fewer bytes or memory fails.
+pub fn gather(
+    mem: &GuestMemory,
+    regions: &[(GuestAddress, usize)],
+    skip: usize,
+    out: &mut [u8],
+) -> bool {
+    copy_regions(regions, skip, out.len(), |at, range| {
+        mem.read_slice(&mut out[range], at).is_ok()
+    })
+}
+
+/// Writes `data` starting `skip` bytes into the buffers `regions`; the
+/// mirror of [`gather`].
+pub fn scatter(
+    mem: &GuestMemory,
+    regions: &[(GuestAddress, usize)],
+    skip: usize,
+    data: &[u8],
+) -> bool {
+    copy_regions(regions, skip, data.len(), |at, range| {
+        mem.write_slice(&data[range], at).is_ok()
+    })
+}
+
+/// Walks `regions` from byte `skip` for `total` bytes, handing each piece
+/// (guest address, range of the host buffer) to `copy`.
+fn copy_regions(
+    regions: &[(GuestAddress, usize)],
+    mut skip: usize,
+    total: usize,
+    mut copy: impl FnMut(GuestAddress, std::ops::Range<usize>) -> bool,
+) -> bool {
+    let mut done = 0;
+    for &(addr, len) in regions {
+        if done == total {
+            break;
+        }
+        if skip >= len {
+            skip -= len;
+            continue;
+        }
+        let n = (len - skip).min(total - done);
+        // addr + skip stays inside a buffer checked when it was collected.
+        if !copy(GuestAddress(addr.0 + skip as u64), done..done + n) {
+            return false;
+        }
+        done += n;
+        skip = 0;
+    }
+    done == total
 }

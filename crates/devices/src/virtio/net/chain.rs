@@ -5,7 +5,7 @@
 //! buffers.
 
 use virtio_queue::DescriptorChain;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
+use vm_memory::{GuestAddress, GuestMemoryBackend};
 
 use crate::virtio::GuestMemory;
 
@@ -80,51 +80,4 @@ pub(crate) fn walk(
         total,
         descriptors: count,
     })
-}
-
-/// Reads `out.len()` bytes from the start of `regions`; false if they hold
-/// fewer or memory fails.
-pub(crate) fn gather(mem: &GuestMemory, regions: &[(GuestAddress, usize)], out: &mut [u8]) -> bool {
-    let mut filled = 0;
-    for &(addr, len) in regions {
-        if filled == out.len() {
-            break;
-        }
-        let n = len.min(out.len() - filled);
-        if mem.read_slice(&mut out[filled..filled + n], addr).is_err() {
-            return false;
-        }
-        filled += n;
-    }
-    filled == out.len()
-}
-
-/// Writes `data` starting `skip` bytes into `regions`; false if they hold
-/// fewer bytes or memory fails.
-pub(crate) fn scatter(
-    mem: &GuestMemory,
-    regions: &[(GuestAddress, usize)],
-    skip: usize,
-    data: &[u8],
-) -> bool {
-    let mut skip = skip;
-    let mut done = 0;
-    for &(addr, len) in regions {
-        if done == data.len() {
-            break;
-        }
-        if skip >= len {
-            skip -= len;
-            continue;
-        }
-        let n = (len - skip).min(data.len() - done);
-        // addr + skip stays inside the buffer checked by `walk`.
-        let at = GuestAddress(addr.0 + skip as u64);
-        if mem.write_slice(&data[done..done + n], at).is_err() {
-            return false;
-        }
-        done += n;
-        skip = 0;
-    }
-    done == data.len()
 }

@@ -320,14 +320,14 @@ fn write_part(
     let mut at = 0;
     if from < NET_HDR_LEN {
         let part = &hdr[from..end.min(NET_HDR_LEN)];
-        if !chain::scatter(mem, regions, 0, part) {
+        if !vq::scatter(mem, regions, 0, part) {
             return false;
         }
         at = part.len();
     }
     let frame_from = from.max(NET_HDR_LEN) - NET_HDR_LEN;
     let frame_end = end.saturating_sub(NET_HDR_LEN);
-    frame_from >= frame_end || chain::scatter(mem, regions, at, &frame[frame_from..frame_end])
+    frame_from >= frame_end || vq::scatter(mem, regions, at, &frame[frame_from..frame_end])
 }
 
 /// Puts `used` (head, length) in the used ring with a single move of the

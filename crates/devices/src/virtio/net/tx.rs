@@ -153,7 +153,7 @@ fn read_frame(
     let buf = &mut state.scratch;
     buf.clear();
     buf.resize(total, 0);
-    if !chain::gather(mem, &walked.regions, buf) {
+    if !vq::gather(mem, &walked.regions, 0, buf) {
         return Err(Malformed::Memory);
     }
     let mut raw = [0u8; NET_HDR_LEN];

@@ -19,11 +19,11 @@ use std::io;
 
 use tracing::warn;
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
+use vm_memory::{GuestAddress, GuestMemoryBackend};
 
 use super::packet::{Header, HDR_LEN};
 use super::MAX_PKT_PAYLOAD;
-use crate::virtio::queue as vq;
+use crate::virtio::queue::{self as vq, gather, scatter};
 use crate::virtio::{GuestMemory, VirtioInterrupt};
 
 /// Index of the receive queue.
@@ -270,36 +270,6 @@ pub fn read_packet(
     Ok(hdr)
 }
 
-/// Reads `out.len()` bytes starting `skip` bytes into the chain's buffers.
-/// `false` if the buffers hold fewer bytes (or memory fails).
-fn gather(
-    mem: &GuestMemory,
-    regions: &[(GuestAddress, usize)],
-    skip: usize,
-    out: &mut [u8],
-) -> bool {
-    let mut skip = skip;
-    let mut filled = 0;
-    for &(addr, len) in regions {
-        if filled == out.len() {
-            break;
-        }
-        if skip >= len {
-            skip -= len;
-            continue;
-        }
-        let n = (len - skip).min(out.len() - filled);
-        // addr + skip stays inside the buffer checked at collection.
-        let at = GuestAddress(addr.0 + skip as u64);
-        if mem.read_slice(&mut out[filled..filled + n], at).is_err() {
-            return false;
-        }
-        filled += n;
-        skip = 0;
-    }
-    filled == out.len()
-}
-
 /// Walks a receive chain: all device-writable, inside memory, ending, and
 /// with room for a header and some data. Lengths are capped at a packet's
 /// worth.
@@ -360,30 +330,6 @@ fn write_packet(
         warn!("virtio-vsock: cannot write an rx buffer");
         0
     }
-}
-
-/// Writes `data` starting `skip` bytes into the chain's buffers; the
-/// mirror of [`gather`].
-fn scatter(mem: &GuestMemory, regions: &[(GuestAddress, usize)], skip: usize, data: &[u8]) -> bool {
-    let mut skip = skip;
-    let mut done = 0;
-    for &(addr, len) in regions {
-        if done == data.len() {
-            break;
-        }
-        if skip >= len {
-            skip -= len;
-            continue;
-        }
-        let n = (len - skip).min(data.len() - done);
-        let at = GuestAddress(addr.0 + skip as u64);
-        if mem.write_slice(&data[done..done + n], at).is_err() {
-            return false;
-        }
-        done += n;
-        skip = 0;
-    }
-    done == data.len()
 }
 
 #[cfg(test)]

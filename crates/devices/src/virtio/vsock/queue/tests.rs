@@ -8,6 +8,8 @@ use virtio_queue::desc::split::Descriptor;
 use virtio_queue::desc::RawDescriptor;
 use virtio_queue::mock::MockSplitQueue;
 
+use vm_memory::Bytes;
+
 use super::*;
 use crate::virtio::vsock::packet::op;
 use crate::virtio::InterruptKind;
