@@ -13,6 +13,24 @@ use vm_memory::{Bytes, GuestAddress};
 
 use crate::virtio::{GuestMemory, InterruptKind, VirtioInterrupt};
 
+/// Errors that stop a device's queue until the device is reset (the
+/// devices whose queues have a fixed index: net, vsock).
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    /// The available ring could not be read or holds an impossible index.
+    #[error("Cannot read the available ring of queue {queue}")]
+    AvailRing {
+        /// Queue index.
+        queue: u16,
+        /// What virtio-queue found.
+        #[source]
+        source: virtio_queue::Error,
+    },
+    /// The driver could not be signalled.
+    #[error("Cannot signal the driver")]
+    Interrupt(#[source] std::io::Error),
+}
+
 /// The next chain the driver made available, if any. An error means the
 /// available ring is unreadable or its index impossible: the queue is
 /// unusable until the driver resets the device.

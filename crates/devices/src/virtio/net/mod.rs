@@ -97,22 +97,9 @@ pub trait FrameBackend: AsRawFd + Send + 'static {
     fn poll_delay(&mut self) -> Option<Duration>;
 }
 
-/// Errors that stop a queue until the device is reset.
-#[derive(Debug, thiserror::Error)]
-pub enum QueueError {
-    /// The available ring could not be read or holds an impossible index.
-    #[error("Cannot read the available ring of queue {queue}")]
-    AvailRing {
-        /// Queue index.
-        queue: u16,
-        /// What virtio-queue found.
-        #[source]
-        source: virtio_queue::Error,
-    },
-    /// The driver could not be signalled.
-    #[error("Cannot signal the driver")]
-    Interrupt(#[source] std::io::Error),
-}
+/// Errors that stop a queue until the device is reset (shared with
+/// virtio-vsock).
+pub use crate::virtio::queue::QueueError;
 
 /// The features the driver acknowledged that change what the queue paths
 /// do.

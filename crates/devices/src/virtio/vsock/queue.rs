@@ -15,8 +15,6 @@
 //!
 //! Work per call is bounded by the queue size.
 
-use std::io;
-
 use tracing::warn;
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vm_memory::{GuestAddress, GuestMemoryBackend};
@@ -50,22 +48,9 @@ pub trait VsockBackend {
     fn recv_pkt(&mut self, max_payload: usize, payload: &mut Vec<u8>) -> Option<Header>;
 }
 
-/// Errors that stop a queue until the device is reset.
-#[derive(Debug, thiserror::Error)]
-pub enum QueueError {
-    /// The available ring could not be read or holds an impossible index.
-    #[error("Cannot read the available ring of queue {queue}")]
-    AvailRing {
-        /// Queue index.
-        queue: u16,
-        /// What virtio-queue found.
-        #[source]
-        source: virtio_queue::Error,
-    },
-    /// The driver could not be signalled.
-    #[error("Cannot signal the driver")]
-    Interrupt(#[source] io::Error),
-}
+/// Errors that stop a queue until the device is reset (shared with
+/// virtio-net).
+pub use crate::virtio::queue::QueueError;
 
 /// What one call of [`process_tx`] or [`process_rx`] did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
