@@ -20,7 +20,8 @@
 //! | `addr.rs` | the network's addresses, always-blocked host ranges |
 //! | `policy.rs` | modes, allowed names and ports, host pins, forwards |
 //! | `audit.rs` | one JSON line per decision |
-//! | `stack.rs` | [`NetStack`]: classifies frames, runs the poll loop |
+//! | `stack/` | [`NetStack`]: the poll loop (`mod.rs`), what each guest frame is (`classify.rs`) |
+//! | `judge.rs` | the policy's verdict on a flow's destination |
 //! | `phy.rs` | the frame queues smoltcp sends and receives through |
 //! | `frames.rs` | frames the stack builds itself (UDP, ICMP, RST) |
 //! | `dhcp.rs` | the DHCP server |
@@ -37,6 +38,7 @@ mod dhcp;
 pub mod dns;
 mod forward;
 mod frames;
+mod judge;
 mod phy;
 pub mod policy;
 mod stack;

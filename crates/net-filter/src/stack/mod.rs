@@ -1,21 +1,8 @@
 //! [`NetStack`]: takes the guest's frames, decides what each one is, and
 //! runs the poll loop that moves data between smoltcp and host sockets.
 //!
-//! Classification (in [`NetStack::push_frame`]), before smoltcp sees
-//! anything:
-//! - ARP: only requests and replies about the gateway and DNS addresses
-//!   reach smoltcp (which answers them); everything else is dropped.
-//! - IPv4 from anything but the guest's address (or 0.0.0.0 for DHCP),
-//!   fragments, IPv6 and other ethertypes: dropped.
-//! - UDP to port 67: the DHCP server. UDP to 10.0.2.3:53: the DNS server.
-//!   Other UDP: a host flow when the policy allows the destination, ICMP
-//!   "administratively prohibited" at once when not.
-//! - TCP: segments of known connections go to smoltcp; a SYN for a new
-//!   one is judged by the policy — refused with a RST at once, or parked
-//!   while the host connects ([`crate::tcp`]); other segments go to
-//!   smoltcp, which resets them.
-//! - ICMP echo to the gateway or DNS address: smoltcp answers. Other ICMP
-//!   is dropped.
+//! What each frame is and where it goes is [`classify`]'s business; what
+//! the policy says about a destination is [`crate::judge`]'s.
 //!
 //! smoltcp runs with "any IP": its sockets answer for whatever remote
 //! address the guest connected to, so the guest sees the real peer
@@ -34,19 +21,20 @@ use mio::{Events, Poll, Token, Waker};
 use smoltcp::iface::{Config, Interface, SocketSet};
 use smoltcp::time::Instant as SmolInstant;
 use smoltcp::wire::{
-    ArpPacket, ArpRepr, EthernetAddress, EthernetFrame, EthernetProtocol, HardwareAddress,
-    Icmpv4Message, Icmpv4Packet, IpCidr, IpProtocol, Ipv4Packet, Ipv4Repr, TcpPacket, UdpPacket,
-    DHCP_SERVER_PORT,
+    EthernetAddress, EthernetFrame, HardwareAddress, IpCidr, Ipv4Packet, TcpPacket,
 };
 use tracing::{debug, warn};
 
 use crate::addr::{self, DNS_IP, GATEWAY_IP, GATEWAY_MAC, GUEST_IP, PREFIX_LEN};
 use crate::dns::{resolvers_from, DnsServer};
 use crate::forward::Forwards;
-use crate::phy::{Phy, ETH_HEADER};
+use crate::judge::{judge, judge_named, Decision};
+use crate::phy::Phy;
 use crate::tcp::{Connected, FlowKey, Refused, TcpFlows};
 use crate::udp::UdpFlows;
-use crate::{dhcp, frames, Audit, AuditEvent, Mode, Policy, Proto, Verdict};
+use crate::{frames, Audit, AuditEvent, Mode, Policy, Proto, Verdict};
+
+mod classify;
 
 /// The IP MTU when the configuration names none: the largest that keeps
 /// a frame plus virtio header under 64 KiB.
@@ -135,13 +123,6 @@ impl NetHandle {
             warn!("net: cannot wake the stack for a new policy: {e}");
         }
     }
-}
-
-/// A policy verdict on a destination.
-struct Decision {
-    allow: bool,
-    name: Option<String>,
-    reason: &'static str,
 }
 
 /// The user-mode network stack of one VM.
@@ -324,209 +305,7 @@ impl NetStack {
     }
 
     fn token(&mut self) -> Token {
-        let t = Token(self.next_token);
-        self.next_token = self.next_token.wrapping_add(1).max(FIRST_TOKEN);
-        t
-    }
-
-    /// Handles one guest frame; false if it was dropped.
-    fn classify(&mut self, frame: &[u8]) -> bool {
-        if self.policy.mode == Mode::Off || frame.len() > ETH_HEADER + usize::from(u16::MAX) {
-            return false;
-        }
-        let Ok(eth) = EthernetFrame::new_checked(frame) else {
-            return false;
-        };
-        match eth.ethertype() {
-            EthernetProtocol::Arp => self.classify_arp(frame, eth.payload()),
-            EthernetProtocol::Ipv4 => {
-                if eth.src_addr().is_unicast() {
-                    self.guest_mac = eth.src_addr();
-                }
-                self.classify_ipv4(frame, eth.payload())
-            }
-            // IPv6 and everything else: this network has none.
-            _ => false,
-        }
-    }
-
-    fn classify_arp(&mut self, frame: &[u8], payload: &[u8]) -> bool {
-        let Ok(arp) = ArpPacket::new_checked(payload) else {
-            return false;
-        };
-        let Ok(ArpRepr::EthernetIpv4 {
-            target_protocol_addr,
-            source_hardware_addr,
-            ..
-        }) = ArpRepr::parse(&arp)
-        else {
-            return false;
-        };
-        if target_protocol_addr != GATEWAY_IP && target_protocol_addr != DNS_IP {
-            return false;
-        }
-        if source_hardware_addr.is_unicast() {
-            self.guest_mac = source_hardware_addr;
-        }
-        self.phy.rx.push_back(frame.to_vec());
-        true
-    }
-
-    fn classify_ipv4(&mut self, frame: &[u8], payload: &[u8]) -> bool {
-        let Ok(packet) = Ipv4Packet::new_checked(payload) else {
-            return false;
-        };
-        if packet.more_frags() || packet.frag_offset() != 0 {
-            return false;
-        }
-        let Ok(repr) = Ipv4Repr::parse(&packet, &smoltcp::phy::ChecksumCapabilities::ignored())
-        else {
-            return false;
-        };
-        let l4 = packet.payload();
-        let from_guest = repr.src_addr == GUEST_IP;
-        match repr.next_header {
-            IpProtocol::Udp => {
-                let Ok(udp) = UdpPacket::new_checked(l4) else {
-                    return false;
-                };
-                if udp.dst_port() == DHCP_SERVER_PORT {
-                    return self.dhcp(udp.payload());
-                }
-                if !from_guest {
-                    return false;
-                }
-                let guest = SocketAddrV4::new(GUEST_IP, udp.src_port());
-                let dst = SocketAddrV4::new(repr.dst_addr, udp.dst_port());
-                self.classify_udp(&repr, l4, guest, dst, udp.payload());
-                true
-            }
-            IpProtocol::Tcp if from_guest => {
-                let Ok(tcp) = TcpPacket::new_checked(l4) else {
-                    return false;
-                };
-                let key = FlowKey {
-                    guest_port: tcp.src_port(),
-                    remote: SocketAddrV4::new(repr.dst_addr, tcp.dst_port()),
-                };
-                match self.tcp.state_of(&key) {
-                    // A retransmitted SYN while the host connects.
-                    Some(true) => false,
-                    Some(false) => {
-                        self.phy.rx.push_back(frame.to_vec());
-                        true
-                    }
-                    None if tcp.syn() && !tcp.ack() => {
-                        let syn_len = l4.len().saturating_sub(usize::from(tcp.header_len())) + 1;
-                        self.new_connection(key, frame, tcp.seq_number(), syn_len);
-                        true
-                    }
-                    // smoltcp resets segments of unknown connections.
-                    None => {
-                        self.phy.rx.push_back(frame.to_vec());
-                        true
-                    }
-                }
-            }
-            IpProtocol::Icmp if from_guest => {
-                let Ok(icmp) = Icmpv4Packet::new_checked(l4) else {
-                    return false;
-                };
-                let to_us = repr.dst_addr == GATEWAY_IP || repr.dst_addr == DNS_IP;
-                if to_us && icmp.msg_type() == Icmpv4Message::EchoRequest {
-                    self.phy.rx.push_back(frame.to_vec());
-                    return true;
-                }
-                false
-            }
-            _ => false,
-        }
-    }
-
-    fn dhcp(&mut self, payload: &[u8]) -> bool {
-        match dhcp::reply(payload) {
-            Some(reply) => self.phy.send(reply),
-            None => false,
-        }
-    }
-
-    fn classify_udp(
-        &mut self,
-        repr: &Ipv4Repr,
-        l4: &[u8],
-        guest: SocketAddrV4,
-        dst: SocketAddrV4,
-        payload: &[u8],
-    ) {
-        let now = Instant::now();
-        if dst == SocketAddrV4::new(DNS_IP, 53) {
-            if let Some(reply) = self
-                .dns
-                .query(now, &self.policy, guest, payload, &self.audit)
-            {
-                self.send_udp(dst, guest, &reply);
-            }
-            return;
-        }
-        let key = FlowKey {
-            guest_port: guest.port(),
-            remote: dst,
-        };
-        let mut name = None;
-        if !self.udp.contains(&key) {
-            let decision = self.decide(*dst.ip(), dst.port(), now);
-            self.record(Proto::Udp, &decision, dst);
-            if !decision.allow {
-                let icmp = frames::icmp_prohibited(self.guest_mac, GATEWAY_IP, repr, l4);
-                self.phy.send(icmp);
-                return;
-            }
-            name = decision.name;
-        }
-        let (registry, next) = (self.poll.registry(), &mut self.next_token);
-        let token = || {
-            let t = Token(*next);
-            *next = next.wrapping_add(1).max(FIRST_TOKEN);
-            t
-        };
-        if let Err(e) = self.udp.send(key, payload, name, registry, token, now) {
-            debug!("net: udp {dst}: {e}");
-        }
-    }
-
-    fn new_connection(
-        &mut self,
-        key: FlowKey,
-        frame: &[u8],
-        seq: smoltcp::wire::TcpSeqNumber,
-        syn_len: usize,
-    ) {
-        let now = Instant::now();
-        let mut decision = self.decide(*key.remote.ip(), key.remote.port(), now);
-        if decision.allow && self.tcp.len() >= MAX_TCP_FLOWS {
-            decision.allow = false;
-            decision.reason = "too many connections";
-        }
-        self.record(Proto::Tcp, &decision, key.remote);
-        if decision.allow {
-            let token = self.token();
-            let (syn, name) = (frame.to_vec(), decision.name.clone());
-            match self
-                .tcp
-                .connect(key, syn, name, self.poll.registry(), token, now)
-            {
-                Ok(()) => return,
-                Err(e) => debug!("net: tcp {}: connect failed at once: {e}", key.remote),
-            }
-        }
-        let guest = SocketAddrV4::new(GUEST_IP, key.guest_port);
-        self.phy.send(frames::tcp_reset(
-            self.guest_mac,
-            guest,
-            key.remote,
-            seq,
-            syn_len,
-        ));
+        take_token(&mut self.next_token)
     }
 
     /// Hands connected flows their parked SYN (one at a time, so each
@@ -695,11 +474,7 @@ impl NetStack {
             self.policy.forwards.clone()
         };
         let (registry, next) = (self.poll.registry(), &mut self.next_token);
-        let failed = self.forwards.sync(&wanted, registry, || {
-            let t = Token(*next);
-            *next = next.wrapping_add(1).max(FIRST_TOKEN);
-            t
-        });
+        let failed = self.forwards.sync(&wanted, registry, || take_token(next));
         for (forward, e) in failed {
             warn!(
                 "net: cannot listen on {} for the forward to guest port {}: {e}",
@@ -778,66 +553,11 @@ impl NetStack {
     }
 }
 
-/// Judges a guest flow to `ip:port` under `policy`, with the addresses
-/// `dns` handed out and the host's own addresses `hosts`.
-fn judge(
-    policy: &Policy,
-    dns: &DnsServer,
-    hosts: &[IpAddr],
-    ip: Ipv4Addr,
-    port: u16,
-    now: Instant,
-) -> Decision {
-    let name = dns.name_for(ip, now).map(str::to_owned);
-    judge_named(policy, hosts, ip, port, name)
-}
-
-/// Judges a guest flow to `ip:port` under `policy` as an address handed
-/// out for `name` (`None`: for no name).
-fn judge_named(
-    policy: &Policy,
-    hosts: &[IpAddr],
-    ip: Ipv4Addr,
-    port: u16,
-    name: Option<String>,
-) -> Decision {
-    let deny = |name, reason| Decision {
-        allow: false,
-        name,
-        reason,
-    };
-    let pin = name.as_deref().and_then(|n| policy.pinned(n));
-    let pinned = pin == Some(ip);
-    if policy.mode == Mode::Off {
-        return deny(name, "network off");
-    }
-    if pin.is_some() && !pinned {
-        // A flow opened before the name was pinned elsewhere (the DNS
-        // server forgets such addresses too).
-        return deny(name, "name pinned to another address");
-    }
-    if let Some(why) = addr::always_blocked(ip, hosts) {
-        if !pinned {
-            return deny(name, why);
-        }
-    }
-    if !policy.allows_port(port) {
-        return deny(name, "port not allowed");
-    }
-    let named = name.as_deref().is_some_and(|n| policy.allows_name(n));
-    match policy.mode {
-        Mode::Open => Decision {
-            allow: true,
-            name,
-            reason: "open mode",
-        },
-        Mode::Filtered if named => Decision {
-            allow: true,
-            name,
-            reason: "address of an allowed name",
-        },
-        _ => deny(name, "address not handed out for an allowed name"),
-    }
+/// The next epoll token for a host socket (wrapping past the fixed ones).
+fn take_token(next: &mut usize) -> Token {
+    let t = Token(*next);
+    *next = next.wrapping_add(1).max(FIRST_TOKEN);
+    t
 }
 
 impl AsRawFd for NetStack {
