@@ -239,7 +239,9 @@ mod tests {
         assert_eq!(p.mode, Mode::Filtered);
         assert_eq!(p.domains, ["github.com", "a.test"]);
         assert_eq!(p.ports, [22, 443], "--port replaces 80 and 443");
-        assert_eq!(p.pinned("api.test"), Some(Ipv4Addr::LOCALHOST));
+        assert_eq!(p.hosts["api.test"], Ipv4Addr::LOCALHOST);
+        // The guest is given the host loopback's alias.
+        assert_eq!(p.pinned("api.test"), Some(Ipv4Addr::new(198, 18, 0, 1)));
         assert_eq!(
             p.forwards,
             [

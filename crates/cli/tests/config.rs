@@ -109,6 +109,7 @@ fn init_writes_a_commented_file_that_loads_as_the_defaults() {
     for line in [
         "mode = \"filtered\"",
         "ports = [80, 443]",
+        "hosts = {}",
         &format!("source = \"{}\"", d.ws.display()),
         &format!("target = \"{}\"", d.ws.display()),
         "read_only = false",
@@ -258,6 +259,7 @@ fn config_merges_plugins_and_never_prints_secrets() {
         config_file(&d.ws),
         "plugins = [\"claude-code\"]\n\n[resources]\nvcpus = 1\nmemory_mib = 512\n\n\
          [network]\ndomains = [\"github.com\"]\nforwards = [\"8080:80\"]\n\n\
+         [network.hosts]\n\"API.test\" = \"127.0.0.1\"\n\n\
          [env]\nGH = \"token ${GH_TOKEN}\"\n",
     )
     .unwrap();
@@ -272,10 +274,11 @@ fn config_merges_plugins_and_never_prints_secrets() {
     for line in [
         "ANTHROPIC_API_KEY = \"${ANTHROPIC_API_KEY}\"  # <set>; from plugin claude-code",
         "CLAUDE_CODE_OAUTH_TOKEN = \"${CLAUDE_CODE_OAUTH_TOKEN}\"  # <unset>; from plugin claude-code",
-        "GH = \"token ${GH_TOKEN}\"  # <set>; from .agentvm/config.toml:12",
+        "GH = \"token ${GH_TOKEN}\"  # <set>; from .agentvm/config.toml:15",
         "vcpus = 1",
         "memory_mib = 512",
         "forwards = [\"8080:80\"]",
+        "hosts = { \"api.test\" = \"127.0.0.1\" }",
         "  \"api.anthropic.com\",",
         "  \"github.com\",",
         "[[mounts]]  # from plugin claude-code",
@@ -324,7 +327,7 @@ fn config_reports_mistakes_at_their_line() {
         (
             "name = \"x\"\n\n[network]\nmode = \"open\"\nmdoe = \"off\"\n",
             ".agentvm/config.toml:5:1: unknown key `network.mdoe` (expected one of mode, \
-             domains, ports, forwards)",
+             domains, ports, hosts, forwards)",
         ),
         (
             "[resources]\nvcpus = \"2\"\n",
@@ -333,6 +336,11 @@ fn config_reports_mistakes_at_their_line() {
         (
             "[network]\nports = [443, 0]\n",
             ".agentvm/config.toml:2:15: `network.ports[1]`: 0 is not a port (1 to 65535)",
+        ),
+        (
+            "[network]\nhosts = { \"api.test\" = \"127.2.0.1\" }\n",
+            ".agentvm/config.toml:2:24: `network.hosts.\"api.test\"`: 127.2.0.1 is a loopback \
+             address outside 127.0.0.0/16",
         ),
         (
             "plugins = [\"./mine.toml\"]\n",

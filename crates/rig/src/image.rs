@@ -6,12 +6,13 @@
 //! and, for the exec benchmark, dropbear on vsock port 22 (started by the
 //! agent's startup script). L1 is the same kernel with
 //! kvm-amd, busybox, the static agentvm, the L2 image, and the helpers a
-//! scenario needs.
+//! scenario needs (virtiofsd, QEMU, the SSH client, tmux).
 
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use agentvm_image::archive::shared_libraries;
 use agentvm_image::{
     files, run, which, Cache, DebianKernel, GuestImage, ImageError, Initramfs, KeyHasher, Recipe,
 };
@@ -104,6 +105,44 @@ impl SshPeer {
             client_pub,
             host_key: dir.join("host"),
         }))
+    }
+}
+
+/// tmux, for scenarios that drive `agentvm shell` on a real terminal: the
+/// host's binary (dynamic; its libraries go along) and glibc's C.UTF-8
+/// character map, without which tmux refuses to start ("need UTF-8
+/// locale"). A detached session needs no terminfo entry: no client
+/// terminal is ever attached.
+#[derive(Debug, Clone)]
+pub struct Tmux {
+    /// The tmux binary.
+    pub binary: PathBuf,
+    /// `LC_CTYPE` of the C.UTF-8 locale, when the host has it as a file.
+    pub locale: Option<PathBuf>,
+}
+
+impl Tmux {
+    /// Where Debian's libc-bin keeps the C.UTF-8 character map.
+    pub const LOCALE: &'static str = "/usr/lib/locale/C.utf8/LC_CTYPE";
+
+    /// Finds tmux on this host; `None` when it is not installed.
+    pub fn find() -> Option<Self> {
+        let binary = which("tmux")?;
+        let locale = Some(PathBuf::from(Self::LOCALE)).filter(|p| p.is_file());
+        Some(Tmux { binary, locale })
+    }
+
+    /// Adds everything carried to `key`: the binary, its libraries and the
+    /// locale file.
+    fn add_to(&self, key: &mut KeyHasher) -> Result<(), ImageError> {
+        key.add(b"tmux").add_file(&self.binary)?;
+        for lib in shared_libraries(&self.binary)? {
+            key.add_file(&lib)?;
+        }
+        if let Some(l) = &self.locale {
+            key.add_file(l)?;
+        }
+        Ok(())
     }
 }
 
@@ -216,6 +255,8 @@ pub struct L1Contents<'a> {
     pub ssh: Option<(&'a Path, &'a SshPeer)>,
     /// virtiofsd, for boots with `--share` (carried with its libraries).
     pub virtiofsd: Option<&'a Path>,
+    /// tmux, for scripts that drive `agentvm shell` on a terminal.
+    pub tmux: Option<&'a Tmux>,
 }
 
 /// Where L1 keeps things (the scenario scripts use these paths).
@@ -236,6 +277,8 @@ pub mod l1_paths {
     pub const QEMU: &str = "/bin/qemu-system-x86_64";
     /// virtiofsd (on L1's `PATH`, where agentvm looks for it).
     pub const VIRTIOFSD: &str = "/bin/virtiofsd";
+    /// tmux (on L1's `PATH`).
+    pub const TMUX: &str = "/bin/tmux";
     /// Where vsock sockets go.
     pub const SOCK_DIR: &str = "/tmp";
 }
@@ -271,11 +314,19 @@ impl L1Image {
         if let Some(v) = c.virtiofsd {
             key.add_file(v)?;
         }
-        let variant = match (c.qemu.is_some(), c.ssh.is_some(), c.virtiofsd.is_some()) {
+        if let Some(t) = c.tmux {
+            t.add_to(&mut key)?;
+        }
+        let base = match (c.qemu.is_some(), c.ssh.is_some(), c.virtiofsd.is_some()) {
             (true, _, _) => "qemu",
             (false, true, _) => "ssh",
             (false, false, true) => "fs",
             (false, false, false) => "vmm",
+        };
+        // Its own prefix, so that pruning one variant never evicts the other.
+        let variant = match c.tmux {
+            Some(_) => format!("{base}+tmux"),
+            None => base.to_string(),
         };
         let name = format!("l1-{variant}-{}", key.hex());
         let dir = cache.entry(&name, |tmp| {
@@ -316,6 +367,12 @@ impl L1Image {
             }
             if let Some(v) = c.virtiofsd {
                 a.binary_with_libs(p::VIRTIOFSD, v)?;
+            }
+            if let Some(t) = c.tmux {
+                a.binary_with_libs(p::TMUX, &t.binary)?;
+                if let Some(l) = &t.locale {
+                    a.copy(Tmux::LOCALE, 0o644, l)?;
+                }
             }
             a.finish()
         })?;

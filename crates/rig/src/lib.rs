@@ -36,8 +36,8 @@ pub mod scenario;
 pub mod stamp;
 
 pub use agentvm_image::{Cache, ImageError};
-pub use image::{L1Image, L2Image, SshPeer};
-pub use runner::{select_tier, Rig, RunError};
+pub use image::{L1Image, L2Image, SshPeer, Tmux};
+pub use runner::{required, select_tier, Rig, RunError};
 pub use scenario::{
     Boot, BootResult, GuestMode, KernelFormat, Scenario, ScenarioResult, Tier, Vmm,
 };

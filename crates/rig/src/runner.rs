@@ -14,7 +14,7 @@ use thiserror::Error;
 use agentvm_image::{Cache, CacheLock, ImageError};
 
 use crate::binaries::{self, StaticBinaries};
-use crate::image::{L1Contents, L1Image, L2Extras, L2Image, SshPeer};
+use crate::image::{L1Contents, L1Image, L2Extras, L2Image, SshPeer, Tmux};
 use crate::scenario::{parse_log, BootPaths, Scenario, ScenarioResult, Tier};
 use crate::stamp::{stamp, StampSpec};
 
@@ -134,6 +134,14 @@ pub fn select_tier() -> Result<Tier, RunError> {
     }
 }
 
+/// Whether a test must run the rig rather than skip: [`REQUIRE_ENV`] or
+/// `CI` is set (to anything but empty, `0` or `false`).
+pub fn required() -> bool {
+    [REQUIRE_ENV, "CI"]
+        .iter()
+        .any(|v| std::env::var(v).is_ok_and(|s| !s.is_empty() && s != "0" && s != "false"))
+}
+
 /// The rig: a locked cache, the chosen tier, and options.
 #[derive(Debug)]
 pub struct Rig {
@@ -164,10 +172,7 @@ impl Rig {
         match Rig::open() {
             Ok(r) => Ok(Some(r)),
             Err(RunError::Unavailable(why)) => {
-                let required = [REQUIRE_ENV, "CI"].iter().any(|v| {
-                    std::env::var(v).is_ok_and(|s| !s.is_empty() && s != "0" && s != "false")
-                });
-                if required {
+                if required() {
                     return Err(RunError::Unavailable(why));
                 }
                 eprintln!("skipped: cannot run the rig here: {why}");
@@ -212,10 +217,20 @@ impl Rig {
         })
     }
 
+    /// tmux, or why it is not there.
+    fn tmux(&self) -> Result<Tmux, RunError> {
+        Tmux::find()
+            .ok_or_else(|| RunError::Unavailable("tmux not found (apt-get install tmux)".into()))
+    }
+
     /// Runs `scenario` and checks that every boot completed (L1 came up
     /// with /dev/kvm, each boot printed its end marker). What the guests
     /// reported is for the caller to judge.
     pub fn run(&self, scenario: &Scenario) -> Result<ScenarioResult, RunError> {
+        // Before the slow build: a missing helper is said at once.
+        if scenario.needs_tmux() {
+            self.tmux()?;
+        }
         let bins = binaries::build()?;
         let ssh = if scenario.needs_ssh() {
             Some(self.ssh_peer()?)
@@ -379,6 +394,11 @@ impl Rig {
         } else {
             None
         };
+        let tmux = if scenario.needs_tmux() {
+            Some(self.tmux()?)
+        } else {
+            None
+        };
         let l1 = L1Image::build(
             &self.cache,
             &L1Contents {
@@ -392,6 +412,7 @@ impl Rig {
                 },
                 ssh: extras.ssh,
                 virtiofsd: virtiofsd.as_deref(),
+                tmux: tmux.as_ref(),
             },
         )?;
         let paths = BootPaths::in_l1();

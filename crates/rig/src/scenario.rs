@@ -91,6 +91,9 @@ pub struct Boot {
     pub setup: Option<String>,
     /// The script starts VMs with shares of its own (L1 carries virtiofsd).
     pub virtiofsd: bool,
+    /// The script drives a terminal with tmux (L1 carries it; on the host
+    /// it must be installed).
+    pub tmux: bool,
 }
 
 /// The kernel command line every L2 boot starts from (agentvm's default
@@ -115,6 +118,7 @@ impl Boot {
             extra_args: Vec::new(),
             setup: None,
             virtiofsd: false,
+            tmux: false,
         }
     }
 
@@ -176,6 +180,12 @@ impl Boot {
     /// Carries virtiofsd for VMs the script starts itself.
     pub fn with_virtiofsd(mut self) -> Self {
         self.virtiofsd = true;
+        self
+    }
+
+    /// Has tmux beside the VMM for the script.
+    pub fn with_tmux(mut self) -> Self {
+        self.tmux = true;
         self
     }
 
@@ -383,6 +393,11 @@ impl Scenario {
         self.boots
             .iter()
             .any(|b| b.virtiofsd || b.extra_args.iter().any(|a| a == "--share"))
+    }
+
+    /// Whether any boot's script uses tmux.
+    pub fn needs_tmux(&self) -> bool {
+        self.boots.iter().any(|b| b.tmux)
     }
 
     /// Whether any boot needs the SSH peer.
@@ -724,6 +739,8 @@ mod tests {
         let s = Scenario::new("s", vec![b, q, a]);
         assert!(s.needs_qemu());
         assert!(!s.needs_ssh());
+        assert!(!s.needs_tmux());
+        assert!(Scenario::new("t", vec![Boot::agent("t", "").with_tmux()]).needs_tmux());
         assert_eq!(s.max_vcpus(), 2);
         let script = s.l1_script(&paths());
         assert!(script.contains("/bin/rig-stamp --name pvh-2 --timeout 120 --first-line 'RIG-L2 init=start' -- /bin/agentvm boot"));

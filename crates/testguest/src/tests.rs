@@ -379,7 +379,7 @@ fn bzimage_setup_header_fields_sit_at_their_offsets() {
     assert_eq!(util::u64_at(b, 0x258), 0x10_0000, "pref_address");
     let init_size = util::u32_at(b, 0x260) as usize;
     assert!(
-        init_size >= payload_len && init_size % 0x1000 == 0,
+        init_size >= payload_len && init_size.is_multiple_of(0x1000),
         "init_size {init_size:#x}"
     );
     let version_at = 0x200 + usize::from(u16_at(b, 0x20e));

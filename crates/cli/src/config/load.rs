@@ -1,7 +1,7 @@
 //! Reading a configuration file and turning TOML and serde errors into
 //! `file:line:column: message` with the dotted key path, e.g.
 //! ``.agentvm/config.toml:7:1: unknown key `network.mdoe` (expected one of
-//! mode, domains, ports, forwards)``.
+//! mode, domains, ports, hosts, forwards)``.
 
 use std::fmt;
 use std::ops::Range;

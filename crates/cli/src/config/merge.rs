@@ -4,8 +4,9 @@
 //! Rules, applying a later layer onto what is there:
 //! - scalars (`resources.*`, `network.mode`, `kernel`, `initrd`, `image`):
 //!   the later layer's value wins, so the user's beats every plugin's;
-//! - tables of values (`[env]`): merged key by key, the later layer winning
-//!   a key both set;
+//! - tables of values (`[env]`, `network.hosts`): merged key by key, the
+//!   later layer winning a key both set (so the user can re-pin a name a
+//!   plugin pinned);
 //! - lists (`network.domains`, `network.ports`, `scripts`, `hooks.*`):
 //!   concatenated in layer order, duplicates dropped (the first occurrence
 //!   keeps its place); so the plugins' scripts run before the user's;
@@ -16,6 +17,7 @@
 //! - `network.ports` defaults to 80 and 443 only when no layer lists ports.
 
 use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
 use super::env::EnvEntry;
@@ -38,6 +40,8 @@ pub struct Fragment {
     pub domains: Vec<String>,
     /// `network.ports`: `Some` when the layer lists ports.
     pub ports: Option<Vec<u16>>,
+    /// `network.hosts`: names (lowercase) pinned to addresses.
+    pub hosts: BTreeMap<String, Ipv4Addr>,
     /// `network.forwards`.
     pub forwards: Vec<Forward>,
     /// `[env]`.
@@ -85,6 +89,7 @@ impl Fragment {
             (mine @ None, theirs) => *mine = theirs,
             (Some(_), None) => {}
         }
+        self.hosts.extend(later.hosts);
         self.env.extend(later.env);
         concat(&mut self.scripts, later.scripts);
         concat(&mut self.hooks.pre_up, later.hooks.pre_up);
@@ -114,6 +119,7 @@ impl Fragment {
                 mode: self.mode.unwrap_or(NetworkMode::Filtered),
                 domains: self.domains,
                 ports: self.ports.unwrap_or_else(|| super::DEFAULT_PORTS.to_vec()),
+                hosts: self.hosts,
                 forwards: self.forwards,
             },
             env: self.env,

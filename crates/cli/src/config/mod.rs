@@ -12,7 +12,7 @@
 //!    unknown keys and wrong types are errors with `file:line:column` and
 //!    the key path.
 //! 3. [`validate`] checks values one file at a time (ports, forwards,
-//!    modes, names, sizes) and makes paths absolute, into a
+//!    host pins, modes, names, sizes) and makes paths absolute, into a
 //!    [`merge::Fragment`].
 //! 4. [`merge`] layers the fragments: the defaults, then each plugin in
 //!    the order listed, then the workspace's own file. See that module for
@@ -154,21 +154,27 @@ pub struct Network {
     pub domains: Vec<String>,
     /// Destination ports allowed in `filtered` mode. Default: 80 and 443.
     pub ports: Vec<u16>,
+    /// Names (lowercase) the network stack answers with a fixed address,
+    /// reachable in `filtered` mode on the allowed ports; a pin into the
+    /// host's 127.0.0.0/16 is how the guest reaches a host loopback server
+    /// (it sees 127.0.B.C as 198.18.B.C). Default: none.
+    pub hosts: BTreeMap<String, std::net::Ipv4Addr>,
     /// Host loopback ports forwarded into the guest. Default: none.
     pub forwards: Vec<Forward>,
 }
 
 impl Network {
     /// The network stack's egress policy for this configuration: the mode,
-    /// the domains (already lowercase, plugins' included), the ports, and
-    /// each forward listening on the host's 127.0.0.1. A VM whose mode is
-    /// `off` gets no network device at all.
+    /// the domains (already lowercase, plugins' included), the ports, the
+    /// host pins (checked by the stack's own rules when the file was read),
+    /// and each forward listening on the host's 127.0.0.1. A VM whose mode
+    /// is `off` gets no network device at all.
     pub fn policy(&self) -> agentvm_net::Policy {
         agentvm_net::Policy {
             mode: self.mode.into(),
             domains: self.domains.clone(),
             ports: self.ports.clone(),
-            hosts: BTreeMap::new(),
+            hosts: self.hosts.clone(),
             forwards: self
                 .forwards
                 .iter()

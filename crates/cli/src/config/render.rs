@@ -60,6 +60,12 @@ pub fn render(cfg: &ResolvedConfig, lookup: &dyn Fn(&str) -> Option<String>) -> 
     line(&mut out, "domains", &array(&strings(&net.domains)), None);
     let ports: Vec<String> = net.ports.iter().map(u16::to_string).collect();
     line(&mut out, "ports", &array(&ports), None);
+    let hosts: Vec<String> = net
+        .hosts
+        .iter()
+        .map(|(name, ip)| format!("{} = {}", toml_key(name), string(&ip.to_string())))
+        .collect();
+    line(&mut out, "hosts", &inline_table(&hosts), None);
     let forwards: Vec<String> = net
         .forwards
         .iter()
@@ -128,6 +134,16 @@ fn strings(list: &[String]) -> Vec<String> {
 
 fn path_value(p: &Path) -> String {
     string(&p.to_string_lossy())
+}
+
+/// An inline table of rendered `key = value` pairs (TOML keeps an inline
+/// table on one line).
+fn inline_table(pairs: &[String]) -> String {
+    if pairs.is_empty() {
+        "{}".to_string()
+    } else {
+        format!("{{ {} }}", pairs.join(", "))
+    }
 }
 
 /// An array of rendered values: on one line when short, else one per line.

@@ -82,6 +82,9 @@ pub struct Network {
     pub domains: Option<SpannedList>,
     /// Destination ports allowed in `filtered` mode.
     pub ports: Option<Vec<Spanned<i64>>>,
+    /// Names answered with a fixed IPv4 address (`NAME = "IPV4"`), allowed
+    /// in `filtered` mode; the host's 127.0.0.0/16 is reachable this way.
+    pub hosts: Option<BTreeMap<Spanned<String>, Spanned<String>>>,
     /// `"HOST:GUEST"` port forwards from the host's loopback into the guest.
     pub forwards: Option<SpannedList>,
 }

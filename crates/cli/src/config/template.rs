@@ -69,6 +69,11 @@ name = {name}
 # domains = ["github.com"]
 # Destination ports allowed in filtered mode.
 # ports = [{ports}]
+# Names answered with a fixed IPv4 address, exactly (not their
+# subdomains), reachable in filtered mode on the ports above. The host's
+# own loopback (127.0.0.0/16) is reachable only this way: the guest is
+# given 198.18.0.1 for 127.0.0.1, say.
+# hosts = {{ "api.test" = "127.0.0.1" }}
 # Host ports forwarded into the guest, "HOST:GUEST" (on the host's
 # loopback only).
 # forwards = ["8080:80"]

@@ -1,5 +1,6 @@
 //! Parsing, defaults, plugin merging and every error path, table-driven.
 
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
 use super::env::{EnvValue, Part};
@@ -92,6 +93,7 @@ fn no_file_means_every_default() {
             mode: NetworkMode::Filtered,
             domains: vec![],
             ports: vec![80, 443],
+            hosts: BTreeMap::new(),
             forwards: vec![],
         }
     );
@@ -177,6 +179,7 @@ mode = "open"
 domains = ["GitHub.com.", "crates.io", "github.com"]
 ports = [443, 22, 443]
 forwards = ["8080:80", "2222:22", "8080:80"]
+hosts = { "API.Test." = "127.0.0.1", "db.test" = "10.1.2.3", "api.test" = "127.0.0.1" }
 
 [env]
 RUST_LOG = "debug"
@@ -223,6 +226,13 @@ post_down = ["rm -f /tmp/x", "echo done"]
     assert_eq!(c.network.domains, ["github.com", "crates.io"]);
     assert_eq!(c.network.ports, [443, 22]);
     assert_eq!(
+        c.network.hosts,
+        BTreeMap::from([
+            ("api.test".to_string(), Ipv4Addr::LOCALHOST),
+            ("db.test".to_string(), Ipv4Addr::new(10, 1, 2, 3)),
+        ])
+    );
+    assert_eq!(
         c.network.forwards,
         [
             Forward {
@@ -252,7 +262,7 @@ post_down = ["rm -f /tmp/x", "echo done"]
         c.env["TOKEN"].origin,
         Origin::File {
             file: shown,
-            line: 30
+            line: 31
         }
     );
     assert_eq!(c.hooks.pre_up, ["make image"]);
@@ -287,6 +297,7 @@ fn the_init_template_resolves_to_the_defaults() {
         "mode =",
         "domains =",
         "ports = [80, 443]",
+        "hosts = { \"api.test\" = \"127.0.0.1\" }",
         "forwards =",
         "[env]",
         "pre_up =",
@@ -463,6 +474,54 @@ fn plugin_files_are_found_relative_to_the_config_file() {
 }
 
 #[test]
+fn host_pins_merge_name_by_name_the_users_file_winning() {
+    let ws = Ws::new();
+    ws.write(
+        ".agentvm/a.toml",
+        "[network.hosts]\n\"api.test\" = \"127.0.0.1\"\n\"db.test\" = \"127.0.0.2\"\n",
+    );
+    ws.write(
+        ".agentvm/b.toml",
+        "[network]\nhosts = { \"db.test\" = \"127.0.0.3\", \"cache.test\" = \"10.9.9.9\" }\n",
+    );
+    let pins = |text: &str| {
+        ws.ok(text)
+            .network
+            .hosts
+            .into_iter()
+            .map(|(n, ip)| format!("{n}={ip}"))
+            .collect::<Vec<_>>()
+    };
+    // A later plugin re-pins a name an earlier one pinned.
+    assert_eq!(
+        pins("plugins = [\"./a.toml\", \"./b.toml\"]"),
+        [
+            "api.test=127.0.0.1",
+            "cache.test=10.9.9.9",
+            "db.test=127.0.0.3"
+        ]
+    );
+    // The user's file beats every plugin, whatever case it writes.
+    assert_eq!(
+        pins("plugins = [\"./a.toml\", \"./b.toml\"]\n[network]\nhosts = { \"DB.test\" = \"192.0.2.1\" }\n"),
+        ["api.test=127.0.0.1", "cache.test=10.9.9.9", "db.test=192.0.2.1"]
+    );
+    // A bad pin in a plugin file is reported in that file.
+    ws.write(
+        ".agentvm/bad.toml",
+        "[network]\nhosts = { x = \"127.9.0.1\" }\n",
+    );
+    let e = ws.err("plugins = [\"./bad.toml\"]");
+    assert!(e.file.ends_with(".agentvm/bad.toml"), "{e}");
+    assert_eq!((e.line, e.column), (2, 15));
+    assert!(
+        e.message
+            .starts_with("`network.hosts.x`: 127.9.0.1 is a loopback"),
+        "{e}"
+    );
+}
+
+#[test]
 fn plugin_files_cannot_name_the_vm_or_include_plugins() {
     let ws = Ws::new();
     ws.write(".agentvm/nested.toml", "# nested\nplugins = [\"codex\"]\n");
@@ -489,7 +548,7 @@ const ERRORS: &[(&str, usize, usize, &str)] = &[
     ("[network]\nmode = \"off\"\nmode = \"open\"\n", 3, 1, "invalid TOML: duplicate key"),
     // Unknown keys, top level and nested, in every kind of table.
     ("nmae = \"x\"", 1, 1, "unknown key `nmae` (expected one of name, plugins, resources, mounts, network, env, scripts, hooks, kernel, initrd, image)"),
-    ("\n\n[network]\nmode = \"off\"\n\nmdoe = \"open\"\n", 6, 1, "unknown key `network.mdoe` (expected one of mode, domains, ports, forwards)"),
+    ("\n\n[network]\nmode = \"off\"\n\nmdoe = \"open\"\n", 6, 1, "unknown key `network.mdoe` (expected one of mode, domains, ports, hosts, forwards)"),
     ("network.mdoe = 1", 1, 9, "unknown key `network.mdoe`"),
     ("[resources]\ncpus = 2", 2, 1, "unknown key `resources.cpus` (expected one of vcpus, memory_mib)"),
     ("[hooks]\npost-up = []", 2, 1, "unknown key `hooks.post-up` (expected one of pre_up, post_up, pre_down, post_down)"),
@@ -529,6 +588,19 @@ const ERRORS: &[(&str, usize, usize, &str)] = &[
     ("[network]\ndomains = [\"github.com:22\"]", 2, 12, "allowed ports go in `network.ports`"),
     ("[network]\ndomains = [\"1.1.1.1\"]", 2, 12, "is an IP address"),
     ("[network]\ndomains = [\"a..b\"]", 2, 12, "\"a..b\" is not a host name"),
+    ("[network]\nhosts = [\"a.test=127.0.0.1\"]", 2, 9, "`network.hosts` must be a table, not an array"),
+    ("[network]\nhosts = { \"a.test\" = 1 }", 2, 22, "`network.hosts.\"a.test\"` must be a string, not integer 1"),
+    ("[network]\nhosts = { \"a b\" = \"127.0.0.1\" }", 2, 11, "`network.hosts.\"a b\"`: \"a b\" is not a host name (a pin answers exactly this name, e.g. \"api.test\")"),
+    ("[network]\nhosts = { \"*.a.test\" = \"127.0.0.1\" }", 2, 11, "\"*.a.test\" is not a host name"),
+    ("[network]\nhosts = { \"1.2.3.4\" = \"127.0.0.1\" }", 2, 11, "\"1.2.3.4\" is not a host name"),
+    ("[network]\nhosts = { \"\" = \"127.0.0.1\" }", 2, 11, "`network.hosts.\"\"`: \"\" is not a host name"),
+    ("[network.hosts]\n\"a..b\" = \"127.0.0.1\"", 2, 1, "`network.hosts.\"a..b\"`: \"a..b\" is not a host name"),
+    ("[network]\nhosts = { \"api.test\" = \"::1\" }", 2, 24, "`network.hosts.\"api.test\"`: \"::1\" is not an IPv4 address (e.g. \"127.0.0.1\")"),
+    ("[network]\nhosts = { x = \"localhost\" }", 2, 15, "`network.hosts.x`: \"localhost\" is not an IPv4 address"),
+    ("[network]\nhosts = { x = \"1.2.3\" }", 2, 15, "\"1.2.3\" is not an IPv4 address"),
+    ("[network]\nhosts = { x = \" 127.0.0.1\" }", 2, 15, "\" 127.0.0.1\" is not an IPv4 address"),
+    ("[network]\nhosts = { x = \"127.1.0.1\" }", 2, 15, "`network.hosts.x`: 127.1.0.1 is a loopback address outside 127.0.0.0/16; the guest reaches the host's loopback only there"),
+    ("[network.hosts]\n\"API.test\" = \"127.0.0.1\"\n\"api.test\" = \"127.0.0.2\"\n", 3, 14, "`network.hosts.\"api.test\"`: api.test is already pinned to 127.0.0.1"),
     ("[env]\n\"1A\" = \"x\"", 2, 1, "`env.1A` is not an environment variable name"),
     ("[env]\nA = \"${HOME\"", 2, 5, "`env.A`: unclosed `${`"),
     ("[env]\nA = \"${A B}\"", 2, 5, "is not a host variable name"),
@@ -666,6 +738,7 @@ memory_mib = 1024
 [network]
 mode = "filtered"
 forwards = ["8080:80"]
+hosts = { "api.test" = "127.0.0.1", x = "192.0.2.1" }
 [env]
 WITH_UNDERSCORE = "x"
 GREETING = "hello $$USER ${USER}"
@@ -788,9 +861,46 @@ fn the_network_table_becomes_the_stacks_policy() {
              forwards: vec![fwd(8080, 80), fwd(2222, 22)],
              ..Policy::default()
          }),
+        // Pins: the name lowercased, the address as written (the stack
+        // hands the guest 198.18.0.1 for the host's 127.0.0.1).
+        ("[network]\nports = [8080]\nhosts = { \"One.Test\" = \"127.0.0.1\", \"db.test\" = \"192.0.2.7\" }\n",
+         Policy {
+             mode: Mode::Filtered,
+             ports: vec![8080],
+             hosts: BTreeMap::from([
+                 ("one.test".into(), Ipv4Addr::LOCALHOST),
+                 ("db.test".into(), Ipv4Addr::new(192, 0, 2, 7)),
+             ]),
+             ..Policy::default()
+         }),
     ];
     for (text, want) in cases {
         assert_eq!(&ws.ok(text).network.policy(), want, "{text}");
+    }
+    let p = ws
+        .ok("[network]\nhosts = { \"one.test\" = \"127.0.0.1\" }\n")
+        .network
+        .policy();
+    assert!(p.allows_name("one.test") && !p.allows_name("two.test"));
+    assert!(!p.allows_name("sub.one.test"), "a pin is exact");
+    assert_eq!(p.pinned("one.test"), Some(Ipv4Addr::new(198, 18, 0, 1)));
+    // The configuration accepts a pin exactly when the stack does.
+    for (name, ip) in [
+        ("a.test", "127.0.0.1"),
+        ("A_B.test.", "127.0.255.254"),
+        ("x", "10.0.0.1"),
+        ("x", "127.1.0.1"),
+        ("x", "127.255.0.1"),
+        ("a..b", "127.0.0.1"),
+        ("x", "::1"),
+    ] {
+        let text = format!("[network.hosts]\n{name:?} = {ip:?}\n");
+        let stack = agentvm_net::policy::parse_host_pin(&format!("{name}={ip}"));
+        match (ws.load(&text), stack) {
+            (Ok(c), Ok((n, a))) => assert_eq!(c.network.hosts, BTreeMap::from([(n, a)])),
+            (Err(_), Err(_)) => {}
+            (mine, stack) => panic!("{text}: config {mine:?}, stack {stack:?}"),
+        }
     }
     // Plugins' domains come first, the user's after them.
     let c = ws.ok("plugins = [\"claude-code\"]\n[network]\ndomains = [\"mine.test\"]\n");

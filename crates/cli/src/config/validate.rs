@@ -1,8 +1,10 @@
 //! Checks one parsed file's values and resolves its paths, into a
 //! [`Fragment`]. Every error names the file, line, column and key path.
 
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
+use agentvm_net::policy::{normalize_name, parse_host_pin};
 use toml::Spanned;
 
 use super::env::{is_var_name, EnvEntry, EnvValue};
@@ -237,6 +239,21 @@ fn network(n: &schema::Network, src: &Source, out: &mut Fragment) -> Result<()> 
         }
         out.ports = Some(list);
     }
+    for (name, addr) in n.hosts.iter().flatten() {
+        let key = format!("network.hosts.{}", super::load::toml_key(name.get_ref()));
+        let (name, ip) = host_pin(name, addr, &key, src)?;
+        match out.hosts.get(&name) {
+            Some(&other) if other != ip => {
+                return Err(src.error(
+                    addr.span(),
+                    format!("`{key}`: {name} is already pinned to {other}"),
+                ))
+            }
+            _ => {
+                out.hosts.insert(name, ip);
+            }
+        }
+    }
     for (i, f) in n.forwards.iter().flatten().enumerate() {
         let key = format!("network.forwards[{i}]");
         let fwd = parse_forward(f.get_ref())
@@ -256,6 +273,46 @@ fn network(n: &schema::Network, src: &Source, out: &mut Fragment) -> Result<()> 
         }
     }
     Ok(())
+}
+
+/// One `network.hosts` entry: the name (lowercased) and its IPv4 address,
+/// by the network stack's own rules ([`parse_host_pin`]).
+fn host_pin(
+    name: &Spanned<String>,
+    addr: &Spanned<String>,
+    key: &str,
+    src: &Source,
+) -> Result<(String, Ipv4Addr)> {
+    let n = name.get_ref();
+    let all_digits = |l: &str| l.split('.').all(|x| x.bytes().all(|b| b.is_ascii_digit()));
+    let lower = normalize_name(n)
+        .ok()
+        .filter(|l| !all_digits(l))
+        .ok_or_else(|| {
+            src.error(
+                name.span(),
+                format!(
+                    "`{key}`: {n:?} is not a host name (a pin answers exactly this name, \
+                     e.g. \"api.test\")"
+                ),
+            )
+        })?;
+    let a = addr.get_ref();
+    if a.parse::<Ipv4Addr>().is_err() {
+        return Err(src.error(
+            addr.span(),
+            format!("`{key}`: {a:?} is not an IPv4 address (e.g. \"127.0.0.1\")"),
+        ));
+    }
+    parse_host_pin(&format!("{lower}={a}")).map_err(|_| {
+        src.error(
+            addr.span(),
+            format!(
+                "`{key}`: {a} is a loopback address outside 127.0.0.0/16; the guest reaches \
+                 the host's loopback only there (e.g. \"127.0.0.1\")"
+            ),
+        )
+    })
 }
 
 fn port(n: i64) -> Option<u16> {

@@ -7,6 +7,8 @@ export PATH=/bin:/usr/bin
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
+# Pseudo-terminals, for scenarios that run `agentvm shell` under tmux.
+mkdir -p /dev/pts && mount -t devpts devpts /dev/pts
 mount -t tmpfs tmpfs /tmp
 echo "RIG-L1 up=$(cut -d' ' -f1 /proc/uptime)"
 for m in $(cat /etc/rig/modules); do
