@@ -27,12 +27,14 @@
 //! | `dhcp.rs` | the DHCP server |
 //! | `dns.rs` | the DNS server with the allowlist and the handed-out table |
 //! | `tcp.rs` | guest TCP connections spliced to host sockets |
+//! | `buffers.rs` | each connection's buffers, mapped on their own |
 //! | `udp.rs` | guest UDP flows on host sockets |
 //! | `forward.rs` | host→guest port forwards |
 #![deny(missing_docs)]
 
 pub mod addr;
 pub mod audit;
+mod buffers;
 mod dhcp;
 
 pub mod dns;

@@ -28,6 +28,7 @@ use smoltcp::wire::IpListenEndpoint;
 use tracing::debug;
 
 use crate::addr::{GATEWAY_IP, GUEST_IP};
+use crate::buffers::SocketMemory;
 
 /// Receive and send buffer of each smoltcp socket, bytes. The receive
 /// buffer is the window the guest sees.
@@ -52,7 +53,11 @@ enum State {
     /// Waiting for the host connect; the guest's SYN is parked.
     Connecting { syn: Vec<u8>, since: Instant },
     /// Host connected, SYN handed to the smoltcp socket.
-    Open { socket: SocketHandle },
+    Open {
+        socket: SocketHandle,
+        /// The socket's buffers (outlive it: see `remove`).
+        memory: SocketMemory,
+    },
 }
 
 /// One connection.
@@ -179,7 +184,10 @@ impl TcpFlows {
             guest_port,
             remote: SocketAddrV4::new(GATEWAY_IP, local_port),
         };
-        let mut socket = new_socket();
+        let mut memory = SocketMemory::new(SOCKET_BUFFER)?;
+        // SAFETY: the socket lives in `sockets` until `remove` takes it out
+        // and drops it before `memory` (kept in the flow).
+        let mut socket = configure(unsafe { memory.socket() });
         socket
             .connect(
                 iface.context(),
@@ -194,7 +202,7 @@ impl TcpFlows {
             Flow {
                 host,
                 token,
-                state: State::Open { socket },
+                state: State::Open { socket, memory },
                 forward: true,
                 name: None,
                 // Whatever the host sent already is read once the guest
@@ -297,7 +305,12 @@ impl TcpFlows {
         let Some(flow) = self.flows.get_mut(key) else {
             return false;
         };
-        let mut socket = new_socket();
+        let Ok(mut memory) = SocketMemory::new(SOCKET_BUFFER) else {
+            return false;
+        };
+        // SAFETY: as in `forward`; a socket that fails to listen drops here
+        // before `memory` (declared earlier, dropped later).
+        let mut socket = configure(unsafe { memory.socket() });
         let endpoint = IpListenEndpoint {
             addr: Some((*key.remote.ip()).into()),
             port: key.remote.port(),
@@ -307,6 +320,7 @@ impl TcpFlows {
         }
         flow.state = State::Open {
             socket: sockets.add(socket),
+            memory,
         };
         true
     }
@@ -314,7 +328,7 @@ impl TcpFlows {
     /// Whether the flow's socket took its SYN (it is past LISTEN).
     pub fn took_syn(&self, key: &FlowKey, sockets: &SocketSet<'static>) -> bool {
         match self.flows.get(key).map(|f| &f.state) {
-            Some(State::Open { socket }) => {
+            Some(State::Open { socket, .. }) => {
                 sockets.get::<tcp::Socket>(*socket).state() != tcp::State::Listen
             }
             _ => false,
@@ -326,8 +340,10 @@ impl TcpFlows {
         if let Some(mut flow) = self.flows.remove(key) {
             self.by_token.remove(&flow.token);
             let _ = registry.deregister(&mut flow.host);
-            if let State::Open { socket } = flow.state {
-                sockets.remove(socket);
+            if let State::Open { socket, memory } = flow.state {
+                // The socket goes first: its buffers are `memory`.
+                drop(sockets.remove(socket));
+                drop(memory);
             }
         }
     }
@@ -336,7 +352,7 @@ impl TcpFlows {
     pub fn splice(&mut self, sockets: &mut SocketSet<'static>) -> bool {
         let mut progress = false;
         for (key, flow) in &mut self.flows {
-            let State::Open { socket } = flow.state else {
+            let State::Open { socket, .. } = flow.state else {
                 continue;
             };
             let socket = sockets.get_mut::<tcp::Socket>(socket);
@@ -352,7 +368,7 @@ impl TcpFlows {
             .flows
             .iter()
             .filter(|(_, f)| match f.state {
-                State::Open { socket } => matches!(
+                State::Open { socket, .. } => matches!(
                     sockets.get::<tcp::Socket>(socket).state(),
                     tcp::State::Closed | tcp::State::TimeWait
                 ),
@@ -388,7 +404,7 @@ impl TcpFlows {
             }
             let syn = match &mut flow.state {
                 // Reaped after smoltcp sent the RST.
-                State::Open { socket } => {
+                State::Open { socket, .. } => {
                     sockets.get_mut::<tcp::Socket>(*socket).abort();
                     None
                 }
@@ -429,11 +445,8 @@ pub fn host_address(remote: SocketAddrV4) -> SocketAddr {
     ))
 }
 
-fn new_socket() -> tcp::Socket<'static> {
-    let mut socket = tcp::Socket::new(
-        tcp::SocketBuffer::new(vec![0; SOCKET_BUFFER]),
-        tcp::SocketBuffer::new(vec![0; SOCKET_BUFFER]),
-    );
+/// A new connection's socket settings.
+fn configure(mut socket: tcp::Socket<'static>) -> tcp::Socket<'static> {
     socket.set_nagle_enabled(false);
     socket.set_timeout(Some(GUEST_TIMEOUT.into()));
     socket

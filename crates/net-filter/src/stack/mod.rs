@@ -560,6 +560,13 @@ fn take_token(next: &mut usize) -> Token {
     t
 }
 
+impl Drop for NetStack {
+    fn drop(&mut self) {
+        // The sockets first: their buffers belong to the flows in `tcp`.
+        self.sockets = SocketSet::new(Vec::new());
+    }
+}
+
 impl AsRawFd for NetStack {
     /// Readable when host sockets have news (an epoll fd).
     fn as_raw_fd(&self) -> RawFd {
