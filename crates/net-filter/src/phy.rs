@@ -15,6 +15,10 @@ pub const ETH_HEADER: usize = 14;
 const TX_FRAMES: usize = 1024;
 /// Bytes waiting for the guest, at most.
 const TX_BYTES: usize = 16 << 20;
+/// Guest frames waiting for smoltcp, at most (smoltcp takes none while the
+/// guest-bound queue is full; a guest that keeps sending meanwhile loses
+/// frames, which TCP retransmits).
+const RX_FRAMES: usize = 1024;
 
 /// The two queues and the MTU smoltcp sees.
 pub struct Phy {
@@ -36,6 +40,15 @@ impl Phy {
             tx_bytes: 0,
             mtu,
         }
+    }
+
+    /// Queues a guest frame for smoltcp; false (dropped) when full.
+    pub fn take(&mut self, frame: &[u8]) -> bool {
+        if self.rx.len() >= RX_FRAMES {
+            return false;
+        }
+        self.rx.push_back(frame.to_vec());
+        true
     }
 
     /// Whether the guest-bound queue takes another frame.

@@ -339,3 +339,39 @@ fn thousands_of_corrupted_frames_never_panic_and_the_stack_keeps_serving() {
     );
     assert!(rig.still_serves());
 }
+
+#[test]
+fn a_guest_that_floods_without_reading_costs_bounded_memory() {
+    let mut rig = Rig::new();
+    // A guest that is known (its MAC learnt) first.
+    assert!(rig.still_serves());
+    // Segments of connections that do not exist: smoltcp answers each with
+    // a RST, so while the guest takes nothing the guest-bound queue fills
+    // and smoltcp stops taking frames; the stack then drops them.
+    let mut segment = vec![0u8; 20];
+    segment[0..2].copy_from_slice(&40000u16.to_be_bytes());
+    segment[2..4].copy_from_slice(&80u16.to_be_bytes());
+    segment[12] = 5 << 4; // header length: 5 words
+    segment[13] = 0x10; // ACK
+    let frame = common::ipv4_frame(
+        common::GUEST_IP,
+        Ipv4Addr::new(93, 184, 216, 34),
+        IpProtocol::Tcp,
+        &segment,
+    );
+    for _ in 0..20 {
+        for _ in 0..1000 {
+            rig.stack.push_frame(&frame);
+        }
+        rig.stack.poll();
+    }
+    let stats = rig.stack.stats();
+    assert!(stats.dropped > 10_000, "{stats:?}");
+    let mut queued = 0;
+    while rig.stack.pop_frame().is_some() {
+        queued += 1;
+    }
+    assert!(queued <= 1024, "{queued} frames queued for the guest");
+    // Once the guest reads again, the stack answers again.
+    assert!(Guest::new().dhcp(&mut rig.stack, SOON).is_some());
+}

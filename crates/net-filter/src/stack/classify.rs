@@ -70,8 +70,7 @@ impl NetStack {
         if source_hardware_addr.is_unicast() {
             self.guest_mac = source_hardware_addr;
         }
-        self.phy.rx.push_back(frame.to_vec());
-        true
+        self.phy.take(frame)
     }
 
     fn classify_ipv4(&mut self, frame: &[u8], payload: &[u8]) -> bool {
@@ -114,20 +113,14 @@ impl NetStack {
                 match self.tcp.state_of(&key) {
                     // A retransmitted SYN while the host connects.
                     Some(true) => false,
-                    Some(false) => {
-                        self.phy.rx.push_back(frame.to_vec());
-                        true
-                    }
+                    Some(false) => self.phy.take(frame),
                     None if tcp.syn() && !tcp.ack() => {
                         let syn_len = l4.len().saturating_sub(usize::from(tcp.header_len())) + 1;
                         self.new_connection(key, frame, tcp.seq_number(), syn_len);
                         true
                     }
                     // smoltcp resets segments of unknown connections.
-                    None => {
-                        self.phy.rx.push_back(frame.to_vec());
-                        true
-                    }
+                    None => self.phy.take(frame),
                 }
             }
             IpProtocol::Icmp if from_guest => {
@@ -136,8 +129,7 @@ impl NetStack {
                 };
                 let to_us = repr.dst_addr == GATEWAY_IP || repr.dst_addr == DNS_IP;
                 if to_us && icmp.msg_type() == Icmpv4Message::EchoRequest {
-                    self.phy.rx.push_back(frame.to_vec());
-                    return true;
+                    return self.phy.take(frame);
                 }
                 false
             }
