@@ -255,6 +255,22 @@ pub struct NetSpec {
     pub audit: Audit,
 }
 
+/// Raises this process's open-file limit to its hard limit: every guest
+/// connection holds a host socket, and an agent's package install opens
+/// hundreds (a soft limit of 1024 would turn them into resets).
+fn raise_fd_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => {
+            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                tracing::warn!("cannot raise the open-file limit from {soft} to {hard}: {e}");
+            }
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!("cannot read the open-file limit: {e}"),
+    }
+}
+
 /// Builds the VM `spec` describes: the devices of `agentvm boot` and
 /// `agentvm up`, shares with their virtiofsd started.
 pub fn build_vm(spec: VmSpec<'_>) -> anyhow::Result<Vm> {
@@ -276,6 +292,7 @@ pub fn build_vm(spec: VmSpec<'_>) -> anyhow::Result<Vm> {
     }
     let stack = match spec.net {
         Some(net) => {
+            raise_fd_limit();
             let mode = net.policy.mode;
             let stack = NetStack::new(StackConfig {
                 policy: net.policy,
@@ -358,5 +375,21 @@ fn pvm_hint() -> String {
             KvmKind::Pvm.guest_kernel_note()
         ),
         _ => String::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+
+    use super::raise_fd_limit;
+
+    #[test]
+    fn a_vmm_with_a_network_may_open_as_many_files_as_the_hard_limit_allows() {
+        let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+        let lower = hard.min(256);
+        setrlimit(Resource::RLIMIT_NOFILE, lower, hard).unwrap();
+        raise_fd_limit();
+        assert_eq!(getrlimit(Resource::RLIMIT_NOFILE).unwrap(), (hard, hard));
     }
 }
