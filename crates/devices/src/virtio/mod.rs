@@ -13,6 +13,8 @@ pub mod interrupt;
 pub mod net;
 pub mod queue;
 pub mod rng;
+#[cfg(test)]
+mod test_support;
 pub mod transport;
 pub mod vsock;
 pub mod worker;

@@ -175,30 +175,19 @@ fn error_reply(
 mod tests {
     #![allow(clippy::unwrap_used)]
 
-    use std::sync::Mutex;
-
     use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
     use virtio_queue::desc::split::Descriptor;
     use virtio_queue::desc::RawDescriptor;
     use virtio_queue::mock::MockSplitQueue;
 
     use super::*;
+    use crate::virtio::test_support::Recorder;
     use crate::virtio::InterruptKind;
 
     const WRITE: u16 = VRING_DESC_F_WRITE as u16;
     const NEXT: u16 = VRING_DESC_F_NEXT as u16;
     const RING: GuestAddress = GuestAddress(0x1000);
     const BUFS: u64 = 0x10_0000;
-
-    #[derive(Default)]
-    struct Recorder(Mutex<Vec<InterruptKind>>);
-
-    impl VirtioInterrupt for Recorder {
-        fn trigger(&self, kind: InterruptKind) -> io::Result<()> {
-            self.0.lock().unwrap().push(kind);
-            Ok(())
-        }
-    }
 
     fn memory() -> GuestMemory {
         GuestMemory::from_ranges(&[(GuestAddress(0), 0x20_0000)]).unwrap()

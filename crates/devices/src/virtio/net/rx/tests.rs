@@ -1,9 +1,7 @@
 #![allow(clippy::unwrap_used)]
 
 use std::collections::VecDeque;
-use std::io;
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::Mutex;
 use std::time::Duration;
 
 use virtio_bindings::bindings::virtio_ring::VRING_DESC_F_WRITE;
@@ -13,6 +11,7 @@ use virtio_queue::mock::MockSplitQueue;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::*;
+use crate::virtio::test_support::Recorder;
 use crate::virtio::InterruptKind;
 
 const WRITE: u16 = VRING_DESC_F_WRITE as u16;
@@ -22,16 +21,6 @@ const MEM_SIZE: usize = 0x40_0000;
 
 fn memory() -> GuestMemory {
     GuestMemory::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap()
-}
-
-#[derive(Default)]
-struct Recorder(Mutex<Vec<InterruptKind>>);
-
-impl VirtioInterrupt for Recorder {
-    fn trigger(&self, kind: InterruptKind) -> io::Result<()> {
-        self.0.lock().unwrap().push(kind);
-        Ok(())
-    }
 }
 
 /// Hands out canned frames.

@@ -1,11 +1,10 @@
-use std::sync::Mutex;
-
 use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use virtio_queue::desc::RawDescriptor;
 use virtio_queue::mock::MockSplitQueue;
 use vm_memory::Address;
 
 use super::*;
+use crate::virtio::test_support::Recorder;
 use crate::virtio::InterruptKind;
 
 const WRITE: u16 = VRING_DESC_F_WRITE as u16;
@@ -19,16 +18,6 @@ fn memory() -> GuestMemory {
 
 fn desc(addr: u64, len: u32, flags: u16) -> RawDescriptor {
     RawDescriptor::from(Descriptor::new(addr, len, flags, 0))
-}
-
-#[derive(Default)]
-struct Recorder(Mutex<Vec<InterruptKind>>);
-
-impl VirtioInterrupt for Recorder {
-    fn trigger(&self, kind: InterruptKind) -> io::Result<()> {
-        self.0.lock().unwrap().push(kind);
-        Ok(())
-    }
 }
 
 fn ones(buf: &mut [u8]) -> io::Result<()> {

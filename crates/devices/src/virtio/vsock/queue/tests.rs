@@ -1,8 +1,6 @@
 #![allow(clippy::unwrap_used)]
 
 use std::collections::VecDeque;
-use std::io;
-use std::sync::Mutex;
 
 use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use virtio_queue::desc::split::Descriptor;
@@ -12,6 +10,7 @@ use virtio_queue::mock::MockSplitQueue;
 use vm_memory::Bytes;
 
 use super::*;
+use crate::virtio::test_support::Recorder;
 use crate::virtio::vsock::packet::op;
 use crate::virtio::InterruptKind;
 
@@ -23,16 +22,6 @@ const MEM_SIZE: usize = 0x40_0000;
 
 fn memory() -> GuestMemory {
     GuestMemory::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap()
-}
-
-#[derive(Default)]
-struct Recorder(Mutex<Vec<InterruptKind>>);
-
-impl VirtioInterrupt for Recorder {
-    fn trigger(&self, kind: InterruptKind) -> io::Result<()> {
-        self.0.lock().unwrap().push(kind);
-        Ok(())
-    }
 }
 
 /// A backend that records what it is given and hands out canned packets.
