@@ -48,7 +48,7 @@ pub fn run(args: InitArgs) -> anyhow::Result<ExitCode> {
     }
     let text = template::init_text(&config::default_name(&workspace), &workspace, &entries);
     // What is written must load: a bad plugin file fails here, not at `up`.
-    config::resolve(
+    let resolved = config::resolve(
         &workspace,
         Some(&Source::new(&path, text.clone())),
         &Host::detect(),
@@ -64,7 +64,10 @@ pub fn run(args: InitArgs) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("cannot write {shown}"))?;
     file.write_all(text.as_bytes())
         .with_context(|| format!("cannot write {shown}"))?;
-    println!("wrote {shown}; `agentvm config` shows the result");
+    // The user wrote this (the plugins they named included): approved. A
+    // later change, theirs or the guest's, needs `agentvm trust`.
+    crate::trust::approve(&resolved)?;
+    println!("wrote {shown} and approved it; `agentvm config` shows the result");
     Ok(ExitCode::SUCCESS)
 }
 

@@ -5,12 +5,15 @@ mod boot;
 mod config;
 mod config_cmd;
 mod doctor;
+mod escape;
 mod image;
 mod init;
 mod kvm_host;
 mod lifecycle;
 mod net_args;
+mod paths;
 mod share;
+mod trust;
 mod vhost_user;
 
 use std::io::IsTerminal;
@@ -41,6 +44,9 @@ enum Command {
     Image(image::ImageArgs),
     /// Write a commented .agentvm/config.toml in the current directory.
     Init(init::InitArgs),
+    /// Approve the workspace's configuration (hooks, mounts, env, network,
+    /// plugins) after showing it; `up` runs only an approved one.
+    Trust(trust::TrustArgs),
     /// Start the workspace's VM in the background; wait until it is ready.
     Up(lifecycle::up::UpArgs),
     /// Stop the workspace's VM and remove its state.
@@ -85,6 +91,7 @@ fn main() -> ExitCode {
         Command::Doctor => doctor::run(),
         Command::Image(args) => image::run(args),
         Command::Init(args) => init::run(args),
+        Command::Trust(args) => trust::run(args),
         Command::Up(args) => lifecycle::up::run(args),
         Command::Down(args) => lifecycle::down::run(args),
         Command::Status => lifecycle::status::run(),

@@ -10,6 +10,7 @@
 
 pub mod bus;
 pub mod legacy;
+pub mod socket;
 pub mod vhost_user;
 pub mod virtio;
 

@@ -68,6 +68,7 @@ impl Fragment {
                 read_only: false,
                 create: false,
                 origin: Origin::Default,
+                seed: None,
             }],
             ..Fragment::default()
         }
@@ -128,6 +129,10 @@ impl Fragment {
             kernel: self.kernel,
             initrd: self.initrd,
             image: self.image,
+            id: crate::paths::workspace_id(workspace),
+            agent_home: None,
+            git_hooks: super::GitHooks::default(),
+            plugin_files: Vec::new(),
         }
     }
 }

@@ -101,6 +101,40 @@ pub struct ResolvedConfig {
     pub initrd: Option<PathBuf>,
     /// Guest image directory instead of the default image (absolute).
     pub image: Option<PathBuf>,
+    /// The workspace's id ([`crate::paths::workspace_id`] of `workspace`).
+    pub id: String,
+    /// The host directory the built-in plugins' agent state lives in, one
+    /// per workspace; never the host's own `~/.claude` and the like.
+    /// Default: `$XDG_DATA_HOME/agentvm/homes/<id>`; `None` when neither
+    /// that nor `HOME` is known.
+    pub agent_home: Option<PathBuf>,
+    /// What happens to git hooks and executable git configuration the
+    /// guest writes in shared repositories.
+    pub git_hooks: GitHooks,
+    /// Every plugin file merged in, with a digest of its text: any change
+    /// to one needs a new approval.
+    pub plugin_files: Vec<PluginFile>,
+}
+
+/// `git_hooks`: whether the guest may leave hooks and executable git
+/// configuration in shared repositories.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GitHooks {
+    /// Undone after every command and at `down`, and reported.
+    #[default]
+    Guard,
+    /// Left as the guest wrote them.
+    Allow,
+}
+
+/// A plugin file and the SHA-256 (hex) of its text.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PluginFile {
+    /// The file (absolute).
+    pub path: PathBuf,
+    /// SHA-256 of its text, hex.
+    pub sha256: String,
 }
 
 /// A host directory shared with the guest.
@@ -116,6 +150,19 @@ pub struct Mount {
     pub create: bool,
     /// Where it was configured.
     pub origin: Origin,
+    /// Files copied into `source` when `up` creates it (a built-in
+    /// plugin's credentials, so the agent needs no fresh login).
+    pub seed: Option<Seed>,
+}
+
+/// Files a new agent home starts with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Seed {
+    /// The host directory they come from (e.g. the host's `~/.claude`).
+    pub from: PathBuf,
+    /// Their names in it: credentials only, never settings, hooks or
+    /// plugins, which the host's own agent would run.
+    pub files: Vec<&'static str>,
 }
 
 impl Mount {
@@ -131,7 +178,11 @@ impl Mount {
             ),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && self.create => {
                 std::fs::create_dir_all(&self.source)
-                    .with_context(|| format!("{}: cannot create {source}", self.origin))
+                    .with_context(|| format!("{}: cannot create {source}", self.origin))?;
+                if let Some(seed) = &self.seed {
+                    seed.copy_into(&self.source);
+                }
+                Ok(())
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(
                 "{}: mount source {source} does not exist; create it, or add `create = true` \
@@ -140,6 +191,31 @@ impl Mount {
             ),
             Err(e) => Err(anyhow::Error::new(e)
                 .context(format!("{}: cannot use mount source {source}", self.origin))),
+        }
+    }
+}
+
+impl Seed {
+    /// Copies each seed file that is a regular file into `dir`, 0600; a
+    /// missing one is skipped (the user has not logged in on the host).
+    fn copy_into(&self, dir: &Path) {
+        use std::os::unix::fs::PermissionsExt;
+        for name in &self.files {
+            let from = self.from.join(name);
+            if !std::fs::symlink_metadata(&from).is_ok_and(|m| m.is_file()) {
+                continue;
+            }
+            let to = dir.join(name);
+            let copied = std::fs::copy(&from, &to).and_then(|_| {
+                std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o600))
+            });
+            if let Err(e) = copied {
+                eprintln!(
+                    "agentvm: warning: cannot copy {} into the agent home {}: {e}",
+                    from.display(),
+                    dir.display()
+                );
+            }
         }
     }
 }
@@ -290,6 +366,9 @@ pub struct Host {
     pub cpus: usize,
     /// Physical memory, MiB.
     pub memory_mib: u64,
+    /// agentvm's data directory ([`crate::paths::data_dir`]), where agent
+    /// homes live by default.
+    pub data_dir: Option<PathBuf>,
 }
 
 impl Host {
@@ -301,6 +380,7 @@ impl Host {
                 .map(PathBuf::from),
             cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
             memory_mib: host_memory_mib().unwrap_or(2 * MIN_DEFAULT_MEMORY_MIB),
+            data_dir: crate::paths::data_dir(),
         }
     }
 
@@ -384,30 +464,48 @@ pub fn resolve(
         Some(s) => s.parse()?,
         None => schema::ConfigFile::default(),
     };
-    let ctx = validate::Context {
-        workspace,
-        home: host.home.as_deref(),
-    };
+    let id = crate::paths::workspace_id(workspace);
+    let home = host.home.as_deref();
     let name = match (&file.name, source) {
         (Some(name), Some(src)) => validate::name(name, src)?,
         _ => default_name(workspace),
     };
+    let agent_home = match (&file.agent_home, source) {
+        (Some(p), Some(src)) => Some(validate::agent_home(p, workspace, home, src)?),
+        _ => host.data_dir.as_ref().map(|d| d.join("homes").join(&id)),
+    };
+    let git_hooks = match (&file.git_hooks, source) {
+        (Some(g), Some(src)) => validate::git_hooks(g, src)?,
+        _ => GitHooks::default(),
+    };
+    let ctx = validate::Context {
+        workspace,
+        home,
+        agent_home: agent_home.as_deref(),
+    };
     let mut merged = merge::Fragment::defaults(workspace);
     let mut plugin_names = Vec::new();
+    let mut plugin_files = Vec::new();
     if let (Some(list), Some(src)) = (&file.plugins, source) {
         for entry in list {
             if plugin_names.contains(entry.get_ref()) {
                 continue;
             }
-            let fragment = plugins::load(entry, src, &ctx)?;
+            let (fragment, file) = plugins::load(entry, src, &ctx)?;
             merged.apply(fragment);
             plugin_names.push(entry.get_ref().clone());
+            plugin_files.extend(file);
         }
     }
     if let Some(src) = source {
         merged.apply(validate::fragment(&file, src, &ctx)?);
     }
-    Ok(merged.resolve(workspace, source, name, plugin_names, host))
+    let mut cfg = merged.resolve(workspace, source, name, plugin_names, host);
+    cfg.id = id;
+    cfg.agent_home = agent_home;
+    cfg.git_hooks = git_hooks;
+    cfg.plugin_files = plugin_files;
+    Ok(cfg)
 }
 
 /// A VM name from a directory name: lowercase, runs of anything but

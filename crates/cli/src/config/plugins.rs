@@ -9,10 +9,17 @@
 //! The built-ins set up one coding agent each: the domains it needs in
 //! `filtered` mode (its API and login, and the npm registry it installs
 //! from), its credentials passed through from the host's environment, its
-//! state directories mounted read-write from the host's home into the
-//! guest's (created on the host at `up` when missing, so a login inside
-//! the guest persists), and a script that installs it with npm unless the
-//! guest image has it already.
+//! state directories mounted read-write into the guest's home from the
+//! workspace's own agent home on the host (created at `up` when missing, so
+//! a login inside the guest persists), and a script that installs it with
+//! npm unless the guest image has it already.
+//!
+//! The agent home is never the host's own `~/.claude` (or `~/.codex`, …):
+//! the guest writes there, and the host's agent would run the hooks, MCP
+//! servers and plugins it found. A new agent home starts with a copy of the
+//! host's credentials file only, so the user need not log in again; nothing
+//! on the host that executes ever reads it back. Sharing the host's real
+//! directory takes a `[[mounts]]` entry the user writes and approves.
 
 use std::path::Path;
 
@@ -22,7 +29,8 @@ use super::env::{EnvEntry, EnvValue};
 use super::load::{ConfigError, Source};
 use super::merge::Fragment;
 use super::validate::{self, expand_home, Context};
-use super::{Mount, Origin, GUEST_HOME};
+use super::{Mount, Origin, PluginFile, Seed, GUEST_HOME};
+use sha2::Digest;
 
 /// A built-in plugin.
 #[derive(Debug)]
@@ -41,9 +49,19 @@ pub struct BuiltIn {
     pub pass_env: &'static [&'static str],
     /// Guest variables set to fixed values.
     pub set_env: &'static [(&'static str, &'static str)],
-    /// State directories: a path under the host's home, mounted at the same
-    /// path under the guest's.
-    pub state_dirs: &'static [&'static str],
+    /// State directories: each a path under the agent home on the host,
+    /// mounted at the same path under the guest's home.
+    pub state_dirs: &'static [StateDir],
+}
+
+/// One directory an agent keeps its state in.
+#[derive(Debug)]
+pub struct StateDir {
+    /// The path under a home directory (e.g. `.claude`).
+    pub path: &'static str,
+    /// The files in the host's own directory a new agent home copies: the
+    /// agent's credentials, nothing it would execute.
+    pub credentials: &'static [&'static str],
 }
 
 /// Where every npm-installed agent comes from.
@@ -72,7 +90,10 @@ pub const BUILT_INS: &[BuiltIn] = &[
         // Claude Code keeps its settings file beside (not in) ~/.claude
         // unless told otherwise; a directory can be mounted, a file cannot.
         set_env: &[("CLAUDE_CONFIG_DIR", "/root/.claude")],
-        state_dirs: &[".claude"],
+        state_dirs: &[StateDir {
+            path: ".claude",
+            credentials: &[".credentials.json"],
+        }],
     },
     BuiltIn {
         name: "codex",
@@ -87,7 +108,10 @@ pub const BUILT_INS: &[BuiltIn] = &[
         ],
         pass_env: &["OPENAI_API_KEY"],
         set_env: &[],
-        state_dirs: &[".codex"],
+        state_dirs: &[StateDir {
+            path: ".codex",
+            credentials: &["auth.json"],
+        }],
     },
     BuiltIn {
         name: "gemini",
@@ -104,7 +128,10 @@ pub const BUILT_INS: &[BuiltIn] = &[
         ],
         pass_env: &["GEMINI_API_KEY", "GOOGLE_API_KEY", "GOOGLE_CLOUD_PROJECT"],
         set_env: &[],
-        state_dirs: &[".gemini"],
+        state_dirs: &[StateDir {
+            path: ".gemini",
+            credentials: &["oauth_creds.json", "google_accounts.json"],
+        }],
     },
     BuiltIn {
         name: "opencode",
@@ -120,7 +147,16 @@ pub const BUILT_INS: &[BuiltIn] = &[
         ],
         pass_env: &["ANTHROPIC_API_KEY", "OPENAI_API_KEY"],
         set_env: &[],
-        state_dirs: &[".config/opencode", ".local/share/opencode"],
+        state_dirs: &[
+            StateDir {
+                path: ".config/opencode",
+                credentials: &[],
+            },
+            StateDir {
+                path: ".local/share/opencode",
+                credentials: &["auth.json"],
+            },
+        ],
     },
 ];
 
@@ -153,23 +189,34 @@ pub fn unknown_message(name: &str) -> String {
 }
 
 impl BuiltIn {
-    /// This plugin as a layer; `home` is the host's home directory.
-    pub fn fragment(&self, home: Option<&Path>) -> Result<Fragment, String> {
+    /// This plugin as a layer; `agent_home` is the workspace's agent home
+    /// on the host, `home` the host's home directory (where a new agent
+    /// home's credentials are copied from).
+    pub fn fragment(
+        &self,
+        agent_home: Option<&Path>,
+        home: Option<&Path>,
+    ) -> Result<Fragment, String> {
         let origin = Origin::BuiltIn(self.name);
         let mut mounts = Vec::new();
         for dir in self.state_dirs {
-            let Some(home) = home else {
+            let Some(agent_home) = agent_home else {
                 return Err(format!(
-                    "plugin {} mounts ~/{dir}, but HOME is not set",
+                    "plugin {} keeps its state in an agent home, but neither HOME nor \
+                     XDG_DATA_HOME is set; set one, or `agent_home` in the configuration",
                     self.name
                 ));
             };
             mounts.push(Mount {
-                source: home.join(dir),
-                target: Path::new(GUEST_HOME).join(dir),
+                source: agent_home.join(dir.path),
+                target: Path::new(GUEST_HOME).join(dir.path),
                 read_only: false,
                 create: true,
                 origin: origin.clone(),
+                seed: home.map(|h| Seed {
+                    from: h.join(dir.path),
+                    files: dir.credentials.to_vec(),
+                }),
             });
         }
         let entry = |value| EnvEntry {
@@ -207,12 +254,13 @@ pub fn load(
     entry: &Spanned<String>,
     src: &Source,
     ctx: &Context<'_>,
-) -> Result<Fragment, ConfigError> {
+) -> Result<(Fragment, Option<PluginFile>), ConfigError> {
     let name = entry.get_ref();
     if !is_file(name) {
         let b = built_in(name).ok_or_else(|| src.error(entry.span(), unknown_message(name)))?;
         return b
-            .fragment(ctx.home)
+            .fragment(ctx.agent_home, ctx.home)
+            .map(|f| (f, None))
             .map_err(|why| src.error(entry.span(), why));
     }
     let path = expand_home(name, src.dir(), ctx.home)
@@ -239,6 +287,14 @@ pub fn load(
             "a plugin cannot set `name`; the workspace's configuration names the VM",
         ));
     }
+    for (key, value) in [("agent_home", &file.agent_home), ("git_hooks", &file.git_hooks)] {
+        if let Some(v) = value {
+            return Err(plugin.error(
+                v.span(),
+                format!("a plugin cannot set `{key}`; set it in {} instead", src.shown),
+            ));
+        }
+    }
     if let Some(first) = file.plugins.as_ref().and_then(|l| l.first()) {
         return Err(plugin.error(
             first.span(),
@@ -248,5 +304,13 @@ pub fn load(
             ),
         ));
     }
-    validate::fragment(&file, &plugin, ctx)
+    let digest = crate::paths::hex(&sha2::Sha256::digest(plugin.text.as_bytes()));
+    let fragment = validate::fragment(&file, &plugin, ctx)?;
+    Ok((
+        fragment,
+        Some(PluginFile {
+            path,
+            sha256: digest,
+        }),
+    ))
 }

@@ -44,6 +44,13 @@ pub struct ConfigFile {
     pub initrd: Option<Spanned<String>>,
     /// Guest image directory overriding the default image.
     pub image: Option<Spanned<String>>,
+    /// Host directory holding the workspace's agent homes (only in the
+    /// workspace's file).
+    pub agent_home: Option<Spanned<String>>,
+    /// `guard` (the default) or `allow`: whether git hooks and executable
+    /// git configuration the guest writes are undone (only in the
+    /// workspace's file).
+    pub git_hooks: Option<Spanned<String>>,
 }
 
 /// `[resources]`.

@@ -23,6 +23,8 @@ pub struct Context<'a> {
     pub workspace: &'a Path,
     /// `$HOME`, for `~`.
     pub home: Option<&'a Path>,
+    /// The workspace's agent home, where built-in plugins keep their state.
+    pub agent_home: Option<&'a Path>,
 }
 
 type Result<T> = std::result::Result<T, ConfigError>;
@@ -163,7 +165,50 @@ fn mount(m: &Spanned<schema::Mount>, i: usize, src: &Source, ctx: &Context<'_>) 
             file: src.shown.clone(),
             line: src.line(m.span().start),
         },
+        seed: None,
     })
+}
+
+/// Checks `agent_home`: a host directory (`~` and relative paths as for
+/// mount sources), never the workspace or a directory holding it, which
+/// would put the agent's state where the workspace's own files are.
+pub fn agent_home(
+    p: &Spanned<String>,
+    workspace: &Path,
+    home: Option<&Path>,
+    src: &Source,
+) -> Result<PathBuf> {
+    let s = p.get_ref();
+    if s.is_empty() {
+        return Err(src.error(p.span(), "`agent_home` is empty"));
+    }
+    let path =
+        expand_home(s, workspace, home).map_err(|why| src.error(p.span(), format!("`agent_home`: {why}")))?;
+    if workspace.starts_with(&path) {
+        return Err(src.error(
+            p.span(),
+            format!(
+                "`agent_home` {} holds the workspace; give the agents a directory of their own",
+                path.display()
+            ),
+        ));
+    }
+    Ok(path)
+}
+
+/// Checks `git_hooks`: `guard` or `allow`.
+pub fn git_hooks(g: &Spanned<String>, src: &Source) -> Result<super::GitHooks> {
+    match g.get_ref().as_str() {
+        "guard" => Ok(super::GitHooks::Guard),
+        "allow" => Ok(super::GitHooks::Allow),
+        other => Err(src.error(
+            g.span(),
+            format!(
+                "`git_hooks` must be \"guard\" (undo hooks and executable git settings the \
+                 guest writes) or \"allow\", not {other:?}"
+            ),
+        )),
+    }
 }
 
 /// A host path: `~` is `$HOME`, relative paths are relative to `base`.

@@ -1,21 +1,18 @@
 //! `agentvm down`: stop the workspace's VM and remove its state.
 
-use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Args;
 
 use super::control::{self, Request};
-use super::{kill_and_wait, run_hooks, wait_gone, StateDir, VmState};
-use crate::config;
+use super::{kill_and_wait, run_hooks, wait_gone, Target, VmState};
 
 /// Arguments of `agentvm down`.
 #[derive(Args, Debug)]
 pub struct DownArgs {
-    /// The workspace [default: the current directory].
-    #[arg(long, value_name = "DIR")]
-    dir: Option<PathBuf>,
+    #[command(flatten)]
+    target: Target,
     /// Seconds the guest gets to power off before the VMM is killed.
     #[arg(long, value_name = "SECS", default_value_t = 10)]
     timeout: u64,
@@ -23,18 +20,19 @@ pub struct DownArgs {
 
 /// Stops the VM (gracefully, then by force) and removes its state directory.
 pub fn run(args: DownArgs) -> anyhow::Result<ExitCode> {
-    let cfg = config::load(args.dir.as_deref().unwrap_or(Path::new(".")))?;
-    let state = StateDir::of(&cfg.name);
+    // Found from the workspace's path, not its configuration file: the
+    // guest may have damaged that, and `down` must still work.
+    let state = args.target.locate()?;
     if !state.dir.exists() {
-        println!("agentvm: {} is not running", cfg.name);
+        println!("agentvm: the workspace's VM is not running");
         return Ok(ExitCode::SUCCESS);
     }
+    let label = state.label();
+    // The hooks are the ones `up` approved, from the checked state
+    // directory; never from the workspace's (guest-writable) file.
     let snap = state.read_snapshot().ok();
-    let workspace = snap
-        .as_ref()
-        .map_or(cfg.workspace.clone(), |s| s.workspace.clone());
     if let Some(s) = &snap {
-        run_hooks("pre_down", &s.pre_down, &workspace);
+        run_hooks("pre_down", &s.pre_down, &s.workspace);
     }
     let grace = Duration::from_secs(args.timeout);
     match state.state() {
@@ -52,8 +50,8 @@ pub fn run(args: DownArgs) -> anyhow::Result<ExitCode> {
             // before the last resort.
             if asked.is_err() || !wait_gone(pid, grace + Duration::from_secs(2)) {
                 eprintln!(
-                    "agentvm: warning: {} did not stop within {} s; killing its VMM (pid {pid})",
-                    cfg.name, args.timeout
+                    "agentvm: warning: {label} did not stop within {} s; killing its VMM (pid {pid})",
+                    args.timeout
                 );
                 kill_and_wait(pid, Duration::from_secs(5));
             }
@@ -65,8 +63,8 @@ pub fn run(args: DownArgs) -> anyhow::Result<ExitCode> {
     }
     state.clean()?;
     if let Some(s) = &snap {
-        run_hooks("post_down", &s.post_down, &workspace);
+        run_hooks("post_down", &s.post_down, &s.workspace);
     }
-    println!("agentvm: {} is down", cfg.name);
+    println!("agentvm: {label} is down");
     Ok(ExitCode::SUCCESS)
 }

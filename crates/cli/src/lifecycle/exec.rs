@@ -2,7 +2,7 @@
 //! VM, through the same agent client as `agentvm attach`.
 
 use std::io::IsTerminal;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 
 use agentvm_protocol::EXEC_PORT;
@@ -10,16 +10,14 @@ use anyhow::bail;
 use clap::Args;
 
 use super::up::{guest_start, shell_start};
-use super::{Snapshot, StateDir, VmState};
+use super::{Snapshot, StateDir, Target, VmState};
 use crate::attach::Agent;
-use crate::config;
 
 /// Arguments of `agentvm run`.
 #[derive(Args, Debug)]
 pub struct RunArgs {
-    /// The workspace [default: the current directory].
-    #[arg(long, value_name = "DIR")]
-    dir: Option<PathBuf>,
+    #[command(flatten)]
+    target: Target,
     /// Run on a pseudo-terminal [default: when stdin is a terminal].
     #[arg(long, short = 't')]
     tty: bool,
@@ -32,14 +30,13 @@ pub struct RunArgs {
 /// Arguments of `agentvm shell`.
 #[derive(Args, Debug)]
 pub struct ShellArgs {
-    /// The workspace [default: the current directory].
-    #[arg(long, value_name = "DIR")]
-    dir: Option<PathBuf>,
+    #[command(flatten)]
+    target: Target,
 }
 
 /// Runs the command; its exit code is `run`'s.
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
-    let (state, snap) = running(args.dir.as_deref())?;
+    let (state, snap) = running(&args.target)?;
     let tty = args.tty || std::io::stdin().is_terminal();
     let start = shell_start(&args.command.join(" "), &snap, tty);
     agent(&state.vsock()).exec(start)
@@ -47,7 +44,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
 
 /// Opens a login shell in the guest's workspace.
 pub fn shell(args: ShellArgs) -> anyhow::Result<ExitCode> {
-    let (state, snap) = running(args.dir.as_deref())?;
+    let (state, snap) = running(&args.target)?;
     let start = guest_start(vec![b"sh".to_vec(), b"-l".to_vec()], &snap, true);
     agent(&state.vsock()).exec(start)
 }
@@ -60,22 +57,20 @@ fn agent(uds: &Path) -> Agent<'_> {
     }
 }
 
-/// The workspace's VM, which must be running.
-pub(super) fn running(dir: Option<&Path>) -> anyhow::Result<(StateDir, Snapshot)> {
-    let cfg = config::load(dir.unwrap_or(Path::new(".")))?;
-    let state = StateDir::of(&cfg.name);
+/// The target's VM, which must be running.
+pub(super) fn running(target: &Target) -> anyhow::Result<(StateDir, Snapshot)> {
+    let state = target.locate()?;
+    let label = state.label();
     match state.state() {
         VmState::Running(_) => {}
         VmState::Starting(_) => bail!(
-            "{} is still starting; wait for `agentvm up` to finish",
-            cfg.name
+            "{label} is still starting; wait for `agentvm up` to finish"
         ),
         VmState::Stale(_) => bail!(
-            "{}'s VM is gone (stale state in {}); `agentvm up` starts it again",
-            cfg.name,
+            "{label}'s VM is gone (stale state in {}); `agentvm up` starts it again",
             state.dir.display()
         ),
-        VmState::Stopped => bail!("{} is not running; start it with `agentvm up`", cfg.name),
+        VmState::Stopped => bail!("the workspace's VM is not running; start it with `agentvm up`"),
     }
     let snap = state.read_snapshot()?;
     Ok((state, snap))

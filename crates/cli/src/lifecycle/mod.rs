@@ -1,8 +1,15 @@
 //! The VM lifecycle: `up`, `down`, `status`/`ps`, `logs`, `run`, `shell`,
 //! and the background VMM process (`__vmm`) they talk to.
 //!
-//! Each VM has a state directory, `$XDG_RUNTIME_DIR/agentvm/<name>/`
-//! (`/tmp/agentvm-$UID/<name>/` without `XDG_RUNTIME_DIR`):
+//! A VM is its workspace: its state directory is
+//! `$XDG_RUNTIME_DIR/agentvm/<workspace id>/` (`/tmp/agentvm-$UID/<id>/`
+//! without `XDG_RUNTIME_DIR`; the id is [`crate::paths::workspace_id`]), so
+//! two checkouts with the same name have a VM each; the name is for
+//! display. Commands find the VM from the workspace they run in, or by
+//! `--name` when exactly one VM has that name. Before reading anything in
+//! the state root or a VM's directory, every command checks that it is a
+//! directory of the user's, mode 0700: in a shared `/tmp` another local
+//! user could have made it first and planted hooks or sockets. It holds:
 //! - `vmm.pid`: the VMM process (written by `up`, removed by the VMM as it
 //!   exits);
 //! - `control.sock`: the VMM's control socket, JSON lines ([`control`]);
@@ -29,26 +36,136 @@ pub mod status;
 pub mod up;
 pub mod vmm;
 
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
-use anyhow::Context;
+use anyhow::{bail, Context};
+use clap::Args;
 use serde::{Deserialize, Serialize};
 
 use crate::config::ResolvedConfig;
+pub use crate::paths::state_root;
 
 /// The hidden subcommand `up` starts the VMM with.
 pub const VMM_SUBCOMMAND: &str = "__vmm";
 
-/// Where every VM's state directory lives.
-pub fn state_root() -> PathBuf {
-    match std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
-        Some(dir) => {
-            let dir = PathBuf::from(dir);
-            std::path::absolute(&dir).unwrap_or(dir).join("agentvm")
+/// Fails unless `dir` is a directory (not a link to one) owned by this
+/// user with no access for anyone else; `Ok(false)` when it does not exist.
+pub fn check_private(dir: &Path) -> anyhow::Result<bool> {
+    let meta = match std::fs::symlink_metadata(dir) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => {
+            return Err(anyhow::Error::new(e).context(format!("cannot read {}", dir.display())))
         }
-        // SAFETY: getuid has no preconditions and cannot fail.
-        None => PathBuf::from(format!("/tmp/agentvm-{}", unsafe { libc::getuid() })),
+    };
+    let uid = nix::unistd::getuid().as_raw();
+    if !meta.is_dir() || meta.uid() != uid {
+        bail!(
+            "{} is not a directory of yours (owner uid {}), so agentvm will not use it: \
+             another user may have made it to plant hooks or sockets; remove it, or set \
+             XDG_RUNTIME_DIR to a private directory",
+            dir.display(),
+            meta.uid()
+        );
     }
+    if meta.mode() & 0o077 != 0 {
+        bail!(
+            "{} is open to other users (mode {:o}), so agentvm will not use it; \
+             `chmod 700 {}` if you made it, else remove it",
+            dir.display(),
+            meta.mode() & 0o7777,
+            dir.display()
+        );
+    }
+    Ok(true)
+}
+
+/// Creates `dir` (0700) when missing, then [`check_private`]s it.
+pub fn make_private(dir: &Path) -> anyhow::Result<()> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("cannot create {}", dir.display()))?;
+    check_private(dir).map(|_| ())
+}
+
+/// Which VM a command acts on.
+#[derive(Args, Debug, Clone, Default)]
+pub struct Target {
+    /// The workspace [default: the current directory].
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+    /// The VM called NAME, when only one VM has that name (instead of the
+    /// workspace's).
+    #[arg(long, value_name = "NAME", conflicts_with = "dir")]
+    pub name: Option<String>,
+}
+
+impl Target {
+    /// The VM's state directory (checked; it need not exist).
+    pub fn locate(&self) -> anyhow::Result<StateDir> {
+        let root = state_root();
+        check_private(&root)?;
+        let state = match &self.name {
+            Some(name) => by_name(&root, name)?,
+            None => {
+                let start = self.dir.as_deref().unwrap_or(Path::new("."));
+                let start = std::fs::canonicalize(start)
+                    .with_context(|| format!("cannot use the directory {}", start.display()))?;
+                let home = std::env::var_os("HOME").map(PathBuf::from);
+                let ws = crate::config::find_workspace(&start, home.as_deref());
+                StateDir::of_workspace(&ws.dir)
+            }
+        };
+        check_private(&state.dir)?;
+        Ok(state)
+    }
+}
+
+/// The one VM under `root` called `name`.
+fn by_name(root: &Path, name: &str) -> anyhow::Result<StateDir> {
+    let mut found: Vec<(StateDir, Snapshot)> = Vec::new();
+    for dir in vm_dirs(root)? {
+        check_private(&dir)?;
+        let state = StateDir { dir };
+        if let Ok(snap) = state.read_snapshot() {
+            if snap.name == name {
+                found.push((state, snap));
+            }
+        }
+    }
+    let shown = crate::escape::line(name);
+    match found.len() {
+        0 => bail!("no VM is called {shown} (`agentvm status` lists them)"),
+        1 => Ok(found.remove(0).0),
+        n => bail!(
+            "{n} VMs are called {shown}, for {}; say which with --dir",
+            found
+                .iter()
+                .map(|(_, s)| crate::escape::line(&s.workspace.display().to_string()).into_owned())
+                .collect::<Vec<_>>()
+                .join(" and ")
+        ),
+    }
+}
+
+/// Every VM directory under `root` (none when it does not exist).
+pub fn vm_dirs(root: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let mut dirs: Vec<PathBuf> = match std::fs::read_dir(root) {
+        Ok(entries) => entries
+            .flatten()
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .map(|e| e.path())
+            .collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => {
+            return Err(anyhow::Error::new(e).context(format!("cannot read {}", root.display())))
+        }
+    };
+    dirs.sort();
+    Ok(dirs)
 }
 
 /// A VM's state directory and the files in it.
@@ -59,11 +176,19 @@ pub struct StateDir {
 }
 
 impl StateDir {
-    /// The state directory of the VM called `name`.
-    pub fn of(name: &str) -> StateDir {
+    /// The state directory of the VM of `workspace` (canonical), unchecked.
+    pub fn of_workspace(workspace: &Path) -> StateDir {
         StateDir {
-            dir: state_root().join(name),
+            dir: state_root().join(crate::paths::workspace_id(workspace)),
         }
+    }
+
+    /// The VM's name for messages: its snapshot's, escaped (else the
+    /// directory's).
+    pub fn label(&self) -> String {
+        self.read_snapshot()
+            .map(|s| crate::escape::line(&s.name).into_owned())
+            .unwrap_or_else(|_| self.name())
     }
 
     /// The VMM's pid file.
@@ -96,7 +221,7 @@ impl StateDir {
         self.dir.join("config.json")
     }
 
-    /// The VM's name (the directory's).
+    /// The directory's name (the workspace id).
     pub fn name(&self) -> String {
         self.dir
             .file_name()

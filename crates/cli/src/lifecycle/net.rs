@@ -6,7 +6,7 @@
 //! (the messages say how to keep a change).
 
 use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -19,8 +19,7 @@ use serde_json::{json, Value};
 
 use super::control::{self, Request};
 use super::exec::running;
-use super::{StateDir, VmState};
-use crate::config;
+use super::{Target, VmState};
 use crate::net_args::parse_domain;
 
 /// Arguments of `agentvm net`.
@@ -29,6 +28,9 @@ pub struct NetArgs {
     /// The workspace [default: the current directory].
     #[arg(long, value_name = "DIR", global = true)]
     dir: Option<PathBuf>,
+    /// The VM called NAME, when only one VM has that name.
+    #[arg(long, value_name = "NAME", global = true, conflicts_with = "dir")]
+    name: Option<String>,
     #[command(subcommand)]
     command: NetCommand,
 }
@@ -69,7 +71,11 @@ struct Domains {
 
 /// Runs `agentvm net …`.
 pub fn run(args: NetArgs) -> anyhow::Result<ExitCode> {
-    let dir = args.dir.as_deref();
+    let target = Target {
+        dir: args.dir,
+        name: args.name,
+    };
+    let dir = &target;
     match args.command {
         NetCommand::Allow(d) => edit(dir, d.domains, true),
         NetCommand::Deny(d) => edit(dir, d.domains, false),
@@ -79,7 +85,7 @@ pub fn run(args: NetArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// Sends `net_allow` or `net_deny` and says what changed.
-fn edit(dir: Option<&Path>, domains: Vec<String>, allow: bool) -> anyhow::Result<ExitCode> {
+fn edit(dir: &Target, domains: Vec<String>, allow: bool) -> anyhow::Result<ExitCode> {
     let (state, snap) = running(dir)?;
     let name = snap.name;
     let request = if allow {
@@ -142,7 +148,7 @@ fn edit(dir: Option<&Path>, domains: Vec<String>, allow: bool) -> anyhow::Result
 }
 
 /// Prints the policy in force.
-fn show(dir: Option<&Path>, as_json: bool) -> anyhow::Result<ExitCode> {
+fn show(dir: &Target, as_json: bool) -> anyhow::Result<ExitCode> {
     let (state, snap) = running(dir)?;
     let reply = control::request(&state.control(), &Request::Net)
         .with_context(|| format!("cannot read {}'s network policy", snap.name))?;
@@ -196,9 +202,9 @@ fn reply_policy(reply: &Value) -> anyhow::Result<Policy> {
 }
 
 /// Prints the audit log, following it with `follow`.
-fn log(dir: Option<&Path>, follow: bool, as_json: bool) -> anyhow::Result<ExitCode> {
-    let cfg = config::load(dir.unwrap_or(Path::new(".")))?;
-    let state = StateDir::of(&cfg.name);
+fn log(target: &Target, follow: bool, as_json: bool) -> anyhow::Result<ExitCode> {
+    let state = target.locate()?;
+    let label = state.label();
     let path = state.net_audit();
     let file = match std::fs::File::open(&path) {
         Ok(f) => f,
@@ -208,14 +214,14 @@ fn log(dir: Option<&Path>, follow: bool, as_json: bool) -> anyhow::Result<ExitCo
                 bail!(
                     "{} has no network (mode off), so nothing is logged; set `[network] \
                      mode` in .agentvm/config.toml and restart it",
-                    cfg.name
+                    label
                 );
             }
             match state.state() {
                 VmState::Stopped if !state.dir.exists() => {
-                    bail!("{} is not running; start it with `agentvm up`", cfg.name)
+                    bail!("the workspace's VM is not running; start it with `agentvm up`")
                 }
-                _ => bail!("{} has no network audit log ({})", cfg.name, path.display()),
+                _ => bail!("{label} has no network audit log ({})", path.display()),
             }
         }
         Err(e) => {
@@ -231,8 +237,9 @@ fn log(dir: Option<&Path>, follow: bool, as_json: bool) -> anyhow::Result<ExitCo
             .read_line(&mut line)
             .context("cannot read the network audit log")?;
         if n > 0 && line.ends_with('\n') {
+            // The names in the log are the guest's DNS questions.
             let text = if as_json {
-                line.clone()
+                crate::escape::json_line(&line).into_owned()
             } else {
                 format!("{}\n", human(line.trim_end()))
             };
@@ -246,7 +253,7 @@ fn log(dir: Option<&Path>, follow: bool, as_json: bool) -> anyhow::Result<ExitCo
         }
         if !follow || state.live_vmm().is_none() {
             // A last line without its end (the VMM was killed mid-write).
-            out.write_all(line.as_bytes())
+            out.write_all(crate::escape::line(&line).as_bytes())
                 .context("cannot write the network audit log")?;
             break;
         }
@@ -268,9 +275,10 @@ fn log(dir: Option<&Path>, follow: bool, as_json: bool) -> anyhow::Result<ExitCo
 /// One audit event as a line a person reads:
 /// `TIME VERDICT PROTO DEST NAME (REASON)`; a line that is not an event
 /// as it is.
+/// Every field is escaped: names are what the guest asked for.
 pub fn human(line: &str) -> String {
     let Ok(v) = serde_json::from_str::<Value>(line) else {
-        return line.to_string();
+        return crate::escape::line(line).into_owned();
     };
     let text = |key: &str| v.get(key).and_then(Value::as_str).unwrap_or("-");
     let dest = match (v.get("ip").and_then(Value::as_str), v.get("port")) {
@@ -278,12 +286,13 @@ pub fn human(line: &str) -> String {
         (Some(ip), _) => ip.to_string(),
         (None, _) => "-".to_string(),
     };
+    let text = |key: &str| crate::escape::line(text(key)).into_owned();
     format!(
         "{} {:<5} {:<7} {:<21} {} ({})",
         text("time"),
         text("verdict"),
         text("proto"),
-        dest,
+        crate::escape::line(&dest),
         text("name"),
         text("reason")
     )

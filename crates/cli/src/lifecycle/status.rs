@@ -1,8 +1,7 @@
 //! `agentvm status` (`ps`): every VM under the state root; `agentvm logs`:
 //! a VM's console.
 
-use std::io::{Read, Seek, SeekFrom, Write};
-use std::path::{Path, PathBuf};
+use std::io::{BufRead, Read, Seek, SeekFrom, Write};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -11,12 +10,12 @@ use clap::Args;
 
 use super::control::{self, Request};
 use super::vmm::rss_kib;
-use super::{state_root, StateDir, VmState};
-use crate::config;
+use super::{check_private, state_root, vm_dirs, StateDir, Target, VmState};
 
 /// One VM as `status` shows it.
 struct Row {
     name: String,
+    workspace: String,
     pid: String,
     uptime: String,
     rss: String,
@@ -28,18 +27,11 @@ struct Row {
 /// state.
 pub fn run() -> anyhow::Result<ExitCode> {
     let root = state_root();
-    let mut dirs: Vec<PathBuf> = match std::fs::read_dir(&root) {
-        Ok(entries) => entries
-            .flatten()
-            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-            .map(|e| e.path())
-            .collect(),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-        Err(e) => {
-            return Err(anyhow::Error::new(e).context(format!("cannot read {}", root.display())))
-        }
-    };
-    dirs.sort();
+    check_private(&root)?;
+    let dirs = vm_dirs(&root)?;
+    for dir in &dirs {
+        check_private(dir)?;
+    }
     if dirs.is_empty() {
         println!("no VMs (`agentvm up` starts one)");
         return Ok(ExitCode::SUCCESS);
@@ -49,26 +41,31 @@ pub fn run() -> anyhow::Result<ExitCode> {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(
         out,
-        "{:<width$}  {:>8}  {:>9}  {:>10}  {:<8}  STATE",
-        "NAME", "PID", "UPTIME", "RSS", "NETWORK"
+        "{:<width$}  {:>8}  {:>9}  {:>10}  {:<8}  {:<8}  WORKSPACE",
+        "NAME", "PID", "UPTIME", "RSS", "NETWORK", "STATE"
     );
     for r in rows {
         let _ = writeln!(
             out,
-            "{:<width$}  {:>8}  {:>9}  {:>10}  {:<8}  {}",
-            r.name, r.pid, r.uptime, r.rss, r.network, r.state
+            "{:<width$}  {:>8}  {:>9}  {:>10}  {:<8}  {:<8}  {}",
+            r.name, r.pid, r.uptime, r.rss, r.network, r.state, r.workspace
         );
     }
     Ok(ExitCode::SUCCESS)
 }
 
 fn row(state: StateDir) -> Row {
-    let network = state
-        .read_snapshot()
-        .map_or_else(|_| "-".to_string(), |s| s.network_mode);
+    let snap = state.read_snapshot().ok();
+    let shown = |s: &str| crate::escape::line(s).into_owned();
+    let network = snap
+        .as_ref()
+        .map_or_else(|| "-".to_string(), |s| shown(&s.network_mode));
     let vm = state.state();
     let mut row = Row {
-        name: state.name(),
+        name: state.label(),
+        workspace: snap
+            .as_ref()
+            .map_or_else(|| "-".to_string(), |s| shown(&s.workspace.display().to_string())),
         pid: "-".into(),
         uptime: "-".into(),
         rss: "-".into(),
@@ -90,7 +87,7 @@ fn row(state: StateDir) -> Row {
             }
             // The mode in force: `agentvm net` may have changed it.
             if let Some(mode) = reply.get("network_mode").and_then(|v| v.as_str()) {
-                row.network = mode.to_string();
+                row.network = shown(mode);
             }
         }
     }
@@ -110,36 +107,55 @@ fn uptime(d: Duration) -> String {
 /// Arguments of `agentvm logs`.
 #[derive(Args, Debug)]
 pub struct LogsArgs {
-    /// The workspace [default: the current directory].
-    #[arg(long, value_name = "DIR")]
-    dir: Option<PathBuf>,
+    #[command(flatten)]
+    target: Target,
+    /// The console's bytes as the guest wrote them, terminal control
+    /// sequences included (by default they are shown escaped).
+    #[arg(long)]
+    raw: bool,
     /// Keep printing what the console writes, until the VM stops.
     #[arg(long, short = 'f')]
     follow: bool,
 }
 
-/// Prints the VM's console log.
+/// The longest console line held back waiting for its end.
+const MAX_LINE: usize = 64 << 10;
+
+/// Prints the VM's console log, escaped unless `--raw`.
 pub fn logs(args: LogsArgs) -> anyhow::Result<ExitCode> {
-    let cfg = config::load(args.dir.as_deref().unwrap_or(Path::new(".")))?;
-    let state = StateDir::of(&cfg.name);
+    let state = args.target.locate()?;
     let path = state.console();
-    let mut file = std::fs::File::open(&path).with_context(|| {
+    let file = std::fs::File::open(&path).with_context(|| {
         format!(
             "{} has no console log ({}); is it up?",
-            cfg.name,
+            state.label(),
             path.display()
         )
     })?;
+    let mut file = std::io::BufReader::new(file);
     let mut out = std::io::stdout().lock();
-    let mut buf = vec![0u8; 64 << 10];
+    let mut line = Vec::new();
     loop {
-        let n = file.read(&mut buf).context("cannot read the console log")?;
-        if n > 0 {
-            out.write_all(&buf[..n])
+        // Whole lines, so that escaping never splits a character or a CR LF.
+        let n = (&mut file)
+            .take((MAX_LINE - line.len().min(MAX_LINE)) as u64)
+            .read_until(b'\n', &mut line)
+            .context("cannot read the console log")?;
+        let done = !args.follow || state.live_vmm().is_none();
+        if line.ends_with(b"\n") || line.len() >= MAX_LINE || (n == 0 && done) {
+            let text = if args.raw {
+                std::borrow::Cow::Borrowed(&line[..])
+            } else {
+                std::borrow::Cow::Owned(crate::escape::bytes(&line).into_bytes())
+            };
+            out.write_all(&text)
                 .context("cannot write the console log")?;
+            line.clear();
+        }
+        if n > 0 {
             continue;
         }
-        if !args.follow || state.live_vmm().is_none() {
+        if done {
             break;
         }
         out.flush().context("cannot write the console log")?;

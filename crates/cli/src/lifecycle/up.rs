@@ -2,7 +2,7 @@
 //! its guest is ready.
 
 use std::fs::File;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
@@ -15,7 +15,9 @@ use clap::Args;
 use serde_json::Value;
 
 use super::control::{self, Request};
-use super::{run_hooks, RootLock, Snapshot, StateDir, VmState, VMM_SUBCOMMAND};
+use super::{
+    check_private, make_private, run_hooks, RootLock, Snapshot, StateDir, VmState, VMM_SUBCOMMAND,
+};
 use crate::attach::Agent;
 use crate::boot::choose_kernel;
 use crate::config::{self, env};
@@ -36,7 +38,13 @@ pub struct UpArgs {
 pub fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
     let cfg = config::load(args.dir.as_deref().unwrap_or(Path::new(".")))?;
-    let state = StateDir::of(&cfg.name);
+    // Before anything of the configuration takes effect: nothing it says
+    // runs or is shared until the user approved exactly this content.
+    crate::trust::require(&cfg)?;
+    let root = super::state_root();
+    check_private(&root)?;
+    let state = StateDir::of_workspace(&cfg.workspace);
+    check_private(&state.dir)?;
     if let Some(code) = already_up(&state, &cfg.name, args.timeout, false)? {
         return Ok(code);
     }
@@ -58,14 +66,13 @@ pub fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     )?;
     let snap = Snapshot::new(&cfg, kernel.kernel, kernel.initrd, kernel.cmdline);
 
-    let root = super::state_root();
-    make_dir(&root)?;
+    make_private(&root)?;
     let lock = RootLock::take(&root)?;
     // Another `up` may have started it meanwhile.
     if let Some(code) = already_up(&state, &cfg.name, args.timeout, true)? {
         return Ok(code);
     }
-    make_dir(&state.dir)?;
+    make_private(&state.dir)?;
     let json = serde_json::to_vec_pretty(&snap).context("cannot encode the configuration")?;
     std::fs::write(state.snapshot(), json)
         .with_context(|| format!("cannot write {}", state.snapshot().display()))?;
@@ -191,28 +198,6 @@ pub fn guest_start(argv: Vec<Vec<u8>>, snap: &Snapshot, tty: bool) -> Start {
     }
 }
 
-/// A private directory (0700), fine if it exists and is ours (in a shared
-/// /tmp another user could have made it first).
-fn make_dir(dir: &Path) -> anyhow::Result<()> {
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .with_context(|| format!("cannot create {}", dir.display()))?;
-    let meta =
-        std::fs::symlink_metadata(dir).with_context(|| format!("cannot read {}", dir.display()))?;
-    // SAFETY: getuid has no preconditions and cannot fail.
-    let uid = unsafe { libc::getuid() };
-    if meta.uid() != uid || !meta.is_dir() {
-        bail!(
-            "{} is not a directory of yours; remove it, or set XDG_RUNTIME_DIR to a \
-             private directory",
-            dir.display()
-        );
-    }
-    Ok(())
-}
-
 /// Starts `agentvm __vmm --state DIR` in its own session, its output in
 /// the console log.
 fn spawn_vmm(state: &StateDir) -> anyhow::Result<Child> {
@@ -274,14 +259,14 @@ fn configure(vsock: &Path, vars: agentvm_protocol::frame::EnvList) -> anyhow::Re
     client::configure(stream, vars).context("the guest agent refused the environment")
 }
 
-/// The last lines of the console log.
+/// The last lines of the console log, escaped (the guest wrote them).
 fn console_tail(path: &Path) -> String {
     let text = std::fs::read(path).unwrap_or_default();
     let text = String::from_utf8_lossy(&text);
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(10)..]
         .iter()
-        .map(|l| format!("  {l}"))
+        .map(|l| format!("  {}", crate::escape::line(l.trim_end_matches('\r'))))
         .collect::<Vec<_>>()
         .join("\n")
 }

@@ -6,7 +6,6 @@
 
 use std::fs::File;
 use std::io::Write;
-use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -44,6 +43,9 @@ pub struct VmmArgs {
 /// Runs the VM until it ends; the exit code says whether it ended cleanly.
 pub fn run(args: VmmArgs) -> anyhow::Result<ExitCode> {
     let state = StateDir { dir: args.state };
+    // The configuration it boots is read from here: only from a directory
+    // of ours that nobody else can write.
+    super::check_private(&state.dir)?;
     let snap = state.read_snapshot()?;
     let console = File::options()
         .create(true)
@@ -100,7 +102,7 @@ pub fn run(args: VmmArgs) -> anyhow::Result<ExitCode> {
     })?;
     let control_path = state.control();
     let _ = std::fs::remove_file(&control_path);
-    let listener = UnixListener::bind(&control_path)
+    let listener = agentvm_devices::socket::bind_owner_only(&control_path)
         .with_context(|| format!("cannot listen on {}", control_path.display()))?;
     let server = Arc::new(Server {
         handle: vm.handle(),

@@ -11,7 +11,7 @@
 
 use std::io;
 use std::os::fd::AsRawFd;
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -146,7 +146,7 @@ impl<B: FrameBackend + Sync> VhostUserNet<B> {
             }
         }
         let connected = connect_daemon(&mut daemon, path).and_then(|back| {
-            let frontend = UnixListener::bind(path)
+            let frontend = crate::socket::bind_owner_only(path)
                 .map_err(|e| VhostUserNetError::Socket(path.to_path_buf(), e))?;
             let (front, _) = frontend
                 .accept()

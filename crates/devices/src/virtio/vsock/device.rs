@@ -92,7 +92,7 @@ impl Vsock {
             return Err(VsockError::InvalidCid(guest_cid));
         }
         clear_stale_socket(&uds_path)?;
-        let listener = UnixListener::bind(&uds_path).map_err(|source| VsockError::Bind {
+        let listener = crate::socket::bind_owner_only(&uds_path).map_err(|source| VsockError::Bind {
             path: uds_path.clone(),
             source,
         })?;

@@ -377,6 +377,16 @@ impl Muxer {
         }
         let mut path = self.uds_path.clone().into_os_string();
         path.push(format!("_{}", key.local_port));
+        // Only to a socket of our own user: in a shared directory another
+        // user's socket would receive what the guest sends.
+        if !crate::socket::is_own_socket(path.as_ref()) {
+            debug!(
+                "virtio-vsock: guest connection to {} refused: not a socket of this user",
+                PathBuf::from(&path).display()
+            );
+            self.push_reset(request.reset_reply());
+            return;
+        }
         let stream = match unix::connect_nonblocking(path.as_ref()) {
             Ok(s) => s,
             Err(e) => {

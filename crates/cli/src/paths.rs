@@ -1,0 +1,88 @@
+//! Where agentvm keeps things on the host, outside every share: VM state
+//! (per boot, in the runtime directory), approvals (per workspace, in the
+//! configuration directory) and agent homes (per workspace, in the data
+//! directory). Every per-workspace location is keyed by [`workspace_id`],
+//! so two checkouts with the same directory name never share anything.
+
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+/// Hex digits of a workspace id: 64 bits of SHA-256, plenty for the
+/// workspaces of one user.
+const ID_HEX: usize = 16;
+
+/// The id of the workspace at `workspace` (a canonical path): the first
+/// [`ID_HEX`] hex digits of the SHA-256 of its bytes. Moving a workspace
+/// gives it a new id (and so a new VM, agent home and approval).
+pub fn workspace_id(workspace: &Path) -> String {
+    let digest = Sha256::digest(workspace.as_os_str().as_encoded_bytes());
+    hex(&digest)[..ID_HEX].to_string()
+}
+
+/// Lowercase hex of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes.iter().fold(String::new(), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+/// A non-empty absolute variable (XDG says relative ones are ignored).
+fn xdg(var: &str) -> Option<PathBuf> {
+    std::env::var_os(var)
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+}
+
+/// `$HOME`, when set.
+fn home() -> Option<PathBuf> {
+    std::env::var_os("HOME")
+        .filter(|h| !h.is_empty())
+        .map(PathBuf::from)
+}
+
+/// Where every VM's state directory lives: `$XDG_RUNTIME_DIR/agentvm`, else
+/// `/tmp/agentvm-$UID` (which another local user may have made first: the
+/// lifecycle checks its owner and mode before using it).
+pub fn state_root() -> PathBuf {
+    match xdg("XDG_RUNTIME_DIR") {
+        Some(dir) => dir.join("agentvm"),
+        None => PathBuf::from(format!("/tmp/agentvm-{}", nix::unistd::getuid())),
+    }
+}
+
+/// `$XDG_CONFIG_HOME/agentvm` (else `~/.config/agentvm`): approvals.
+pub fn config_dir() -> Option<PathBuf> {
+    xdg("XDG_CONFIG_HOME")
+        .or_else(|| home().map(|h| h.join(".config")))
+        .map(|d| d.join("agentvm"))
+}
+
+/// `$XDG_DATA_HOME/agentvm` (else `~/.local/share/agentvm`): agent homes.
+pub fn data_dir() -> Option<PathBuf> {
+    xdg("XDG_DATA_HOME")
+        .or_else(|| home().map(|h| h.join(".local/share")))
+        .map(|d| d.join("agentvm"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn workspace_ids_depend_on_the_whole_path() {
+        let a = workspace_id(Path::new("/home/u/a/api"));
+        let b = workspace_id(Path::new("/home/u/b/api"));
+        assert_eq!(a.len(), ID_HEX);
+        assert!(a.chars().all(|c| c.is_ascii_hexdigit()));
+        assert_ne!(a, b);
+        assert_eq!(a, workspace_id(Path::new("/home/u/a/api")));
+    }
+
+    #[test]
+    fn hex_is_lowercase_and_padded() {
+        assert_eq!(hex(&[0, 0xab, 0x0f]), "00ab0f");
+    }
+}

@@ -1,0 +1,162 @@
+//! Approvals keyed by path and content.
+
+use std::path::{Path, PathBuf};
+
+use super::*;
+use crate::config::{config_path, resolve, Host, Source};
+
+struct Ws {
+    _tmp: tempfile::TempDir,
+    root: PathBuf,
+    approvals: PathBuf,
+}
+
+impl Ws {
+    fn new() -> Ws {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().to_path_buf();
+        Ws {
+            approvals: root.join("config/agentvm/approved"),
+            root,
+            _tmp: tmp,
+        }
+    }
+
+    fn host(&self) -> Host {
+        Host {
+            home: Some(self.root.join("home")),
+            cpus: 2,
+            memory_mib: 8192,
+            data_dir: Some(self.root.join("data")),
+        }
+    }
+
+    /// The configuration of workspace `ws` (under the root) whose file says `text`.
+    fn cfg(&self, ws: &str, text: &str) -> ResolvedConfig {
+        let dir = self.root.join(ws);
+        std::fs::create_dir_all(dir.join(".agentvm")).unwrap();
+        std::fs::write(config_path(&dir), text).unwrap();
+        let src = Source::new(&config_path(&dir), text.to_string());
+        resolve(&dir, Some(&src), &self.host()).unwrap()
+    }
+
+    fn standing(&self, cfg: &ResolvedConfig) -> Standing {
+        standing_in(&self.approvals, cfg).unwrap()
+    }
+}
+
+#[test]
+fn a_new_workspace_is_not_approved_until_trusted() {
+    let ws = Ws::new();
+    let cfg = ws.cfg("a/api", "[hooks]\npre_up = [\"make deps\"]\n");
+    let s = ws.standing(&cfg);
+    assert!(matches!(s, Standing::New(_)), "{s:?}");
+    let summary = s.summary();
+    assert!(summary.contains("host commands (hooks):\n    pre_up: make deps"), "{summary}");
+    let path = approve_in(&ws.approvals, &cfg).unwrap();
+    assert!(path.starts_with(&ws.approvals));
+    assert!(matches!(ws.standing(&cfg), Standing::Approved));
+    // Approvals are the user's alone.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+}
+
+#[test]
+fn any_change_that_widens_access_needs_a_new_approval() {
+    let ws = Ws::new();
+    let cfg = ws.cfg("w", "[network]\ndomains = [\"github.com\"]\n");
+    approve_in(&ws.approvals, &cfg).unwrap();
+    let cases = [
+        ("[hooks]\npre_up = [\"touch /tmp/pwned\"]\n[network]\ndomains = [\"github.com\"]\n", "+ pre_up: touch /tmp/pwned"),
+        ("[[mounts]]\nsource = \"~\"\ntarget = \"/host-home\"\n[network]\ndomains = [\"github.com\"]\n", "-> /host-home (read-write)"),
+        ("[env]\nK = \"${AWS_SECRET_ACCESS_KEY}\"\n[network]\ndomains = [\"github.com\"]\n", "+ K = ${AWS_SECRET_ACCESS_KEY}"),
+        ("[network]\nmode = \"open\"\ndomains = [\"github.com\"]\n", "- mode filtered\n    + mode open"),
+        ("[network]\ndomains = [\"github.com\", \"evil.example\"]\n", "+ domain evil.example"),
+        ("name = \"other\"\n[network]\ndomains = [\"github.com\"]\n", "+ name other"),
+        ("kernel = \"/tmp/k\"\n[network]\ndomains = [\"github.com\"]\n", "+ kernel /tmp/k"),
+        ("[resources]\nvcpus = 1\n[network]\ndomains = [\"github.com\"]\n", "+ vcpus 1"),
+        ("git_hooks = \"allow\"\n[network]\ndomains = [\"github.com\"]\n", "+ git_hooks allow"),
+    ];
+    for (text, line) in cases {
+        let changed = ws.cfg("w", text);
+        let s = ws.standing(&changed);
+        assert!(matches!(s, Standing::Changed { .. }), "{text}: {s:?}");
+        assert!(s.summary().contains(line), "{text}:\n{}", s.summary());
+    }
+    // Comments and formatting change nothing that matters.
+    let same = ws.cfg("w", "# a comment\n[network]\ndomains = [ \"github.com\" ]\n");
+    assert!(matches!(ws.standing(&same), Standing::Approved));
+}
+
+#[test]
+fn hooks_and_mounts_come_first_in_the_summary() {
+    let ws = Ws::new();
+    let cfg = ws.cfg(
+        "w",
+        "[network]\nmode = \"open\"\n[env]\nA = \"1\"\n[[mounts]]\nsource = \"/srv\"\ntarget = \"/srv\"\n[hooks]\npost_down = [\"x\"]\n",
+    );
+    let s = ws.standing(&cfg).summary();
+    let at = |t: &str| s.find(t).unwrap_or_else(|| panic!("{t} in {s}"));
+    assert!(at("hooks") < at("mounts") && at("mounts") < at("env") && at("env") < at("network"));
+}
+
+#[test]
+fn a_changed_plugin_file_needs_a_new_approval() {
+    let ws = Ws::new();
+    let plugin = ws.root.join("w/.agentvm/p.toml");
+    std::fs::create_dir_all(plugin.parent().unwrap()).unwrap();
+    std::fs::write(&plugin, "scripts = [\"true\"]\n").unwrap();
+    let cfg = ws.cfg("w", "plugins = [\"./p.toml\"]\n");
+    approve_in(&ws.approvals, &cfg).unwrap();
+    // Even a comment: what the user reviewed is the file.
+    std::fs::write(&plugin, "scripts = [\"true\"]\n# changed\n").unwrap();
+    let cfg = ws.cfg("w", "plugins = [\"./p.toml\"]\n");
+    let s = ws.standing(&cfg);
+    assert!(matches!(s, Standing::Changed { .. }), "{s:?}");
+    assert!(s.summary().contains("plugins:"), "{}", s.summary());
+}
+
+#[test]
+fn moving_the_workspace_needs_a_new_approval() {
+    let ws = Ws::new();
+    let text = "[network]\ndomains = [\"github.com\"]\n";
+    approve_in(&ws.approvals, &ws.cfg("a/api", text)).unwrap();
+    assert!(matches!(ws.standing(&ws.cfg("a/api", text)), Standing::Approved));
+    // Same name, same content, another path.
+    let moved = ws.cfg("b/api", text);
+    assert!(matches!(ws.standing(&moved), Standing::New(_)));
+}
+
+#[test]
+fn a_damaged_or_foreign_record_approves_nothing() {
+    let ws = Ws::new();
+    let cfg = ws.cfg("w", "");
+    let path = approve_in(&ws.approvals, &cfg).unwrap();
+    std::fs::write(&path, b"{not json").unwrap();
+    assert!(matches!(ws.standing(&cfg), Standing::New(_)));
+    // A record for another workspace under this one's id.
+    let other = ws.cfg("x", "");
+    approve_in(&ws.approvals, &other).unwrap();
+    std::fs::rename(approval_path(&ws.approvals, &other), &path).unwrap();
+    assert!(matches!(ws.standing(&cfg), Standing::New(_)));
+}
+
+#[test]
+fn guest_written_text_is_escaped_in_the_summary() {
+    let ws = Ws::new();
+    let cfg = ws.cfg("w", "[hooks]\npre_up = [\"true \\u001b]52;c;ZXZpbA==\\u0007\"]\n");
+    let s = ws.standing(&cfg).summary();
+    assert!(!s.contains('\x1b') && !s.contains('\x07'), "{s:?}");
+    assert!(s.contains("\\x1b]52;c;ZXZpbA==\\x07"), "{s}");
+}
+
+#[test]
+fn a_share_holding_the_approvals_is_refused() {
+    let ws = Ws::new();
+    let cfg = ws.cfg("w", "[[mounts]]\nsource = \"~\"\ntarget = \"/h\"\n");
+    let approvals = ws.root.join("home/.config/agentvm");
+    assert_eq!(exposing(&cfg, &approvals).unwrap().target, Path::new("/h"));
+    let ro = ws.cfg("w", "[[mounts]]\nsource = \"~\"\ntarget = \"/h\"\nread_only = true\n");
+    assert!(exposing(&ro, &approvals).is_none());
+}

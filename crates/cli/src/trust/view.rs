@@ -1,0 +1,134 @@
+//! What an approval covers: every part of a resolved configuration that
+//! runs something on the host or widens what the guest can reach, as plain
+//! data with a stable digest.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::config::{GitHooks, PluginFile, ResolvedConfig};
+
+/// The approved content of one workspace's configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct View {
+    /// The workspace (canonical).
+    pub workspace: PathBuf,
+    /// The VM's display name.
+    pub name: String,
+    /// Plugins as the file lists them.
+    pub plugins: Vec<String>,
+    /// Plugin files and digests of their text.
+    pub plugin_files: Vec<PluginFile>,
+    /// Host commands: `(when, command)`.
+    pub hooks: Vec<(String, String)>,
+    /// Shares.
+    pub mounts: Vec<MountView>,
+    /// `[env]` as written (`${HOST_VAR}` references unexpanded).
+    pub env: BTreeMap<String, String>,
+    /// `network.mode`.
+    pub network_mode: String,
+    /// `network.domains`.
+    pub domains: Vec<String>,
+    /// `network.ports`.
+    pub ports: Vec<u16>,
+    /// `network.hosts`.
+    pub hosts: BTreeMap<String, String>,
+    /// `network.forwards`, `HOST:GUEST`.
+    pub forwards: Vec<String>,
+    /// Guest commands run at `up`.
+    pub scripts: Vec<String>,
+    /// Boot files: `kernel`, `initrd`, `image`.
+    pub kernel: Option<PathBuf>,
+    /// See [`View::kernel`].
+    pub initrd: Option<PathBuf>,
+    /// See [`View::kernel`].
+    pub image: Option<PathBuf>,
+    /// vCPUs.
+    pub vcpus: u8,
+    /// Memory limit, MiB.
+    pub memory_mib: u64,
+    /// Where the agents' state lives on the host.
+    pub agent_home: Option<PathBuf>,
+    /// Whether git hooks the guest writes are undone.
+    pub git_hooks: GitHooks,
+}
+
+/// One share in a [`View`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MountView {
+    /// Host directory.
+    pub source: PathBuf,
+    /// Guest path.
+    pub target: PathBuf,
+    /// Read-only in the guest.
+    pub read_only: bool,
+    /// Created by `up` when missing.
+    pub create: bool,
+}
+
+impl View {
+    /// The view of `cfg`.
+    pub fn of(cfg: &ResolvedConfig) -> View {
+        let h = &cfg.hooks;
+        let hooks = [
+            ("pre_up", &h.pre_up),
+            ("post_up", &h.post_up),
+            ("pre_down", &h.pre_down),
+            ("post_down", &h.post_down),
+        ]
+        .into_iter()
+        .flat_map(|(when, list)| list.iter().map(move |c| (when.to_string(), c.clone())))
+        .collect();
+        View {
+            workspace: cfg.workspace.clone(),
+            name: cfg.name.clone(),
+            plugins: cfg.plugins.clone(),
+            plugin_files: cfg.plugin_files.clone(),
+            hooks,
+            mounts: cfg
+                .mounts
+                .iter()
+                .map(|m| MountView {
+                    source: m.source.clone(),
+                    target: m.target.clone(),
+                    read_only: m.read_only,
+                    create: m.create,
+                })
+                .collect(),
+            env: cfg
+                .env
+                .iter()
+                .map(|(k, e)| (k.clone(), e.value.template.clone()))
+                .collect(),
+            network_mode: cfg.network.mode.as_str().to_string(),
+            domains: cfg.network.domains.clone(),
+            ports: cfg.network.ports.clone(),
+            hosts: cfg
+                .network
+                .hosts
+                .iter()
+                .map(|(k, v)| (k.clone(), v.to_string()))
+                .collect(),
+            forwards: cfg.network.forwards.iter().map(|f| f.to_string()).collect(),
+            scripts: cfg.scripts.clone(),
+            kernel: cfg.kernel.clone(),
+            initrd: cfg.initrd.clone(),
+            image: cfg.image.clone(),
+            vcpus: cfg.vcpus,
+            memory_mib: cfg.memory_mib,
+            agent_home: cfg.agent_home.clone(),
+            git_hooks: cfg.git_hooks,
+        }
+    }
+
+    /// SHA-256 (hex) of the view's canonical JSON: fields in declaration
+    /// order, maps sorted.
+    pub fn digest(&self) -> String {
+        // Serializing plain data with string keys cannot fail; an empty
+        // digest input would still differ from any approved one.
+        let json = serde_json::to_vec(self).unwrap_or_default();
+        crate::paths::hex(&Sha256::digest(json))
+    }
+}
