@@ -32,7 +32,9 @@ fn agentvm(cwd: &Path, home: &Path, args: &[&str], env: &[(&str, &str)]) -> Outp
     cmd.args(args)
         .current_dir(cwd)
         .env("AGENTVM_LOG", "error")
-        .env("HOME", home);
+        .env("HOME", home)
+        .env_remove("XDG_CONFIG_HOME")
+        .env_remove("XDG_DATA_HOME");
     for var in [
         "ANTHROPIC_API_KEY",
         "ANTHROPIC_AUTH_TOKEN",
@@ -88,7 +90,7 @@ fn init_writes_a_commented_file_that_loads_as_the_defaults() {
     let o = agentvm(&d.ws, &d.home, &["init"], &[]);
     assert_eq!(
         stdout(&o),
-        "wrote .agentvm/config.toml; `agentvm config` shows the result\n"
+        "wrote .agentvm/config.toml and approved it; `agentvm config` shows the result\n"
     );
     let text = std::fs::read_to_string(config_file(&d.ws)).unwrap();
     assert!(text.contains("\nname = \"my-proj\"\n"), "{text}");
@@ -178,11 +180,11 @@ fn init_prefills_plugins() {
         out.contains("\"generativelanguage.googleapis.com\","),
         "{out}"
     );
+    // The workspace's own agent home, not the host's ~/.gemini.
+    let homes = d.home.join(".local/share/agentvm/homes");
     assert!(
-        out.contains(&format!(
-            "source = \"{}\"",
-            d.home.join(".gemini").display()
-        )),
+        out.lines().any(|l| l.starts_with(&format!("source = \"{}/", homes.display()))
+            && l.ends_with("/.gemini\"")),
         "{out}"
     );
 }

@@ -35,8 +35,12 @@ impl World {
         // Prints the agent's ready line, then halts for good: the vCPU
         // sleeps in KVM (a pause loop would burn a host CPU per VM).
         let mut code = Asm64::new().unwrap();
-        code.serial_print("tiny guest booted\nagentvm-guest: ready\n")
-            .unwrap();
+        // With terminal escapes a hostile guest would print: `logs` must
+        // show them escaped.
+        code.serial_print(
+            "tiny guest booted\n\x1b]52;c;ZXZpbA==\x07\x1b[1A\x1b[2Kforged\nagentvm-guest: ready\n",
+        )
+        .unwrap();
         let mut top = code.create_label();
         code.set_label(&mut top).unwrap();
         code.cli().unwrap();
@@ -58,19 +62,39 @@ impl World {
         self.runtime.path().join("agentvm")
     }
 
-    /// A workspace whose VM is `name`, booting the tiny guest.
+    /// A workspace whose VM is `name`, booting the tiny guest, approved.
     fn workspace(&self, name: &str) -> PathBuf {
-        let dir = self.runtime.path().join("ws").join(name);
+        self.workspace_at(&format!("ws/{name}"), name)
+    }
+
+    /// The workspace `rel` (under the runtime directory) named `name`.
+    fn workspace_at(&self, rel: &str, name: &str) -> PathBuf {
+        let dir = self.runtime.path().join(rel);
         std::fs::create_dir_all(dir.join(".agentvm")).unwrap();
-        std::fs::write(
-            dir.join(".agentvm/config.toml"),
-            format!(
+        self.configure(
+            &dir,
+            &format!(
                 "name = \"{name}\"\nkernel = \"{}\"\n\n[resources]\nvcpus = 1\nmemory_mib = 128\n",
                 self.kernel.display()
             ),
-        )
-        .unwrap();
+        );
         dir
+    }
+
+    /// Writes the workspace's configuration and approves it (when it loads).
+    fn configure(&self, ws: &Path, text: &str) {
+        std::fs::write(ws.join(".agentvm/config.toml"), text).unwrap();
+        let _ = self.agentvm(&["trust"], ws);
+    }
+
+    /// The state directory of the VM of `ws`: keyed by the workspace's
+    /// canonical path, not its name.
+    fn state(&self, ws: &Path) -> PathBuf {
+        use sha2::Digest;
+        let path = std::fs::canonicalize(ws).unwrap();
+        let digest = sha2::Sha256::digest(path.as_os_str().as_encoded_bytes());
+        let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+        self.state_root().join(&hex[..16])
     }
 
     fn agentvm(&self, args: &[&str], workspace: &Path) -> Output {
@@ -78,6 +102,8 @@ impl World {
             .args(args)
             .current_dir(workspace)
             .env("XDG_RUNTIME_DIR", self.runtime.path())
+            .env("XDG_CONFIG_HOME", self.runtime.path().join("config"))
+            .env("XDG_DATA_HOME", self.runtime.path().join("data"))
             .env("AGENTVM_LOG", "error")
             .output()
             .unwrap()
@@ -175,7 +201,7 @@ fn up_status_down_leaves_nothing_behind() {
     let out = w.ok(&["up"], &ws);
     assert!(out.contains("one is up in"), "{out}");
     eprintln!("{out}");
-    let state = w.state_root().join("one");
+    let state = w.state(&ws);
     for f in [
         "vmm.pid",
         "control.sock",
@@ -184,6 +210,14 @@ fn up_status_down_leaves_nothing_behind() {
         "config.json",
     ] {
         assert!(state.join(f).exists(), "{f} missing");
+    }
+    // Only the user reaches the VM: its directory and sockets are private.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &Path| std::fs::symlink_metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&w.state_root()), 0o700);
+    assert_eq!(mode(&state), 0o700);
+    for sock in ["control.sock", "vsock.sock"] {
+        assert_eq!(mode(&state.join(sock)), 0o600, "{sock}");
     }
     let console = std::fs::read_to_string(state.join("console.log")).unwrap();
     assert!(console.contains("agentvm-guest: ready"), "{console}");
@@ -196,8 +230,9 @@ fn up_status_down_leaves_nothing_behind() {
 
     let status = w.ok(&["status"], &ws);
     let line = status.lines().find(|l| l.starts_with("one ")).unwrap();
-    assert!(line.ends_with("running"), "{status}");
+    assert!(line.contains(" running "), "{status}");
     assert!(line.contains("filtered"), "{status}");
+    assert!(line.ends_with(ws.to_str().unwrap()), "{status}");
     let ps = w.ok(&["ps"], &ws);
     assert!(ps.lines().any(|l| l.starts_with("one ")), "{ps}");
 
@@ -231,6 +266,12 @@ fn up_status_down_leaves_nothing_behind() {
 
     let logs = w.ok(&["logs"], &ws);
     assert!(logs.contains("tiny guest booted"), "{logs}");
+    // The guest's escape sequences reach the terminal as text, unless asked
+    // for raw.
+    assert!(!logs.contains('\x1b') && !logs.contains('\x07'), "{logs:?}");
+    assert!(logs.contains("\\x1b]52;c;ZXZpbA==\\x07\\x1b[1A\\x1b[2Kforged\n"), "{logs}");
+    let raw = w.ok(&["logs", "--raw"], &ws);
+    assert!(raw.contains("\x1b]52;c;ZXZpbA==\x07\x1b[1A\x1b[2Kforged\n"), "{raw:?}");
 
     let mut follow = Command::new(env!("CARGO_BIN_EXE_agentvm"))
         .args(["logs", "-f"])
@@ -264,7 +305,7 @@ fn a_killed_vmm_leaves_stale_state_that_the_next_up_cleans() {
     let Some(w) = World::new() else { return };
     let ws = w.workspace("stale");
     w.ok(&["up"], &ws);
-    let state = w.state_root().join("stale");
+    let state = w.state(&ws);
     let pid = std::fs::read_to_string(state.join("vmm.pid")).unwrap();
     let pid = pid.trim().to_string();
     assert!(Command::new("kill")
@@ -313,7 +354,7 @@ fn a_vm_that_cannot_start_says_why_and_leaves_nothing() {
     let config = ws.join(".agentvm/config.toml");
     let text = std::fs::read_to_string(&config).unwrap();
     let text = text.replace(w.kernel.to_str().unwrap(), notes.to_str().unwrap());
-    std::fs::write(&config, text).unwrap();
+    w.configure(&ws, &text);
     let o = w.agentvm(&["up"], &ws);
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
@@ -324,7 +365,7 @@ fn a_vm_that_cannot_start_says_why_and_leaves_nothing() {
         err.contains("neither an ELF vmlinux nor a bzImage"),
         "{err}"
     );
-    assert!(!w.state_root().join("broken").exists());
+    assert!(!w.state(&ws).exists());
     assert!(w.processes().is_empty(), "{:?}", w.processes());
 }
 
@@ -333,7 +374,7 @@ fn sigterm_stops_the_vm_and_the_vmm_cleans_up() {
     let Some(w) = World::new() else { return };
     let ws = w.workspace("term");
     w.ok(&["up"], &ws);
-    let state = w.state_root().join("term");
+    let state = w.state(&ws);
     let pid = std::fs::read_to_string(state.join("vmm.pid")).unwrap();
     assert!(Command::new("kill")
         .args(["-TERM", pid.trim()])
@@ -393,7 +434,7 @@ fn sixty_four_vms_come_up_are_listed_and_go_down() {
     let up = t.elapsed();
     assert_eq!(w.vmms(), N);
     let status = w.ok(&["status"], &spaces[0]);
-    let running: Vec<&str> = status.lines().filter(|l| l.ends_with("running")).collect();
+    let running: Vec<&str> = status.lines().filter(|l| l.contains(" running ")).collect();
     assert_eq!(running.len(), N, "{status}");
     let rss_mib: u64 = running
         .iter()
@@ -441,16 +482,16 @@ fn net_allow_deny_show_and_log_act_on_the_running_vm() {
         String::from_utf8_lossy(&o.stderr).contains("network.forwards[0]"),
         "{o:?}"
     );
-    std::fs::write(&config, text.replace("forwards = [\"0:0\"]\n", "")).unwrap();
+    w.configure(&ws, &text.replace("forwards = [\"0:0\"]\n", ""));
 
     let o = w.agentvm(&["net", "show"], &ws);
     assert!(!o.status.success());
     assert!(
-        String::from_utf8_lossy(&o.stderr).contains("netvm is not running"),
+        String::from_utf8_lossy(&o.stderr).contains("the workspace's VM is not running"),
         "{o:?}"
     );
     w.ok(&["up"], &ws);
-    let state = w.state_root().join("netvm");
+    let state = w.state(&ws);
     let sock = state.join("control.sock");
     assert!(state.join("net-audit.jsonl").exists());
     let policy = |sock: &Path| {
@@ -533,9 +574,9 @@ fn a_vm_without_network_has_no_device_and_says_so() {
     let config = ws.join(".agentvm/config.toml");
     let mut text = std::fs::read_to_string(&config).unwrap();
     text.push_str("\n[network]\nmode = \"off\"\n");
-    std::fs::write(&config, text).unwrap();
+    w.configure(&ws, &text);
     w.ok(&["up"], &ws);
-    let state = w.state_root().join("offline");
+    let state = w.state(&ws);
     assert!(!state.join("net-audit.jsonl").exists());
     let r = control(&state.join("control.sock"), "{\"op\":\"status\"}\n");
     assert_eq!(r["network_mode"], "off", "{r}");
@@ -555,4 +596,148 @@ fn a_vm_without_network_has_no_device_and_says_so() {
     assert!(status.contains(" off "), "{status}");
     w.ok(&["down"], &ws);
     assert!(w.processes().is_empty(), "{:?}", w.processes());
+}
+
+#[test]
+fn an_unapproved_configuration_starts_nothing_and_runs_no_hook() {
+    let Some(w) = World::new() else { return };
+    let ws = w.workspace("gate");
+    let marker = w.runtime.path().join("pwned");
+    let config = ws.join(".agentvm/config.toml");
+    let approved = std::fs::read_to_string(&config).unwrap();
+    // What a guest (or a cloned repository) would append.
+    let hostile = format!(
+        "{approved}\n[hooks]\npre_up = [\"touch {}\"]\n[[mounts]]\nsource = \"..\"\ntarget = \"/host\"\n\
+         [network]\nmode = \"open\"\n",
+        marker.display()
+    );
+    std::fs::write(&config, &hostile).unwrap();
+    let o = w.agentvm(&["up"], &ws);
+    assert!(!o.status.success(), "{o:?}");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("changed since you approved it"), "{err}");
+    assert!(err.contains(&format!("+ pre_up: touch {}", marker.display())), "{err}");
+    let parent = ws.parent().unwrap().display().to_string();
+    assert!(err.contains(&format!("+ {parent} -> /host (read-write)")), "{err}");
+    assert!(err.contains("- mode filtered") && err.contains("+ mode open"), "{err}");
+    assert!(err.contains("agentvm trust"), "{err}");
+    assert!(!marker.exists(), "an unapproved hook ran");
+    assert!(!w.state(&ws).exists());
+    assert_eq!(w.vmms(), 0);
+    // `trust` shows the same and approves; then (and only then) it runs.
+    let trusted = w.ok(&["trust"], &ws);
+    assert!(trusted.contains(&format!("+ pre_up: touch {}", marker.display())), "{trusted}");
+    std::fs::write(&config, hostile.replace("[[mounts]]\nsource = \"..\"\ntarget = \"/host\"\n", ""))
+        .unwrap();
+    let o = w.agentvm(&["up"], &ws);
+    assert!(!o.status.success(), "a changed file needs a new approval: {o:?}");
+    assert!(!marker.exists());
+    w.ok(&["trust"], &ws);
+    w.ok(&["up"], &ws);
+    assert!(marker.exists(), "the approved hook did not run");
+    w.ok(&["down"], &ws);
+}
+
+#[test]
+fn two_workspaces_with_one_name_have_a_vm_each() {
+    let Some(w) = World::new() else { return };
+    let a = w.workspace_at("a/api", "api");
+    let b = w.workspace_at("b/api", "api");
+    w.ok(&["up"], &a);
+    let out = w.ok(&["up"], &b);
+    assert!(out.contains("api is up in"), "a second workspace's VM started: {out}");
+    assert_eq!(w.vmms(), 2);
+    assert_ne!(w.state(&a), w.state(&b));
+    let status = w.ok(&["status"], &a);
+    let rows: Vec<&str> = status.lines().filter(|l| l.starts_with("api ")).collect();
+    assert_eq!(rows.len(), 2, "{status}");
+    assert!(rows.iter().any(|r| r.ends_with(a.to_str().unwrap())), "{status}");
+    assert!(rows.iter().any(|r| r.ends_with(b.to_str().unwrap())), "{status}");
+    // A name two VMs share does not pick one.
+    let o = w.agentvm(&["logs", "--name", "api"], &a);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("2 VMs are called api"), "{err}");
+    // `down` in one workspace stops that one only.
+    w.ok(&["down"], &a);
+    assert!(!w.state(&a).exists());
+    assert!(w.state(&b).exists());
+    assert_eq!(w.vmms(), 1);
+    // Now the name is unique.
+    let logs = w.ok(&["logs", "--name", "api"], &a);
+    assert!(logs.contains("tiny guest booted"), "{logs}");
+    w.ok(&["down", "--name", "api"], &a);
+    assert_eq!(w.vmms(), 0);
+}
+
+#[test]
+fn a_state_root_that_is_not_private_is_refused_by_every_command() {
+    use std::os::unix::fs::PermissionsExt;
+    let Some(w) = World::new() else { return };
+    let ws = w.workspace("guarded");
+    let marker = w.runtime.path().join("hooked");
+    // What another local user would plant: a VM directory with a config
+    // whose pre_down hook runs as whoever calls `down`.
+    let plant = |root: &Path| {
+        let dir = w.state(&ws);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("config.json"),
+            serde_json::json!({
+                "name": "guarded", "workspace": ws, "kernel": w.kernel, "initrd": null,
+                "cmdline": "", "memory_mib": 128, "vcpus": 1, "mounts": [],
+                "network_mode": "off", "env_keys": [], "scripts": [],
+                "pre_down": [format!("touch {}", marker.display())], "post_down": []
+            })
+            .to_string(),
+        )
+        .unwrap();
+        std::fs::write(dir.join("vmm.pid"), "1\n").unwrap();
+        assert!(dir.starts_with(root));
+    };
+    let root = w.state_root();
+    plant(&root);
+    let cases: &[&[&str]] = &[
+        &["up"],
+        &["down"],
+        &["status"],
+        &["logs"],
+        &["run", "true"],
+        &["shell"],
+        &["net", "show"],
+        &["net", "log"],
+    ];
+    let refused = |why: &str| {
+        for args in cases {
+            let o = w.agentvm(args, &ws);
+            assert!(!o.status.success(), "{args:?} with {why}: {o:?}");
+            let err = String::from_utf8_lossy(&o.stderr);
+            assert!(err.contains("agentvm will not use it"), "{args:?} with {why}: {err}");
+            assert!(!marker.exists(), "{args:?} ran a planted hook");
+        }
+    };
+    // Open to others.
+    std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(w.state(&ws), std::fs::Permissions::from_mode(0o700)).unwrap();
+    refused("the root 0755");
+    std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o700)).unwrap();
+    std::fs::set_permissions(w.state(&ws), std::fs::Permissions::from_mode(0o777)).unwrap();
+    refused("the VM's directory 0777");
+    std::fs::set_permissions(w.state(&ws), std::fs::Permissions::from_mode(0o700)).unwrap();
+    // Another user's: only root can make one here.
+    if nix_chown(&root, 65534) {
+        refused("the root owned by uid 65534");
+        assert!(nix_chown(&root, 0));
+    } else {
+        eprintln!("not root: the other-owner case is covered by the mode cases only");
+    }
+}
+
+/// `chown path uid:uid`; false when not permitted.
+fn nix_chown(path: &Path, uid: u32) -> bool {
+    Command::new("chown")
+        .arg(format!("{uid}:{uid}"))
+        .arg(path)
+        .status()
+        .is_ok_and(|s| s.success())
 }

@@ -45,6 +45,8 @@ for ws in ws1 ws2; do
   $AGENTVM init >/tmp/$ws.init 2>&1; echo "RIG-EXEC ${ws}_init_rc=$?"
   sed -i "s|^# image = .*|image = \"/l2\"|; s|^# memory_mib = .*|memory_mib = 512|; s|^# ports = .*|ports = [8080]|; s|^# hosts = \(.*\)\"api.test\"|hosts = \1\"$pin\"|" .agentvm/config.toml
   echo "RIG-EXEC ${ws}_hosts=$(grep '^hosts = ' .agentvm/config.toml)"
+  # `init` approved what it wrote; the edit needs the user's approval.
+  $AGENTVM trust >/tmp/$ws.trust 2>&1; echo "RIG-EXEC ${ws}_trust_rc=$?"
   $AGENTVM up >/tmp/$ws.up 2>&1; echo "RIG-EXEC ${ws}_up_rc=$?"
   echo "RIG-EXEC ${ws}_up_out=$(one_line /tmp/$ws.up)"
 done
@@ -76,7 +78,8 @@ done
 # Each VM: its own state directory, sockets and policy; its vsock reaches
 # its own guest (which mounts only its own workspace).
 for ws in ws1 ws2; do
-  d=$S/$ws
+  # A VM's directory is named by its workspace's id.
+  d=$(dirname "$(grep -l "\"workspace\": \"/tmp/$ws\"" $S/*/config.json)")
   n=0
   for f in vsock.sock control.sock; do [ -S $d/$f ] && n=$((n+1)); done
   echo "RIG-EXEC ${ws}_sockets=$n $d"
@@ -177,6 +180,7 @@ fn two_workspaces_at_once_with_their_own_networks_and_a_shell_through_tmux() {
     );
     for ws in ["ws1", "ws2"] {
         assert_eq!(t.m(&format!("{ws}_init_rc")), "0", "{}", t.ctx);
+        assert_eq!(t.m(&format!("{ws}_trust_rc")), "0", "{}", t.ctx);
         assert_eq!(
             t.m(&format!("{ws}_up_rc")),
             "0",
@@ -289,7 +293,12 @@ fn check_sockets(t: &Markers<'_>) {
         d.to_string()
     };
     let (d1, d2) = (dir("ws1"), dir("ws2"));
-    assert!(d1.ends_with("/ws1") && d2.ends_with("/ws2"), "{d1} {d2}");
+    let id = |d: &str| d.rsplit('/').next().unwrap_or("").to_string();
+    assert!(
+        d1 != d2 && [id(&d1), id(&d2)].iter().all(|i| i.len() == 16
+            && i.chars().all(|c| c.is_ascii_hexdigit())),
+        "state directories named by workspace id: {d1} {d2}"
+    );
     for (ws, own, other) in [("ws1", "ws1", "ws2"), ("ws2", "ws2", "ws1")] {
         let sees = t.m(&format!("{ws}_sees"));
         assert!(

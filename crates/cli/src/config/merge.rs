@@ -176,6 +176,7 @@ mod tests {
             read_only: false,
             create: false,
             origin,
+            seed: None,
         }
     }
 
@@ -282,6 +283,7 @@ mod tests {
             home: None,
             cpus: 2,
             memory_mib: 1000,
+            data_dir: None,
         };
         let resolve = |f: Fragment| f.resolve(Path::new("/w"), None, "w".into(), vec![], &host);
         assert_eq!(resolve(Fragment::default()).network.ports, [80, 443]);

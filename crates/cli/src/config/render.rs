@@ -49,6 +49,14 @@ pub fn render(cfg: &ResolvedConfig, lookup: &dyn Fn(&str) -> Option<String>) -> 
             line(&mut out, key, &path_value(p), None);
         }
     }
+    if let Some(p) = &cfg.agent_home {
+        line(&mut out, "agent_home", &path_value(p), None);
+    }
+    let git_hooks = match cfg.git_hooks {
+        super::GitHooks::Guard => "guard",
+        super::GitHooks::Allow => "allow",
+    };
+    line(&mut out, "git_hooks", &string(git_hooks), None);
 
     out.push_str("\n[resources]\n");
     line(&mut out, "vcpus", &cfg.vcpus.to_string(), None);

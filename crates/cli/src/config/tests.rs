@@ -12,6 +12,7 @@ struct Ws {
     _tmp: tempfile::TempDir,
     dir: PathBuf,
     home: PathBuf,
+    data: PathBuf,
 }
 
 impl Ws {
@@ -22,6 +23,7 @@ impl Ws {
         std::fs::create_dir_all(dir.join(CONFIG_DIR)).unwrap();
         std::fs::create_dir_all(&home).unwrap();
         Ws {
+            data: tmp.path().join("data"),
             _tmp: tmp,
             dir,
             home,
@@ -33,6 +35,7 @@ impl Ws {
             home: Some(self.home.clone()),
             cpus: 6,
             memory_mib: 16000,
+            data_dir: Some(self.data.clone()),
         }
     }
 
@@ -85,6 +88,7 @@ fn no_file_means_every_default() {
             read_only: false,
             create: false,
             origin: Origin::Default,
+            seed: None,
         }]
     );
     assert_eq!(
@@ -125,6 +129,7 @@ fn memory_and_cpu_defaults_follow_the_host() {
             home: None,
             cpus,
             memory_mib,
+            data_dir: None,
         };
         assert_eq!(host.default_vcpus(), vcpus, "{cpus}");
         assert_eq!(host.default_memory_mib(), mem, "{memory_mib}");
@@ -338,10 +343,21 @@ fn built_in_plugins_bring_domains_credentials_state_and_install() {
         c.env["ANTHROPIC_API_KEY"].origin,
         Origin::BuiltIn("claude-code")
     );
+    // The workspace's own agent home, never the host's ~/.claude.
     let state = &c.mounts[1];
-    assert_eq!(state.source, ws.home.join(".claude"));
+    let agent_home = ws.data.join("homes").join(crate::paths::workspace_id(&ws.dir));
+    assert_eq!(c.agent_home.as_deref(), Some(agent_home.as_path()));
+    assert_eq!(state.source, agent_home.join(".claude"));
+    assert_ne!(state.source, ws.home.join(".claude"));
     assert_eq!(state.target, Path::new("/root/.claude"));
     assert!(state.create && !state.read_only);
+    assert_eq!(
+        state.seed,
+        Some(Seed {
+            from: ws.home.join(".claude"),
+            files: vec![".credentials.json"],
+        })
+    );
     assert!(c.scripts[0]
         .contains("npm install --global --no-fund --no-audit @anthropic-ai/claude-code"));
     let c = ws.ok("plugins = [\"opencode\"]");
@@ -359,7 +375,7 @@ fn built_in_plugins_bring_domains_credentials_state_and_install() {
 fn every_built_in_is_valid() {
     let ws = Ws::new();
     for b in plugins::BUILT_INS {
-        let f = b.fragment(Some(&ws.home)).unwrap();
+        let f = b.fragment(Some(&ws.data), Some(&ws.home)).unwrap();
         for d in &f.domains {
             assert_eq!(
                 validate::check_domain(d).as_deref(),
@@ -374,8 +390,9 @@ fn every_built_in_is_valid() {
         }
         assert!(!f.mounts.is_empty() && f.mounts.iter().all(|m| m.create));
         assert!(ws.ok(&format!("plugins = [{:?}]", b.name)).plugins == [b.name]);
-        let no_home = b.fragment(None).unwrap_err();
-        assert!(no_home.contains("HOME is not set"), "{no_home}");
+        assert!(f.mounts.iter().all(|m| m.source.starts_with(&ws.data)));
+        let no_home = b.fragment(None, Some(&ws.home)).unwrap_err();
+        assert!(no_home.contains("HOME nor XDG_DATA_HOME is set"), "{no_home}");
     }
 }
 
@@ -547,7 +564,7 @@ const ERRORS: &[(&str, usize, usize, &str)] = &[
     ("a = ", 1, 5, "invalid TOML: string values must be quoted"),
     ("[network]\nmode = \"off\"\nmode = \"open\"\n", 3, 1, "invalid TOML: duplicate key"),
     // Unknown keys, top level and nested, in every kind of table.
-    ("nmae = \"x\"", 1, 1, "unknown key `nmae` (expected one of name, plugins, resources, mounts, network, env, scripts, hooks, kernel, initrd, image)"),
+    ("nmae = \"x\"", 1, 1, "unknown key `nmae` (expected one of name, plugins, resources, mounts, network, env, scripts, hooks, kernel, initrd, image, agent_home, git_hooks)"),
     ("\n\n[network]\nmode = \"off\"\n\nmdoe = \"open\"\n", 6, 1, "unknown key `network.mdoe` (expected one of mode, domains, ports, hosts, forwards)"),
     ("network.mdoe = 1", 1, 9, "unknown key `network.mdoe`"),
     ("[resources]\ncpus = 2", 2, 1, "unknown key `resources.cpus` (expected one of vcpus, memory_mib)"),
@@ -679,15 +696,27 @@ fn missing_home_is_said_where_it_matters() {
     let src = Source::new(&config_path(&ws.dir), "plugins = [\"gemini\"]".into());
     let host = Host {
         home: None,
+        data_dir: None,
         ..ws.host()
     };
     let e = resolve(&ws.dir, Some(&src), &host).unwrap_err();
     let e = e.downcast_ref::<ConfigError>().unwrap();
     assert_eq!((e.line, e.column), (1, 12));
-    assert_eq!(
-        e.message,
-        "plugin gemini mounts ~/.gemini, but HOME is not set"
+    assert!(
+        e.message.starts_with(
+            "plugin gemini keeps its state in an agent home, but neither HOME nor XDG_DATA_HOME"
+        ),
+        "{}",
+        e.message
     );
+    // `agent_home` is enough.
+    let src = Source::new(
+        &config_path(&ws.dir),
+        "plugins = [\"gemini\"]\nagent_home = \"/srv/agents\"".into(),
+    );
+    let c = resolve(&ws.dir, Some(&src), &host).unwrap();
+    assert_eq!(c.mounts[1].source, Path::new("/srv/agents/.gemini"));
+    assert_eq!(c.mounts[1].seed, None);
     let src = Source::new(&config_path(&ws.dir), "image = \"~/img\"".into());
     let e = resolve(&ws.dir, Some(&src), &host).unwrap_err();
     assert!(
@@ -754,8 +783,10 @@ read_only = true
     let strip = |c: &ResolvedConfig| {
         let mut c = c.clone();
         c.plugins.clear();
+        c.plugin_files.clear();
         for m in &mut c.mounts {
             m.origin = Origin::Default;
+            m.seed = None;
         }
         for e in c.env.values_mut() {
             e.origin = Origin::Default;
@@ -803,6 +834,7 @@ fn mount_sources_are_created_only_when_asked() {
             file: "c.toml".into(),
             line: 4,
         },
+        seed: None,
     };
     let missing = ws.dir.join("a/b");
     let e = m(missing.clone(), false).prepare_source().unwrap_err();
@@ -913,4 +945,64 @@ fn the_network_table_becomes_the_stacks_policy() {
     for d in &p.domains {
         assert_eq!(&agentvm_net::policy::normalize_name(d).unwrap(), d);
     }
+}
+
+#[test]
+fn agent_homes_are_per_workspace_and_seeded_with_credentials_only() {
+    let ws = Ws::new();
+    let host_claude = ws.home.join(".claude");
+    std::fs::create_dir_all(&host_claude).unwrap();
+    std::fs::write(host_claude.join(".credentials.json"), "{\"token\":1}").unwrap();
+    std::fs::write(host_claude.join("settings.json"), "{\"hooks\":{}}").unwrap();
+    let c = ws.ok("plugins = [\"claude-code\"]");
+    let m = &c.mounts[1];
+    m.prepare_source().unwrap();
+    assert_eq!(
+        std::fs::read_to_string(m.source.join(".credentials.json")).unwrap(),
+        "{\"token\":1}"
+    );
+    assert!(!m.source.join("settings.json").exists());
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(m.source.join(".credentials.json"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    // Seeded once: what the guest wrote is never overwritten, and the
+    // host's own directory is never written.
+    std::fs::write(m.source.join(".credentials.json"), "guest").unwrap();
+    m.prepare_source().unwrap();
+    assert_eq!(
+        std::fs::read_to_string(m.source.join(".credentials.json")).unwrap(),
+        "guest"
+    );
+    assert_eq!(
+        std::fs::read_to_string(host_claude.join(".credentials.json")).unwrap(),
+        "{\"token\":1}"
+    );
+    // A symlink in the host's directory is not followed.
+    let other = Ws::new();
+    let link_dir = other.home.join(".claude");
+    std::fs::create_dir_all(&link_dir).unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", link_dir.join(".credentials.json")).unwrap();
+    let c = other.ok("plugins = [\"claude-code\"]");
+    c.mounts[1].prepare_source().unwrap();
+    assert!(!c.mounts[1].source.join(".credentials.json").exists());
+}
+
+#[test]
+fn agent_home_and_git_hooks_keys() {
+    let ws = Ws::new();
+    let c = ws.ok("agent_home = \"~/agents\"\ngit_hooks = \"allow\"\nplugins = [\"codex\"]");
+    assert_eq!(c.agent_home.as_deref(), Some(ws.home.join("agents").as_path()));
+    assert_eq!(c.mounts[1].source, ws.home.join("agents/.codex"));
+    assert_eq!(c.git_hooks, GitHooks::Allow);
+    assert_eq!(ws.ok("").git_hooks, GitHooks::Guard);
+    let e = ws.err("git_hooks = \"sometimes\"");
+    assert!(e.message.contains("`git_hooks` must be \"guard\""), "{e}");
+    let e = ws.err("agent_home = \".\"");
+    assert!(e.message.contains("holds the workspace"), "{e}");
+    ws.write(".agentvm/p.toml", "git_hooks = \"allow\"\n");
+    let e = ws.err("plugins = [\"./p.toml\"]");
+    assert!(e.message.contains("a plugin cannot set `git_hooks`"), "{e}");
 }

@@ -111,10 +111,9 @@ fn standing_in(dir: &Path, cfg: &ResolvedConfig) -> anyhow::Result<Standing> {
 /// Fails, with the summary and what to do, unless `cfg` is approved and
 /// no read-write share exposes the approvals themselves.
 pub fn require(cfg: &ResolvedConfig) -> anyhow::Result<()> {
-    check_shares(cfg)?;
     let standing = standing(cfg)?;
     let why = match &standing {
-        Standing::Approved => return Ok(()),
+        Standing::Approved => return check_shares(cfg),
         Standing::New(_) => "is not approved yet",
         Standing::Changed { .. } => "changed since you approved it",
     };

@@ -4,6 +4,10 @@
 # and powers off. Prints `RIG-L1 key=value` markers.
 /bin/busybox --install -s /bin
 export PATH=/bin:/usr/bin
+# A home, as a login would give: agentvm keeps approvals and agent homes
+# under it.
+export HOME=/root
+mkdir -p "$HOME"
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
