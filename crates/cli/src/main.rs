@@ -5,6 +5,8 @@ mod boot;
 mod config;
 mod config_cmd;
 mod doctor;
+#[allow(dead_code)] // Wired into `up`/`down` separately.
+mod guard;
 mod image;
 mod init;
 mod kvm_host;
