@@ -113,6 +113,14 @@ pub enum Finding {
     /// cannot be read: moved to `<repo>/.agentvm-quarantine/<n>/dot-git`
     /// and the recorded `.git` file put back when it was one.
     GitDirReplaced(String),
+    /// A part that could not be checked or undone (an I/O error): it may
+    /// still hold what the guest put there.
+    NotUndone {
+        /// What: `hooks`, `config`, ...
+        what: String,
+        /// The error.
+        error: String,
+    },
 }
 
 impl fmt::Display for Finding {
@@ -172,6 +180,9 @@ impl fmt::Display for Finding {
             Finding::ConfigReplaced { file, why } => write!(f, "{file} replaced whole: {why}"),
             Finding::RedirectChanged(file) => write!(f, "{file} added or changed"),
             Finding::GitDirReplaced(why) => write!(f, ".git replaced: {why}"),
+            Finding::NotUndone { what, error } => {
+                write!(f, "{what} not checked or not undone: {error}")
+            }
         }
     }
 }
@@ -346,8 +357,11 @@ fn record_gitdir(gitdir: &Path, store: &Path) -> io::Result<GitDirRecord> {
 /// keys it deleted are put back. A git dir that appeared since `record`
 /// (the guest ran `git init`) has everything executable in it undone.
 ///
-/// Run it while the guest cannot write to the work tree: it checks and then
-/// acts on paths the guest could otherwise swap in between.
+/// A part that fails (say, a directory the host user cannot write) is
+/// reported as [`Finding::NotUndone`] and the others are still undone; an
+/// `Err` means nothing was checked (no usable record in `store`, or `repo`
+/// is gone). Run it while the guest cannot write to the work tree: it checks
+/// and then acts on paths the guest could otherwise swap in between.
 pub fn undo_changes(repo: &Path, store: &Path) -> io::Result<Report> {
     let json = read_capped(&store.join(MANIFEST), MAX_CONFIG_BYTES)?
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "manifest too large"))?;
@@ -369,44 +383,62 @@ pub fn undo_changes(repo: &Path, store: &Path) -> io::Result<Report> {
         Located::Missing => {}
         Located::Unguarded(why) => {
             let dot_git = repo.join(".git");
-            if !unchanged(&dot_git, &manifest.dot_git, store)? {
-                let mut quarantine = Quarantine::new(&repo, ".agentvm-quarantine");
-                quarantine.take(&dot_git, Path::new("dot-git"))?;
-                restore(&dot_git, &manifest.dot_git, store)?;
-                report.findings.push(Finding::GitDirReplaced(why));
-                report.quarantine = quarantine.dir;
-            }
+            let mut quarantine = Quarantine::new(&repo, ".agentvm-quarantine");
+            let result = (|| {
+                if !unchanged(&dot_git, &manifest.dot_git, store)? {
+                    quarantine.take(&dot_git, Path::new("dot-git"))?;
+                    restore(&dot_git, &manifest.dot_git, store)?;
+                    report.findings.push(Finding::GitDirReplaced(why));
+                }
+                Ok(())
+            })();
+            note_failure(&mut report.findings, ".git", result);
+            report.quarantine = quarantine.dir;
         }
         Located::GitDir(gitdir) => {
-            if let Some(meta) = lstat(&gitdir)? {
-                ensure_writable(&gitdir, &meta)?;
-            }
             let empty = GitDirRecord::default();
             let recorded = manifest.gitdir.as_ref().unwrap_or(&empty);
             let mut quarantine = Quarantine::new(&gitdir, QUARANTINE);
             let findings = &mut report.findings;
-            undo_hooks(&gitdir, recorded, store, &mut quarantine, findings)?;
+            // Each part is undone even when another fails.
+            let result = match lstat(&gitdir) {
+                Ok(Some(meta)) => ensure_writable(&gitdir, &meta),
+                Ok(None) => Ok(()),
+                Err(e) => Err(e),
+            };
+            note_failure(findings, "the git directory", result);
+            let result = undo_hooks(&gitdir, recorded, store, &mut quarantine, findings);
+            note_failure(findings, "hooks", result);
             for name in CONFIG_FILES {
-                undo_config(
-                    &gitdir,
-                    name,
-                    recorded.file(name),
-                    store,
-                    &mut quarantine,
-                    findings,
-                )?;
+                let node = recorded.file(name);
+                let result = undo_config(&gitdir, name, node, store, &mut quarantine, findings);
+                note_failure(findings, name, result);
             }
             let path = gitdir.join(COMMONDIR);
             let node = recorded.file(COMMONDIR);
-            if !unchanged(&path, node, store)? {
-                quarantine.take(&path, Path::new(COMMONDIR))?;
-                restore(&path, node, store)?;
-                findings.push(Finding::RedirectChanged(COMMONDIR.to_string()));
-            }
+            let result = (|| {
+                if !unchanged(&path, node, store)? {
+                    quarantine.take(&path, Path::new(COMMONDIR))?;
+                    restore(&path, node, store)?;
+                    findings.push(Finding::RedirectChanged(COMMONDIR.to_string()));
+                }
+                Ok(())
+            })();
+            note_failure(findings, COMMONDIR, result);
             report.quarantine = quarantine.dir;
         }
     }
     Ok(report)
+}
+
+/// Reports a part that could not be checked or undone.
+fn note_failure(findings: &mut Vec<Finding>, what: &str, result: io::Result<()>) {
+    if let Err(e) = result {
+        findings.push(Finding::NotUndone {
+            what: what.to_string(),
+            error: e.to_string(),
+        });
+    }
 }
 
 fn undo_hooks(

@@ -627,6 +627,30 @@ fn each_undo_gets_its_own_quarantine() {
 }
 
 #[test]
+fn a_failing_part_does_not_stop_the_others() {
+    let f = Fixture::new();
+    f.record();
+    f.write("hooks/pre-commit", "evil", 0o755);
+    f.write(
+        "config",
+        &format!("{CONFIG}[core]\n\tfsmonitor = evil\n"),
+        0o644,
+    );
+    // The recorded copies of the hooks are lost.
+    fs::remove_dir_all(f.store.join("hooks")).unwrap();
+    let report = f.undo();
+    assert!(
+        matches!(&report.findings[0], Finding::NotUndone { what, .. } if what == "hooks"),
+        "{report:?}"
+    );
+    assert_eq!(report.findings[1..], [added("core.fsmonitor", "evil")]);
+    assert!(report.findings[0]
+        .to_string()
+        .starts_with("hooks not checked or not undone: "));
+    assert_eq!(f.read("config"), format!("{CONFIG}[core]\n"));
+}
+
+#[test]
 fn undo_without_record_fails() {
     let f = Fixture::new();
     assert!(undo_changes(&f.repo, &f.store).is_err());
