@@ -14,6 +14,7 @@
 
 pub mod git;
 pub mod gitconfig;
+mod node;
 
 #[cfg(test)]
 mod tests;
