@@ -253,9 +253,15 @@ pub fn record(repo: &Path, store: &Path) -> io::Result<()> {
         .mode(0o700)
         .create(store)?;
     fs::set_permissions(store, Permissions::from_mode(0o700))?;
-    match fs::remove_dir_all(store.join("hooks")) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
-        _ => {}
+    // A record that fails half-way must not leave the previous one behind.
+    for result in [
+        fs::remove_file(store.join(MANIFEST)),
+        fs::remove_dir_all(store.join("hooks")),
+    ] {
+        match result {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
     }
     let repo = repo.canonicalize()?;
     let dot_git = observe(

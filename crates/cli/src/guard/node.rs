@@ -81,7 +81,8 @@ pub(super) fn observe(path: &Path, keep: Option<(&Path, &str)>, cap: u64) -> io:
     }
     let mut stored = None;
     if let Some((store, name)) = keep {
-        if let Some(bytes) = read_capped(path, cap)? {
+        // An unreadable file is recorded by its stamp alone.
+        if let Some(bytes) = read_capped(path, cap).ok().flatten() {
             write_atomic(&store.join(name), &bytes, 0o600)?;
             stored = Some(name.to_string());
         }
