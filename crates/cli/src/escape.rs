@@ -14,7 +14,8 @@ use std::fmt::Write;
 /// Whether `c` must not reach a terminal as it is: C0 and C1 controls,
 /// DEL, and the Unicode bidirectional formatting characters.
 fn is_control(c: char) -> bool {
-    c.is_control() || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    c.is_control()
+        || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
 }
 
 fn push_escaped(out: &mut String, c: char) {
@@ -28,7 +29,10 @@ fn push_escaped(out: &mut String, c: char) {
 /// stay, a carriage return before a newline goes (serial consoles end
 /// lines in CR LF), every other control character is escaped.
 pub fn text(text: &str) -> Cow<'_, str> {
-    if !text.chars().any(|c| is_control(c) && c != '\n' && c != '\t') {
+    if !text
+        .chars()
+        .any(|c| is_control(c) && c != '\n' && c != '\t')
+    {
         return Cow::Borrowed(text);
     }
     let mut out = String::with_capacity(text.len() + 16);
@@ -97,7 +101,11 @@ mod tests {
         ("line\r\n", "line\n", "line\\x0d\\x0a"),
         ("over\rwrite", "over\\x0dwrite", "over\\x0dwrite"),
         // OSC 52: set the clipboard.
-        ("\x1b]52;c;ZXZpbA==\x07", "\\x1b]52;c;ZXZpbA==\\x07", "\\x1b]52;c;ZXZpbA==\\x07"),
+        (
+            "\x1b]52;c;ZXZpbA==\x07",
+            "\\x1b]52;c;ZXZpbA==\\x07",
+            "\\x1b]52;c;ZXZpbA==\\x07",
+        ),
         // Cursor up and erase line: forge the line above.
         ("\x1b[1A\x1b[2K", "\\x1b[1A\\x1b[2K", "\\x1b[1A\\x1b[2K"),
         // C1 CSI and DEL.

@@ -183,8 +183,10 @@ fn init_prefills_plugins() {
     // The workspace's own agent home, not the host's ~/.gemini.
     let homes = d.home.join(".local/share/agentvm/homes");
     assert!(
-        out.lines().any(|l| l.starts_with(&format!("source = \"{}/", homes.display()))
-            && l.ends_with("/.gemini\"")),
+        out.lines().any(
+            |l| l.starts_with(&format!("source = \"{}/", homes.display()))
+                && l.ends_with("/.gemini\"")
+        ),
         "{out}"
     );
 }

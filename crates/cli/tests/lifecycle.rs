@@ -269,9 +269,15 @@ fn up_status_down_leaves_nothing_behind() {
     // The guest's escape sequences reach the terminal as text, unless asked
     // for raw.
     assert!(!logs.contains('\x1b') && !logs.contains('\x07'), "{logs:?}");
-    assert!(logs.contains("\\x1b]52;c;ZXZpbA==\\x07\\x1b[1A\\x1b[2Kforged\n"), "{logs}");
+    assert!(
+        logs.contains("\\x1b]52;c;ZXZpbA==\\x07\\x1b[1A\\x1b[2Kforged\n"),
+        "{logs}"
+    );
     let raw = w.ok(&["logs", "--raw"], &ws);
-    assert!(raw.contains("\x1b]52;c;ZXZpbA==\x07\x1b[1A\x1b[2Kforged\n"), "{raw:?}");
+    assert!(
+        raw.contains("\x1b]52;c;ZXZpbA==\x07\x1b[1A\x1b[2Kforged\n"),
+        "{raw:?}"
+    );
 
     let mut follow = Command::new(env!("CARGO_BIN_EXE_agentvm"))
         .args(["logs", "-f"])
@@ -616,21 +622,39 @@ fn an_unapproved_configuration_starts_nothing_and_runs_no_hook() {
     assert!(!o.status.success(), "{o:?}");
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("changed since you approved it"), "{err}");
-    assert!(err.contains(&format!("+ pre_up: touch {}", marker.display())), "{err}");
+    assert!(
+        err.contains(&format!("+ pre_up: touch {}", marker.display())),
+        "{err}"
+    );
     let parent = ws.parent().unwrap().display().to_string();
-    assert!(err.contains(&format!("+ {parent} -> /host (read-write)")), "{err}");
-    assert!(err.contains("- mode filtered") && err.contains("+ mode open"), "{err}");
+    assert!(
+        err.contains(&format!("+ {parent} -> /host (read-write)")),
+        "{err}"
+    );
+    assert!(
+        err.contains("- mode filtered") && err.contains("+ mode open"),
+        "{err}"
+    );
     assert!(err.contains("agentvm trust"), "{err}");
     assert!(!marker.exists(), "an unapproved hook ran");
     assert!(!w.state(&ws).exists());
     assert_eq!(w.vmms(), 0);
     // `trust` shows the same and approves; then (and only then) it runs.
     let trusted = w.ok(&["trust"], &ws);
-    assert!(trusted.contains(&format!("+ pre_up: touch {}", marker.display())), "{trusted}");
-    std::fs::write(&config, hostile.replace("[[mounts]]\nsource = \"..\"\ntarget = \"/host\"\n", ""))
-        .unwrap();
+    assert!(
+        trusted.contains(&format!("+ pre_up: touch {}", marker.display())),
+        "{trusted}"
+    );
+    std::fs::write(
+        &config,
+        hostile.replace("[[mounts]]\nsource = \"..\"\ntarget = \"/host\"\n", ""),
+    )
+    .unwrap();
     let o = w.agentvm(&["up"], &ws);
-    assert!(!o.status.success(), "a changed file needs a new approval: {o:?}");
+    assert!(
+        !o.status.success(),
+        "a changed file needs a new approval: {o:?}"
+    );
     assert!(!marker.exists());
     w.ok(&["trust"], &ws);
     w.ok(&["up"], &ws);
@@ -645,14 +669,23 @@ fn two_workspaces_with_one_name_have_a_vm_each() {
     let b = w.workspace_at("b/api", "api");
     w.ok(&["up"], &a);
     let out = w.ok(&["up"], &b);
-    assert!(out.contains("api is up in"), "a second workspace's VM started: {out}");
+    assert!(
+        out.contains("api is up in"),
+        "a second workspace's VM started: {out}"
+    );
     assert_eq!(w.vmms(), 2);
     assert_ne!(w.state(&a), w.state(&b));
     let status = w.ok(&["status"], &a);
     let rows: Vec<&str> = status.lines().filter(|l| l.starts_with("api ")).collect();
     assert_eq!(rows.len(), 2, "{status}");
-    assert!(rows.iter().any(|r| r.ends_with(a.to_str().unwrap())), "{status}");
-    assert!(rows.iter().any(|r| r.ends_with(b.to_str().unwrap())), "{status}");
+    assert!(
+        rows.iter().any(|r| r.ends_with(a.to_str().unwrap())),
+        "{status}"
+    );
+    assert!(
+        rows.iter().any(|r| r.ends_with(b.to_str().unwrap())),
+        "{status}"
+    );
     // A name two VMs share does not pick one.
     let o = w.agentvm(&["logs", "--name", "api"], &a);
     assert!(!o.status.success());
@@ -712,7 +745,10 @@ fn a_state_root_that_is_not_private_is_refused_by_every_command() {
             let o = w.agentvm(args, &ws);
             assert!(!o.status.success(), "{args:?} with {why}: {o:?}");
             let err = String::from_utf8_lossy(&o.stderr);
-            assert!(err.contains("agentvm will not use it"), "{args:?} with {why}: {err}");
+            assert!(
+                err.contains("agentvm will not use it"),
+                "{args:?} with {why}: {err}"
+            );
             assert!(!marker.exists(), "{args:?} ran a planted hook");
         }
     };
@@ -740,4 +776,56 @@ fn nix_chown(path: &Path, uid: u32) -> bool {
         .arg(path)
         .status()
         .is_ok_and(|s| s.success())
+}
+
+#[test]
+fn down_undoes_the_git_hooks_and_settings_the_guest_added() {
+    let Some(w) = World::new() else { return };
+    let ws = w.workspace("gitvm");
+    std::fs::create_dir_all(ws.join(".git/hooks")).unwrap();
+    std::fs::write(
+        ws.join(".git/config"),
+        "[core]\n\trepositoryformatversion = 0\n",
+    )
+    .unwrap();
+    w.ok(&["up"], &ws);
+    // What the guest writes through the share while the VM runs.
+    std::fs::write(
+        ws.join(".git/hooks/post-checkout"),
+        "#!/bin/sh\ntouch /tmp/x\n",
+    )
+    .unwrap();
+    let mut config = std::fs::read_to_string(ws.join(".git/config")).unwrap();
+    config.push_str(
+        "\tfsmonitor = touch /tmp/y\n[remote \"origin\"]\n\turl = https://example.com/r.git\n",
+    );
+    std::fs::write(ws.join(".git/config"), config).unwrap();
+    let o = w.agentvm(&["down"], &ws);
+    assert!(o.status.success(), "{o:?}");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("hook post-checkout added"), "{err}");
+    assert!(
+        err.contains("core.fsmonitor = \"touch /tmp/y\" added"),
+        "{err}"
+    );
+    assert!(!ws.join(".git/hooks/post-checkout").exists());
+    let config = std::fs::read_to_string(ws.join(".git/config")).unwrap();
+    assert!(!config.contains("fsmonitor"), "{config}");
+    // What git does not run stays as the guest left it.
+    assert!(
+        config.contains("url = https://example.com/r.git"),
+        "{config}"
+    );
+    assert!(ws
+        .join(".git/agentvm-quarantine/1/hooks/post-checkout")
+        .exists());
+
+    // `git_hooks = "allow"`: the user's choice, approved.
+    let text = std::fs::read_to_string(ws.join(".agentvm/config.toml")).unwrap();
+    w.configure(&ws, &format!("git_hooks = \"allow\"\n{text}"));
+    w.ok(&["up"], &ws);
+    std::fs::write(ws.join(".git/hooks/pre-commit"), "#!/bin/sh\n").unwrap();
+    let o = w.agentvm(&["down"], &ws);
+    assert!(o.status.success(), "{o:?}");
+    assert!(ws.join(".git/hooks/pre-commit").exists());
 }

@@ -95,7 +95,9 @@ mod tests {
     #[test]
     fn a_long_path_is_still_bound_0600() {
         let dir = tempfile::tempdir().unwrap();
-        let long = dir.path().join("d".repeat(100 - dir.path().as_os_str().len().min(90)));
+        let long = dir
+            .path()
+            .join("d".repeat(100 - dir.path().as_os_str().len().min(90)));
         std::fs::create_dir(&long).unwrap();
         let path = long.join("s");
         if path.as_os_str().len() > MAX_SOCKET_PATH {

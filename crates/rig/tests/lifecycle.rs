@@ -295,8 +295,10 @@ fn check_sockets(t: &Markers<'_>) {
     let (d1, d2) = (dir("ws1"), dir("ws2"));
     let id = |d: &str| d.rsplit('/').next().unwrap_or("").to_string();
     assert!(
-        d1 != d2 && [id(&d1), id(&d2)].iter().all(|i| i.len() == 16
-            && i.chars().all(|c| c.is_ascii_hexdigit())),
+        d1 != d2
+            && [id(&d1), id(&d2)]
+                .iter()
+                .all(|i| i.len() == 16 && i.chars().all(|c| c.is_ascii_hexdigit())),
         "state directories named by workspace id: {d1} {d2}"
     );
     for (ws, own, other) in [("ws1", "ws1", "ws2"), ("ws2", "ws2", "ws1")] {

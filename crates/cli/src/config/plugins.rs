@@ -287,11 +287,17 @@ pub fn load(
             "a plugin cannot set `name`; the workspace's configuration names the VM",
         ));
     }
-    for (key, value) in [("agent_home", &file.agent_home), ("git_hooks", &file.git_hooks)] {
+    for (key, value) in [
+        ("agent_home", &file.agent_home),
+        ("git_hooks", &file.git_hooks),
+    ] {
         if let Some(v) = value {
             return Err(plugin.error(
                 v.span(),
-                format!("a plugin cannot set `{key}`; set it in {} instead", src.shown),
+                format!(
+                    "a plugin cannot set `{key}`; set it in {} instead",
+                    src.shown
+                ),
             ));
         }
     }

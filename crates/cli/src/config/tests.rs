@@ -345,7 +345,10 @@ fn built_in_plugins_bring_domains_credentials_state_and_install() {
     );
     // The workspace's own agent home, never the host's ~/.claude.
     let state = &c.mounts[1];
-    let agent_home = ws.data.join("homes").join(crate::paths::workspace_id(&ws.dir));
+    let agent_home = ws
+        .data
+        .join("homes")
+        .join(crate::paths::workspace_id(&ws.dir));
     assert_eq!(c.agent_home.as_deref(), Some(agent_home.as_path()));
     assert_eq!(state.source, agent_home.join(".claude"));
     assert_ne!(state.source, ws.home.join(".claude"));
@@ -392,7 +395,10 @@ fn every_built_in_is_valid() {
         assert!(ws.ok(&format!("plugins = [{:?}]", b.name)).plugins == [b.name]);
         assert!(f.mounts.iter().all(|m| m.source.starts_with(&ws.data)));
         let no_home = b.fragment(None, Some(&ws.home)).unwrap_err();
-        assert!(no_home.contains("HOME nor XDG_DATA_HOME is set"), "{no_home}");
+        assert!(
+            no_home.contains("HOME nor XDG_DATA_HOME is set"),
+            "{no_home}"
+        );
     }
 }
 
@@ -994,7 +1000,10 @@ fn agent_homes_are_per_workspace_and_seeded_with_credentials_only() {
 fn agent_home_and_git_hooks_keys() {
     let ws = Ws::new();
     let c = ws.ok("agent_home = \"~/agents\"\ngit_hooks = \"allow\"\nplugins = [\"codex\"]");
-    assert_eq!(c.agent_home.as_deref(), Some(ws.home.join("agents").as_path()));
+    assert_eq!(
+        c.agent_home.as_deref(),
+        Some(ws.home.join("agents").as_path())
+    );
     assert_eq!(c.mounts[1].source, ws.home.join("agents/.codex"));
     assert_eq!(c.git_hooks, GitHooks::Allow);
     assert_eq!(ws.ok("").git_hooks, GitHooks::Guard);

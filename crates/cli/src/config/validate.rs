@@ -182,8 +182,8 @@ pub fn agent_home(
     if s.is_empty() {
         return Err(src.error(p.span(), "`agent_home` is empty"));
     }
-    let path =
-        expand_home(s, workspace, home).map_err(|why| src.error(p.span(), format!("`agent_home`: {why}")))?;
+    let path = expand_home(s, workspace, home)
+        .map_err(|why| src.error(p.span(), format!("`agent_home`: {why}")))?;
     if workspace.starts_with(&path) {
         return Err(src.error(
             p.span(),

@@ -61,6 +61,10 @@ pub fn run(args: DownArgs) -> anyhow::Result<ExitCode> {
         }
         VmState::Stale(None) | VmState::Stopped => {}
     }
+    // The guest is gone: the last check, which nothing can race.
+    if let Some(s) = &snap {
+        super::git_guard::undo(&state, s);
+    }
     state.clean()?;
     if let Some(s) = &snap {
         run_hooks("post_down", &s.post_down, &s.workspace);

@@ -39,14 +39,18 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let (state, snap) = running(&args.target)?;
     let tty = args.tty || std::io::stdin().is_terminal();
     let start = shell_start(&args.command.join(" "), &snap, tty);
-    agent(&state.vsock()).exec(start)
+    let code = agent(&state.vsock()).exec(start);
+    super::git_guard::undo(&state, &snap);
+    code
 }
 
 /// Opens a login shell in the guest's workspace.
 pub fn shell(args: ShellArgs) -> anyhow::Result<ExitCode> {
     let (state, snap) = running(&args.target)?;
     let start = guest_start(vec![b"sh".to_vec(), b"-l".to_vec()], &snap, true);
-    agent(&state.vsock()).exec(start)
+    let code = agent(&state.vsock()).exec(start);
+    super::git_guard::undo(&state, &snap);
+    code
 }
 
 fn agent(uds: &Path) -> Agent<'_> {
@@ -63,9 +67,7 @@ pub(super) fn running(target: &Target) -> anyhow::Result<(StateDir, Snapshot)> {
     let label = state.label();
     match state.state() {
         VmState::Running(_) => {}
-        VmState::Starting(_) => bail!(
-            "{label} is still starting; wait for `agentvm up` to finish"
-        ),
+        VmState::Starting(_) => bail!("{label} is still starting; wait for `agentvm up` to finish"),
         VmState::Stale(_) => bail!(
             "{label}'s VM is gone (stale state in {}); `agentvm up` starts it again",
             state.dir.display()

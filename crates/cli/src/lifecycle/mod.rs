@@ -31,6 +31,7 @@
 pub mod control;
 pub mod down;
 pub mod exec;
+pub mod git_guard;
 pub mod net;
 pub mod status;
 pub mod up;
@@ -341,6 +342,10 @@ pub struct Snapshot {
     pub post_down: Vec<String>,
     /// Host commands before the VM stops (`down` runs them).
     pub pre_down: Vec<String>,
+    /// Repositories whose git hooks and settings `up` recorded (in
+    /// `git/<index>` of the state directory), to undo what the guest adds.
+    #[serde(default)]
+    pub guarded: Vec<PathBuf>,
 }
 
 /// A share in [`Snapshot`].
@@ -385,6 +390,7 @@ impl Snapshot {
             scripts: cfg.scripts.clone(),
             pre_down: cfg.hooks.pre_down.clone(),
             post_down: cfg.hooks.post_down.clone(),
+            guarded: git_guard::repos(cfg),
         }
     }
 

@@ -63,9 +63,10 @@ fn row(state: StateDir) -> Row {
     let vm = state.state();
     let mut row = Row {
         name: state.label(),
-        workspace: snap
-            .as_ref()
-            .map_or_else(|| "-".to_string(), |s| shown(&s.workspace.display().to_string())),
+        workspace: snap.as_ref().map_or_else(
+            || "-".to_string(),
+            |s| shown(&s.workspace.display().to_string()),
+        ),
         pid: "-".into(),
         uptime: "-".into(),
         rss: "-".into(),

@@ -73,6 +73,11 @@ pub fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         return Ok(code);
     }
     make_private(&state.dir)?;
+    // Before the guest can write a byte.
+    if let Err(e) = super::git_guard::record(&state, &snap.guarded) {
+        let _ = state.clean();
+        return Err(e);
+    }
     let json = serde_json::to_vec_pretty(&snap).context("cannot encode the configuration")?;
     std::fs::write(state.snapshot(), json)
         .with_context(|| format!("cannot write {}", state.snapshot().display()))?;

@@ -42,7 +42,9 @@ struct Approval {
 fn approvals_dir() -> anyhow::Result<PathBuf> {
     crate::paths::config_dir()
         .map(|d| d.join("approved"))
-        .context("neither XDG_CONFIG_HOME nor HOME is set, so agentvm has nowhere to keep approvals")
+        .context(
+            "neither XDG_CONFIG_HOME nor HOME is set, so agentvm has nowhere to keep approvals",
+        )
 }
 
 fn approval_path(dir: &Path, cfg: &ResolvedConfig) -> PathBuf {
@@ -55,7 +57,7 @@ pub enum Standing {
     /// Approved as it is.
     Approved,
     /// Never approved (or the workspace moved).
-    New(View),
+    New(Box<View>),
     /// Approved once, changed since.
     Changed {
         /// What was approved.
@@ -87,20 +89,22 @@ fn standing_in(dir: &Path, cfg: &ResolvedConfig) -> anyhow::Result<Standing> {
     let path = approval_path(dir, cfg);
     let text = match std::fs::read(&path) {
         Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Standing::New(new)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(Standing::New(Box::new(new)))
+        }
         Err(e) => {
             return Err(anyhow::Error::new(e).context(format!("cannot read {}", path.display())))
         }
     };
     // A damaged or foreign record approves nothing.
     let Ok(old) = serde_json::from_slice::<Approval>(&text) else {
-        return Ok(Standing::New(new));
+        return Ok(Standing::New(Box::new(new)));
     };
     if old.workspace == cfg.workspace && old.digest == new.digest() && old.view == new {
         return Ok(Standing::Approved);
     }
     if old.workspace != cfg.workspace {
-        return Ok(Standing::New(new));
+        return Ok(Standing::New(Box::new(new)));
     }
     Ok(Standing::Changed {
         old: Box::new(old.view),
@@ -127,7 +131,11 @@ pub fn require(cfg: &ResolvedConfig) -> anyhow::Result<()> {
         crate::escape::line(&cfg.workspace.display().to_string()),
         standing.summary(),
         crate::escape::line(&file),
-        if cfg.plugin_files.is_empty() { "" } else { " and its plugin files" },
+        if cfg.plugin_files.is_empty() {
+            ""
+        } else {
+            " and its plugin files"
+        },
     )
 }
 
@@ -211,7 +219,10 @@ pub fn run(args: TrustArgs) -> anyhow::Result<ExitCode> {
             println!("agentvm: the configuration of {ws} is already approved");
             return Ok(ExitCode::SUCCESS);
         }
-        s @ Standing::New(_) => print!("agentvm: approving the configuration of {ws}:\n{}", s.summary()),
+        s @ Standing::New(_) => print!(
+            "agentvm: approving the configuration of {ws}:\n{}",
+            s.summary()
+        ),
         s @ Standing::Changed { .. } => print!(
             "agentvm: approving these changes to the configuration of {ws}:\n{}",
             s.summary()

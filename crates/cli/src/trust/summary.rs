@@ -41,7 +41,11 @@ fn sections(v: &View) -> Vec<Section> {
                         "{} -> {} ({}{})",
                         show(&m.source),
                         show(&m.target),
-                        if m.read_only { "read-only" } else { "read-write" },
+                        if m.read_only {
+                            "read-only"
+                        } else {
+                            "read-write"
+                        },
                         if m.create { ", created if missing" } else { "" }
                     )
                 })

@@ -52,7 +52,10 @@ fn a_new_workspace_is_not_approved_until_trusted() {
     let s = ws.standing(&cfg);
     assert!(matches!(s, Standing::New(_)), "{s:?}");
     let summary = s.summary();
-    assert!(summary.contains("host commands (hooks):\n    pre_up: make deps"), "{summary}");
+    assert!(
+        summary.contains("host commands (hooks):\n    pre_up: make deps"),
+        "{summary}"
+    );
     let path = approve_in(&ws.approvals, &cfg).unwrap();
     assert!(path.starts_with(&ws.approvals));
     assert!(matches!(ws.standing(&cfg), Standing::Approved));
@@ -85,7 +88,10 @@ fn any_change_that_widens_access_needs_a_new_approval() {
         assert!(s.summary().contains(line), "{text}:\n{}", s.summary());
     }
     // Comments and formatting change nothing that matters.
-    let same = ws.cfg("w", "# a comment\n[network]\ndomains = [ \"github.com\" ]\n");
+    let same = ws.cfg(
+        "w",
+        "# a comment\n[network]\ndomains = [ \"github.com\" ]\n",
+    );
     assert!(matches!(ws.standing(&same), Standing::Approved));
 }
 
@@ -122,7 +128,10 @@ fn moving_the_workspace_needs_a_new_approval() {
     let ws = Ws::new();
     let text = "[network]\ndomains = [\"github.com\"]\n";
     approve_in(&ws.approvals, &ws.cfg("a/api", text)).unwrap();
-    assert!(matches!(ws.standing(&ws.cfg("a/api", text)), Standing::Approved));
+    assert!(matches!(
+        ws.standing(&ws.cfg("a/api", text)),
+        Standing::Approved
+    ));
     // Same name, same content, another path.
     let moved = ws.cfg("b/api", text);
     assert!(matches!(ws.standing(&moved), Standing::New(_)));
@@ -145,7 +154,10 @@ fn a_damaged_or_foreign_record_approves_nothing() {
 #[test]
 fn guest_written_text_is_escaped_in_the_summary() {
     let ws = Ws::new();
-    let cfg = ws.cfg("w", "[hooks]\npre_up = [\"true \\u001b]52;c;ZXZpbA==\\u0007\"]\n");
+    let cfg = ws.cfg(
+        "w",
+        "[hooks]\npre_up = [\"true \\u001b]52;c;ZXZpbA==\\u0007\"]\n",
+    );
     let s = ws.standing(&cfg).summary();
     assert!(!s.contains('\x1b') && !s.contains('\x07'), "{s:?}");
     assert!(s.contains("\\x1b]52;c;ZXZpbA==\\x07"), "{s}");
@@ -157,6 +169,9 @@ fn a_share_holding_the_approvals_is_refused() {
     let cfg = ws.cfg("w", "[[mounts]]\nsource = \"~\"\ntarget = \"/h\"\n");
     let approvals = ws.root.join("home/.config/agentvm");
     assert_eq!(exposing(&cfg, &approvals).unwrap().target, Path::new("/h"));
-    let ro = ws.cfg("w", "[[mounts]]\nsource = \"~\"\ntarget = \"/h\"\nread_only = true\n");
+    let ro = ws.cfg(
+        "w",
+        "[[mounts]]\nsource = \"~\"\ntarget = \"/h\"\nread_only = true\n",
+    );
     assert!(exposing(&ro, &approvals).is_none());
 }

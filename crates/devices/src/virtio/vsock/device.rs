@@ -92,10 +92,11 @@ impl Vsock {
             return Err(VsockError::InvalidCid(guest_cid));
         }
         clear_stale_socket(&uds_path)?;
-        let listener = crate::socket::bind_owner_only(&uds_path).map_err(|source| VsockError::Bind {
-            path: uds_path.clone(),
-            source,
-        })?;
+        let listener =
+            crate::socket::bind_owner_only(&uds_path).map_err(|source| VsockError::Bind {
+                path: uds_path.clone(),
+                source,
+            })?;
         listener
             .set_nonblocking(true)
             .map_err(VsockError::Nonblocking)?;
