@@ -7,7 +7,8 @@
 //! - tables of values (`[env]`, `network.hosts`): merged key by key, the
 //!   later layer winning a key both set (so the user can re-pin a name a
 //!   plugin pinned);
-//! - lists (`network.domains`, `network.ports`, `scripts`, `hooks.*`):
+//! - lists (`network.domains`, `network.ports`, `scripts`, `packages`,
+//!   `npm`, `hooks.*`):
 //!   concatenated in layer order, duplicates dropped (the first occurrence
 //!   keeps its place); so the plugins' scripts run before the user's;
 //! - `mounts` are keyed by guest target and `network.forwards` by host port:
@@ -48,6 +49,10 @@ pub struct Fragment {
     pub env: BTreeMap<String, EnvEntry>,
     /// `scripts`.
     pub scripts: Vec<String>,
+    /// `packages`.
+    pub packages: Vec<String>,
+    /// `npm`.
+    pub npm: Vec<String>,
     /// `[hooks]`.
     pub hooks: Hooks,
     /// `kernel`.
@@ -93,6 +98,8 @@ impl Fragment {
         self.hosts.extend(later.hosts);
         self.env.extend(later.env);
         concat(&mut self.scripts, later.scripts);
+        concat(&mut self.packages, later.packages);
+        concat(&mut self.npm, later.npm);
         concat(&mut self.hooks.pre_up, later.hooks.pre_up);
         concat(&mut self.hooks.post_up, later.hooks.post_up);
         concat(&mut self.hooks.pre_down, later.hooks.pre_down);
@@ -125,6 +132,8 @@ impl Fragment {
             },
             env: self.env,
             scripts: self.scripts,
+            packages: self.packages,
+            npm: self.npm,
             hooks: self.hooks,
             kernel: self.kernel,
             initrd: self.initrd,

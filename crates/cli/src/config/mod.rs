@@ -93,6 +93,11 @@ pub struct ResolvedConfig {
     /// Shell commands run in the guest (`sh -c`, as root, in the workspace)
     /// once it has booted, in order: the plugins' first, then the user's.
     pub scripts: Vec<String>,
+    /// Debian packages the guest image must carry (plugins' first).
+    pub packages: Vec<String>,
+    /// npm packages installed globally in the guest image at build time
+    /// (the built-in agents' among them); `up` never runs npm.
+    pub npm: Vec<String>,
     /// Shell commands run on the host (`sh -c`, in the workspace).
     pub hooks: Hooks,
     /// Kernel image instead of the guest image's (absolute).

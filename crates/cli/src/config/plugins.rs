@@ -7,12 +7,11 @@
 //! include other plugins, the workspace's file lists them all.
 //!
 //! The built-ins set up one coding agent each: the domains it needs in
-//! `filtered` mode (its API and login, and the npm registry it installs
-//! from), its credentials passed through from the host's environment, its
+//! `filtered` mode (its API and login), the npm package the guest image
+//! installs for it, its credentials passed through from the host's environment, its
 //! state directories mounted read-write into the guest's home from the
 //! workspace's own agent home on the host (created at `up` when missing, so
-//! a login inside the guest persists), and a script that installs it with
-//! npm unless the guest image has it already.
+//! a login inside the guest persists).
 //!
 //! The agent home is never the host's own `~/.claude` (or `~/.codex`, …):
 //! the guest writes there, and the host's agent would run the hooks, MCP
@@ -39,7 +38,8 @@ pub struct BuiltIn {
     pub name: &'static str,
     /// One line about it, for `init`'s comments.
     pub about: &'static str,
-    /// The npm package the install script installs.
+    /// The npm package the guest image installs for it (at build time;
+    /// `up` never runs npm).
     pub npm_package: &'static str,
     /// The command it provides.
     pub command: &'static str,
@@ -64,9 +64,6 @@ pub struct StateDir {
     pub credentials: &'static [&'static str],
 }
 
-/// Where every npm-installed agent comes from.
-pub const NPM_REGISTRY: &str = "registry.npmjs.org";
-
 /// The built-in plugins: what each agent needs, in one place.
 pub const BUILT_INS: &[BuiltIn] = &[
     BuiltIn {
@@ -80,7 +77,6 @@ pub const BUILT_INS: &[BuiltIn] = &[
             "statsig.anthropic.com",
             "claude.ai",
             "sentry.io",
-            NPM_REGISTRY,
         ],
         pass_env: &[
             "ANTHROPIC_API_KEY",
@@ -100,12 +96,7 @@ pub const BUILT_INS: &[BuiltIn] = &[
         about: "OpenAI's Codex CLI (`codex`)",
         npm_package: "@openai/codex",
         command: "codex",
-        domains: &[
-            "api.openai.com",
-            "auth.openai.com",
-            "chatgpt.com",
-            NPM_REGISTRY,
-        ],
+        domains: &["api.openai.com", "auth.openai.com", "chatgpt.com"],
         pass_env: &["OPENAI_API_KEY"],
         set_env: &[],
         state_dirs: &[StateDir {
@@ -124,7 +115,6 @@ pub const BUILT_INS: &[BuiltIn] = &[
             "oauth2.googleapis.com",
             "www.googleapis.com",
             "accounts.google.com",
-            NPM_REGISTRY,
         ],
         pass_env: &["GEMINI_API_KEY", "GOOGLE_API_KEY", "GOOGLE_CLOUD_PROJECT"],
         set_env: &[],
@@ -143,7 +133,6 @@ pub const BUILT_INS: &[BuiltIn] = &[
             "models.dev",
             "api.anthropic.com",
             "api.openai.com",
-            NPM_REGISTRY,
         ],
         pass_env: &["ANTHROPIC_API_KEY", "OPENAI_API_KEY"],
         set_env: &[],
@@ -235,17 +224,9 @@ impl BuiltIn {
             mounts,
             domains: self.domains.iter().map(|d| (*d).to_string()).collect(),
             env,
-            scripts: vec![self.install_script()],
+            npm: vec![self.npm_package.to_string()],
             ..Fragment::default()
         })
-    }
-
-    /// Installs the agent unless the guest has it already.
-    pub fn install_script(&self) -> String {
-        format!(
-            "command -v {} >/dev/null 2>&1 || npm install --global --no-fund --no-audit {}",
-            self.command, self.npm_package
-        )
     }
 }
 

@@ -40,6 +40,8 @@ pub fn render(cfg: &ResolvedConfig, lookup: &dyn Fn(&str) -> Option<String>) -> 
     );
     line(&mut out, "name", &string(&cfg.name), None);
     line(&mut out, "scripts", &array(&strings(&cfg.scripts)), None);
+    line(&mut out, "packages", &array(&strings(&cfg.packages)), None);
+    line(&mut out, "npm", &array(&strings(&cfg.npm)), None);
     for (key, path) in [
         ("kernel", &cfg.kernel),
         ("initrd", &cfg.initrd),

@@ -36,6 +36,10 @@ pub struct ConfigFile {
     pub env: Option<BTreeMap<Spanned<String>, Spanned<String>>>,
     /// Shell commands run in the guest after boot.
     pub scripts: Option<SpannedList>,
+    /// Debian packages the guest image carries.
+    pub packages: Option<SpannedList>,
+    /// npm packages installed globally in the guest image.
+    pub npm: Option<SpannedList>,
     /// Shell commands run on the host around `up` and `down`.
     pub hooks: Option<Hooks>,
     /// Kernel image overriding the guest image's.

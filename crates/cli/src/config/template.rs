@@ -36,8 +36,8 @@ name = {name}
 # (relative to this file), which have this file's keys except name and
 # plugins. Their lists add to this file's; for single values and [env]
 # keys this file wins. Built-in plugins (API and login domains, API keys
-# passed through, state directories such as ~/.claude mounted, the agent
-# installed with npm):
+# passed through, a per-workspace agent home mounted at ~/.claude and the
+# like, the agent installed in the guest image):
 {builtins}plugins = [{plugins}]
 
 # Kernel, initrd or guest image directory to boot instead of the default
@@ -46,9 +46,24 @@ name = {name}
 # initrd = "initrd.img"
 # image = "/path/to/image"
 
-# Shell commands run in the guest after boot (as root, in the workspace),
-# after the plugins' own.
+# Shell commands run in the guest after boot (in the workspace), after the
+# plugins' own; one that fails makes `up` fail.
 # scripts = ["make setup"]
+
+# Debian packages and npm packages the guest image carries (built into the
+# image, not installed at every `up`).
+# packages = ["build-essential"]
+# npm = ["typescript"]
+
+# Where the agents' state (logins, settings) lives on this host: one
+# directory per workspace, never your own ~/.claude. Default:
+# $XDG_DATA_HOME/agentvm/homes/<workspace id>.
+# agent_home = "~/agent-homes/this-project"
+
+# "guard": undo the git hooks and executable git settings the guest writes
+# in shared repositories (after every command and at `down`, reported);
+# "allow": leave them.
+# git_hooks = "guard"
 
 [resources]
 # Number of vCPUs. Default: all of the host's CPUs.

@@ -332,9 +332,11 @@ fn built_in_plugins_bring_domains_credentials_state_and_install() {
     let ws = Ws::new();
     let c = ws.ok("plugins = [\"claude-code\"]");
     assert_eq!(c.plugins, ["claude-code"]);
-    for d in ["api.anthropic.com", "claude.ai", "registry.npmjs.org"] {
+    for d in ["api.anthropic.com", "claude.ai"] {
         assert!(c.network.domains.iter().any(|x| x == d), "{d}");
     }
+    // The agent comes with the image: the guest needs no npm registry.
+    assert!(!c.network.domains.iter().any(|x| x == "registry.npmjs.org"));
     assert_eq!(
         c.env["ANTHROPIC_API_KEY"].value,
         EnvValue::host("ANTHROPIC_API_KEY")
@@ -361,8 +363,9 @@ fn built_in_plugins_bring_domains_credentials_state_and_install() {
             files: vec![".credentials.json"],
         })
     );
-    assert!(c.scripts[0]
-        .contains("npm install --global --no-fund --no-audit @anthropic-ai/claude-code"));
+    // Installed into the image at build time; `up` runs no npm.
+    assert_eq!(c.npm, ["@anthropic-ai/claude-code"]);
+    assert!(c.scripts.is_empty());
     let c = ws.ok("plugins = [\"opencode\"]");
     let targets: Vec<_> = c.mounts.iter().skip(1).map(|m| m.target.clone()).collect();
     assert_eq!(
@@ -387,7 +390,8 @@ fn every_built_in_is_valid() {
                 b.name
             );
         }
-        assert!(f.domains.iter().any(|d| d == plugins::NPM_REGISTRY));
+        assert_eq!(f.npm, [b.npm_package]);
+        assert!(f.scripts.is_empty());
         for k in f.env.keys() {
             assert!(env::is_var_name(k), "{k}");
         }
@@ -427,16 +431,14 @@ target = "/root/.codex"
             "api.openai.com",
             "auth.openai.com",
             "chatgpt.com",
-            "registry.npmjs.org",
             "opencode.ai",
             "models.dev",
             "api.anthropic.com",
             "github.com",
         ]
     );
-    assert_eq!(c.scripts.len(), 3);
-    assert!(c.scripts[0].contains("@openai/codex") && c.scripts[1].contains("opencode-ai"));
-    assert_eq!(c.scripts[2], "echo mine");
+    assert_eq!(c.npm, ["@openai/codex", "opencode-ai"]);
+    assert_eq!(c.scripts, ["echo mine"]);
     // Tables: merged key by key, the user's key wins.
     assert_eq!(
         c.env["OPENAI_API_KEY"].value,
@@ -570,7 +572,7 @@ const ERRORS: &[(&str, usize, usize, &str)] = &[
     ("a = ", 1, 5, "invalid TOML: string values must be quoted"),
     ("[network]\nmode = \"off\"\nmode = \"open\"\n", 3, 1, "invalid TOML: duplicate key"),
     // Unknown keys, top level and nested, in every kind of table.
-    ("nmae = \"x\"", 1, 1, "unknown key `nmae` (expected one of name, plugins, resources, mounts, network, env, scripts, hooks, kernel, initrd, image, agent_home, git_hooks)"),
+    ("nmae = \"x\"", 1, 1, "unknown key `nmae` (expected one of name, plugins, resources, mounts, network, env, scripts, packages, npm, hooks, kernel, initrd, image, agent_home, git_hooks)"),
     ("\n\n[network]\nmode = \"off\"\n\nmdoe = \"open\"\n", 6, 1, "unknown key `network.mdoe` (expected one of mode, domains, ports, hosts, forwards)"),
     ("network.mdoe = 1", 1, 9, "unknown key `network.mdoe`"),
     ("[resources]\ncpus = 2", 2, 1, "unknown key `resources.cpus` (expected one of vcpus, memory_mib)"),
@@ -1014,4 +1016,56 @@ fn agent_home_and_git_hooks_keys() {
     ws.write(".agentvm/p.toml", "git_hooks = \"allow\"\n");
     let e = ws.err("plugins = [\"./p.toml\"]");
     assert!(e.message.contains("a plugin cannot set `git_hooks`"), "{e}");
+}
+
+#[test]
+fn package_lists_merge_and_refuse_what_is_not_a_name() {
+    let ws = Ws::new();
+    ws.write(
+        ".agentvm/p.toml",
+        "packages = [\"jq\", \"make\"]\nnpm = [\"typescript@5.6\"]\n",
+    );
+    let c = ws.ok("plugins = [\"codex\", \"./p.toml\"]\npackages = [\"make\", \"g++\", \"vim=2:9.0.1378-2\"]\nnpm = [\"@scope/x\"]");
+    assert_eq!(c.packages, ["jq", "make", "g++", "vim=2:9.0.1378-2"]);
+    assert_eq!(c.npm, ["@openai/codex", "typescript@5.6", "@scope/x"]);
+    for bad in [
+        "-o",
+        "--allow-unauthenticated",
+        "Jq",
+        "a b",
+        "x",
+        "jq=",
+        "../x",
+    ] {
+        let e = ws.err(&format!("packages = [{bad:?}]"));
+        assert!(
+            e.message.contains("is not a Debian package name"),
+            "{bad}: {e}"
+        );
+    }
+    for bad in [
+        "--ignore-scripts",
+        "./local",
+        "git+https://x/y",
+        "https://x/y.tgz",
+        "@scope",
+        "a b",
+        "x@1;rm",
+        "file:../x",
+        "",
+    ] {
+        let e = ws.err(&format!("npm = [{bad:?}]"));
+        assert!(
+            e.message.contains("is not an npm package name"),
+            "{bad}: {e}"
+        );
+    }
+    for good in [
+        "typescript",
+        "@anthropic-ai/claude-code@2.1.3",
+        "left-pad@^1.3.0",
+        "x@latest",
+    ] {
+        ws.ok(&format!("npm = [{good:?}]"));
+    }
 }

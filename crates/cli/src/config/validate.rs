@@ -115,6 +115,8 @@ pub fn fragment(file: &ConfigFile, src: &Source, ctx: &Context<'_>) -> Result<Fr
         );
     }
     out.scripts = commands(file.scripts.as_ref(), "scripts", src)?;
+    out.packages = names(file.packages.as_ref(), "packages", src, debian_package)?;
+    out.npm = names(file.npm.as_ref(), "npm", src, npm_package)?;
     if let Some(h) = &file.hooks {
         out.hooks.pre_up = commands(h.pre_up.as_ref(), "hooks.pre_up", src)?;
         out.hooks.post_up = commands(h.post_up.as_ref(), "hooks.post_up", src)?;
@@ -420,6 +422,81 @@ pub fn check_domain(d: &str) -> std::result::Result<String, String> {
 }
 
 /// A list of shell commands; none may be empty.
+/// A list of package names, each checked by `check` (which says what is
+/// wrong), duplicates dropped.
+fn names(
+    list: Option<&SpannedList>,
+    key: &str,
+    src: &Source,
+    check: fn(&str) -> std::result::Result<(), &'static str>,
+) -> Result<Vec<String>> {
+    let mut out: Vec<String> = Vec::new();
+    for (i, p) in list.into_iter().flatten().enumerate() {
+        check(p.get_ref())
+            .map_err(|why| src.error(p.span(), format!("`{key}[{i}]` {:?} {why}", p.get_ref())))?;
+        if !out.contains(p.get_ref()) {
+            out.push(p.get_ref().clone());
+        }
+    }
+    Ok(out)
+}
+
+/// A Debian package name (Debian policy 5.6.1), optionally `=VERSION`:
+/// never an option to apt.
+pub fn debian_package(p: &str) -> std::result::Result<(), &'static str> {
+    let (name, version) = p.split_once('=').unwrap_or((p, ""));
+    let name_ok = name.len() >= 2
+        && name.len() <= 128
+        && name.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "+-.".contains(c));
+    let version_ok = version
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || ".+~:-".contains(c));
+    if name_ok && version_ok && !(p.contains('=') && version.is_empty()) {
+        Ok(())
+    } else {
+        Err("is not a Debian package name (lowercase letters, digits, + - ., then =VERSION if pinned)")
+    }
+}
+
+/// An npm package: `name` or `@scope/name`, optionally `@VERSION`: never
+/// an option, a path, a URL or a git reference.
+pub fn npm_package(p: &str) -> std::result::Result<(), &'static str> {
+    let unversioned = match p.strip_prefix('@') {
+        Some(scoped) => match scoped.split_once('@') {
+            Some((name, _)) => format!("@{name}"),
+            None => p.to_string(),
+        },
+        None => p.split('@').next().unwrap_or("").to_string(),
+    };
+    let version = &p[unversioned.len()..];
+    let part_ok = |s: &str| {
+        !s.is_empty()
+            && s.len() <= 214
+            && !s.starts_with(['.', '_', '-'])
+            && s.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-._~".contains(c))
+    };
+    let name_ok = match unversioned.strip_prefix('@') {
+        Some(scoped) => scoped
+            .split_once('/')
+            .is_some_and(|(scope, name)| part_ok(scope) && part_ok(name)),
+        None => part_ok(&unversioned),
+    };
+    let version_ok = version.is_empty()
+        || (version.len() > 1
+            && version[1..]
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || ".-+^~<>=*x ".contains(c)));
+    if name_ok && version_ok {
+        Ok(())
+    } else {
+        Err("is not an npm package name (name or @scope/name, then @VERSION if pinned; no paths, URLs or git references)")
+    }
+}
+
 fn commands(list: Option<&SpannedList>, key: &str, src: &Source) -> Result<Vec<String>> {
     let mut out: Vec<String> = Vec::new();
     for (i, c) in list.into_iter().flatten().enumerate() {

@@ -84,6 +84,15 @@ fn sections(v: &View) -> Vec<Section> {
             items: v.scripts.clone(),
         },
         Section {
+            title: "image packages (their install scripts run when the image is built)",
+            items: v
+                .packages
+                .iter()
+                .map(|p| format!("debian {p}"))
+                .chain(v.npm.iter().map(|p| format!("npm {p}")))
+                .collect(),
+        },
+        Section {
             title: "boot files",
             items: opt_path("kernel", &v.kernel)
                 .into_iter()

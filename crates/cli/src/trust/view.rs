@@ -39,6 +39,10 @@ pub struct View {
     pub forwards: Vec<String>,
     /// Guest commands run at `up`.
     pub scripts: Vec<String>,
+    /// Debian packages in the image (their scripts run at image build).
+    pub packages: Vec<String>,
+    /// npm packages in the image (their install scripts run at build).
+    pub npm: Vec<String>,
     /// Boot files: `kernel`, `initrd`, `image`.
     pub kernel: Option<PathBuf>,
     /// See [`View::kernel`].
@@ -113,6 +117,8 @@ impl View {
                 .collect(),
             forwards: cfg.network.forwards.iter().map(|f| f.to_string()).collect(),
             scripts: cfg.scripts.clone(),
+            packages: cfg.packages.clone(),
+            npm: cfg.npm.clone(),
             kernel: cfg.kernel.clone(),
             initrd: cfg.initrd.clone(),
             image: cfg.image.clone(),
