@@ -62,6 +62,9 @@ enum Command {
     Run(lifecycle::exec::RunArgs),
     /// Open a login shell in the workspace's VM.
     Shell(lifecycle::exec::ShellArgs),
+    /// Run the workspace's coding agent in its VM (starting the VM if
+    /// needed), without permission prompts: the VM is the sandbox.
+    Agent(lifecycle::agent::AgentArgs),
     /// The running VM's network: allow or deny a domain, show the policy,
     /// print the audit log.
     Net(lifecycle::net::NetArgs),
@@ -99,6 +102,7 @@ fn main() -> ExitCode {
         Command::Logs(args) => lifecycle::status::logs(args),
         Command::Run(args) => lifecycle::exec::run(args),
         Command::Shell(args) => lifecycle::exec::shell(args),
+        Command::Agent(args) => lifecycle::agent::run(args),
         Command::Net(args) => lifecycle::net::run(args),
         Command::VhostUser(args) => vhost_user::run(args),
         Command::Vmm(args) => lifecycle::vmm::run(args),

@@ -99,6 +99,16 @@ $AGENTVM up >/tmp/rt.up3 2>&1; echo "RIG-EXEC up3_rc=$?"
 echo "RIG-EXEC up3=$(one_line /tmp/rt.up3)"
 echo "RIG-EXEC marker_after_up3=$(ls /tmp/rt-marker 2>&1)"
 $AGENTVM down >/tmp/rt.down2 2>&1; echo "RIG-EXEC down2_rc=$?"
+
+# `up` tells the truth: a failing script fails it, with the script's output,
+# and leaves the VM running for inspection.
+printf 'scripts = ["echo boom-$((6*7)); exit 3"]\n' > /tmp/rt.scriptline
+sed -i '1r /tmp/rt.scriptline' .agentvm/config.toml
+$AGENTVM trust >/tmp/rt.trust4 2>&1; echo "RIG-EXEC trust4_rc=$?"
+$AGENTVM up >/tmp/rt.up4 2>&1; echo "RIG-EXEC up4_rc=$?"
+echo "RIG-EXEC up4=$(one_line /tmp/rt.up4)"
+echo "RIG-EXEC up4_running=$($AGENTVM status 2>&1 | grep -c ' running ')"
+$AGENTVM down >/tmp/rt.down4 2>&1; echo "RIG-EXEC down4_rc=$?"
 n=0
 for p in /proc/[0-9]*; do
   tr '\0' ' ' < $p/cmdline 2>/dev/null | grep -q '__vmm\|virtiofsd' && n=$((n+1))
@@ -207,6 +217,15 @@ fn a_hostile_guest_cannot_reach_the_host_through_trusted_files() {
     assert_eq!(m("up3_rc"), "0", "{}; {ctx}", m("up3"));
     assert_eq!(m("marker_after_up3"), "/tmp/rt-marker", "{ctx}");
     assert_eq!(m("down2_rc"), "0", "{ctx}");
+    assert_eq!(m("trust4_rc"), "0", "{ctx}");
+    assert_ne!(m("up4_rc"), "0", "a failed script must fail up; {ctx}");
+    assert!(
+        m("up4").contains("exited with 3") && m("up4").contains("boom-42"),
+        "{}; {ctx}",
+        m("up4")
+    );
+    assert_eq!(m("up4_running"), "1", "left running for inspection; {ctx}");
+    assert_eq!(m("down4_rc"), "0", "{ctx}");
     assert_eq!(m("leftover"), "0", "{ctx}");
     assert_eq!(b.exit_code(), Some(0), "{ctx}");
     if r.tier == Tier::Nested {

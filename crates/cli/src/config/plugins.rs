@@ -43,6 +43,9 @@ pub struct BuiltIn {
     pub npm_package: &'static str,
     /// The command it provides.
     pub command: &'static str,
+    /// Its flags for running without asking before each action: the VM is
+    /// the sandbox (`agentvm agent` passes them).
+    pub unattended: &'static [&'static str],
     /// Names it must reach (each covers its subdomains).
     pub domains: &'static [&'static str],
     /// Host variables passed through to the guest under the same name.
@@ -71,6 +74,7 @@ pub const BUILT_INS: &[BuiltIn] = &[
         about: "Anthropic's Claude Code (`claude`)",
         npm_package: "@anthropic-ai/claude-code",
         command: "claude",
+        unattended: &["--dangerously-skip-permissions"],
         domains: &[
             "api.anthropic.com",
             "console.anthropic.com",
@@ -96,6 +100,7 @@ pub const BUILT_INS: &[BuiltIn] = &[
         about: "OpenAI's Codex CLI (`codex`)",
         npm_package: "@openai/codex",
         command: "codex",
+        unattended: &["--dangerously-bypass-approvals-and-sandbox"],
         domains: &["api.openai.com", "auth.openai.com", "chatgpt.com"],
         pass_env: &["OPENAI_API_KEY"],
         set_env: &[],
@@ -109,6 +114,7 @@ pub const BUILT_INS: &[BuiltIn] = &[
         about: "Google's Gemini CLI (`gemini`)",
         npm_package: "@google/gemini-cli",
         command: "gemini",
+        unattended: &["--yolo"],
         domains: &[
             "generativelanguage.googleapis.com",
             "cloudcode-pa.googleapis.com",
@@ -128,6 +134,8 @@ pub const BUILT_INS: &[BuiltIn] = &[
         about: "opencode (`opencode`), with Anthropic and OpenAI models",
         npm_package: "opencode-ai",
         command: "opencode",
+        // opencode asks for nothing unless its own configuration says so.
+        unattended: &[],
         domains: &[
             "opencode.ai",
             "models.dev",

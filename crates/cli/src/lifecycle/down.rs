@@ -6,7 +6,7 @@ use std::time::Duration;
 use clap::Args;
 
 use super::control::{self, Request};
-use super::{kill_and_wait, run_hooks, wait_gone, Target, VmState};
+use super::{kill_and_wait, run_hooks, wait_gone, StateDir, Target, VmState};
 
 /// Arguments of `agentvm down`.
 #[derive(Args, Debug)]
@@ -34,7 +34,22 @@ pub fn run(args: DownArgs) -> anyhow::Result<ExitCode> {
     if let Some(s) = &snap {
         run_hooks("pre_down", &s.pre_down, &s.workspace);
     }
-    let grace = Duration::from_secs(args.timeout);
+    stop(&state, Duration::from_secs(args.timeout));
+    // The guest is gone: the last check, which nothing can race.
+    if let Some(s) = &snap {
+        super::git_guard::undo(&state, s);
+    }
+    state.clean()?;
+    if let Some(s) = &snap {
+        run_hooks("post_down", &s.post_down, &s.workspace);
+    }
+    println!("agentvm: {label} is down");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Stops the VM of `state`: asks the guest to power off within `grace`,
+/// then kills the VMM if it still runs. Returns whether it had to kill.
+pub fn stop(state: &StateDir, grace: Duration) -> bool {
     match state.state() {
         VmState::Running(pid) => {
             let asked = control::request(
@@ -50,25 +65,19 @@ pub fn run(args: DownArgs) -> anyhow::Result<ExitCode> {
             // before the last resort.
             if asked.is_err() || !wait_gone(pid, grace + Duration::from_secs(2)) {
                 eprintln!(
-                    "agentvm: warning: {label} did not stop within {} s; killing its VMM (pid {pid})",
-                    args.timeout
+                    "agentvm: warning: {} did not stop within {} s; killing its VMM (pid {pid})",
+                    state.label(),
+                    grace.as_secs()
                 );
                 kill_and_wait(pid, Duration::from_secs(5));
+                return true;
             }
+            false
         }
         VmState::Stale(Some(pid)) | VmState::Starting(pid) => {
             kill_and_wait(pid, Duration::from_secs(5));
+            true
         }
-        VmState::Stale(None) | VmState::Stopped => {}
+        VmState::Stale(None) | VmState::Stopped => false,
     }
-    // The guest is gone: the last check, which nothing can race.
-    if let Some(s) = &snap {
-        super::git_guard::undo(&state, s);
-    }
-    state.clean()?;
-    if let Some(s) = &snap {
-        run_hooks("post_down", &s.post_down, &s.workspace);
-    }
-    println!("agentvm: {label} is down");
-    Ok(ExitCode::SUCCESS)
 }

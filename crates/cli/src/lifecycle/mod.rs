@@ -28,6 +28,7 @@
 //! longer answers); *stopped* when the VMM exited on its own (the guest
 //! powered off). `up` cleans stale and stopped state before starting.
 
+pub mod agent;
 pub mod control;
 pub mod down;
 pub mod exec;

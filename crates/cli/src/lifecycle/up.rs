@@ -32,6 +32,21 @@ pub struct UpArgs {
     /// Give up if the guest is not ready after SECS seconds.
     #[arg(long, value_name = "SECS", default_value_t = 60)]
     timeout: u64,
+    /// Stop the VM and remove its state when a script fails (by default it
+    /// is left running for inspection).
+    #[arg(long)]
+    rm_on_failure: bool,
+}
+
+impl UpArgs {
+    /// `up` in `dir` as another command starts it.
+    pub fn for_dir(dir: Option<PathBuf>) -> UpArgs {
+        UpArgs {
+            dir,
+            timeout: 60,
+            rm_on_failure: false,
+        }
+    }
 }
 
 /// Starts the VM, or says it already runs.
@@ -127,12 +142,22 @@ pub fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         wait: Some(args.timeout as f64),
     };
     for script in &snap.scripts {
-        match agent.exec_code(shell_start(script, &snap, false)) {
-            Ok(0) => {}
-            Ok(code) => eprintln!("agentvm: warning: script `{script}` exited with {code}"),
-            Err(e) => eprintln!("agentvm: warning: script `{script}`: {e:#}"),
+        if let Err(e) = run_script(&agent, script, &snap) {
+            // What the script did to the shared repositories is undone
+            // either way.
+            super::git_guard::undo(&state, &snap);
+            if args.rm_on_failure {
+                let _ = super::down::stop(&state, Duration::from_secs(10));
+                let _ = state.clean();
+                bail!("{e:#}\nthe VM was stopped and its state removed (--rm-on-failure)");
+            }
+            bail!(
+                "{e:#}\nthe VM is still running for inspection: `agentvm shell` opens a shell, \
+                 `agentvm down` stops it"
+            );
         }
     }
+    super::git_guard::undo(&state, &snap);
     run_hooks("post_up", &cfg.hooks.post_up, &cfg.workspace);
     println!(
         "agentvm: {} is up in {} ms (pid {}); `agentvm shell` opens a shell, `agentvm down` \
@@ -142,6 +167,80 @@ pub fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         child.id()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// Lines of a failed script's output `up` shows.
+const SCRIPT_TAIL_LINES: usize = 20;
+/// Bytes of a script's output kept for that tail.
+const SCRIPT_TAIL_BYTES: usize = 64 << 10;
+
+/// Runs one configured script in the guest, its output kept (the last
+/// [`SCRIPT_TAIL_BYTES`]); an error names the script, its exit code and the
+/// end of its output, escaped (the guest wrote it).
+fn run_script(agent: &Agent<'_>, script: &str, snap: &Snapshot) -> anyhow::Result<()> {
+    eprintln!("agentvm: running script `{}`", crate::escape::line(script));
+    let tail = Tail::default();
+    let stream = agent.connect("sh")?;
+    let writer = stream
+        .try_clone()
+        .context("cannot use the guest agent's socket")?;
+    let stdio = client::Stdio {
+        stdin: None,
+        stdout: Box::new(tail.clone()),
+        stderr: Box::new(tail.clone()),
+    };
+    let status = client::run(stream, writer, shell_start(script, snap, false), stdio)
+        .with_context(|| format!("script `{}` did not run", crate::escape::line(script)))?;
+    let code = status.shell_code();
+    if code == 0 {
+        return Ok(());
+    }
+    let out = tail.text();
+    let lines: Vec<&str> = out.lines().collect();
+    let shown: Vec<String> = lines[lines.len().saturating_sub(SCRIPT_TAIL_LINES)..]
+        .iter()
+        .map(|l| format!("  {}", crate::escape::line(l.trim_end_matches('\r'))))
+        .collect();
+    bail!(
+        "script `{}` exited with {code}{}",
+        crate::escape::line(script),
+        if shown.is_empty() {
+            " and printed nothing".to_string()
+        } else {
+            format!("; its output ended with:\n{}", shown.join("\n"))
+        }
+    )
+}
+
+/// The end of a command's output, shared by its stdout and stderr.
+#[derive(Clone, Default)]
+struct Tail(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl Tail {
+    fn text(&self) -> String {
+        let buf = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        String::from_utf8_lossy(&buf).into_owned()
+    }
+}
+
+impl std::io::Write for Tail {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        let mut buf = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        buf.extend_from_slice(data);
+        let excess = buf.len().saturating_sub(SCRIPT_TAIL_BYTES);
+        buf.drain(..excess);
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Says so and returns `Some` when the VM runs (waiting for one that is
