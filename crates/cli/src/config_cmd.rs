@@ -21,6 +21,10 @@ pub struct ConfigArgs {
 pub fn run(args: ConfigArgs) -> anyhow::Result<ExitCode> {
     let dir = args.dir.unwrap_or_else(|| PathBuf::from("."));
     let cfg = config::load(&dir)?;
-    print!("{}", render::render(&cfg, &env::host_lookup));
+    // The file is the workspace's, which the guest may have written.
+    print!(
+        "{}",
+        crate::escape::text(&render::render(&cfg, &env::host_lookup))
+    );
     Ok(ExitCode::SUCCESS)
 }

@@ -110,7 +110,8 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("agentvm: error: {e:#}");
+            // Errors quote files and output the guest may have written.
+            eprintln!("agentvm: error: {}", escape::text(&format!("{e:#}")));
             ExitCode::FAILURE
         }
     }
