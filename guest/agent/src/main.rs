@@ -18,8 +18,10 @@
 mod cmdline;
 mod dhcp;
 mod init;
+mod loopdev;
 mod net;
 mod reaper;
+mod root;
 mod server;
 mod session;
 mod spawn;
