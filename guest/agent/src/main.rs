@@ -15,6 +15,7 @@
 //! Threads: one per session, one that owns signals and reaping (see
 //! [`reaper`]), the accept loop on the main thread.
 
+mod accounts;
 mod cmdline;
 mod dhcp;
 mod init;
