@@ -139,7 +139,9 @@ pub fn plan(
     let home = format!("/home/{name}");
     let line = format!("{name}:x:{}:{}::{home}:{shell}", spec.uid, spec.gid);
     let new_shadow = shadow.and_then(|s| {
-        let present = s.lines().any(|l| l.split(':').next() == Some(name.as_str()));
+        let present = s
+            .lines()
+            .any(|l| l.split(':').next() == Some(name.as_str()));
         (!present).then(|| append(s, &format!("{name}:!::0:99999:7:::")))
     });
     Ok(Edit {
@@ -205,7 +207,9 @@ pub fn ensure(root: &Path, spec: &UserSpec) -> Result<(Account, Vec<String>), St
 /// sees half a file. An existing file keeps its mode and owner.
 fn replace_file(path: &Path, data: &[u8], mode: u32) -> std::io::Result<()> {
     let old = std::fs::metadata(path).ok();
-    let mode = old.as_ref().map_or(mode, |m| m.permissions().mode() & 0o7777);
+    let mode = old
+        .as_ref()
+        .map_or(mode, |m| m.permissions().mode() & 0o7777);
     let tmp = path.with_extension("agentvm-tmp");
     let _ = std::fs::remove_file(&tmp);
     let mut f = std::fs::File::options()

@@ -62,7 +62,14 @@ fn existing_gid_is_used_and_no_shadow_file_is_created() {
 #[test]
 fn existing_uid_under_another_name_is_used() {
     let passwd = format!("{PASSWD}\ndebian:x:1000:1000::/home/debian:/bin/bash\n");
-    let e = plan(&spec("dev", 1000, 1000), &passwd, GROUP, Some(SHADOW), "/bin/sh").unwrap();
+    let e = plan(
+        &spec("dev", 1000, 1000),
+        &passwd,
+        GROUP,
+        Some(SHADOW),
+        "/bin/sh",
+    )
+    .unwrap();
     assert_eq!((e.passwd, e.group, e.shadow), (None, None, None));
     assert_eq!(e.account.name, "debian");
     assert_eq!(e.account.home, "/home/debian");
@@ -77,7 +84,14 @@ fn existing_uid_under_another_name_is_used() {
 #[test]
 fn name_taken_by_another_uid_gets_a_uid_name() {
     // A host user called "daemon" with uid 1000 must not become uid 1.
-    let e = plan(&spec("daemon", 1000, 1000), PASSWD, GROUP, Some(SHADOW), "/bin/sh").unwrap();
+    let e = plan(
+        &spec("daemon", 1000, 1000),
+        PASSWD,
+        GROUP,
+        Some(SHADOW),
+        "/bin/sh",
+    )
+    .unwrap();
     assert_eq!(e.account.name, "u1000");
     assert!(e
         .passwd
@@ -170,7 +184,10 @@ fn ensure_writes_files_home_and_sudoers() {
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .collect();
-    assert!(!names.iter().any(|n| n.contains("agentvm-tmp")), "{names:?}");
+    assert!(
+        !names.iter().any(|n| n.contains("agentvm-tmp")),
+        "{names:?}"
+    );
 }
 
 #[test]

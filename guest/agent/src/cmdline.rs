@@ -215,8 +215,12 @@ fn valid_tag(tag: &str) -> bool {
 pub fn valid_relative_path(path: &str) -> bool {
     !path.is_empty()
         && path.len() <= 255
-        && !path.bytes().any(|b| b.is_ascii_control() || b == b':' || b == b',')
-        && path.split('/').all(|c| !c.is_empty() && c != "." && c != "..")
+        && !path
+            .bytes()
+            .any(|b| b.is_ascii_control() || b == b':' || b == b',')
+        && path
+            .split('/')
+            .all(|c| !c.is_empty() && c != "." && c != "..")
 }
 
 /// An absolute mount point without `..` components or control characters.

@@ -196,25 +196,65 @@ pub fn mount_shares(cfg: &BootConfig) {
 fn mount_share(share: &Share) -> nix::Result<()> {
     std::fs::create_dir_all(&share.mount_point)
         .map_err(|e| nix::Error::from_raw(e.raw_os_error().unwrap_or(0)))?;
-    let mut flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
-    if share.read_only {
+    let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+    mount_virtiofs(
+        &share.tag,
+        Path::new(&share.mount_point),
+        share.read_only,
+        flags,
+    )
+}
+
+/// The guest's [`ShareMounter`](crate::root::ShareMounter): virtio-fs.
+pub struct VirtioFs;
+
+impl crate::root::ShareMounter for VirtioFs {
+    fn mount_share(&self, tag: &str, target: &Path, read_only: bool) -> nix::Result<()> {
+        // The root's layers keep set-uid programs and device nodes working.
+        mount_virtiofs(tag, target, read_only, MsFlags::empty())
+    }
+}
+
+/// Mounts virtio-fs `tag` on `target`; retries for a second while the
+/// device probes.
+fn mount_virtiofs(tag: &str, target: &Path, read_only: bool, flags: MsFlags) -> nix::Result<()> {
+    let mut flags = flags;
+    if read_only {
         flags |= MsFlags::MS_RDONLY;
     }
     let mut last = nix::Error::ENODEV;
     for _ in 0..20 {
-        match mount(
-            Some(share.tag.as_str()),
-            share.mount_point.as_str(),
-            Some("virtiofs"),
-            flags,
-            None::<&str>,
-        ) {
+        match mount(Some(tag), target, Some("virtiofs"), flags, None::<&str>) {
             Ok(()) => return Ok(()),
             Err(e) => last = e,
         }
         std::thread::sleep(Duration::from_millis(50));
     }
     Err(last)
+}
+
+/// Mounts a tmpfs on each of `dirs` (created if missing): mode 1777 like
+/// `/tmp`, or owned by `owner` (mode 0700) when inside its home `home`.
+pub fn mount_tmpfs(dirs: &[String], owner: Option<(&str, u32, u32)>) {
+    for dir in dirs {
+        let data = match owner {
+            Some((home, uid, gid)) if Path::new(dir).starts_with(home) && home != "/" => {
+                format!("mode=0700,uid={uid},gid={gid}")
+            }
+            _ => "mode=1777".to_owned(),
+        };
+        let _ = std::fs::create_dir_all(dir);
+        let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+        if let Err(e) = mount(
+            Some("tmpfs"),
+            dir.as_str(),
+            Some("tmpfs"),
+            flags,
+            Some(data.as_str()),
+        ) {
+            crate::log!("cannot mount a tmpfs on {dir}: {e}");
+        }
+    }
 }
 
 /// Runs the executables in [`STARTUP_DIR`] in name order, waiting for each.

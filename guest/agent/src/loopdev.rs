@@ -65,10 +65,7 @@ pub struct LoopDevice {
 /// Binds `file` to a free loop device, read-only or read-write.
 pub fn attach(file: &Path, read_only: bool) -> std::io::Result<LoopDevice> {
     let backing = File::options().read(true).write(!read_only).open(file)?;
-    let control = File::options()
-        .read(true)
-        .write(true)
-        .open(LOOP_CONTROL)?;
+    let control = File::options().read(true).write(true).open(LOOP_CONTROL)?;
     let mut last = Errno::EBUSY;
     // Another process may grab the device between GET_FREE and binding it.
     for _ in 0..8 {

@@ -216,7 +216,12 @@ pub fn assemble(
     shares: &dyn ShareMounter,
     built: &mut Assembled,
 ) -> Result<(), RootError> {
-    for dir in [layout.image(), layout.lower(), layout.rw(), layout.newroot.clone()] {
+    for dir in [
+        layout.image(),
+        layout.lower(),
+        layout.rw(),
+        layout.newroot.clone(),
+    ] {
         mkdir(&dir)?;
     }
     let image = layout.image();

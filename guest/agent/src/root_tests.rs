@@ -173,13 +173,11 @@ fn failures_leave_the_old_root() {
 /// mount on a point wins).
 fn fstype_of(point: &str) -> Option<String> {
     let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    info.lines()
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split(' ').collect();
-            let sep = f.iter().position(|x| *x == "-")?;
-            (f.get(4) == Some(&point)).then(|| f.get(sep + 1).map(|s| s.to_string()))?
-        })
-        .last()
+    info.lines().rev().find_map(|l| {
+        let f: Vec<&str> = l.split(' ').collect();
+        let sep = f.iter().position(|x| *x == "-")?;
+        (f.get(4) == Some(&point)).then(|| f.get(sep + 1).map(|s| s.to_string()))?
+    })
 }
 
 fn layout(base: &Path) -> Layout {
@@ -289,10 +287,7 @@ fn ns_child() {
         }
         "persist-read" => {
             setup(&rootfs, &persistent, &l, &shares).unwrap();
-            assert_eq!(
-                std::fs::read_to_string("/etc/persisted").unwrap(),
-                "kept\n"
-            );
+            assert_eq!(std::fs::read_to_string("/etc/persisted").unwrap(), "kept\n");
             // The deletion persisted too (a whiteout in the ext4 layer).
             assert!(!Path::new("/etc/marker").exists());
         }

@@ -56,6 +56,7 @@ pub fn serve(conn: OwnedFd, agent: &Arc<Agent>) {
                 &spawn::Defaults {
                     root: &agent.root,
                     env: &defaults,
+                    user: agent.default_user(),
                 },
                 &agent.reaper,
             );
