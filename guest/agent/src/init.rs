@@ -172,12 +172,33 @@ pub fn set_hostname(name: &str) {
         crate::log!("cannot set host name: {e}");
     }
     let _ = std::fs::create_dir_all("/etc");
-    if !Path::new("/etc/hosts").exists() {
-        let _ = std::fs::write(
-            "/etc/hosts",
-            format!("127.0.0.1\tlocalhost\n127.0.1.1\t{name}\n::1\tlocalhost\n"),
-        );
+    match std::fs::read_to_string("/etc/hosts") {
+        Err(_) => {
+            let _ = std::fs::write(
+                "/etc/hosts",
+                format!("127.0.0.1\tlocalhost\n127.0.1.1\t{name}\n::1\tlocalhost\n"),
+            );
+        }
+        // A root file system's own file: add the name (sudo warns on every
+        // command when the host name does not resolve).
+        Ok(hosts) if !hosts_names(&hosts, name) => {
+            let sep = if hosts.is_empty() || hosts.ends_with('\n') {
+                ""
+            } else {
+                "\n"
+            };
+            let _ = std::fs::write("/etc/hosts", format!("{hosts}{sep}127.0.1.1\t{name}\n"));
+        }
+        Ok(_) => {}
     }
+}
+
+/// Whether an `/etc/hosts` text maps some address to `name`.
+fn hosts_names(hosts: &str, name: &str) -> bool {
+    hosts.lines().any(|l| {
+        let l = l.split('#').next().unwrap_or("");
+        l.split_whitespace().skip(1).any(|n| n == name)
+    })
 }
 
 /// Mounts the virtio-fs shares; retries briefly while the device probes.
@@ -315,6 +336,15 @@ pub fn power_off() -> ! {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hosts_file_names() {
+        let hosts = "127.0.0.1 localhost\n# 1.2.3.4 box\n::1 localhost ip6-localhost\n";
+        assert!(hosts_names(hosts, "localhost"));
+        assert!(!hosts_names(hosts, "box"));
+        assert!(!hosts_names(hosts, "127.0.0.1"));
+        assert!(hosts_names("127.0.1.1\tbox\n", "box"));
+    }
 
     #[test]
     fn module_list() {
