@@ -8,6 +8,14 @@
 //! | `agentvm.hostname=NAME` | host name (default `agentvm`) |
 //! | `agentvm.share=TAG:/mount/point[:ro\|:rw]` | mount virtio-fs `TAG` (may repeat; default `rw`) |
 //! | `agentvm.port=N` | vsock port for exec (default 1024) |
+//! | `agentvm.rootfs=TAG:FILE` | switch to a read-only root: mount virtio-fs `TAG` read-only at `/run/agentvm/image`, loop-mount its erofs image `FILE` (or use `FILE` itself when it is a directory) as the lower layer of an overlay, and make that overlay `/`. Absent: the initramfs stays the root |
+//! | `agentvm.upper=tmpfs` | the overlay's writable layer is a tmpfs (the default; gone at power-off) |
+//! | `agentvm.upper=TAG[:FILE]` | the writable layer persists: an ext4 image `FILE` (default `upper.ext4`) on virtio-fs `TAG`, loop-mounted read-write (see `root.rs` for why not the share itself) |
+//! | `agentvm.user=NAME:UID:GID` | the user commands run as when a request names none: created in the root's `/etc/passwd` if missing, with home `/home/NAME` and passwordless sudo. UID 0 is refused (root needs no set-up: leave the key out) |
+//! | `agentvm.tmpfs=/dir` | mount a tmpfs on `/dir` (may repeat): for directories where programs need `O_TMPFILE`, which virtio-fs and the 6.1 overlay lack |
+//!
+//! `TAG`s and `FILE`s are plain names: `FILE` is relative to the share, and
+//! may contain `/` but no `..`, empty, or `.` components.
 //!
 //! Parameters with a dot are not passed to init by the kernel, so the agent
 //! reads them from `/proc/cmdline`.
@@ -51,6 +59,52 @@ pub struct BootConfig {
     pub shares: Vec<Share>,
     /// vsock port for exec.
     pub port: u32,
+    /// The read-only root file system to switch to.
+    pub rootfs: Option<RootFs>,
+    /// The writable layer above it.
+    pub upper: Upper,
+    /// The default user for commands.
+    pub user: Option<UserSpec>,
+    /// Extra tmpfs mount points (absolute).
+    pub tmpfs: Vec<String>,
+}
+
+/// `agentvm.rootfs=TAG:FILE`: where the root file system image is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RootFs {
+    /// The virtio-fs tag of the image directory.
+    pub tag: String,
+    /// The erofs image (or a directory tree), relative to the share.
+    pub file: String,
+}
+
+/// `agentvm.upper=…`: the overlay's writable layer.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Upper {
+    /// A tmpfs (nothing survives power-off).
+    #[default]
+    Tmpfs,
+    /// An ext4 image on a virtio-fs share, loop-mounted.
+    Image {
+        /// The virtio-fs tag of the share holding the image.
+        tag: String,
+        /// The image, relative to the share.
+        file: String,
+    },
+}
+
+/// The image [`Upper::Image`] uses when the key names no file.
+pub const DEFAULT_UPPER_FILE: &str = "upper.ext4";
+
+/// `agentvm.user=NAME:UID:GID`: the default user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserSpec {
+    /// Login name (validated by [`valid_user_name`]).
+    pub name: String,
+    /// User id (never 0, never `u32::MAX`).
+    pub uid: u32,
+    /// Primary group id (never `u32::MAX`).
+    pub gid: u32,
 }
 
 impl Default for BootConfig {
@@ -62,6 +116,10 @@ impl Default for BootConfig {
             hostname: "agentvm".into(),
             shares: Vec::new(),
             port: agentvm_protocol::EXEC_PORT,
+            rootfs: None,
+            upper: Upper::Tmpfs,
+            user: None,
+            tmpfs: Vec::new(),
         }
     }
 }
@@ -96,6 +154,16 @@ pub fn parse(cmdline: &str) -> (BootConfig, Vec<String>) {
             }
             "share" => parse_share(value).map(|s| cfg.shares.push(s)).is_some(),
             "port" => value.parse().map(|p| cfg.port = p).is_ok(),
+            "rootfs" => parse_rootfs(value).map(|r| cfg.rootfs = Some(r)).is_some(),
+            "upper" => parse_upper(value).map(|u| cfg.upper = u).is_some(),
+            "user" => parse_user(value).map(|u| cfg.user = Some(u)).is_some(),
+            "tmpfs" => {
+                let ok = valid_mount_point(value);
+                if ok {
+                    cfg.tmpfs.push(value.to_owned());
+                }
+                ok
+            }
             _ => false,
         };
         if !ok {
@@ -133,6 +201,83 @@ fn parse_share(v: &str) -> Option<Share> {
         tag: tag.to_owned(),
         mount_point: mount_point.to_owned(),
         read_only,
+    })
+}
+
+/// A virtio-fs tag: 1–36 bytes (the device's limit), printable, no `:`.
+fn valid_tag(tag: &str) -> bool {
+    !tag.is_empty() && tag.len() <= 36 && tag.bytes().all(|b| b.is_ascii_graphic() && b != b':')
+}
+
+/// A path relative to a share that cannot leave it: no `..`, `.` or empty
+/// components, no leading `/`, no control characters, and no `:` or `,`
+/// (they separate the key's fields and mount options).
+pub fn valid_relative_path(path: &str) -> bool {
+    !path.is_empty()
+        && path.len() <= 255
+        && !path
+            .bytes()
+            .any(|b| b.is_ascii_control() || b == b':' || b == b',')
+        && path
+            .split('/')
+            .all(|c| !c.is_empty() && c != "." && c != "..")
+}
+
+/// An absolute mount point without `..` components or control characters.
+fn valid_mount_point(path: &str) -> bool {
+    path.len() > 1
+        && path.starts_with('/')
+        && !path.bytes().any(|b| b.is_ascii_control())
+        && path.split('/').all(|c| c != "..")
+}
+
+/// A login name the accounts files, `sudoers` and a home directory path can
+/// all hold: 1–32 bytes of `[A-Za-z0-9._-]`, not starting with `-` or `.`,
+/// not all digits (it would read as a uid).
+pub fn valid_user_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 32
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        && !name.starts_with(['-', '.'])
+        && !name.bytes().all(|b| b.is_ascii_digit())
+}
+
+fn parse_rootfs(v: &str) -> Option<RootFs> {
+    let (tag, file) = v.split_once(':')?;
+    (valid_tag(tag) && valid_relative_path(file)).then(|| RootFs {
+        tag: tag.to_owned(),
+        file: file.to_owned(),
+    })
+}
+
+fn parse_upper(v: &str) -> Option<Upper> {
+    if v == "tmpfs" {
+        return Some(Upper::Tmpfs);
+    }
+    let (tag, file) = v.split_once(':').unwrap_or((v, DEFAULT_UPPER_FILE));
+    (valid_tag(tag) && valid_relative_path(file)).then(|| Upper::Image {
+        tag: tag.to_owned(),
+        file: file.to_owned(),
+    })
+}
+
+/// `NAME:UID:GID`. uid 0 is refused: "the user" exists to not be root, and
+/// root needs no account set-up. `u32::MAX` is `(uid_t)-1`, "no change" to
+/// `setresuid`/`chown`, so it is refused for both ids.
+fn parse_user(v: &str) -> Option<UserSpec> {
+    let mut parts = v.split(':');
+    let name = parts.next().filter(|n| valid_user_name(n))?;
+    let uid: u32 = parts.next()?.parse().ok()?;
+    let gid: u32 = parts.next()?.parse().ok()?;
+    if parts.next().is_some() || uid == 0 || uid == u32::MAX || gid == u32::MAX {
+        return None;
+    }
+    Some(UserSpec {
+        name: name.to_owned(),
+        uid,
+        gid,
     })
 }
 
@@ -212,5 +357,106 @@ mod tests {
             parse("agentvm.ip=192.168.1.9").0.ip,
             IpMode::Static(Ipv4Addr::new(192, 168, 1, 9), 24)
         );
+    }
+
+    #[test]
+    fn root_keys() {
+        let (cfg, w) = parse(
+            "agentvm.rootfs=image:rootfs.erofs agentvm.upper=state \
+             agentvm.user=dev:1000:1001 agentvm.tmpfs=/home/dev/.cache/x",
+        );
+        assert!(w.is_empty(), "{w:?}");
+        assert_eq!(
+            cfg.rootfs,
+            Some(RootFs {
+                tag: "image".into(),
+                file: "rootfs.erofs".into()
+            })
+        );
+        assert_eq!(
+            cfg.upper,
+            Upper::Image {
+                tag: "state".into(),
+                file: DEFAULT_UPPER_FILE.into()
+            }
+        );
+        assert_eq!(
+            cfg.user,
+            Some(UserSpec {
+                name: "dev".into(),
+                uid: 1000,
+                gid: 1001
+            })
+        );
+        assert_eq!(cfg.tmpfs, ["/home/dev/.cache/x"]);
+        let (cfg, w) = parse("agentvm.upper=s:layers/up.img agentvm.rootfs=i:sub/tree");
+        assert!(w.is_empty(), "{w:?}");
+        assert_eq!(
+            cfg.upper,
+            Upper::Image {
+                tag: "s".into(),
+                file: "layers/up.img".into()
+            }
+        );
+        assert_eq!(cfg.rootfs.map(|r| r.file), Some("sub/tree".into()));
+        assert_eq!(parse("agentvm.upper=tmpfs").0.upper, Upper::Tmpfs);
+        assert_eq!(parse("").0.upper, Upper::Tmpfs);
+        // A later valid key wins; the user name may carry dots and dashes.
+        let cfg = parse("agentvm.user=a:1:1 agentvm.user=john.doe-2:4000000000:0").0;
+        assert_eq!(
+            cfg.user,
+            Some(UserSpec {
+                name: "john.doe-2".into(),
+                uid: 4_000_000_000,
+                gid: 0
+            })
+        );
+    }
+
+    #[test]
+    fn root_keys_refuse_malicious_values() {
+        for bad in [
+            "agentvm.rootfs=image",
+            "agentvm.rootfs=:rootfs.erofs",
+            "agentvm.rootfs=image:",
+            "agentvm.rootfs=image:/etc/shadow",
+            "agentvm.rootfs=image:../../etc",
+            "agentvm.rootfs=image:a/./b",
+            "agentvm.rootfs=image:a//b",
+            "agentvm.rootfs=a-tag-that-is-far-too-long-for-virtio-fs:x",
+            "agentvm.upper=",
+            "agentvm.upper=s:../up.img",
+            "agentvm.upper=s:up:img",
+            "agentvm.user=root:0:0",
+            "agentvm.user=dev:0:1000",
+            "agentvm.user=dev:1000",
+            "agentvm.user=dev:1000:1000:x",
+            "agentvm.user=dev:4294967295:1000",
+            "agentvm.user=dev:1000:4294967295",
+            "agentvm.user=dev:4294967296:1000",
+            "agentvm.user=dev:-1:1000",
+            "agentvm.user=dev:99999999999999999999:1",
+            "agentvm.user=:1000:1000",
+            "agentvm.user=a/b:1000:1000",
+            "agentvm.user=../x:1000:1000",
+            "agentvm.user=-rf:1000:1000",
+            "agentvm.user=.hidden:1000:1000",
+            "agentvm.user=1000:1000:1000",
+            "agentvm.user=\"a b:1000:1000\"",
+            "agentvm.user=ALL,x:1000:1000",
+            "agentvm.user=a\u{7}b:1000:1000",
+            "agentvm.user=émile:1000:1000",
+            "agentvm.user=abcdefghijklmnopqrstuvwxyz0123456:1000:1000",
+            "agentvm.tmpfs=relative",
+            "agentvm.tmpfs=/",
+            "agentvm.tmpfs=/a/../etc",
+        ] {
+            let (cfg, w) = parse(bad);
+            assert_eq!(cfg, BootConfig::default(), "{bad}");
+            assert_eq!(w.len(), 1, "{bad}");
+        }
+        // A newline ends the word: the name is cut there and stays valid.
+        let (cfg, _) = parse("agentvm.user=dev\n:1000:1000");
+        assert_eq!(cfg.user, None);
     }
 }

@@ -172,12 +172,33 @@ pub fn set_hostname(name: &str) {
         crate::log!("cannot set host name: {e}");
     }
     let _ = std::fs::create_dir_all("/etc");
-    if !Path::new("/etc/hosts").exists() {
-        let _ = std::fs::write(
-            "/etc/hosts",
-            format!("127.0.0.1\tlocalhost\n127.0.1.1\t{name}\n::1\tlocalhost\n"),
-        );
+    match std::fs::read_to_string("/etc/hosts") {
+        Err(_) => {
+            let _ = std::fs::write(
+                "/etc/hosts",
+                format!("127.0.0.1\tlocalhost\n127.0.1.1\t{name}\n::1\tlocalhost\n"),
+            );
+        }
+        // A root file system's own file: add the name (sudo warns on every
+        // command when the host name does not resolve).
+        Ok(hosts) if !hosts_names(&hosts, name) => {
+            let sep = if hosts.is_empty() || hosts.ends_with('\n') {
+                ""
+            } else {
+                "\n"
+            };
+            let _ = std::fs::write("/etc/hosts", format!("{hosts}{sep}127.0.1.1\t{name}\n"));
+        }
+        Ok(_) => {}
     }
+}
+
+/// Whether an `/etc/hosts` text maps some address to `name`.
+fn hosts_names(hosts: &str, name: &str) -> bool {
+    hosts.lines().any(|l| {
+        let l = l.split('#').next().unwrap_or("");
+        l.split_whitespace().skip(1).any(|n| n == name)
+    })
 }
 
 /// Mounts the virtio-fs shares; retries briefly while the device probes.
@@ -196,25 +217,65 @@ pub fn mount_shares(cfg: &BootConfig) {
 fn mount_share(share: &Share) -> nix::Result<()> {
     std::fs::create_dir_all(&share.mount_point)
         .map_err(|e| nix::Error::from_raw(e.raw_os_error().unwrap_or(0)))?;
-    let mut flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
-    if share.read_only {
+    let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+    mount_virtiofs(
+        &share.tag,
+        Path::new(&share.mount_point),
+        share.read_only,
+        flags,
+    )
+}
+
+/// The guest's [`ShareMounter`](crate::root::ShareMounter): virtio-fs.
+pub struct VirtioFs;
+
+impl crate::root::ShareMounter for VirtioFs {
+    fn mount_share(&self, tag: &str, target: &Path, read_only: bool) -> nix::Result<()> {
+        // The root's layers keep set-uid programs and device nodes working.
+        mount_virtiofs(tag, target, read_only, MsFlags::empty())
+    }
+}
+
+/// Mounts virtio-fs `tag` on `target`; retries for a second while the
+/// device probes.
+fn mount_virtiofs(tag: &str, target: &Path, read_only: bool, flags: MsFlags) -> nix::Result<()> {
+    let mut flags = flags;
+    if read_only {
         flags |= MsFlags::MS_RDONLY;
     }
     let mut last = nix::Error::ENODEV;
     for _ in 0..20 {
-        match mount(
-            Some(share.tag.as_str()),
-            share.mount_point.as_str(),
-            Some("virtiofs"),
-            flags,
-            None::<&str>,
-        ) {
+        match mount(Some(tag), target, Some("virtiofs"), flags, None::<&str>) {
             Ok(()) => return Ok(()),
             Err(e) => last = e,
         }
         std::thread::sleep(Duration::from_millis(50));
     }
     Err(last)
+}
+
+/// Mounts a tmpfs on each of `dirs` (created if missing): mode 1777 like
+/// `/tmp`, or owned by `owner` (mode 0700) when inside its home `home`.
+pub fn mount_tmpfs(dirs: &[String], owner: Option<(&str, u32, u32)>) {
+    for dir in dirs {
+        let data = match owner {
+            Some((home, uid, gid)) if Path::new(dir).starts_with(home) && home != "/" => {
+                format!("mode=0700,uid={uid},gid={gid}")
+            }
+            _ => "mode=1777".to_owned(),
+        };
+        let _ = std::fs::create_dir_all(dir);
+        let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+        if let Err(e) = mount(
+            Some("tmpfs"),
+            dir.as_str(),
+            Some("tmpfs"),
+            flags,
+            Some(data.as_str()),
+        ) {
+            crate::log!("cannot mount a tmpfs on {dir}: {e}");
+        }
+    }
 }
 
 /// Runs the executables in [`STARTUP_DIR`] in name order, waiting for each.
@@ -275,6 +336,15 @@ pub fn power_off() -> ! {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hosts_file_names() {
+        let hosts = "127.0.0.1 localhost\n# 1.2.3.4 box\n::1 localhost ip6-localhost\n";
+        assert!(hosts_names(hosts, "localhost"));
+        assert!(!hosts_names(hosts, "box"));
+        assert!(!hosts_names(hosts, "127.0.0.1"));
+        assert!(hosts_names("127.0.1.1\tbox\n", "box"));
+    }
 
     #[test]
     fn module_list() {

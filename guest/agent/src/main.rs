@@ -6,29 +6,35 @@
 //! protocol ([`agentvm_protocol`]) on vsock port 1024 and prints
 //! `agentvm-guest: ready` on the console.
 //!
-//! `agentvm-guest serve --listen ADDR` serves the same protocol as an ordinary
-//! process (a child subreaper), for tests on the host: ADDR is `unix:PATH`,
-//! `vsock:PORT` or `fd:N` (an inherited listening socket). It prints the same
+//! `agentvm-guest serve --listen ADDR [--root DIR] [--user NAME]` serves the
+//! same protocol as an ordinary process (a child subreaper), for tests on the
+//! host: ADDR is `unix:PATH`, `vsock:PORT` or `fd:N` (an inherited listening
+//! socket); DIR is where `etc/passwd` and `etc/group` are read (default `/`);
+//! NAME is the user requests without one run as (default: the agent's own,
+//! as PID 1 `agentvm.user` sets it). It prints the same
 //! ready line on stdout. A `Poweroff` request (or SIGTERM/SIGINT/SIGHUP) ends
 //! it with status 0 after killing the sessions' process groups.
 //!
 //! Threads: one per session, one that owns signals and reaping (see
 //! [`reaper`]), the accept loop on the main thread.
 
+mod accounts;
 mod cmdline;
 mod dhcp;
 mod init;
+mod loopdev;
 mod net;
 mod reaper;
+mod root;
 mod server;
 mod session;
 mod spawn;
 mod user;
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, OnceLock, PoisonError, RwLock};
 
 use agentvm_protocol::frame::EnvList;
 use nix::sys::signal::{SigSet, Signal};
@@ -46,7 +52,8 @@ pub(crate) use log;
 const READY: &str = "agentvm-guest: ready";
 
 const USAGE: &str = "usage: agentvm-guest [init [--listen ADDR]]   (as PID 1 of the guest)
-       agentvm-guest serve --listen ADDR        (ADDR: unix:PATH, vsock:PORT or fd:N)";
+       agentvm-guest serve --listen ADDR [--root DIR] [--user NAME]
+                                                (ADDR: unix:PATH, vsock:PORT or fd:N)";
 
 /// State shared by all sessions.
 pub struct Agent {
@@ -55,6 +62,8 @@ pub struct Agent {
     root: PathBuf,
     /// Environment from the host's `Configure` (secrets: memory only).
     env: RwLock<EnvList>,
+    /// Who runs requests that name no user (set once, before serving).
+    default_user: OnceLock<String>,
     pid1: bool,
 }
 
@@ -64,8 +73,14 @@ impl Agent {
             reaper: Reaper::default(),
             root: PathBuf::from("/"),
             env: RwLock::new(Vec::new()),
+            default_user: OnceLock::new(),
             pid1,
         }
+    }
+
+    /// The user requests without one run as; `None`: the agent's own.
+    pub fn default_user(&self) -> Option<&str> {
+        self.default_user.get().map(String::as_str)
     }
 
     /// The configured environment.
@@ -105,10 +120,11 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
-        ["serve", "--listen", addr] => match addr.parse::<Listen>() {
-            Ok(at) => run_serve(&at),
+        ["serve", rest @ ..] => match ServeArgs::parse(rest) {
+            Ok(a) => run_serve(a),
             Err(e) => {
                 log!("{e}");
+                eprintln!("{USAGE}");
                 ExitCode::from(2)
             }
         },
@@ -168,13 +184,49 @@ fn announce_ready() {
     let _ = out.flush();
 }
 
-fn run_serve(at: &Listen) -> ExitCode {
+/// `serve`'s options.
+struct ServeArgs {
+    listen: Listen,
+    root: Option<PathBuf>,
+    user: Option<String>,
+}
+
+impl ServeArgs {
+    fn parse(args: &[&str]) -> Result<ServeArgs, String> {
+        let (mut listen, mut root, mut user) = (None, None, None);
+        let mut it = args.iter();
+        while let Some(flag) = it.next() {
+            let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
+            match *flag {
+                "--listen" => listen = Some(value.parse::<Listen>().map_err(|e| e.to_string())?),
+                "--root" => root = Some(PathBuf::from(value)),
+                "--user" => user = Some((*value).to_owned()),
+                _ => return Err(format!("unknown option {flag}")),
+            }
+        }
+        Ok(ServeArgs {
+            listen: listen.ok_or("serve needs --listen")?,
+            root,
+            user,
+        })
+    }
+}
+
+fn run_serve(args: ServeArgs) -> ExitCode {
     let set = block_signals();
     if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
         log!("cannot become a child subreaper: {e}");
     }
-    let agent = Arc::new(Agent::new(false));
+    let mut agent = Agent::new(false);
+    if let Some(root) = args.root {
+        agent.root = root;
+    }
+    if let Some(user) = args.user {
+        let _ = agent.default_user.set(user);
+    }
+    let agent = Arc::new(agent);
     start_signal_thread(&agent, set);
+    let at = &args.listen;
     let listener = match Listener::bind(at) {
         Ok(l) => l,
         Err(e) => {
@@ -207,9 +259,53 @@ fn run_init(listen: Option<Listen>) -> ExitCode {
         log!("{w}");
     }
     init::load_modules();
+    let switched = cfg.rootfs.as_ref().is_some_and(|rootfs| {
+        match root::setup(rootfs, &cfg.upper, &root::Layout::guest(), &init::VirtioFs) {
+            Ok(notes) => {
+                for n in notes {
+                    log!("{n}");
+                }
+                true
+            }
+            Err(e) => {
+                let msg = session::error_chain(&e);
+                log!("{msg}; staying on the initramfs root");
+                false
+            }
+        }
+    });
     init::set_hostname(&cfg.hostname);
     net::configure(&cfg);
     init::mount_shares(&cfg);
+    let account = cfg
+        .user
+        .as_ref()
+        .and_then(|spec| match accounts::ensure(Path::new("/"), spec) {
+            Ok((account, notes)) => {
+                for n in notes {
+                    log!("{n}");
+                }
+                Some(account)
+            }
+            Err(e) => {
+                log!(
+                    "cannot set up user {}: {e}; commands run as root",
+                    spec.name
+                );
+                None
+            }
+        });
+    // The overlay (6.1) and virtio-fs lack O_TMPFILE: /var/tmp gets a tmpfs
+    // like /tmp, and the host may name more directories (agentvm.tmpfs).
+    let mut tmpfs = cfg.tmpfs.clone();
+    if switched {
+        tmpfs.insert(0, "/var/tmp".to_owned());
+    }
+    let owner = account.as_ref().map(|a| (a.home.as_str(), a.uid, a.gid));
+    init::mount_tmpfs(&tmpfs, owner);
+    if let Some(a) = account {
+        let _ = agent.default_user.set(a.name);
+    }
     init::run_startup(&agent.reaper);
     let at = listen.unwrap_or(Listen::Vsock(cfg.port));
     let listener = match Listener::bind(&at) {

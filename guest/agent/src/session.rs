@@ -56,6 +56,7 @@ pub fn serve(conn: OwnedFd, agent: &Arc<Agent>) {
                 &spawn::Defaults {
                     root: &agent.root,
                     env: &defaults,
+                    user: agent.default_user(),
                 },
                 &agent.reaper,
             );
@@ -129,7 +130,8 @@ fn send(w: &mut impl Write, frames: &[Frame]) -> io::Result<()> {
     w.write_all(&out)
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
+/// `e` and its sources, joined by `: `.
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut msg = e.to_string();
     let mut src = e.source();
     while let Some(s) = src {

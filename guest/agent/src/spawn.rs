@@ -62,15 +62,18 @@ pub struct Defaults<'a> {
     pub root: &'a Path,
     /// Environment configured by the host (`Configure` frames).
     pub env: &'a EnvList,
+    /// Who runs a request that names no user (`agentvm.user`); `None`: the
+    /// agent's own user.
+    pub user: Option<&'a str>,
 }
 
 /// Starts `req` as a session leader (its pid is its process group).
 pub fn spawn(req: &Start, defaults: &Defaults<'_>, reaper: &Reaper) -> Result<Spawned, SpawnError> {
     let current_uid = Uid::current().as_raw();
-    let (user, switch) = match &req.user {
+    let (user, switch) = match req.user.as_deref().or(defaults.user) {
         Some(spec) => {
             let u = user::lookup_in(defaults.root, spec)
-                .ok_or_else(|| SpawnError::UnknownUser(spec.clone()))?;
+                .ok_or_else(|| SpawnError::UnknownUser(spec.to_owned()))?;
             let switch = u.uid != current_uid;
             (u, switch)
         }
@@ -86,6 +89,11 @@ pub fn spawn(req: &Start, defaults: &Defaults<'_>, reaper: &Reaper) -> Result<Sp
         (b"USER", user.name.as_bytes()),
         (b"LOGNAME", user.name.as_bytes()),
         (b"SHELL", user.shell.as_bytes()),
+        (b"LANG", b"C.UTF-8"),
+        // The VM is the sandbox: agents that refuse to skip their permission
+        // prompts outside one (Claude Code's --dangerously-skip-permissions)
+        // read this.
+        (b"IS_SANDBOX", b"1"),
     ];
     if req.tty.is_some() {
         env.push((b"TERM", b"xterm-256color"));

@@ -1,7 +1,7 @@
 //! The default guest image: Debian's cloud kernel (bzImage, and the vmlinux
 //! extracted from it), an initramfs whose `/init` is the static agentvm
-//! guest agent with busybox and the virtio/vsock/fuse/overlay modules
-//! beside it, and the default kernel command line.
+//! guest agent with busybox and the virtio/vsock/fuse/overlay/loop/erofs/ext4
+//! modules beside it, and the default kernel command line.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -37,6 +37,14 @@ pub const GUEST_MODULES: &[&str] = &[
     "vmw_vsock_virtio_transport_common",
     "vmw_vsock_virtio_transport",
     "overlay",
+    // The read-only root (`agentvm.rootfs`): an erofs image on a loop device.
+    "loop",
+    "erofs",
+    // The persistent writable layer (`agentvm.upper=TAG`): an ext4 image.
+    // crc32c for ext4 images made with metadata checksums (the kernel asks
+    // for the algorithm through modprobe, which the initramfs does not have).
+    "crc32c_generic",
+    "ext4",
     "pvpanic",
     "pvpanic_mmio",
 ];
@@ -474,6 +482,9 @@ mod tests {
         assert_eq!(r.kernel, KernelSource::Apt(KERNEL_META.into()));
         assert_eq!(r.busybox, BusyboxSource::Apt);
         assert!(r.modules.iter().any(|m| m == "vmw_vsock_virtio_transport"));
+        for m in ["overlay", "loop", "erofs", "ext4"] {
+            assert!(r.modules.iter().any(|x| x == m), "{m}");
+        }
         assert!(r.cmdline.starts_with("console=ttyS0"));
     }
 }

@@ -54,7 +54,9 @@ pub struct Start {
     pub env: EnvList,
     /// Working directory; the user's home directory (or `/`) when absent.
     pub cwd: Option<Vec<u8>>,
-    /// User name or numeric uid to run as; the agent's own user when absent.
+    /// User name or numeric uid to run as. When absent: the guest's default
+    /// user (`agentvm.user` on the kernel command line), or the agent's own
+    /// user (root) if there is none. `Some("root")` always means root.
     pub user: Option<String>,
     /// Run on a new pseudo-terminal of this size instead of pipes.
     pub tty: Option<WinSize>,

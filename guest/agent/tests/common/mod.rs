@@ -18,12 +18,18 @@ pub struct Agent {
 
 impl Agent {
     pub fn start() -> Agent {
+        Agent::start_with(&[])
+    }
+
+    /// `serve` with extra options (`--root DIR`, `--user NAME`).
+    pub fn start_with(extra: &[&str]) -> Agent {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("agent.sock");
         let mut child = Command::new(env!("CARGO_BIN_EXE_agentvm-guest"))
             .arg("serve")
             .arg("--listen")
             .arg(format!("unix:{}", socket.display()))
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .spawn()
