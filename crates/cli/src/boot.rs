@@ -122,11 +122,26 @@ pub fn run(args: BootArgs) -> anyhow::Result<ExitCode> {
         .prefix("agentvm-")
         .tempdir()
         .context("cannot create a state directory for the shares")?;
+    // An image with a root file system: the guest boots into it.
+    let mut shares = args.share.clone();
+    if args.kernel.is_none() {
+        if let Ok(image) = crate::image::load(args.image.as_deref()) {
+            if image.has_rootfs {
+                shares.push(crate::share::ShareSpec {
+                    dir: image.dir,
+                    tag: "agentvm-root".into(),
+                    read_only: true,
+                    target: None,
+                    root_image: true,
+                });
+            }
+        }
+    }
     let vm = build_vm(VmSpec {
         kernel,
         memory_mib: args.memory,
         vcpus: args.vcpus,
-        shares: &args.share,
+        shares: &shares,
         state_dir: state.path(),
         vsock: args.vsock.as_deref(),
         cid: args.cid,

@@ -56,7 +56,15 @@ pub struct ImageFiles {
     pub initrd: PathBuf,
     /// The kernel command line.
     pub cmdline: String,
+    /// Whether the image has a root file system ([`ROOTFS`]): the guest then
+    /// boots into it (read-only, a writable layer above) instead of
+    /// staying on the initramfs.
+    pub has_rootfs: bool,
 }
+
+/// The image directory's root file system (erofs), shared read-only with
+/// the guest, which loop-mounts it as its root.
+pub const ROOTFS: &str = "rootfs.erofs";
 
 /// The image in `dir`, or in the default directory.
 pub fn load(dir: Option<&Path>) -> anyhow::Result<ImageFiles> {
@@ -94,6 +102,7 @@ pub fn load(dir: Option<&Path>) -> anyhow::Result<ImageFiles> {
         dir: dir.clone(),
         initrd: dir.join(files::INITRD),
         cmdline: cmdline.trim().to_string(),
+        has_rootfs: dir.join(ROOTFS).is_file(),
     })
 }
 

@@ -36,6 +36,61 @@ fn xdg(var: &str) -> Option<PathBuf> {
         .filter(|p| p.is_absolute())
 }
 
+/// The user commands in the guest run as: this host's user (name, uid,
+/// gid), so files they create in shares are the user's on the host; `None`
+/// when agentvm runs as root (the guest's commands then run as root).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuestUser {
+    /// Login name: the host's, when it is a portable name, else `user`.
+    pub name: String,
+    /// User id.
+    pub uid: u32,
+    /// Primary group id.
+    pub gid: u32,
+}
+
+impl GuestUser {
+    /// This process's user, unless root.
+    pub fn detect() -> Option<GuestUser> {
+        let uid = nix::unistd::getuid();
+        if uid.is_root() {
+            return None;
+        }
+        let name = nix::unistd::User::from_uid(uid)
+            .ok()
+            .flatten()
+            .map(|u| u.name)
+            .filter(|n| is_portable_name(n))
+            .unwrap_or_else(|| "user".to_string());
+        Some(GuestUser {
+            name,
+            uid: uid.as_raw(),
+            gid: nix::unistd::getgid().as_raw(),
+        })
+    }
+
+    /// Its home in the guest.
+    pub fn home(&self) -> PathBuf {
+        Path::new("/home").join(&self.name)
+    }
+
+    /// The guest agent's `agentvm.user=` value.
+    pub fn cmdline_value(&self) -> String {
+        format!("{}:{}:{}", self.name, self.uid, self.gid)
+    }
+}
+
+/// A user name every guest accepts: `[A-Za-z0-9._-]`, 1 to 32 characters,
+/// not starting with `-` or `.`, not all digits.
+fn is_portable_name(n: &str) -> bool {
+    !n.is_empty()
+        && n.len() <= 32
+        && !n.starts_with(['-', '.'])
+        && !n.chars().all(|c| c.is_ascii_digit())
+        && n.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+}
+
 /// `$HOME`, when set.
 fn home() -> Option<PathBuf> {
     std::env::var_os("HOME")
@@ -79,6 +134,33 @@ mod tests {
         assert!(a.chars().all(|c| c.is_ascii_hexdigit()));
         assert_ne!(a, b);
         assert_eq!(a, workspace_id(Path::new("/home/u/a/api")));
+    }
+
+    #[test]
+    fn only_portable_names_reach_the_guest() {
+        for ok in ["alice", "a.b_c-1", "x"] {
+            assert!(is_portable_name(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "-x",
+            ".x",
+            "1000",
+            "a b",
+            "a:b",
+            "a\nb",
+            "é",
+            &"x".repeat(33),
+        ] {
+            assert!(!is_portable_name(bad), "{bad:?}");
+        }
+        let u = GuestUser {
+            name: "alice".into(),
+            uid: 1000,
+            gid: 100,
+        };
+        assert_eq!(u.home(), Path::new("/home/alice"));
+        assert_eq!(u.cmdline_value(), "alice:1000:100");
     }
 
     #[test]

@@ -17,7 +17,14 @@ pub struct ShareSpec {
     pub read_only: bool,
     /// Where the guest agent mounts it [default: `dir`, the same path].
     pub target: Option<PathBuf>,
+    /// The guest image's directory: the agent mounts its [`ROOTFS`] file as
+    /// the guest's root (`agentvm.rootfs=`), not the directory at a path;
+    /// read-only and cached in full (the host never changes an image).
+    pub root_image: bool,
 }
+
+/// The root file system's file in a root image share.
+pub use crate::image::ROOTFS;
 
 impl std::str::FromStr for ShareSpec {
     type Err = String;
@@ -45,6 +52,7 @@ impl std::str::FromStr for ShareSpec {
             tag: tag.to_string(),
             read_only,
             target: None,
+            root_image: false,
         })
     }
 }
@@ -53,6 +61,9 @@ impl ShareSpec {
     /// The guest agent's command-line entry: mount `tag` at the target
     /// (the host path unless the share says otherwise).
     pub fn cmdline_entry(&self) -> anyhow::Result<String> {
+        if self.root_image {
+            return Ok(format!("agentvm.rootfs={}:{ROOTFS}", self.tag));
+        }
         let target = self.target.as_deref().unwrap_or(&self.dir);
         let Some(target) = target.to_str() else {
             bail!("--share {}: the path is not UTF-8", target.display());
@@ -88,7 +99,10 @@ pub fn devices(shares: &[ShareSpec], state_dir: &Path) -> anyhow::Result<Vec<Vir
         .iter()
         .map(|s| {
             let mut config = FsConfig::new(&s.tag, &s.dir, state_dir);
-            config.read_only = s.read_only;
+            config.read_only = s.read_only || s.root_image;
+            if s.root_image {
+                config.cache = agentvm_devices::virtio::fs::CacheMode::Always;
+            }
             VirtioFs::new(config).map_err(|e| match e {
                 // Already one line that names what to install.
                 FsError::Locate(e) => anyhow::anyhow!("--share: {e}"),

@@ -276,7 +276,8 @@ fn run_init(listen: Option<Listen>) -> ExitCode {
     });
     init::set_hostname(&cfg.hostname);
     net::configure(&cfg);
-    init::mount_shares(&cfg);
+    // The user (and so their home) before the shares: plugins mount agent
+    // homes inside it, and a home made by those mounts would be root's.
     let account = cfg
         .user
         .as_ref()
@@ -295,6 +296,7 @@ fn run_init(listen: Option<Listen>) -> ExitCode {
                 None
             }
         });
+    init::mount_shares(&cfg);
     // The overlay (6.1) and virtio-fs lack O_TMPFILE: /var/tmp gets a tmpfs
     // like /tmp, and the host may name more directories (agentvm.tmpfs).
     let mut tmpfs = cfg.tmpfs.clone();

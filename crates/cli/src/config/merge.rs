@@ -293,6 +293,7 @@ mod tests {
             cpus: 2,
             memory_mib: 1000,
             data_dir: None,
+            guest_user: None,
         };
         let resolve = |f: Fragment| f.resolve(Path::new("/w"), None, "w".into(), vec![], &host);
         assert_eq!(resolve(Fragment::default()).network.ports, [80, 443]);

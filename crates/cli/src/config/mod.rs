@@ -58,8 +58,8 @@ pub const MIN_DEFAULT_MEMORY_MIB: u64 = 4096;
 pub const MIN_MEMORY_MIB: u64 = 128;
 /// Destination ports `filtered` mode allows when no file lists any.
 pub const DEFAULT_PORTS: [u16; 2] = [80, 443];
-/// The guest user's home, where plugins mount state directories.
-pub const GUEST_HOME: &str = "/root";
+/// The guest's home when commands run as root (agentvm run as root).
+pub const ROOT_HOME: &str = "/root";
 
 /// Everything `up` needs to know, with defaults applied and paths absolute.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -374,6 +374,8 @@ pub struct Host {
     /// agentvm's data directory ([`crate::paths::data_dir`]), where agent
     /// homes live by default.
     pub data_dir: Option<PathBuf>,
+    /// Who commands in the guest run as (`None`: root).
+    pub guest_user: Option<crate::paths::GuestUser>,
 }
 
 impl Host {
@@ -386,12 +388,21 @@ impl Host {
             cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
             memory_mib: host_memory_mib().unwrap_or(2 * MIN_DEFAULT_MEMORY_MIB),
             data_dir: crate::paths::data_dir(),
+            guest_user: crate::paths::GuestUser::detect(),
         }
     }
 
     /// Default vCPUs: every CPU, within what a VM can have.
     pub fn default_vcpus(&self) -> u8 {
         u8::try_from(self.cpus.max(1)).unwrap_or(u8::MAX)
+    }
+
+    /// The home of the user commands in the guest run as, where plugins
+    /// mount the agents' state.
+    pub fn guest_home(&self) -> PathBuf {
+        self.guest_user
+            .as_ref()
+            .map_or_else(|| PathBuf::from(ROOT_HOME), |u| u.home())
     }
 
     /// Default memory limit: half the host's, at least 4 GiB.
@@ -483,10 +494,12 @@ pub fn resolve(
         (Some(g), Some(src)) => validate::git_hooks(g, src)?,
         _ => GitHooks::default(),
     };
+    let guest_home = host.guest_home();
     let ctx = validate::Context {
         workspace,
         home,
         agent_home: agent_home.as_deref(),
+        guest_home: &guest_home,
     };
     let mut merged = merge::Fragment::defaults(workspace);
     let mut plugin_names = Vec::new();

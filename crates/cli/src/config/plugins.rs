@@ -28,7 +28,7 @@ use super::env::{EnvEntry, EnvValue};
 use super::load::{ConfigError, Source};
 use super::merge::Fragment;
 use super::validate::{self, expand_home, Context};
-use super::{Mount, Origin, PluginFile, Seed, GUEST_HOME};
+use super::{Mount, Origin, PluginFile, Seed};
 use sha2::Digest;
 
 /// A built-in plugin.
@@ -50,7 +50,7 @@ pub struct BuiltIn {
     pub domains: &'static [&'static str],
     /// Host variables passed through to the guest under the same name.
     pub pass_env: &'static [&'static str],
-    /// Guest variables set to fixed values.
+    /// Guest variables set to fixed values (`~/` is the guest's home).
     pub set_env: &'static [(&'static str, &'static str)],
     /// State directories: each a path under the agent home on the host,
     /// mounted at the same path under the guest's home.
@@ -89,7 +89,7 @@ pub const BUILT_INS: &[BuiltIn] = &[
         ],
         // Claude Code keeps its settings file beside (not in) ~/.claude
         // unless told otherwise; a directory can be mounted, a file cannot.
-        set_env: &[("CLAUDE_CONFIG_DIR", "/root/.claude")],
+        set_env: &[("CLAUDE_CONFIG_DIR", "~/.claude")],
         state_dirs: &[StateDir {
             path: ".claude",
             credentials: &[".credentials.json"],
@@ -193,6 +193,7 @@ impl BuiltIn {
         &self,
         agent_home: Option<&Path>,
         home: Option<&Path>,
+        guest_home: &Path,
     ) -> Result<Fragment, String> {
         let origin = Origin::BuiltIn(self.name);
         let mut mounts = Vec::new();
@@ -206,7 +207,7 @@ impl BuiltIn {
             };
             mounts.push(Mount {
                 source: agent_home.join(dir.path),
-                target: Path::new(GUEST_HOME).join(dir.path),
+                target: guest_home.join(dir.path),
                 read_only: false,
                 create: true,
                 origin: origin.clone(),
@@ -226,7 +227,11 @@ impl BuiltIn {
             .map(|v| ((*v).to_string(), entry(EnvValue::host(v))))
             .collect();
         for (k, v) in self.set_env {
-            env.insert((*k).to_string(), entry(EnvValue::literal(v)));
+            let value = match v.strip_prefix("~/") {
+                Some(rest) => guest_home.join(rest).to_string_lossy().into_owned(),
+                None => (*v).to_string(),
+            };
+            env.insert((*k).to_string(), entry(EnvValue::literal(&value)));
         }
         Ok(Fragment {
             mounts,
@@ -248,7 +253,7 @@ pub fn load(
     if !is_file(name) {
         let b = built_in(name).ok_or_else(|| src.error(entry.span(), unknown_message(name)))?;
         return b
-            .fragment(ctx.agent_home, ctx.home)
+            .fragment(ctx.agent_home, ctx.home, ctx.guest_home)
             .map(|f| (f, None))
             .map_err(|why| src.error(entry.span(), why));
     }

@@ -36,6 +36,7 @@ impl Ws {
             cpus: 6,
             memory_mib: 16000,
             data_dir: Some(self.data.clone()),
+            guest_user: None,
         }
     }
 
@@ -130,6 +131,7 @@ fn memory_and_cpu_defaults_follow_the_host() {
             cpus,
             memory_mib,
             data_dir: None,
+            guest_user: None,
         };
         assert_eq!(host.default_vcpus(), vcpus, "{cpus}");
         assert_eq!(host.default_memory_mib(), mem, "{memory_mib}");
@@ -381,7 +383,9 @@ fn built_in_plugins_bring_domains_credentials_state_and_install() {
 fn every_built_in_is_valid() {
     let ws = Ws::new();
     for b in plugins::BUILT_INS {
-        let f = b.fragment(Some(&ws.data), Some(&ws.home)).unwrap();
+        let f = b
+            .fragment(Some(&ws.data), Some(&ws.home), Path::new("/root"))
+            .unwrap();
         for d in &f.domains {
             assert_eq!(
                 validate::check_domain(d).as_deref(),
@@ -398,7 +402,9 @@ fn every_built_in_is_valid() {
         assert!(!f.mounts.is_empty() && f.mounts.iter().all(|m| m.create));
         assert!(ws.ok(&format!("plugins = [{:?}]", b.name)).plugins == [b.name]);
         assert!(f.mounts.iter().all(|m| m.source.starts_with(&ws.data)));
-        let no_home = b.fragment(None, Some(&ws.home)).unwrap_err();
+        let no_home = b
+            .fragment(None, Some(&ws.home), Path::new("/root"))
+            .unwrap_err();
         assert!(
             no_home.contains("HOME nor XDG_DATA_HOME is set"),
             "{no_home}"
@@ -705,6 +711,7 @@ fn missing_home_is_said_where_it_matters() {
     let host = Host {
         home: None,
         data_dir: None,
+        guest_user: None,
         ..ws.host()
     };
     let e = resolve(&ws.dir, Some(&src), &host).unwrap_err();
@@ -1068,4 +1075,27 @@ fn package_lists_merge_and_refuse_what_is_not_a_name() {
     ] {
         ws.ok(&format!("npm = [{good:?}]"));
     }
+}
+
+#[test]
+fn agent_state_is_mounted_in_the_guest_users_home() {
+    let ws = Ws::new();
+    let host = Host {
+        guest_user: Some(crate::paths::GuestUser {
+            name: "alice".into(),
+            uid: 1000,
+            gid: 1000,
+        }),
+        ..ws.host()
+    };
+    let src = Source::new(&config_path(&ws.dir), "plugins = [\"claude-code\"]".into());
+    let c = resolve(&ws.dir, Some(&src), &host).unwrap();
+    assert_eq!(c.mounts[1].target, Path::new("/home/alice/.claude"));
+    assert_eq!(
+        c.env["CLAUDE_CONFIG_DIR"].value,
+        EnvValue::literal("/home/alice/.claude")
+    );
+    // Run as root, the guest's commands are root's.
+    let c = ws.ok("plugins = [\"claude-code\"]");
+    assert_eq!(c.mounts[1].target, Path::new("/root/.claude"));
 }

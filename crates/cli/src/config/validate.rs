@@ -25,6 +25,8 @@ pub struct Context<'a> {
     pub home: Option<&'a Path>,
     /// The workspace's agent home, where built-in plugins keep their state.
     pub agent_home: Option<&'a Path>,
+    /// The home of the guest's user, where plugins mount that state.
+    pub guest_home: &'a Path,
 }
 
 type Result<T> = std::result::Result<T, ConfigError>;

@@ -343,6 +343,13 @@ pub struct Snapshot {
     pub post_down: Vec<String>,
     /// Host commands before the VM stops (`down` runs them).
     pub pre_down: Vec<String>,
+    /// The image directory whose root file system the guest boots into
+    /// (shared read-only), when the image has one.
+    #[serde(default)]
+    pub root_image: Option<PathBuf>,
+    /// The guest user (`NAME:UID:GID`) commands run as; root when `None`.
+    #[serde(default)]
+    pub user: Option<String>,
     /// Repositories whose git hooks and settings `up` recorded (in
     /// `git/<index>` of the state directory), to undo what the guest adds.
     #[serde(default)]
@@ -392,6 +399,8 @@ impl Snapshot {
             pre_down: cfg.hooks.pre_down.clone(),
             post_down: cfg.hooks.post_down.clone(),
             guarded: git_guard::repos(cfg),
+            root_image: None,
+            user: crate::paths::GuestUser::detect().map(|u| u.cmdline_value()),
         }
     }
 

@@ -79,7 +79,13 @@ pub fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         cfg.initrd.clone(),
         None,
     )?;
-    let snap = Snapshot::new(&cfg, kernel.kernel, kernel.initrd, kernel.cmdline);
+    let mut snap = Snapshot::new(&cfg, kernel.kernel, kernel.initrd, kernel.cmdline);
+    if cfg.kernel.is_none() {
+        snap.root_image = crate::image::load(cfg.image.as_deref())
+            .ok()
+            .filter(|i| i.has_rootfs)
+            .map(|i| i.dir);
+    }
 
     make_private(&root)?;
     let lock = RootLock::take(&root)?;

@@ -25,6 +25,9 @@ use super::StateDir;
 use crate::boot::{build_vm, KernelChoice, NetSpec, VmSpec};
 use crate::share::ShareSpec;
 
+/// The virtio-fs tag of the guest image's directory.
+const ROOT_IMAGE_TAG: &str = "agentvm-root";
+
 /// The line the guest agent prints on the console once it serves.
 pub const READY_LINE: &[u8] = b"agentvm-guest: ready";
 /// How long `stop` waits for the agent to take a power-off request.
@@ -67,8 +70,20 @@ pub fn run(args: VmmArgs) -> anyhow::Result<ExitCode> {
             tag: format!("agentvm{i}"),
             read_only: m.read_only,
             target: Some(m.target.clone()),
+            root_image: false,
         })
+        .chain(snap.root_image.iter().map(|dir| ShareSpec {
+            dir: dir.clone(),
+            tag: ROOT_IMAGE_TAG.into(),
+            read_only: true,
+            target: None,
+            root_image: true,
+        }))
         .collect();
+    let mut cmdline = snap.cmdline.clone();
+    if let Some(user) = &snap.user {
+        cmdline.push_str(&format!(" agentvm.user={user}"));
+    }
     let vsock = state.vsock();
     let net = match snap.policy.mode {
         agentvm_net::Mode::Off => None,
@@ -86,7 +101,7 @@ pub fn run(args: VmmArgs) -> anyhow::Result<ExitCode> {
         kernel: KernelChoice {
             kernel: snap.kernel.clone(),
             initrd: snap.initrd.clone(),
-            cmdline: snap.cmdline.clone(),
+            cmdline,
         },
         memory_mib: snap.memory_mib,
         vcpus: snap.vcpus,

@@ -28,6 +28,7 @@ impl Ws {
             cpus: 2,
             memory_mib: 8192,
             data_dir: Some(self.root.join("data")),
+            guest_user: None,
         }
     }
 
