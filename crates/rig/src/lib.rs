@@ -31,6 +31,7 @@
 
 pub mod binaries;
 pub mod image;
+pub mod mock_llm;
 pub mod runner;
 pub mod scenario;
 pub mod stamp;
