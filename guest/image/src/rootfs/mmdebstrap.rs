@@ -188,7 +188,15 @@ pub struct AgentsRun<'a> {
     pub npm: &'a [String],
     /// Where the hooks write the image and the facts for the manifest.
     pub out_dir: &'a Path,
+    /// The host's CA bundle, trusted by npm in the chroot for the install
+    /// only (hosts behind a TLS-inspecting proxy), never left in the image.
+    pub host_ca: Option<&'a Path>,
+    /// Proxy variables passed to npm (`HTTPS_PROXY=…`).
+    pub proxy_env: Vec<(String, String)>,
 }
+
+/// Where the host's CA bundle sits in the chroot during the agents run.
+const CHROOT_CA: &str = "/tmp/agentvm-host-ca.crt";
 
 /// Files the agents run writes into its `out_dir`.
 pub mod out {
@@ -209,6 +217,19 @@ pub mod out {
 /// A command run in the chroot as root with a clean environment.
 fn in_chroot(cmd: &str) -> String {
     format!("chroot \"$1\" env -i HOME=/root PATH={CHROOT_PATH} LANG=C.UTF-8 {cmd}")
+}
+
+/// Like [`in_chroot`], with the network settings npm needs.
+fn in_chroot_net(r: &AgentsRun<'_>, cmd: &str) -> String {
+    let mut env = String::new();
+    if r.host_ca.is_some() {
+        env.push_str(&format!("NODE_EXTRA_CA_CERTS={CHROOT_CA} "));
+    }
+    for (k, v) in &r.proxy_env {
+        env.push_str(&sh_quote(&format!("{k}={v}")));
+        env.push(' ');
+    }
+    in_chroot(&format!("{env}{cmd}"))
 }
 
 /// `mkfs.erofs` arguments for `tree` → `image`: LZ4HC, per-file mtimes
@@ -248,8 +269,17 @@ pub fn agents_args(r: &AgentsRun<'_>) -> Vec<String> {
          ../lib/node_modules/npm/bin/npx-cli.js {node_dir}/bin/npx",
         sh_path(r.npm_tgz)
     ));
+    if let Some(ca) = r.host_ca {
+        a.push(format!(
+            "--customize-hook=cp {} \"$1\"{CHROOT_CA}",
+            sh_path(ca)
+        ));
+    }
     if !r.npm.is_empty() {
-        a.push(format!("--customize-hook={}", npm_install(r.npm)));
+        a.push(format!(
+            "--customize-hook={}",
+            in_chroot_net(r, &npm_install(r.npm))
+        ));
     }
     a.push(format!(
         "--customize-hook={} > {}",
@@ -288,19 +318,23 @@ pub fn agents_args(r: &AgentsRun<'_>) -> Vec<String> {
          \"$1\"/etc/resolv.conf \"$1\"/etc/hostname"
             .to_string(),
     );
-    let erofs = mkfs_erofs_args(&r.out_dir.join(out::EROFS).to_string_lossy(), "$1");
+    // mkfs.erofs reads the tree through a non-recursive bind mount: the
+    // /proc, /sys and /dev mounts mmdebstrap made in it are not there (it
+    // would read their extended attributes before excluding them).
+    let erofs = mkfs_erofs_args(&r.out_dir.join(out::EROFS).to_string_lossy(), "$m");
     let erofs: Vec<String> = erofs
         .iter()
         .map(|x| {
-            if x == "$1" {
-                "\"$1\"".to_string()
+            if x == "$m" {
+                "\"$m\"".to_string()
             } else {
                 sh_quote(x)
             }
         })
         .collect();
     a.push(format!(
-        "--customize-hook=du -sbx \"$1\" | cut -f1 > {} && mkfs.erofs {}",
+        "--customize-hook=m=$(mktemp -d) && mount --bind \"$1\" \"$m\" && {{ du -sbx \"$m\" | \
+         cut -f1 > {} && mkfs.erofs {}; rc=$?; umount \"$m\"; rmdir \"$m\"; exit $rc; }}",
         out(out::TREE_BYTES),
         erofs.join(" ")
     ));
@@ -308,15 +342,44 @@ pub fn agents_args(r: &AgentsRun<'_>) -> Vec<String> {
     a
 }
 
-/// `npm install -g` in the chroot, each package's install scripts allowed
-/// (npm 11 skips them for global installs otherwise, and the agents fetch
-/// or link their native executables there).
+/// `npm install -g`, each package's install scripts allowed (npm 11
+/// skips them for global installs otherwise, and the agents fetch or link
+/// their native executables there).
 pub fn npm_install(npm: &[String]) -> String {
     let names: Vec<&str> = npm.iter().map(|s| npm_name(s)).collect();
     let specs: Vec<String> = npm.iter().map(|s| sh_quote(s)).collect();
-    in_chroot(&format!(
+    format!(
         "npm install -g --no-fund --no-audit --no-update-notifier --allow-scripts={} {}",
         sh_quote(&names.join(",")),
         specs.join(" ")
-    ))
+    )
+}
+
+/// The host's CA bundle for the build's downloads: `$NODE_EXTRA_CA_CERTS`,
+/// `$SSL_CERT_FILE`, else Debian's bundle, whichever exists first.
+pub fn host_ca_bundle() -> Option<std::path::PathBuf> {
+    ["NODE_EXTRA_CA_CERTS", "SSL_CERT_FILE"]
+        .iter()
+        .filter_map(std::env::var_os)
+        .map(std::path::PathBuf::from)
+        .chain([std::path::PathBuf::from(
+            "/etc/ssl/certs/ca-certificates.crt",
+        )])
+        .find(|p| p.is_file())
+}
+
+/// The host's proxy settings, passed on to npm.
+pub fn proxy_env() -> Vec<(String, String)> {
+    [
+        "HTTPS_PROXY",
+        "https_proxy",
+        "HTTP_PROXY",
+        "http_proxy",
+        "NO_PROXY",
+        "no_proxy",
+    ]
+    .iter()
+    .filter_map(|k| Some((k.to_string(), std::env::var(k).ok()?)))
+    .filter(|(_, v)| !v.is_empty())
+    .collect()
 }

@@ -332,6 +332,7 @@ impl Rootfs {
         };
         let node_tgz = NODE.fetch(cache)?;
         let npm_tgz = NPM.fetch(cache)?;
+        let host_ca = mmdebstrap::host_ca_bundle();
         let dir = layer(
             cache,
             "agents",
@@ -346,6 +347,8 @@ impl Rootfs {
                     npm_tgz: &npm_tgz,
                     npm: &recipe.npm,
                     out_dir: tmp,
+                    host_ca: host_ca.as_deref(),
+                    proxy_env: mmdebstrap::proxy_env(),
                 });
                 run::mmdebstrap(&args, p)?;
                 let manifest = run::collect_manifest(tmp, &keys, &version, &recipe)?;
@@ -461,7 +464,7 @@ pub fn list(cache: &Cache) -> Vec<CachedLayer> {
             })
         })
         .collect();
-    out.sort_by(|a, b| b.modified.cmp(&a.modified));
+    out.sort_by_key(|l| std::cmp::Reverse(l.modified));
     out
 }
 

@@ -125,11 +125,17 @@ fn agents_command_line() {
         npm_tgz: Path::new("/c/npm.tgz"),
         npm: &npm,
         out_dir: Path::new("/c/out"),
+        host_ca: Some(Path::new("/etc/ca.crt")),
+        proxy_env: vec![("HTTPS_PROXY".into(), "http://p:3128".into())],
     });
     let all = a.join("\n");
     assert!(a.iter().any(|x| x.starts_with("--skip=update")));
     assert!(all.contains("-xzf '/c/node.tgz' package/bin/node"), "{all}");
     assert!(all.contains("ln -sf ../lib/node_modules/npm/bin/npm-cli.js \"$1\"/usr/local/bin/npm"));
+    assert!(all.contains("cp '/etc/ca.crt' \"$1\"/tmp/agentvm-host-ca.crt"));
+    assert!(all.contains(
+        "NODE_EXTRA_CA_CERTS=/tmp/agentvm-host-ca.crt 'HTTPS_PROXY=http://p:3128' npm install -g"
+    ));
     assert!(all.contains(
         "npm install -g --no-fund --no-audit --no-update-notifier \
          --allow-scripts='@anthropic-ai/claude-code,left-pad' '@anthropic-ai/claude-code' 'left-pad@1'"
@@ -138,21 +144,22 @@ fn agents_command_line() {
     assert!(all.contains("claude --version"));
     assert!(!all.contains("left-pad --version"));
     assert!(all.contains("mkfs.erofs '--quiet' '-zlz4hc'"), "{all}");
-    assert!(all.contains("'/c/out/rootfs.erofs' \"$1\""), "{all}");
+    assert!(all.contains("'/c/out/rootfs.erofs' \"$m\""), "{all}");
+    assert!(all.contains("mount --bind \"$1\" \"$m\""), "{all}");
     assert_eq!(a[a.len() - 4..a.len() - 3], ["/dev/null".to_string()]);
     // No npm packages: Node and npm only, no install.
     let none = mmdebstrap::agents_args(&AgentsRun {
+        mode: Mode::Root,
+        packages_tar: Path::new("/p"),
+        node_tgz: Path::new("/n"),
+        npm_tgz: Path::new("/m"),
         npm: &[],
-        ..AgentsRun {
-            mode: Mode::Root,
-            packages_tar: Path::new("/p"),
-            node_tgz: Path::new("/n"),
-            npm_tgz: Path::new("/m"),
-            npm: &[],
-            out_dir: Path::new("/o"),
-        }
+        out_dir: Path::new("/o"),
+        host_ca: None,
+        proxy_env: vec![],
     });
-    assert!(!none.join("\n").contains("npm install"));
+    let none = none.join("\n");
+    assert!(!none.contains("npm install") && !none.contains("host-ca"));
 }
 
 #[test]
