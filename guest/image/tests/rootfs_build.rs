@@ -75,6 +75,37 @@ fn rootfs_builds_and_is_cached() {
     if let Ok(out) = out {
         let text = String::from_utf8_lossy(&out.stdout);
         eprintln!("{text}");
-        assert!(text.contains("Uid: 0   Gid: 0  Access: 4755"), "{text}");
+        // dump.erofs 1.5 shows the permission bits only; the mount below
+        // checks the set-uid bit.
+        assert!(text.contains("Uid: 0   Gid: 0"), "{text}");
+    }
+    // As root, mount the image and run the agent from it.
+    let mnt = tempfile::tempdir().unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "erofs", "-o", "loop,ro"])
+        .arg(&fs.erofs)
+        .arg(mnt.path())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        eprintln!("skipped the mounted checks: cannot mount the erofs image here");
+        return;
+    }
+    use std::os::unix::fs::MetadataExt;
+    let sudo = std::fs::metadata(mnt.path().join("usr/bin/sudo")).unwrap();
+    let shadow = std::fs::metadata(mnt.path().join("etc/shadow")).unwrap();
+    let claude = Command::new("chroot")
+        .arg(mnt.path())
+        .args(["/usr/local/bin/claude", "--version"])
+        .output();
+    let _ = Command::new("umount").arg(mnt.path()).status();
+    assert_eq!((sudo.mode() & 0o7777, sudo.uid()), (0o4755, 0));
+    assert_eq!((shadow.mode() & 0o777, shadow.gid()), (0o640, 42));
+    if npm.iter().any(|s| s == "@anthropic-ai/claude-code") {
+        let out = claude.unwrap();
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("Claude Code"),
+            "{out:?}"
+        );
     }
 }
