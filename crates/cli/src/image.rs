@@ -1,12 +1,15 @@
-//! `agentvm image build`: the default guest image from Debian packages, and
+//! `agentvm image build`: the default guest image from Debian packages (and,
+//! with `--rootfs`, its root file system with packages and agents);
+//! `agentvm image list`/`prune`: the cached root file system layers; and
 //! finding an image directory for `agentvm boot`.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
+use agentvm_image::rootfs::{self, LayerKeys, Manifest, BUILTIN_AGENTS};
 use agentvm_image::{
     debian, default_image_dir, files, is_static, which, BusyboxSource, Cache, GuestImage,
-    KernelSource, Recipe,
+    KernelSource, Recipe, Rootfs, RootfsRecipe,
 };
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
@@ -23,6 +26,20 @@ enum ImageCommand {
     /// Build the default guest image (Debian's cloud kernel, busybox, the
     /// guest agent) into DIR: vmlinux, bzImage, initrd.img, cmdline.
     Build(BuildArgs),
+    /// List the cached root file system layers (base, packages, agents)
+    /// with their keys and sizes.
+    List,
+    /// Remove cached root file system layers that neither the image in the
+    /// default directory nor the most recently built one uses.
+    Prune(PruneArgs),
+}
+
+/// Arguments of `agentvm image prune`.
+#[derive(Args, Debug)]
+pub struct PruneArgs {
+    /// Also keep the layers of the image in DIR (repeatable).
+    #[arg(long, value_name = "DIR")]
+    keep: Vec<PathBuf>,
 }
 
 /// Arguments of `agentvm image build`.
@@ -43,6 +60,18 @@ pub struct BuildArgs {
     /// source tree, else the agentvm-guest next to this binary].
     #[arg(long, value_name = "PATH")]
     agent: Option<PathBuf>,
+    /// Also build the root file system (Debian 12 with the base tools, Node
+    /// and the agents; minutes the first time, cached by layer after) into
+    /// DIR/rootfs.erofs and DIR/rootfs.json. Implied by --package and --npm.
+    #[arg(long)]
+    rootfs: bool,
+    /// An extra Debian package for the root file system (repeatable).
+    #[arg(long = "package", value_name = "PKG")]
+    packages: Vec<String>,
+    /// An npm package installed globally in the root file system
+    /// (repeatable) [default: the built-in agents' packages].
+    #[arg(long = "npm", value_name = "PKG")]
+    npm: Vec<String>,
 }
 
 /// The files `agentvm boot` takes from an image directory.
@@ -115,6 +144,8 @@ fn default_dir() -> anyhow::Result<PathBuf> {
 pub fn run(args: ImageArgs) -> anyhow::Result<ExitCode> {
     match args.command {
         ImageCommand::Build(b) => build(b),
+        ImageCommand::List => list(),
+        ImageCommand::Prune(p) => prune(p),
     }
 }
 
@@ -152,8 +183,7 @@ fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
     recipe.kernel = kernel;
     recipe.busybox = busybox;
 
-    let cache = Cache::from_env("AGENTVM_IMAGE_CACHE", "image-build")
-        .context("cannot create the image build cache")?;
+    let cache = image_cache()?;
     let _lock = cache.lock().context("cannot lock the image build cache")?;
     eprintln!(
         "agentvm: building the guest image (packages are cached in {})",
@@ -194,6 +224,117 @@ fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
         println!("  not in this kernel: {}", image.modules.missing.join(", "));
     }
     println!("  cmdline  {}", image.cmdline);
+    if args.rootfs || !args.packages.is_empty() || !args.npm.is_empty() {
+        build_rootfs(&cache, &args, &out)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The root file system: built (or found) layer by layer in the cache,
+/// then linked into the image directory.
+fn build_rootfs(cache: &Cache, args: &BuildArgs, out: &Path) -> anyhow::Result<()> {
+    let npm = if args.npm.is_empty() {
+        BUILTIN_AGENTS.iter().map(|s| s.to_string()).collect()
+    } else {
+        args.npm.clone()
+    };
+    let recipe = RootfsRecipe::new(args.packages.clone(), npm);
+    eprintln!("agentvm: building the root file system");
+    let fs = Rootfs::build(cache, &recipe, &mut |line| eprintln!("{line}"))
+        .context("cannot build the root file system")?;
+    fs.install(out)
+        .with_context(|| format!("cannot write the root file system to {}", out.display()))?;
+    let m = &fs.manifest;
+    println!(
+        "  rootfs   {} ({:.0} MB, tree {:.0} MB): Debian {} ({} packages), node {}, npm {}",
+        rootfs::files::EROFS,
+        m.erofs_bytes as f64 / 1e6,
+        m.tree_bytes as f64 / 1e6,
+        m.suite,
+        m.debian.len(),
+        m.node,
+        m.npm_version
+    );
+    for (cmd, version) in &m.agents {
+        println!("           {cmd}: {version}");
+    }
+    if !m.packages.is_empty() {
+        println!("           packages: {}", m.packages.join(" "));
+    }
+    let timing: Vec<String> = fs
+        .timings
+        .iter()
+        .map(|(kind, t)| match t {
+            Some(t) => format!("{kind} {:.0} s", t.as_secs_f64()),
+            None => format!("{kind} cached"),
+        })
+        .collect();
+    println!("           layers: {}", timing.join(", "));
+    Ok(())
+}
+
+fn image_cache() -> anyhow::Result<Cache> {
+    Cache::from_env("AGENTVM_IMAGE_CACHE", "image-build")
+        .context("cannot create the image build cache")
+}
+
+fn list() -> anyhow::Result<ExitCode> {
+    let cache = image_cache()?;
+    let layers = rootfs::list(&cache);
+    if layers.is_empty() {
+        println!(
+            "no root file system layers in {} (agentvm image build --rootfs)",
+            cache.root().display()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("{:<9} {:<17} {:>9}  contents", "layer", "key", "size");
+    for l in layers {
+        let what = match &l.manifest {
+            Some(m) => {
+                let mut w = format!("node {}", m.node);
+                if !m.npm.is_empty() {
+                    let npm: Vec<String> = m.npm.iter().map(|(k, v)| format!("{k}@{v}")).collect();
+                    w.push_str(&format!(", {}", npm.join(" ")));
+                }
+                if !m.packages.is_empty() {
+                    w.push_str(&format!("; packages {}", m.packages.join(" ")));
+                }
+                w
+            }
+            None => String::new(),
+        };
+        println!(
+            "{:<9} {:<17} {:>6.0} MB  {what}",
+            l.kind,
+            l.key,
+            l.bytes as f64 / 1e6
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn prune(args: PruneArgs) -> anyhow::Result<ExitCode> {
+    let cache = image_cache()?;
+    let _lock = cache.lock().context("cannot lock the image build cache")?;
+    let mut keep: Vec<LayerKeys> = Vec::new();
+    let dirs = default_image_dir().into_iter().chain(args.keep);
+    for dir in dirs {
+        let path = dir.join(rootfs::files::MANIFEST);
+        if path.is_file() {
+            keep.push(Manifest::read(&path)?.keys);
+        }
+    }
+    let removed = rootfs::prune(&cache, 1, &keep);
+    let bytes: u64 = removed.iter().map(|l| l.bytes).sum();
+    for l in &removed {
+        println!("removed {} layer {}", l.kind, l.key);
+    }
+    println!(
+        "freed {:.0} MB in {}",
+        bytes as f64 / 1e6,
+        cache.root().display()
+    );
     Ok(ExitCode::SUCCESS)
 }
 

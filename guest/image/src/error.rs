@@ -76,6 +76,9 @@ pub enum ImageError {
     /// A binary that must run without shared libraries needs some.
     #[error("{} is dynamically linked; the guest needs a static binary", .0.display())]
     NotStatic(PathBuf),
+    /// The root file system cannot be built.
+    #[error(transparent)]
+    Rootfs(#[from] crate::rootfs::RootfsError),
     /// The cached facts file is unreadable.
     #[error("Cached kernel facts {} are corrupt", .0.display())]
     BadFacts(PathBuf),

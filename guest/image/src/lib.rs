@@ -31,6 +31,7 @@ pub mod image;
 pub mod kernel;
 pub mod lz4;
 pub mod modules;
+pub mod rootfs;
 
 pub use archive::Initramfs;
 pub use cache::{Cache, CacheLock, KeyHasher};
@@ -40,6 +41,7 @@ pub use image::{
     files, is_static, layout, BusyboxSource, GuestImage, KernelSource, Recipe, DEFAULT_CMDLINE,
     GUEST_MODULES, KERNEL_META,
 };
+pub use rootfs::{Rootfs, RootfsError, RootfsRecipe};
 
 /// Where `agentvm` keeps its default guest image:
 /// `$XDG_DATA_HOME/agentvm/images/default`, else
