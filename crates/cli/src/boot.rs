@@ -132,7 +132,7 @@ pub fn run(args: BootArgs) -> anyhow::Result<ExitCode> {
                     tag: "agentvm-root".into(),
                     read_only: true,
                     target: None,
-                    root_image: true,
+                    role: crate::share::ShareRole::RootImage,
                 });
             }
         }

@@ -93,7 +93,51 @@ pub struct ImageFiles {
 
 /// The image directory's root file system (erofs), shared read-only with
 /// the guest, which loop-mounts it as its root.
-pub const ROOTFS: &str = "rootfs.erofs";
+pub const ROOTFS: &str = rootfs::files::EROFS;
+
+/// The root file system the workspace's `packages` and `npm` (the agent
+/// plugins' among them) ask for: built layer by layer on the first `up`
+/// (minutes, with progress), found in the cache afterwards (the layers
+/// whose inputs are unchanged are reused). `None` when it asks for none.
+/// Returns the directory holding [`ROOTFS`].
+pub fn workspace_rootfs(cfg: &crate::config::ResolvedConfig) -> anyhow::Result<Option<PathBuf>> {
+    if cfg.packages.is_empty() && cfg.npm.is_empty() {
+        return Ok(None);
+    }
+    let recipe = RootfsRecipe::new(cfg.packages.clone(), cfg.npm.clone());
+    let cache = image_cache()?;
+    let _lock = cache.lock().context("cannot lock the image build cache")?;
+    let fs = Rootfs::build(&cache, &recipe, &mut |line| {
+        eprintln!("  {}", crate::escape::line(line))
+    })
+    .with_context(|| {
+        format!(
+            "cannot build the guest's root file system (packages: {}; npm: {})",
+            list_or_none(&cfg.packages),
+            list_or_none(&cfg.npm)
+        )
+    })?;
+    let built: Vec<String> = fs
+        .timings
+        .iter()
+        .filter_map(|(kind, t)| t.map(|t| format!("{kind} {:.0} s", t.as_secs_f64())))
+        .collect();
+    if !built.is_empty() {
+        eprintln!(
+            "agentvm: built the guest's root file system ({}); later `up`s reuse it",
+            built.join(", ")
+        );
+    }
+    Ok(Some(fs.dir))
+}
+
+fn list_or_none(list: &[String]) -> String {
+    if list.is_empty() {
+        "none".to_string()
+    } else {
+        list.join(" ")
+    }
+}
 
 /// The image in `dir`, or in the default directory.
 pub fn load(dir: Option<&Path>) -> anyhow::Result<ImageFiles> {
@@ -233,12 +277,19 @@ fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
 /// The root file system: built (or found) layer by layer in the cache,
 /// then linked into the image directory.
 fn build_rootfs(cache: &Cache, args: &BuildArgs, out: &Path) -> anyhow::Result<()> {
-    let npm = if args.npm.is_empty() {
-        BUILTIN_AGENTS.iter().map(|s| s.to_string()).collect()
-    } else {
-        args.npm.clone()
+    // In a workspace that asks for packages, what it asks for.
+    let wanted = crate::config::load(Path::new("."))
+        .ok()
+        .filter(|c| c.file.is_some() && !(c.packages.is_empty() && c.npm.is_empty()));
+    let (packages, npm) = match (&wanted, args.packages.is_empty() && args.npm.is_empty()) {
+        (Some(cfg), true) => (cfg.packages.clone(), cfg.npm.clone()),
+        _ if args.npm.is_empty() => (
+            args.packages.clone(),
+            BUILTIN_AGENTS.iter().map(|s| s.to_string()).collect(),
+        ),
+        _ => (args.packages.clone(), args.npm.clone()),
     };
-    let recipe = RootfsRecipe::new(args.packages.clone(), npm);
+    let recipe = RootfsRecipe::new(packages, npm);
     eprintln!("agentvm: building the root file system");
     let fs = Rootfs::build(cache, &recipe, &mut |line| eprintln!("{line}"))
         .context("cannot build the root file system")?;

@@ -91,6 +91,11 @@ fn is_portable_name(n: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
 }
 
+/// The persistent root layer of the workspace `id` under the data directory.
+pub fn persistent_root(data_dir: &Path, id: &str) -> PathBuf {
+    data_dir.join("roots").join(id)
+}
+
 /// `$HOME`, when set.
 fn home() -> Option<PathBuf> {
     std::env::var_os("HOME")

@@ -17,14 +17,30 @@ pub struct ShareSpec {
     pub read_only: bool,
     /// Where the guest agent mounts it [default: `dir`, the same path].
     pub target: Option<PathBuf>,
-    /// The guest image's directory: the agent mounts its [`ROOTFS`] file as
-    /// the guest's root (`agentvm.rootfs=`), not the directory at a path;
-    /// read-only and cached in full (the host never changes an image).
-    pub root_image: bool,
+    /// What the guest does with it.
+    pub role: ShareRole,
 }
 
-/// The root file system's file in a root image share.
+/// What the guest agent does with a share.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ShareRole {
+    /// Mounts it at its target (`agentvm.share=`).
+    #[default]
+    Mount,
+    /// The guest image's directory: the agent mounts its [`ROOTFS`] file as
+    /// the guest's read-only root (`agentvm.rootfs=`); read-only and cached
+    /// in full (the host never changes an image).
+    RootImage,
+    /// The workspace's persistent root layer: the agent mounts its
+    /// [`UPPER`] file as the writable layer over the root
+    /// (`agentvm.upper=`).
+    RootUpper,
+}
+
+/// The root file system's file in a [`ShareRole::RootImage`] share.
 pub use crate::image::ROOTFS;
+/// The ext4 image in a [`ShareRole::RootUpper`] share.
+pub const UPPER: &str = "upper.ext4";
 
 impl std::str::FromStr for ShareSpec {
     type Err = String;
@@ -52,7 +68,7 @@ impl std::str::FromStr for ShareSpec {
             tag: tag.to_string(),
             read_only,
             target: None,
-            root_image: false,
+            role: ShareRole::Mount,
         })
     }
 }
@@ -61,8 +77,10 @@ impl ShareSpec {
     /// The guest agent's command-line entry: mount `tag` at the target
     /// (the host path unless the share says otherwise).
     pub fn cmdline_entry(&self) -> anyhow::Result<String> {
-        if self.root_image {
-            return Ok(format!("agentvm.rootfs={}:{ROOTFS}", self.tag));
+        match self.role {
+            ShareRole::RootImage => return Ok(format!("agentvm.rootfs={}:{ROOTFS}", self.tag)),
+            ShareRole::RootUpper => return Ok(format!("agentvm.upper={}:{UPPER}", self.tag)),
+            ShareRole::Mount => {}
         }
         let target = self.target.as_deref().unwrap_or(&self.dir);
         let Some(target) = target.to_str() else {
@@ -99,8 +117,8 @@ pub fn devices(shares: &[ShareSpec], state_dir: &Path) -> anyhow::Result<Vec<Vir
         .iter()
         .map(|s| {
             let mut config = FsConfig::new(&s.tag, &s.dir, state_dir);
-            config.read_only = s.read_only || s.root_image;
-            if s.root_image {
+            config.read_only = s.read_only || s.role == ShareRole::RootImage;
+            if s.role == ShareRole::RootImage {
                 config.cache = agentvm_devices::virtio::fs::CacheMode::Always;
             }
             VirtioFs::new(config).map_err(|e| match e {

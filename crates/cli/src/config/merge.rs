@@ -33,6 +33,8 @@ pub struct Fragment {
     pub vcpus: Option<u8>,
     /// `resources.memory_mib`.
     pub memory_mib: Option<u64>,
+    /// `resources.persistent_root`.
+    pub persistent_root: Option<bool>,
     /// `[[mounts]]`.
     pub mounts: Vec<Mount>,
     /// `network.mode`.
@@ -83,6 +85,7 @@ impl Fragment {
     pub fn apply(&mut self, later: Fragment) {
         over(&mut self.vcpus, later.vcpus);
         over(&mut self.memory_mib, later.memory_mib);
+        over(&mut self.persistent_root, later.persistent_root);
         over(&mut self.mode, later.mode);
         over(&mut self.kernel, later.kernel);
         over(&mut self.initrd, later.initrd);
@@ -122,6 +125,7 @@ impl Fragment {
             plugins,
             vcpus: self.vcpus.unwrap_or_else(|| host.default_vcpus()),
             memory_mib: self.memory_mib.unwrap_or_else(|| host.default_memory_mib()),
+            persistent_root: self.persistent_root.unwrap_or(false),
             mounts: self.mounts,
             network: Network {
                 mode: self.mode.unwrap_or(NetworkMode::Filtered),

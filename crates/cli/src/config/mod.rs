@@ -81,6 +81,10 @@ pub struct ResolvedConfig {
     /// does not use goes back to the host. Default: half the host's RAM,
     /// at least [`MIN_DEFAULT_MEMORY_MIB`].
     pub memory_mib: u64,
+    /// Whether the guest's root keeps its changes (a package installed with
+    /// `sudo apt-get install`) across `down`/`up`: a per-workspace writable
+    /// layer on the host instead of memory. Default: false.
+    pub persistent_root: bool,
     /// Host directories shared with the guest, in mount order. The first is
     /// the workspace itself, read-write at the same absolute path, unless a
     /// file mounts something else at that path.

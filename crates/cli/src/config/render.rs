@@ -63,6 +63,12 @@ pub fn render(cfg: &ResolvedConfig, lookup: &dyn Fn(&str) -> Option<String>) -> 
     out.push_str("\n[resources]\n");
     line(&mut out, "vcpus", &cfg.vcpus.to_string(), None);
     line(&mut out, "memory_mib", &cfg.memory_mib.to_string(), None);
+    line(
+        &mut out,
+        "persistent_root",
+        &cfg.persistent_root.to_string(),
+        None,
+    );
 
     let net = &cfg.network;
     out.push_str("\n[network]\n");

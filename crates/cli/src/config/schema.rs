@@ -65,6 +65,8 @@ pub struct Resources {
     pub vcpus: Option<Spanned<i64>>,
     /// Guest memory limit in MiB.
     pub memory_mib: Option<Spanned<i64>>,
+    /// Whether the guest's root keeps its changes across `down`/`up`.
+    pub persistent_root: Option<bool>,
 }
 
 /// One `[[mounts]]` entry.

@@ -72,6 +72,9 @@ name = {name}
 # {min_memory}. A limit, not a reservation: memory the guest does not use
 # stays with the host.
 # memory_mib = {min_memory}
+# Keep the guest root's changes (`sudo apt-get install …`) across down/up,
+# in a per-workspace layer on this host. Default: in memory, gone at down.
+# persistent_root = false
 
 [network]
 # "off": no network. "filtered": only the domains below, on the ports

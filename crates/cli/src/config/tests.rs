@@ -581,7 +581,7 @@ const ERRORS: &[(&str, usize, usize, &str)] = &[
     ("nmae = \"x\"", 1, 1, "unknown key `nmae` (expected one of name, plugins, resources, mounts, network, env, scripts, packages, npm, hooks, kernel, initrd, image, agent_home, git_hooks)"),
     ("\n\n[network]\nmode = \"off\"\n\nmdoe = \"open\"\n", 6, 1, "unknown key `network.mdoe` (expected one of mode, domains, ports, hosts, forwards)"),
     ("network.mdoe = 1", 1, 9, "unknown key `network.mdoe`"),
-    ("[resources]\ncpus = 2", 2, 1, "unknown key `resources.cpus` (expected one of vcpus, memory_mib)"),
+    ("[resources]\ncpus = 2", 2, 1, "unknown key `resources.cpus` (expected one of vcpus, memory_mib, persistent_root)"),
     ("[hooks]\npost-up = []", 2, 1, "unknown key `hooks.post-up` (expected one of pre_up, post_up, pre_down, post_down)"),
     ("[[mounts]]\nsource = \"a\"\ntarget = \"/a\"\n\n[[mounts]]\nsource = \"b\"\ntarget = \"/b\"\nreadonly = true\n", 8, 1, "unknown key `mounts[1].readonly` (expected one of source, target, read_only, create)"),
     ("mounts = [{ source = \"a\", target = \"/a\", ro = true }]", 1, 42, "unknown key `mounts[0].ro`"),

@@ -62,6 +62,7 @@ pub fn fragment(file: &ConfigFile, src: &Source, ctx: &Context<'_>) -> Result<Fr
         line: src.line(span.start),
     };
     if let Some(r) = &file.resources {
+        out.persistent_root = r.persistent_root;
         if let Some(v) = &r.vcpus {
             let n = *v.get_ref();
             out.vcpus = Some(u8::try_from(n).ok().filter(|&n| n > 0).ok_or_else(|| {

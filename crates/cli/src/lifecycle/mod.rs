@@ -347,6 +347,10 @@ pub struct Snapshot {
     /// (shared read-only), when the image has one.
     #[serde(default)]
     pub root_image: Option<PathBuf>,
+    /// The host directory holding the persistent writable root layer
+    /// (`[resources] persistent_root`), when there is one.
+    #[serde(default)]
+    pub persistent_root: Option<PathBuf>,
     /// The guest user (`NAME:UID:GID`) commands run as; root when `None`.
     #[serde(default)]
     pub user: Option<String>,
@@ -400,6 +404,7 @@ impl Snapshot {
             post_down: cfg.hooks.post_down.clone(),
             guarded: git_guard::repos(cfg),
             root_image: None,
+            persistent_root: None,
             user: crate::paths::GuestUser::detect().map(|u| u.cmdline_value()),
         }
     }

@@ -63,6 +63,38 @@ pub fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     if let Some(code) = already_up(&state, &cfg.name, args.timeout, false)? {
         return Ok(code);
     }
+    let kernel = choose_kernel(
+        cfg.kernel.clone(),
+        cfg.image.as_deref(),
+        cfg.initrd.clone(),
+        None,
+    )?;
+    let mut snap = Snapshot::new(&cfg, kernel.kernel, kernel.initrd, kernel.cmdline);
+    if cfg.kernel.is_none() {
+        // A self-contained image directory brings its own root file system;
+        // else the one the workspace's packages ask for, else the default
+        // image's (if `image build --rootfs` made one).
+        let built = match cfg.image {
+            Some(_) => None,
+            None => crate::image::workspace_rootfs(&cfg)?,
+        };
+        snap.root_image = built.or_else(|| {
+            crate::image::load(cfg.image.as_deref())
+                .ok()
+                .filter(|i| i.has_rootfs)
+                .map(|i| i.dir)
+        });
+    }
+    if cfg.persistent_root {
+        match &snap.root_image {
+            Some(_) => snap.persistent_root = Some(persistent_layer(&cfg)?),
+            None => eprintln!(
+                "agentvm: warning: `persistent_root` needs an image with a root file system \
+                 (this one boots into memory only); ignored"
+            ),
+        }
+    }
+
     for mount in &cfg.mounts {
         mount.prepare_source()?;
     }
@@ -73,20 +105,6 @@ pub fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     if !run_hooks("pre_up", &cfg.hooks.pre_up, &cfg.workspace) {
         bail!("a pre_up hook failed, so the VM was not started; fix the hook or remove it");
     }
-    let kernel = choose_kernel(
-        cfg.kernel.clone(),
-        cfg.image.as_deref(),
-        cfg.initrd.clone(),
-        None,
-    )?;
-    let mut snap = Snapshot::new(&cfg, kernel.kernel, kernel.initrd, kernel.cmdline);
-    if cfg.kernel.is_none() {
-        snap.root_image = crate::image::load(cfg.image.as_deref())
-            .ok()
-            .filter(|i| i.has_rootfs)
-            .map(|i| i.dir);
-    }
-
     make_private(&root)?;
     let lock = RootLock::take(&root)?;
     // Another `up` may have started it meanwhile.
@@ -173,6 +191,49 @@ pub fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         child.id()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// The size the persistent root layer may grow to (a sparse file: it takes
+/// only what the guest writes).
+const PERSISTENT_ROOT_BYTES: u64 = 64 << 30;
+
+/// The workspace's persistent root layer: a directory of the user's with a
+/// sparse ext4 image the guest mounts as its root's writable layer (an
+/// ext4 image rather than the share itself: overlayfs needs owners and
+/// extended attributes virtiofsd cannot set as an ordinary user).
+fn persistent_layer(cfg: &config::ResolvedConfig) -> anyhow::Result<PathBuf> {
+    let data = crate::paths::data_dir()
+        .context("neither XDG_DATA_HOME nor HOME is set: nowhere to keep the persistent root")?;
+    let dir = crate::paths::persistent_root(&data, &cfg.id);
+    make_private(&dir)?;
+    let image = dir.join(crate::share::UPPER);
+    if image.exists() {
+        return Ok(dir);
+    }
+    let tmp = dir.join(format!(".{}.tmp", crate::share::UPPER));
+    let made = File::create(&tmp)
+        .and_then(|f| f.set_len(PERSISTENT_ROOT_BYTES))
+        .context("cannot create the persistent root layer")
+        .and_then(|()| {
+            let status = Command::new("mke2fs")
+                .args(["-q", "-F", "-t", "ext4", "-O", "^metadata_csum"])
+                .arg(&tmp)
+                .status()
+                .context("cannot run mke2fs (install e2fsprogs) to make the persistent root")?;
+            if !status.success() {
+                bail!("mke2fs failed ({status}) making the persistent root");
+            }
+            std::fs::rename(&tmp, &image).context("cannot put the persistent root in place")
+        });
+    if let Err(e) = made {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e.context(format!("in {}", dir.display())));
+    }
+    eprintln!(
+        "agentvm: the guest's root keeps its changes in {}",
+        image.display()
+    );
+    Ok(dir)
 }
 
 /// Lines of a failed script's output `up` shows.

@@ -23,10 +23,12 @@ use super::control::{self, Handler, Request};
 use super::net::NetControl;
 use super::StateDir;
 use crate::boot::{build_vm, KernelChoice, NetSpec, VmSpec};
-use crate::share::ShareSpec;
+use crate::share::{ShareRole, ShareSpec};
 
 /// The virtio-fs tag of the guest image's directory.
 const ROOT_IMAGE_TAG: &str = "agentvm-root";
+/// The virtio-fs tag of the persistent root layer's directory.
+const ROOT_UPPER_TAG: &str = "agentvm-upper";
 
 /// The line the guest agent prints on the console once it serves.
 pub const READY_LINE: &[u8] = b"agentvm-guest: ready";
@@ -70,14 +72,21 @@ pub fn run(args: VmmArgs) -> anyhow::Result<ExitCode> {
             tag: format!("agentvm{i}"),
             read_only: m.read_only,
             target: Some(m.target.clone()),
-            root_image: false,
+            role: ShareRole::Mount,
         })
         .chain(snap.root_image.iter().map(|dir| ShareSpec {
             dir: dir.clone(),
             tag: ROOT_IMAGE_TAG.into(),
             read_only: true,
             target: None,
-            root_image: true,
+            role: ShareRole::RootImage,
+        }))
+        .chain(snap.persistent_root.iter().map(|dir| ShareSpec {
+            dir: dir.clone(),
+            tag: ROOT_UPPER_TAG.into(),
+            read_only: false,
+            target: None,
+            role: ShareRole::RootUpper,
         }))
         .collect();
     let mut cmdline = snap.cmdline.clone();

@@ -106,6 +106,7 @@ fn sections(v: &View) -> Vec<Section> {
                 format!("name {}", v.name),
                 format!("vcpus {}", v.vcpus),
                 format!("memory_mib {}", v.memory_mib),
+                format!("persistent_root {}", v.persistent_root),
                 format!(
                     "agent_home {}",
                     v.agent_home.as_deref().map_or("-".into(), show)

@@ -53,6 +53,8 @@ pub struct View {
     pub vcpus: u8,
     /// Memory limit, MiB.
     pub memory_mib: u64,
+    /// Whether the root's changes persist on the host.
+    pub persistent_root: bool,
     /// Where the agents' state lives on the host.
     pub agent_home: Option<PathBuf>,
     /// Whether git hooks the guest writes are undone.
@@ -124,6 +126,7 @@ impl View {
             image: cfg.image.clone(),
             vcpus: cfg.vcpus,
             memory_mib: cfg.memory_mib,
+            persistent_root: cfg.persistent_root,
             agent_home: cfg.agent_home.clone(),
             git_hooks: cfg.git_hooks,
         }
