@@ -24,6 +24,8 @@ pub struct StaticBinaries {
     pub stamp: PathBuf,
     /// rig-vsock.
     pub vsock: PathBuf,
+    /// rig-mock-llm.
+    pub mock_llm: PathBuf,
     /// The guest agent.
     pub agent: PathBuf,
 }
@@ -57,6 +59,8 @@ pub fn build() -> Result<StaticBinaries, ImageError> {
             "rig-stamp",
             "--bin",
             "rig-vsock",
+            "--bin",
+            "rig-mock-llm",
         ])
         .args(["-p", "agentvm-guest", "--bin", "agentvm-guest"]);
     if prebuilt.is_none() {
@@ -93,6 +97,7 @@ pub fn build() -> Result<StaticBinaries, ImageError> {
         agentvm,
         stamp: out.join("rig-stamp"),
         vsock: out.join("rig-vsock"),
+        mock_llm: out.join("rig-mock-llm"),
         agent: out.join("agentvm-guest"),
     })
 }

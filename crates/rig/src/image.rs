@@ -19,7 +19,16 @@ use agentvm_image::{
 
 /// Modules the L1 initramfs loads: KVM for the L2 VMM, fw_cfg for the
 /// scenario script.
-pub const L1_MODULES: &[&str] = &["irqbypass", "kvm", "kvm_amd", "qemu_fw_cfg"];
+pub const L1_MODULES: &[&str] = &[
+    "irqbypass",
+    "kvm",
+    "kvm_amd",
+    "qemu_fw_cfg",
+    // A scenario's read-only disk (large payloads such as a root file
+    // system), /dev/vda.
+    "virtio_pci",
+    "virtio_blk",
+];
 
 /// QEMU firmware files a `-M microvm` boot reads (copied when present).
 const QEMU_FIRMWARE: &[&str] = &[
@@ -249,6 +258,8 @@ pub struct L1Contents<'a> {
     pub agentvm: &'a Path,
     /// The static `rig-stamp` helper.
     pub stamp: &'a Path,
+    /// The static `rig-mock-llm` (the end-to-end agent test's API).
+    pub mock_llm: &'a Path,
     /// A QEMU binary to carry with its libraries and microvm firmware.
     pub qemu: Option<&'a Path>,
     /// The vsock helper and the SSH client, for the exec benchmark.
@@ -267,6 +278,10 @@ pub mod l1_paths {
     pub const AGENTVM: &str = "/bin/agentvm";
     /// rig-stamp.
     pub const STAMP: &str = "/bin/rig-stamp";
+    /// rig-mock-llm.
+    pub const MOCK_LLM: &str = "/bin/rig-mock-llm";
+    /// Where a scenario's disk is expected (`mount -o ro /dev/vda` there).
+    pub const DISK_DIR: &str = "/disk";
     /// rig-vsock.
     pub const VSOCK_HELPER: &str = "/bin/rig-vsock";
     /// dbclient.
@@ -303,7 +318,9 @@ impl L1Image {
         }
         let mut key = KeyHasher::default();
         key.add(c.l2.key.as_bytes()).add(L1_INIT.as_bytes());
-        key.add_file(c.agentvm)?.add_file(c.stamp)?;
+        key.add_file(c.agentvm)?
+            .add_file(c.stamp)?
+            .add_file(c.mock_llm)?;
         if let Some(q) = c.qemu {
             key.add_file(q)?;
         }
@@ -347,6 +364,7 @@ impl L1Image {
             }
             a.binary_with_libs(p::AGENTVM, c.agentvm)?;
             a.binary_with_libs(p::STAMP, c.stamp)?;
+            a.binary_with_libs(p::MOCK_LLM, c.mock_llm)?;
             for name in files::ALL {
                 let dst = format!("{}/{name}", p::L2_DIR);
                 a.copy(&dst, 0o644, &c.l2.dir.join(name))?;
@@ -385,3 +403,40 @@ impl L1Image {
         })
     }
 }
+
+/// A read-only ext4 disk image for L1 holding `files` (name on the disk,
+/// host file), made without root by `mke2fs -d` and cached as `name` (which
+/// must change with the files' contents: a content key).
+pub fn disk_image(
+    cache: &Cache,
+    name: &str,
+    files: &[(&str, &Path)],
+) -> Result<PathBuf, ImageError> {
+    let dir = cache.entry(name, |tmp| {
+        let stage = tmp.join("stage");
+        fs::create_dir_all(&stage).map_err(|e| ImageError::io("Cannot create", &stage, e))?;
+        let mut bytes = 0u64;
+        for (name, src) in files {
+            let dst = stage.join(name);
+            if fs::hard_link(src, &dst).is_err() {
+                fs::copy(src, &dst).map_err(|e| ImageError::io("Cannot copy", src, e))?;
+            }
+            bytes += fs::metadata(&dst)
+                .map_err(|e| ImageError::io("Cannot read", &dst, e))?
+                .len();
+        }
+        // Room for ext4's own structures.
+        let mib = bytes / 10 * 11 / (1 << 20) + 64;
+        let mut cmd = Command::new("mke2fs");
+        cmd.args(["-q", "-F", "-t", "ext4", "-L", "rigdisk", "-d"])
+            .arg(&stage)
+            .arg(tmp.join(DISK_FILE))
+            .arg(format!("{mib}M"));
+        agentvm_image::run(&mut cmd, "mke2fs (e2fsprogs)")?;
+        fs::remove_dir_all(&stage).map_err(|e| ImageError::io("Cannot remove", &stage, e))
+    })?;
+    Ok(dir.join(DISK_FILE))
+}
+
+/// The image file in a [`disk_image`] cache entry.
+const DISK_FILE: &str = "disk.img";

@@ -405,6 +405,7 @@ impl Rig {
                 l2,
                 agentvm: &bins.agentvm,
                 stamp: &bins.stamp,
+                mock_llm: &bins.mock_llm,
                 qemu: if scenario.needs_qemu() {
                     qemu_host.as_deref()
                 } else {
@@ -443,6 +444,12 @@ impl Rig {
             .arg("-initrd")
             .arg(&l1.initrd)
             .args(["-append", "console=ttyS0 quiet panic=1"])
+            .args(scenario.disk.iter().flat_map(|d| {
+                [
+                    "-drive".to_string(),
+                    format!("file={},if=virtio,format=raw,readonly=on", d.display()),
+                ]
+            }))
             .arg("-fw_cfg")
             .arg(format!(
                 "name=opt/rig/scenario,file={}",

@@ -372,6 +372,10 @@ pub struct Scenario {
     pub name: String,
     /// The boots.
     pub boots: Vec<Boot>,
+    /// A read-only disk image for L1 (`/dev/vda`, e.g. from
+    /// [`crate::image::disk_image`]), for payloads too large for L1's
+    /// initramfs.
+    pub disk: Option<PathBuf>,
 }
 
 impl Scenario {
@@ -380,7 +384,15 @@ impl Scenario {
         Scenario {
             name: name.to_string(),
             boots,
+            disk: None,
         }
+    }
+
+    /// With a read-only disk for L1 (nested tier only: the direct tier has
+    /// no L1 to attach it to, and reads the files where they are).
+    pub fn with_disk(mut self, image: PathBuf) -> Self {
+        self.disk = Some(image);
+        self
     }
 
     /// Whether any boot uses QEMU (the L1 image then carries it).
