@@ -103,8 +103,8 @@ fn claude_code_runs_in_the_vm_and_edits_the_workspace() {
         .l2_image()
         .unwrap_or_else(|e| panic!("{}", error_chain(&e)));
     let disk = {
+        // The rig holds the cache's lock for as long as it is open.
         let cache = rig.cache();
-        let _lock = cache.lock().unwrap();
         let recipe = RootfsRecipe::new(vec![], vec!["@anthropic-ai/claude-code".into()]);
         let t = std::time::Instant::now();
         let fs = Rootfs::build(cache, &recipe, &mut |line| eprintln!("rootfs: {line}"))
