@@ -143,6 +143,19 @@
       # (the agent would mount it twice); `agentCmdline` has it for other VMMs.
       # The initramfs's own /nix/store (agent, busybox) is mounted over; the
       # host's store holds the same paths, so /bin keeps working.
+      #
+      # packages (nixpkgs derivations) and agents (names of the built-in
+      # agent plugins: claude-code, codex, gemini, opencode, from nixpkgs)
+      # are the Nix counterpart of the configuration's `packages`/`npm`
+      # lists: one buildEnv whose bin/ is the guest's /usr/local/bin (on the
+      # agent's PATH). Its store paths come from the host's /nix/store, so
+      # they need shareNixStore.
+      agentPackages = {
+        claude-code = pkgs.claude-code;
+        codex = pkgs.codex;
+        gemini = pkgs.gemini-cli;
+        opencode = pkgs.opencode;
+      };
       mkGuest =
         {
           kernel ? guest-kernel,
@@ -151,8 +164,16 @@
           cmdline ? defaultCmdline,
           extraCmdline ? [ ],
           shareNixStore ? false,
+          packages ? [ ],
+          agents ? [ ],
         }:
+        assert lib.assertMsg (packages ++ agents == [ ] || shareNixStore)
+          "mkGuest: packages and agents live in the host's /nix/store: set shareNixStore = true";
         let
+          env = pkgs.buildEnv {
+            name = "agentvm-guest-env";
+            paths = packages ++ map (a: agentPackages.${a}) agents;
+          };
           initrd = pkgs.makeInitrd {
             name = "agentvm-guest-initrd";
             # Legacy LZ4 framing (`lz4 -l`), what CONFIG_RD_LZ4 unpacks.
@@ -165,6 +186,12 @@
               {
                 object = "${busybox}/bin";
                 symlink = "/bin";
+              }
+            ]
+            ++ lib.optionals (packages ++ agents != [ ]) [
+              {
+                object = "${env}/bin";
+                symlink = "/usr/local/bin";
               }
             ];
           };
@@ -212,6 +239,17 @@
           guest-image
           ;
         guest-image-nixstore = mkGuest { shareNixStore = true; };
+        # The host's store shared, with Claude Code from nixpkgs on PATH.
+        guest-image-claude = mkGuest {
+          shareNixStore = true;
+          agents = [ "claude-code" ];
+          packages = with pkgs; [
+            bashInteractive
+            coreutils
+            git
+            nodejs
+          ];
+        };
       };
 
       apps.${system} = {
@@ -261,10 +299,27 @@
               default = [ ];
               description = "More kernel command-line words for the guest.";
             };
+            packages = lib.mkOption {
+              type = lib.types.listOf lib.types.package;
+              default = [ ];
+              description = "Packages on the guest's PATH (needs shareNixStore).";
+            };
+            agents = lib.mkOption {
+              type = lib.types.listOf (lib.types.enum (builtins.attrNames agentPackages));
+              default = [ ];
+              description = "Coding agents in the guest, from nixpkgs (needs shareNixStore).";
+            };
             guestImage = lib.mkOption {
               type = lib.types.package;
-              default = mkGuest { inherit (cfg) shareNixStore extraCmdline; };
-              defaultText = lib.literalExpression "agentvm.lib.mkGuest { inherit (cfg) shareNixStore extraCmdline; }";
+              default = mkGuest {
+                inherit (cfg)
+                  shareNixStore
+                  extraCmdline
+                  packages
+                  agents
+                  ;
+              };
+              defaultText = lib.literalExpression "agentvm.lib.mkGuest { inherit (cfg) shareNixStore extraCmdline packages agents; }";
               description = "The guest image `agentvm-boot-guest` boots.";
             };
           };
