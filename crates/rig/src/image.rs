@@ -418,8 +418,10 @@ pub fn disk_image(
         let mut bytes = 0u64;
         for (name, src) in files {
             let dst = stage.join(name);
-            if fs::hard_link(src, &dst).is_err() {
-                fs::copy(src, &dst).map_err(|e| ImageError::io("Cannot copy", src, e))?;
+            // The file itself, not a link to a path L1 does not have.
+            let src = fs::canonicalize(src).map_err(|e| ImageError::io("Cannot read", src, e))?;
+            if fs::hard_link(&src, &dst).is_err() {
+                fs::copy(&src, &dst).map_err(|e| ImageError::io("Cannot copy", &src, e))?;
             }
             bytes += fs::metadata(&dst)
                 .map_err(|e| ImageError::io("Cannot read", &dst, e))?
