@@ -280,6 +280,8 @@ pub mod l1_paths {
     pub const STAMP: &str = "/bin/rig-stamp";
     /// rig-mock-llm.
     pub const MOCK_LLM: &str = "/bin/rig-mock-llm";
+    /// The host's mke2fs (agentvm makes a persistent root layer with it).
+    pub const MKE2FS: &str = "/bin/mke2fs";
     /// Where a scenario's disk is expected (`mount -o ro /dev/vda` there).
     pub const DISK_DIR: &str = "/disk";
     /// rig-vsock.
@@ -321,6 +323,10 @@ impl L1Image {
         key.add_file(c.agentvm)?
             .add_file(c.stamp)?
             .add_file(c.mock_llm)?;
+        let mke2fs = which("mke2fs");
+        if let Some(m) = &mke2fs {
+            key.add_file(m)?;
+        }
         if let Some(q) = c.qemu {
             key.add_file(q)?;
         }
@@ -365,6 +371,9 @@ impl L1Image {
             a.binary_with_libs(p::AGENTVM, c.agentvm)?;
             a.binary_with_libs(p::STAMP, c.stamp)?;
             a.binary_with_libs(p::MOCK_LLM, c.mock_llm)?;
+            if let Some(m) = &mke2fs {
+                a.binary_with_libs(p::MKE2FS, m)?;
+            }
             for name in files::ALL {
                 let dst = format!("{}/{name}", p::L2_DIR);
                 a.copy(&dst, 0o644, &c.l2.dir.join(name))?;

@@ -14,7 +14,9 @@
 //! `agentvm agent -p …`: Claude Code sends its request, the mock answers
 //! with a `Write` tool call, Claude Code writes the file into the workspace,
 //! sends the result back and gets the final text; the file is on the host,
-//! and `agent` exits 0.
+//! and `agent` exits 0. Last, `sudo apt-get install` of a package the guest
+//! builds itself (no network) is gone after `down`/`up`, and kept with
+//! `persistent_root = true`.
 #![allow(clippy::unwrap_used)] // a panicking test is a failing test
 
 use std::time::Duration;
@@ -79,7 +81,31 @@ echo "RIG-EXEC hello_uid=$(stat -c %u $W/hello.txt 2>&1)"
 echo "RIG-EXEC mock=$(one_line /tmp/mock.log)"
 $AGENTVM logs >/tmp/console.txt 2>&1
 echo "RIG-EXEC console=$(tail -c 1500 /tmp/console.txt | tr '\n' '|')"
+
+# `sudo apt-get install` of a local package (no network): gone after
+# down/up by default, kept with persistent_root.
+install_marker() {
+  $AGENTVM run 'set -e; mkdir -p /tmp/p/DEBIAN
+printf "Package: rig-marker\nVersion: 1.0\nArchitecture: all\nMaintainer: rig <rig@test>\nDescription: rig marker\n" > /tmp/p/DEBIAN/control
+dpkg-deb -b /tmp/p /tmp/rig-marker.deb >/dev/null
+sudo apt-get install -y -q /tmp/rig-marker.deb >/dev/null 2>&1
+dpkg -s rig-marker | grep "^Status"' 2>&1 | tr '\n' ' '
+}
+marker() { $AGENTVM run 'dpkg -s rig-marker 2>&1 | grep -c "^Status: install ok installed"'; }
+echo "RIG-EXEC install1=$(install_marker)"
 $AGENTVM down >/tmp/down.out 2>&1; echo "RIG-EXEC down_rc=$?"
+$AGENTVM up --timeout 900 >/tmp/up2.out 2>&1; echo "RIG-EXEC up2_rc=$?"
+echo "RIG-EXEC after_plain=$(marker)"
+$AGENTVM down >/dev/null 2>&1
+sed -i 's/^memory_mib = 1536$/memory_mib = 1536\npersistent_root = true/' .agentvm/config.toml
+$AGENTVM trust >/tmp/trust2.out 2>&1; echo "RIG-EXEC trust2_rc=$?"
+$AGENTVM up --timeout 900 >/tmp/up3.out 2>&1; echo "RIG-EXEC up3_rc=$?"
+echo "RIG-EXEC up3=$(one_line /tmp/up3.out)"
+echo "RIG-EXEC install2=$(install_marker)"
+$AGENTVM down >/dev/null 2>&1
+$AGENTVM up --timeout 900 >/tmp/up4.out 2>&1; echo "RIG-EXEC up4_rc=$?"
+echo "RIG-EXEC after_persistent=$(marker)"
+$AGENTVM down >/tmp/down2.out 2>&1; echo "RIG-EXEC down2_rc=$?"
 echo "RIG-EXEC times=$t0 $t_up $t_version $t_tools $t_agent"
 $AGENTVM attach --uds $UDS --poweroff
 "##;
@@ -198,5 +224,32 @@ fn claude_code_runs_in_the_vm_and_edits_the_workspace() {
         m("agent_out")
     );
     assert_eq!(m("down_rc"), "0", "{ctx}");
+    // The root's writable layer: memory by default, the host with
+    // persistent_root.
+    assert!(
+        m("install1").contains("install ok installed"),
+        "{}; {ctx}",
+        m("install1")
+    );
+    assert_eq!(m("up2_rc"), "0", "{ctx}");
+    assert_eq!(
+        m("after_plain"),
+        "0",
+        "an install survived without persistent_root; {ctx}"
+    );
+    assert_eq!(m("trust2_rc"), "0", "{ctx}");
+    assert_eq!(m("up3_rc"), "0", "{}; {ctx}", m("up3"));
+    assert!(
+        m("install2").contains("install ok installed"),
+        "{}; {ctx}",
+        m("install2")
+    );
+    assert_eq!(m("up4_rc"), "0", "{ctx}");
+    assert_eq!(
+        m("after_persistent"),
+        "1",
+        "the install did not survive down/up; {ctx}"
+    );
+    assert_eq!(m("down2_rc"), "0", "{ctx}");
     assert_eq!(b.exit_code(), Some(0), "{ctx}");
 }
