@@ -10,7 +10,9 @@
 //! workspace's canonical path, so moving a workspace needs a new approval;
 //! the view includes every plugin file's digest, so editing one does too.
 //! `agentvm init` approves what it writes; `agentvm trust` approves what is
-//! there now, after showing it.
+//! there now, after showing it. A workspace without a configuration file
+//! runs on agentvm's defaults, which need no approval: nothing in the
+//! workspace chose them.
 
 pub mod summary;
 pub mod view;
@@ -100,7 +102,8 @@ fn standing_in(dir: &Path, cfg: &ResolvedConfig) -> anyhow::Result<Standing> {
     let Ok(old) = serde_json::from_slice::<Approval>(&text) else {
         return Ok(Standing::New(Box::new(new)));
     };
-    if old.workspace == cfg.workspace && old.digest == new.digest() && old.view == new {
+    // Approved is the digest; the view is kept to say what changed.
+    if old.workspace == cfg.workspace && old.digest == new.digest() {
         return Ok(Standing::Approved);
     }
     if old.workspace != cfg.workspace {
@@ -115,6 +118,11 @@ fn standing_in(dir: &Path, cfg: &ResolvedConfig) -> anyhow::Result<Standing> {
 /// Fails, with the summary and what to do, unless `cfg` is approved and
 /// no read-write share exposes the approvals themselves.
 pub fn require(cfg: &ResolvedConfig) -> anyhow::Result<()> {
+    // No file, no plugins: agentvm's own defaults (the workspace shared,
+    // nothing run on the host), which nothing in the workspace chose.
+    if cfg.file.is_none() {
+        return check_shares(cfg);
+    }
     let standing = standing(cfg)?;
     let why = match &standing {
         Standing::Approved => return check_shares(cfg),

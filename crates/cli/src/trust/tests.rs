@@ -176,3 +176,15 @@ fn a_share_holding_the_approvals_is_refused() {
     );
     assert!(exposing(&ro, &approvals).is_none());
 }
+
+#[test]
+fn a_workspace_without_a_file_runs_on_the_defaults() {
+    let ws = Ws::new();
+    let dir = ws.root.join("plain");
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = resolve(&dir, None, &ws.host()).unwrap();
+    assert!(require(&cfg).is_ok());
+    // A file, even an empty one, is the workspace's choice.
+    let cfg = ws.cfg("plain", "");
+    assert!(matches!(ws.standing(&cfg), Standing::New(_)));
+}
