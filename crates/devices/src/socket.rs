@@ -17,6 +17,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 /// Staging directories made by this process so far (for unique names).
 static STAGED: AtomicU32 = AtomicU32::new(0);
 
+/// Staging directory names tried before giving up.
+const MAX_STAGING_TRIES: u32 = 64;
+
 /// The longest path a Unix socket address holds (`sun_path` less its NUL).
 const MAX_SOCKET_PATH: usize = 107;
 
@@ -30,14 +33,26 @@ pub fn bind_owner_only(path: &Path) -> io::Result<UnixListener> {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    let stage = loop {
+    // Names another user may have taken in a shared directory are skipped,
+    // a bounded number of times.
+    let mut stage = None;
+    for _ in 0..MAX_STAGING_TRIES {
         let n = STAGED.fetch_add(1, Ordering::Relaxed);
         let dir = parent.join(format!(".s{:x}.{n}", std::process::id()));
         match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
-            Ok(()) => break dir,
+            Ok(()) => {
+                stage = Some(dir);
+                break;
+            }
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
             Err(e) => return Err(e),
         }
+    }
+    let Some(stage) = stage else {
+        return Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            format!("no free name to stage a socket in {}", parent.display()),
+        ));
     };
     let staged = stage.join("s");
     let result = if staged.as_os_str().len() > MAX_SOCKET_PATH {
@@ -106,6 +121,20 @@ mod tests {
         let _listener = bind_owner_only(&path).unwrap();
         let mode = std::fs::metadata(&path).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn taken_staging_names_are_skipped_a_bounded_number_of_times() {
+        let dir = tempfile::tempdir().unwrap();
+        // Another user's squatting on the next names: skipped.
+        let next = STAGED.load(Ordering::Relaxed);
+        for n in next..next + 3 {
+            std::fs::create_dir(dir.path().join(format!(".s{:x}.{n}", std::process::id())))
+                .unwrap();
+        }
+        let path = dir.path().join("v.sock");
+        let _l = bind_owner_only(&path).unwrap();
+        assert!(is_own_socket(&path));
     }
 
     #[test]
