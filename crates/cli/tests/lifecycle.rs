@@ -330,10 +330,12 @@ fn a_killed_vmm_leaves_stale_state_that_the_next_up_cleans() {
     );
     let status = w.ok(&["status"], &ws);
     assert!(status.contains("stale"), "{status}");
-    let o = w.agentvm(&["run", "true"], &ws);
+    // Commands that need a running VM and do not start one say so (`run`
+    // and `shell` would start it again: see the auto-start test).
+    let o = w.agentvm(&["net", "show"], &ws);
     assert!(!o.status.success());
     assert!(
-        String::from_utf8_lossy(&o.stderr).contains("agentvm up"),
+        String::from_utf8_lossy(&o.stderr).contains("`agentvm up` starts it again"),
         "{o:?}"
     );
 
@@ -828,4 +830,52 @@ fn down_undoes_the_git_hooks_and_settings_the_guest_added() {
     let o = w.agentvm(&["down"], &ws);
     assert!(o.status.success(), "{o:?}");
     assert!(ws.join(".git/hooks/pre-commit").exists());
+}
+
+#[test]
+fn run_starts_the_workspaces_vm_when_it_is_not_running() {
+    let Some(w) = World::new() else { return };
+    let ws = w.workspace("auto");
+    assert_eq!(w.vmms(), 0);
+    // The tiny guest has no agent to answer the command (its connection
+    // waits), but the VM comes up first, reported on stderr: stdout is the
+    // command's.
+    let err_path = w.runtime.path().join("run.err");
+    let out_path = w.runtime.path().join("run.out");
+    let mut run = Command::new(env!("CARGO_BIN_EXE_agentvm"))
+        .args(["run", "true"])
+        .current_dir(&ws)
+        .env("XDG_RUNTIME_DIR", w.runtime.path())
+        .env("XDG_CONFIG_HOME", w.runtime.path().join("config"))
+        .env("XDG_DATA_HOME", w.runtime.path().join("data"))
+        .env("AGENTVM_LOG", "error")
+        .stdout(std::fs::File::create(&out_path).unwrap())
+        .stderr(std::fs::File::create(&err_path).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let err = loop {
+        let err = std::fs::read_to_string(&err_path).unwrap();
+        if err.contains("auto is up in") || Instant::now() > deadline {
+            break err;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let _ = run.kill();
+    let _ = run.wait();
+    assert!(err.contains("auto is up in"), "{err}");
+    assert_eq!(std::fs::read_to_string(&out_path).unwrap(), "");
+    assert_eq!(w.vmms(), 1);
+    // An unapproved change is refused before anything starts.
+    w.ok(&["down"], &ws);
+    let config = ws.join(".agentvm/config.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, format!("{text}\n[hooks]\npre_up = [\"true\"]\n")).unwrap();
+    let o = w.agentvm(&["shell"], &ws);
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("agentvm trust"),
+        "{o:?}"
+    );
+    assert_eq!(w.vmms(), 0);
 }

@@ -9,7 +9,7 @@ use agentvm_protocol::EXEC_PORT;
 use anyhow::bail;
 use clap::Args;
 
-use super::up::{guest_start, shell_start};
+use super::up::{guest_start, shell_start, UpArgs};
 use super::{Snapshot, StateDir, Target, VmState};
 use crate::attach::Agent;
 
@@ -36,7 +36,7 @@ pub struct ShellArgs {
 
 /// Runs the command; its exit code is `run`'s.
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
-    let (state, snap) = running(&args.target)?;
+    let (state, snap) = running_or_started(&args.target)?;
     let tty = args.tty || std::io::stdin().is_terminal();
     let start = shell_start(&args.command.join(" "), &snap, tty);
     let code = agent(&state.vsock()).exec(start);
@@ -46,7 +46,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
 
 /// Opens a login shell in the guest's workspace.
 pub fn shell(args: ShellArgs) -> anyhow::Result<ExitCode> {
-    let (state, snap) = running(&args.target)?;
+    let (state, snap) = running_or_started(&args.target)?;
     let start = guest_start(vec![b"sh".to_vec(), b"-l".to_vec()], &snap, true);
     let code = agent(&state.vsock()).exec(start);
     super::git_guard::undo(&state, &snap);
@@ -59,6 +59,19 @@ fn agent(uds: &Path) -> Agent<'_> {
         port: EXEC_PORT,
         wait: None,
     }
+}
+
+/// The target's VM, started (with `up`'s checks and output, on stderr)
+/// when it is not running and the target is a workspace, so that
+/// `cd repo && agentvm shell` is the whole workflow.
+fn running_or_started(target: &Target) -> anyhow::Result<(StateDir, Snapshot)> {
+    if target.name.is_none() && !matches!(target.locate()?.state(), VmState::Running(_)) {
+        let code = super::up::run(UpArgs::for_dir(target.dir.clone()))?;
+        if code != ExitCode::SUCCESS {
+            bail!("the workspace's VM did not start");
+        }
+    }
+    running(target)
 }
 
 /// The target's VM, which must be running.

@@ -36,15 +36,29 @@ pub struct UpArgs {
     /// is left running for inspection).
     #[arg(long)]
     rm_on_failure: bool,
+    /// Report on stderr, not stdout: `run`, `shell` and `agent` start the
+    /// VM this way, and their stdout is the command's.
+    #[arg(skip)]
+    report_on_stderr: bool,
 }
 
 impl UpArgs {
+    /// Prints `line` where these arguments say.
+    fn report(&self, line: &str) {
+        if self.report_on_stderr {
+            eprintln!("{line}");
+        } else {
+            println!("{line}");
+        }
+    }
+
     /// `up` in `dir` as another command starts it.
     pub fn for_dir(dir: Option<PathBuf>) -> UpArgs {
         UpArgs {
             dir,
             timeout: 60,
             rm_on_failure: false,
+            report_on_stderr: true,
         }
     }
 }
@@ -60,7 +74,7 @@ pub fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     check_private(&root)?;
     let state = StateDir::of_workspace(&cfg.workspace);
     check_private(&state.dir)?;
-    if let Some(code) = already_up(&state, &cfg.name, args.timeout, false)? {
+    if let Some(code) = already_up(&state, &cfg.name, &args, false)? {
         return Ok(code);
     }
     let kernel = choose_kernel(
@@ -108,7 +122,7 @@ pub fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     make_private(&root)?;
     let lock = RootLock::take(&root)?;
     // Another `up` may have started it meanwhile.
-    if let Some(code) = already_up(&state, &cfg.name, args.timeout, true)? {
+    if let Some(code) = already_up(&state, &cfg.name, &args, true)? {
         return Ok(code);
     }
     make_private(&state.dir)?;
@@ -183,13 +197,13 @@ pub fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     }
     super::git_guard::undo(&state, &snap);
     run_hooks("post_up", &cfg.hooks.post_up, &cfg.workspace);
-    println!(
+    args.report(&format!(
         "agentvm: {} is up in {} ms (pid {}); `agentvm shell` opens a shell, `agentvm down` \
          stops it",
         cfg.name,
         boot.as_millis(),
         child.id()
-    );
+    ));
     Ok(ExitCode::SUCCESS)
 }
 
@@ -316,14 +330,15 @@ impl std::io::Write for Tail {
 fn already_up(
     state: &StateDir,
     name: &str,
-    timeout: u64,
+    args: &UpArgs,
     clean: bool,
 ) -> anyhow::Result<Option<ExitCode>> {
+    let timeout = args.timeout;
     let deadline = Instant::now() + Duration::from_secs(timeout);
     loop {
         match state.state() {
             VmState::Running(pid) => {
-                println!("agentvm: {name} is already running (pid {pid})");
+                args.report(&format!("agentvm: {name} is already running (pid {pid})"));
                 return Ok(Some(ExitCode::SUCCESS));
             }
             VmState::Starting(_) if Instant::now() < deadline => {
