@@ -127,13 +127,7 @@ pub fn run(args: BootArgs) -> anyhow::Result<ExitCode> {
     if args.kernel.is_none() {
         if let Ok(image) = crate::image::load(args.image.as_deref()) {
             if image.has_rootfs {
-                shares.push(crate::share::ShareSpec {
-                    dir: image.dir,
-                    tag: "agentvm-root".into(),
-                    read_only: true,
-                    target: None,
-                    role: crate::share::ShareRole::RootImage,
-                });
+                shares.push(crate::share::ShareSpec::root_image(image.dir));
             }
         }
     }

@@ -74,6 +74,30 @@ impl std::str::FromStr for ShareSpec {
 }
 
 impl ShareSpec {
+    /// The guest image directory `dir` as the guest's root
+    /// ([`ShareRole::RootImage`]).
+    pub fn root_image(dir: PathBuf) -> ShareSpec {
+        ShareSpec {
+            dir,
+            tag: "agentvm-root".into(),
+            read_only: true,
+            target: None,
+            role: ShareRole::RootImage,
+        }
+    }
+
+    /// The directory `dir` holding the persistent root layer
+    /// ([`ShareRole::RootUpper`]).
+    pub fn root_upper(dir: PathBuf) -> ShareSpec {
+        ShareSpec {
+            dir,
+            tag: "agentvm-upper".into(),
+            read_only: false,
+            target: None,
+            role: ShareRole::RootUpper,
+        }
+    }
+
     /// The guest agent's command-line entry: mount `tag` at the target
     /// (the host path unless the share says otherwise).
     pub fn cmdline_entry(&self) -> anyhow::Result<String> {

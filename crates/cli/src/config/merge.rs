@@ -146,6 +146,7 @@ impl Fragment {
             agent_home: None,
             git_hooks: super::GitHooks::default(),
             plugin_files: Vec::new(),
+            guest_user: None,
         }
     }
 }

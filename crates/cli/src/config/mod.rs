@@ -123,6 +123,8 @@ pub struct ResolvedConfig {
     /// Every plugin file merged in, with a digest of its text: any change
     /// to one needs a new approval.
     pub plugin_files: Vec<PluginFile>,
+    /// Who commands in the guest run as (the host's [`Host::guest_user`]).
+    pub guest_user: Option<crate::paths::GuestUser>,
 }
 
 /// `git_hooks`: whether the guest may leave hooks and executable git
@@ -527,6 +529,7 @@ pub fn resolve(
     cfg.agent_home = agent_home;
     cfg.git_hooks = git_hooks;
     cfg.plugin_files = plugin_files;
+    cfg.guest_user = host.guest_user.clone();
     Ok(cfg)
 }
 

@@ -405,7 +405,7 @@ impl Snapshot {
             guarded: git_guard::repos(cfg),
             root_image: None,
             persistent_root: None,
-            user: crate::paths::GuestUser::detect().map(|u| u.cmdline_value()),
+            user: cfg.guest_user.as_ref().map(|u| u.cmdline_value()),
         }
     }
 

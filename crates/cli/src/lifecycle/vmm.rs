@@ -25,11 +25,6 @@ use super::StateDir;
 use crate::boot::{build_vm, KernelChoice, NetSpec, VmSpec};
 use crate::share::{ShareRole, ShareSpec};
 
-/// The virtio-fs tag of the guest image's directory.
-const ROOT_IMAGE_TAG: &str = "agentvm-root";
-/// The virtio-fs tag of the persistent root layer's directory.
-const ROOT_UPPER_TAG: &str = "agentvm-upper";
-
 /// The line the guest agent prints on the console once it serves.
 pub const READY_LINE: &[u8] = b"agentvm-guest: ready";
 /// How long `stop` waits for the agent to take a power-off request.
@@ -74,20 +69,13 @@ pub fn run(args: VmmArgs) -> anyhow::Result<ExitCode> {
             target: Some(m.target.clone()),
             role: ShareRole::Mount,
         })
-        .chain(snap.root_image.iter().map(|dir| ShareSpec {
-            dir: dir.clone(),
-            tag: ROOT_IMAGE_TAG.into(),
-            read_only: true,
-            target: None,
-            role: ShareRole::RootImage,
-        }))
-        .chain(snap.persistent_root.iter().map(|dir| ShareSpec {
-            dir: dir.clone(),
-            tag: ROOT_UPPER_TAG.into(),
-            read_only: false,
-            target: None,
-            role: ShareRole::RootUpper,
-        }))
+        .chain(snap.root_image.iter().cloned().map(ShareSpec::root_image))
+        .chain(
+            snap.persistent_root
+                .iter()
+                .cloned()
+                .map(ShareSpec::root_upper),
+        )
         .collect();
     let mut cmdline = snap.cmdline.clone();
     if let Some(user) = &snap.user {
