@@ -11,6 +11,7 @@
 pub mod bus;
 pub mod legacy;
 pub mod socket;
+pub mod thread;
 pub mod vhost_user;
 pub mod virtio;
 

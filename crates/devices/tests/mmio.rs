@@ -10,6 +10,7 @@ use agentvm_devices::virtio::transport::mmio::{
 };
 use agentvm_devices::virtio::{GuestMemory, InterruptKind, VIRTIO_F_VERSION_1};
 use vm_memory::GuestAddress;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 const MEM: usize = 1 << 20;
 const DEVICE_TYPE: u32 = 42;
@@ -446,6 +447,76 @@ fn reset_stops_the_device_and_allows_a_new_setup() {
     );
     drv.transport_mut().shutdown();
     assert_eq!(dev.resets(), 2);
+    assert_eq!(dev.retires(), 2);
+}
+
+/// A driver whose transport defers activation, and the eventfd it signals.
+fn deferred_driver() -> (Driver, MockHandle, EventFd) {
+    let (mut drv, dev) = driver_with_queues();
+    let event = EventFd::new(EFD_NONBLOCK).unwrap();
+    drv.transport_mut()
+        .defer_activation(event.try_clone().unwrap());
+    (drv, dev, event)
+}
+
+#[test]
+fn deferred_activation_runs_only_when_completed() {
+    let (mut drv, dev, event) = deferred_driver();
+    drv.driver_ok().unwrap();
+    // DRIVER_OK reads back at once; the device has not started.
+    assert_eq!(drv.status(), ACK_DRIVER_FEATURES | status::DRIVER_OK);
+    assert!(dev.activations().is_empty());
+    assert!(drv.transport().has_pending());
+    assert!(!drv.transport().is_activated());
+    assert_eq!(event.read().unwrap(), 1);
+
+    drv.transport_mut().complete_pending();
+    assert_eq!(dev.activations().len(), 1);
+    assert!(drv.transport().is_activated());
+    assert!(!drv.transport().has_pending());
+
+    // A reset stops the device at once and leaves its clean-up pending.
+    drv.reset();
+    assert_eq!((dev.resets(), dev.retires()), (1, 0));
+    assert_eq!(drv.status(), 0);
+    assert_eq!(event.read().unwrap(), 1);
+    drv.transport_mut().complete_pending();
+    assert_eq!(dev.retires(), 1);
+    // Nothing was left to do: no event.
+    assert!(event.read().is_err());
+}
+
+#[test]
+fn deferred_activation_is_dropped_by_a_reset_before_it_ran() {
+    let (mut drv, dev, event) = deferred_driver();
+    drv.driver_ok().unwrap();
+    drv.reset();
+    drv.transport_mut().complete_pending();
+    assert!(dev.activations().is_empty());
+    assert_eq!((dev.resets(), dev.retires()), (0, 0));
+    assert_eq!(event.read().unwrap(), 1);
+
+    // The next setup activates normally.
+    drv.init(VIRTIO_F_VERSION_1).unwrap();
+    drv.transport_mut().complete_pending();
+    assert_eq!(dev.activations().len(), 1);
+}
+
+#[test]
+fn deferred_activation_failure_needs_reset_with_an_interrupt() {
+    let dev = MockDevice::new(DEVICE_TYPE, OFFERED, &[16, 16]).requiring_queues(2);
+    let handle = dev.handle();
+    let mut drv = Driver::new(Box::new(dev), MEM).unwrap();
+    drv.transport_mut()
+        .defer_activation(EventFd::new(EFD_NONBLOCK).unwrap());
+    drv.negotiate(VIRTIO_F_VERSION_1).unwrap();
+    drv.setup_queue(0, 16).unwrap();
+    drv.driver_ok().unwrap();
+    assert_eq!(drv.ack_interrupt(), 0);
+    drv.transport_mut().complete_pending();
+    assert!(handle.activations().is_empty());
+    assert_ne!(drv.status() & status::DEVICE_NEEDS_RESET, 0);
+    assert_eq!(drv.ack_interrupt(), INT_CONFIG);
 }
 
 #[test]

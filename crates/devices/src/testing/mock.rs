@@ -22,6 +22,7 @@ pub struct MockActivation {
 struct State {
     activations: Vec<MockActivation>,
     resets: usize,
+    retires: usize,
     config: Vec<u8>,
     interrupt: Option<Arc<dyn VirtioInterrupt>>,
 }
@@ -131,6 +132,10 @@ impl VirtioDevice for MockDevice {
         state.interrupt = None;
         true
     }
+
+    fn retire(&mut self) {
+        lock(&self.state).retires += 1;
+    }
 }
 
 /// Watches (and pokes) a [`MockDevice`] from the test.
@@ -148,6 +153,11 @@ impl MockHandle {
     /// How many times the transport reset the device.
     pub fn resets(&self) -> usize {
         lock(&self.state).resets
+    }
+
+    /// How many resets the transport finished with a retire.
+    pub fn retires(&self) -> usize {
+        lock(&self.state).retires
     }
 
     /// Whether the device is between an activation and a reset.

@@ -19,6 +19,8 @@ use std::os::unix::net::UnixStream;
 
 use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 
+use crate::thread::{self, DeviceThread};
+
 /// vhost-user message header: request, flags, payload size (all le32).
 const HEADER: usize = 12;
 /// VHOST_USER_SET_FEATURES.
@@ -39,12 +41,14 @@ const MAX_HELD: usize = 64;
 pub fn relay(front: UnixStream, back: UnixStream) -> io::Result<()> {
     let mut replies_in = back.try_clone()?;
     let mut replies_out = front.try_clone()?;
-    let replies = std::thread::Builder::new()
-        .name("vhost-user-replies".into())
-        .spawn(move || {
+    let replies = thread::spawn(
+        "vhost-user-replies",
+        DeviceThread::VhostUserReplies,
+        move || {
             let _ = io::copy(&mut replies_in, &mut replies_out);
             let _ = replies_out.shutdown(Shutdown::Both);
-        })?;
+        },
+    )?;
     let result = forward_requests(&front, &back);
     let _ = back.shutdown(Shutdown::Both);
     let _ = front.shutdown(Shutdown::Both);

@@ -110,10 +110,18 @@ pub trait VirtioDevice: Send {
     fn write_config(&mut self, offset: u64, data: &[u8]) {
         let _ = (offset, data);
     }
-    /// Starts the device: from now on it processes the queues.
+    /// Starts the device: from now on it processes the queues. The VMM
+    /// calls it off the vCPU threads (it may start threads and processes).
     fn activate(&mut self, ctx: ActivationContext) -> Result<(), ActivateError>;
     /// Stops the device and returns it to its pre-activation state. Returns
     /// `false` if the device cannot be reset (the transport then marks it
-    /// as needing a reset).
+    /// as needing a reset). It runs on the vCPU thread that wrote the
+    /// reset, before the driver goes on: it must stop every use of the
+    /// queues, but should leave slow or privileged clean-up (ending a
+    /// process) to [`VirtioDevice::retire`].
     fn reset(&mut self) -> bool;
+    /// Finishes a reset off the vCPU threads: releases what
+    /// [`VirtioDevice::reset`] left behind. Runs after every reset and
+    /// before the next activation.
+    fn retire(&mut self) {}
 }

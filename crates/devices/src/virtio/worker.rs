@@ -11,12 +11,13 @@
 use std::io;
 use std::os::fd::AsRawFd;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::thread::JoinHandle;
 
 use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
 use tracing::{debug, error};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use crate::thread::{self, DeviceThread, Thread};
 
 /// Errors of a device worker.
 #[derive(Debug, thiserror::Error)]
@@ -27,7 +28,8 @@ pub enum WorkerError {
     /// The epoll-based event manager could not be created.
     #[error("Cannot create the worker's event manager")]
     EventManager(#[source] event_manager::Error),
-    /// The OS refused to start the thread.
+    /// The OS refused to start the thread, or its start hook (its seccomp
+    /// filter) failed.
     #[error("Cannot spawn worker thread {name}")]
     Spawn {
         /// Name of the thread.
@@ -82,6 +84,7 @@ impl<S: MutEventSubscriber> MutEventSubscriber for Supervised<S> {
 /// # Example
 ///
 /// ```
+/// use agentvm_devices::thread::DeviceThread;
 /// use agentvm_devices::virtio::worker::Worker;
 /// use event_manager::{EventOps, Events, MutEventSubscriber};
 ///
@@ -91,19 +94,20 @@ impl<S: MutEventSubscriber> MutEventSubscriber for Supervised<S> {
 ///     fn init(&mut self, _: &mut EventOps) {}
 /// }
 ///
-/// let worker = Worker::spawn("idle", Idle).unwrap();
+/// let worker = Worker::spawn("idle", DeviceThread::Worker(4), Idle).unwrap();
 /// let _idle: Idle = worker.stop().unwrap();
 /// ```
 pub struct Worker<S> {
     name: String,
     kill: EventFd,
-    thread: Option<JoinHandle<Result<S, WorkerError>>>,
+    thread: Option<Thread<Result<S, WorkerError>>>,
 }
 
 impl<S: MutEventSubscriber + Send + 'static> Worker<S> {
-    /// Starts `subscriber` on a new thread called `name`. Its `init` runs
-    /// before this returns, on the calling thread.
-    pub fn spawn(name: &str, subscriber: S) -> Result<Self, WorkerError> {
+    /// Starts `subscriber` on a new thread called `name`, of kind `kind`
+    /// for the start hook ([`crate::thread`]). Its `init` runs before this
+    /// returns, on the calling thread.
+    pub fn spawn(name: &str, kind: DeviceThread, subscriber: S) -> Result<Self, WorkerError> {
         let kill = EventFd::new(EFD_NONBLOCK).map_err(WorkerError::KillEvent)?;
         let thread_kill = kill.try_clone().map_err(WorkerError::KillEvent)?;
         let mut manager = EventManager::new().map_err(WorkerError::EventManager)?;
@@ -113,13 +117,12 @@ impl<S: MutEventSubscriber + Send + 'static> Worker<S> {
             killed: false,
         });
         let thread_name = name.to_owned();
-        let thread = std::thread::Builder::new()
-            .name(name.to_owned())
-            .spawn(move || run(&thread_name, manager, id))
-            .map_err(|source| WorkerError::Spawn {
+        let thread = thread::spawn(name, kind, move || run(&thread_name, manager, id)).map_err(
+            |source| WorkerError::Spawn {
                 name: name.to_owned(),
                 source,
-            })?;
+            },
+        )?;
         Ok(Worker {
             name: name.to_owned(),
             kill,
@@ -143,7 +146,7 @@ impl<S> Worker<S> {
         &self.name
     }
 
-    fn join(&self, thread: JoinHandle<Result<S, WorkerError>>) -> Result<S, WorkerError> {
+    fn join(&self, thread: Thread<Result<S, WorkerError>>) -> Result<S, WorkerError> {
         if let Err(source) = self.kill.write(1) {
             // Joining would hang: the loop never learns it should stop.
             // Leaving the thread detached is the lesser evil.
@@ -261,7 +264,7 @@ mod tests {
         let alive = Arc::new(AtomicUsize::new(0));
         let counter = Counter::new(tx, alive.clone());
         let evt = counter.evt.try_clone().unwrap();
-        let worker = Worker::spawn("test-worker", counter).unwrap();
+        let worker = Worker::spawn("test-worker", DeviceThread::Worker(4), counter).unwrap();
         assert_eq!(worker.name(), "test-worker");
 
         evt.write(1).unwrap();
@@ -280,7 +283,12 @@ mod tests {
     fn drop_joins_the_thread_and_drops_the_subscriber() {
         let (tx, _rx) = mpsc::channel();
         let alive = Arc::new(AtomicUsize::new(0));
-        let worker = Worker::spawn("test-drop", Counter::new(tx, alive.clone())).unwrap();
+        let worker = Worker::spawn(
+            "test-drop",
+            DeviceThread::Worker(4),
+            Counter::new(tx, alive.clone()),
+        )
+        .unwrap();
         drop(worker);
         // Join happened inside drop: the subscriber is gone with the thread.
         assert_eq!(alive.load(Ordering::SeqCst), 0);
@@ -293,7 +301,7 @@ mod tests {
         let mut counter = Counter::new(tx, alive.clone());
         counter.panic_on = Some(2);
         let evt = counter.evt.try_clone().unwrap();
-        let worker = Worker::spawn("test-panic", counter).unwrap();
+        let worker = Worker::spawn("test-panic", DeviceThread::Worker(4), counter).unwrap();
         evt.write(1).unwrap();
         assert_eq!(rx.recv_timeout(HANG_GUARD).unwrap(), 1);
         evt.write(1).unwrap();

@@ -23,6 +23,7 @@ use super::{
     QueueIndexes, QUEUE_SIZE, VIRTIO_BALLOON_F_DEFLATE_ON_OOM, VIRTIO_BALLOON_F_REPORTING,
     VIRTIO_BALLOON_F_STATS_VQ,
 };
+use crate::thread::DeviceThread;
 use crate::virtio::worker::Worker;
 use crate::virtio::{
     device_type, ActivateError, ActivationContext, VirtioDevice, VIRTIO_F_VERSION_1,
@@ -128,7 +129,11 @@ impl<R: MemoryReleaser + Clone + Send + 'static> VirtioDevice for Balloon<R> {
             self.shared.clone(),
             self.releaser.clone(),
         );
-        match Worker::spawn("virtio-balloon", handler) {
+        match Worker::spawn(
+            "virtio-balloon",
+            DeviceThread::Worker(device_type::BALLOON),
+            handler,
+        ) {
             Ok(worker) => {
                 self.worker = Some(worker);
                 Ok(())

@@ -42,13 +42,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStderr, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::thread::{sleep, JoinHandle};
+use std::thread::sleep;
 use std::time::{Duration, Instant};
 
 use tracing::{debug, error, warn};
 
 use super::config::FsConfig;
 use super::locate::Virtiofsd;
+use crate::thread::{self, DeviceThread, Thread};
 
 /// How long a daemon may take to open its socket.
 pub const START_TIMEOUT: Duration = Duration::from_secs(10);
@@ -191,7 +192,7 @@ pub struct Daemon {
     socket: PathBuf,
     sandbox: Sandbox,
     tail: Tail,
-    relay: Option<JoinHandle<()>>,
+    relay: Option<Thread<()>>,
     status: Option<ExitStatus>,
 }
 
@@ -457,25 +458,24 @@ fn remove_stale_socket(path: &Path) -> Result<(), DaemonError> {
 }
 
 /// Forwards virtiofsd's stderr to our log and keeps its last lines.
-fn relay_stderr(tag: &str, stderr: ChildStderr, tail: Tail) -> Option<JoinHandle<()>> {
+fn relay_stderr(tag: &str, stderr: ChildStderr, tail: Tail) -> Option<Thread<()>> {
     let tag = tag.to_owned();
-    let spawned = std::thread::Builder::new()
-        .name(format!("virtiofsd-{tag}"))
-        .spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if line.contains("ERROR") {
-                    warn!(target: "virtiofsd", tag = %tag, "{line}");
-                } else {
-                    debug!(target: "virtiofsd", tag = %tag, "{line}");
-                }
-                let mut tail = tail.lock().unwrap_or_else(PoisonError::into_inner);
-                if tail.len() == STDERR_TAIL {
-                    tail.pop_front();
-                }
-                tail.push_back(line);
+    let name = format!("virtiofsd-{tag}");
+    let spawned = thread::spawn(&name, DeviceThread::DaemonLog, move || {
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if line.contains("ERROR") {
+                warn!(target: "virtiofsd", tag = %tag, "{line}");
+            } else {
+                debug!(target: "virtiofsd", tag = %tag, "{line}");
             }
-        });
+            let mut tail = tail.lock().unwrap_or_else(PoisonError::into_inner);
+            if tail.len() == STDERR_TAIL {
+                tail.pop_front();
+            }
+            tail.push_back(line);
+        }
+    });
     match spawned {
         Ok(handle) => Some(handle),
         Err(e) => {

@@ -9,9 +9,10 @@
 //! come from the daemon, so it must run before the driver looks. The
 //! driver's DRIVER_OK ([`VirtioDevice::activate`]) completes the handshake
 //! and hands the daemon, the rings and the call eventfds to a worker.
-//! A reset stops the worker and the daemon; the next activation starts a
-//! fresh daemon (same binary, same options, hence the same features).
-//! Dropping the device stops everything.
+//! A reset stops the worker at once; the daemon goes when the reset is
+//! retired ([`VirtioDevice::retire`], off the vCPU thread). The next
+//! activation starts a fresh daemon (same binary, same options, hence the
+//! same features). Dropping the device stops everything.
 
 use std::error::Error;
 use std::sync::Arc;
@@ -27,6 +28,7 @@ use super::handler::FsHandler;
 use super::locate::{LocateError, Search, Virtiofsd};
 use super::session::{Session, StartError};
 use super::{CONFIG_LEN, NUM_QUEUES, NUM_REQUEST_QUEUES, QUEUE_SIZE, TAG_LEN};
+use crate::thread::DeviceThread;
 use crate::virtio::worker::Worker;
 use crate::virtio::{device_type, ActivateError, ActivationContext, VirtioDevice};
 
@@ -80,6 +82,8 @@ pub struct VirtioFs {
     /// A started daemon waiting for the driver.
     idle: Option<Session>,
     worker: Option<Worker<FsHandler>>,
+    /// The handler of a reset session, holding its daemon until retired.
+    retired: Option<FsHandler>,
     shared: Arc<Shared>,
 }
 
@@ -111,6 +115,7 @@ impl VirtioFs {
             config_space,
             idle: Some(session),
             worker: None,
+            retired: None,
             shared,
         })
     }
@@ -176,7 +181,8 @@ impl VirtioFs {
             self.shared.clone(),
         );
         // On failure the handler, and with it the daemon, is dropped.
-        Worker::spawn("virtio-fs", handler).map_err(FsError::Worker)
+        Worker::spawn("virtio-fs", DeviceThread::Worker(device_type::FS), handler)
+            .map_err(FsError::Worker)
     }
 
     fn start_session(&self) -> Result<Session, FsError> {
@@ -238,15 +244,25 @@ impl VirtioDevice for VirtioFs {
 
     fn reset(&mut self) -> bool {
         if let Some(worker) = self.worker.take() {
-            // Either way the thread is gone; dropping the handler stops
-            // the daemon (a panicked worker dropped it while unwinding).
+            // Either way the thread is gone; the handler keeps the daemon
+            // until retire (a panicked worker dropped it while unwinding).
             match worker.stop() {
-                Ok(handler) => drop(handler),
-                Err(e) => error!("virtio-fs: {e}"),
+                Ok(handler) => self.retired = Some(handler),
+                Err(e) => {
+                    error!("virtio-fs: {e}");
+                    self.shared.set(DaemonState::Stopped);
+                }
             }
-            self.shared.set(DaemonState::Stopped);
         }
         true
+    }
+
+    fn retire(&mut self) {
+        if let Some(handler) = self.retired.take() {
+            // Dropping the handler stops its daemon.
+            drop(handler);
+            self.shared.set(DaemonState::Stopped);
+        }
     }
 }
 
@@ -256,6 +272,7 @@ impl Drop for VirtioFs {
         // daemon when dropped; this only makes the order explicit and
         // leaves the handle with the final state.
         self.reset();
+        self.retire();
         drop(self.idle.take());
         self.shared.set(DaemonState::Stopped);
     }

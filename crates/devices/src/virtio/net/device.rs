@@ -11,6 +11,7 @@ use vmm_sys_util::timerfd::TimerFd;
 
 use super::handler::NetHandler;
 use super::{FrameBackend, MAX_FRAME_LEN};
+use crate::thread::DeviceThread;
 use crate::virtio::worker::Worker;
 use crate::virtio::{
     device_type, ActivateError, ActivationContext, VirtioDevice, VIRTIO_F_VERSION_1,
@@ -221,7 +222,12 @@ impl<B: FrameBackend> VirtioDevice for Net<B> {
             mtu,
         );
         // A failed spawn drops the handler, and the backend with it.
-        let worker = Worker::spawn("virtio-net", handler).map_err(ActivateError::Worker)?;
+        let worker = Worker::spawn(
+            "virtio-net",
+            DeviceThread::Worker(device_type::NET),
+            handler,
+        )
+        .map_err(ActivateError::Worker)?;
         self.worker = Some(worker);
         Ok(())
     }

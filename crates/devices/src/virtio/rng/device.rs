@@ -5,6 +5,7 @@ use tracing::error;
 
 use super::handler::RngHandler;
 use super::queue::{EntropySource, HostEntropy};
+use crate::thread::DeviceThread;
 use crate::virtio::worker::Worker;
 use crate::virtio::{
     device_type, ActivateError, ActivationContext, VirtioDevice, VIRTIO_F_VERSION_1,
@@ -78,7 +79,12 @@ impl<E: EntropySource + Clone + Send + 'static> VirtioDevice for Rng<E> {
         };
         let source = self.source.clone();
         let handler = RngHandler::new(ctx.mem, active.queue, active.notify, ctx.interrupt, source);
-        let worker = Worker::spawn("virtio-rng", handler).map_err(ActivateError::Worker)?;
+        let worker = Worker::spawn(
+            "virtio-rng",
+            DeviceThread::Worker(device_type::RNG),
+            handler,
+        )
+        .map_err(ActivateError::Worker)?;
         self.worker = Some(worker);
         Ok(())
     }

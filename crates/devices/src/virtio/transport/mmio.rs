@@ -12,6 +12,21 @@
 //! reach [`BusDevice::write`] (no ioeventfd, e.g. in tests) is forwarded to the
 //! same eventfd, so the device cannot tell the difference.
 //!
+//! # Activation off the vCPU thread
+//!
+//! Activating a device starts its worker thread, and for virtio-fs maybe a
+//! virtiofsd process; a vCPU thread must not do either (its seccomp filter
+//! allows neither). After [`MmioTransport::defer_activation`], DRIVER_OK
+//! only checks the queues, records the activation and signals an eventfd;
+//! the VMM's activation thread then calls
+//! [`MmioTransport::complete_pending`]. The driver reads DRIVER_OK at once;
+//! if the device then refuses, DEVICE_NEEDS_RESET follows with a
+//! configuration interrupt, as the specification allows at any time. A
+//! reset still stops the device on the vCPU thread, before the driver
+//! frees its rings, but leaves the device's slow clean-up
+//! ([`VirtioDevice::retire`]) to the same thread. Without
+//! `defer_activation` (tests, the driver harness) all of it runs inline.
+//!
 //! A misbehaving driver gets ignored writes, never a panic: every register
 //! write is checked against the status state machine, and a ready queue whose
 //! rings do not fit guest memory puts the device in DEVICE_NEEDS_RESET instead
@@ -276,6 +291,13 @@ pub struct MmioTransport {
     unknown_driver_features: bool,
     status: u32,
     activated: bool,
+    /// Signalled when work waits for [`MmioTransport::complete_pending`];
+    /// `None` runs it inline.
+    deferred: Option<EventFd>,
+    /// An activation the driver asked for, not yet run.
+    pending: Option<ActivationContext>,
+    /// A reset whose [`VirtioDevice::retire`] has not run yet.
+    unretired: bool,
 }
 
 impl MmioTransport {
@@ -310,6 +332,9 @@ impl MmioTransport {
             unknown_driver_features: false,
             status: 0,
             activated: false,
+            deferred: None,
+            pending: None,
+            unretired: false,
         })
     }
 
@@ -343,10 +368,52 @@ impl MmioTransport {
         self.activated
     }
 
-    /// Stops the device (joins its worker) as a reset would, e.g. when the
-    /// VM shuts down.
+    /// From now on, activations and the clean-up after resets wait for
+    /// [`MmioTransport::complete_pending`]; `event` is signalled whenever
+    /// there is such work (see the [module docs](self)).
+    pub fn defer_activation(&mut self, event: EventFd) {
+        self.deferred = Some(event);
+    }
+
+    /// Whether an activation or a reset's clean-up waits for
+    /// [`MmioTransport::complete_pending`].
+    pub fn has_pending(&self) -> bool {
+        self.pending.is_some() || self.unretired
+    }
+
+    /// Runs the work DRIVER_OK and resets left: first the clean-up of the
+    /// last reset, then the activation, if the driver has not reset the
+    /// device again meanwhile.
+    pub fn complete_pending(&mut self) {
+        if self.unretired {
+            self.unretired = false;
+            self.device.retire();
+        }
+        if let Some(ctx) = self.pending.take() {
+            self.run_activation(ctx);
+        }
+    }
+
+    /// Stops the device (joins its worker) and cleans up after it, as a
+    /// reset would, e.g. when the VM shuts down.
     pub fn shutdown(&mut self) {
         self.reset();
+        self.complete_pending();
+    }
+
+    /// Hands work to [`MmioTransport::complete_pending`]: signals the
+    /// deferral event, or runs it now when there is none.
+    fn schedule(&mut self) {
+        let Some(event) = &self.deferred else {
+            return self.complete_pending();
+        };
+        if let Err(e) = event.write(1) {
+            // The activation thread would never run it: do not let the
+            // driver wait for a device that cannot start.
+            error!("virtio-mmio: cannot signal the activation thread: {e}");
+            self.pending = None;
+            self.needs_reset();
+        }
     }
 
     fn selected_queue(&self) -> Option<&QueueRegs> {
@@ -585,12 +652,16 @@ impl MmioTransport {
             };
             queues.push(ActiveQueue { queue, notify });
         }
-        let ctx = ActivationContext {
+        self.pending = Some(ActivationContext {
             mem: self.mem.clone(),
             interrupt: self.interrupt.clone(),
             queues,
             acked_features: self.driver_features,
-        };
+        });
+        self.schedule();
+    }
+
+    fn run_activation(&mut self, ctx: ActivationContext) {
         match self.device.activate(ctx) {
             Ok(()) => self.activated = true,
             Err(e) => {
@@ -612,6 +683,8 @@ impl MmioTransport {
 
     /// Status 0: stops the device and forgets everything the driver set up.
     fn reset(&mut self) {
+        // An activation not run yet never will be.
+        self.pending = None;
         if self.activated {
             self.activated = false;
             if !self.device.reset() {
@@ -622,6 +695,8 @@ impl MmioTransport {
                 self.status = status::DEVICE_NEEDS_RESET;
                 return;
             }
+            self.unretired = true;
+            self.schedule();
         }
         for queue in &mut self.queues {
             *queue = QueueRegs::new(queue.max_size);

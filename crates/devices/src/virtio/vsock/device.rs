@@ -13,6 +13,7 @@ use tracing::{error, warn};
 use super::handler::{NotifiedQueue, VsockHandler};
 use super::muxer::Muxer;
 use super::unix;
+use crate::thread::DeviceThread;
 use crate::virtio::worker::Worker;
 use crate::virtio::{
     device_type, ActivateError, ActivationContext, VirtioDevice, VIRTIO_F_VERSION_1,
@@ -213,7 +214,12 @@ impl VirtioDevice for Vsock {
         });
         let muxer = Muxer::new(self.guest_cid, self.uds_path.clone(), self.listener.clone());
         let handler = VsockHandler::new(ctx.mem, queues, ctx.interrupt, muxer);
-        let worker = Worker::spawn("virtio-vsock", handler).map_err(ActivateError::Worker)?;
+        let worker = Worker::spawn(
+            "virtio-vsock",
+            DeviceThread::Worker(device_type::VSOCK),
+            handler,
+        )
+        .map_err(ActivateError::Worker)?;
         self.worker = Some(worker);
         Ok(())
     }
