@@ -17,6 +17,7 @@ pub mod config;
 pub mod device_manager;
 pub mod memory;
 pub mod memory_control;
+pub mod seccomp;
 pub mod vcpu;
 pub mod vm;
 
