@@ -192,6 +192,13 @@ impl VmBuilder {
         self
     }
 
+    /// What the seccomp filters of the VM's threads do with a system call
+    /// they do not allow (default: end the VM; see [`crate::seccomp`]).
+    pub fn seccomp(mut self, level: crate::seccomp::SeccompLevel) -> Self {
+        self.config.seccomp = level;
+        self
+    }
+
     /// Where the serial console goes.
     pub fn serial(mut self, sink: SerialSink) -> Self {
         self.serial = sink;
@@ -336,6 +343,7 @@ impl VmBuilder {
         }
 
         Ok(Vm {
+            seccomp: config.seccomp,
             shared,
             vcpus,
             buses: Arc::new(Buses { pio, mmio }),

@@ -3,6 +3,8 @@
 
 use std::path::PathBuf;
 
+use crate::seccomp::SeccompLevel;
+
 /// Most vCPUs a VM may have (APIC IDs must leave room for the IOAPIC's).
 pub const MAX_VCPUS: u8 = 254;
 /// Command line used when none is given.
@@ -43,11 +45,14 @@ pub struct VmConfig {
     pub pit: Option<bool>,
     /// When to put `virtio_mmio.device=` on the command line.
     pub cmdline_devices: CmdlineDevices,
+    /// The seccomp filters of the VM's threads ([`crate::seccomp`]).
+    pub seccomp: SeccompLevel,
 }
 
 impl VmConfig {
     /// Defaults for `kernel`: 512 MiB, one vCPU, [`DEFAULT_CMDLINE`], a PIT
-    /// only when the command line turns ACPI off.
+    /// only when the command line turns ACPI off, seccomp filters that end
+    /// the VM on an unexpected system call.
     pub fn new(kernel: impl Into<PathBuf>) -> Self {
         VmConfig {
             memory_mib: 512,
@@ -57,6 +62,7 @@ impl VmConfig {
             cmdline: DEFAULT_CMDLINE.to_string(),
             pit: None,
             cmdline_devices: CmdlineDevices::default(),
+            seccomp: SeccompLevel::default(),
         }
     }
 

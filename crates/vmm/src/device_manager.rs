@@ -77,6 +77,9 @@ pub struct DeviceManager {
     serial: Arc<Mutex<Serial>>,
     transports: Vec<Arc<Mutex<MmioTransport>>>,
     slots: Vec<MmioSlot>,
+    /// Wakes the activation thread ([`crate::activator`]); every transport
+    /// defers its activations to it.
+    activation: EventFd,
 }
 
 fn kvm(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> DeviceError {
@@ -126,10 +129,13 @@ impl DeviceManager {
         }));
         pio.insert(PVPANIC_PORT, PVPANIC_LEN, Arc::new(Mutex::new(pvpanic)))?;
 
+        // Blocking: the activation thread sleeps in read().
+        let activation = EventFd::new(0).map_err(DeviceError::EventFd)?;
         Ok(DeviceManager {
             serial,
             transports: Vec::new(),
             slots: Vec::new(),
+            activation,
         })
     }
 
@@ -150,7 +156,9 @@ impl DeviceManager {
             ));
         }
         let base = VIRTIO_MMIO_START + index as u64 * VIRTIO_MMIO_SIZE;
-        let transport = MmioTransport::new(device, mem.clone()).map_err(DeviceError::Transport)?;
+        let mut transport =
+            MmioTransport::new(device, mem.clone()).map_err(DeviceError::Transport)?;
+        transport.defer_activation(self.activation.try_clone().map_err(DeviceError::EventFd)?);
         let slot = MmioSlot {
             base,
             size: VIRTIO_MMIO_SIZE,
@@ -169,6 +177,20 @@ impl DeviceManager {
         self.transports.push(transport);
         self.slots.push(slot);
         Ok(slot)
+    }
+
+    /// The eventfd the transports signal when an activation waits, and the
+    /// transports, for the activation thread.
+    pub(crate) fn activation(&self) -> (&EventFd, Vec<Arc<Mutex<MmioTransport>>>) {
+        (&self.activation, self.transports.clone())
+    }
+
+    /// Whether activating a device may start a process (virtio-fs starts
+    /// a new virtiofsd after a reset).
+    pub(crate) fn launches_daemons(&self) -> bool {
+        self.slots
+            .iter()
+            .any(|s| s.device_type == agentvm_devices::virtio::device_type::FS)
     }
 
     /// The virtio-mmio devices, in bus order.

@@ -10,6 +10,7 @@
 //! while the guest runs.
 #![deny(missing_docs)]
 
+pub mod activator;
 pub mod arch;
 pub mod boot;
 pub mod builder;
@@ -24,4 +25,5 @@ pub mod vm;
 pub use builder::{BuildError, SerialSink, VmBuilder};
 pub use config::{CmdlineDevices, VmConfig};
 pub use memory_control::{BalloonReport, MemoryControlError};
-pub use vm::{ExitStatus, RunError, Vm, VmHandle, VmStats};
+pub use seccomp::SeccompLevel;
+pub use vm::{ExitStatus, RunError, RunningVm, Vm, VmHandle, VmStats};

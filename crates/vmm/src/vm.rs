@@ -12,9 +12,11 @@ use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::{VcpuFd, VmFd};
 use vmm_sys_util::signal::Killable;
 
+use crate::activator::{Activator, ActivatorError, Confinement};
 use crate::device_manager::DeviceManager;
 use crate::memory::GuestRam;
 use crate::memory_control::{self, BalloonReport, MemoryControlError};
+use crate::seccomp::SeccompLevel;
 use crate::vcpu::{self, Buses, VcpuCounters};
 
 /// How a VM ended.
@@ -229,10 +231,14 @@ pub enum RunError {
     /// A vCPU thread could not be started.
     #[error("Cannot start vCPU thread")]
     Spawn(#[source] std::io::Error),
+    /// The activation thread could not be started.
+    #[error(transparent)]
+    Activation(#[from] ActivatorError),
 }
 
 /// A VM ready to run. Build one with [`crate::VmBuilder`].
 pub struct Vm {
+    pub(crate) seccomp: SeccompLevel,
     pub(crate) shared: Arc<Shared>,
     pub(crate) vcpus: Vec<VcpuFd>,
     pub(crate) buses: Arc<Buses>,
@@ -269,33 +275,89 @@ impl Vm {
 
     /// Runs the VM until the guest powers off, resets or crashes, or a
     /// handle stops it. Every vCPU thread is joined and every device stopped
-    /// before this returns.
-    pub fn run(mut self) -> Result<ExitStatus, RunError> {
+    /// before this returns. The same as [`Vm::start`] and
+    /// [`RunningVm::wait`].
+    pub fn run(self) -> Result<ExitStatus, RunError> {
+        Ok(self.start()?.wait())
+    }
+
+    /// Starts the activation thread and the vCPUs, each confined by its
+    /// seccomp filter ([`VmConfig::seccomp`](crate::VmConfig::seccomp))
+    /// before the guest runs. The caller may confine its own thread before
+    /// [`RunningVm::wait`] with [`ThreadKind::Supervisor`]'s filter
+    /// ([`crate::seccomp::install`]), as `agentvm` does.
+    pub fn start(mut self) -> Result<RunningVm, RunError> {
         *self
             .shared
             .started
             .lock()
             .unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+        let (event, transports) = self.devices.activation();
+        let confinement = Confinement {
+            level: self.seccomp,
+            launches_daemons: self.devices.launches_daemons(),
+        };
+        let activator = match Activator::spawn(transports, event, confinement) {
+            Ok(a) => a,
+            Err(e) => {
+                self.devices.shutdown();
+                return Err(e.into());
+            }
+        };
         let mut threads = Vec::with_capacity(self.vcpus.len());
-        let mut spawn_error = None;
-        for (index, vcpu) in self.vcpus.drain(..).enumerate() {
-            match vcpu::spawn(index as u8, vcpu, self.buses.clone(), self.shared.clone()) {
+        let vcpus = std::mem::take(&mut self.vcpus);
+        for (index, vcpu) in vcpus.into_iter().enumerate() {
+            let spawned = vcpu::spawn(
+                index as u8,
+                vcpu,
+                self.buses.clone(),
+                self.shared.clone(),
+                self.seccomp,
+            );
+            match spawned {
                 Ok(t) => threads.push(t),
                 Err(e) => {
                     self.shared
                         .request_exit(ExitStatus::Crashed(format!("cannot start vCPU {index}")));
-                    spawn_error = Some(e);
-                    break;
+                    RunningVm {
+                        vm: self,
+                        threads,
+                        activator,
+                    }
+                    .wait();
+                    return Err(RunError::Spawn(e));
                 }
             }
         }
-        let status = self.shared.wait(None).unwrap_or(ExitStatus::Stopped);
-        stop_vcpus(threads);
-        self.devices.shutdown();
-        match spawn_error {
-            Some(e) => Err(RunError::Spawn(e)),
-            None => Ok(status),
-        }
+        Ok(RunningVm {
+            vm: self,
+            threads,
+            activator,
+        })
+    }
+}
+
+/// A VM whose vCPUs run; see [`Vm::start`].
+pub struct RunningVm {
+    vm: Vm,
+    threads: Vec<JoinHandle<()>>,
+    activator: Activator,
+}
+
+impl RunningVm {
+    /// A handle that controls this VM from other threads.
+    pub fn handle(&self) -> VmHandle {
+        self.vm.handle()
+    }
+
+    /// Waits until the guest powers off, resets or crashes, or a handle
+    /// stops the VM; then joins every vCPU thread and stops every device.
+    pub fn wait(mut self) -> ExitStatus {
+        let status = self.vm.shared.wait(None).unwrap_or(ExitStatus::Stopped);
+        stop_vcpus(std::mem::take(&mut self.threads));
+        self.activator.stop();
+        self.vm.devices.shutdown();
+        status
     }
 }
 

@@ -100,6 +100,12 @@ const BASE: &[Allow] = &[
     Any(Sysno::exit_group),
     Any(Sysno::tgkill),
     Any(Sysno::rt_sigaction),
+    // std checks descriptors it closes with F_GETFD (debug builds).
+    ArgIn {
+        call: Sysno::fcntl,
+        arg: 1,
+        values: FCNTL_CMDS,
+    },
 ];
 
 /// Creating a thread (and confining it: the new thread installs its own

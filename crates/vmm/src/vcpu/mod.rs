@@ -17,6 +17,7 @@ use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
 
 pub use exit::{Exit, ExitSource};
 
+use crate::seccomp::{SeccompLevel, ThreadKind};
 use crate::vm::{ExitStatus, Shared};
 
 /// The buses a vCPU dispatches to.
@@ -131,18 +132,24 @@ fn install_kick_handler() -> std::io::Result<()> {
     result
 }
 
-/// Starts vCPU `index` on its own thread.
+/// Starts vCPU `index` on its own thread, which confines itself to the
+/// vCPU filter at `seccomp` before the guest's first instruction.
 pub fn spawn(
     index: u8,
     mut vcpu: VcpuFd,
     buses: Arc<Buses>,
     shared: Arc<Shared>,
+    seccomp: SeccompLevel,
 ) -> std::io::Result<JoinHandle<()>> {
     install_kick_handler()?;
     std::thread::Builder::new()
         .name(format!("vcpu{index}"))
         .stack_size(256 << 10)
         .spawn(move || {
+            if let Err(e) = crate::seccomp::install(seccomp, ThreadKind::Vcpu) {
+                shared.request_exit(ExitStatus::Crashed(format!("vCPU {index}: {e}")));
+                return;
+            }
             KVM_RUN.with(|c| c.set(vcpu.get_kvm_run() as *mut kvm_run));
             let counters = &shared.counters()[usize::from(index)];
             let end = run_loop(&mut vcpu, &buses, &shared, counters);
