@@ -6,7 +6,8 @@ use std::process::ExitCode;
 use agentvm_devices::virtio::rng::Rng;
 use agentvm_devices::virtio::vsock::{Vsock, VsockError, DEFAULT_GUEST_CID};
 use agentvm_net::{Audit, NetStack, Policy, StackConfig};
-use agentvm_vmm::{config, ExitStatus, SerialSink, Vm, VmBuilder, VmConfig};
+use agentvm_vmm::seccomp::{self, ThreadKind};
+use agentvm_vmm::{config, ExitStatus, SeccompLevel, SerialSink, Vm, VmBuilder, VmConfig};
 use anyhow::{bail, Context};
 use clap::Args;
 
@@ -72,6 +73,16 @@ pub struct BootArgs {
     /// The network: mode, allowlist, ports, pins, forwards, audit log.
     #[command(flatten)]
     net: NetArgs,
+    /// What the VMM's per-thread seccomp filters do with a system call
+    /// their thread never makes: `kill` ends the VM and names the call
+    /// (exit code 159), `log` lets it through and the kernel logs it,
+    /// `off` runs without filters.
+    #[arg(long, value_name = "LEVEL", default_value = "kill")]
+    seccomp: SeccompLevel,
+    /// Test hook: once the threads are confined, the main thread makes a
+    /// system call its filter forbids (getppid).
+    #[arg(long, hide = true)]
+    seccomp_selftest: bool,
 }
 
 /// Whether the VM gets a legacy PIT.
@@ -148,6 +159,7 @@ pub fn run(args: BootArgs) -> anyhow::Result<ExitCode> {
             PitMode::On => Some(true),
             PitMode::Off => Some(false),
         },
+        seccomp: args.seccomp,
     })?;
     if let Some(mib) = args.balloon {
         // Kept by the device until the guest's driver starts, then asked for.
@@ -155,7 +167,13 @@ pub fn run(args: BootArgs) -> anyhow::Result<ExitCode> {
             .set_balloon_target_mib(mib)
             .context("cannot set the balloon's target")?;
     }
-    let status = vm.run().context("cannot run the VM")?;
+    let running = vm.start().context("cannot run the VM")?;
+    seccomp::install(args.seccomp, ThreadKind::Supervisor)
+        .context("cannot confine the VMM's main thread")?;
+    if args.seccomp_selftest {
+        seccomp_selftest();
+    }
+    let status = running.wait();
     Ok(match status {
         ExitStatus::PowerOff | ExitStatus::Reset | ExitStatus::Stopped | ExitStatus::Halted => {
             ExitCode::SUCCESS
@@ -169,6 +187,13 @@ pub fn run(args: BootArgs) -> anyhow::Result<ExitCode> {
             ExitCode::from(EXIT_GUEST_CRASHED)
         }
     })
+}
+
+/// Makes a system call no filter of the main thread allows: under
+/// `--seccomp kill` the VMM ends here, naming it.
+fn seccomp_selftest() {
+    let parent = nix::unistd::getppid();
+    eprintln!("agentvm: seccomp self-test: getppid returned {parent}");
 }
 
 /// What a VM boots: kernel, initial ramdisk, command line.
@@ -253,6 +278,8 @@ pub struct VmSpec<'a> {
     pub serial: SerialSink,
     /// Whether to create the PIT (`None`: only with `acpi=off`).
     pub pit: Option<bool>,
+    /// The seccomp level of the VMM's threads.
+    pub seccomp: SeccompLevel,
 }
 
 /// A VM's network: the egress policy its stack starts with, and where
@@ -283,6 +310,9 @@ fn raise_fd_limit() {
 /// Builds the VM `spec` describes: the devices of `agentvm boot` and
 /// `agentvm up`, shares with their virtiofsd started.
 pub fn build_vm(spec: VmSpec<'_>) -> anyhow::Result<Vm> {
+    // Threads the devices start from here on (virtiofsd's log relay)
+    // confine themselves.
+    agentvm_devices::thread::set_start_hook(seccomp::device_thread_hook(spec.seccomp));
     if KvmKind::detect() == KvmKind::Pvm {
         tracing::warn!(
             "this host's KVM is PVM: {}",
@@ -295,6 +325,7 @@ pub fn build_vm(spec: VmSpec<'_>) -> anyhow::Result<Vm> {
     config.initrd = spec.kernel.initrd.clone();
     config.cmdline = spec.kernel.cmdline.clone();
     config.pit = spec.pit;
+    config.seccomp = spec.seccomp;
     for share in spec.shares {
         config.cmdline.push(' ');
         config.cmdline.push_str(&share.cmdline_entry()?);

@@ -145,6 +145,7 @@ impl Fragment {
             id: crate::paths::workspace_id(workspace),
             agent_home: None,
             git_hooks: super::GitHooks::default(),
+            seccomp: agentvm_vmm::SeccompLevel::default(),
             plugin_files: Vec::new(),
             guest_user: None,
         }

@@ -120,11 +120,39 @@ pub struct ResolvedConfig {
     /// What happens to git hooks and executable git configuration the
     /// guest writes in shared repositories.
     pub git_hooks: GitHooks,
+    /// What the VMM's seccomp filters do with a system call they do not
+    /// expect. Default: end the VM.
+    pub seccomp: agentvm_vmm::SeccompLevel,
     /// Every plugin file merged in, with a digest of its text: any change
     /// to one needs a new approval.
     pub plugin_files: Vec<PluginFile>,
     /// Who commands in the guest run as (the host's [`Host::guest_user`]).
     pub guest_user: Option<crate::paths::GuestUser>,
+}
+
+/// [`agentvm_vmm::SeccompLevel`] in JSON, as its name (`kill`, `log`,
+/// `off`).
+pub mod seccomp_level {
+    use agentvm_vmm::SeccompLevel;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    /// Writes the level's name.
+    pub fn serialize<S: Serializer>(level: &SeccompLevel, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(level.as_str())
+    }
+
+    /// Reads a level's name.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SeccompLevel, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+
+    /// Whether `level` is the default (kept out of the trust view, so that
+    /// approvals given before the setting existed stay valid).
+    pub fn is_default(level: &SeccompLevel) -> bool {
+        *level == SeccompLevel::default()
+    }
 }
 
 /// `git_hooks`: whether the guest may leave hooks and executable git
@@ -500,6 +528,10 @@ pub fn resolve(
         (Some(g), Some(src)) => validate::git_hooks(g, src)?,
         _ => GitHooks::default(),
     };
+    let seccomp = match (&file.seccomp, source) {
+        (Some(s), Some(src)) => validate::seccomp(s, src)?,
+        _ => agentvm_vmm::SeccompLevel::default(),
+    };
     let guest_home = host.guest_home();
     let ctx = validate::Context {
         workspace,
@@ -528,6 +560,7 @@ pub fn resolve(
     cfg.id = id;
     cfg.agent_home = agent_home;
     cfg.git_hooks = git_hooks;
+    cfg.seccomp = seccomp;
     cfg.plugin_files = plugin_files;
     cfg.guest_user = host.guest_user.clone();
     Ok(cfg)

@@ -284,6 +284,7 @@ pub fn load(
     for (key, value) in [
         ("agent_home", &file.agent_home),
         ("git_hooks", &file.git_hooks),
+        ("seccomp", &file.seccomp),
     ] {
         if let Some(v) = value {
             return Err(plugin.error(

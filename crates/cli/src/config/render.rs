@@ -59,6 +59,7 @@ pub fn render(cfg: &ResolvedConfig, lookup: &dyn Fn(&str) -> Option<String>) -> 
         super::GitHooks::Allow => "allow",
     };
     line(&mut out, "git_hooks", &string(git_hooks), None);
+    line(&mut out, "seccomp", &string(cfg.seccomp.as_str()), None);
 
     out.push_str("\n[resources]\n");
     line(&mut out, "vcpus", &cfg.vcpus.to_string(), None);

@@ -55,6 +55,10 @@ pub struct ConfigFile {
     /// git configuration the guest writes are undone (only in the
     /// workspace's file).
     pub git_hooks: Option<Spanned<String>>,
+    /// `kill` (the default), `log` or `off`: what the VMM's seccomp
+    /// filters do with a system call they do not expect (only in the
+    /// workspace's file).
+    pub seccomp: Option<Spanned<String>>,
 }
 
 /// `[resources]`.

@@ -65,6 +65,12 @@ name = {name}
 # "allow": leave them.
 # git_hooks = "guard"
 
+# What the VMM's seccomp filters do with a system call its threads never
+# make: "kill" ends the VM and names the call; "log" lets it through and
+# the kernel logs it; "off" runs without filters. "log" and "off" leave a
+# guest that escapes into the VMM more of the host: they need approval.
+# seccomp = "kill"
+
 [resources]
 # Number of vCPUs. Default: all of the host's CPUs.
 # vcpus = 4

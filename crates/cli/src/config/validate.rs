@@ -216,6 +216,20 @@ pub fn git_hooks(g: &Spanned<String>, src: &Source) -> Result<super::GitHooks> {
     }
 }
 
+/// Checks `seccomp`: `kill`, `log` or `off`.
+pub fn seccomp(s: &Spanned<String>, src: &Source) -> Result<agentvm_vmm::SeccompLevel> {
+    s.get_ref().parse().map_err(|_| {
+        src.error(
+            s.span(),
+            format!(
+                "`seccomp` must be \"kill\" (an unexpected system call ends the VM), \"log\" \
+                 (it is logged and allowed) or \"off\", not {:?}",
+                s.get_ref()
+            ),
+        )
+    })
+}
+
 /// A host path: `~` is `$HOME`, relative paths are relative to `base`.
 fn host_path(
     p: &Spanned<String>,

@@ -358,6 +358,9 @@ pub struct Snapshot {
     /// `git/<index>` of the state directory), to undo what the guest adds.
     #[serde(default)]
     pub guarded: Vec<PathBuf>,
+    /// The VMM's seccomp level (`kill` for a snapshot from before it).
+    #[serde(default, with = "crate::config::seccomp_level")]
+    pub seccomp: agentvm_vmm::SeccompLevel,
 }
 
 /// A share in [`Snapshot`].
@@ -403,6 +406,7 @@ impl Snapshot {
             pre_down: cfg.hooks.pre_down.clone(),
             post_down: cfg.hooks.post_down.clone(),
             guarded: git_guard::repos(cfg),
+            seccomp: cfg.seccomp,
             root_image: None,
             persistent_root: None,
             user: cfg.guest_user.as_ref().map(|u| u.cmdline_value()),

@@ -14,9 +14,11 @@ use std::time::{Duration, Instant};
 
 use agentvm_protocol::client::{self, connect_vsock_within};
 use agentvm_protocol::EXEC_PORT;
-use agentvm_vmm::{SerialSink, VmHandle};
+use agentvm_vmm::seccomp::{self, ThreadKind};
+use agentvm_vmm::{SeccompLevel, SerialSink, VmHandle};
 use anyhow::Context;
 use clap::Args;
+use nix::sys::signal::{SigSet, Signal};
 use serde_json::{json, Value};
 
 use super::control::{self, Handler, Request};
@@ -42,6 +44,13 @@ pub struct VmmArgs {
 
 /// Runs the VM until it ends; the exit code says whether it ended cleanly.
 pub fn run(args: VmmArgs) -> anyhow::Result<ExitCode> {
+    // Every thread started from here on (the VM's) inherits this mask:
+    // only the signal thread takes termination signals, so signal-hook's
+    // handler never runs on a thread whose filter lacks what it does.
+    let termination = termination_signals();
+    termination
+        .thread_block()
+        .context("cannot block termination signals")?;
     let state = StateDir { dir: args.state };
     // The configuration it boots is read from here: only from a directory
     // of ours that nobody else can write.
@@ -111,7 +120,9 @@ pub fn run(args: VmmArgs) -> anyhow::Result<ExitCode> {
         net,
         serial: SerialSink::Writer(Box::new(watch)),
         pit: None,
+        seccomp: snap.seccomp,
     })?;
+    let level = snap.seccomp;
     let control_path = state.control();
     let _ = std::fs::remove_file(&control_path);
     let listener = agentvm_devices::socket::bind_owner_only(&control_path)
@@ -126,6 +137,12 @@ pub fn run(args: VmmArgs) -> anyhow::Result<ExitCode> {
     std::thread::Builder::new()
         .name("control".into())
         .spawn(move || {
+            // Connection and stop threads start from here and keep this
+            // filter: the control list covers theirs.
+            if let Err(e) = seccomp::install(level, ThreadKind::Control) {
+                eprintln!("agentvm: {e}; the control socket is closed");
+                return;
+            }
             for conn in listener.incoming().flatten() {
                 let server = server.clone();
                 let _ = std::thread::Builder::new()
@@ -134,8 +151,17 @@ pub fn run(args: VmmArgs) -> anyhow::Result<ExitCode> {
             }
         })
         .context("cannot start the control thread")?;
-    stop_on_signals(vm.handle())?;
-    let status = vm.run();
+    stop_on_signals(vm.handle(), level, termination)?;
+    let status = vm.start().map(
+        |running| match seccomp::install(level, ThreadKind::Supervisor) {
+            Ok(()) => running.wait(),
+            Err(e) => {
+                eprintln!("agentvm: {e}; stopping the VM");
+                running.handle().stop();
+                running.wait()
+            }
+        },
+    );
     for f in [control_path, vsock, state.pid_file()] {
         let _ = std::fs::remove_file(f);
     }
@@ -152,15 +178,38 @@ pub fn run(args: VmmArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// SIGTERM, SIGINT and SIGHUP.
+fn termination_signals() -> SigSet {
+    let mut set = SigSet::empty();
+    for signal in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+        set.add(signal);
+    }
+    set
+}
+
 /// Stops the VM (so the VMM cleans up after itself) on SIGTERM, SIGINT
-/// or SIGHUP.
-fn stop_on_signals(handle: VmHandle) -> anyhow::Result<()> {
+/// or SIGHUP (`termination`), which only the signal thread takes.
+fn stop_on_signals(
+    handle: VmHandle,
+    level: SeccompLevel,
+    termination: SigSet,
+) -> anyhow::Result<()> {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
     let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])
         .context("cannot handle signals")?;
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
+            if let Err(e) = seccomp::install(level, ThreadKind::Signals) {
+                eprintln!("agentvm: {e}; stopping the VM");
+                handle.stop();
+                return;
+            }
+            if let Err(e) = termination.thread_unblock() {
+                eprintln!("agentvm: cannot take termination signals ({e}); stopping the VM");
+                handle.stop();
+                return;
+            }
             if let Some(signal) = signals.forever().next() {
                 eprintln!("agentvm: signal {signal}: stopping the VM");
                 handle.stop();

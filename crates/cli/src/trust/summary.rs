@@ -118,6 +118,7 @@ fn sections(v: &View) -> Vec<Section> {
                         crate::config::GitHooks::Allow => "allow",
                     }
                 ),
+                format!("seccomp {}", v.seccomp),
             ],
         },
     ]

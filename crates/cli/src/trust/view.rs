@@ -59,6 +59,15 @@ pub struct View {
     pub agent_home: Option<PathBuf>,
     /// Whether git hooks the guest writes are undone.
     pub git_hooks: GitHooks,
+    /// The VMM's seccomp level. Left out of the JSON (and the digest) at
+    /// its default, so approvals from before the setting stay valid;
+    /// `log` and `off` loosen the VMM's confinement and need approval.
+    #[serde(
+        default,
+        with = "crate::config::seccomp_level",
+        skip_serializing_if = "crate::config::seccomp_level::is_default"
+    )]
+    pub seccomp: agentvm_vmm::SeccompLevel,
 }
 
 /// One share in a [`View`].
@@ -129,6 +138,7 @@ impl View {
             persistent_root: cfg.persistent_root,
             agent_home: cfg.agent_home.clone(),
             git_hooks: cfg.git_hooks,
+            seccomp: cfg.seccomp,
         }
     }
 

@@ -362,7 +362,15 @@ const CONTROL: &[Allow] = &[
 ];
 
 /// The thread that turns SIGTERM/SIGINT/SIGHUP into a stop.
-const SIGNALS: &[Allow] = &[Any(Sysno::read), Any(Sysno::poll), Any(Sysno::ppoll)];
+/// signal-hook's self-pipe is a Unix socket pair; its handler (which runs
+/// on this thread: the others block the signals) writes to it.
+const SIGNALS: &[Allow] = &[
+    Any(Sysno::read),
+    Any(Sysno::recvfrom),
+    Any(Sysno::sendto),
+    Any(Sysno::poll),
+    Any(Sysno::ppoll),
+];
 
 /// Every entry a thread of `kind` is allowed, duplicates included (the
 /// filter merges them).
@@ -538,4 +546,7 @@ const VIRTIOFSD: &[Allow] = &[
     Any(Sysno::io_uring_register),
     Any(Sysno::statmount),
     Any(Sysno::listmount),
+    Any(Sysno::open_tree),
+    Any(Sysno::move_mount),
+    Any(Sysno::getgroups),
 ];
