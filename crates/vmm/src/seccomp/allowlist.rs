@@ -42,12 +42,7 @@ use Allow::{Any, ArgIn};
 /// KVM_RUN: _IO(KVMIO, 0x80).
 const KVM_RUN: u64 = 0xae80;
 /// FIONBIO, FIOCLEX, FIONCLEX, FIONREAD: what sockets and std ask of ioctl.
-const SOCKET_IOCTLS: &[u64] = &[
-    libc::FIONBIO as u64,
-    libc::FIOCLEX as u64,
-    libc::FIONCLEX as u64,
-    libc::FIONREAD as u64,
-];
+const SOCKET_IOCTLS: &[u64] = &[libc::FIONBIO, libc::FIOCLEX, libc::FIONCLEX, libc::FIONREAD];
 /// The fcntl commands of std, mio and socket2.
 const FCNTL_CMDS: &[u64] = &[
     libc::F_GETFD as u64,
