@@ -18,6 +18,8 @@ use agentvm_devices::vhost_user::net::VhostUserNet;
 use agentvm_devices::virtio::net::DEFAULT_MTU;
 use agentvm_net::addr::GUEST_MAC;
 use agentvm_net::{NetStack, StackConfig};
+use agentvm_vmm::seccomp::{self, ThreadKind};
+use agentvm_vmm::SeccompLevel;
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 
@@ -46,6 +48,11 @@ struct NetBackendArgs {
     socket: PathBuf,
     #[command(flatten)]
     net: NetArgs,
+    /// What the backend's seccomp filter does with a system call it never
+    /// makes: `kill` ends it naming the call, `log` lets it through and
+    /// the kernel logs it, `off` runs without a filter.
+    #[arg(long, value_name = "LEVEL", default_value = "kill")]
+    seccomp: SeccompLevel,
 }
 
 /// Serves the device until the frontend disconnects.
@@ -74,6 +81,9 @@ pub fn run(args: VhostUserArgs) -> anyhow::Result<ExitCode> {
         "agentvm: serving vhost-user-net on {}",
         args.socket.display()
     );
+    // Every thread the backend starts from here on inherits the filter.
+    seccomp::install(args.seccomp, ThreadKind::VhostUserBackend)
+        .context("cannot confine the vhost-user backend")?;
     backend
         .serve(&args.socket)
         .with_context(|| format!("vhost-user-net on {}", args.socket.display()))?;

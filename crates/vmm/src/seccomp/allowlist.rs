@@ -356,6 +356,32 @@ const CONTROL: &[Allow] = &[
     },
 ];
 
+/// The vhost-user backend process besides its network worker: the
+/// frontend's socket (created owner-only: a private staging directory,
+/// bind, chmod, rename), the daemon's socket next to it, vhost-user
+/// messages with descriptors, and mapping the frontend's guest memory.
+const VHOST_USER_BACKEND: &[Allow] = &[
+    ArgIn {
+        call: Sysno::socket,
+        arg: 0,
+        values: ALL_FAMILIES,
+    },
+    Any(Sysno::epoll_create1),
+    Any(Sysno::eventfd2),
+    Any(Sysno::timerfd_create),
+    Any(Sysno::dup),
+    Any(Sysno::mkdir),
+    Any(Sysno::chmod),
+    Any(Sysno::fchmodat),
+    Any(Sysno::rename),
+    Any(Sysno::unlink),
+    Any(Sysno::rmdir),
+    Any(Sysno::newfstatat),
+    Any(Sysno::statx),
+    Any(Sysno::fstat),
+    Any(Sysno::getrandom),
+];
+
 /// The thread that turns SIGTERM/SIGINT/SIGHUP into a stop.
 /// signal-hook's self-pipe is a Unix socket pair; its handler (which runs
 /// on this thread: the others block the signals) writes to it.
@@ -403,6 +429,10 @@ pub fn allowed(kind: ThreadKind) -> Vec<Allow> {
         ThreadKind::Supervisor => add(&[SUPERVISOR]),
         ThreadKind::Control => add(&[CONTROL, SPAWN_THREAD]),
         ThreadKind::Signals => add(&[SIGNALS]),
+        ThreadKind::VhostUserBackend => {
+            add(&[VHOST_USER_BACKEND, SPAWN_THREAD, WORKER, NET]);
+            add(&[VHOST_USER_REPLIES]);
+        }
     }
     list
 }

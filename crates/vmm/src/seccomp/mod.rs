@@ -143,11 +143,16 @@ pub enum ThreadKind {
     Control,
     /// The thread that turns termination signals into a stop.
     Signals,
+    /// `agentvm vhost-user net`: the process serving the network device
+    /// to another VMM. Its main thread confines itself before it serves;
+    /// the backend's threads (started by `vhost-user-backend`, which has
+    /// no start hook) inherit the filter.
+    VhostUserBackend,
 }
 
 impl ThreadKind {
     /// Every kind, for listing and tests.
-    pub const ALL: [ThreadKind; 14] = [
+    pub const ALL: [ThreadKind; 15] = [
         ThreadKind::Vcpu,
         ThreadKind::Activation {
             launches_daemons: false,
@@ -166,6 +171,7 @@ impl ThreadKind {
         ThreadKind::Supervisor,
         ThreadKind::Control,
         ThreadKind::Signals,
+        ThreadKind::VhostUserBackend,
     ];
 
     /// The kind's name in messages.
@@ -189,6 +195,7 @@ impl ThreadKind {
             ThreadKind::Supervisor => "VM supervisor",
             ThreadKind::Control => "control",
             ThreadKind::Signals => "signals",
+            ThreadKind::VhostUserBackend => "vhost-user backend",
         }
     }
 }
