@@ -578,7 +578,7 @@ const ERRORS: &[(&str, usize, usize, &str)] = &[
     ("a = ", 1, 5, "invalid TOML: string values must be quoted"),
     ("[network]\nmode = \"off\"\nmode = \"open\"\n", 3, 1, "invalid TOML: duplicate key"),
     // Unknown keys, top level and nested, in every kind of table.
-    ("nmae = \"x\"", 1, 1, "unknown key `nmae` (expected one of name, plugins, resources, mounts, network, env, scripts, packages, npm, hooks, kernel, initrd, image, agent_home, git_hooks)"),
+    ("nmae = \"x\"", 1, 1, "unknown key `nmae` (expected one of name, plugins, resources, mounts, network, env, scripts, packages, npm, hooks, kernel, initrd, image, agent_home, git_hooks, seccomp)"),
     ("\n\n[network]\nmode = \"off\"\n\nmdoe = \"open\"\n", 6, 1, "unknown key `network.mdoe` (expected one of mode, domains, ports, hosts, forwards)"),
     ("network.mdoe = 1", 1, 9, "unknown key `network.mdoe`"),
     ("[resources]\ncpus = 2", 2, 1, "unknown key `resources.cpus` (expected one of vcpus, memory_mib, persistent_root)"),
@@ -1023,6 +1023,22 @@ fn agent_home_and_git_hooks_keys() {
     ws.write(".agentvm/p.toml", "git_hooks = \"allow\"\n");
     let e = ws.err("plugins = [\"./p.toml\"]");
     assert!(e.message.contains("a plugin cannot set `git_hooks`"), "{e}");
+}
+
+#[test]
+fn the_seccomp_key_takes_a_level_and_only_in_the_workspace() {
+    let ws = Ws::new();
+    assert_eq!(ws.ok("").seccomp, agentvm_vmm::SeccompLevel::Kill);
+    for level in ["kill", "log", "off"] {
+        let c = ws.ok(&format!("seccomp = \"{level}\""));
+        assert_eq!(c.seccomp.as_str(), level);
+    }
+    let e = ws.err("seccomp = \"strict\"");
+    assert!(e.message.contains("`seccomp` must be \"kill\""), "{e}");
+    assert_eq!((e.line, e.column), (1, 11), "{e}");
+    ws.write(".agentvm/p.toml", "seccomp = \"off\"\n");
+    let e = ws.err("plugins = [\"./p.toml\"]");
+    assert!(e.message.contains("a plugin cannot set `seccomp`"), "{e}");
 }
 
 #[test]

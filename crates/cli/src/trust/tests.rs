@@ -81,6 +81,8 @@ fn any_change_that_widens_access_needs_a_new_approval() {
         ("kernel = \"/tmp/k\"\n[network]\ndomains = [\"github.com\"]\n", "+ kernel /tmp/k"),
         ("[resources]\nvcpus = 1\n[network]\ndomains = [\"github.com\"]\n", "+ vcpus 1"),
         ("git_hooks = \"allow\"\n[network]\ndomains = [\"github.com\"]\n", "+ git_hooks allow"),
+        ("seccomp = \"off\"\n[network]\ndomains = [\"github.com\"]\n", "+ seccomp off"),
+        ("seccomp = \"log\"\n[network]\ndomains = [\"github.com\"]\n", "+ seccomp log"),
     ];
     for (text, line) in cases {
         let changed = ws.cfg("w", text);
@@ -88,6 +90,13 @@ fn any_change_that_widens_access_needs_a_new_approval() {
         assert!(matches!(s, Standing::Changed { .. }), "{text}: {s:?}");
         assert!(s.summary().contains(line), "{text}:\n{}", s.summary());
     }
+    // Saying the default out loud changes nothing either (and approvals
+    // from before the key existed stay valid).
+    let kill = ws.cfg(
+        "w",
+        "seccomp = \"kill\"\n[network]\ndomains = [\"github.com\"]\n",
+    );
+    assert!(matches!(ws.standing(&kill), Standing::Approved));
     // Comments and formatting change nothing that matters.
     let same = ws.cfg(
         "w",
