@@ -175,8 +175,11 @@ const NET: &[Allow] = &[
 ];
 
 /// virtio-vsock: the host side is Unix sockets (accepting host clients,
-/// connecting to `<uds>_<port>` for the guest).
+/// connecting to `<uds>_<port>` for the guest; poll tells a peer that hung
+/// up).
 const VSOCK: &[Allow] = &[
+    Any(Sysno::poll),
+    Any(Sysno::ppoll),
     ArgIn {
         call: Sysno::socket,
         arg: 0,
