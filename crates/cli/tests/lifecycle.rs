@@ -879,3 +879,38 @@ fn run_starts_the_workspaces_vm_when_it_is_not_running() {
     );
     assert_eq!(w.vmms(), 0);
 }
+
+/// `Seccomp:` of every thread of process `pid`.
+fn seccomp_modes(pid: &str) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("status")).ok())
+        .filter_map(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Seccomp:"))
+                .map(|v| v.trim().to_owned())
+        })
+        .collect()
+}
+
+#[test]
+fn the_vmm_confines_its_threads_as_the_configuration_says() {
+    let Some(w) = World::new() else { return };
+    for (name, key, want) in [("strict", None, "2"), ("loose", Some("off"), "0")] {
+        let ws = w.workspace(name);
+        if let Some(level) = key {
+            let config = ws.join(".agentvm/config.toml");
+            let mut text = std::fs::read_to_string(&config).unwrap();
+            text.insert_str(0, &format!("seccomp = \"{level}\"\n"));
+            w.configure(&ws, &text);
+        }
+        w.ok(&["up"], &ws);
+        let pid = std::fs::read_to_string(w.state(&ws).join("vmm.pid")).unwrap();
+        let modes = seccomp_modes(pid.trim());
+        // Main, vCPU, activation, signals, control at least.
+        assert!(modes.len() >= 5, "{name}: {modes:?}");
+        assert!(modes.iter().all(|m| m == want), "{name}: {modes:?}");
+        w.ok(&["down"], &ws);
+    }
+}
