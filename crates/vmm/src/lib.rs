@@ -7,7 +7,9 @@
 //! through ACPI (or `virtio_mmio.device=` on the command line). A VM built
 //! with [`VmBuilder::net`] has a virtio-net device behind agentvm's
 //! user-mode network stack, whose egress policy a [`VmHandle::net`] replaces
-//! while the guest runs.
+//! while the guest runs. Every thread of the VM runs under a seccomp
+//! filter of its own ([`seccomp`], [`VmBuilder::seccomp`]); devices are
+//! activated on an activation thread, never on a vCPU ([`activator`]).
 #![deny(missing_docs)]
 
 pub mod activator;
