@@ -284,7 +284,7 @@ impl Vm {
     /// Starts the activation thread and the vCPUs, each confined by its
     /// seccomp filter ([`VmConfig::seccomp`](crate::VmConfig::seccomp))
     /// before the guest runs. The caller may confine its own thread before
-    /// [`RunningVm::wait`] with [`ThreadKind::Supervisor`]'s filter
+    /// [`RunningVm::wait`] with [`ThreadKind::Supervisor`](crate::seccomp::ThreadKind::Supervisor)'s filter
     /// ([`crate::seccomp::install`]), as `agentvm` does.
     pub fn start(mut self) -> Result<RunningVm, RunError> {
         *self

@@ -14,7 +14,7 @@
 //!
 //! [`SeccompLevel`] says what happens to a call outside the list:
 //! [`Kill`](SeccompLevel::Kill) ends the VMM with a line naming the call
-//! and the thread ([`sigsys`], exit code [`EXIT_CODE`]);
+//! and the thread (exit code [`EXIT_CODE`]);
 //! [`Log`](SeccompLevel::Log) lets it through and the kernel logs it
 //! (audit log / dmesg); [`Off`](SeccompLevel::Off) installs no filter.
 //! Installing a filter also sets no_new_privs on the thread.
