@@ -56,10 +56,23 @@ pub(crate) fn judge_named(
         // server forgets such addresses too).
         return deny(name, "name pinned to another address");
     }
-    if let Some(why) = addr::always_blocked(ip, hosts) {
-        if !pinned {
-            return deny(name, why);
-        }
+    if let Some(why) = addr::never_reachable(ip, hosts) {
+        return deny(name, why);
+    }
+    if pinned {
+        // A pin opens its address on the policy's ports only, in every
+        // mode: one service of a host that is otherwise out of reach.
+        return match policy.allows_pinned_port(port) {
+            true => Decision {
+                allow: true,
+                name,
+                reason: "pinned address",
+            },
+            false => deny(name, "port not allowed"),
+        };
+    }
+    if let Some(why) = addr::special_range(ip) {
+        return deny(name, why);
     }
     if !policy.allows_port(port) {
         return deny(name, "port not allowed");
@@ -135,6 +148,75 @@ mod tests {
                 (false, "name pinned to another address")
             );
         }
+    }
+
+    #[test]
+    fn special_ranges_are_unreachable_in_every_mode_unless_pinned() {
+        let special = [
+            "10.1.2.3",
+            "172.16.0.1",
+            "172.31.255.254",
+            "192.168.1.1",
+            "100.64.0.1",
+            "100.100.100.200",
+            "168.63.129.16",
+            "192.0.0.9",
+            "192.0.2.1",
+            "198.51.100.1",
+            "203.0.113.1",
+            "198.18.0.1",
+            "198.19.255.1",
+            "169.254.169.254",
+            "127.0.0.1",
+            "0.1.2.3",
+            "224.0.0.1",
+            "240.0.0.1",
+            "255.255.255.255",
+        ];
+        for mode in [Mode::Filtered, Mode::Open] {
+            let mut p = policy(mode);
+            for ip in special {
+                let ip: Ipv4Addr = ip.parse().unwrap();
+                for name in [None, Some("github.com")] {
+                    let (allow, reason) = verdict(&p, ip, 443, name);
+                    assert!(!allow, "{mode:?} {ip} {name:?}");
+                    assert_ne!(reason, "port not allowed", "{mode:?} {ip}");
+                }
+            }
+            // A pin opens its address, on the policy's ports only.
+            p.pin("intranet.test", Ipv4Addr::new(10, 77, 0, 1)).unwrap();
+            p.ports = vec![8080];
+            let intranet = Ipv4Addr::new(10, 77, 0, 1);
+            assert_eq!(
+                verdict(&p, intranet, 8080, Some("intranet.test")),
+                (true, "pinned address"),
+                "{mode:?}"
+            );
+            assert_eq!(
+                verdict(&p, intranet, 22, Some("intranet.test")),
+                (false, "port not allowed"),
+                "{mode:?}"
+            );
+            assert_eq!(
+                verdict(&p, intranet, 8080, None),
+                (false, "private address (10/8)"),
+                "{mode:?}"
+            );
+            // Its neighbour stays closed.
+            assert!(!verdict(&p, Ipv4Addr::new(10, 77, 0, 2), 8080, Some("intranet.test")).0);
+        }
+    }
+
+    #[test]
+    fn the_hosts_own_addresses_stay_closed_even_to_a_pin() {
+        let mut p = policy(Mode::Open);
+        // Pinned while the host did not have it; the host took it since.
+        p.hosts
+            .insert("lan.test".into(), Ipv4Addr::new(192, 168, 1, 7));
+        assert_eq!(
+            verdict(&p, Ipv4Addr::new(192, 168, 1, 7), 443, Some("lan.test")),
+            (false, "one of the host's own addresses")
+        );
     }
 
     #[test]

@@ -70,7 +70,7 @@ fn udp_to_an_address_never_handed_out_is_prohibited_at_once() {
     let mut g = guest(&mut stack);
     g.record = true;
     // NTP to a public address, no DNS first.
-    let ntp = SocketAddrV4::new(Ipv4Addr::new(198, 51, 100, 30), 123);
+    let ntp = SocketAddrV4::new(Ipv4Addr::new(93, 184, 215, 30), 123);
     let sock = g.udp_bind(6000);
     g.udp(sock)
         .send_slice(&[0x23; 48], (*ntp.ip(), 123))

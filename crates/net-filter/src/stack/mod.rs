@@ -11,7 +11,7 @@
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -133,7 +133,7 @@ pub struct NetStack {
     policy: Policy,
     generation: u64,
     audit: Audit,
-    host_addrs: Vec<IpAddr>,
+    host_addrs: addr::HostAddrs,
     iface: Interface,
     sockets: SocketSet<'static>,
     phy: Phy,
@@ -192,7 +192,7 @@ impl NetStack {
             policy: config.policy,
             generation: 0,
             audit: config.audit,
-            host_addrs: addr::host_addresses(),
+            host_addrs: addr::HostAddrs::read(Instant::now()),
             iface,
             sockets: SocketSet::new(Vec::new()),
             phy,
@@ -247,7 +247,9 @@ impl NetStack {
     pub fn push_frame(&mut self, frame: &[u8]) {
         // A policy a handle set since the last poll decides this frame
         // already: a name denied a moment ago must not go upstream.
-        self.apply_new_policy(Instant::now());
+        let now = Instant::now();
+        self.host_addrs.refresh(now);
+        self.apply_new_policy(now);
         self.stats.frames_in += 1;
         if !self.classify(frame) {
             self.stats.dropped += 1;
@@ -284,6 +286,7 @@ impl NetStack {
     /// the guest sent, timers.
     pub fn poll(&mut self) {
         let now = Instant::now();
+        self.host_addrs.refresh(now);
         self.apply_new_policy(now);
         self.host_events(now);
         for _ in 0..ROUNDS {
@@ -368,7 +371,14 @@ impl NetStack {
 
     /// Judges a guest flow to `ip:port` under the current policy.
     fn decide(&self, ip: Ipv4Addr, port: u16, now: Instant) -> Decision {
-        judge(&self.policy, &self.dns, &self.host_addrs, ip, port, now)
+        judge(
+            &self.policy,
+            &self.dns,
+            self.host_addrs.get(),
+            ip,
+            port,
+            now,
+        )
     }
 
     fn record(&self, proto: Proto, decision: &Decision, dst: SocketAddrV4) {
@@ -503,7 +513,7 @@ impl NetStack {
             .iter()
             .map(|f| f.guest_port)
             .collect();
-        let (policy, dns, hosts) = (&self.policy, &self.dns, &self.host_addrs);
+        let (policy, dns, hosts) = (&self.policy, &self.dns, self.host_addrs.get());
         // A flow stays if the new policy allows it by the name it was
         // opened for (its DNS answer may have expired since: a long
         // download must survive an unrelated change) or by what the DNS
