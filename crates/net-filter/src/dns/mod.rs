@@ -292,6 +292,12 @@ impl DnsServer {
         self.handed_out.name_for(ip, now)
     }
 
+    /// Whether the server handed `ip` out for `name` (normalized) and the
+    /// answer has not expired.
+    pub fn handed_out_for(&self, ip: Ipv4Addr, name: &str, now: Instant) -> bool {
+        self.handed_out.was_handed_out(ip, name, now)
+    }
+
     /// Drops handed-out addresses whose names `policy` no longer allows
     /// (a pinned name keeps only its pinned address).
     pub fn retain_allowed(&mut self, policy: &Policy) {

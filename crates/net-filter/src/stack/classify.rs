@@ -9,8 +9,9 @@
 //!   "administratively prohibited" at once when not.
 //! - TCP: segments of known connections go to smoltcp; a SYN for a new
 //!   one is judged by the policy — refused with a RST at once, or parked
-//!   while the host connects ([`crate::tcp`]); other segments go to
-//!   smoltcp, which resets them.
+//!   while the host connects ([`crate::tcp`]), and held at its first
+//!   bytes when the name they ask for must be judged too
+//!   ([`crate::peek`]); other segments go to smoltcp, which resets them.
 //! - ICMP echo to the gateway or DNS address: smoltcp answers. Other ICMP
 //!   is dropped.
 //!
@@ -26,6 +27,8 @@ use tracing::debug;
 
 use super::{take_token, NetStack, MAX_TCP_FLOWS};
 use crate::addr::{DNS_IP, GATEWAY_IP, GUEST_IP};
+use crate::judge::peek_protocol;
+use crate::peek::Gate;
 use crate::phy::ETH_HEADER;
 use crate::tcp::FlowKey;
 use crate::{dhcp, frames, Mode, Proto};
@@ -201,11 +204,17 @@ impl NetStack {
         if decision.allow {
             let token = self.token();
             let (syn, name) = (frame.to_vec(), decision.name.clone());
+            let hold = peek_protocol(&self.policy, &decision, *key.remote.ip(), key.remote.port());
             match self
                 .tcp
                 .connect(key, syn, name, self.poll.registry(), token, now)
             {
-                Ok(()) => return,
+                Ok(()) => {
+                    if let Some(protocol) = hold {
+                        self.tcp.hold(&key, Gate::new(protocol));
+                    }
+                    return;
+                }
                 Err(e) => debug!("net: tcp {}: connect failed at once: {e}", key.remote),
             }
         }

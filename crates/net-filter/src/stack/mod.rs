@@ -28,7 +28,8 @@ use tracing::{debug, warn};
 use crate::addr::{self, DNS_IP, GATEWAY_IP, GATEWAY_MAC, GUEST_IP, PREFIX_LEN};
 use crate::dns::{resolvers_from, DnsServer};
 use crate::forward::Forwards;
-use crate::judge::{judge, judge_named, Decision};
+use crate::judge::{judge, judge_named, judge_peeked, Decision};
+use crate::peek::Protocol;
 use crate::phy::Phy;
 use crate::tcp::{Connected, FlowKey, Refused, TcpFlows};
 use crate::udp::UdpFlows;
@@ -291,6 +292,7 @@ impl NetStack {
         self.host_events(now);
         for _ in 0..ROUNDS {
             let mut progress = self.finish_connects(now);
+            progress |= self.judge_first_messages(now);
             progress |= self.tcp.splice(&mut self.sockets);
             let smol = self
                 .iface
@@ -342,6 +344,39 @@ impl NetStack {
                         .remove(&key, &mut self.sockets, self.poll.registry());
                     self.reset_from_syn(&syn);
                 }
+            }
+        }
+        progress
+    }
+
+    /// Judges the first message of held flows that have one: lets them
+    /// through, or resets them and records why.
+    fn judge_first_messages(&mut self, now: Instant) -> bool {
+        let decided = self.tcp.peeked(&mut self.sockets, now);
+        let progress = !decided.is_empty();
+        for (key, opened_for, peeked) in decided {
+            let (ip, port) = (*key.remote.ip(), key.remote.port());
+            let Some(protocol) = Protocol::of_port(port) else {
+                continue;
+            };
+            let dns = &self.dns;
+            let decision = judge_peeked(
+                &self.policy,
+                ip,
+                protocol,
+                opened_for.as_deref(),
+                peeked,
+                |name| dns.handed_out_for(ip, name, now),
+            );
+            if decision.allow {
+                self.tcp.rename(&key, decision.name);
+            } else {
+                debug!(
+                    "net: tcp {}: first message refused: {}",
+                    key.remote, decision.reason
+                );
+                self.tcp.refuse(&key, &mut self.sockets);
+                self.record(Proto::Tcp, &decision, key.remote);
             }
         }
         progress
