@@ -180,9 +180,9 @@ impl TcpFlows {
         }
     }
 
-    /// Held flows whose first message is decided, with what it says (the
-    /// gate is lifted: their data moves from now on unless the caller
-    /// aborts them) and the name each was allowed for.
+    /// Held flows whose first message is decided, with what it says and
+    /// the name each was allowed for; each stays held until the caller
+    /// lifts its gate ([`TcpFlows::release`]) or refuses it.
     pub fn peeked(
         &mut self,
         sockets: &mut SocketSet<'static>,
@@ -195,26 +195,27 @@ impl TcpFlows {
             };
             let socket = sockets.get_mut::<tcp::Socket>(*socket);
             if let Some(peeked) = gate.look(socket, now) {
-                flow.gate = None;
                 decided.push((*key, flow.name.clone(), peeked));
             }
         }
         decided
     }
 
-    /// Resets a flow whose first message was refused: the guest gets a
-    /// RST, nothing it sent reaches the host, the flow is reaped with its
-    /// socket.
+    /// Resets a held flow whose first message was refused: the guest gets
+    /// a RST, nothing it sent reaches the host (the gate stays shut), the
+    /// flow is reaped with its socket.
     pub fn refuse(&mut self, key: &FlowKey, sockets: &mut SocketSet<'static>) {
         if let Some(State::Open { socket, .. }) = self.flows.get(key).map(|f| &f.state) {
             sockets.get_mut::<tcp::Socket>(*socket).abort();
         }
     }
 
-    /// The name a flow is allowed for from now on (its first message's).
-    pub fn rename(&mut self, key: &FlowKey, name: Option<String>) {
+    /// Lets a held flow's data move, allowed from now on for `name` (what
+    /// its first message asked for).
+    pub fn release(&mut self, key: &FlowKey, name: Option<String>) {
         if let Some(flow) = self.flows.get_mut(key) {
             flow.name = name;
+            flow.gate = None;
         }
     }
 

@@ -88,6 +88,9 @@ pub struct Gate {
     /// Bytes the guest had sent at the last parse: nothing new, nothing
     /// to parse again.
     parsed_len: usize,
+    /// The first message was judged: the gate stays shut (a refused
+    /// flow's bytes wait in its buffer until it is reaped) until lifted.
+    decided: bool,
 }
 
 impl Gate {
@@ -97,15 +100,23 @@ impl Gate {
             protocol,
             opened: None,
             parsed_len: 0,
+            decided: false,
         }
     }
 
     /// Looks at what the guest sent so far (without taking it): `None`
-    /// while undecided, else [`Peeked::Name`] or [`Peeked::Malformed`]
-    /// (too long, too slow, closed early included).
+    /// while undecided (and after the one decision), else
+    /// [`Peeked::Name`] or [`Peeked::Malformed`] (too long, too slow,
+    /// closed early included), once.
     pub fn look(&mut self, socket: &mut tcp::Socket<'_>, now: Instant) -> Option<Peeked> {
+        let decided = self.look_again(socket, now);
+        self.decided |= decided.is_some();
+        decided
+    }
+
+    fn look_again(&mut self, socket: &mut tcp::Socket<'_>, now: Instant) -> Option<Peeked> {
         use tcp::State::{Listen, SynReceived, SynSent};
-        if matches!(socket.state(), Listen | SynReceived | SynSent) {
+        if self.decided || matches!(socket.state(), Listen | SynReceived | SynSent) {
             return None;
         }
         let opened = *self.opened.get_or_insert(now);
@@ -133,6 +144,9 @@ impl Gate {
 
     /// When the gate decides even if the guest sends nothing more.
     pub fn deadline(&self) -> Option<Instant> {
-        self.opened.map(|t| t + PEEK_TIMEOUT)
+        match self.decided {
+            true => None,
+            false => self.opened.map(|t| t + PEEK_TIMEOUT),
+        }
     }
 }

@@ -369,7 +369,7 @@ impl NetStack {
                 |name| dns.handed_out_for(ip, name, now),
             );
             if decision.allow {
-                self.tcp.rename(&key, decision.name);
+                self.tcp.release(&key, decision.name);
             } else {
                 debug!(
                     "net: tcp {}: first message refused: {}",
