@@ -6,7 +6,8 @@
 //!   fragments, IPv6 and other ethertypes: dropped.
 //! - UDP to port 67: the DHCP server. UDP to 10.0.2.3:53: the DNS server.
 //!   Other UDP: a host flow when the policy allows the destination, ICMP
-//!   "administratively prohibited" at once when not.
+//!   "administratively prohibited" at once when not — and for UDP to port
+//!   443 where a TCP flow's server name would be checked (QUIC).
 //! - TCP: segments of known connections go to smoltcp; a SYN for a new
 //!   one is judged by the policy — refused with a RST at once, or parked
 //!   while the host connects ([`crate::tcp`]), and held at its first
@@ -28,7 +29,7 @@ use tracing::debug;
 use super::{take_token, NetStack, MAX_TCP_FLOWS};
 use crate::addr::{DNS_IP, GATEWAY_IP, GUEST_IP};
 use crate::judge::peek_protocol;
-use crate::peek::Gate;
+use crate::peek::{Gate, Protocol};
 use crate::phy::ETH_HEADER;
 use crate::tcp::FlowKey;
 use crate::{dhcp, frames, Mode, Proto};
@@ -171,7 +172,14 @@ impl NetStack {
         };
         let mut name = None;
         if !self.udp.contains(&key) {
-            let decision = self.decide(*dst.ip(), dst.port(), now);
+            let mut decision = self.decide(*dst.ip(), dst.port(), now);
+            let port = dst.port();
+            if peek_protocol(&self.policy, &decision, *dst.ip(), port) == Some(Protocol::Tls) {
+                // QUIC hides its server name from a plain read; refused,
+                // clients fall back to TCP, where the name is judged.
+                decision.allow = false;
+                decision.reason = "QUIC (UDP 443) where the server name is checked";
+            }
             self.record(Proto::Udp, &decision, dst);
             if !decision.allow {
                 let icmp = frames::icmp_prohibited(self.guest_mac, GATEWAY_IP, repr, l4);
