@@ -51,6 +51,12 @@ impl<'a> Asked<'a> {
         }
     }
 
+    /// Asks upstream for the largest answer a datagram brings (for a
+    /// client on TCP, which takes any size).
+    pub fn widen(&mut self) {
+        self.edns = Some(MAX_UDP_PAYLOAD);
+    }
+
     /// The same, owning its name (to wait for upstream).
     pub fn into_owned(self) -> Asked<'static> {
         Asked {

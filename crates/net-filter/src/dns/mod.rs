@@ -22,6 +22,7 @@
 
 mod handed_out;
 mod message;
+pub mod tcp;
 #[cfg(test)]
 mod tests;
 
@@ -68,11 +69,26 @@ pub enum DnsError {
     Socket(#[source] std::io::Error),
 }
 
+/// Where a guest query came from, and so where its answer goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Client {
+    /// A datagram from this guest endpoint.
+    Udp(SocketAddrV4),
+    /// A message on this DNS-over-TCP connection ([`tcp`]).
+    Tcp(u64),
+}
+
+impl From<SocketAddrV4> for Client {
+    fn from(guest: SocketAddrV4) -> Self {
+        Client::Udp(guest)
+    }
+}
+
 /// A query forwarded upstream, waiting for its answer.
 #[derive(Debug)]
 struct Pending {
     /// Where the guest asked from.
-    guest: SocketAddrV4,
+    guest: Client,
     /// What it asked (with its own transaction id).
     asked: Asked<'static>,
     /// The name asked, normalized: where the answer's addresses go.
@@ -124,17 +140,18 @@ impl DnsServer {
         })
     }
 
-    /// A query (UDP payload) the guest sent from `from`; returns the reply
-    /// payload when it is answered locally, `None` when it went upstream
-    /// (or was malformed and dropped).
+    /// A query (a UDP payload, or a message from a TCP stream) the guest
+    /// sent from `from`; returns the reply when it is answered locally,
+    /// `None` when it went upstream (or was malformed and dropped).
     pub fn query(
         &mut self,
         now: Instant,
         policy: &Policy,
-        from: SocketAddrV4,
+        from: impl Into<Client>,
         payload: &[u8],
         audit: &Audit,
     ) -> Option<Vec<u8>> {
+        let from = from.into();
         if policy.mode == Mode::Off {
             return None;
         }
@@ -148,7 +165,12 @@ impl DnsServer {
         let [question] = query.questions.as_slice() else {
             return message::bare_reply(&query, RCODE::FormatError);
         };
-        let asked = Asked::new(&query, question);
+        let mut asked = Asked::new(&query, question);
+        if matches!(from, Client::Tcp(_)) {
+            // A client asking over TCP wants the whole answer: ask
+            // upstream for the largest one a datagram brings.
+            asked.widen();
+        }
         let event = |verdict, reason| AuditEvent::now(Proto::Dns, verdict, reason);
 
         let Some(name) = asked.name() else {
@@ -181,7 +203,7 @@ impl DnsServer {
     fn forward(
         &mut self,
         now: Instant,
-        guest: SocketAddrV4,
+        guest: Client,
         asked: Asked<'_>,
         name: String,
     ) -> Option<Vec<u8>> {
@@ -224,7 +246,7 @@ impl DnsServer {
     }
 
     /// Reads what upstream answered: (guest endpoint, reply payload) pairs.
-    pub fn upstream_ready(&mut self, now: Instant) -> Vec<(SocketAddrV4, Vec<u8>)> {
+    pub fn upstream_ready(&mut self, now: Instant) -> Vec<(Client, Vec<u8>)> {
         let mut buf = std::mem::take(&mut self.buf);
         let mut replies = Vec::new();
         for _ in 0..MAX_READS {
@@ -250,7 +272,7 @@ impl DnsServer {
 
     /// The guest's copy of upstream `response`, if it answers a pending
     /// query; records its addresses on the way.
-    fn relay(&mut self, now: Instant, response: &[u8]) -> Option<(SocketAddrV4, Vec<u8>)> {
+    fn relay(&mut self, now: Instant, response: &[u8]) -> Option<(Client, Vec<u8>)> {
         let parsed = Packet::parse(response).ok()?;
         let id = parsed.id();
         if !self.pending.get(&id)?.asked.answered_by(&parsed) {
@@ -274,12 +296,18 @@ impl DnsServer {
     }
 
     /// Queries upstream never answered in time, answered SERVFAIL now.
-    pub fn expire(&mut self, now: Instant) -> Vec<(SocketAddrV4, Vec<u8>)> {
+    pub fn expire(&mut self, now: Instant) -> Vec<(Client, Vec<u8>)> {
         self.handed_out.prune(now);
         self.pending
             .extract_if(|_, p| p.deadline <= now)
             .filter_map(|(_, p)| Some((p.guest, p.asked.reply(RCODE::ServerFailure, None)?)))
             .collect()
+    }
+
+    /// Queries of a TCP connection that went away: their answers have
+    /// nowhere to go.
+    pub fn forget_client(&mut self, client: Client) {
+        self.pending.retain(|_, p| p.guest != client);
     }
 
     /// When [`DnsServer::expire`] next has work.

@@ -140,7 +140,7 @@ impl Rig {
     }
 
     /// Waits for the upstream socket's readiness and reads it.
-    fn upstream(&mut self) -> Vec<(SocketAddrV4, Vec<u8>)> {
+    fn upstream(&mut self) -> Vec<(Client, Vec<u8>)> {
         let mut events = Events::with_capacity(4);
         self.poll
             .poll(&mut events, Some(Duration::from_secs(2)))
@@ -186,7 +186,7 @@ fn allowed_names_go_upstream_under_a_fresh_id_and_come_back_under_the_guests() {
         upstream_ids.push(Packet::parse(&query).unwrap().id());
         let replies = rig.upstream();
         assert_eq!(replies.len(), 1);
-        assert_eq!(replies[0].0, GUEST);
+        assert_eq!(replies[0].0, Client::Udp(GUEST));
         assert_eq!(
             read_reply(&replies[0].1),
             (RCODE::NoError, GUEST_ID, vec![ip.into()])
@@ -304,7 +304,7 @@ fn queries_upstream_does_not_answer_get_servfail_at_the_deadline() {
         .is_empty());
     let expired = rig.server.expire(deadline);
     assert_eq!(expired.len(), 1);
-    assert_eq!(expired[0].0, GUEST);
+    assert_eq!(expired[0].0, Client::Udp(GUEST));
     assert_eq!(
         read_reply(&expired[0].1),
         (RCODE::ServerFailure, GUEST_ID, vec![])
@@ -494,6 +494,47 @@ fn only_the_question_and_the_payload_size_go_upstream() {
         .unwrap();
     let reply = Packet::parse(&reply).unwrap();
     assert_eq!(reply.opt().unwrap().udp_packet_size, 1232);
+}
+
+#[test]
+fn a_truncated_answer_keeps_its_tc_bit_and_tcp_clients_ask_for_the_largest() {
+    let mut rig = Rig::new();
+    let policy = Policy::new(Mode::Open);
+    // Over UDP, without EDNS: upstream is asked as the guest asked.
+    assert_eq!(rig.ask(&policy, "big.example", TYPE::TXT), None);
+    let (query, from) = rig.resolver.recv();
+    assert!(Packet::parse(&query).unwrap().opt().is_none());
+    let mut truncated = response(&query, &[]);
+    truncated[2] |= 0x02; // TC
+    rig.resolver.socket.send_to(&truncated, from).unwrap();
+    let replies = rig.upstream();
+    assert_eq!(replies.len(), 1);
+    let reply = Packet::parse(&replies[0].1).unwrap();
+    assert!(reply.has_flags(PacketFlag::TRUNCATION), "TC kept");
+    assert_eq!(reply.id(), GUEST_ID);
+
+    // The same question over TCP: upstream is asked for 4096 bytes, and
+    // the answer goes back to the connection.
+    let query = guest_query(GUEST_ID, "big.example", TYPE::TXT);
+    let tcp = Client::Tcp(7);
+    assert_eq!(
+        rig.server.query(rig.now, &policy, tcp, &query, &rig.audit),
+        None
+    );
+    let sent = rig.resolver.serve(&[]);
+    assert_eq!(
+        Packet::parse(&sent).unwrap().opt().unwrap().udp_packet_size,
+        4096
+    );
+    let replies = rig.upstream();
+    assert_eq!(replies[0].0, tcp);
+    // A connection that went away takes its pending queries along.
+    assert_eq!(
+        rig.server.query(rig.now, &policy, tcp, &query, &rig.audit),
+        None
+    );
+    rig.server.forget_client(tcp);
+    assert!(rig.server.next_deadline().is_none());
 }
 
 #[test]

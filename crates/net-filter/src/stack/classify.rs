@@ -4,7 +4,8 @@
 //!   reach smoltcp (which answers them); everything else is dropped.
 //! - IPv4 from anything but the guest's address (or 0.0.0.0 for DHCP),
 //!   fragments, IPv6 and other ethertypes: dropped.
-//! - UDP to port 67: the DHCP server. UDP to 10.0.2.3:53: the DNS server.
+//! - UDP to port 67: the DHCP server. UDP and TCP to 10.0.2.3:53: the DNS
+//!   server ([`crate::dns::tcp`] for TCP).
 //!   Other UDP: a host flow when the policy allows the destination, ICMP
 //!   "administratively prohibited" at once when not — and for UDP to port
 //!   443 where a TCP flow's server name would be checked (QUIC).
@@ -114,6 +115,9 @@ impl NetStack {
                     guest_port: tcp.src_port(),
                     remote: SocketAddrV4::new(repr.dst_addr, tcp.dst_port()),
                 };
+                if key.remote == SocketAddrV4::new(DNS_IP, 53) {
+                    return self.classify_dns_tcp(frame, l4, &tcp, key);
+                }
                 match self.tcp.state_of(&key) {
                     // A retransmitted SYN while the host connects.
                     Some(true) => false,
@@ -139,6 +143,31 @@ impl NetStack {
             }
             _ => false,
         }
+    }
+
+    /// A segment to the DNS server's TCP port: a SYN opens a connection of
+    /// its own (a RST when there are too many), the rest go to smoltcp.
+    fn classify_dns_tcp(
+        &mut self,
+        frame: &[u8],
+        l4: &[u8],
+        tcp: &TcpPacket<&[u8]>,
+        key: FlowKey,
+    ) -> bool {
+        let new = tcp.syn() && !tcp.ack() && !self.dns_tcp.knows(key.guest_port);
+        if new
+            && !self
+                .dns_tcp
+                .accept(key.guest_port, &mut self.sockets, Instant::now())
+        {
+            let syn_len = l4.len().saturating_sub(usize::from(tcp.header_len())) + 1;
+            let guest = SocketAddrV4::new(GUEST_IP, key.guest_port);
+            let reset =
+                frames::tcp_reset(self.guest_mac, guest, key.remote, tcp.seq_number(), syn_len);
+            self.phy.send(reset);
+            return true;
+        }
+        self.phy.take(frame)
     }
 
     fn dhcp(&mut self, payload: &[u8]) -> bool {

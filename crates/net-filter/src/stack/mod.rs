@@ -26,7 +26,8 @@ use smoltcp::wire::{
 use tracing::{debug, warn};
 
 use crate::addr::{self, DNS_IP, GATEWAY_IP, GATEWAY_MAC, GUEST_IP, PREFIX_LEN};
-use crate::dns::{resolvers_from, DnsServer};
+use crate::dns::tcp::DnsTcp;
+use crate::dns::{resolvers_from, Client, DnsServer};
 use crate::forward::Forwards;
 use crate::judge::{judge, judge_named, judge_peeked, Decision};
 use crate::peek::Protocol;
@@ -139,6 +140,7 @@ pub struct NetStack {
     sockets: SocketSet<'static>,
     phy: Phy,
     dns: DnsServer,
+    dns_tcp: DnsTcp,
     tcp: TcpFlows,
     udp: UdpFlows,
     forwards: Forwards,
@@ -198,6 +200,7 @@ impl NetStack {
             sockets: SocketSet::new(Vec::new()),
             phy,
             dns,
+            dns_tcp: DnsTcp::default(),
             tcp: TcpFlows::default(),
             udp: UdpFlows::default(),
             forwards: Forwards::default(),
@@ -266,6 +269,7 @@ impl NetStack {
         let now = Instant::now();
         let own = [
             self.dns.next_deadline(),
+            self.dns_tcp.next_deadline(),
             self.tcp.next_deadline(),
             self.udp.next_deadline(),
         ]
@@ -294,6 +298,13 @@ impl NetStack {
             let mut progress = self.finish_connects(now);
             progress |= self.judge_first_messages(now);
             progress |= self.tcp.splice(&mut self.sockets);
+            progress |= self.dns_tcp.serve(
+                &mut self.sockets,
+                &mut self.dns,
+                &self.policy,
+                &self.audit,
+                now,
+            );
             let smol = self
                 .iface
                 .poll(SmolInstant::now(), &mut self.phy, &mut self.sockets);
@@ -303,8 +314,11 @@ impl NetStack {
                 break;
             }
         }
-        for (guest, reply) in self.dns.expire(now) {
-            self.send_udp(SocketAddrV4::new(DNS_IP, 53), guest, &reply);
+        for client in self.dns_tcp.reap(&mut self.sockets, now) {
+            self.dns.forget_client(client);
+        }
+        for (client, reply) in self.dns.expire(now) {
+            self.dns_answer(client, &reply, now);
         }
         self.udp.expire(now, self.poll.registry());
     }
@@ -428,6 +442,14 @@ impl NetStack {
         self.audit.record(event);
     }
 
+    /// Sends a DNS answer to the client that asked.
+    fn dns_answer(&mut self, client: Client, reply: &[u8], now: Instant) {
+        match client {
+            Client::Udp(guest) => self.send_udp(SocketAddrV4::new(DNS_IP, 53), guest, reply),
+            Client::Tcp(id) => self.dns_tcp.answer(id, reply, &mut self.sockets, now),
+        }
+    }
+
     fn send_udp(&mut self, from: SocketAddrV4, to: SocketAddrV4, payload: &[u8]) {
         match frames::udp(self.guest_mac, from, to, payload) {
             Some(frame) => {
@@ -457,8 +479,8 @@ impl NetStack {
             match token {
                 WAKER => {}
                 DNS_UPSTREAM => {
-                    for (guest, reply) in self.dns.upstream_ready(now) {
-                        self.send_udp(SocketAddrV4::new(DNS_IP, 53), guest, &reply);
+                    for (client, reply) in self.dns.upstream_ready(now) {
+                        self.dns_answer(client, &reply, now);
                     }
                 }
                 t if self.tcp.key_of(t).is_some() => self.tcp.on_event(t, readable, writable),
