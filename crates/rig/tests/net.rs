@@ -217,7 +217,7 @@ timed() {{ $A -- sh -c "t0=\$(cut -d' ' -f1 /proc/uptime); timeout 10 $1 >/dev/n
 echo "RIG-EXEC get_lo_addr=$(timed 'wget -q -O - http://10.77.0.1:8080/')"
 echo "RIG-EXEC get_private=$(timed 'wget -q -O - http://10.88.0.5:8080/')"
 echo "RIG-EXEC get_loopback=$(timed 'wget -q -O - http://198.18.0.2:8080/')"
-send() {{ $A -- sh -c "(printf '$2'; sleep 2) | timeout 8 nc 198.18.0.1 $1" 2>/dev/null | head -c 200 | tr '\r\n' '  '; }}
+send() {{ $A -- sh -c "(printf '$2'; sleep 2) | timeout 8 nc 198.18.0.1 $1" 2>/dev/null | head -c 600 | tr '\r\n' '  '; }}
 echo "RIG-EXEC http_ok=$(send 80 'GET / HTTP/1.0\r\nHost: web.test\r\n\r\n')"
 echo "RIG-EXEC http_fronted=$(send 80 'GET / HTTP/1.0\r\nHost: evil.test\r\n\r\n')"
 echo "RIG-EXEC tls_ok=$(send 443 '{web}')"
