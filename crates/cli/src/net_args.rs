@@ -25,8 +25,8 @@ use crate::config::validate::check_domain;
 #[command(next_help_heading = "Network")]
 pub struct NetArgs {
     /// Egress mode: `off` (no network device), `filtered` (only --allow'ed
-    /// names, on --port ports) or `open` (every public address)
-    /// [default: off].
+    /// names, on --port ports) or `open` (every public address; private,
+    /// LAN and host addresses only through --host pins) [default: off].
     #[arg(long = "net", value_name = "MODE", value_parser = mode_parser())]
     pub mode: Option<Mode>,
     /// In filtered mode, let the guest resolve and reach DOMAIN and every
