@@ -19,12 +19,18 @@
 //! Malformed messages are dropped. A query with other than one question
 //! gets FORMERR, one with an opcode other than QUERY gets NOTIMP (the
 //! guest learns at once rather than timing out).
+//!
+//! Queries come as datagrams or over TCP ([`tcp`]), decided alike. A
+//! truncated upstream answer keeps its TC bit for a guest on UDP (which
+//! then asks over TCP); for a guest on TCP the server asks the resolver
+//! again over TCP for the whole answer (`upstream_tcp.rs`).
 
 mod handed_out;
 mod message;
 pub mod tcp;
 #[cfg(test)]
 mod tests;
+mod upstream_tcp;
 
 use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
@@ -42,6 +48,7 @@ use tracing::debug;
 use crate::{Audit, AuditEvent, Mode, Policy, Proto, Verdict};
 use handed_out::HandedOut;
 use message::Asked;
+use upstream_tcp::{Progress, UpstreamTcp, MAX_UPSTREAM_TCP};
 
 /// How long upstream has to answer before the guest gets SERVFAIL.
 const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(2);
@@ -95,6 +102,9 @@ struct Pending {
     name: String,
     /// When the guest gets SERVFAIL instead.
     deadline: Instant,
+    /// Asked again over TCP (its datagram answer was truncated): only
+    /// that connection's answer counts.
+    over_tcp: bool,
 }
 
 /// The stack's DNS server: answers guest queries locally or forwards them
@@ -111,6 +121,11 @@ pub struct DnsServer {
     id_counter: u64,
     /// Receive buffer for upstream datagrams.
     buf: Vec<u8>,
+    /// Queries asked again over TCP, by upstream transaction id; their
+    /// sockets share the UDP socket's token.
+    upstream_tcp: HashMap<u16, UpstreamTcp>,
+    registry: mio::Registry,
+    token: mio::Token,
 }
 
 impl DnsServer {
@@ -137,6 +152,9 @@ impl DnsServer {
             id_keys: RandomState::new(),
             id_counter: 0,
             buf: vec![0; usize::from(u16::MAX)],
+            upstream_tcp: HashMap::new(),
+            registry: registry.try_clone().map_err(DnsError::Socket)?,
+            token,
         })
     }
 
@@ -230,6 +248,7 @@ impl DnsServer {
                 asked: asked.into_owned(),
                 name,
                 deadline: now + UPSTREAM_TIMEOUT,
+                over_tcp: false,
             },
         );
         None
@@ -262,21 +281,89 @@ impl DnsServer {
                 debug!("dns: dropped a datagram from {from}, not the resolver");
                 continue;
             }
-            if let Some(reply) = buf.get(..len).and_then(|d| self.relay(now, d)) {
+            if let Some(reply) = buf.get(..len).and_then(|d| self.relay(now, d, false)) {
                 replies.push(reply);
             }
         }
         self.buf = buf;
+        replies.extend(self.upstream_tcp_ready(now));
         replies
     }
 
-    /// The guest's copy of upstream `response`, if it answers a pending
-    /// query; records its addresses on the way.
-    fn relay(&mut self, now: Instant, response: &[u8]) -> Option<(Client, Vec<u8>)> {
+    /// Moves the queries asked over TCP along; the answers (or SERVFAIL
+    /// for a connection that failed) that are complete.
+    fn upstream_tcp_ready(&mut self, now: Instant) -> Vec<(Client, Vec<u8>)> {
+        let mut done = Vec::new();
+        for (&id, conn) in &mut self.upstream_tcp {
+            match conn.advance() {
+                Progress::Waiting => {}
+                progress => done.push((id, progress)),
+            }
+        }
+        let mut replies = Vec::new();
+        for (id, progress) in done {
+            if let Some(conn) = self.upstream_tcp.remove(&id) {
+                conn.close(&self.registry);
+            }
+            let reply = match progress {
+                Progress::Answer(answer) => self.relay(now, &answer, true),
+                _ => {
+                    debug!("dns: the resolver's TCP connection failed");
+                    let p = self.pending.remove(&id);
+                    p.and_then(|p| Some((p.guest, p.asked.reply(RCODE::ServerFailure, None)?)))
+                }
+            };
+            replies.extend(reply);
+        }
+        replies
+    }
+
+    /// Asks the resolver again over TCP for pending query `id` (its
+    /// datagram answer was truncated); false when it cannot.
+    fn ask_over_tcp(&mut self, id: u16, now: Instant) -> bool {
+        let (Some(&resolver), Some(pending)) = (self.resolvers.first(), self.pending.get_mut(&id))
+        else {
+            return false;
+        };
+        if self.upstream_tcp.len() >= MAX_UPSTREAM_TCP {
+            return false;
+        }
+        let Some(query) = pending.asked.upstream_query(id) else {
+            return false;
+        };
+        match UpstreamTcp::start(resolver, &query, &self.registry, self.token) {
+            Ok(conn) => {
+                self.upstream_tcp.insert(id, conn);
+                pending.over_tcp = true;
+                pending.deadline = now + UPSTREAM_TIMEOUT;
+                true
+            }
+            Err(e) => {
+                debug!("dns: cannot ask {resolver} over TCP: {e}");
+                false
+            }
+        }
+    }
+
+    /// The guest's copy of upstream `response` (a datagram, or the answer
+    /// on a TCP connection when `via_tcp`), if it answers a pending query;
+    /// records its addresses on the way. A truncated datagram answer for
+    /// a guest on TCP is asked again over TCP instead.
+    fn relay(&mut self, now: Instant, response: &[u8], via_tcp: bool) -> Option<(Client, Vec<u8>)> {
         let parsed = Packet::parse(response).ok()?;
         let id = parsed.id();
-        if !self.pending.get(&id)?.asked.answered_by(&parsed) {
+        let pending = self.pending.get(&id)?;
+        if pending.over_tcp != via_tcp {
+            return None;
+        }
+        if !pending.asked.answered_by(&parsed) {
             debug!("dns: dropped an answer to another question");
+            return None;
+        }
+        let retry = !via_tcp
+            && parsed.has_flags(PacketFlag::TRUNCATION)
+            && matches!(pending.guest, Client::Tcp(_));
+        if retry && self.ask_over_tcp(id, now) {
             return None;
         }
         let pending = self.pending.remove(&id)?;
@@ -298,6 +385,10 @@ impl DnsServer {
     /// Queries upstream never answered in time, answered SERVFAIL now.
     pub fn expire(&mut self, now: Instant) -> Vec<(Client, Vec<u8>)> {
         self.handed_out.prune(now);
+        let (pending, registry) = (&self.pending, &self.registry);
+        self.upstream_tcp
+            .extract_if(|id, _| pending.get(id).is_none_or(|p| p.deadline <= now))
+            .for_each(|(_, conn)| conn.close(registry));
         self.pending
             .extract_if(|_, p| p.deadline <= now)
             .filter_map(|(_, p)| Some((p.guest, p.asked.reply(RCODE::ServerFailure, None)?)))
@@ -308,6 +399,10 @@ impl DnsServer {
     /// nowhere to go.
     pub fn forget_client(&mut self, client: Client) {
         self.pending.retain(|_, p| p.guest != client);
+        let (pending, registry) = (&self.pending, &self.registry);
+        self.upstream_tcp
+            .extract_if(|id, _| !pending.contains_key(id))
+            .for_each(|(_, conn)| conn.close(registry));
     }
 
     /// When [`DnsServer::expire`] next has work.

@@ -538,6 +538,69 @@ fn a_truncated_answer_keeps_its_tc_bit_and_tcp_clients_ask_for_the_largest() {
 }
 
 #[test]
+fn a_truncated_answer_for_a_tcp_client_is_asked_again_over_tcp() {
+    use std::io::{Read, Write};
+    let mut rig = Rig::new();
+    // The resolver's TCP side, on its UDP port.
+    let listener = std::net::TcpListener::bind(rig.resolver.addr()).unwrap();
+    let policy = Policy::new(Mode::Open);
+    let client = Client::Tcp(3);
+    let query = guest_query(GUEST_ID, "big.example", TYPE::A);
+    assert_eq!(
+        rig.server
+            .query(rig.now, &policy, client, &query, &rig.audit),
+        None
+    );
+    let (sent, from) = rig.resolver.recv();
+    let mut truncated = response(&sent, &[]);
+    truncated[2] |= 0x02; // TC
+    rig.resolver.socket.send_to(&truncated, from).unwrap();
+    let tcp_side = std::thread::spawn(move || {
+        let (mut conn, _) = listener.accept().unwrap();
+        let mut len = [0; 2];
+        conn.read_exact(&mut len).unwrap();
+        let mut asked = vec![0; usize::from(u16::from_be_bytes(len))];
+        conn.read_exact(&mut asked).unwrap();
+        let answer = response(&asked, &[Rec::A("big.example", [93, 184, 215, 50], 300)]);
+        conn.write_all(&(answer.len() as u16).to_be_bytes())
+            .unwrap();
+        conn.write_all(&answer).unwrap();
+        asked
+    });
+    let mut replies = Vec::new();
+    let mut events = Events::with_capacity(8);
+    for _ in 0..50 {
+        rig.poll
+            .poll(&mut events, Some(Duration::from_millis(100)))
+            .unwrap();
+        replies.extend(rig.server.upstream_ready(rig.now));
+        if !replies.is_empty() {
+            break;
+        }
+    }
+    let asked_over_tcp = tcp_side.join().unwrap();
+    // The same query (question, id, payload size) as the datagram.
+    assert_eq!(asked_over_tcp, sent);
+    assert_eq!(replies.len(), 1, "one answer, the whole one");
+    assert_eq!(replies[0].0, client);
+    let reply = Packet::parse(&replies[0].1).unwrap();
+    assert!(!reply.has_flags(PacketFlag::TRUNCATION));
+    assert_eq!(
+        read_reply(&replies[0].1),
+        (
+            RCODE::NoError,
+            GUEST_ID,
+            vec![Ipv4Addr::new(93, 184, 215, 50)]
+        )
+    );
+    assert!(rig
+        .server
+        .handed_out_for(Ipv4Addr::new(93, 184, 215, 50), "big.example", rig.now));
+    // Nothing is left waiting.
+    assert!(rig.server.next_deadline().is_none());
+}
+
+#[test]
 fn a_full_pending_table_answers_servfail() {
     let mut rig = Rig::new();
     let policy = Policy::new(Mode::Open);
