@@ -29,7 +29,7 @@ use tracing::debug;
 
 use crate::addr::{GATEWAY_IP, GUEST_IP};
 use crate::buffers::SocketMemory;
-use crate::peek::{Gate, Peeked};
+use crate::peek::{Gate, Peeked, Protocol};
 
 /// Receive and send buffer of each smoltcp socket, bytes. The receive
 /// buffer is the window the guest sees.
@@ -180,14 +180,14 @@ impl TcpFlows {
         }
     }
 
-    /// Held flows whose first message is decided, with what it says and
-    /// the name each was allowed for; each stays held until the caller
+    /// Held flows whose first message is decided, with its protocol, what
+    /// it says and the name each was allowed for; each stays held until the caller
     /// lifts its gate ([`TcpFlows::release`]) or refuses it.
     pub fn peeked(
         &mut self,
         sockets: &mut SocketSet<'static>,
         now: Instant,
-    ) -> Vec<(FlowKey, Option<String>, Peeked)> {
+    ) -> Vec<(FlowKey, Protocol, Option<String>, Peeked)> {
         let mut decided = Vec::new();
         for (key, flow) in &mut self.flows {
             let (Some(gate), State::Open { socket, .. }) = (&mut flow.gate, &flow.state) else {
@@ -195,7 +195,7 @@ impl TcpFlows {
             };
             let socket = sockets.get_mut::<tcp::Socket>(*socket);
             if let Some(peeked) = gate.look(socket, now) {
-                decided.push((*key, flow.name.clone(), peeked));
+                decided.push((*key, gate.protocol(), flow.name.clone(), peeked));
             }
         }
         decided

@@ -395,6 +395,11 @@ impl DnsServer {
             .collect()
     }
 
+    /// Queries `client` has waiting for upstream.
+    pub fn pending_for(&self, client: Client) -> usize {
+        self.pending.values().filter(|p| p.guest == client).count()
+    }
+
     /// Queries of a TCP connection that went away: their answers have
     /// nowhere to go.
     pub fn forget_client(&mut self, client: Client) {

@@ -46,8 +46,6 @@ struct Conn {
     guest_port: u16,
     /// Length-prefixed answers not yet in the socket's send buffer.
     out: Vec<u8>,
-    /// Queries waiting for upstream.
-    in_flight: usize,
     /// When it last had a query or an answer.
     active: Instant,
 }
@@ -98,7 +96,6 @@ impl DnsTcp {
                 socket: sockets.add(socket),
                 guest_port,
                 out: Vec::new(),
-                in_flight: 0,
                 active: now,
             },
         );
@@ -123,17 +120,21 @@ impl DnsTcp {
             // Each query empties part of a receive buffer of
             // [`RX_BUFFER`] bytes, and the bounds stop the loop before
             // the answers pile up.
-            while conn.in_flight < MAX_IN_FLIGHT && conn.out.len() < MAX_QUEUED {
+            while dns.pending_for(Client::Tcp(id)) < MAX_IN_FLIGHT && conn.out.len() < MAX_QUEUED {
                 let Some(query) = next_query(socket) else {
                     break;
                 };
                 progress = true;
                 conn.active = now;
                 match query {
-                    Ok(query) => match dns.query(now, policy, Client::Tcp(id), &query, audit) {
-                        Some(reply) => push(&mut conn.out, &reply),
-                        None => conn.in_flight += 1,
-                    },
+                    Ok(query) => {
+                        // `None`: gone upstream (the answer comes through
+                        // `answer`), or dropped as a datagram would be.
+                        if let Some(reply) = dns.query(now, policy, Client::Tcp(id), &query, audit)
+                        {
+                            push(&mut conn.out, &reply);
+                        }
+                    }
                     Err(()) => {
                         socket.abort();
                         break;
@@ -155,7 +156,6 @@ impl DnsTcp {
         now: Instant,
     ) {
         if let Some(conn) = self.conns.get_mut(&id) {
-            conn.in_flight = conn.in_flight.saturating_sub(1);
             conn.active = now;
             push(&mut conn.out, reply);
             flush(conn, sockets.get_mut::<tcp::Socket>(conn.socket));
@@ -164,14 +164,19 @@ impl DnsTcp {
 
     /// Removes closed connections, and closes idle ones; returns the
     /// clients whose pending queries are to be forgotten.
-    pub fn reap(&mut self, sockets: &mut SocketSet<'static>, now: Instant) -> Vec<Client> {
+    pub fn reap(
+        &mut self,
+        sockets: &mut SocketSet<'static>,
+        dns: &DnsServer,
+        now: Instant,
+    ) -> Vec<Client> {
         let mut gone = Vec::new();
         self.conns.retain(|&id, conn| {
             let socket = sockets.get_mut::<tcp::Socket>(conn.socket);
             let idle = now.saturating_duration_since(conn.active) >= IDLE_TIMEOUT;
             // A client that closed its side and has every answer: close
             // ours too.
-            let answered = conn.in_flight == 0 && conn.out.is_empty();
+            let answered = conn.out.is_empty() && dns.pending_for(Client::Tcp(id)) == 0;
             if (idle || (answered && socket.state() == tcp::State::CloseWait)) && socket.is_open() {
                 socket.close();
             }

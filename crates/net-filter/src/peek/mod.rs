@@ -104,6 +104,11 @@ impl Gate {
         }
     }
 
+    /// The protocol the gate reads.
+    pub fn protocol(&self) -> Protocol {
+        self.protocol
+    }
+
     /// Looks at what the guest sent so far (without taking it): `None`
     /// while undecided (and after the one decision), else
     /// [`Peeked::Name`] or [`Peeked::Malformed`] (too long, too slow,

@@ -30,7 +30,6 @@ use crate::dns::tcp::DnsTcp;
 use crate::dns::{resolvers_from, Client, DnsServer};
 use crate::forward::Forwards;
 use crate::judge::{judge, judge_named, judge_peeked, Decision};
-use crate::peek::Protocol;
 use crate::phy::Phy;
 use crate::tcp::{Connected, FlowKey, Refused, TcpFlows};
 use crate::udp::UdpFlows;
@@ -314,7 +313,7 @@ impl NetStack {
                 break;
             }
         }
-        for client in self.dns_tcp.reap(&mut self.sockets, now) {
+        for client in self.dns_tcp.reap(&mut self.sockets, &self.dns, now) {
             self.dns.forget_client(client);
         }
         for (client, reply) in self.dns.expire(now) {
@@ -368,11 +367,8 @@ impl NetStack {
     fn judge_first_messages(&mut self, now: Instant) -> bool {
         let decided = self.tcp.peeked(&mut self.sockets, now);
         let progress = !decided.is_empty();
-        for (key, opened_for, peeked) in decided {
-            let (ip, port) = (*key.remote.ip(), key.remote.port());
-            let Some(protocol) = Protocol::of_port(port) else {
-                continue;
-            };
+        for (key, protocol, opened_for, peeked) in decided {
+            let ip = *key.remote.ip();
             let dns = &self.dns;
             let decision = judge_peeked(
                 &self.policy,
