@@ -15,7 +15,8 @@
 //! `ip route add local`: blocked by range alone, not as a host address)
 //! and on its loopback. The guest reaches none of them; through the pin it
 //! reaches the pinned server with its own name (HTTP `Host`, TLS server
-//! name) and is reset when it asks for another name there.
+//! name) and is reset when it asks for another name there; a query over
+//! TCP to the DNS server is answered.
 //!
 //! The image's busybox is static: its `wget` cannot resolve names (glibc's
 //! resolver needs NSS modules the image does not carry), so the guest
@@ -222,6 +223,8 @@ echo "RIG-EXEC http_ok=$(send 80 'GET / HTTP/1.0\r\nHost: web.test\r\n\r\n')"
 echo "RIG-EXEC http_fronted=$(send 80 'GET / HTTP/1.0\r\nHost: evil.test\r\n\r\n')"
 echo "RIG-EXEC tls_ok=$(send 443 '{web}')"
 echo "RIG-EXEC tls_fronted=$(send 443 '{evil}')"
+dnsq='\000\032\022\064\001\000\000\001\000\000\000\000\000\000\003web\004test\000\000\001\000\001'
+echo "RIG-EXEC dns_tcp=$($A -- sh -c "(printf '$dnsq'; sleep 1) | timeout 5 nc 10.0.2.3 53 | od -An -tx1" 2>&1 | tr -s ' \n' '  ')"
 au() {{ grep -c "$1" /tmp/audit.jsonl; }}
 echo "RIG-EXEC audit_private=$(au '"ip":"10.88.0.5".*"reason":"private address (10/8)"')"
 echo "RIG-EXEC audit_lo_addr=$(au '"ip":"10.77.0.1".*"verdict":"deny"')"
@@ -262,7 +265,7 @@ fn open_network_reaches_no_private_or_loopback_address_and_no_fronted_name() {
     let m = |k: &str| b.exec_marker(k).unwrap_or("<missing>");
     eprintln!(
         "scenario net-open ({:?}): {:.1} s; lo addr {} / private {} / loopback {}; \
-         http {:?} / fronted {:?}; tls {:?} / fronted {:?}; audit: {}",
+         http {:?} / fronted {:?}; tls {:?} / fronted {:?}; dns over tcp {:?}; audit: {}",
         r.tier,
         r.elapsed.as_secs_f64(),
         m("get_lo_addr"),
@@ -272,6 +275,7 @@ fn open_network_reaches_no_private_or_loopback_address_and_no_fronted_name() {
         m("http_fronted"),
         m("tls_ok"),
         m("tls_fronted"),
+        m("dns_tcp"),
         m("audit_sample")
     );
     // The servers are there: L1 reaches each of them.
@@ -288,6 +292,9 @@ fn open_network_reaches_no_private_or_loopback_address_and_no_fronted_name() {
     // Asking the pinned address for another name: reset, nothing back.
     assert_eq!(m("http_fronted").trim(), "", "{}", ctx());
     assert_eq!(m("tls_fronted").trim(), "", "{}", ctx());
+    // DNS over TCP answers (a length-prefixed query for the pinned name:
+    // its answer carries 198.18.0.1, c6 12 00 01).
+    assert!(m("dns_tcp").contains("c6 12 00 01"), "{}", ctx());
     let count = |k: &str| m(k).trim().parse::<u32>().unwrap_or(0);
     assert!(count("audit_private") >= 1, "{}", ctx());
     assert!(count("audit_lo_addr") >= 1, "{}", ctx());
