@@ -8,7 +8,8 @@
 //! is held at its first bytes ([`Gate`]): the host end is already
 //! connected (no round trip is added), the guest's bytes wait in the
 //! flow's receive buffer, and the stack lets them through once the name in
-//! them is judged ([`crate::judge::judge_peeked`]) — or resets the flow.
+//! them is judged (`judge.rs`: pinned to the address, or allowed and handed
+//! out for it) — or resets the flow.
 //! A gate decides within [`MAX_PEEK`] bytes and [`PEEK_TIMEOUT`] of the
 //! connection opening, whatever the guest sends.
 //!

@@ -182,7 +182,6 @@ impl<'a> Reader<'a> {
 /// ClientHellos for tests (here, the stack's, fuzz seeds): records
 /// around a ClientHello with the given extensions.
 #[cfg(any(test, feature = "testing"))]
-#[allow(clippy::cast_possible_truncation, missing_docs)]
 pub mod build {
     /// A `server_name` extension naming `names` (as host names).
     pub fn sni(names: &[&[u8]]) -> (u16, Vec<u8>) {
