@@ -528,6 +528,14 @@ fn a_truncated_answer_keeps_its_tc_bit_and_tcp_clients_ask_for_the_largest() {
     );
     let replies = rig.upstream();
     assert_eq!(replies[0].0, tcp);
+    // The server's own answers over TCP carry no OPT the guest did not
+    // send.
+    let aaaa = guest_query(GUEST_ID, "big.example", TYPE::AAAA);
+    let local = rig
+        .server
+        .query(rig.now, &policy, tcp, &aaaa, &rig.audit)
+        .unwrap();
+    assert!(Packet::parse(&local).unwrap().opt().is_none());
     // A connection that went away takes its pending queries along.
     assert_eq!(
         rig.server.query(rig.now, &policy, tcp, &query, &rig.audit),
