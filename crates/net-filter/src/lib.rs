@@ -26,7 +26,7 @@
 //! | `phy.rs` | the frame queues smoltcp sends and receives through |
 //! | `frames.rs` | frames the stack builds itself (UDP, ICMP, RST) |
 //! | `dhcp.rs` | the DHCP server |
-//! | `dns.rs` | the DNS server with the allowlist and the handed-out table |
+//! | `dns/` | the DNS server with the allowlist and the handed-out table, over UDP and TCP (`tcp.rs`), asking upstream again over TCP for truncated answers (`upstream_tcp.rs`) |
 //! | `tcp.rs` | guest TCP connections spliced to host sockets |
 //! | `buffers.rs` | each connection's buffers, mapped on their own |
 //! | `udp.rs` | guest UDP flows on host sockets |
