@@ -158,7 +158,7 @@ fn in_range(ip: Ipv4Addr, net: Ipv4Addr, len: u8) -> bool {
     u32::from(ip) & mask == u32::from(net) & mask
 }
 
-/// The special-purpose range `ip` lies in ([`SPECIAL_RANGES`]), as a
+/// The special-purpose range `ip` lies in (the table above), as a
 /// reason for the audit log; `None` for an ordinary public address.
 pub fn special_range(ip: Ipv4Addr) -> Option<&'static str> {
     if is_loopback_alias(ip) {
