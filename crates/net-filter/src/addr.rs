@@ -225,8 +225,8 @@ pub fn pin_refusal(ip: Ipv4Addr, host_addrs: &[IpAddr]) -> Option<&'static str> 
 /// within this time, for one `getifaddrs` a second at most.
 const HOST_ADDRS_TTL: Duration = Duration::from_secs(1);
 
-/// The host's own addresses, read again when they are older than
-/// [`HOST_ADDRS_TTL`].
+/// The host's own addresses, read again when they are older than a
+/// second.
 #[derive(Debug)]
 pub struct HostAddrs {
     addrs: Vec<IpAddr>,
