@@ -25,21 +25,24 @@ use crate::config::validate::check_domain;
 #[command(next_help_heading = "Network")]
 pub struct NetArgs {
     /// Egress mode: `off` (no network device), `filtered` (only --allow'ed
-    /// names, on --port ports) or `open` (every public address)
-    /// [default: off].
+    /// names, on --port ports) or `open` (every public address; private,
+    /// LAN and host addresses only through --host pins) [default: off].
     #[arg(long = "net", value_name = "MODE", value_parser = mode_parser())]
     pub mode: Option<Mode>,
     /// In filtered mode, let the guest resolve and reach DOMAIN and every
     /// name below it (`github.com` covers `api.github.com`; repeatable).
     #[arg(long = "allow", value_name = "DOMAIN", value_parser = parse_domain)]
     pub allow: Vec<String>,
-    /// A destination port filtered mode allows (repeatable; replaces the
-    /// default ports 80 and 443).
+    /// A destination port filtered mode allows, and the only ports a
+    /// --host pin opens in any mode (repeatable; replaces the default ports
+    /// 80 and 443).
     #[arg(long = "port", value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     pub ports: Vec<u16>,
     /// Answer NAME with IP from the VMM's DNS server (repeatable); the only
-    /// way to reach an address the filter always blocks, e.g. a server on
-    /// the host's 127.0.0.1.
+    /// way to reach an address the filter always blocks (the host's
+    /// 127.0.0.1, private and other special-purpose ranges), on --port
+    /// ports only. 0.0.0.0, broadcast, multicast and the host's own
+    /// addresses cannot be pinned.
     #[arg(long = "host", value_name = "NAME=IP", value_parser = parse_pin)]
     pub hosts: Vec<(String, Ipv4Addr)>,
     /// Forward host TCP port HOST_PORT (on ADDR, default 127.0.0.1) to the
@@ -140,9 +143,16 @@ impl NetArgs {
     /// chosen mode.
     pub fn warnings(&self) -> Vec<String> {
         let mut out = Vec::new();
-        if self.mode() == Mode::Open && (!self.allow.is_empty() || !self.ports.is_empty()) {
+        if self.mode() == Mode::Open && !self.allow.is_empty() {
             out.push(
-                "--allow and --port only matter with --net filtered; --net open lets the \
+                "--allow only matters with --net filtered; --net open lets the guest reach \
+                 every public address on every port"
+                    .to_string(),
+            );
+        }
+        if self.mode() == Mode::Open && !self.ports.is_empty() && self.hosts.is_empty() {
+            out.push(
+                "--port only matters with --net filtered or a --host pin; --net open lets the \
                  guest reach every public address on every port"
                     .to_string(),
             );
@@ -276,6 +286,18 @@ mod tests {
         );
         let open = parse(&["--net", "open", "--allow", "a.test"]).unwrap();
         assert_eq!(open.warnings().len(), 1);
+        // --port matters in open mode to a pin: the ports it opens.
+        let ports = parse(&["--net", "open", "--port", "8080"]).unwrap();
+        assert_eq!(ports.warnings().len(), 1);
+        let pinned = [
+            "--net",
+            "open",
+            "--port",
+            "8080",
+            "--host",
+            "a.test=127.0.0.1",
+        ];
+        assert!(parse(&pinned).unwrap().warnings().is_empty());
         assert_eq!(open.policy().unwrap().unwrap().domains, ["a.test"]);
         assert!(parse(&["--net", "filtered", "--allow", "a.test"])
             .unwrap()
@@ -303,6 +325,18 @@ mod tests {
             (&["--port", "65536"][..], "'65536'"),
             (&["--port", "http"][..], "'http'"),
             (&["--host", "api.test"][..], "`api.test` is not a host pin"),
+            (
+                &["--host", "api.test=0.0.0.0"][..],
+                "cannot pin api.test to 0.0.0.0: 0.0.0.0 is no host's address",
+            ),
+            (
+                &["--host", "api.test=255.255.255.255"][..],
+                "255.255.255.255 is the broadcast address",
+            ),
+            (
+                &["--host", "api.test=224.0.0.1"][..],
+                "is a multicast address",
+            ),
             (&["--host", "api.test=::1"][..], "expected NAME=IPV4"),
             (&["--host", "=1.2.3.4"][..], "`=1.2.3.4`"),
             (&["--forward", "80"][..], "`80` is not a port forward"),

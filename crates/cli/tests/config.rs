@@ -343,8 +343,8 @@ fn config_reports_mistakes_at_their_line() {
         ),
         (
             "[network]\nhosts = { \"api.test\" = \"127.2.0.1\" }\n",
-            ".agentvm/config.toml:2:24: `network.hosts.\"api.test\"`: 127.2.0.1 is a loopback \
-             address outside 127.0.0.0/16",
+            ".agentvm/config.toml:2:24: `network.hosts.\"api.test\"`: cannot pin api.test to \
+             127.2.0.1: 127.2.0.1 is a loopback address outside 127.0.0.0/16",
         ),
         (
             "plugins = [\"./mine.toml\"]\n",

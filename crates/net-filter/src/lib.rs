@@ -21,11 +21,12 @@
 //! | `policy.rs` | modes, allowed names and ports, host pins, forwards |
 //! | `audit.rs` | one JSON line per decision |
 //! | `stack/` | [`NetStack`]: the poll loop (`mod.rs`), what each guest frame is (`classify.rs`) |
-//! | `judge.rs` | the policy's verdict on a flow's destination |
+//! | `judge.rs` | the policy's verdict on a flow's destination and on the name its first bytes ask for |
+//! | `peek/` | the TLS server name and HTTP `Host` of a flow's first bytes, held until judged |
 //! | `phy.rs` | the frame queues smoltcp sends and receives through |
 //! | `frames.rs` | frames the stack builds itself (UDP, ICMP, RST) |
 //! | `dhcp.rs` | the DHCP server |
-//! | `dns.rs` | the DNS server with the allowlist and the handed-out table |
+//! | `dns/` | the DNS server with the allowlist and the handed-out table, over UDP and TCP (`tcp.rs`), asking upstream again over TCP for truncated answers (`upstream_tcp.rs`) |
 //! | `tcp.rs` | guest TCP connections spliced to host sockets |
 //! | `buffers.rs` | each connection's buffers, mapped on their own |
 //! | `udp.rs` | guest UDP flows on host sockets |
@@ -41,6 +42,7 @@ pub mod dns;
 mod forward;
 mod frames;
 mod judge;
+pub mod peek;
 mod phy;
 pub mod policy;
 mod stack;

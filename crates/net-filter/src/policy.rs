@@ -21,10 +21,20 @@ pub enum PolicyError {
     /// A port forward not of the form `[ADDR:]HOST_PORT:GUEST_PORT`.
     #[error("`{0}` is not a port forward (expected HOST_PORT:GUEST_PORT or ADDR:HOST_PORT:GUEST_PORT, ports 1-65535)")]
     BadForward(String),
-    /// A `hosts` pin not of the form `NAME=IPV4`, or to a loopback
-    /// address outside 127.0.0.0/16.
-    #[error("`{0}` is not a host pin (expected NAME=IPV4, e.g. api.test=127.0.0.1; loopback addresses only in 127.0.0.0/16)")]
+    /// A `hosts` pin not of the form `NAME=IPV4`.
+    #[error("`{0}` is not a host pin (expected NAME=IPV4, e.g. api.test=127.0.0.1)")]
     BadHost(String),
+    /// A `hosts` pin to an address no pin may name
+    /// ([`crate::addr::pin_refusal`]).
+    #[error("cannot pin {name} to {ip}: {ip} {why}")]
+    RefusedPin {
+        /// The pinned name.
+        name: String,
+        /// The address.
+        ip: Ipv4Addr,
+        /// Why it is refused.
+        why: &'static str,
+    },
     /// An unknown mode.
     #[error("unknown network mode `{0}` (expected off, filtered or open)")]
     BadMode(String),
@@ -40,8 +50,9 @@ pub enum Mode {
     /// Only allowlisted names resolve, and only the addresses the DNS server
     /// handed out for them are reachable, on the allowed ports.
     Filtered,
-    /// Every public address on every port (host loopback, link-local and
-    /// metadata addresses stay unreachable).
+    /// Every public address on every port. Private, provider-internal
+    /// and other special-purpose addresses ([`crate::addr::special_range`])
+    /// stay unreachable, as in every mode, unless pinned.
     Open,
 }
 
@@ -108,11 +119,13 @@ pub struct Policy {
     /// Allowed names (normalized: lower case, no trailing dot); each allows
     /// itself and every name below it.
     pub domains: Vec<String>,
-    /// Destination ports guest flows may use in `filtered` mode.
+    /// Destination ports guest flows may use in `filtered` mode, and to
+    /// pinned addresses in every mode.
     pub ports: Vec<u16>,
     /// Names answered locally with a fixed address (allowed in any mode
     /// but `off`, and the only way to reach a blocked address such as
-    /// 127.0.0.1).
+    /// 127.0.0.1 or a private one). A pin opens only `ports` of its
+    /// address, in every mode.
     pub hosts: BTreeMap<String, Ipv4Addr>,
     /// Host→guest TCP port forwards.
     pub forwards: Vec<Forward>,
@@ -156,13 +169,24 @@ impl Policy {
         Ok(self.domains.len() != before)
     }
 
-    /// Pins `name` to `ip` (`NAME=IPV4` on the command line); a host
-    /// loopback address must lie in 127.0.0.0/16 (the guest reaches it
-    /// through [`crate::addr::LOOPBACK_ALIAS`]).
+    /// Pins `name` to `ip` (`NAME=IPV4` on the command line). Addresses
+    /// that name no single reachable host are refused
+    /// ([`crate::addr::pin_refusal`]: this network, broadcast, multicast,
+    /// the host's own addresses but loopback, a host loopback address
+    /// outside 127.0.0.0/16, which the guest could not be given through
+    /// [`crate::addr::LOOPBACK_ALIAS`]).
     pub fn pin(&mut self, name: &str, ip: Ipv4Addr) -> Result<(), PolicyError> {
-        check_pin_address(name, ip)?;
-        self.hosts.insert(normalize_name(name)?, ip);
+        let name = normalize_name(name)?;
+        check_pin_address(&name, ip)?;
+        self.hosts.insert(name, ip);
         Ok(())
+    }
+
+    /// Whether a flow to a pinned address may use `port`: only the
+    /// policy's ports, whatever the mode (a pin opens one service of a
+    /// blocked host, not the host).
+    pub fn allows_pinned_port(&self, port: u16) -> bool {
+        self.mode != Mode::Off && self.ports.contains(&port)
     }
 
     /// The address the guest is given for `name` (already normalized) when
@@ -224,13 +248,17 @@ pub fn normalize_name(name: &str) -> Result<String, PolicyError> {
     Ok(trimmed.to_ascii_lowercase())
 }
 
-/// A pin's address must be one the guest can be given: a host loopback
-/// address only in 127.0.0.0/16.
+/// A pin's address must name one host the guest can be given
+/// ([`crate::addr::pin_refusal`], against the host's addresses now).
 fn check_pin_address(name: &str, ip: Ipv4Addr) -> Result<(), PolicyError> {
-    if ip.is_loopback() && ip.octets()[1] != 0 {
-        return Err(PolicyError::BadHost(format!("{name}={ip}")));
+    match crate::addr::pin_refusal(ip, &crate::addr::host_addresses()) {
+        Some(why) => Err(PolicyError::RefusedPin {
+            name: name.to_string(),
+            ip,
+            why,
+        }),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 /// Parses a `NAME=IPV4` host pin.
@@ -290,6 +318,67 @@ mod tests {
     }
 
     #[test]
+    fn pins_to_addresses_that_are_no_single_reachable_host_are_refused() {
+        let own = crate::addr::host_addresses()
+            .into_iter()
+            .find_map(|ip| match ip {
+                std::net::IpAddr::V4(v4) if !v4.is_loopback() => Some(v4.to_string()),
+                _ => None,
+            });
+        let mut refused = vec![
+            "0.0.0.0",
+            "0.0.0.7",
+            "255.255.255.255",
+            "224.0.0.251",
+            "239.255.255.250",
+            "240.0.0.1",
+            "127.1.0.1",
+            "198.18.0.1",
+            "10.0.2.2",
+        ];
+        refused.extend(own.as_deref());
+        for ip in refused {
+            let pin = format!("a.test={ip}");
+            let err = parse_host_pin(&pin).unwrap_err();
+            assert!(
+                matches!(err, PolicyError::RefusedPin { .. }),
+                "{pin}: {err:?}"
+            );
+            assert!(
+                err.to_string().starts_with("cannot pin a.test to "),
+                "{err}"
+            );
+            let mut p = Policy::new(Mode::Open);
+            assert_eq!(p.pin("a.test", ip.parse().unwrap()), Err(err), "{pin}");
+            assert!(p.hosts.is_empty());
+        }
+        for ip in [
+            "127.0.0.1",
+            "127.0.9.9",
+            "10.77.0.1",
+            "169.254.169.254",
+            "140.82.112.3",
+        ] {
+            let pin = format!("a.test={ip}");
+            assert!(parse_host_pin(&pin).is_ok(), "{pin}");
+        }
+    }
+
+    #[test]
+    fn a_pin_opens_only_the_policys_ports_in_every_mode() {
+        for mode in [Mode::Filtered, Mode::Open] {
+            let mut p = Policy::new(mode);
+            p.ports = vec![8080];
+            assert!(p.allows_pinned_port(8080), "{mode:?}");
+            assert!(
+                !p.allows_pinned_port(22) && !p.allows_pinned_port(443),
+                "{mode:?}"
+            );
+        }
+        assert!(!Policy::new(Mode::Off).allows_pinned_port(443));
+    }
+
+    #[test]
     fn allow_and_deny_edit_the_list() {
         let mut p = filtered(&["a.test"]);
         p.allow("A.TEST").unwrap();
@@ -322,14 +411,11 @@ mod tests {
             parse_host_pin("Api.Test=127.0.0.1").unwrap(),
             ("api.test".to_string(), Ipv4Addr::LOCALHOST)
         );
-        for bad in [
-            "api.test",
-            "api.test=::1",
-            "=1.2.3.4",
-            "a=1.2.3",
-            "a=127.1.0.1",
-        ] {
-            assert!(parse_host_pin(bad).is_err(), "{bad}");
+        for bad in ["api.test", "api.test=::1", "=1.2.3.4", "a=1.2.3"] {
+            assert!(
+                matches!(parse_host_pin(bad), Err(PolicyError::BadHost(_))),
+                "{bad}"
+            );
         }
         assert_eq!(
             "bridge".parse::<Mode>(),

@@ -29,6 +29,7 @@ use tracing::debug;
 
 use crate::addr::{GATEWAY_IP, GUEST_IP};
 use crate::buffers::SocketMemory;
+use crate::peek::{Gate, Peeked, Protocol};
 
 /// Receive and send buffer of each smoltcp socket, bytes. The receive
 /// buffer is the window the guest sees.
@@ -77,6 +78,9 @@ struct Flow {
     host_eof: bool,
     /// The guest closed its side; the host socket was shut for writing.
     guest_eof: bool,
+    /// Holds the guest's bytes (and the host's) until the name its first
+    /// message asks for is judged ([`crate::peek`]).
+    gate: Option<Gate>,
 }
 
 /// What to do with a connect that finished.
@@ -162,9 +166,57 @@ impl TcpFlows {
                 host_writable: false,
                 host_eof: false,
                 guest_eof: false,
+                gate: None,
             },
         );
         Ok(())
+    }
+
+    /// Holds a flow's data until its first message is judged (see
+    /// [`TcpFlows::peeked`]).
+    pub fn hold(&mut self, key: &FlowKey, gate: Gate) {
+        if let Some(flow) = self.flows.get_mut(key) {
+            flow.gate = Some(gate);
+        }
+    }
+
+    /// Held flows whose first message is decided, with its protocol, what
+    /// it says and the name each was allowed for; each stays held until the caller
+    /// lifts its gate ([`TcpFlows::release`]) or refuses it.
+    pub fn peeked(
+        &mut self,
+        sockets: &mut SocketSet<'static>,
+        now: Instant,
+    ) -> Vec<(FlowKey, Protocol, Option<String>, Peeked)> {
+        let mut decided = Vec::new();
+        for (key, flow) in &mut self.flows {
+            let (Some(gate), State::Open { socket, .. }) = (&mut flow.gate, &flow.state) else {
+                continue;
+            };
+            let socket = sockets.get_mut::<tcp::Socket>(*socket);
+            if let Some(peeked) = gate.look(socket, now) {
+                decided.push((*key, gate.protocol(), flow.name.clone(), peeked));
+            }
+        }
+        decided
+    }
+
+    /// Resets a held flow whose first message was refused: the guest gets
+    /// a RST, nothing it sent reaches the host (the gate stays shut), the
+    /// flow is reaped with its socket.
+    pub fn refuse(&mut self, key: &FlowKey, sockets: &mut SocketSet<'static>) {
+        if let Some(State::Open { socket, .. }) = self.flows.get(key).map(|f| &f.state) {
+            sockets.get_mut::<tcp::Socket>(*socket).abort();
+        }
+    }
+
+    /// Lets a held flow's data move, allowed from now on for `name` (what
+    /// its first message asked for).
+    pub fn release(&mut self, key: &FlowKey, name: Option<String>) {
+        if let Some(flow) = self.flows.get_mut(key) {
+            flow.name = name;
+            flow.gate = None;
+        }
     }
 
     /// Starts a forwarded connection: `host` was accepted on the host,
@@ -211,6 +263,7 @@ impl TcpFlows {
                 host_writable: true,
                 host_eof: false,
                 guest_eof: false,
+                gate: None,
             },
         );
         Ok(())
@@ -355,6 +408,9 @@ impl TcpFlows {
             let State::Open { socket, .. } = flow.state else {
                 continue;
             };
+            if flow.gate.is_some() {
+                continue;
+            }
             let socket = sockets.get_mut::<tcp::Socket>(socket);
             progress |= splice_one(key, flow, socket);
         }
@@ -424,13 +480,13 @@ impl TcpFlows {
         refused
     }
 
-    /// The earliest connect deadline.
+    /// The earliest connect or gate deadline.
     pub fn next_deadline(&self) -> Option<Instant> {
         self.flows
             .values()
             .filter_map(|f| match f.state {
                 State::Connecting { since, .. } => Some(since + CONNECT_TIMEOUT),
-                State::Open { .. } => None,
+                State::Open { .. } => f.gate.as_ref().and_then(Gate::deadline),
             })
             .min()
     }

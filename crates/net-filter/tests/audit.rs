@@ -21,7 +21,7 @@ fn every_decision_is_one_json_line_with_proto_name_ip_port_verdict_and_reason() 
     let path = dir.path().join("net-audit.jsonl");
     let server = TcpEcho::start();
     let closed_port = free_port();
-    let resolver = TestResolver::new(&[("example.test", Ipv4Addr::new(198, 51, 100, 7))]);
+    let resolver = TestResolver::new(&[("example.test", Ipv4Addr::new(93, 184, 215, 7))]);
     let mut policy = pinned("api.test", &[server.port]);
     policy.allow("example.test").unwrap();
     let mut stack = stack_audited(policy, resolver.addrs(), Audit::to_file(&path).unwrap());
@@ -68,7 +68,7 @@ fn every_decision_is_one_json_line_with_proto_name_ip_port_verdict_and_reason() 
             loopback_ip,
             server.port,
             "allow",
-            "address of an allowed name"
+            "pinned address"
         ]),
         json!([
             "tcp",

@@ -16,7 +16,7 @@ use common::{
 };
 use simple_dns::{RCODE, TYPE};
 
-const EXAMPLE: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 7);
+const EXAMPLE: Ipv4Addr = Ipv4Addr::new(93, 184, 215, 7);
 
 fn filtered(domains: &[&str]) -> Policy {
     let mut p = Policy::new(Mode::Filtered);

@@ -18,8 +18,8 @@ use common::{
 use simple_dns::{Name, Packet, Question, CLASS, TYPE};
 use smoltcp::socket::tcp::State;
 
-/// An address the test resolver hands out (TEST-NET-2).
-const PUBLIC: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 20);
+/// An address the test resolver hands out (in IANA's example.com block: public, and nothing there answers the test ports).
+const PUBLIC: Ipv4Addr = Ipv4Addr::new(93, 184, 215, 20);
 
 #[test]
 fn unrelated_changes_keep_open_tcp_and_udp_flows_transferring() {
@@ -194,7 +194,7 @@ fn pinning_the_name_elsewhere_drops_the_flows_to_its_old_address() {
     assert!(g.run_until(&mut stack, SOON, |_, s| s.stats().udp_flows == 1));
     let mut repinned = policy;
     repinned
-        .pin("udp.test", Ipv4Addr::new(198, 51, 100, 21))
+        .pin("udp.test", Ipv4Addr::new(93, 184, 215, 21))
         .unwrap();
     stack.handle().set_policy(repinned);
     assert!(g.run_until(&mut stack, SOON, |_, s| s.stats().udp_flows == 0));

@@ -7,7 +7,7 @@
 //! What `open` allows is proven offline as far as it can be: any name is
 //! resolved upstream, any port reaches a pinned 127.0.0.1 server, and a
 //! UDP flow to an address never handed out is opened (its one datagram
-//! goes to 198.51.100.0/24, a documentation range). A TCP connect to a
+//! goes to 93.184.215.0/24, IANA's example.com block). A TCP connect to a
 //! public address would need the internet.
 #![allow(clippy::unwrap_used)] // a panicking test is a failing test
 
@@ -24,8 +24,8 @@ use common::{
 use simple_dns::TYPE;
 use smoltcp::socket::tcp::State;
 
-/// An address the test resolver hands out (TEST-NET-2).
-const PUBLIC: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 7);
+/// An address the test resolver hands out (in IANA's example.com block: public, and nothing there answers the test ports).
+const PUBLIC: Ipv4Addr = Ipv4Addr::new(93, 184, 215, 7);
 const METADATA: Ipv4Addr = Ipv4Addr::new(169, 254, 169, 254);
 
 #[test]
@@ -158,10 +158,10 @@ fn metadata_address_is_refused_at_once_even_in_open_mode_and_when_dns_hands_it_o
 }
 
 #[test]
-fn open_mode_resolves_any_name_and_allows_any_port_and_address() {
+fn open_mode_resolves_any_name_and_reaches_public_addresses_and_pins_on_their_ports() {
     let resolver = TestResolver::new(&[("anything.example", PUBLIC)]);
     let server = TcpEcho::start();
-    // A pinned server on a port no `ports` list names.
+    // A pinned server on a port the `ports` list does not name.
     let mut policy = pinned("api.test", &[80]);
     policy.mode = Mode::Open;
     let (mut stack, events) = stack_with(policy.clone(), resolver.addrs());
@@ -173,6 +173,11 @@ fn open_mode_resolves_any_name_and_allows_any_port_and_address() {
     assert_eq!(resolver.asked(), ["anything.example"]);
     lookup(&mut g, &mut stack, "api.test", TYPE::A);
     let loopback = on_host(server.port);
+    // A pin opens only the policy's ports of its address, `open` or not.
+    let (_, state) = connect(&mut g, &mut stack, loopback, 39999);
+    assert_eq!(state, State::Closed);
+    policy.ports.push(server.port);
+    stack.handle().set_policy(policy.clone());
     let (sock, state) = connect(&mut g, &mut stack, loopback, 40000);
     assert_eq!(state, State::Established);
     assert!(echo_roundtrip(&mut g, &mut stack, sock, b"open"));
@@ -180,7 +185,7 @@ fn open_mode_resolves_any_name_and_allows_any_port_and_address() {
     // datagram in `filtered` mode is prohibited, see tests/udp.rs).
     g.record = true;
     let udp = g.udp_bind(6000);
-    let never_resolved = SocketAddrV4::new(Ipv4Addr::new(198, 51, 100, 9), 9);
+    let never_resolved = SocketAddrV4::new(Ipv4Addr::new(93, 184, 215, 9), 9);
     g.udp(udp)
         .send_slice(b"discard me", (*never_resolved.ip(), 9))
         .unwrap();
@@ -199,8 +204,10 @@ fn open_mode_resolves_any_name_and_allows_any_port_and_address() {
         40001,
     );
     assert_eq!(state, State::Closed);
-    // And the same pinned server on that port is refused in `filtered`.
+    // And the pinned server is refused in `filtered` once its port is
+    // out of the list again.
     policy.mode = Mode::Filtered;
+    policy.ports = vec![80];
     stack.handle().set_policy(policy);
     let (_, state) = connect(&mut g, &mut stack, loopback, 40002);
     assert_eq!(state, State::Closed);

@@ -70,7 +70,7 @@ fn udp_to_an_address_never_handed_out_is_prohibited_at_once() {
     let mut g = guest(&mut stack);
     g.record = true;
     // NTP to a public address, no DNS first.
-    let ntp = SocketAddrV4::new(Ipv4Addr::new(198, 51, 100, 30), 123);
+    let ntp = SocketAddrV4::new(Ipv4Addr::new(93, 184, 215, 30), 123);
     let sock = g.udp_bind(6000);
     g.udp(sock)
         .send_slice(&[0x23; 48], (*ntp.ip(), 123))
@@ -90,4 +90,40 @@ fn udp_to_an_address_never_handed_out_is_prohibited_at_once() {
             "address not handed out for an allowed name"
         )
     );
+}
+
+#[test]
+fn quic_to_a_pinned_address_is_prohibited_so_clients_fall_back_to_tcp() {
+    let (mut stack, events) = stack_with(pinned("web.test", &[443]), vec![]);
+    let mut g = guest(&mut stack);
+    g.record = true;
+    let seen = lookup_pinned(&mut g, &mut stack, "web.test");
+    let quic = SocketAddrV4::new(seen, 443);
+    let sock = g.udp_bind(6001);
+    g.udp(sock).send_slice(&[0xc3; 1200], (seen, 443)).unwrap();
+    assert!(g.run_until(&mut stack, SOON, |g, _| !prohibited(&g.seen).is_empty()));
+    assert_eq!(prohibited(&g.seen), [quic]);
+    assert_eq!(stack.stats().udp_flows, 0);
+    let events = events.lock().unwrap();
+    let last = events.last().unwrap();
+    assert_eq!(
+        (last.proto, last.verdict, last.reason.as_str()),
+        (
+            Proto::Udp,
+            Verdict::Deny,
+            "QUIC (UDP 443) where the server name is checked"
+        )
+    );
+}
+
+/// Looks a pinned name up; the address the guest was given.
+fn lookup_pinned(
+    g: &mut agentvm_net::testing::Guest,
+    stack: &mut agentvm_net::NetStack,
+    name: &str,
+) -> Ipv4Addr {
+    match common::lookup(g, stack, name, simple_dns::TYPE::A) {
+        common::Lookup::Answer(_, addrs) => addrs[0],
+        other => panic!("{name}: {other:?}"),
+    }
 }

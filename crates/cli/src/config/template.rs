@@ -84,19 +84,22 @@ name = {name}
 
 [network]
 # "off": no network. "filtered": only the domains below, on the ports
-# below. "open": everything.
+# below. "open": every public address (private, LAN and host addresses
+# only through `hosts` pins, in every mode).
 # mode = "filtered"
 # Names the guest may reach in filtered mode; a name covers its
 # subdomains (github.com covers api.github.com). Plugins add their own.
 # `agentvm net allow NAME` adds one to the running VM until it stops;
 # `agentvm net log` shows what the guest asked for.
 # domains = ["github.com"]
-# Destination ports allowed in filtered mode.
+# Destination ports allowed in filtered mode, and the only ports a
+# `hosts` pin opens in any mode.
 # ports = [{ports}]
 # Names answered with a fixed IPv4 address, exactly (not their
-# subdomains), reachable in filtered mode on the ports above. The host's
-# own loopback (127.0.0.0/16) is reachable only this way: the guest is
-# given 198.18.0.1 for 127.0.0.1, say.
+# subdomains), reachable on the ports above. The host's own loopback
+# (127.0.0.0/16) and private addresses are reachable only this way: the
+# guest is given 198.18.0.1 for 127.0.0.1, say. 0.0.0.0, broadcast,
+# multicast and this host's other addresses cannot be pinned.
 # hosts = {{ "api.test" = "127.0.0.1" }}
 # Host ports forwarded into the guest, "HOST:GUEST" (on the host's
 # loopback only).

@@ -547,7 +547,7 @@ fn host_pins_merge_name_by_name_the_users_file_winning() {
     assert_eq!((e.line, e.column), (2, 15));
     assert!(
         e.message
-            .starts_with("`network.hosts.x`: 127.9.0.1 is a loopback"),
+            .starts_with("`network.hosts.x`: cannot pin x to 127.9.0.1: 127.9.0.1 is a loopback"),
         "{e}"
     );
 }
@@ -630,7 +630,11 @@ const ERRORS: &[(&str, usize, usize, &str)] = &[
     ("[network]\nhosts = { x = \"localhost\" }", 2, 15, "`network.hosts.x`: \"localhost\" is not an IPv4 address"),
     ("[network]\nhosts = { x = \"1.2.3\" }", 2, 15, "\"1.2.3\" is not an IPv4 address"),
     ("[network]\nhosts = { x = \" 127.0.0.1\" }", 2, 15, "\" 127.0.0.1\" is not an IPv4 address"),
-    ("[network]\nhosts = { x = \"127.1.0.1\" }", 2, 15, "`network.hosts.x`: 127.1.0.1 is a loopback address outside 127.0.0.0/16; the guest reaches the host's loopback only there"),
+    ("[network]\nhosts = { x = \"127.1.0.1\" }", 2, 15, "`network.hosts.x`: cannot pin x to 127.1.0.1: 127.1.0.1 is a loopback address outside 127.0.0.0/16; the guest reaches the host's loopback only there"),
+    ("[network]\nhosts = { x = \"0.0.0.0\" }", 2, 15, "`network.hosts.x`: cannot pin x to 0.0.0.0: 0.0.0.0 is no host's address"),
+    ("[network]\nhosts = { x = \"255.255.255.255\" }", 2, 15, "`network.hosts.x`: cannot pin x to 255.255.255.255: 255.255.255.255 is the broadcast address"),
+    ("[network]\nhosts = { x = \"224.0.0.251\" }", 2, 15, "is a multicast address"),
+    ("[network]\nhosts = { x = \"198.18.0.1\" }", 2, 15, "pin the 127.0.B.C address instead"),
     ("[network.hosts]\n\"API.test\" = \"127.0.0.1\"\n\"api.test\" = \"127.0.0.2\"\n", 3, 14, "`network.hosts.\"api.test\"`: api.test is already pinned to 127.0.0.1"),
     ("[env]\n\"1A\" = \"x\"", 2, 1, "`env.1A` is not an environment variable name"),
     ("[env]\nA = \"${HOME\"", 2, 5, "`env.A`: unclosed `${`"),
@@ -938,6 +942,10 @@ fn the_network_table_becomes_the_stacks_policy() {
         ("x", "10.0.0.1"),
         ("x", "127.1.0.1"),
         ("x", "127.255.0.1"),
+        ("x", "0.0.0.0"),
+        ("x", "255.255.255.255"),
+        ("x", "239.1.2.3"),
+        ("x", "10.0.2.2"),
         ("a..b", "127.0.0.1"),
         ("x", "::1"),
     ] {

@@ -368,15 +368,8 @@ fn host_pin(
             format!("`{key}`: {a:?} is not an IPv4 address (e.g. \"127.0.0.1\")"),
         ));
     }
-    parse_host_pin(&format!("{lower}={a}")).map_err(|_| {
-        src.error(
-            addr.span(),
-            format!(
-                "`{key}`: {a} is a loopback address outside 127.0.0.0/16; the guest reaches \
-                 the host's loopback only there (e.g. \"127.0.0.1\")"
-            ),
-        )
-    })
+    parse_host_pin(&format!("{lower}={a}"))
+        .map_err(|e| src.error(addr.span(), format!("`{key}`: {e}")))
 }
 
 fn port(n: i64) -> Option<u16> {

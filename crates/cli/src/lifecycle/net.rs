@@ -507,6 +507,14 @@ mod tests {
         let mut bad = Policy::new(Mode::Filtered);
         bad.domains = vec!["a..b".into()];
         assert!(c.answer(&Request::NetPolicy { policy: bad }).is_err());
+        // A pin to an address that is no single host, sent around the
+        // CLI's own checks, is refused by the running VM too.
+        for ip in [[0, 0, 0, 0], [255, 255, 255, 255], [224, 0, 0, 251]] {
+            let mut bad = Policy::new(Mode::Open);
+            bad.hosts.insert("a.test".into(), ip.into());
+            let err = c.answer(&Request::NetPolicy { policy: bad }).unwrap_err();
+            assert!(err.contains("cannot pin a.test to "), "{err}");
+        }
         assert_eq!(stack.handle().policy().mode, Mode::Open, "unchanged");
     }
 

@@ -77,6 +77,13 @@ impl HandedOut {
             .map(|e| e.name.as_str())
     }
 
+    /// Whether `ip` was handed out for `name` and has not expired since.
+    pub fn was_handed_out(&self, ip: Ipv4Addr, name: &str, now: Instant) -> bool {
+        self.by_addr
+            .get(&ip)
+            .is_some_and(|names| names.iter().any(|e| e.name == name && e.expires > now))
+    }
+
     /// Forgets what expired.
     pub fn prune(&mut self, now: Instant) {
         self.retain(|_, entry| entry.expires > now);

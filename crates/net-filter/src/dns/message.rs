@@ -34,6 +34,9 @@ pub(super) struct Asked<'a> {
     recursion_desired: bool,
     /// The guest asked for DNSSEC checking to be disabled.
     checking_disabled: bool,
+    /// The payload size asked of upstream when it is not the guest's own
+    /// (a guest on TCP takes any size).
+    upstream_size: Option<u16>,
 }
 
 impl<'a> Asked<'a> {
@@ -48,7 +51,16 @@ impl<'a> Asked<'a> {
                 .map(|o| o.udp_packet_size.clamp(512, MAX_UDP_PAYLOAD)),
             recursion_desired: query.has_flags(PacketFlag::RECURSION_DESIRED),
             checking_disabled: query.has_flags(PacketFlag::CHECKING_DISABLED),
+            upstream_size: None,
         }
+    }
+
+    /// Asks upstream for the largest answer a datagram brings (for a
+    /// client on TCP, which takes any size).
+    /// The server's own answers stay as the guest asked (no OPT record
+    /// unless it sent one).
+    pub fn widen(&mut self) {
+        self.upstream_size = Some(MAX_UDP_PAYLOAD);
     }
 
     /// The same, owning its name (to wait for upstream).
@@ -105,7 +117,7 @@ impl<'a> Asked<'a> {
             query.set_flags(PacketFlag::CHECKING_DISABLED);
         }
         query.questions.push(self.question.clone());
-        *query.opt_mut() = self.edns.map(opt);
+        *query.opt_mut() = self.upstream_size.or(self.edns).map(opt);
         query.build_bytes_vec().ok()
     }
 

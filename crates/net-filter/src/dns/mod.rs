@@ -19,11 +19,18 @@
 //! Malformed messages are dropped. A query with other than one question
 //! gets FORMERR, one with an opcode other than QUERY gets NOTIMP (the
 //! guest learns at once rather than timing out).
+//!
+//! Queries come as datagrams or over TCP ([`tcp`]), decided alike. A
+//! truncated upstream answer keeps its TC bit for a guest on UDP (which
+//! then asks over TCP); for a guest on TCP the server asks the resolver
+//! again over TCP for the whole answer (`upstream_tcp.rs`).
 
 mod handed_out;
 mod message;
+pub mod tcp;
 #[cfg(test)]
 mod tests;
+mod upstream_tcp;
 
 use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
@@ -41,6 +48,7 @@ use tracing::debug;
 use crate::{Audit, AuditEvent, Mode, Policy, Proto, Verdict};
 use handed_out::HandedOut;
 use message::Asked;
+use upstream_tcp::{Progress, UpstreamTcp, MAX_UPSTREAM_TCP};
 
 /// How long upstream has to answer before the guest gets SERVFAIL.
 const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(2);
@@ -68,17 +76,35 @@ pub enum DnsError {
     Socket(#[source] std::io::Error),
 }
 
+/// Where a guest query came from, and so where its answer goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Client {
+    /// A datagram from this guest endpoint.
+    Udp(SocketAddrV4),
+    /// A message on this DNS-over-TCP connection ([`tcp`]).
+    Tcp(u64),
+}
+
+impl From<SocketAddrV4> for Client {
+    fn from(guest: SocketAddrV4) -> Self {
+        Client::Udp(guest)
+    }
+}
+
 /// A query forwarded upstream, waiting for its answer.
 #[derive(Debug)]
 struct Pending {
     /// Where the guest asked from.
-    guest: SocketAddrV4,
+    guest: Client,
     /// What it asked (with its own transaction id).
     asked: Asked<'static>,
     /// The name asked, normalized: where the answer's addresses go.
     name: String,
     /// When the guest gets SERVFAIL instead.
     deadline: Instant,
+    /// Asked again over TCP (its datagram answer was truncated): only
+    /// that connection's answer counts.
+    over_tcp: bool,
 }
 
 /// The stack's DNS server: answers guest queries locally or forwards them
@@ -95,6 +121,11 @@ pub struct DnsServer {
     id_counter: u64,
     /// Receive buffer for upstream datagrams.
     buf: Vec<u8>,
+    /// Queries asked again over TCP, by upstream transaction id; their
+    /// sockets share the UDP socket's token.
+    upstream_tcp: HashMap<u16, UpstreamTcp>,
+    registry: mio::Registry,
+    token: mio::Token,
 }
 
 impl DnsServer {
@@ -121,20 +152,24 @@ impl DnsServer {
             id_keys: RandomState::new(),
             id_counter: 0,
             buf: vec![0; usize::from(u16::MAX)],
+            upstream_tcp: HashMap::new(),
+            registry: registry.try_clone().map_err(DnsError::Socket)?,
+            token,
         })
     }
 
-    /// A query (UDP payload) the guest sent from `from`; returns the reply
-    /// payload when it is answered locally, `None` when it went upstream
-    /// (or was malformed and dropped).
+    /// A query (a UDP payload, or a message from a TCP stream) the guest
+    /// sent from `from`; returns the reply when it is answered locally,
+    /// `None` when it went upstream (or was malformed and dropped).
     pub fn query(
         &mut self,
         now: Instant,
         policy: &Policy,
-        from: SocketAddrV4,
+        from: impl Into<Client>,
         payload: &[u8],
         audit: &Audit,
     ) -> Option<Vec<u8>> {
+        let from = from.into();
         if policy.mode == Mode::Off {
             return None;
         }
@@ -148,7 +183,12 @@ impl DnsServer {
         let [question] = query.questions.as_slice() else {
             return message::bare_reply(&query, RCODE::FormatError);
         };
-        let asked = Asked::new(&query, question);
+        let mut asked = Asked::new(&query, question);
+        if matches!(from, Client::Tcp(_)) {
+            // A client asking over TCP wants the whole answer: ask
+            // upstream for the largest one a datagram brings.
+            asked.widen();
+        }
         let event = |verdict, reason| AuditEvent::now(Proto::Dns, verdict, reason);
 
         let Some(name) = asked.name() else {
@@ -181,7 +221,7 @@ impl DnsServer {
     fn forward(
         &mut self,
         now: Instant,
-        guest: SocketAddrV4,
+        guest: Client,
         asked: Asked<'_>,
         name: String,
     ) -> Option<Vec<u8>> {
@@ -208,6 +248,7 @@ impl DnsServer {
                 asked: asked.into_owned(),
                 name,
                 deadline: now + UPSTREAM_TIMEOUT,
+                over_tcp: false,
             },
         );
         None
@@ -224,7 +265,7 @@ impl DnsServer {
     }
 
     /// Reads what upstream answered: (guest endpoint, reply payload) pairs.
-    pub fn upstream_ready(&mut self, now: Instant) -> Vec<(SocketAddrV4, Vec<u8>)> {
+    pub fn upstream_ready(&mut self, now: Instant) -> Vec<(Client, Vec<u8>)> {
         let mut buf = std::mem::take(&mut self.buf);
         let mut replies = Vec::new();
         for _ in 0..MAX_READS {
@@ -240,21 +281,89 @@ impl DnsServer {
                 debug!("dns: dropped a datagram from {from}, not the resolver");
                 continue;
             }
-            if let Some(reply) = buf.get(..len).and_then(|d| self.relay(now, d)) {
+            if let Some(reply) = buf.get(..len).and_then(|d| self.relay(now, d, false)) {
                 replies.push(reply);
             }
         }
         self.buf = buf;
+        replies.extend(self.upstream_tcp_ready(now));
         replies
     }
 
-    /// The guest's copy of upstream `response`, if it answers a pending
-    /// query; records its addresses on the way.
-    fn relay(&mut self, now: Instant, response: &[u8]) -> Option<(SocketAddrV4, Vec<u8>)> {
+    /// Moves the queries asked over TCP along; the answers (or SERVFAIL
+    /// for a connection that failed) that are complete.
+    fn upstream_tcp_ready(&mut self, now: Instant) -> Vec<(Client, Vec<u8>)> {
+        let mut done = Vec::new();
+        for (&id, conn) in &mut self.upstream_tcp {
+            match conn.advance() {
+                Progress::Waiting => {}
+                progress => done.push((id, progress)),
+            }
+        }
+        let mut replies = Vec::new();
+        for (id, progress) in done {
+            if let Some(conn) = self.upstream_tcp.remove(&id) {
+                conn.close(&self.registry);
+            }
+            let reply = match progress {
+                Progress::Answer(answer) => self.relay(now, &answer, true),
+                _ => {
+                    debug!("dns: the resolver's TCP connection failed");
+                    let p = self.pending.remove(&id);
+                    p.and_then(|p| Some((p.guest, p.asked.reply(RCODE::ServerFailure, None)?)))
+                }
+            };
+            replies.extend(reply);
+        }
+        replies
+    }
+
+    /// Asks the resolver again over TCP for pending query `id` (its
+    /// datagram answer was truncated); false when it cannot.
+    fn ask_over_tcp(&mut self, id: u16, now: Instant) -> bool {
+        let (Some(&resolver), Some(pending)) = (self.resolvers.first(), self.pending.get_mut(&id))
+        else {
+            return false;
+        };
+        if self.upstream_tcp.len() >= MAX_UPSTREAM_TCP {
+            return false;
+        }
+        let Some(query) = pending.asked.upstream_query(id) else {
+            return false;
+        };
+        match UpstreamTcp::start(resolver, &query, &self.registry, self.token) {
+            Ok(conn) => {
+                self.upstream_tcp.insert(id, conn);
+                pending.over_tcp = true;
+                pending.deadline = now + UPSTREAM_TIMEOUT;
+                true
+            }
+            Err(e) => {
+                debug!("dns: cannot ask {resolver} over TCP: {e}");
+                false
+            }
+        }
+    }
+
+    /// The guest's copy of upstream `response` (a datagram, or the answer
+    /// on a TCP connection when `via_tcp`), if it answers a pending query;
+    /// records its addresses on the way. A truncated datagram answer for
+    /// a guest on TCP is asked again over TCP instead.
+    fn relay(&mut self, now: Instant, response: &[u8], via_tcp: bool) -> Option<(Client, Vec<u8>)> {
         let parsed = Packet::parse(response).ok()?;
         let id = parsed.id();
-        if !self.pending.get(&id)?.asked.answered_by(&parsed) {
+        let pending = self.pending.get(&id)?;
+        if pending.over_tcp != via_tcp {
+            return None;
+        }
+        if !pending.asked.answered_by(&parsed) {
             debug!("dns: dropped an answer to another question");
+            return None;
+        }
+        let retry = !via_tcp
+            && parsed.has_flags(PacketFlag::TRUNCATION)
+            && matches!(pending.guest, Client::Tcp(_));
+        if retry && self.ask_over_tcp(id, now) {
             return None;
         }
         let pending = self.pending.remove(&id)?;
@@ -274,12 +383,31 @@ impl DnsServer {
     }
 
     /// Queries upstream never answered in time, answered SERVFAIL now.
-    pub fn expire(&mut self, now: Instant) -> Vec<(SocketAddrV4, Vec<u8>)> {
+    pub fn expire(&mut self, now: Instant) -> Vec<(Client, Vec<u8>)> {
         self.handed_out.prune(now);
+        let (pending, registry) = (&self.pending, &self.registry);
+        self.upstream_tcp
+            .extract_if(|id, _| pending.get(id).is_none_or(|p| p.deadline <= now))
+            .for_each(|(_, conn)| conn.close(registry));
         self.pending
             .extract_if(|_, p| p.deadline <= now)
             .filter_map(|(_, p)| Some((p.guest, p.asked.reply(RCODE::ServerFailure, None)?)))
             .collect()
+    }
+
+    /// Queries `client` has waiting for upstream.
+    pub fn pending_for(&self, client: Client) -> usize {
+        self.pending.values().filter(|p| p.guest == client).count()
+    }
+
+    /// Queries of a TCP connection that went away: their answers have
+    /// nowhere to go.
+    pub fn forget_client(&mut self, client: Client) {
+        self.pending.retain(|_, p| p.guest != client);
+        let (pending, registry) = (&self.pending, &self.registry);
+        self.upstream_tcp
+            .extract_if(|id, _| !pending.contains_key(id))
+            .for_each(|(_, conn)| conn.close(registry));
     }
 
     /// When [`DnsServer::expire`] next has work.
@@ -290,6 +418,12 @@ impl DnsServer {
     /// The allowed name the server handed `ip` out for (unexpired), if any.
     pub fn name_for(&self, ip: Ipv4Addr, now: Instant) -> Option<&str> {
         self.handed_out.name_for(ip, now)
+    }
+
+    /// Whether the server handed `ip` out for `name` (normalized) and the
+    /// answer has not expired.
+    pub fn handed_out_for(&self, ip: Ipv4Addr, name: &str, now: Instant) -> bool {
+        self.handed_out.was_handed_out(ip, name, now)
     }
 
     /// Drops handed-out addresses whose names `policy` no longer allows

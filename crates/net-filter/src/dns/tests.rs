@@ -140,7 +140,7 @@ impl Rig {
     }
 
     /// Waits for the upstream socket's readiness and reads it.
-    fn upstream(&mut self) -> Vec<(SocketAddrV4, Vec<u8>)> {
+    fn upstream(&mut self) -> Vec<(Client, Vec<u8>)> {
         let mut events = Events::with_capacity(4);
         self.poll
             .poll(&mut events, Some(Duration::from_secs(2)))
@@ -186,7 +186,7 @@ fn allowed_names_go_upstream_under_a_fresh_id_and_come_back_under_the_guests() {
         upstream_ids.push(Packet::parse(&query).unwrap().id());
         let replies = rig.upstream();
         assert_eq!(replies.len(), 1);
-        assert_eq!(replies[0].0, GUEST);
+        assert_eq!(replies[0].0, Client::Udp(GUEST));
         assert_eq!(
             read_reply(&replies[0].1),
             (RCODE::NoError, GUEST_ID, vec![ip.into()])
@@ -304,7 +304,7 @@ fn queries_upstream_does_not_answer_get_servfail_at_the_deadline() {
         .is_empty());
     let expired = rig.server.expire(deadline);
     assert_eq!(expired.len(), 1);
-    assert_eq!(expired[0].0, GUEST);
+    assert_eq!(expired[0].0, Client::Udp(GUEST));
     assert_eq!(
         read_reply(&expired[0].1),
         (RCODE::ServerFailure, GUEST_ID, vec![])
@@ -494,6 +494,118 @@ fn only_the_question_and_the_payload_size_go_upstream() {
         .unwrap();
     let reply = Packet::parse(&reply).unwrap();
     assert_eq!(reply.opt().unwrap().udp_packet_size, 1232);
+}
+
+#[test]
+fn a_truncated_answer_keeps_its_tc_bit_and_tcp_clients_ask_for_the_largest() {
+    let mut rig = Rig::new();
+    let policy = Policy::new(Mode::Open);
+    // Over UDP, without EDNS: upstream is asked as the guest asked.
+    assert_eq!(rig.ask(&policy, "big.example", TYPE::TXT), None);
+    let (query, from) = rig.resolver.recv();
+    assert!(Packet::parse(&query).unwrap().opt().is_none());
+    let mut truncated = response(&query, &[]);
+    truncated[2] |= 0x02; // TC
+    rig.resolver.socket.send_to(&truncated, from).unwrap();
+    let replies = rig.upstream();
+    assert_eq!(replies.len(), 1);
+    let reply = Packet::parse(&replies[0].1).unwrap();
+    assert!(reply.has_flags(PacketFlag::TRUNCATION), "TC kept");
+    assert_eq!(reply.id(), GUEST_ID);
+
+    // The same question over TCP: upstream is asked for 4096 bytes, and
+    // the answer goes back to the connection.
+    let query = guest_query(GUEST_ID, "big.example", TYPE::TXT);
+    let tcp = Client::Tcp(7);
+    assert_eq!(
+        rig.server.query(rig.now, &policy, tcp, &query, &rig.audit),
+        None
+    );
+    let sent = rig.resolver.serve(&[]);
+    assert_eq!(
+        Packet::parse(&sent).unwrap().opt().unwrap().udp_packet_size,
+        4096
+    );
+    let replies = rig.upstream();
+    assert_eq!(replies[0].0, tcp);
+    // The server's own answers over TCP carry no OPT the guest did not
+    // send.
+    let aaaa = guest_query(GUEST_ID, "big.example", TYPE::AAAA);
+    let local = rig
+        .server
+        .query(rig.now, &policy, tcp, &aaaa, &rig.audit)
+        .unwrap();
+    assert!(Packet::parse(&local).unwrap().opt().is_none());
+    // A connection that went away takes its pending queries along.
+    assert_eq!(
+        rig.server.query(rig.now, &policy, tcp, &query, &rig.audit),
+        None
+    );
+    rig.server.forget_client(tcp);
+    assert!(rig.server.next_deadline().is_none());
+}
+
+#[test]
+fn a_truncated_answer_for_a_tcp_client_is_asked_again_over_tcp() {
+    use std::io::{Read, Write};
+    let mut rig = Rig::new();
+    // The resolver's TCP side, on its UDP port.
+    let listener = std::net::TcpListener::bind(rig.resolver.addr()).unwrap();
+    let policy = Policy::new(Mode::Open);
+    let client = Client::Tcp(3);
+    let query = guest_query(GUEST_ID, "big.example", TYPE::A);
+    assert_eq!(
+        rig.server
+            .query(rig.now, &policy, client, &query, &rig.audit),
+        None
+    );
+    let (sent, from) = rig.resolver.recv();
+    let mut truncated = response(&sent, &[]);
+    truncated[2] |= 0x02; // TC
+    rig.resolver.socket.send_to(&truncated, from).unwrap();
+    let tcp_side = std::thread::spawn(move || {
+        let (mut conn, _) = listener.accept().unwrap();
+        let mut len = [0; 2];
+        conn.read_exact(&mut len).unwrap();
+        let mut asked = vec![0; usize::from(u16::from_be_bytes(len))];
+        conn.read_exact(&mut asked).unwrap();
+        let answer = response(&asked, &[Rec::A("big.example", [93, 184, 215, 50], 300)]);
+        conn.write_all(&(answer.len() as u16).to_be_bytes())
+            .unwrap();
+        conn.write_all(&answer).unwrap();
+        asked
+    });
+    let mut replies = Vec::new();
+    let mut events = Events::with_capacity(8);
+    for _ in 0..50 {
+        rig.poll
+            .poll(&mut events, Some(Duration::from_millis(100)))
+            .unwrap();
+        replies.extend(rig.server.upstream_ready(rig.now));
+        if !replies.is_empty() {
+            break;
+        }
+    }
+    let asked_over_tcp = tcp_side.join().unwrap();
+    // The same query (question, id, payload size) as the datagram.
+    assert_eq!(asked_over_tcp, sent);
+    assert_eq!(replies.len(), 1, "one answer, the whole one");
+    assert_eq!(replies[0].0, client);
+    let reply = Packet::parse(&replies[0].1).unwrap();
+    assert!(!reply.has_flags(PacketFlag::TRUNCATION));
+    assert_eq!(
+        read_reply(&replies[0].1),
+        (
+            RCODE::NoError,
+            GUEST_ID,
+            vec![Ipv4Addr::new(93, 184, 215, 50)]
+        )
+    );
+    assert!(rig
+        .server
+        .handed_out_for(Ipv4Addr::new(93, 184, 215, 50), "big.example", rig.now));
+    // Nothing is left waiting.
+    assert!(rig.server.next_deadline().is_none());
 }
 
 #[test]

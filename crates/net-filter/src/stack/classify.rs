@@ -4,13 +4,16 @@
 //!   reach smoltcp (which answers them); everything else is dropped.
 //! - IPv4 from anything but the guest's address (or 0.0.0.0 for DHCP),
 //!   fragments, IPv6 and other ethertypes: dropped.
-//! - UDP to port 67: the DHCP server. UDP to 10.0.2.3:53: the DNS server.
+//! - UDP to port 67: the DHCP server. UDP and TCP to 10.0.2.3:53: the DNS
+//!   server ([`crate::dns::tcp`] for TCP).
 //!   Other UDP: a host flow when the policy allows the destination, ICMP
-//!   "administratively prohibited" at once when not.
+//!   "administratively prohibited" at once when not — and for UDP to port
+//!   443 where a TCP flow's server name would be checked (QUIC).
 //! - TCP: segments of known connections go to smoltcp; a SYN for a new
 //!   one is judged by the policy — refused with a RST at once, or parked
-//!   while the host connects ([`crate::tcp`]); other segments go to
-//!   smoltcp, which resets them.
+//!   while the host connects ([`crate::tcp`]), and held at its first
+//!   bytes when the name they ask for must be judged too
+//!   ([`crate::peek`]); other segments go to smoltcp, which resets them.
 //! - ICMP echo to the gateway or DNS address: smoltcp answers. Other ICMP
 //!   is dropped.
 //!
@@ -26,6 +29,8 @@ use tracing::debug;
 
 use super::{take_token, NetStack, MAX_TCP_FLOWS};
 use crate::addr::{DNS_IP, GATEWAY_IP, GUEST_IP};
+use crate::judge::peek_protocol;
+use crate::peek::{Gate, Protocol};
 use crate::phy::ETH_HEADER;
 use crate::tcp::FlowKey;
 use crate::{dhcp, frames, Mode, Proto};
@@ -110,6 +115,9 @@ impl NetStack {
                     guest_port: tcp.src_port(),
                     remote: SocketAddrV4::new(repr.dst_addr, tcp.dst_port()),
                 };
+                if key.remote == SocketAddrV4::new(DNS_IP, 53) {
+                    return self.classify_dns_tcp(frame, l4, &tcp, key);
+                }
                 match self.tcp.state_of(&key) {
                     // A retransmitted SYN while the host connects.
                     Some(true) => false,
@@ -135,6 +143,31 @@ impl NetStack {
             }
             _ => false,
         }
+    }
+
+    /// A segment to the DNS server's TCP port: a SYN opens a connection of
+    /// its own (a RST when there are too many), the rest go to smoltcp.
+    fn classify_dns_tcp(
+        &mut self,
+        frame: &[u8],
+        l4: &[u8],
+        tcp: &TcpPacket<&[u8]>,
+        key: FlowKey,
+    ) -> bool {
+        let new = tcp.syn() && !tcp.ack() && !self.dns_tcp.knows(key.guest_port);
+        if new
+            && !self
+                .dns_tcp
+                .accept(key.guest_port, &mut self.sockets, Instant::now())
+        {
+            let syn_len = l4.len().saturating_sub(usize::from(tcp.header_len())) + 1;
+            let guest = SocketAddrV4::new(GUEST_IP, key.guest_port);
+            let reset =
+                frames::tcp_reset(self.guest_mac, guest, key.remote, tcp.seq_number(), syn_len);
+            self.phy.send(reset);
+            return true;
+        }
+        self.phy.take(frame)
     }
 
     fn dhcp(&mut self, payload: &[u8]) -> bool {
@@ -168,7 +201,14 @@ impl NetStack {
         };
         let mut name = None;
         if !self.udp.contains(&key) {
-            let decision = self.decide(*dst.ip(), dst.port(), now);
+            let mut decision = self.decide(*dst.ip(), dst.port(), now);
+            let port = dst.port();
+            if peek_protocol(&self.policy, &decision, *dst.ip(), port) == Some(Protocol::Tls) {
+                // QUIC hides its server name from a plain read; refused,
+                // clients fall back to TCP, where the name is judged.
+                decision.allow = false;
+                decision.reason = "QUIC (UDP 443) where the server name is checked";
+            }
             self.record(Proto::Udp, &decision, dst);
             if !decision.allow {
                 let icmp = frames::icmp_prohibited(self.guest_mac, GATEWAY_IP, repr, l4);
@@ -201,11 +241,17 @@ impl NetStack {
         if decision.allow {
             let token = self.token();
             let (syn, name) = (frame.to_vec(), decision.name.clone());
+            let hold = peek_protocol(&self.policy, &decision, *key.remote.ip(), key.remote.port());
             match self
                 .tcp
                 .connect(key, syn, name, self.poll.registry(), token, now)
             {
-                Ok(()) => return,
+                Ok(()) => {
+                    if let Some(protocol) = hold {
+                        self.tcp.hold(&key, Gate::new(protocol));
+                    }
+                    return;
+                }
                 Err(e) => debug!("net: tcp {}: connect failed at once: {e}", key.remote),
             }
         }

@@ -11,7 +11,7 @@
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -26,9 +26,10 @@ use smoltcp::wire::{
 use tracing::{debug, warn};
 
 use crate::addr::{self, DNS_IP, GATEWAY_IP, GATEWAY_MAC, GUEST_IP, PREFIX_LEN};
-use crate::dns::{resolvers_from, DnsServer};
+use crate::dns::tcp::DnsTcp;
+use crate::dns::{resolvers_from, Client, DnsServer};
 use crate::forward::Forwards;
-use crate::judge::{judge, judge_named, Decision};
+use crate::judge::{judge, judge_named, judge_peeked, Decision};
 use crate::phy::Phy;
 use crate::tcp::{Connected, FlowKey, Refused, TcpFlows};
 use crate::udp::UdpFlows;
@@ -133,11 +134,12 @@ pub struct NetStack {
     policy: Policy,
     generation: u64,
     audit: Audit,
-    host_addrs: Vec<IpAddr>,
+    host_addrs: addr::HostAddrs,
     iface: Interface,
     sockets: SocketSet<'static>,
     phy: Phy,
     dns: DnsServer,
+    dns_tcp: DnsTcp,
     tcp: TcpFlows,
     udp: UdpFlows,
     forwards: Forwards,
@@ -192,11 +194,12 @@ impl NetStack {
             policy: config.policy,
             generation: 0,
             audit: config.audit,
-            host_addrs: addr::host_addresses(),
+            host_addrs: addr::HostAddrs::read(Instant::now()),
             iface,
             sockets: SocketSet::new(Vec::new()),
             phy,
             dns,
+            dns_tcp: DnsTcp::default(),
             tcp: TcpFlows::default(),
             udp: UdpFlows::default(),
             forwards: Forwards::default(),
@@ -247,7 +250,9 @@ impl NetStack {
     pub fn push_frame(&mut self, frame: &[u8]) {
         // A policy a handle set since the last poll decides this frame
         // already: a name denied a moment ago must not go upstream.
-        self.apply_new_policy(Instant::now());
+        let now = Instant::now();
+        self.host_addrs.refresh(now);
+        self.apply_new_policy(now);
         self.stats.frames_in += 1;
         if !self.classify(frame) {
             self.stats.dropped += 1;
@@ -263,6 +268,7 @@ impl NetStack {
         let now = Instant::now();
         let own = [
             self.dns.next_deadline(),
+            self.dns_tcp.next_deadline(),
             self.tcp.next_deadline(),
             self.udp.next_deadline(),
         ]
@@ -284,11 +290,20 @@ impl NetStack {
     /// the guest sent, timers.
     pub fn poll(&mut self) {
         let now = Instant::now();
+        self.host_addrs.refresh(now);
         self.apply_new_policy(now);
         self.host_events(now);
         for _ in 0..ROUNDS {
             let mut progress = self.finish_connects(now);
+            progress |= self.judge_first_messages(now);
             progress |= self.tcp.splice(&mut self.sockets);
+            progress |= self.dns_tcp.serve(
+                &mut self.sockets,
+                &mut self.dns,
+                &self.policy,
+                &self.audit,
+                now,
+            );
             let smol = self
                 .iface
                 .poll(SmolInstant::now(), &mut self.phy, &mut self.sockets);
@@ -298,8 +313,11 @@ impl NetStack {
                 break;
             }
         }
-        for (guest, reply) in self.dns.expire(now) {
-            self.send_udp(SocketAddrV4::new(DNS_IP, 53), guest, &reply);
+        for client in self.dns_tcp.reap(&mut self.sockets, &self.dns, now) {
+            self.dns.forget_client(client);
+        }
+        for (client, reply) in self.dns.expire(now) {
+            self.dns_answer(client, &reply, now);
         }
         self.udp.expire(now, self.poll.registry());
     }
@@ -344,6 +362,36 @@ impl NetStack {
         progress
     }
 
+    /// Judges the first message of held flows that have one: lets them
+    /// through, or resets them and records why.
+    fn judge_first_messages(&mut self, now: Instant) -> bool {
+        let decided = self.tcp.peeked(&mut self.sockets, now);
+        let progress = !decided.is_empty();
+        for (key, protocol, opened_for, peeked) in decided {
+            let ip = *key.remote.ip();
+            let dns = &self.dns;
+            let decision = judge_peeked(
+                &self.policy,
+                ip,
+                protocol,
+                opened_for.as_deref(),
+                peeked,
+                |name| dns.handed_out_for(ip, name, now),
+            );
+            if decision.allow {
+                self.tcp.release(&key, decision.name);
+            } else {
+                debug!(
+                    "net: tcp {}: first message refused: {}",
+                    key.remote, decision.reason
+                );
+                self.tcp.refuse(&key, &mut self.sockets);
+                self.record(Proto::Tcp, &decision, key.remote);
+            }
+        }
+        progress
+    }
+
     fn reset_from_syn(&mut self, syn: &[u8]) {
         let parsed = EthernetFrame::new_checked(syn).ok().and_then(|eth| {
             let ip = Ipv4Packet::new_checked(eth.payload()).ok()?;
@@ -368,7 +416,14 @@ impl NetStack {
 
     /// Judges a guest flow to `ip:port` under the current policy.
     fn decide(&self, ip: Ipv4Addr, port: u16, now: Instant) -> Decision {
-        judge(&self.policy, &self.dns, &self.host_addrs, ip, port, now)
+        judge(
+            &self.policy,
+            &self.dns,
+            self.host_addrs.get(),
+            ip,
+            port,
+            now,
+        )
     }
 
     fn record(&self, proto: Proto, decision: &Decision, dst: SocketAddrV4) {
@@ -381,6 +436,14 @@ impl NetStack {
             AuditEvent::now(proto, verdict, decision.reason).dest(*dst.ip(), dst.port());
         event.name = decision.name.clone();
         self.audit.record(event);
+    }
+
+    /// Sends a DNS answer to the client that asked.
+    fn dns_answer(&mut self, client: Client, reply: &[u8], now: Instant) {
+        match client {
+            Client::Udp(guest) => self.send_udp(SocketAddrV4::new(DNS_IP, 53), guest, reply),
+            Client::Tcp(id) => self.dns_tcp.answer(id, reply, &mut self.sockets, now),
+        }
     }
 
     fn send_udp(&mut self, from: SocketAddrV4, to: SocketAddrV4, payload: &[u8]) {
@@ -412,8 +475,8 @@ impl NetStack {
             match token {
                 WAKER => {}
                 DNS_UPSTREAM => {
-                    for (guest, reply) in self.dns.upstream_ready(now) {
-                        self.send_udp(SocketAddrV4::new(DNS_IP, 53), guest, &reply);
+                    for (client, reply) in self.dns.upstream_ready(now) {
+                        self.dns_answer(client, &reply, now);
                     }
                 }
                 t if self.tcp.key_of(t).is_some() => self.tcp.on_event(t, readable, writable),
@@ -503,7 +566,7 @@ impl NetStack {
             .iter()
             .map(|f| f.guest_port)
             .collect();
-        let (policy, dns, hosts) = (&self.policy, &self.dns, &self.host_addrs);
+        let (policy, dns, hosts) = (&self.policy, &self.dns, self.host_addrs.get());
         // A flow stays if the new policy allows it by the name it was
         // opened for (its DNS answer may have expired since: a long
         // download must survive an unrelated change) or by what the DNS

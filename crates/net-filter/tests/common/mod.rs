@@ -287,27 +287,36 @@ pub struct TcpEcho {
     pub port: u16,
     accepted: Arc<AtomicUsize>,
     closed: Arc<AtomicUsize>,
+    received: Arc<AtomicUsize>,
 }
 
 impl TcpEcho {
     /// Starts one (its threads live as long as the test process).
     pub fn start() -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        Self::start_on(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0))
+    }
+
+    /// Starts one listening on `addr`.
+    pub fn start_on(addr: SocketAddrV4) -> Self {
+        let listener = TcpListener::bind(addr)
+            .unwrap_or_else(|e| panic!("cannot listen on {addr} for a test server: {e}"));
         let port = listener.local_addr().unwrap().port();
         let accepted: Arc<AtomicUsize> = Arc::default();
         let closed: Arc<AtomicUsize> = Arc::default();
-        let (a, c) = (accepted.clone(), closed.clone());
+        let received: Arc<AtomicUsize> = Arc::default();
+        let (a, c, r) = (accepted.clone(), closed.clone(), received.clone());
         thread::spawn(move || {
             for conn in listener.incoming() {
                 let Ok(mut conn) = conn else { continue };
                 a.fetch_add(1, Ordering::SeqCst);
-                let c = c.clone();
+                let (c, r) = (c.clone(), r.clone());
                 thread::spawn(move || {
                     let mut buf = [0; 16384];
                     loop {
                         match conn.read(&mut buf) {
                             Ok(0) | Err(_) => break,
                             Ok(n) => {
+                                r.fetch_add(n, Ordering::SeqCst);
                                 if conn.write_all(&buf[..n]).is_err() {
                                     break;
                                 }
@@ -322,7 +331,13 @@ impl TcpEcho {
             port,
             accepted,
             closed,
+            received,
         }
+    }
+
+    /// Bytes it received so far, over all connections.
+    pub fn received(&self) -> usize {
+        self.received.load(Ordering::SeqCst)
     }
 
     /// Connections it accepted so far.
