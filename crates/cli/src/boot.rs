@@ -308,6 +308,7 @@ pub fn build_vm(spec: VmSpec<'_>) -> anyhow::Result<Vm> {
                 audit: net.audit,
                 resolvers: Vec::new(),
                 mtu: 0,
+                memory_budget: 0,
             })
             .context("cannot start the network stack")?;
             tracing::debug!("network: {}", mode.as_str());

@@ -27,14 +27,18 @@
 //! | `dhcp.rs` | the DHCP server |
 //! | `dns.rs` | the DNS server with the allowlist and the handed-out table |
 //! | `tcp.rs` | guest TCP connections spliced to host sockets |
-//! | `buffers.rs` | each connection's buffers, mapped on their own |
+//! | `budget.rs` | the memory budget every flow and queue is charged to |
+//! | `buffers.rs` | the TCP sockets with their buffers (each mapped on its own) |
+//! | `caps.rs` | a cap's counter and its one warning per episode |
 //! | `udp.rs` | guest UDP flows on host sockets |
 //! | `forward.rs` | host→guest port forwards |
 #![deny(missing_docs)]
 
 pub mod addr;
 pub mod audit;
+pub mod budget;
 mod buffers;
+mod caps;
 mod dhcp;
 
 pub mod dns;
@@ -50,5 +54,7 @@ pub mod testing;
 mod udp;
 
 pub use audit::{Audit, AuditEvent, Proto, Verdict};
+pub use budget::DEFAULT_BUDGET;
 pub use policy::{Forward, Mode, Policy, PolicyError};
 pub use stack::{NetError, NetHandle, NetStack, StackConfig, StackStats, DEFAULT_MTU};
+pub use tcp::MAX_FLOWS as MAX_TCP_FLOWS;

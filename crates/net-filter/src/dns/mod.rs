@@ -95,6 +95,8 @@ pub struct DnsServer {
     id_counter: u64,
     /// Receive buffer for upstream datagrams.
     buf: Vec<u8>,
+    /// Queries answered SERVFAIL because `MAX_PENDING` were upstream.
+    busy: u64,
 }
 
 impl DnsServer {
@@ -121,7 +123,14 @@ impl DnsServer {
             id_keys: RandomState::new(),
             id_counter: 0,
             buf: vec![0; usize::from(u16::MAX)],
+            busy: 0,
         })
+    }
+
+    /// How many queries were answered SERVFAIL because too many were
+    /// already upstream.
+    pub fn busy(&self) -> u64 {
+        self.busy
     }
 
     /// A query (UDP payload) the guest sent from `from`; returns the reply
@@ -191,6 +200,7 @@ impl DnsServer {
         };
         if self.pending.len() >= MAX_PENDING {
             debug!("dns: {MAX_PENDING} queries already upstream, SERVFAIL for {name}");
+            self.busy += 1;
             return servfail(&asked);
         }
         let Some(id) = self.fresh_id() else {

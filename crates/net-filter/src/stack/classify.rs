@@ -24,7 +24,7 @@ use smoltcp::wire::{
 };
 use tracing::debug;
 
-use super::{take_token, NetStack, MAX_TCP_FLOWS};
+use super::{take_token, NetStack};
 use crate::addr::{DNS_IP, GATEWAY_IP, GUEST_IP};
 use crate::phy::ETH_HEADER;
 use crate::tcp::FlowKey;
@@ -179,8 +179,14 @@ impl NetStack {
         }
         let (registry, next) = (self.poll.registry(), &mut self.next_token);
         let token = || take_token(next);
+        let evicted = self.udp.evicted();
         if let Err(e) = self.udp.send(key, payload, name, registry, token, now) {
             debug!("net: udp {dst}: {e}");
+        }
+        if self.udp.evicted() > evicted {
+            self.udp_cap.hit();
+        } else if self.udp.len() < crate::udp::MAX_FLOWS {
+            self.udp_cap.fits();
         }
     }
 
@@ -192,12 +198,7 @@ impl NetStack {
         syn_len: usize,
     ) {
         let now = Instant::now();
-        let mut decision = self.decide(*key.remote.ip(), key.remote.port(), now);
-        if decision.allow && self.tcp.len() >= MAX_TCP_FLOWS {
-            decision.allow = false;
-            decision.reason = "too many connections";
-        }
-        self.record(Proto::Tcp, &decision, key.remote);
+        let decision = self.decide(*key.remote.ip(), key.remote.port(), now);
         if decision.allow {
             let token = self.token();
             let (syn, name) = (frame.to_vec(), decision.name.clone());
@@ -205,9 +206,20 @@ impl NetStack {
                 .tcp
                 .connect(key, syn, name, self.poll.registry(), token, now)
             {
-                Ok(()) => return,
-                Err(e) => debug!("net: tcp {}: connect failed at once: {e}", key.remote),
+                Ok(()) => {
+                    self.started();
+                    self.record(Proto::Tcp, &decision, key.remote);
+                    return;
+                }
+                // Refused by a cap: recorded with the cap's reason.
+                Err(e) if e.is_cap() => self.refuse_started(Proto::Tcp, key.remote, &e),
+                Err(e) => {
+                    self.record(Proto::Tcp, &decision, key.remote);
+                    debug!("net: tcp {}: connect failed at once: {e}", key.remote);
+                }
             }
+        } else {
+            self.record(Proto::Tcp, &decision, key.remote);
         }
         let guest = SocketAddrV4::new(GUEST_IP, key.guest_port);
         self.phy.send(frames::tcp_reset(
