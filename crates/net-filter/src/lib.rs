@@ -20,6 +20,7 @@
 //! | `addr.rs` | the network's addresses, always-blocked host ranges |
 //! | `policy.rs` | modes, allowed names and ports, host pins, forwards |
 //! | `audit.rs` | one JSON line per decision |
+//! | `rotating.rs` | size-capped log files rotated once (the audit log, the CLI's console log) |
 //! | `stack/` | [`NetStack`]: the poll loop (`mod.rs`), what each guest frame is (`classify.rs`) |
 //! | `judge.rs` | the policy's verdict on a flow's destination |
 //! | `phy.rs` | the frame queues smoltcp sends and receives through |
@@ -47,6 +48,7 @@ mod frames;
 mod judge;
 mod phy;
 pub mod policy;
+pub mod rotating;
 mod stack;
 mod tcp;
 #[cfg(feature = "testing")]

@@ -608,3 +608,57 @@ fn a_forwarded_connection_flood_is_bounded_by_the_budget_and_holds_no_fds() {
     assert!(stats.memory_peak <= stats.memory_limit);
     assert!(rss_peak - rss_before <= (DEFAULT_BUDGET as u64 >> 10) + TEST_SLACK);
 }
+
+#[test]
+fn a_flood_of_audited_denials_keeps_the_audit_log_under_its_cap() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("net-audit.jsonl");
+    let audit = agentvm_net::Audit::to_file(&path).unwrap();
+    let mut stack = common::stack_audited(pinned("flood.test", &[443]), vec![], audit);
+    let mut g = guest(&mut stack);
+    // Denied datagrams: each one is judged, audited and refused again.
+    let guest_end = SocketAddrV4::new(common::GUEST_IP, 5353);
+    let denied = common::udp_frame(
+        guest_end,
+        SocketAddrV4::new(Ipv4Addr::new(8, 8, 8, 8), 53),
+        b"x",
+    );
+    let line_len = {
+        stack.push_frame(&denied);
+        std::fs::metadata(&path).unwrap().len()
+    };
+    let cap = agentvm_net::rotating::DEFAULT_MAX_BYTES;
+    // Enough denials for two and a half caps.
+    let flood = (5 * cap / 2 / line_len) as usize;
+    let started = Instant::now();
+    for i in 0..flood {
+        stack.push_frame(&denied);
+        if i % 1024 == 0 {
+            while stack.pop_frame().is_some() {}
+        }
+    }
+    let rotated = agentvm_net::rotating::RotatingFile::rotated_path(&path);
+    let (live, old) = (
+        std::fs::metadata(&path).unwrap().len(),
+        std::fs::metadata(&rotated).unwrap().len(),
+    );
+    println!(
+        "audit flood: {flood} denials ({} MiB of lines) in {:?}; net-audit.jsonl {live} bytes, \
+         net-audit.jsonl.1 {old} bytes (cap {cap})",
+        (flood as u64 * line_len) >> 20,
+        started.elapsed()
+    );
+    assert!(live <= cap && old <= cap && old > cap - 2 * line_len);
+    // Every line in both files is a whole event; the newest one is there.
+    for file in [&rotated, &path] {
+        let lines = common::audit_lines(file);
+        assert!(lines.iter().all(|l| l["verdict"] == "deny"));
+    }
+    let newest = common::audit_lines(&path);
+    assert_eq!(newest.last().unwrap()["ip"], "8.8.8.8");
+    // The stack still serves after the flood.
+    assert_eq!(
+        lookup(&mut g, &mut stack, "flood.test", TYPE::A),
+        common::found(*on_host(0).ip())
+    );
+}
