@@ -110,6 +110,7 @@ pub fn run(args: BootArgs) -> anyhow::Result<ExitCode> {
         Some(policy) => Some(NetSpec {
             policy,
             audit: args.net.audit()?,
+            memory_budget: 0,
         }),
         None => None,
     };
@@ -262,6 +263,8 @@ pub struct NetSpec {
     pub policy: Policy,
     /// The audit log.
     pub audit: Audit,
+    /// The stack's memory budget, bytes (0: its default).
+    pub memory_budget: usize,
 }
 
 /// Raises this process's open-file limit to its hard limit: every guest
@@ -308,7 +311,7 @@ pub fn build_vm(spec: VmSpec<'_>) -> anyhow::Result<Vm> {
                 audit: net.audit,
                 resolvers: Vec::new(),
                 mtu: 0,
-                memory_budget: 0,
+                memory_budget: net.memory_budget,
             })
             .context("cannot start the network stack")?;
             tracing::debug!("network: {}", mode.as_str());

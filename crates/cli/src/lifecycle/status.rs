@@ -1,7 +1,10 @@
 //! `agentvm status` (`ps`): every VM under the state root; `agentvm logs`:
 //! a VM's console.
 
-use std::io::{BufRead, Read, Seek, SeekFrom, Write};
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -122,18 +125,22 @@ pub struct LogsArgs {
 /// The longest console line held back waiting for its end.
 const MAX_LINE: usize = 64 << 10;
 
-/// Prints the VM's console log, escaped unless `--raw`.
+/// Prints the VM's console log, escaped unless `--raw`: the rotated file
+/// (`console.log.1`) first when there is one, then the live one, which is
+/// reopened when the VMM rotates it.
 pub fn logs(args: LogsArgs) -> anyhow::Result<ExitCode> {
     let state = args.target.locate()?;
     let path = state.console();
-    let file = std::fs::File::open(&path).with_context(|| {
+    let rotated = agentvm_net::rotating::RotatingFile::rotated_path(&path);
+    let first = if rotated.exists() { &rotated } else { &path };
+    let file = File::open(first).with_context(|| {
         format!(
             "{} has no console log ({}); is it up?",
             state.label(),
             path.display()
         )
     })?;
-    let mut file = std::io::BufReader::new(file);
+    let mut file = BufReader::new(file);
     let mut out = std::io::stdout().lock();
     let mut line = Vec::new();
     loop {
@@ -156,20 +163,37 @@ pub fn logs(args: LogsArgs) -> anyhow::Result<ExitCode> {
         if n > 0 {
             continue;
         }
+        if !is_live(file.get_ref(), &path) {
+            // Read to its end: what follows is in the live file.
+            if let Ok(live) = File::open(&path) {
+                file = BufReader::new(live);
+                continue;
+            }
+        }
         if done {
             break;
         }
         out.flush().context("cannot write the console log")?;
         std::thread::sleep(Duration::from_millis(100));
-        // A new `up` truncates by recreating the file: start over.
+        // A new `up` truncates the file: start over. (A file rotated
+        // away is read to its end first, above.)
         let pos = file.stream_position().unwrap_or(0);
-        if std::fs::metadata(&path).is_ok_and(|m| m.len() < pos) {
+        if is_live(file.get_ref(), &path) && std::fs::metadata(&path).is_ok_and(|m| m.len() < pos) {
             file.seek(SeekFrom::Start(0))
                 .context("cannot read the console log")?;
         }
     }
     out.flush().context("cannot write the console log")?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Whether `file` is the one at `path` now (not one rotated away from it).
+fn is_live(file: &File, path: &Path) -> bool {
+    match (file.metadata(), std::fs::metadata(path)) {
+        (Ok(open), Ok(now)) => (open.dev(), open.ino()) == (now.dev(), now.ino()),
+        // Nothing (readable) there: keep what we have.
+        _ => true,
+    }
 }
 
 #[cfg(test)]

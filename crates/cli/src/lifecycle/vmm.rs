@@ -1,10 +1,10 @@
 //! `agentvm __vmm --state DIR`: the background VMM process `up` starts.
 //! It builds the VM from `DIR/config.json`, writes the console to
-//! `DIR/console.log`, records network decisions in `DIR/net-audit.jsonl`,
+//! `DIR/console.log`, records network decisions in `DIR/net-audit.jsonl`
+//! (both capped, the previous file kept as `.1`),
 //! serves `DIR/control.sock`, and removes its sockets and pid file when the
 //! VM ends.
 
-use std::fs::File;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use agentvm_net::rotating::RotatingFile;
 use agentvm_protocol::client::{self, connect_vsock_within};
 use agentvm_protocol::EXEC_PORT;
 use agentvm_vmm::{SerialSink, VmHandle};
@@ -47,10 +48,8 @@ pub fn run(args: VmmArgs) -> anyhow::Result<ExitCode> {
     // of ours that nobody else can write.
     super::check_private(&state.dir)?;
     let snap = state.read_snapshot()?;
-    let console = File::options()
-        .create(true)
-        .append(true)
-        .open(state.console())
+    let log_max = snap.log_max_bytes();
+    let console = RotatingFile::open(&state.console(), log_max)
         .with_context(|| format!("cannot open {}", state.console().display()))?;
     let ready = Arc::new(AtomicBool::new(false));
     let watch = ReadyWatch {
@@ -86,11 +85,12 @@ pub fn run(args: VmmArgs) -> anyhow::Result<ExitCode> {
         agentvm_net::Mode::Off => None,
         _ => {
             let path = state.net_audit();
-            let audit = agentvm_net::Audit::to_file(&path)
+            let audit = agentvm_net::Audit::to_file_capped(&path, log_max)
                 .with_context(|| format!("cannot create {}", path.display()))?;
             Some(NetSpec {
                 policy: snap.policy.clone(),
                 audit,
+                memory_budget: snap.net_memory_bytes(),
             })
         }
     };
@@ -172,7 +172,7 @@ fn stop_on_signals(handle: VmHandle) -> anyhow::Result<()> {
 
 /// Writes the console to its file and notes when the ready line passes.
 struct ReadyWatch {
-    out: File,
+    out: RotatingFile,
     ready: Arc<AtomicBool>,
     /// The last bytes seen, so a line split across writes still matches.
     tail: Vec<u8>,
@@ -310,7 +310,7 @@ mod tests {
         let path = dir.path().join("console.log");
         let ready = Arc::new(AtomicBool::new(false));
         let mut w = ReadyWatch {
-            out: File::create(&path).unwrap(),
+            out: RotatingFile::open(&path, 1 << 20).unwrap(),
             ready: ready.clone(),
             tail: Vec::new(),
         };
