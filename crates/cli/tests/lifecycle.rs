@@ -245,6 +245,10 @@ fn up_status_down_leaves_nothing_behind() {
     assert_eq!(st["ready"], true);
     assert_eq!(st["network_mode"], "filtered");
     assert!(st["rss_kib"].as_u64().unwrap() > 0);
+    // The caps and their counters (none hit by this guest).
+    assert_eq!(st["limits"]["net_memory_limit_kib"], 64 << 10, "{st}");
+    assert_eq!(st["limits"]["tcp_flows_max"], 4096, "{st}");
+    assert_eq!(st["limits"]["tcp_refused_memory"], 0, "{st}");
     let s = UnixStream::connect(&sock).unwrap();
     let mut wr = s.try_clone().unwrap();
     let mut rd = BufReader::new(s);

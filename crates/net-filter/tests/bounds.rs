@@ -535,6 +535,9 @@ fn a_syn_flood_to_a_black_hole_stops_at_the_flow_cap_and_forwards_count_against_
     );
     assert_eq!(stats.tcp_refused_cap, 2);
     assert_eq!(stats.tcp_flows, MAX_TCP_FLOWS);
+    // What `agentvm status` reads, from another thread.
+    stack.poll();
+    assert_eq!(stack.handle().stats().tcp_refused_cap, 2);
     assert_eq!(denials(&events, Proto::Tcp, "too many connections"), 1);
     assert_eq!(denials(&events, Proto::Forward, "too many connections"), 1);
     assert!(rss_peak - rss_before <= (DEFAULT_BUDGET as u64 >> 10) + TEST_SLACK);

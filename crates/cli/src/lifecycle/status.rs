@@ -24,6 +24,8 @@ struct Row {
     rss: String,
     network: String,
     state: String,
+    /// The caps the VM hit, in words (empty: none).
+    limits: Vec<String>,
 }
 
 /// Lists every VM with its pid, uptime, resident memory, network mode and
@@ -47,12 +49,15 @@ pub fn run() -> anyhow::Result<ExitCode> {
         "{:<width$}  {:>8}  {:>9}  {:>10}  {:<8}  {:<8}  WORKSPACE",
         "NAME", "PID", "UPTIME", "RSS", "NETWORK", "STATE"
     );
-    for r in rows {
+    for r in &rows {
         let _ = writeln!(
             out,
             "{:<width$}  {:>8}  {:>9}  {:>10}  {:<8}  {:<8}  {}",
             r.name, r.pid, r.uptime, r.rss, r.network, r.state, r.workspace
         );
+    }
+    for r in rows.iter().filter(|r| !r.limits.is_empty()) {
+        let _ = writeln!(out, "{}: limits hit: {}", r.name, r.limits.join("; "));
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -75,6 +80,7 @@ fn row(state: StateDir) -> Row {
         rss: "-".into(),
         network,
         state: vm.word().into(),
+        limits: Vec::new(),
     };
     if let VmState::Starting(pid) | VmState::Stale(Some(pid)) = vm {
         row.pid = pid.to_string();
@@ -93,9 +99,48 @@ fn row(state: StateDir) -> Row {
             if let Some(mode) = reply.get("network_mode").and_then(|v| v.as_str()) {
                 row.network = shown(mode);
             }
+            if let Some(limits) = reply.get("limits") {
+                row.limits = limits_hit(limits);
+            }
         }
     }
     row
+}
+
+/// The caps a VM's `limits` (its control socket's status) says were hit,
+/// in words.
+fn limits_hit(limits: &serde_json::Value) -> Vec<String> {
+    let n = |key: &str| limits.get(key).and_then(|v| v.as_u64()).unwrap_or(0);
+    let mut out = Vec::new();
+    if n("tcp_refused_cap") > 0 {
+        out.push(format!(
+            "{} TCP connections refused at the cap of {}",
+            n("tcp_refused_cap"),
+            n("tcp_flows_max")
+        ));
+    }
+    if n("tcp_refused_memory") > 0 {
+        out.push(format!(
+            "{} TCP connections refused by the network memory budget ({} of {} MiB used, peak {})",
+            n("tcp_refused_memory"),
+            n("net_memory_used_kib") >> 10,
+            n("net_memory_limit_kib") >> 10,
+            n("net_memory_peak_kib") >> 10
+        ));
+    }
+    if n("udp_evicted") > 0 {
+        out.push(format!(
+            "{} UDP flows dropped for new ones",
+            n("udp_evicted")
+        ));
+    }
+    if n("dns_busy") > 0 {
+        out.push(format!(
+            "{} DNS queries refused (too many upstream)",
+            n("dns_busy")
+        ));
+    }
+    out
 }
 
 /// `1h02m`, `3m05s`, `12s`.
@@ -199,6 +244,27 @@ fn is_live(file: &File, path: &Path) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_caps_hit_are_shown() {
+        assert!(limits_hit(&serde_json::json!({})).is_empty());
+        let none = serde_json::json!({"tcp_refused_cap": 0, "udp_evicted": 0});
+        assert!(limits_hit(&none).is_empty());
+        let hit = serde_json::json!({
+            "tcp_refused_cap": 2, "tcp_flows_max": 4096,
+            "tcp_refused_memory": 7, "net_memory_used_kib": 65536,
+            "net_memory_limit_kib": 65536, "net_memory_peak_kib": 65536,
+            "dns_busy": 1,
+        });
+        assert_eq!(
+            limits_hit(&hit),
+            [
+                "2 TCP connections refused at the cap of 4096",
+                "7 TCP connections refused by the network memory budget (64 of 64 MiB used, peak 64)",
+                "1 DNS queries refused (too many upstream)",
+            ]
+        );
+    }
 
     #[test]
     fn uptimes_read_well() {

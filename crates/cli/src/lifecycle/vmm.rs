@@ -221,6 +221,7 @@ impl Handler for Server {
                     "pid": std::process::id(),
                     "network_mode": self.net.mode().as_str(),
                     "ready": self.ready.load(Ordering::Relaxed),
+                    "limits": limits(self.handle.net().map(|n| n.stats())),
                 }))
             }
             Request::Stop { grace_ms } => {
@@ -273,6 +274,25 @@ impl Handler for Server {
             | Request::NetPolicy { .. } => self.net.answer(&request),
         }
     }
+}
+
+/// The VM's caps and how often each was hit (`status` shows them).
+fn limits(net: Option<agentvm_net::StackStats>) -> Value {
+    let Some(n) = net else {
+        return json!({});
+    };
+    json!({
+        "net_memory_used_kib": n.memory_used >> 10,
+        "net_memory_peak_kib": n.memory_peak >> 10,
+        "net_memory_limit_kib": n.memory_limit >> 10,
+        "tcp_flows": n.tcp_flows,
+        "tcp_flows_max": agentvm_net::MAX_TCP_FLOWS,
+        "tcp_refused_cap": n.tcp_refused_cap,
+        "tcp_refused_memory": n.tcp_refused_memory,
+        "udp_flows": n.udp_flows,
+        "udp_evicted": n.udp_evicted,
+        "dns_busy": n.dns_busy,
+    })
 }
 
 /// Asks the guest agent to power off, gives it `grace`, then stops the VM.

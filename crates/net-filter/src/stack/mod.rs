@@ -112,6 +112,8 @@ struct Shared {
     policy: Mutex<Policy>,
     generation: AtomicU64,
     waker: Waker,
+    /// The counters as of the stack's last poll.
+    stats: Mutex<StackStats>,
 }
 
 /// Replaces the policy of a running stack from another thread.
@@ -126,6 +128,14 @@ impl NetHandle {
         match self.shared.policy.lock() {
             Ok(p) => p.clone(),
             Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    /// The stack's counters as of its last poll.
+    pub fn stats(&self) -> StackStats {
+        match self.shared.stats.lock() {
+            Ok(s) => *s,
+            Err(s) => *s.into_inner(),
         }
     }
 
@@ -217,6 +227,7 @@ impl NetStack {
                 policy: Mutex::new(config.policy.clone()),
                 generation: AtomicU64::new(0),
                 waker,
+                stats: Mutex::new(StackStats::default()),
             }),
             policy: config.policy,
             generation: 0,
@@ -241,6 +252,7 @@ impl NetStack {
             udp_cap: Cap::new("256 UDP flows open; the least recently used ones are dropped"),
         };
         stack.sync_forwards();
+        stack.publish_stats();
         Ok(stack)
     }
 
@@ -346,6 +358,16 @@ impl NetStack {
             self.send_udp(SocketAddrV4::new(DNS_IP, 53), guest, &reply);
         }
         self.udp.expire(now, self.poll.registry());
+        self.publish_stats();
+    }
+
+    /// Hands the counters to the [`NetHandle`]s.
+    fn publish_stats(&self) {
+        let stats = self.stats();
+        match self.shared.stats.lock() {
+            Ok(mut s) => *s = stats,
+            Err(s) => *s.into_inner() = stats,
+        }
     }
 
     fn token(&mut self) -> Token {
