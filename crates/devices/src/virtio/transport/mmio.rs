@@ -31,6 +31,7 @@ use crate::virtio::{
     ActivationContext, ActiveQueue, GuestMemory, InterruptKind, VirtioDevice, VirtioInterrupt,
     VIRTIO_F_VERSION_1,
 };
+use crate::warn_limited;
 
 /// Size of one virtio-mmio window.
 pub const MMIO_WINDOW_SIZE: u64 = 0x1000;
@@ -508,7 +509,7 @@ impl MmioTransport {
         }
         let added = value & !current & DRIVER_BITS;
         if added & status::FAILED != 0 {
-            warn!(
+            warn_limited!(
                 device_type = self.device.device_type(),
                 "virtio: the driver gave up on the device"
             );
