@@ -665,3 +665,28 @@ fn a_flood_of_audited_denials_keeps_the_audit_log_under_its_cap() {
         common::found(*on_host(0).ip())
     );
 }
+
+#[test]
+fn udp_flows_past_the_cap_evict_the_least_recently_used_and_the_newest_still_work() {
+    let echo = common::UdpEcho::start();
+    let (mut stack, _, addr) = flood_stack(&[echo.port], vec![]);
+    let remote = SocketAddrV4::new(addr, echo.port);
+    const FLOWS: u16 = 300;
+    for port in 0..FLOWS {
+        let guest_end = SocketAddrV4::new(common::GUEST_IP, 20_000 + port);
+        stack.push_frame(&common::udp_frame(guest_end, remote, b"ping"));
+    }
+    let stats = stack.stats();
+    println!(
+        "udp flood: {FLOWS} flows opened, {} kept, {} evicted",
+        stats.udp_flows, stats.udp_evicted
+    );
+    assert_eq!(stats.udp_flows, 256);
+    assert_eq!(stats.udp_evicted, u64::from(FLOWS) - 256);
+    // The newest flow answers; so does a fresh guest's.
+    let mut g = guest(&mut stack);
+    let sock = g.udp_bind(45_000);
+    let reply = common::udp_exchange(&mut g, &mut stack, sock, remote, b"alive", SOON);
+    assert_eq!(reply.map(|(data, _)| data), Some(b"alive".to_vec()));
+    assert_eq!(stack.stats().udp_evicted, u64::from(FLOWS) - 255);
+}
