@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use agentvm_devices::virtio::rng::Rng;
-use agentvm_devices::virtio::vsock::{Vsock, VsockError, DEFAULT_GUEST_CID};
+use agentvm_devices::virtio::vsock::{Vsock, VsockCounters, VsockError, DEFAULT_GUEST_CID};
 use agentvm_net::{Audit, NetStack, Policy, StackConfig};
 use agentvm_vmm::{config, ExitStatus, SerialSink, Vm, VmBuilder, VmConfig};
 use anyhow::{bail, Context};
@@ -140,6 +140,7 @@ pub fn run(args: BootArgs) -> anyhow::Result<ExitCode> {
         state_dir: state.path(),
         vsock: args.vsock.as_deref(),
         cid: args.cid,
+        vsock_counters: VsockCounters::default(),
         rng: !args.no_rng,
         balloon: !args.no_balloon,
         net,
@@ -244,6 +245,8 @@ pub struct VmSpec<'a> {
     pub vsock: Option<&'a Path>,
     /// The guest's vsock context id [default: 3].
     pub cid: Option<u64>,
+    /// Where the vsock device counts the connections it refuses.
+    pub vsock_counters: VsockCounters,
     /// Whether to attach virtio-rng.
     pub rng: bool,
     /// Whether to attach virtio-balloon.
@@ -334,7 +337,8 @@ pub fn build_vm(spec: VmSpec<'_>) -> anyhow::Result<Vm> {
     }
     if let Some(uds) = spec.vsock {
         builder = builder.agent_socket(uds);
-        let vsock = vsock_device(spec.cid.unwrap_or(DEFAULT_GUEST_CID), uds)?;
+        let vsock = vsock_device(spec.cid.unwrap_or(DEFAULT_GUEST_CID), uds)?
+            .with_counters(spec.vsock_counters);
         builder = builder.device(Box::new(vsock));
     }
     match builder.build() {

@@ -249,6 +249,8 @@ fn up_status_down_leaves_nothing_behind() {
     assert_eq!(st["limits"]["net_memory_limit_kib"], 64 << 10, "{st}");
     assert_eq!(st["limits"]["tcp_flows_max"], 4096, "{st}");
     assert_eq!(st["limits"]["tcp_refused_memory"], 0, "{st}");
+    assert_eq!(st["limits"]["vsock_connections_max"], 1024, "{st}");
+    assert_eq!(st["limits"]["vsock_refused"], 0, "{st}");
     let s = UnixStream::connect(&sock).unwrap();
     let mut wr = s.try_clone().unwrap();
     let mut rd = BufReader::new(s);

@@ -128,6 +128,13 @@ fn limits_hit(limits: &serde_json::Value) -> Vec<String> {
             n("net_memory_peak_kib") >> 10
         ));
     }
+    if n("vsock_refused") > 0 {
+        out.push(format!(
+            "{} vsock connections refused at the cap of {}",
+            n("vsock_refused"),
+            n("vsock_connections_max")
+        ));
+    }
     if n("udp_evicted") > 0 {
         out.push(format!(
             "{} UDP flows dropped for new ones",
@@ -254,13 +261,14 @@ mod tests {
             "tcp_refused_cap": 2, "tcp_flows_max": 4096,
             "tcp_refused_memory": 7, "net_memory_used_kib": 65536,
             "net_memory_limit_kib": 65536, "net_memory_peak_kib": 65536,
-            "dns_busy": 1,
+            "dns_busy": 1, "vsock_refused": 3, "vsock_connections_max": 1024,
         });
         assert_eq!(
             limits_hit(&hit),
             [
                 "2 TCP connections refused at the cap of 4096",
                 "7 TCP connections refused by the network memory budget (64 of 64 MiB used, peak 64)",
+                "3 vsock connections refused at the cap of 1024",
                 "1 DNS queries refused (too many upstream)",
             ]
         );

@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use agentvm_devices::virtio::vsock::VsockCounters;
 use agentvm_net::rotating::RotatingFile;
 use agentvm_protocol::client::{self, connect_vsock_within};
 use agentvm_protocol::EXEC_PORT;
@@ -81,6 +82,7 @@ pub fn run(args: VmmArgs) -> anyhow::Result<ExitCode> {
         cmdline.push_str(&format!(" agentvm.user={user}"));
     }
     let vsock = state.vsock();
+    let vsock_counters = VsockCounters::default();
     let net = match snap.policy.mode {
         agentvm_net::Mode::Off => None,
         _ => {
@@ -106,6 +108,7 @@ pub fn run(args: VmmArgs) -> anyhow::Result<ExitCode> {
         state_dir: &state.dir,
         vsock: Some(&vsock),
         cid: None,
+        vsock_counters: vsock_counters.clone(),
         rng: true,
         balloon: true,
         net,
@@ -122,6 +125,7 @@ pub fn run(args: VmmArgs) -> anyhow::Result<ExitCode> {
         vsock: vsock.clone(),
         net: NetControl::new(vm.handle().net().cloned()),
         started: Instant::now(),
+        vsock_counters,
     });
     std::thread::Builder::new()
         .name("control".into())
@@ -206,6 +210,7 @@ struct Server {
     vsock: PathBuf,
     net: NetControl,
     started: Instant,
+    vsock_counters: VsockCounters,
 }
 
 impl Handler for Server {
@@ -221,7 +226,10 @@ impl Handler for Server {
                     "pid": std::process::id(),
                     "network_mode": self.net.mode().as_str(),
                     "ready": self.ready.load(Ordering::Relaxed),
-                    "limits": limits(self.handle.net().map(|n| n.stats())),
+                    "limits": limits(
+                        self.handle.net().map(|n| n.stats()),
+                        &self.vsock_counters,
+                    ),
                 }))
             }
             Request::Stop { grace_ms } => {
@@ -277,11 +285,15 @@ impl Handler for Server {
 }
 
 /// The VM's caps and how often each was hit (`status` shows them).
-fn limits(net: Option<agentvm_net::StackStats>) -> Value {
+fn limits(net: Option<agentvm_net::StackStats>, vsock: &VsockCounters) -> Value {
+    let mut out = json!({
+        "vsock_refused": vsock.refused(),
+        "vsock_connections_max": agentvm_devices::virtio::vsock::MAX_CONNECTIONS,
+    });
     let Some(n) = net else {
-        return json!({});
+        return out;
     };
-    json!({
+    let net = json!({
         "net_memory_used_kib": n.memory_used >> 10,
         "net_memory_peak_kib": n.memory_peak >> 10,
         "net_memory_limit_kib": n.memory_limit >> 10,
@@ -292,7 +304,11 @@ fn limits(net: Option<agentvm_net::StackStats>) -> Value {
         "udp_flows": n.udp_flows,
         "udp_evicted": n.udp_evicted,
         "dns_busy": n.dns_busy,
-    })
+    });
+    if let (Some(out), Some(net)) = (out.as_object_mut(), net.as_object()) {
+        out.extend(net.clone());
+    }
+    out
 }
 
 /// Asks the guest agent to power off, gives it `grace`, then stops the VM.

@@ -22,7 +22,7 @@ use vmm_sys_util::epoll::EventSet;
 use super::connection::{ConnKey, Connection, Emit, Verdict};
 use super::packet::{op, socket_type, Header, HOST_CID};
 use super::queue::VsockBackend;
-use super::{unix, MAX_CONNECTIONS, MAX_CONNECT_LINE, MAX_PENDING_RESETS};
+use super::{unix, VsockCounters, MAX_CONNECTIONS, MAX_CONNECT_LINE, MAX_PENDING_RESETS};
 use crate::warn_limited;
 
 /// Token of the listening socket.
@@ -91,6 +91,7 @@ pub struct Muxer {
     fd_ops: Vec<FdOp>,
     /// Sockets dropped since the last [`Self::apply_fd_ops`].
     graveyard: Vec<UnixStream>,
+    counters: VsockCounters,
 }
 
 impl Muxer {
@@ -113,9 +114,16 @@ impl Muxer {
             resets: VecDeque::new(),
             fd_ops: Vec::new(),
             graveyard: Vec::new(),
+            counters: VsockCounters::default(),
         };
         muxer.watch_listener();
         muxer
+    }
+
+    /// Counts refusals at the connection cap into `counters`.
+    pub fn with_counters(mut self, counters: VsockCounters) -> Self {
+        self.counters = counters;
+        self
     }
 
     /// Live connections (not counting host clients still sending CONNECT).
@@ -189,6 +197,7 @@ impl Muxer {
                 warn_limited!(
                     "virtio-vsock: {MAX_CONNECTIONS} connections open; host client refused"
                 );
+                self.counters.count_refused();
                 continue;
             }
             if let Err(e) = stream.set_nonblocking(true) {
@@ -377,6 +386,7 @@ impl Muxer {
             warn_limited!(
                 "virtio-vsock: {MAX_CONNECTIONS} connections open; guest request refused"
             );
+            self.counters.count_refused();
             self.push_reset(request.reset_reply());
             return;
         }
