@@ -154,11 +154,17 @@ impl NetStack {
     ) {
         let now = Instant::now();
         if dst == SocketAddrV4::new(DNS_IP, 53) {
+            let busy = self.dns.busy();
             if let Some(reply) = self
                 .dns
                 .query(now, &self.policy, guest, payload, &self.audit)
             {
                 self.send_udp(dst, guest, &reply);
+            }
+            if self.dns.busy() > busy {
+                self.dns_cap.hit();
+            } else {
+                self.dns_cap.fits();
             }
             return;
         }

@@ -181,6 +181,7 @@ pub struct NetStack {
     flow_cap: Cap,
     memory_cap: Cap,
     udp_cap: Cap,
+    dns_cap: Cap,
 }
 
 impl NetStack {
@@ -250,6 +251,7 @@ impl NetStack {
             ),
             memory_cap: Cap::new("network memory budget exhausted; new TCP connections are reset"),
             udp_cap: Cap::new("256 UDP flows open; the least recently used ones are dropped"),
+            dns_cap: Cap::new("256 DNS queries upstream; new ones are answered SERVFAIL"),
         };
         stack.sync_forwards();
         stack.publish_stats();
