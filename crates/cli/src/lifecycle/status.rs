@@ -1,10 +1,7 @@
 //! `agentvm status` (`ps`): every VM under the state root; `agentvm logs`:
 //! a VM's console.
 
-use std::fs::File;
-use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::MetadataExt;
-use std::path::Path;
+use std::io::{BufRead, BufReader, Read, Write};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -12,6 +9,7 @@ use anyhow::Context;
 use clap::Args;
 
 use super::control::{self, Request};
+use super::rotated::RotatedLog;
 use super::vmm::rss_kib;
 use super::{check_private, state_root, vm_dirs, StateDir, Target, VmState};
 
@@ -177,15 +175,12 @@ pub struct LogsArgs {
 /// The longest console line held back waiting for its end.
 const MAX_LINE: usize = 64 << 10;
 
-/// Prints the VM's console log, escaped unless `--raw`: the rotated file
-/// (`console.log.1`) first when there is one, then the live one, which is
-/// reopened when the VMM rotates it.
+/// Prints the VM's console log (`console.log.1`, then `console.log`),
+/// escaped unless `--raw`.
 pub fn logs(args: LogsArgs) -> anyhow::Result<ExitCode> {
     let state = args.target.locate()?;
     let path = state.console();
-    let rotated = agentvm_net::rotating::RotatingFile::rotated_path(&path);
-    let first = if rotated.exists() { &rotated } else { &path };
-    let file = File::open(first).with_context(|| {
+    let file = RotatedLog::open(&path).with_context(|| {
         format!(
             "{} has no console log ({}); is it up?",
             state.label(),
@@ -215,37 +210,14 @@ pub fn logs(args: LogsArgs) -> anyhow::Result<ExitCode> {
         if n > 0 {
             continue;
         }
-        if !is_live(file.get_ref(), &path) {
-            // Read to its end: what follows is in the live file.
-            if let Ok(live) = File::open(&path) {
-                file = BufReader::new(live);
-                continue;
-            }
-        }
         if done {
             break;
         }
         out.flush().context("cannot write the console log")?;
         std::thread::sleep(Duration::from_millis(100));
-        // A new `up` truncates the file: start over. (A file rotated
-        // away is read to its end first, above.)
-        let pos = file.stream_position().unwrap_or(0);
-        if is_live(file.get_ref(), &path) && std::fs::metadata(&path).is_ok_and(|m| m.len() < pos) {
-            file.seek(SeekFrom::Start(0))
-                .context("cannot read the console log")?;
-        }
     }
     out.flush().context("cannot write the console log")?;
     Ok(ExitCode::SUCCESS)
-}
-
-/// Whether `file` is the one at `path` now (not one rotated away from it).
-fn is_live(file: &File, path: &Path) -> bool {
-    match (file.metadata(), std::fs::metadata(path)) {
-        (Ok(open), Ok(now)) => (open.dev(), open.ino()) == (now.dev(), now.ino()),
-        // Nothing (readable) there: keep what we have.
-        _ => true,
-    }
 }
 
 #[cfg(test)]
