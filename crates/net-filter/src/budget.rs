@@ -10,7 +10,7 @@
 //! holds now: a guest decides how full its buffers get, so only the upper
 //! bound is safe to count.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 /// The budget when the configuration names none.
@@ -29,7 +29,6 @@ struct Inner {
     limit: usize,
     used: AtomicUsize,
     peak: AtomicUsize,
-    refused: AtomicU64,
 }
 
 impl Budget {
@@ -42,7 +41,6 @@ impl Budget {
                 limit: limit.max(MIN_BUDGET),
                 used: AtomicUsize::new(0),
                 peak: AtomicUsize::new(0),
-                refused: AtomicU64::new(0),
             }),
         }
     }
@@ -62,18 +60,13 @@ impl Budget {
         self.inner.peak.load(Ordering::Relaxed)
     }
 
-    /// How many charges did not fit.
-    pub fn refused(&self) -> u64 {
-        self.inner.refused.load(Ordering::Relaxed)
-    }
-
     /// Bytes still free.
     pub fn free(&self) -> usize {
         self.limit().saturating_sub(self.used())
     }
 
-    /// Charges `bytes`, released when the [`Charge`] drops; `None` (and
-    /// counted as refused) when they do not fit.
+    /// Charges `bytes`, released when the [`Charge`] drops; `None` when
+    /// they do not fit.
     pub fn charge(&self, bytes: usize) -> Option<Charge> {
         let inner = &self.inner;
         let fitted = inner
@@ -81,19 +74,12 @@ impl Budget {
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |used| {
                 used.checked_add(bytes).filter(|&n| n <= inner.limit)
             });
-        match fitted {
-            Ok(before) => {
-                inner.peak.fetch_max(before + bytes, Ordering::Relaxed);
-                Some(Charge {
-                    budget: self.clone(),
-                    bytes,
-                })
-            }
-            Err(_) => {
-                inner.refused.fetch_add(1, Ordering::Relaxed);
-                None
-            }
-        }
+        let before = fitted.ok()?;
+        inner.peak.fetch_max(before + bytes, Ordering::Relaxed);
+        Some(Charge {
+            budget: self.clone(),
+            bytes,
+        })
     }
 }
 
@@ -106,11 +92,6 @@ pub struct Charge {
 }
 
 impl Charge {
-    /// The bytes charged.
-    pub fn bytes(&self) -> usize {
-        self.bytes
-    }
-
     /// Gives back all but `bytes` of the charge (nothing if it is smaller).
     pub fn shrink_to(&mut self, bytes: usize) {
         if bytes < self.bytes {
@@ -143,7 +124,6 @@ mod tests {
         assert!(budget.charge(11).is_none(), "one byte over the limit");
         let b = budget.charge(10).unwrap();
         assert_eq!(budget.free(), 0);
-        assert_eq!(budget.refused(), 1);
         let mut a = a;
         a.shrink_to(5);
         assert_eq!(budget.used(), 15);

@@ -37,7 +37,7 @@
 
 pub mod addr;
 pub mod audit;
-pub mod budget;
+mod budget;
 mod buffers;
 mod caps;
 mod dhcp;

@@ -190,6 +190,7 @@ impl TcpFlows {
             .map_err(StartError::Host)?;
         Ok(size)
     }
+
     /// Number of connections (connecting ones included).
     pub fn len(&self) -> usize {
         self.flows.len()
