@@ -28,8 +28,9 @@ use crate::budget::{Budget, Charge};
 /// guest sees.
 pub const MAX_BUFFER: usize = 256 << 10;
 /// Smallest buffer each way, bytes; a flow that cannot have this much is
-/// refused.
-pub const MIN_BUFFER: usize = 4 << 10;
+/// refused. Half of it is above the kernel's smallest socket buffers, so
+/// the host socket's buffers are what [`BufferSize`] charges for them.
+pub const MIN_BUFFER: usize = 8 << 10;
 /// A new flow's buffers take at most this fraction of what the budget has
 /// left, so the first flows do not take it all: buffers shrink as flows
 /// add up instead of the next flow being refused.
@@ -83,7 +84,8 @@ pub struct BufferSize {
     /// Bytes each way.
     pub len: usize,
     /// The flow's smoltcp buffers (2 × `len`) and its host socket's
-    /// kernel buffers, which the flow sets to `len` each way (2 × `len`).
+    /// kernel buffers, `len` each way (2 × `len`): see
+    /// [`BufferSize::host_socket_option`].
     charge: Charge,
 }
 
@@ -100,6 +102,13 @@ impl BufferSize {
         }
         let charge = budget.charge(4 * len)?;
         Some(BufferSize { len, charge })
+    }
+
+    /// The SO_SNDBUF and SO_RCVBUF to give the host socket: Linux doubles
+    /// what it is given (the rest is its bookkeeping), so half the buffer
+    /// length keeps the socket's memory at `len` each way.
+    pub fn host_socket_option(&self) -> usize {
+        self.len / 2
     }
 }
 

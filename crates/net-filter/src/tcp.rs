@@ -180,13 +180,14 @@ impl TcpFlows {
     }
 
     /// Buffers for a flow whose host end is `host`: the host socket's
-    /// kernel buffers are set to the same size as smoltcp's, so the
-    /// budget bounds them too.
+    /// kernel buffers are sized like smoltcp's (which also keeps the
+    /// kernel from growing them on its own), so the budget bounds them too.
     fn buffers_for(&self, host: &TcpStream) -> Result<BufferSize, StartError> {
         let size = BufferSize::for_new_flow(&self.budget).ok_or(StartError::Memory)?;
         let sock = socket2::SockRef::from(host);
-        sock.set_recv_buffer_size(size.len)
-            .and_then(|()| sock.set_send_buffer_size(size.len))
+        let option = size.host_socket_option();
+        sock.set_recv_buffer_size(option)
+            .and_then(|()| sock.set_send_buffer_size(option))
             .map_err(StartError::Host)?;
         Ok(size)
     }

@@ -53,6 +53,24 @@ fn rss() -> (u64, u64) {
     (status_kib("VmRSS:"), status_kib("VmHWM:"))
 }
 
+/// Kernel memory of all TCP sockets on the host, KiB (`mem` of TCP in
+/// /proc/net/sockstat, in pages): the stack's host sockets and the test's
+/// own peers both count.
+fn tcp_kernel_kib() -> u64 {
+    std::fs::read_to_string("/proc/net/sockstat")
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("TCP:"))
+        .and_then(|l| {
+            l.split_whitespace()
+                .skip_while(|w| *w != "mem")
+                .nth(1)?
+                .parse()
+                .ok()
+        })
+        .map_or(0, |pages: u64| pages * 4)
+}
+
 /// Open file descriptors of this process.
 fn open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd").unwrap().count()
@@ -381,6 +399,7 @@ fn four_thousand_stalled_flows_with_full_buffers_stay_under_the_budget() {
     let remote = SocketAddrV4::new(addr, sink.port);
     let data = vec![0x5a; SEGMENT];
     let (rss_before, _) = rss();
+    let kernel_before = tcp_kernel_kib();
     let mut g = RawGuest::default();
     for i in 0..MAX_TCP_FLOWS as u16 {
         g.syn(&mut stack, 10_000 + i, remote, &[]);
@@ -418,11 +437,13 @@ fn four_thousand_stalled_flows_with_full_buffers_stay_under_the_budget() {
     println!(
         "stalled flows: {established} open with full buffers, {reset} reset; budget {} of {} KiB \
          used (peak {} KiB); RSS {rss_before} KiB before, {rss_after} KiB after, peak {rss_peak} \
-         KiB; {} refused by the budget",
+         KiB; {} refused by the budget; kernel TCP memory (both ends) {kernel_before} KiB \
+         before, {} KiB after",
         stats.memory_used >> 10,
         stats.memory_limit >> 10,
         stats.memory_peak >> 10,
-        stats.tcp_refused_memory
+        stats.tcp_refused_memory,
+        tcp_kernel_kib()
     );
     assert_eq!(established + reset, MAX_TCP_FLOWS);
     assert!(established >= 100, "only {established} flows fit");
