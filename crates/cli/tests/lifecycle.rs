@@ -908,12 +908,15 @@ fn a_guest_printing_forever_keeps_its_console_log_under_the_cap_and_logs_follows
         &ws,
         &format!(
             "name = \"chatty\"\nkernel = \"{}\"\n\n[resources]\nvcpus = 1\nmemory_mib = 128\n\
-             log_max_mib = 1\n",
+             log_max_mib = 1\nnet_memory_mib = 8\n",
             kernel.display()
         ),
     );
     w.ok(&["up"], &ws);
     let state = w.state(&ws);
+    // The network budget from the same section reached the stack.
+    let st = control(&state.join("control.sock"), "{\"op\":\"status\"}\n");
+    assert_eq!(st["limits"]["net_memory_limit_kib"], 8 << 10, "{st}");
     let (live, rotated) = (state.join("console.log"), state.join("console.log.1"));
     let mut follow = Command::new(env!("CARGO_BIN_EXE_agentvm"))
         .args(["logs", "-f"])
