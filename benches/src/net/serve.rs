@@ -12,6 +12,10 @@ use agentvm_net::{Mode, NetStack, Policy, StackConfig};
 use anyhow::{ensure, Context};
 
 use crate::link::{Link, HIGH_WATER};
+
+/// The stack's memory budget here, bytes: every connection of the
+/// idle-flow test gets full-size buffers.
+const IDLE_FLOW_BUDGET: usize = 8 << 30;
 use crate::{MTU, SINK_NAME};
 
 /// Serves one guest on a socket at `path`: the stack's policy is
@@ -31,6 +35,12 @@ pub fn serve_agentvm(path: &Path, ports: &[u16]) -> anyhow::Result<()> {
     let mut stack = NetStack::new(StackConfig {
         policy,
         mtu: MTU,
+        // The idle-flow test opens 500 connections at once: the default
+        // 64 MiB budget, which reserves each connection's worst case
+        // (full buffers both ways), refuses those past some 200, and the
+        // bulk connection opened after them would get the smallest
+        // buffers. This measures the data path, not the budget.
+        memory_budget: IDLE_FLOW_BUDGET,
         ..StackConfig::default()
     })?;
     loop {

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use agentvm_devices::virtio::rng::Rng;
-use agentvm_devices::virtio::vsock::{Vsock, VsockError, DEFAULT_GUEST_CID};
+use agentvm_devices::virtio::vsock::{Vsock, VsockCounters, VsockError, DEFAULT_GUEST_CID};
 use agentvm_net::{Audit, NetStack, Policy, StackConfig};
 use agentvm_vmm::seccomp::{self, ThreadKind};
 use agentvm_vmm::{config, ExitStatus, SeccompLevel, SerialSink, Vm, VmBuilder, VmConfig};
@@ -121,6 +121,7 @@ pub fn run(args: BootArgs) -> anyhow::Result<ExitCode> {
         Some(policy) => Some(NetSpec {
             policy,
             audit: args.net.audit()?,
+            memory_budget: 0,
         }),
         None => None,
     };
@@ -150,6 +151,7 @@ pub fn run(args: BootArgs) -> anyhow::Result<ExitCode> {
         state_dir: state.path(),
         vsock: args.vsock.as_deref(),
         cid: args.cid,
+        vsock_counters: VsockCounters::default(),
         rng: !args.no_rng,
         balloon: !args.no_balloon,
         net,
@@ -268,6 +270,8 @@ pub struct VmSpec<'a> {
     pub vsock: Option<&'a Path>,
     /// The guest's vsock context id [default: 3].
     pub cid: Option<u64>,
+    /// Where the vsock device counts the connections it refuses.
+    pub vsock_counters: VsockCounters,
     /// Whether to attach virtio-rng.
     pub rng: bool,
     /// Whether to attach virtio-balloon.
@@ -289,6 +293,8 @@ pub struct NetSpec {
     pub policy: Policy,
     /// The audit log.
     pub audit: Audit,
+    /// The stack's memory budget, bytes (0: its default).
+    pub memory_budget: usize,
 }
 
 /// Raises this process's open-file limit to its hard limit: every guest
@@ -339,6 +345,7 @@ pub fn build_vm(spec: VmSpec<'_>) -> anyhow::Result<Vm> {
                 audit: net.audit,
                 resolvers: Vec::new(),
                 mtu: 0,
+                memory_budget: net.memory_budget,
             })
             .context("cannot start the network stack")?;
             tracing::debug!("network: {}", mode.as_str());
@@ -361,7 +368,8 @@ pub fn build_vm(spec: VmSpec<'_>) -> anyhow::Result<Vm> {
     }
     if let Some(uds) = spec.vsock {
         builder = builder.agent_socket(uds);
-        let vsock = vsock_device(spec.cid.unwrap_or(DEFAULT_GUEST_CID), uds)?;
+        let vsock = vsock_device(spec.cid.unwrap_or(DEFAULT_GUEST_CID), uds)?
+            .with_counters(spec.vsock_counters);
         builder = builder.device(Box::new(vsock));
     }
     match builder.build() {

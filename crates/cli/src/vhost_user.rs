@@ -69,6 +69,7 @@ pub fn run(args: VhostUserArgs) -> anyhow::Result<ExitCode> {
         audit: args.net.audit()?,
         resolvers: Vec::new(),
         mtu: usize::from(DEFAULT_MTU),
+        memory_budget: 0,
     })
     .context("cannot start the network stack")?;
     let backend = VhostUserNet::new(stack, GUEST_MAC, DEFAULT_MTU)

@@ -245,6 +245,12 @@ fn up_status_down_leaves_nothing_behind() {
     assert_eq!(st["ready"], true);
     assert_eq!(st["network_mode"], "filtered");
     assert!(st["rss_kib"].as_u64().unwrap() > 0);
+    // The caps and their counters (none hit by this guest).
+    assert_eq!(st["limits"]["net_memory_limit_kib"], 64 << 10, "{st}");
+    assert_eq!(st["limits"]["tcp_flows_max"], 4096, "{st}");
+    assert_eq!(st["limits"]["tcp_refused_memory"], 0, "{st}");
+    assert_eq!(st["limits"]["vsock_connections_max"], 1024, "{st}");
+    assert_eq!(st["limits"]["vsock_refused"], 0, "{st}");
     let s = UnixStream::connect(&sock).unwrap();
     let mut wr = s.try_clone().unwrap();
     let mut rd = BufReader::new(s);
@@ -913,4 +919,93 @@ fn the_vmm_confines_its_threads_as_the_configuration_says() {
         assert!(modes.iter().all(|m| m == want), "{name}: {modes:?}");
         w.ok(&["down"], &ws);
     }
+}
+
+#[test]
+fn a_guest_printing_forever_keeps_its_console_log_under_the_cap_and_logs_follows_the_rotation() {
+    let Some(w) = World::new() else { return };
+    let ws = w.workspace("chatty");
+    // Prints the ready line, then one line after another for good.
+    let mut code = Asm64::new().unwrap();
+    code.serial_print("agentvm-guest: ready\n").unwrap();
+    let mut top = code.create_label();
+    code.set_label(&mut top).unwrap();
+    code.serial_print("the guest has something to say, again and again and again\n")
+        .unwrap();
+    code.jmp(top).unwrap();
+    let guest = Program::new("chatty")
+        .with_long64(code)
+        .build(Format::Elf64)
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let kernel = guest.write_to(dir.path()).unwrap();
+    w.configure(
+        &ws,
+        &format!(
+            "name = \"chatty\"\nkernel = \"{}\"\n\n[resources]\nvcpus = 1\nmemory_mib = 128\n\
+             log_max_mib = 1\nnet_memory_mib = 8\n",
+            kernel.display()
+        ),
+    );
+    w.ok(&["up"], &ws);
+    let state = w.state(&ws);
+    // The network budget from the same section reached the stack.
+    let st = control(&state.join("control.sock"), "{\"op\":\"status\"}\n");
+    assert_eq!(st["limits"]["net_memory_limit_kib"], 8 << 10, "{st}");
+    let (live, rotated) = (state.join("console.log"), state.join("console.log.1"));
+    let mut follow = Command::new(env!("CARGO_BIN_EXE_agentvm"))
+        .args(["logs", "-f"])
+        .current_dir(&ws)
+        .env("XDG_RUNTIME_DIR", w.runtime.path())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Read as it comes: a full pipe would hold `logs -f` back.
+    let mut out = follow.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut followed = String::new();
+        std::io::Read::read_to_string(&mut out, &mut followed).unwrap();
+        followed
+    });
+    // Past the cap once, and on into the next file (the console runs at
+    // some 30 KB/s on this KVM: each byte is an exit).
+    let t = Instant::now();
+    let size = |p: &Path| std::fs::metadata(p).map_or(0, |m| m.len());
+    while size(&rotated) == 0 || size(&live) < 64 << 10 {
+        assert!(
+            t.elapsed() < Duration::from_secs(180),
+            "the console never rotated"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let logs = w.ok(&["logs"], &ws);
+    let sizes = (size(&live), size(&rotated));
+    w.ok(&["down", "--timeout", "1"], &ws);
+    let _ = follow.wait();
+    let followed = reader.join().unwrap();
+    println!(
+        "console flood: rotated in {:?}; console.log {} bytes, console.log.1 {} bytes (cap {}); \
+         `logs` printed {} bytes, `logs -f` {} bytes",
+        t.elapsed(),
+        sizes.0,
+        sizes.1,
+        1 << 20,
+        logs.len(),
+        followed.len()
+    );
+    assert!(sizes.0 <= 1 << 20 && sizes.1 <= 1 << 20, "{sizes:?}");
+    assert!(
+        sizes.1 > (1 << 20) - 64,
+        "the rotated file is not full: {sizes:?}"
+    );
+    // `logs` shows both files: more than the live one holds.
+    assert!(logs.len() as u64 > sizes.0 + (1 << 19), "{}", logs.len());
+    assert!(logs.contains("again and again"));
+    // `logs -f` read on across the rotation, past what one file holds.
+    assert!(
+        followed.len() as u64 > (1 << 20) + (32 << 10),
+        "{} bytes followed",
+        followed.len()
+    );
+    assert!(followed.starts_with("agentvm-guest: ready\n"));
 }

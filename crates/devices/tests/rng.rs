@@ -320,3 +320,58 @@ fn rng_has_no_config_space_and_only_version_1() {
     drv.write_config(0, &[0xff; 4]);
     assert_eq!(drv.config_u32(0), 0);
 }
+
+// ---- warnings a driver triggers at will ------------------------------------
+
+static LOGS: std::sync::Mutex<Vec<u8>> = std::sync::Mutex::new(Vec::new());
+
+struct Capture;
+
+impl io::Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        LOGS.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Log lines of this test process (each test runs in its own) containing
+/// `needle`.
+fn logged(needle: &str) -> usize {
+    String::from_utf8_lossy(&LOGS.lock().unwrap())
+        .lines()
+        .filter(|l| l.contains(needle))
+        .count()
+}
+
+#[test]
+fn a_driver_flooding_bad_requests_and_failed_status_gets_a_few_warnings_not_one_each() {
+    let _ = tracing_subscriber::fmt()
+        .with_writer(|| Capture)
+        .with_ansi(false)
+        .try_init();
+    let mut drv = running(pattern, 256);
+    for _ in 0..200 {
+        assert_eq!(request(&mut drv, &[Buf::readable(vec![1; 8])]).len, 0);
+    }
+    let rejected = logged("virtio-rng: request");
+    assert!(
+        (1..=10).contains(&rejected),
+        "{rejected} warnings for 200 bad requests"
+    );
+    // The transport's "driver gave up" warning, set after every reset.
+    for _ in 0..200 {
+        drv.reset();
+        drv.add_status(status::FAILED);
+    }
+    let failed = logged("the driver gave up on the device");
+    assert!(
+        (1..=10).contains(&failed),
+        "{failed} warnings for 200 FAILED statuses"
+    );
+    // The device still serves a well-formed request afterwards.
+    let mut drv = running(pattern, 16);
+    assert_eq!(request(&mut drv, &[Buf::writable(4)]).len, 4);
+}

@@ -363,7 +363,8 @@ fn the_connection_table_is_bounded() {
         return;
     }
     let dir = TestDir::new();
-    let mut g = Guest::start(&dir, 8);
+    let counters = agentvm_devices::virtio::vsock::VsockCounters::default();
+    let mut g = Guest::start_counted(&dir, 8, counters.clone());
     let listener = UnixListener::bind(port_path(&g.uds, 80)).unwrap();
     // MAX_CONNECTIONS host clients that never finish their CONNECT line.
     let mut clients: Vec<UnixStream> = (0..MAX_CONNECTIONS)
@@ -376,6 +377,8 @@ fn the_connection_table_is_bounded() {
     g.send(from_guest(op::REQUEST, 1, 80), &[]);
     let rst = g.expect(op::RST);
     assert_eq!(rst.hdr.dst_port, 1);
+    // Both refusals counted (`agentvm status` shows them).
+    assert_eq!(counters.refused(), 2);
     // The waiting ones were kept: the first can still go on.
     clients[0].write_all(b"CONNECT 5\n").unwrap();
     assert_eq!(g.expect(op::REQUEST).hdr.dst_port, 5);

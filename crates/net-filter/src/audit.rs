@@ -1,8 +1,8 @@
 //! The audit log: one JSON line per policy decision (a name resolved or
-//! refused, a flow allowed or denied), to a file or a callback.
+//! refused, a flow allowed or denied), to a file or a callback. The file is
+//! capped and rotated ([`RotatingFile`]): a guest that floods the stack with
+//! denied connections cannot fill the disk.
 
-use std::fs::File;
-use std::io::Write;
 use std::net::IpAddr;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -10,6 +10,8 @@ use std::time::SystemTime;
 
 use serde::Serialize;
 use tracing::warn;
+
+use crate::rotating::{RotatingFile, DEFAULT_MAX_BYTES};
 
 /// What a decision was about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -100,7 +102,7 @@ pub enum Audit {
     #[default]
     None,
     /// Appended to a file, one line per event, written as it happens.
-    File(Arc<Mutex<File>>),
+    File(Arc<Mutex<RotatingFile>>),
     /// Handed to a function.
     Callback(Callback),
 }
@@ -116,9 +118,16 @@ impl std::fmt::Debug for Audit {
 }
 
 impl Audit {
-    /// Appends to `path` (created if missing).
+    /// Appends to `path` (created if missing), rotated at
+    /// [`DEFAULT_MAX_BYTES`].
     pub fn to_file(path: &Path) -> std::io::Result<Self> {
-        let file = File::options().create(true).append(true).open(path)?;
+        Self::to_file_capped(path, DEFAULT_MAX_BYTES)
+    }
+
+    /// Appends to `path` (created if missing); when it would pass
+    /// `max_bytes` it becomes `path.1` and a new file starts.
+    pub fn to_file_capped(path: &Path, max_bytes: u64) -> std::io::Result<Self> {
+        let file = RotatingFile::open(path, max_bytes)?;
         Ok(Audit::File(Arc::new(Mutex::new(file))))
     }
 
@@ -135,8 +144,8 @@ impl Audit {
             Audit::File(file) => {
                 let line = event.to_line();
                 let result = match file.lock() {
-                    Ok(mut f) => f.write_all(line.as_bytes()),
-                    Err(poisoned) => poisoned.into_inner().write_all(line.as_bytes()),
+                    Ok(mut f) => f.write_record(line.as_bytes()),
+                    Err(poisoned) => poisoned.into_inner().write_record(line.as_bytes()),
                 };
                 if let Err(e) = result {
                     warn!("net: cannot write the audit log: {e}");

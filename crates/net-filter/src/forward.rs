@@ -1,5 +1,8 @@
 //! Host→guest port forwards: one listening host socket per forward of the
-//! policy, opened and closed as the policy changes.
+//! policy, opened and closed as the policy changes. What they accept counts
+//! against the stack's flow cap and memory budget like the guest's own
+//! connections ([`crate::tcp`]); a connection past them is closed at once,
+//! so a local process opening connections in a loop holds no fds of ours.
 
 use std::io;
 use std::net::SocketAddr;

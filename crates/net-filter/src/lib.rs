@@ -20,6 +20,7 @@
 //! | `addr.rs` | the network's addresses, always-blocked host ranges |
 //! | `policy.rs` | modes, allowed names and ports, host pins, forwards |
 //! | `audit.rs` | one JSON line per decision |
+//! | `rotating.rs` | size-capped log files rotated once (the audit log, the CLI's console log) |
 //! | `stack/` | [`NetStack`]: the poll loop (`mod.rs`), what each guest frame is (`classify.rs`) |
 //! | `judge.rs` | the policy's verdict on a flow's destination and on the name its first bytes ask for |
 //! | `peek/` | the TLS server name and HTTP `Host` of a flow's first bytes, held until judged |
@@ -28,14 +29,18 @@
 //! | `dhcp.rs` | the DHCP server |
 //! | `dns/` | the DNS server with the allowlist and the handed-out table, over UDP and TCP (`tcp.rs`), asking upstream again over TCP for truncated answers (`upstream_tcp.rs`) |
 //! | `tcp.rs` | guest TCP connections spliced to host sockets |
-//! | `buffers.rs` | each connection's buffers, mapped on their own |
+//! | `budget.rs` | the memory budget every flow and queue is charged to |
+//! | `buffers.rs` | the TCP sockets with their buffers (each mapped on its own) |
+//! | `caps.rs` | a cap's counter and its one warning per episode |
 //! | `udp.rs` | guest UDP flows on host sockets |
 //! | `forward.rs` | host→guest port forwards |
 #![deny(missing_docs)]
 
 pub mod addr;
 pub mod audit;
+mod budget;
 mod buffers;
+mod caps;
 mod dhcp;
 
 pub mod dns;
@@ -45,6 +50,7 @@ mod judge;
 pub mod peek;
 mod phy;
 pub mod policy;
+pub mod rotating;
 mod stack;
 mod tcp;
 #[cfg(feature = "testing")]
@@ -52,5 +58,7 @@ pub mod testing;
 mod udp;
 
 pub use audit::{Audit, AuditEvent, Proto, Verdict};
+pub use budget::DEFAULT_BUDGET;
 pub use policy::{Forward, Mode, Policy, PolicyError};
 pub use stack::{NetError, NetHandle, NetStack, StackConfig, StackStats, DEFAULT_MTU};
+pub use tcp::MAX_FLOWS as MAX_TCP_FLOWS;

@@ -2,7 +2,9 @@
 //! lets through wait in `rx` for smoltcp, frames smoltcp sends wait in
 //! `tx` for the guest. `tx` is bounded; when it is full smoltcp holds its
 //! data (TCP's own flow control then slows the host side down), so a guest
-//! that stops taking frames costs bounded memory.
+//! that stops taking frames costs bounded memory. `rx` is bounded in bytes
+//! too. Both byte bounds are shares of the stack's memory budget
+//! ([`QueueCaps::of_budget`]), reserved when the stack starts.
 
 use std::collections::VecDeque;
 
@@ -13,47 +15,108 @@ use smoltcp::time::Instant;
 pub const ETH_HEADER: usize = 14;
 /// Frames waiting for the guest, at most.
 const TX_FRAMES: usize = 1024;
-/// Bytes waiting for the guest, at most.
-const TX_BYTES: usize = 16 << 20;
 /// Guest frames waiting for smoltcp, at most (smoltcp takes none while the
 /// guest-bound queue is full; a guest that keeps sending meanwhile loses
 /// frames, which TCP retransmits).
 const RX_FRAMES: usize = 1024;
+/// The largest frame either queue holds (a 64 KiB IP packet and its
+/// Ethernet header): a queue checks its byte bound before it takes a frame,
+/// so it may pass it by up to this much.
+pub const MAX_FRAME: usize = ETH_HEADER + u16::MAX as usize;
+
+/// The byte bounds of the two queues.
+#[derive(Debug, Clone, Copy)]
+pub struct QueueCaps {
+    /// Bytes waiting for the guest, at most.
+    pub tx: usize,
+    /// Guest bytes waiting for smoltcp, at most.
+    pub rx: usize,
+}
+
+impl QueueCaps {
+    /// A quarter of `budget` for frames to the guest (16 MiB of the
+    /// default budget), a thirty-second for guest frames smoltcp has not
+    /// taken yet.
+    pub fn of_budget(budget: usize) -> Self {
+        QueueCaps {
+            tx: budget / 4,
+            rx: budget / 32,
+        }
+    }
+
+    /// The most the two queues hold, bytes.
+    pub fn worst_case(&self) -> usize {
+        self.tx + self.rx + 2 * MAX_FRAME
+    }
+}
 
 /// The two queues and the MTU smoltcp sees.
 pub struct Phy {
     /// Frames for smoltcp to process.
-    pub rx: VecDeque<Vec<u8>>,
+    rx: VecDeque<Vec<u8>>,
+    rx_bytes: usize,
     /// Frames for the guest.
     tx: VecDeque<Vec<u8>>,
     tx_bytes: usize,
+    caps: QueueCaps,
     /// Largest IP packet, bytes.
     mtu: usize,
 }
 
 impl Phy {
-    /// Empty queues for an IP MTU of `mtu` bytes.
-    pub fn new(mtu: usize) -> Self {
+    /// Empty queues for an IP MTU of `mtu` bytes, bounded by `caps`.
+    pub fn new(mtu: usize, caps: QueueCaps) -> Self {
         Phy {
             rx: VecDeque::new(),
+            rx_bytes: 0,
             tx: VecDeque::new(),
             tx_bytes: 0,
+            caps,
             mtu,
         }
     }
 
     /// Queues a guest frame for smoltcp; false (dropped) when full.
     pub fn take(&mut self, frame: &[u8]) -> bool {
-        if self.rx.len() >= RX_FRAMES {
+        if self.rx.len() >= RX_FRAMES || self.rx_bytes >= self.caps.rx {
             return false;
         }
+        self.rx_bytes += frame.len();
         self.rx.push_back(frame.to_vec());
         true
     }
 
+    /// Runs `f` with `frame` as the only guest frame for smoltcp (a parked
+    /// SYN, which must land in the socket made for it), the queued ones
+    /// put back afterwards; true in the second place if smoltcp left the
+    /// frame untaken. The frame passes the bounds: it was charged to the
+    /// budget while parked.
+    pub fn alone<R>(&mut self, frame: Vec<u8>, f: impl FnOnce(&mut Self) -> R) -> (R, bool) {
+        let queued = std::mem::take(&mut self.rx);
+        let queued_bytes = std::mem::replace(&mut self.rx_bytes, frame.len());
+        self.rx.push_back(frame);
+        let r = f(self);
+        let untaken = !self.rx.is_empty();
+        self.rx = queued;
+        self.rx_bytes = queued_bytes;
+        (r, untaken)
+    }
+
+    /// The next guest frame for smoltcp.
+    fn next_rx(&mut self) -> Option<Vec<u8>> {
+        let frame = self.rx.pop_front()?;
+        self.rx_bytes -= frame.len();
+        Some(frame)
+    }
+
+    /// Whether guest frames wait for smoltcp.
+    pub fn rx_waiting(&self) -> bool {
+        !self.rx.is_empty()
+    }
+
     /// Whether the guest-bound queue takes another frame.
     pub fn has_room(&self) -> bool {
-        self.tx.len() < TX_FRAMES && self.tx_bytes < TX_BYTES
+        self.tx.len() < TX_FRAMES && self.tx_bytes < self.caps.tx
     }
 
     /// Queues a frame the stack built itself; false (dropped) when full.
@@ -110,7 +173,7 @@ impl Device for Phy {
             // A reply could not be queued; leave the frame for later.
             return None;
         }
-        let frame = self.rx.pop_front()?;
+        let frame = self.next_rx()?;
         Some((RxTok(frame), TxTok(self)))
     }
 

@@ -13,27 +13,37 @@
 //!
 //! Host→guest port forwards use the same flows, started from the other
 //! end: an accepted host connection and a smoltcp socket connecting to the
-//! guest.
+//! guest. They count against the same cap and budget as the guest's own.
+//!
+//! Every flow is charged to the stack's [`Budget`]: its bookkeeping and
+//! parked SYN from the start, its buffers (smoltcp's and the host
+//! socket's, sized together by [`BufferSize`]) once the host end is
+//! connected. A flow that does not fit is refused, never left hanging.
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
+use std::mem::size_of;
 use std::net::{Shutdown, SocketAddr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
 use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
-use smoltcp::iface::{Interface, SocketHandle, SocketSet};
+use smoltcp::iface::{Interface, SocketHandle};
 use smoltcp::socket::tcp;
 use smoltcp::wire::IpListenEndpoint;
 use tracing::debug;
 
 use crate::addr::{GATEWAY_IP, GUEST_IP};
-use crate::buffers::SocketMemory;
+use crate::budget::{Budget, Charge};
+use crate::buffers::{AddError, BufferSize, TcpSockets};
 use crate::peek::{Gate, Peeked, Protocol};
 
-/// Receive and send buffer of each smoltcp socket, bytes. The receive
-/// buffer is the window the guest sees.
-pub const SOCKET_BUFFER: usize = 256 << 10;
+/// Connections (TCP, connecting ones and forwarded ones included) at most.
+pub const MAX_FLOWS: usize = 4096;
+/// What a flow costs besides its buffers: its entry here, its smoltcp
+/// socket, the maps that find it — doubled for the maps' spare room.
+const FLOW_OVERHEAD: usize =
+    2 * (size_of::<Flow>() + size_of::<tcp::Socket<'static>>() + 4 * size_of::<FlowKey>() + 64);
 /// How long a host connect may take before the guest gets a RST.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long smoltcp waits for a guest that stopped acknowledging.
@@ -51,18 +61,18 @@ pub struct FlowKey {
 }
 
 enum State {
-    /// Waiting for the host connect; the guest's SYN is parked.
+    /// Waiting for the host connect; the guest's SYN is parked (its bytes
+    /// are part of the flow's charge).
     Connecting { syn: Vec<u8>, since: Instant },
     /// Host connected, SYN handed to the smoltcp socket.
-    Open {
-        socket: SocketHandle,
-        /// The socket's buffers (outlive it: see `remove`).
-        memory: SocketMemory,
-    },
+    Open { socket: SocketHandle },
 }
 
 /// One connection.
 struct Flow {
+    /// The flow's bookkeeping and parked SYN in the budget (its buffers
+    /// are charged with them, in [`TcpSockets`]).
+    charge: Charge,
     host: TcpStream,
     token: Token,
     state: State,
@@ -115,15 +125,77 @@ pub struct Refused {
     pub syn: Option<Vec<u8>>,
 }
 
+/// Why a flow was not started.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// [`MAX_FLOWS`] connections are open.
+    #[error("too many connections")]
+    TooMany,
+    /// The memory budget has no room for another flow.
+    #[error("network memory budget exhausted")]
+    Memory,
+    /// The host end could not be set up.
+    #[error("host socket: {0}")]
+    Host(#[source] io::Error),
+}
+
+impl StartError {
+    /// Whether a cap (rather than the host) refused the flow.
+    pub fn is_cap(&self) -> bool {
+        !matches!(self, StartError::Host(_))
+    }
+}
+
 /// Every TCP connection of a stack.
-#[derive(Default)]
 pub struct TcpFlows {
     flows: HashMap<FlowKey, Flow>,
     by_token: HashMap<Token, FlowKey>,
+    sockets: TcpSockets,
+    budget: Budget,
     next_port: u16,
 }
 
 impl TcpFlows {
+    /// No connections yet; each one is charged to `budget`.
+    pub fn new(budget: Budget) -> Self {
+        TcpFlows {
+            flows: HashMap::new(),
+            by_token: HashMap::new(),
+            sockets: TcpSockets::default(),
+            budget,
+            next_port: 0,
+        }
+    }
+
+    /// The smoltcp sockets of the open flows.
+    pub fn sockets(&mut self) -> &mut TcpSockets {
+        &mut self.sockets
+    }
+
+    /// Charges a new flow's bookkeeping and `parked` bytes, if the flow
+    /// cap and the budget let it start.
+    fn admit(&self, parked: usize) -> Result<Charge, StartError> {
+        if self.flows.len() >= MAX_FLOWS {
+            return Err(StartError::TooMany);
+        }
+        self.budget
+            .charge(FLOW_OVERHEAD + parked)
+            .ok_or(StartError::Memory)
+    }
+
+    /// Buffers for a flow whose host end is `host`: the host socket's
+    /// kernel buffers are sized like smoltcp's (which also keeps the
+    /// kernel from growing them on its own), so the budget bounds them too.
+    fn buffers_for(&self, host: &TcpStream) -> Result<BufferSize, StartError> {
+        let size = BufferSize::for_new_flow(&self.budget).ok_or(StartError::Memory)?;
+        let sock = socket2::SockRef::from(host);
+        let option = size.host_socket_option();
+        sock.set_recv_buffer_size(option)
+            .and_then(|()| sock.set_send_buffer_size(option))
+            .map_err(StartError::Host)?;
+        Ok(size)
+    }
+
     /// Number of connections (connecting ones included).
     pub fn len(&self) -> usize {
         self.flows.len()
@@ -151,12 +223,16 @@ impl TcpFlows {
         registry: &Registry,
         token: Token,
         now: Instant,
-    ) -> io::Result<()> {
-        let mut host = TcpStream::connect(host_address(key.remote))?;
-        registry.register(&mut host, token, Interest::READABLE | Interest::WRITABLE)?;
+    ) -> Result<(), StartError> {
+        let charge = self.admit(syn.len())?;
+        let mut host = TcpStream::connect(host_address(key.remote)).map_err(StartError::Host)?;
+        registry
+            .register(&mut host, token, Interest::READABLE | Interest::WRITABLE)
+            .map_err(StartError::Host)?;
         self.insert(
             key,
             Flow {
+                charge,
                 host,
                 token,
                 state: State::Connecting { syn, since: now },
@@ -183,18 +259,14 @@ impl TcpFlows {
     /// Held flows whose first message is decided, with its protocol, what
     /// it says and the name each was allowed for; each stays held until the caller
     /// lifts its gate ([`TcpFlows::release`]) or refuses it.
-    pub fn peeked(
-        &mut self,
-        sockets: &mut SocketSet<'static>,
-        now: Instant,
-    ) -> Vec<(FlowKey, Protocol, Option<String>, Peeked)> {
+    pub fn peeked(&mut self, now: Instant) -> Vec<(FlowKey, Protocol, Option<String>, Peeked)> {
         let mut decided = Vec::new();
         for (key, flow) in &mut self.flows {
             let (Some(gate), State::Open { socket, .. }) = (&mut flow.gate, &flow.state) else {
                 continue;
             };
-            let socket = sockets.get_mut::<tcp::Socket>(*socket);
-            if let Some(peeked) = gate.look(socket, now) {
+            if let Some(Some(peeked)) = self.sockets.with(*socket, |socket| gate.look(socket, now))
+            {
                 decided.push((*key, gate.protocol(), flow.name.clone(), peeked));
             }
         }
@@ -204,9 +276,9 @@ impl TcpFlows {
     /// Resets a held flow whose first message was refused: the guest gets
     /// a RST, nothing it sent reaches the host (the gate stays shut), the
     /// flow is reaped with its socket.
-    pub fn refuse(&mut self, key: &FlowKey, sockets: &mut SocketSet<'static>) {
+    pub fn refuse(&mut self, key: &FlowKey) {
         if let Some(State::Open { socket, .. }) = self.flows.get(key).map(|f| &f.state) {
-            sockets.get_mut::<tcp::Socket>(*socket).abort();
+            self.sockets.with(*socket, |socket| socket.abort());
         }
     }
 
@@ -221,40 +293,53 @@ impl TcpFlows {
 
     /// Starts a forwarded connection: `host` was accepted on the host,
     /// the smoltcp socket connects from 10.0.2.2 to the guest's
-    /// `guest_port`.
+    /// `guest_port`. Refused (and `host` closed) when the flow cap or the
+    /// budget is reached, as a guest's own connection would be.
     pub fn forward(
         &mut self,
         mut host: TcpStream,
         guest_port: u16,
         iface: &mut Interface,
-        sockets: &mut SocketSet<'static>,
         registry: &Registry,
         token: Token,
-    ) -> io::Result<()> {
-        let local_port = self.free_forward_port(guest_port)?;
+    ) -> Result<(), StartError> {
+        let charge = self.admit(0)?;
+        let local_port = self
+            .free_forward_port(guest_port)
+            .map_err(StartError::Host)?;
         let key = FlowKey {
             guest_port,
             remote: SocketAddrV4::new(GATEWAY_IP, local_port),
         };
-        let mut memory = SocketMemory::new(SOCKET_BUFFER)?;
-        // SAFETY: the socket lives in `sockets` until `remove` takes it out
-        // and drops it before `memory` (kept in the flow).
-        let mut socket = configure(unsafe { memory.socket() });
-        socket
-            .connect(
-                iface.context(),
-                (GUEST_IP, guest_port),
-                (GATEWAY_IP, local_port),
-            )
-            .map_err(|e| io::Error::other(format!("cannot connect to the guest: {e}")))?;
-        registry.register(&mut host, token, Interest::READABLE | Interest::WRITABLE)?;
-        let socket = sockets.add(socket);
+        let size = self.buffers_for(&host)?;
+        let socket = self
+            .sockets
+            .add(size, |socket| {
+                configure(socket);
+                socket.connect(
+                    iface.context(),
+                    (GUEST_IP, guest_port),
+                    (GATEWAY_IP, local_port),
+                )
+            })
+            .map_err(|e| match e {
+                AddError::Memory(e) => StartError::Host(e),
+                AddError::Configure(e) => StartError::Host(io::Error::other(format!(
+                    "cannot connect to the guest: {e}"
+                ))),
+            })?;
+        if let Err(e) = registry.register(&mut host, token, Interest::READABLE | Interest::WRITABLE)
+        {
+            self.sockets.remove(socket);
+            return Err(StartError::Host(e));
+        }
         self.insert(
             key,
             Flow {
+                charge,
                 host,
                 token,
-                state: State::Open { socket, memory },
+                state: State::Open { socket },
                 forward: true,
                 name: None,
                 // Whatever the host sent already is read once the guest
@@ -331,6 +416,8 @@ impl TcpFlows {
                 flow.host_writable = false;
                 continue;
             };
+            // The parked SYN leaves the flow: so do its bytes.
+            flow.charge.shrink_to(FLOW_OVERHEAD);
             let State::Connecting { syn, .. } = std::mem::replace(
                 &mut flow.state,
                 State::Connecting {
@@ -353,79 +440,80 @@ impl TcpFlows {
     }
 
     /// Gives a connected flow its smoltcp socket, listening on the remote
-    /// end so the parked SYN lands in it.
-    pub fn listen(&mut self, key: &FlowKey, sockets: &mut SocketSet<'static>) -> bool {
-        let Some(flow) = self.flows.get_mut(key) else {
-            return false;
+    /// end so the parked SYN lands in it. [`StartError::Memory`] when the
+    /// budget has no room for its buffers (the guest is then reset).
+    pub fn listen(&mut self, key: &FlowKey) -> Result<(), StartError> {
+        let Some(flow) = self.flows.get(key) else {
+            return Err(StartError::Host(io::ErrorKind::NotFound.into()));
         };
-        let Ok(mut memory) = SocketMemory::new(SOCKET_BUFFER) else {
-            return false;
-        };
-        // SAFETY: as in `forward`; a socket that fails to listen drops here
-        // before `memory` (declared earlier, dropped later).
-        let mut socket = configure(unsafe { memory.socket() });
+        let size = self.buffers_for(&flow.host)?;
         let endpoint = IpListenEndpoint {
             addr: Some((*key.remote.ip()).into()),
             port: key.remote.port(),
         };
-        if socket.listen(endpoint).is_err() {
-            return false;
+        let socket = self
+            .sockets
+            .add(size, |socket| {
+                configure(socket);
+                socket.listen(endpoint)
+            })
+            .map_err(|e| match e {
+                AddError::Memory(e) => StartError::Host(e),
+                AddError::Configure(e) => StartError::Host(io::Error::other(format!("{e}"))),
+            })?;
+        match self.flows.get_mut(key) {
+            Some(flow) => flow.state = State::Open { socket },
+            None => self.sockets.remove(socket),
         }
-        flow.state = State::Open {
-            socket: sockets.add(socket),
-            memory,
-        };
-        true
+        Ok(())
     }
 
     /// Whether the flow's socket took its SYN (it is past LISTEN).
-    pub fn took_syn(&self, key: &FlowKey, sockets: &SocketSet<'static>) -> bool {
+    pub fn took_syn(&self, key: &FlowKey) -> bool {
         match self.flows.get(key).map(|f| &f.state) {
-            Some(State::Open { socket, .. }) => {
-                sockets.get::<tcp::Socket>(*socket).state() != tcp::State::Listen
-            }
+            Some(State::Open { socket }) => self.sockets.state(*socket) != tcp::State::Listen,
             _ => false,
         }
     }
 
     /// Drops a flow at once (its socket too), deregistering the host end.
-    pub fn remove(&mut self, key: &FlowKey, sockets: &mut SocketSet<'static>, registry: &Registry) {
+    pub fn remove(&mut self, key: &FlowKey, registry: &Registry) {
         if let Some(mut flow) = self.flows.remove(key) {
             self.by_token.remove(&flow.token);
             let _ = registry.deregister(&mut flow.host);
-            if let State::Open { socket, memory } = flow.state {
-                // The socket goes first: its buffers are `memory`.
-                drop(sockets.remove(socket));
-                drop(memory);
+            if let State::Open { socket } = flow.state {
+                self.sockets.remove(socket);
             }
         }
     }
 
     /// Moves data both ways on every open flow; true if anything moved.
-    pub fn splice(&mut self, sockets: &mut SocketSet<'static>) -> bool {
+    pub fn splice(&mut self) -> bool {
         let mut progress = false;
         for (key, flow) in &mut self.flows {
-            let State::Open { socket, .. } = flow.state else {
+            let State::Open { socket } = flow.state else {
                 continue;
             };
             if flow.gate.is_some() {
                 continue;
             }
-            let socket = sockets.get_mut::<tcp::Socket>(socket);
-            progress |= splice_one(key, flow, socket);
+            progress |= self
+                .sockets
+                .with(socket, |socket| splice_one(key, flow, socket))
+                .unwrap_or(false);
         }
         progress
     }
 
     /// Removes flows whose smoltcp socket is closed (after smoltcp had its
     /// chance to send a final RST or FIN). Returns how many went.
-    pub fn reap(&mut self, sockets: &mut SocketSet<'static>, registry: &Registry) -> usize {
+    pub fn reap(&mut self, registry: &Registry) -> usize {
         let gone: Vec<FlowKey> = self
             .flows
             .iter()
             .filter(|(_, f)| match f.state {
-                State::Open { socket, .. } => matches!(
-                    sockets.get::<tcp::Socket>(socket).state(),
+                State::Open { socket } => matches!(
+                    self.sockets.state(socket),
                     tcp::State::Closed | tcp::State::TimeWait
                 ),
                 State::Connecting { .. } => false,
@@ -433,7 +521,7 @@ impl TcpFlows {
             .map(|(k, _)| *k)
             .collect();
         for key in &gone {
-            self.remove(key, sockets, registry);
+            self.remove(key, registry);
         }
         gone.len()
     }
@@ -443,7 +531,6 @@ impl TcpFlows {
     /// flows are judged by `keep_forward`. Returns the refused flows.
     pub fn retain(
         &mut self,
-        sockets: &mut SocketSet<'static>,
         registry: &Registry,
         mut keep: impl FnMut(&FlowKey, Option<&str>) -> bool,
         mut keep_forward: impl FnMut(&FlowKey) -> bool,
@@ -460,8 +547,8 @@ impl TcpFlows {
             }
             let syn = match &mut flow.state {
                 // Reaped after smoltcp sent the RST.
-                State::Open { socket, .. } => {
-                    sockets.get_mut::<tcp::Socket>(*socket).abort();
+                State::Open { socket } => {
+                    self.sockets.with(*socket, |s| s.abort());
                     None
                 }
                 State::Connecting { syn, .. } => Some(std::mem::take(syn)),
@@ -474,7 +561,7 @@ impl TcpFlows {
         }
         for r in &refused {
             if r.syn.is_some() {
-                self.remove(&r.key, sockets, registry);
+                self.remove(&r.key, registry);
             }
         }
         refused
@@ -502,14 +589,13 @@ pub fn host_address(remote: SocketAddrV4) -> SocketAddr {
 }
 
 /// A new connection's socket settings.
-fn configure(mut socket: tcp::Socket<'static>) -> tcp::Socket<'static> {
+fn configure(socket: &mut tcp::Socket<'_>) {
     socket.set_nagle_enabled(false);
     socket.set_timeout(Some(GUEST_TIMEOUT.into()));
-    socket
 }
 
 /// Moves what each side has room for; true if anything moved.
-fn splice_one(key: &FlowKey, flow: &mut Flow, socket: &mut tcp::Socket<'static>) -> bool {
+fn splice_one(key: &FlowKey, flow: &mut Flow, socket: &mut tcp::Socket<'_>) -> bool {
     let mut progress = false;
     // Guest → host.
     while flow.host_writable && socket.can_recv() {

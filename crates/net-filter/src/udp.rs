@@ -16,7 +16,7 @@ use crate::tcp::FlowKey;
 /// A flow without traffic for this long is dropped.
 pub const IDLE: Duration = Duration::from_secs(60);
 /// Flows at most.
-const MAX_FLOWS: usize = 256;
+pub const MAX_FLOWS: usize = 256;
 /// Datagrams read from one host socket per event, at most (fairness).
 const BURST: usize = 64;
 
@@ -33,12 +33,18 @@ struct Flow {
 pub struct UdpFlows {
     flows: HashMap<FlowKey, Flow>,
     by_token: HashMap<Token, FlowKey>,
+    evicted: u64,
 }
 
 impl UdpFlows {
     /// Number of flows.
     pub fn len(&self) -> usize {
         self.flows.len()
+    }
+
+    /// How many flows were dropped to make room for a new one.
+    pub fn evicted(&self) -> u64 {
+        self.evicted
     }
 
     /// Whether `key` has a flow.
@@ -60,6 +66,7 @@ impl UdpFlows {
         if !self.flows.contains_key(&key) {
             if self.flows.len() >= MAX_FLOWS {
                 self.evict_oldest(registry);
+                self.evicted += 1;
             }
             let mut socket = UdpSocket::bind("0.0.0.0:0".parse().map_err(io::Error::other)?)?;
             socket.connect(crate::tcp::host_address(key.remote))?;

@@ -35,6 +35,10 @@ pub struct Fragment {
     pub memory_mib: Option<u64>,
     /// `resources.persistent_root`.
     pub persistent_root: Option<bool>,
+    /// `resources.log_max_mib`.
+    pub log_max_mib: Option<u64>,
+    /// `resources.net_memory_mib`.
+    pub net_memory_mib: Option<u64>,
     /// `[[mounts]]`.
     pub mounts: Vec<Mount>,
     /// `network.mode`.
@@ -86,6 +90,8 @@ impl Fragment {
         over(&mut self.vcpus, later.vcpus);
         over(&mut self.memory_mib, later.memory_mib);
         over(&mut self.persistent_root, later.persistent_root);
+        over(&mut self.log_max_mib, later.log_max_mib);
+        over(&mut self.net_memory_mib, later.net_memory_mib);
         over(&mut self.mode, later.mode);
         over(&mut self.kernel, later.kernel);
         over(&mut self.initrd, later.initrd);
@@ -126,6 +132,8 @@ impl Fragment {
             vcpus: self.vcpus.unwrap_or_else(|| host.default_vcpus()),
             memory_mib: self.memory_mib.unwrap_or_else(|| host.default_memory_mib()),
             persistent_root: self.persistent_root.unwrap_or(false),
+            log_max_mib: self.log_max_mib.unwrap_or(super::DEFAULT_LOG_MAX_MIB),
+            net_memory_mib: self.net_memory_mib.unwrap_or(super::DEFAULT_NET_MEMORY_MIB),
             mounts: self.mounts,
             network: Network {
                 mode: self.mode.unwrap_or(NetworkMode::Filtered),

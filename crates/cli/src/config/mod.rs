@@ -56,6 +56,12 @@ pub const CONFIG_FILE: &str = "config.toml";
 pub const MIN_DEFAULT_MEMORY_MIB: u64 = 4096;
 /// The smallest memory a guest may be given, MiB.
 pub const MIN_MEMORY_MIB: u64 = 128;
+/// Cap of the console and network audit logs when no file names one, MiB.
+pub const DEFAULT_LOG_MAX_MIB: u64 = 16;
+/// The network stack's memory budget when no file names one, MiB.
+pub const DEFAULT_NET_MEMORY_MIB: u64 = 64;
+/// The smallest network memory budget, MiB (the stack's queues need it).
+pub const MIN_NET_MEMORY_MIB: u64 = 4;
 /// Destination ports `filtered` mode allows when no file lists any.
 pub const DEFAULT_PORTS: [u16; 2] = [80, 443];
 /// The guest's home when commands run as root (agentvm run as root).
@@ -85,6 +91,14 @@ pub struct ResolvedConfig {
     /// `sudo apt-get install`) across `down`/`up`: a per-workspace writable
     /// layer on the host instead of memory. Default: false.
     pub persistent_root: bool,
+    /// Cap of the console log and of the network audit log, MiB each (the
+    /// previous file is kept as `.1`, so each takes at most twice this).
+    /// Default: [`DEFAULT_LOG_MAX_MIB`].
+    pub log_max_mib: u64,
+    /// The most memory the VM's network stack takes for its queues and
+    /// connections, MiB; connections past it are refused. Default:
+    /// [`DEFAULT_NET_MEMORY_MIB`].
+    pub net_memory_mib: u64,
     /// Host directories shared with the guest, in mount order. The first is
     /// the workspace itself, read-write at the same absolute path, unless a
     /// file mounts something else at that path.

@@ -64,6 +64,13 @@ pub fn render(cfg: &ResolvedConfig, lookup: &dyn Fn(&str) -> Option<String>) -> 
     out.push_str("\n[resources]\n");
     line(&mut out, "vcpus", &cfg.vcpus.to_string(), None);
     line(&mut out, "memory_mib", &cfg.memory_mib.to_string(), None);
+    line(&mut out, "log_max_mib", &cfg.log_max_mib.to_string(), None);
+    line(
+        &mut out,
+        "net_memory_mib",
+        &cfg.net_memory_mib.to_string(),
+        None,
+    );
     line(
         &mut out,
         "persistent_root",

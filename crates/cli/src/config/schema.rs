@@ -71,6 +71,10 @@ pub struct Resources {
     pub memory_mib: Option<Spanned<i64>>,
     /// Whether the guest's root keeps its changes across `down`/`up`.
     pub persistent_root: Option<bool>,
+    /// Cap of the console and network audit logs, MiB each.
+    pub log_max_mib: Option<Spanned<i64>>,
+    /// The network stack's memory budget, MiB.
+    pub net_memory_mib: Option<Spanned<i64>>,
 }
 
 /// One `[[mounts]]` entry.

@@ -81,6 +81,12 @@ name = {name}
 # Keep the guest root's changes (`sudo apt-get install …`) across down/up,
 # in a per-workspace layer on this host. Default: in memory, gone at down.
 # persistent_root = false
+# Cap of console.log and net-audit.jsonl in MiB each; the previous file is
+# kept as .1. Default: 16.
+# log_max_mib = 16
+# Memory the network stack may take for its connections, MiB; connections
+# past it are refused (RST). Default: 64.
+# net_memory_mib = 64
 
 [network]
 # "off": no network. "filtered": only the domains below, on the ports

@@ -11,7 +11,7 @@ use super::env::{is_var_name, EnvEntry, EnvValue};
 use super::load::{ConfigError, Source};
 use super::merge::Fragment;
 use super::schema::{self, ConfigFile, SpannedList};
-use super::{normalize, Forward, Mount, NetworkMode, Origin, MIN_MEMORY_MIB};
+use super::{normalize, Forward, Mount, NetworkMode, Origin, MIN_MEMORY_MIB, MIN_NET_MEMORY_MIB};
 
 /// The longest VM name.
 pub const MAX_NAME: usize = 63;
@@ -71,6 +71,40 @@ pub fn fragment(file: &ConfigFile, src: &Source, ctx: &Context<'_>) -> Result<Fr
                     format!("`resources.vcpus` must be between 1 and 255, not {n}"),
                 )
             })?);
+        }
+        for (key, value, min, max, slot) in [
+            (
+                "log_max_mib",
+                &r.log_max_mib,
+                1,
+                1 << 20,
+                &mut out.log_max_mib,
+            ),
+            (
+                "net_memory_mib",
+                &r.net_memory_mib,
+                MIN_NET_MEMORY_MIB,
+                1 << 20,
+                &mut out.net_memory_mib,
+            ),
+        ] {
+            if let Some(v) = value {
+                let n = *v.get_ref();
+                *slot = Some(
+                    u64::try_from(n)
+                        .ok()
+                        .filter(|n| (min..=max).contains(n))
+                        .ok_or_else(|| {
+                            src.error(
+                                v.span(),
+                                format!(
+                                    "`resources.{key}` must be between {min} and {max} (MiB), \
+                                     not {n}"
+                                ),
+                            )
+                        })?,
+                );
+            }
         }
         if let Some(m) = &r.memory_mib {
             let n = *m.get_ref();

@@ -34,6 +34,7 @@ pub mod down;
 pub mod exec;
 pub mod git_guard;
 pub mod net;
+pub mod rotated;
 pub mod status;
 pub mod up;
 pub mod vmm;
@@ -361,6 +362,13 @@ pub struct Snapshot {
     /// The VMM's seccomp level (`kill` for a snapshot from before it).
     #[serde(default, with = "crate::config::seccomp_level")]
     pub seccomp: agentvm_vmm::SeccompLevel,
+    /// `[resources] log_max_mib` (0, in a snapshot from before it: the
+    /// default).
+    #[serde(default)]
+    pub log_max_mib: u64,
+    /// `[resources] net_memory_mib` (0: the default).
+    #[serde(default)]
+    pub net_memory_mib: u64,
 }
 
 /// A share in [`Snapshot`].
@@ -410,7 +418,22 @@ impl Snapshot {
             root_image: None,
             persistent_root: None,
             user: cfg.guest_user.as_ref().map(|u| u.cmdline_value()),
+            log_max_mib: cfg.log_max_mib,
+            net_memory_mib: cfg.net_memory_mib,
         }
+    }
+
+    /// The cap of the console and audit logs, bytes.
+    pub fn log_max_bytes(&self) -> u64 {
+        match self.log_max_mib {
+            0 => crate::config::DEFAULT_LOG_MAX_MIB << 20,
+            mib => mib << 20,
+        }
+    }
+
+    /// The network stack's memory budget, bytes (0: the stack's default).
+    pub fn net_memory_bytes(&self) -> usize {
+        usize::try_from(self.net_memory_mib << 20).unwrap_or(usize::MAX)
     }
 
     /// The guest path of the workspace, when it is shared.

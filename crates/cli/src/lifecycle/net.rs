@@ -5,7 +5,7 @@
 //! Changes last until the VM stops: the configuration file is not edited
 //! (the messages say how to keep a change).
 
-use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Mutex;
@@ -19,6 +19,7 @@ use serde_json::{json, Value};
 
 use super::control::{self, Request};
 use super::exec::running;
+use super::rotated::RotatedLog;
 use super::{Target, VmState};
 use crate::net_args::parse_domain;
 
@@ -206,7 +207,7 @@ fn log(target: &Target, follow: bool, as_json: bool) -> anyhow::Result<ExitCode>
     let state = target.locate()?;
     let label = state.label();
     let path = state.net_audit();
-    let file = match std::fs::File::open(&path) {
+    let file = match RotatedLog::open(&path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let snap = state.read_snapshot().ok();
@@ -259,14 +260,6 @@ fn log(target: &Target, follow: bool, as_json: bool) -> anyhow::Result<ExitCode>
         }
         out.flush().context("cannot write the network audit log")?;
         std::thread::sleep(Duration::from_millis(100));
-        // A new `up` starts a new log: start over.
-        let pos = reader.stream_position().unwrap_or(0);
-        if std::fs::metadata(&path).is_ok_and(|m| m.len() < pos) {
-            reader
-                .seek(SeekFrom::Start(0))
-                .context("cannot read the network audit log")?;
-            line.clear();
-        }
     }
     out.flush().context("cannot write the network audit log")?;
     Ok(ExitCode::SUCCESS)

@@ -1,7 +1,7 @@
 //! `agentvm status` (`ps`): every VM under the state root; `agentvm logs`:
 //! a VM's console.
 
-use std::io::{BufRead, Read, Seek, SeekFrom, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -9,6 +9,7 @@ use anyhow::Context;
 use clap::Args;
 
 use super::control::{self, Request};
+use super::rotated::RotatedLog;
 use super::vmm::rss_kib;
 use super::{check_private, state_root, vm_dirs, StateDir, Target, VmState};
 
@@ -21,6 +22,8 @@ struct Row {
     rss: String,
     network: String,
     state: String,
+    /// The caps the VM hit, in words (empty: none).
+    limits: Vec<String>,
 }
 
 /// Lists every VM with its pid, uptime, resident memory, network mode and
@@ -44,12 +47,15 @@ pub fn run() -> anyhow::Result<ExitCode> {
         "{:<width$}  {:>8}  {:>9}  {:>10}  {:<8}  {:<8}  WORKSPACE",
         "NAME", "PID", "UPTIME", "RSS", "NETWORK", "STATE"
     );
-    for r in rows {
+    for r in &rows {
         let _ = writeln!(
             out,
             "{:<width$}  {:>8}  {:>9}  {:>10}  {:<8}  {:<8}  {}",
             r.name, r.pid, r.uptime, r.rss, r.network, r.state, r.workspace
         );
+    }
+    for r in rows.iter().filter(|r| !r.limits.is_empty()) {
+        let _ = writeln!(out, "{}: limits hit: {}", r.name, r.limits.join("; "));
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -72,6 +78,7 @@ fn row(state: StateDir) -> Row {
         rss: "-".into(),
         network,
         state: vm.word().into(),
+        limits: Vec::new(),
     };
     if let VmState::Starting(pid) | VmState::Stale(Some(pid)) = vm {
         row.pid = pid.to_string();
@@ -90,9 +97,55 @@ fn row(state: StateDir) -> Row {
             if let Some(mode) = reply.get("network_mode").and_then(|v| v.as_str()) {
                 row.network = shown(mode);
             }
+            if let Some(limits) = reply.get("limits") {
+                row.limits = limits_hit(limits);
+            }
         }
     }
     row
+}
+
+/// The caps a VM's `limits` (its control socket's status) says were hit,
+/// in words.
+fn limits_hit(limits: &serde_json::Value) -> Vec<String> {
+    let n = |key: &str| limits.get(key).and_then(|v| v.as_u64()).unwrap_or(0);
+    let mut out = Vec::new();
+    if n("tcp_refused_cap") > 0 {
+        out.push(format!(
+            "{} TCP connections refused at the cap of {}",
+            n("tcp_refused_cap"),
+            n("tcp_flows_max")
+        ));
+    }
+    if n("tcp_refused_memory") > 0 {
+        out.push(format!(
+            "{} TCP connections refused by the network memory budget ({} of {} MiB used, peak {})",
+            n("tcp_refused_memory"),
+            n("net_memory_used_kib") >> 10,
+            n("net_memory_limit_kib") >> 10,
+            n("net_memory_peak_kib") >> 10
+        ));
+    }
+    if n("vsock_refused") > 0 {
+        out.push(format!(
+            "{} vsock connections refused at the cap of {}",
+            n("vsock_refused"),
+            n("vsock_connections_max")
+        ));
+    }
+    if n("udp_evicted") > 0 {
+        out.push(format!(
+            "{} UDP flows dropped for new ones",
+            n("udp_evicted")
+        ));
+    }
+    if n("dns_busy") > 0 {
+        out.push(format!(
+            "{} DNS queries refused (too many upstream)",
+            n("dns_busy")
+        ));
+    }
+    out
 }
 
 /// `1h02m`, `3m05s`, `12s`.
@@ -122,18 +175,19 @@ pub struct LogsArgs {
 /// The longest console line held back waiting for its end.
 const MAX_LINE: usize = 64 << 10;
 
-/// Prints the VM's console log, escaped unless `--raw`.
+/// Prints the VM's console log (`console.log.1`, then `console.log`),
+/// escaped unless `--raw`.
 pub fn logs(args: LogsArgs) -> anyhow::Result<ExitCode> {
     let state = args.target.locate()?;
     let path = state.console();
-    let file = std::fs::File::open(&path).with_context(|| {
+    let file = RotatedLog::open(&path).with_context(|| {
         format!(
             "{} has no console log ({}); is it up?",
             state.label(),
             path.display()
         )
     })?;
-    let mut file = std::io::BufReader::new(file);
+    let mut file = BufReader::new(file);
     let mut out = std::io::stdout().lock();
     let mut line = Vec::new();
     loop {
@@ -161,12 +215,6 @@ pub fn logs(args: LogsArgs) -> anyhow::Result<ExitCode> {
         }
         out.flush().context("cannot write the console log")?;
         std::thread::sleep(Duration::from_millis(100));
-        // A new `up` truncates by recreating the file: start over.
-        let pos = file.stream_position().unwrap_or(0);
-        if std::fs::metadata(&path).is_ok_and(|m| m.len() < pos) {
-            file.seek(SeekFrom::Start(0))
-                .context("cannot read the console log")?;
-        }
     }
     out.flush().context("cannot write the console log")?;
     Ok(ExitCode::SUCCESS)
@@ -175,6 +223,28 @@ pub fn logs(args: LogsArgs) -> anyhow::Result<ExitCode> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_caps_hit_are_shown() {
+        assert!(limits_hit(&serde_json::json!({})).is_empty());
+        let none = serde_json::json!({"tcp_refused_cap": 0, "udp_evicted": 0});
+        assert!(limits_hit(&none).is_empty());
+        let hit = serde_json::json!({
+            "tcp_refused_cap": 2, "tcp_flows_max": 4096,
+            "tcp_refused_memory": 7, "net_memory_used_kib": 65536,
+            "net_memory_limit_kib": 65536, "net_memory_peak_kib": 65536,
+            "dns_busy": 1, "vsock_refused": 3, "vsock_connections_max": 1024,
+        });
+        assert_eq!(
+            limits_hit(&hit),
+            [
+                "2 TCP connections refused at the cap of 4096",
+                "7 TCP connections refused by the network memory budget (64 of 64 MiB used, peak 64)",
+                "3 vsock connections refused at the cap of 1024",
+                "1 DNS queries refused (too many upstream)",
+            ]
+        );
+    }
 
     #[test]
     fn uptimes_read_well() {

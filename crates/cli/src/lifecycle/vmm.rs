@@ -1,10 +1,10 @@
 //! `agentvm __vmm --state DIR`: the background VMM process `up` starts.
 //! It builds the VM from `DIR/config.json`, writes the console to
-//! `DIR/console.log`, records network decisions in `DIR/net-audit.jsonl`,
+//! `DIR/console.log`, records network decisions in `DIR/net-audit.jsonl`
+//! (both capped, the previous file kept as `.1`),
 //! serves `DIR/control.sock`, and removes its sockets and pid file when the
 //! VM ends.
 
-use std::fs::File;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -12,6 +12,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use agentvm_devices::virtio::vsock::VsockCounters;
+use agentvm_net::rotating::RotatingFile;
 use agentvm_protocol::client::{self, connect_vsock_within};
 use agentvm_protocol::EXEC_PORT;
 use agentvm_vmm::seccomp::{self, ThreadKind};
@@ -56,10 +58,8 @@ pub fn run(args: VmmArgs) -> anyhow::Result<ExitCode> {
     // of ours that nobody else can write.
     super::check_private(&state.dir)?;
     let snap = state.read_snapshot()?;
-    let console = File::options()
-        .create(true)
-        .append(true)
-        .open(state.console())
+    let log_max = snap.log_max_bytes();
+    let console = RotatingFile::open(&state.console(), log_max)
         .with_context(|| format!("cannot open {}", state.console().display()))?;
     let ready = Arc::new(AtomicBool::new(false));
     let watch = ReadyWatch {
@@ -91,15 +91,17 @@ pub fn run(args: VmmArgs) -> anyhow::Result<ExitCode> {
         cmdline.push_str(&format!(" agentvm.user={user}"));
     }
     let vsock = state.vsock();
+    let vsock_counters = VsockCounters::default();
     let net = match snap.policy.mode {
         agentvm_net::Mode::Off => None,
         _ => {
             let path = state.net_audit();
-            let audit = agentvm_net::Audit::to_file(&path)
+            let audit = agentvm_net::Audit::to_file_capped(&path, log_max)
                 .with_context(|| format!("cannot create {}", path.display()))?;
             Some(NetSpec {
                 policy: snap.policy.clone(),
                 audit,
+                memory_budget: snap.net_memory_bytes(),
             })
         }
     };
@@ -115,6 +117,7 @@ pub fn run(args: VmmArgs) -> anyhow::Result<ExitCode> {
         state_dir: &state.dir,
         vsock: Some(&vsock),
         cid: None,
+        vsock_counters: vsock_counters.clone(),
         rng: true,
         balloon: true,
         net,
@@ -133,6 +136,7 @@ pub fn run(args: VmmArgs) -> anyhow::Result<ExitCode> {
         vsock: vsock.clone(),
         net: NetControl::new(vm.handle().net().cloned()),
         started: Instant::now(),
+        vsock_counters,
     });
     std::thread::Builder::new()
         .name("control".into())
@@ -221,7 +225,7 @@ fn stop_on_signals(
 
 /// Writes the console to its file and notes when the ready line passes.
 struct ReadyWatch {
-    out: File,
+    out: RotatingFile,
     ready: Arc<AtomicBool>,
     /// The last bytes seen, so a line split across writes still matches.
     tail: Vec<u8>,
@@ -255,6 +259,7 @@ struct Server {
     vsock: PathBuf,
     net: NetControl,
     started: Instant,
+    vsock_counters: VsockCounters,
 }
 
 impl Handler for Server {
@@ -270,6 +275,10 @@ impl Handler for Server {
                     "pid": std::process::id(),
                     "network_mode": self.net.mode().as_str(),
                     "ready": self.ready.load(Ordering::Relaxed),
+                    "limits": limits(
+                        self.handle.net().map(|n| n.stats()),
+                        &self.vsock_counters,
+                    ),
                 }))
             }
             Request::Stop { grace_ms } => {
@@ -324,6 +333,33 @@ impl Handler for Server {
     }
 }
 
+/// The VM's caps and how often each was hit (`status` shows them).
+fn limits(net: Option<agentvm_net::StackStats>, vsock: &VsockCounters) -> Value {
+    let mut out = json!({
+        "vsock_refused": vsock.refused(),
+        "vsock_connections_max": agentvm_devices::virtio::vsock::MAX_CONNECTIONS,
+    });
+    let Some(n) = net else {
+        return out;
+    };
+    let net = json!({
+        "net_memory_used_kib": n.memory_used >> 10,
+        "net_memory_peak_kib": n.memory_peak >> 10,
+        "net_memory_limit_kib": n.memory_limit >> 10,
+        "tcp_flows": n.tcp_flows,
+        "tcp_flows_max": agentvm_net::MAX_TCP_FLOWS,
+        "tcp_refused_cap": n.tcp_refused_cap,
+        "tcp_refused_memory": n.tcp_refused_memory,
+        "udp_flows": n.udp_flows,
+        "udp_evicted": n.udp_evicted,
+        "dns_busy": n.dns_busy,
+    });
+    if let (Some(out), Some(net)) = (out.as_object_mut(), net.as_object()) {
+        out.extend(net.clone());
+    }
+    out
+}
+
 /// Asks the guest agent to power off, gives it `grace`, then stops the VM.
 fn stop(handle: &VmHandle, vsock: &std::path::Path, ready: bool, grace: Duration) {
     // A guest that never printed the ready line has no agent to ask.
@@ -359,7 +395,7 @@ mod tests {
         let path = dir.path().join("console.log");
         let ready = Arc::new(AtomicBool::new(false));
         let mut w = ReadyWatch {
-            out: File::create(&path).unwrap(),
+            out: RotatingFile::open(&path, 1 << 20).unwrap(),
             ready: ready.clone(),
             tail: Vec::new(),
         };

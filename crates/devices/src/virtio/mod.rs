@@ -17,6 +17,7 @@ pub mod rng;
 mod test_support;
 pub mod transport;
 pub mod vsock;
+pub mod warn;
 pub mod worker;
 
 use std::sync::Arc;

@@ -7,11 +7,11 @@
 use std::io;
 use std::sync::atomic::Ordering;
 
-use tracing::warn;
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestAddress};
 
 use crate::virtio::{GuestMemory, InterruptKind, VirtioInterrupt};
+use crate::warn_limited;
 
 /// Errors that stop a device's queue until the device is reset (the
 /// devices whose queues have a fixed index: net, vsock).
@@ -49,7 +49,7 @@ pub fn complete(mem: &GuestMemory, queue: &mut Queue, head: u16, len: u32, devic
     match queue.add_used(mem, head, len) {
         Ok(()) => true,
         Err(e) => {
-            warn!("{device}: cannot complete chain {head}: {e}");
+            warn_limited!("{device}: cannot complete chain {head}: {e}");
             false
         }
     }

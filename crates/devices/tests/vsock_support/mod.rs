@@ -13,7 +13,7 @@ use std::time::Duration;
 use agentvm_devices::testing::{Buf, Driver, Used};
 use agentvm_devices::virtio::vsock::packet::{op, socket_type, Header, HDR_LEN, HOST_CID};
 use agentvm_devices::virtio::vsock::queue::{RX_QUEUE, TX_QUEUE};
-use agentvm_devices::virtio::vsock::Vsock;
+use agentvm_devices::virtio::vsock::{Vsock, VsockCounters};
 use agentvm_devices::virtio::VIRTIO_F_VERSION_1;
 
 pub const GUEST_CID: u64 = 3;
@@ -91,8 +91,13 @@ impl Guest {
     /// A running device listening on `dir/v.sock`, with `rx_buffers`
     /// receive buffers posted.
     pub fn start(dir: &TestDir, rx_buffers: usize) -> Guest {
+        Self::start_counted(dir, rx_buffers, VsockCounters::default())
+    }
+
+    /// As [`Guest::start`], the device counting its refusals in `counters`.
+    pub fn start_counted(dir: &TestDir, rx_buffers: usize, counters: VsockCounters) -> Guest {
         let uds = dir.path("v.sock");
-        let vsock = Vsock::new(GUEST_CID, &uds).unwrap();
+        let vsock = Vsock::new(GUEST_CID, &uds).unwrap().with_counters(counters);
         let mut drv = Driver::new(Box::new(vsock), MEM).unwrap();
         drv.init(VIRTIO_F_VERSION_1).unwrap();
         let mut guest = Guest {

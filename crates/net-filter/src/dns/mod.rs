@@ -126,6 +126,8 @@ pub struct DnsServer {
     upstream_tcp: HashMap<u16, UpstreamTcp>,
     registry: mio::Registry,
     token: mio::Token,
+    /// Queries answered SERVFAIL because `MAX_PENDING` were upstream.
+    busy: u64,
 }
 
 impl DnsServer {
@@ -155,7 +157,14 @@ impl DnsServer {
             upstream_tcp: HashMap::new(),
             registry: registry.try_clone().map_err(DnsError::Socket)?,
             token,
+            busy: 0,
         })
+    }
+
+    /// How many queries were answered SERVFAIL because too many were
+    /// already upstream.
+    pub fn busy(&self) -> u64 {
+        self.busy
     }
 
     /// A query (a UDP payload, or a message from a TCP stream) the guest
@@ -231,6 +240,7 @@ impl DnsServer {
         };
         if self.pending.len() >= MAX_PENDING {
             debug!("dns: {MAX_PENDING} queries already upstream, SERVFAIL for {name}");
+            self.busy += 1;
             return servfail(&asked);
         }
         let Some(id) = self.fresh_id() else {

@@ -15,12 +15,14 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use smoltcp::iface::{SocketHandle, SocketSet};
+use smoltcp::iface::SocketHandle;
 use smoltcp::socket::tcp;
 use smoltcp::wire::IpListenEndpoint;
 
 use super::{Client, DnsServer};
 use crate::addr::DNS_IP;
+use crate::budget::Budget;
+use crate::buffers::{BufferSize, TcpSockets};
 use crate::{Audit, Policy};
 
 /// Connections at once, at most.
@@ -34,10 +36,10 @@ pub const MAX_IN_FLIGHT: usize = 8;
 pub const MAX_QUEUED: usize = 64 << 10;
 /// How long a connection may go without a query or an answer.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
-/// The receive buffer: one whole query and its length.
-const RX_BUFFER: usize = MAX_QUERY + 2;
-/// The send buffer (answers beyond wait in the connection's queue).
-const TX_BUFFER: usize = 16 << 10;
+/// Each socket buffer, charged to the stack's memory budget: the receive
+/// side holds whole queries with their lengths, the send side answers
+/// (answers beyond wait in the connection's queue).
+const BUFFER: usize = 16 << 10;
 
 /// One connection.
 struct Conn {
@@ -69,31 +71,34 @@ impl DnsTcp {
     pub fn accept(
         &mut self,
         guest_port: u16,
-        sockets: &mut SocketSet<'static>,
+        sockets: &mut TcpSockets,
+        budget: &Budget,
         now: Instant,
     ) -> bool {
         if self.conns.len() >= MAX_CONNECTIONS {
             return false;
         }
-        let mut socket = tcp::Socket::new(
-            tcp::SocketBuffer::new(vec![0; RX_BUFFER]),
-            tcp::SocketBuffer::new(vec![0; TX_BUFFER]),
-        );
-        socket.set_nagle_enabled(false);
-        socket.set_timeout(Some(IDLE_TIMEOUT.into()));
-        let endpoint = IpListenEndpoint {
-            addr: Some(DNS_IP.into()),
-            port: 53,
-        };
-        if socket.listen(endpoint).is_err() {
+        let Some(size) = BufferSize::fixed(budget, BUFFER) else {
             return false;
-        }
+        };
+        let listening = sockets.add(size, |socket| {
+            socket.set_nagle_enabled(false);
+            socket.set_timeout(Some(IDLE_TIMEOUT.into()));
+            let endpoint = IpListenEndpoint {
+                addr: Some(DNS_IP.into()),
+                port: 53,
+            };
+            socket.listen(endpoint)
+        });
+        let Ok(socket) = listening else {
+            return false;
+        };
         let id = self.next_id;
         self.next_id = self.next_id.wrapping_add(1);
         self.conns.insert(
             id,
             Conn {
-                socket: sockets.add(socket),
+                socket,
                 guest_port,
                 out: Vec::new(),
                 active: now,
@@ -107,7 +112,7 @@ impl DnsTcp {
     /// true if anything moved.
     pub fn serve(
         &mut self,
-        sockets: &mut SocketSet<'static>,
+        sockets: &mut TcpSockets,
         dns: &mut DnsServer,
         policy: &Policy,
         audit: &Audit,
@@ -115,72 +120,45 @@ impl DnsTcp {
     ) -> bool {
         let mut progress = false;
         for (&id, conn) in &mut self.conns {
-            let socket = sockets.get_mut::<tcp::Socket>(conn.socket);
-            progress |= flush(conn, socket);
-            // Each query empties part of a receive buffer of
-            // [`RX_BUFFER`] bytes, and the bounds stop the loop before
-            // the answers pile up.
-            while dns.pending_for(Client::Tcp(id)) < MAX_IN_FLIGHT && conn.out.len() < MAX_QUEUED {
-                let Some(query) = next_query(socket) else {
-                    break;
-                };
-                progress = true;
-                conn.active = now;
-                match query {
-                    Ok(query) => {
-                        // `None`: gone upstream (the answer comes through
-                        // `answer`), or dropped as a datagram would be.
-                        if let Some(reply) = dns.query(now, policy, Client::Tcp(id), &query, audit)
-                        {
-                            push(&mut conn.out, &reply);
-                        }
-                    }
-                    Err(()) => {
-                        socket.abort();
-                        break;
-                    }
-                }
-            }
-            progress |= flush(conn, socket);
+            progress |= sockets
+                .with(conn.socket, |socket| {
+                    serve_one(id, conn, socket, dns, policy, audit, now)
+                })
+                .unwrap_or(false);
         }
         progress
     }
 
     /// An answer from upstream for connection `id` (dropped if it is
     /// gone).
-    pub fn answer(
-        &mut self,
-        id: u64,
-        reply: &[u8],
-        sockets: &mut SocketSet<'static>,
-        now: Instant,
-    ) {
+    pub fn answer(&mut self, id: u64, reply: &[u8], sockets: &mut TcpSockets, now: Instant) {
         if let Some(conn) = self.conns.get_mut(&id) {
             conn.active = now;
             push(&mut conn.out, reply);
-            flush(conn, sockets.get_mut::<tcp::Socket>(conn.socket));
+            sockets.with(conn.socket, |socket| flush(conn, socket));
         }
     }
 
     /// Removes closed connections, and closes idle ones; returns the
     /// clients whose pending queries are to be forgotten.
-    pub fn reap(
-        &mut self,
-        sockets: &mut SocketSet<'static>,
-        dns: &DnsServer,
-        now: Instant,
-    ) -> Vec<Client> {
+    pub fn reap(&mut self, sockets: &mut TcpSockets, dns: &DnsServer, now: Instant) -> Vec<Client> {
         let mut gone = Vec::new();
         self.conns.retain(|&id, conn| {
-            let socket = sockets.get_mut::<tcp::Socket>(conn.socket);
             let idle = now.saturating_duration_since(conn.active) >= IDLE_TIMEOUT;
             // A client that closed its side and has every answer: close
             // ours too.
             let answered = conn.out.is_empty() && dns.pending_for(Client::Tcp(id)) == 0;
-            if (idle || (answered && socket.state() == tcp::State::CloseWait)) && socket.is_open() {
-                socket.close();
-            }
-            let closed = matches!(socket.state(), tcp::State::Closed | tcp::State::TimeWait);
+            let state = sockets
+                .with(conn.socket, |socket| {
+                    if (idle || (answered && socket.state() == tcp::State::CloseWait))
+                        && socket.is_open()
+                    {
+                        socket.close();
+                    }
+                    socket.state()
+                })
+                .unwrap_or(tcp::State::Closed);
+            let closed = matches!(state, tcp::State::Closed | tcp::State::TimeWait);
             // Past the idle time twice over, a peer that never finishes
             // the close is cut off.
             let stuck = now.saturating_duration_since(conn.active) >= 2 * IDLE_TIMEOUT;
@@ -200,9 +178,48 @@ impl DnsTcp {
     }
 }
 
+/// Serves connection `id` on `socket`: queued answers out, whole queries
+/// in (within the bounds); true if anything moved.
+fn serve_one(
+    id: u64,
+    conn: &mut Conn,
+    socket: &mut tcp::Socket<'_>,
+    dns: &mut DnsServer,
+    policy: &Policy,
+    audit: &Audit,
+    now: Instant,
+) -> bool {
+    let mut progress = flush(conn, socket);
+    // Each query empties part of a receive buffer of
+    // [`BUFFER`] bytes, and the bounds stop the loop before
+    // the answers pile up.
+    while dns.pending_for(Client::Tcp(id)) < MAX_IN_FLIGHT && conn.out.len() < MAX_QUEUED {
+        let Some(query) = next_query(socket) else {
+            break;
+        };
+        progress = true;
+        conn.active = now;
+        match query {
+            Ok(query) => {
+                // `None`: gone upstream (the answer comes through
+                // `answer`), or dropped as a datagram would be.
+                if let Some(reply) = dns.query(now, policy, Client::Tcp(id), &query, audit) {
+                    push(&mut conn.out, &reply);
+                }
+            }
+            Err(()) => {
+                socket.abort();
+                break;
+            }
+        }
+    }
+    progress |= flush(conn, socket);
+    progress
+}
+
 /// The next whole query in `socket`'s receive buffer (taken out of it),
 /// `None` while there is none, `Err` for a length no query has.
-fn next_query(socket: &mut tcp::Socket<'static>) -> Option<Result<Vec<u8>, ()>> {
+fn next_query(socket: &mut tcp::Socket<'_>) -> Option<Result<Vec<u8>, ()>> {
     let mut prefix = [0; 2];
     if socket.peek_slice(&mut prefix).ok()? < 2 {
         return None;
@@ -233,7 +250,7 @@ fn push(out: &mut Vec<u8>, reply: &[u8]) {
 }
 
 /// Moves queued answers into the socket as it has room; true if any did.
-fn flush(conn: &mut Conn, socket: &mut tcp::Socket<'static>) -> bool {
+fn flush(conn: &mut Conn, socket: &mut tcp::Socket<'_>) -> bool {
     if conn.out.is_empty() || !socket.can_send() {
         return false;
     }

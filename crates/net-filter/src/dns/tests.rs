@@ -620,8 +620,11 @@ fn a_full_pending_table_answers_servfail() {
             None
         );
     }
+    assert_eq!(rig.server.busy(), 0);
     let reply = rig.ask(&policy, "one-more.example", TYPE::A).unwrap();
     assert_eq!(read_reply(&reply).0, RCODE::ServerFailure);
+    // Counted for `agentvm status`.
+    assert_eq!(rig.server.busy(), 1);
     assert_eq!(
         rig.server.expire(rig.now + UPSTREAM_TIMEOUT).len(),
         MAX_PENDING

@@ -27,7 +27,7 @@ use smoltcp::wire::{
 };
 use tracing::debug;
 
-use super::{take_token, NetStack, MAX_TCP_FLOWS};
+use super::{take_token, NetStack};
 use crate::addr::{DNS_IP, GATEWAY_IP, GUEST_IP};
 use crate::judge::peek_protocol;
 use crate::peek::{Gate, Protocol};
@@ -156,9 +156,12 @@ impl NetStack {
     ) -> bool {
         let new = tcp.syn() && !tcp.ack() && !self.dns_tcp.knows(key.guest_port);
         if new
-            && !self
-                .dns_tcp
-                .accept(key.guest_port, &mut self.sockets, Instant::now())
+            && !self.dns_tcp.accept(
+                key.guest_port,
+                self.tcp.sockets(),
+                &self.budget,
+                Instant::now(),
+            )
         {
             let syn_len = l4.len().saturating_sub(usize::from(tcp.header_len())) + 1;
             let guest = SocketAddrV4::new(GUEST_IP, key.guest_port);
@@ -187,11 +190,17 @@ impl NetStack {
     ) {
         let now = Instant::now();
         if dst == SocketAddrV4::new(DNS_IP, 53) {
+            let busy = self.dns.busy();
             if let Some(reply) = self
                 .dns
                 .query(now, &self.policy, guest, payload, &self.audit)
             {
                 self.send_udp(dst, guest, &reply);
+            }
+            if self.dns.busy() > busy {
+                self.dns_cap.hit();
+            } else {
+                self.dns_cap.fits();
             }
             return;
         }
@@ -219,8 +228,14 @@ impl NetStack {
         }
         let (registry, next) = (self.poll.registry(), &mut self.next_token);
         let token = || take_token(next);
+        let evicted = self.udp.evicted();
         if let Err(e) = self.udp.send(key, payload, name, registry, token, now) {
             debug!("net: udp {dst}: {e}");
+        }
+        if self.udp.evicted() > evicted {
+            self.udp_cap.hit();
+        } else if self.udp.len() < crate::udp::MAX_FLOWS {
+            self.udp_cap.fits();
         }
     }
 
@@ -232,12 +247,7 @@ impl NetStack {
         syn_len: usize,
     ) {
         let now = Instant::now();
-        let mut decision = self.decide(*key.remote.ip(), key.remote.port(), now);
-        if decision.allow && self.tcp.len() >= MAX_TCP_FLOWS {
-            decision.allow = false;
-            decision.reason = "too many connections";
-        }
-        self.record(Proto::Tcp, &decision, key.remote);
+        let decision = self.decide(*key.remote.ip(), key.remote.port(), now);
         if decision.allow {
             let token = self.token();
             let (syn, name) = (frame.to_vec(), decision.name.clone());
@@ -247,13 +257,22 @@ impl NetStack {
                 .connect(key, syn, name, self.poll.registry(), token, now)
             {
                 Ok(()) => {
+                    self.started();
+                    self.record(Proto::Tcp, &decision, key.remote);
                     if let Some(protocol) = hold {
                         self.tcp.hold(&key, Gate::new(protocol));
                     }
                     return;
                 }
-                Err(e) => debug!("net: tcp {}: connect failed at once: {e}", key.remote),
+                // Refused by a cap: recorded with the cap's reason.
+                Err(e) if e.is_cap() => self.refuse_started(Proto::Tcp, key.remote, &e),
+                Err(e) => {
+                    self.record(Proto::Tcp, &decision, key.remote);
+                    debug!("net: tcp {}: connect failed at once: {e}", key.remote);
+                }
             }
+        } else {
+            self.record(Proto::Tcp, &decision, key.remote);
         }
         let guest = SocketAddrV4::new(GUEST_IP, key.guest_port);
         self.phy.send(frames::tcp_reset(

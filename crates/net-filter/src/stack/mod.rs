@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use mio::{Events, Poll, Token, Waker};
-use smoltcp::iface::{Config, Interface, SocketSet};
+use smoltcp::iface::{Config, Interface};
 use smoltcp::time::Instant as SmolInstant;
 use smoltcp::wire::{
     EthernetAddress, EthernetFrame, HardwareAddress, IpCidr, Ipv4Packet, TcpPacket,
@@ -26,12 +26,14 @@ use smoltcp::wire::{
 use tracing::{debug, warn};
 
 use crate::addr::{self, DNS_IP, GATEWAY_IP, GATEWAY_MAC, GUEST_IP, PREFIX_LEN};
+use crate::budget::{Budget, Charge};
+use crate::caps::Cap;
 use crate::dns::tcp::DnsTcp;
 use crate::dns::{resolvers_from, Client, DnsServer};
 use crate::forward::Forwards;
 use crate::judge::{judge, judge_named, judge_peeked, Decision};
-use crate::phy::Phy;
-use crate::tcp::{Connected, FlowKey, Refused, TcpFlows};
+use crate::phy::{Phy, QueueCaps};
+use crate::tcp::{Connected, FlowKey, Refused, StartError, TcpFlows};
 use crate::udp::UdpFlows;
 use crate::{frames, Audit, AuditEvent, Mode, Policy, Proto, Verdict};
 
@@ -40,8 +42,6 @@ mod classify;
 /// The IP MTU when the configuration names none: the largest that keeps
 /// a frame plus virtio header under 64 KiB.
 pub const DEFAULT_MTU: usize = 65520;
-/// Connections (TCP, connecting ones included) at most.
-const MAX_TCP_FLOWS: usize = 4096;
 /// Rounds of "move data, let smoltcp send" per poll, at most.
 const ROUNDS: usize = 64;
 
@@ -72,6 +72,9 @@ pub struct StackConfig {
     /// The largest IP packet either side sends (the MTU the device tells
     /// the guest); 0: [`DEFAULT_MTU`].
     pub mtu: usize,
+    /// The most memory the stack's queues and flows take, bytes; 0:
+    /// [`crate::DEFAULT_BUDGET`]. Flows that do not fit are refused.
+    pub memory_budget: usize,
 }
 
 /// Counters of a stack.
@@ -87,6 +90,22 @@ pub struct StackStats {
     pub tcp_flows: usize,
     /// Open UDP flows.
     pub udp_flows: usize,
+    /// Bytes charged to the memory budget now.
+    pub memory_used: usize,
+    /// The most bytes ever charged to the memory budget at once.
+    pub memory_peak: usize,
+    /// The memory budget, bytes.
+    pub memory_limit: usize,
+    /// TCP connections (the guest's or forwarded) refused because
+    /// [`crate::MAX_TCP_FLOWS`] were open.
+    pub tcp_refused_cap: u64,
+    /// TCP connections (the guest's or forwarded) refused because the
+    /// memory budget had no room.
+    pub tcp_refused_memory: u64,
+    /// UDP flows dropped to make room for new ones.
+    pub udp_evicted: u64,
+    /// DNS queries answered SERVFAIL because too many were upstream.
+    pub dns_busy: u64,
 }
 
 /// What a [`NetHandle`] shares with its stack.
@@ -94,6 +113,8 @@ struct Shared {
     policy: Mutex<Policy>,
     generation: AtomicU64,
     waker: Waker,
+    /// The counters as of the stack's last poll.
+    stats: Mutex<StackStats>,
 }
 
 /// Replaces the policy of a running stack from another thread.
@@ -108,6 +129,14 @@ impl NetHandle {
         match self.shared.policy.lock() {
             Ok(p) => p.clone(),
             Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    /// The stack's counters as of its last poll.
+    pub fn stats(&self) -> StackStats {
+        match self.shared.stats.lock() {
+            Ok(s) => *s,
+            Err(s) => *s.into_inner(),
         }
     }
 
@@ -136,7 +165,9 @@ pub struct NetStack {
     audit: Audit,
     host_addrs: addr::HostAddrs,
     iface: Interface,
-    sockets: SocketSet<'static>,
+    budget: Budget,
+    /// The queues' byte bounds in the budget.
+    _queues: Charge,
     phy: Phy,
     dns: DnsServer,
     dns_tcp: DnsTcp,
@@ -149,6 +180,10 @@ pub struct NetStack {
     again: Vec<Token>,
     guest_mac: EthernetAddress,
     stats: StackStats,
+    flow_cap: Cap,
+    memory_cap: Cap,
+    udp_cap: Cap,
+    dns_cap: Cap,
 }
 
 impl NetStack {
@@ -168,7 +203,12 @@ impl NetStack {
         } else {
             config.mtu
         };
-        let mut phy = Phy::new(mtu);
+        let budget = Budget::new(config.memory_budget);
+        let caps = QueueCaps::of_budget(budget.limit());
+        let queues = budget
+            .charge(caps.worst_case())
+            .ok_or_else(|| NetError::Host(io::Error::other("the memory budget is too small")))?;
+        let mut phy = Phy::new(mtu, caps);
         let mut iface_config = Config::new(HardwareAddress::Ethernet(GATEWAY_MAC));
         iface_config.random_seed = RandomState::new().build_hasher().finish();
         let mut iface = Interface::new(iface_config, &mut phy, SmolInstant::now());
@@ -190,25 +230,34 @@ impl NetStack {
                 policy: Mutex::new(config.policy.clone()),
                 generation: AtomicU64::new(0),
                 waker,
+                stats: Mutex::new(StackStats::default()),
             }),
             policy: config.policy,
             generation: 0,
             audit: config.audit,
             host_addrs: addr::HostAddrs::read(Instant::now()),
             iface,
-            sockets: SocketSet::new(Vec::new()),
+            tcp: TcpFlows::new(budget.clone()),
+            budget,
+            _queues: queues,
             phy,
             dns,
             dns_tcp: DnsTcp::default(),
-            tcp: TcpFlows::default(),
             udp: UdpFlows::default(),
             forwards: Forwards::default(),
             next_token: FIRST_TOKEN,
             again: Vec::new(),
             guest_mac: EthernetAddress::BROADCAST,
             stats: StackStats::default(),
+            flow_cap: Cap::new(
+                "4096 TCP connections open; new ones (the guest's and forwarded ones) are reset",
+            ),
+            memory_cap: Cap::new("network memory budget exhausted; new TCP connections are reset"),
+            udp_cap: Cap::new("256 UDP flows open; the least recently used ones are dropped"),
+            dns_cap: Cap::new("256 DNS queries upstream; new ones are answered SERVFAIL"),
         };
         stack.sync_forwards();
+        stack.publish_stats();
         Ok(stack)
     }
 
@@ -229,6 +278,13 @@ impl NetStack {
         StackStats {
             tcp_flows: self.tcp.len(),
             udp_flows: self.udp.len(),
+            memory_used: self.budget.used(),
+            memory_peak: self.budget.peak(),
+            memory_limit: self.budget.limit(),
+            tcp_refused_cap: self.flow_cap.hits(),
+            tcp_refused_memory: self.memory_cap.hits(),
+            udp_evicted: self.udp.evicted(),
+            dns_busy: self.dns.busy(),
             ..self.stats
         }
     }
@@ -262,7 +318,7 @@ impl NetStack {
     /// How long until [`NetStack::poll`] must run again even if neither
     /// the fd nor a frame says so (`None`: not before then).
     pub fn poll_delay(&mut self) -> Option<Duration> {
-        if !self.again.is_empty() || !self.phy.rx.is_empty() {
+        if !self.again.is_empty() || self.phy.rx_waiting() {
             return Some(Duration::ZERO);
         }
         let now = Instant::now();
@@ -277,8 +333,9 @@ impl NetStack {
         .min()
         .map(|t| t.saturating_duration_since(now));
         let smol = self
-            .iface
-            .poll_delay(SmolInstant::now(), &self.sockets)
+            .tcp
+            .sockets()
+            .poll_delay(&mut self.iface, SmolInstant::now())
             .map(Duration::from);
         match (own, smol) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -296,30 +353,41 @@ impl NetStack {
         for _ in 0..ROUNDS {
             let mut progress = self.finish_connects(now);
             progress |= self.judge_first_messages(now);
-            progress |= self.tcp.splice(&mut self.sockets);
+            progress |= self.tcp.splice();
             progress |= self.dns_tcp.serve(
-                &mut self.sockets,
+                self.tcp.sockets(),
                 &mut self.dns,
                 &self.policy,
                 &self.audit,
                 now,
             );
             let smol = self
-                .iface
-                .poll(SmolInstant::now(), &mut self.phy, &mut self.sockets);
+                .tcp
+                .sockets()
+                .poll(&mut self.iface, SmolInstant::now(), &mut self.phy);
             progress |= smol != smoltcp::iface::PollResult::None;
-            progress |= self.tcp.reap(&mut self.sockets, self.poll.registry()) > 0;
+            progress |= self.tcp.reap(self.poll.registry()) > 0;
             if !progress {
                 break;
             }
         }
-        for client in self.dns_tcp.reap(&mut self.sockets, &self.dns, now) {
+        for client in self.dns_tcp.reap(self.tcp.sockets(), &self.dns, now) {
             self.dns.forget_client(client);
         }
         for (client, reply) in self.dns.expire(now) {
             self.dns_answer(client, &reply, now);
         }
         self.udp.expire(now, self.poll.registry());
+        self.publish_stats();
+    }
+
+    /// Hands the counters to the [`NetHandle`]s.
+    fn publish_stats(&self) {
+        let stats = self.stats();
+        match self.shared.stats.lock() {
+            Ok(mut s) => *s = stats,
+            Err(s) => *s.into_inner() = stats,
+        }
     }
 
     fn token(&mut self) -> Token {
@@ -334,27 +402,27 @@ impl NetStack {
         for connected in done {
             match connected {
                 Connected::Ready { key, syn } => {
-                    if !self.tcp.listen(&key, &mut self.sockets) {
-                        self.tcp
-                            .remove(&key, &mut self.sockets, self.poll.registry());
+                    if let Err(e) = self.tcp.listen(&key) {
+                        // No room for its buffers: refused at once, as a
+                        // connection over the budget is at its SYN.
+                        self.tcp.remove(&key, self.poll.registry());
+                        self.refuse_started(Proto::Tcp, key.remote, &e);
+                        self.reset_from_syn(&syn);
                         continue;
                     }
-                    let queued = std::mem::take(&mut self.phy.rx);
-                    self.phy.rx.push_back(syn);
-                    self.iface
-                        .poll(SmolInstant::now(), &mut self.phy, &mut self.sockets);
-                    let leftover = std::mem::replace(&mut self.phy.rx, queued);
-                    if !leftover.is_empty() || !self.tcp.took_syn(&key, &self.sockets) {
+                    let (tcp, iface) = (&mut self.tcp, &mut self.iface);
+                    let (_, untaken) = self.phy.alone(syn, |phy| {
+                        tcp.sockets().poll(iface, SmolInstant::now(), phy)
+                    });
+                    if untaken || !self.tcp.took_syn(&key) {
                         // No room to answer, or smoltcp refused the SYN:
                         // the guest retransmits and gets a fresh try.
-                        self.tcp
-                            .remove(&key, &mut self.sockets, self.poll.registry());
+                        self.tcp.remove(&key, self.poll.registry());
                     }
                 }
                 Connected::Failed { key, syn, error } => {
                     debug!("net: tcp {}: {error}", key.remote);
-                    self.tcp
-                        .remove(&key, &mut self.sockets, self.poll.registry());
+                    self.tcp.remove(&key, self.poll.registry());
                     self.reset_from_syn(&syn);
                 }
             }
@@ -365,7 +433,7 @@ impl NetStack {
     /// Judges the first message of held flows that have one: lets them
     /// through, or resets them and records why.
     fn judge_first_messages(&mut self, now: Instant) -> bool {
-        let decided = self.tcp.peeked(&mut self.sockets, now);
+        let decided = self.tcp.peeked(now);
         let progress = !decided.is_empty();
         for (key, protocol, opened_for, peeked) in decided {
             let ip = *key.remote.ip();
@@ -385,7 +453,7 @@ impl NetStack {
                     "net: tcp {}: first message refused: {}",
                     key.remote, decision.reason
                 );
-                self.tcp.refuse(&key, &mut self.sockets);
+                self.tcp.refuse(&key);
                 self.record(Proto::Tcp, &decision, key.remote);
             }
         }
@@ -426,6 +494,36 @@ impl NetStack {
         )
     }
 
+    /// Counts (and records) a flow a cap or the host refused to start.
+    fn refuse_started(&mut self, proto: Proto, dst: SocketAddrV4, error: &StartError) {
+        let reason = match error {
+            StartError::TooMany => {
+                self.flow_cap.hit();
+                "too many connections"
+            }
+            StartError::Memory => {
+                self.memory_cap.hit();
+                "network memory budget exhausted"
+            }
+            StartError::Host(e) => {
+                debug!("net: {proto:?} {dst}: {e}");
+                "cannot start the connection"
+            }
+        };
+        let refused = Decision {
+            allow: false,
+            name: None,
+            reason,
+        };
+        self.record(proto, &refused, dst);
+    }
+
+    /// A flow started: the caps had room.
+    fn started(&mut self) {
+        self.flow_cap.fits();
+        self.memory_cap.fits();
+    }
+
     fn record(&self, proto: Proto, decision: &Decision, dst: SocketAddrV4) {
         let verdict = if decision.allow {
             Verdict::Allow
@@ -442,7 +540,7 @@ impl NetStack {
     fn dns_answer(&mut self, client: Client, reply: &[u8], now: Instant) {
         match client {
             Client::Udp(guest) => self.send_udp(SocketAddrV4::new(DNS_IP, 53), guest, reply),
-            Client::Tcp(id) => self.dns_tcp.answer(id, reply, &mut self.sockets, now),
+            Client::Tcp(id) => self.dns_tcp.answer(id, reply, self.tcp.sockets(), now),
         }
     }
 
@@ -500,30 +598,27 @@ impl NetStack {
         for (stream, guest_port) in self.forwards.accept(listener, &mut more) {
             let token = self.token();
             let dst = SocketAddrV4::new(GUEST_IP, guest_port);
+            // A refused connection's host end is closed here, so a local
+            // process opening connections in a loop holds no fds of ours.
             let started = self.tcp.forward(
                 stream,
                 guest_port,
                 &mut self.iface,
-                &mut self.sockets,
                 self.poll.registry(),
                 token,
             );
-            let decision = match &started {
-                Ok(()) => Decision {
-                    allow: true,
-                    name: None,
-                    reason: "port forward",
-                },
-                Err(e) => {
-                    warn!("net: forward to guest port {guest_port}: {e}");
-                    Decision {
-                        allow: false,
+            match started {
+                Ok(()) => {
+                    self.started();
+                    let decision = Decision {
+                        allow: true,
                         name: None,
-                        reason: "cannot start the forwarded connection",
-                    }
+                        reason: "port forward",
+                    };
+                    self.record(Proto::Forward, &decision, dst);
                 }
-            };
-            self.record(Proto::Forward, &decision, dst);
+                Err(e) => self.refuse_started(Proto::Forward, dst, &e),
+            }
         }
         if more {
             self.again.push(listener);
@@ -576,11 +671,9 @@ impl NetStack {
             judge_named(policy, hosts, ip, port, opened_for.map(str::to_owned)).allow
                 || judge(policy, dns, hosts, ip, port, now).allow
         };
-        let tcp = self
-            .tcp
-            .retain(&mut self.sockets, self.poll.registry(), allowed, |key| {
-                forwarded.contains(&key.guest_port)
-            });
+        let tcp = self.tcp.retain(self.poll.registry(), allowed, |key| {
+            forwarded.contains(&key.guest_port)
+        });
         let mut udp = Vec::new();
         self.udp.retain(self.poll.registry(), |key, name| {
             let ok = allowed(key, name);
@@ -621,13 +714,6 @@ fn take_token(next: &mut usize) -> Token {
     let t = Token(*next);
     *next = next.wrapping_add(1).max(FIRST_TOKEN);
     t
-}
-
-impl Drop for NetStack {
-    fn drop(&mut self) {
-        // The sockets first: their buffers belong to the flows in `tcp`.
-        self.sockets = SocketSet::new(Vec::new());
-    }
 }
 
 impl AsRawFd for NetStack {

@@ -61,6 +61,7 @@ pub fn stack_audited(policy: Policy, resolvers: Vec<SocketAddr>, audit: Audit) -
         audit,
         resolvers,
         mtu: 0,
+        memory_budget: 0,
     })
     .unwrap()
 }

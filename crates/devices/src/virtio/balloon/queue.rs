@@ -19,7 +19,7 @@
 
 use std::io;
 
-use tracing::{debug, warn};
+use tracing::debug;
 use virtio_queue::{DescriptorChain, Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress};
 
@@ -30,6 +30,7 @@ use super::stats::BalloonStats;
 use super::{MAX_PFNS_PER_CHAIN, MAX_STATS_BYTES};
 use crate::virtio::queue as vq;
 use crate::virtio::{GuestMemory, VirtioInterrupt};
+use crate::warn_limited;
 
 /// What a call did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -111,7 +112,7 @@ where
                 }
             }
             Err(why) => {
-                warn!(
+                warn_limited!(
                     "virtio-balloon: chain {head} of queue {} dropped: {why}",
                     vq.index
                 );
@@ -162,7 +163,7 @@ fn release_run<R: MemoryReleaser + ?Sized>(
 ) {
     if let Err(e) = releaser.release(mem, GuestAddress(run.addr()), run.len()) {
         // The pages stay in the balloon: the guest gave them up either way.
-        warn!("virtio-balloon: {e}");
+        warn_limited!("virtio-balloon: {e}");
         delta.release_errors += 1;
     }
 }
@@ -214,14 +215,14 @@ where
                     match releaser.release(ctx.mem, GuestAddress(buf.addr), len) {
                         Ok(()) => delta.reported_bytes += len,
                         Err(e) => {
-                            warn!("virtio-balloon: {e}");
+                            warn_limited!("virtio-balloon: {e}");
                             delta.release_errors += 1;
                         }
                     }
                 }
             }
             Err(why) => {
-                warn!("virtio-balloon: report chain {head} dropped: {why}");
+                warn_limited!("virtio-balloon: report chain {head} dropped: {why}");
                 delta.malformed_chains += 1;
             }
         }
@@ -261,7 +262,7 @@ where
                 }
             }
             Err(why) => {
-                warn!("virtio-balloon: stats chain {head} dropped: {why}");
+                warn_limited!("virtio-balloon: stats chain {head} dropped: {why}");
                 ctx.counters.add(&BalloonCounters {
                     malformed_chains: 1,
                     ..Default::default()

@@ -50,6 +50,7 @@ use tracing::{debug, error, warn};
 use super::config::FsConfig;
 use super::locate::Virtiofsd;
 use crate::thread::{self, DeviceThread, Thread};
+use crate::warn_limited;
 
 /// How long a daemon may take to open its socket.
 pub const START_TIMEOUT: Duration = Duration::from_secs(10);
@@ -465,7 +466,7 @@ fn relay_stderr(tag: &str, stderr: ChildStderr, tail: Tail) -> Option<Thread<()>
         for line in BufReader::new(stderr).lines() {
             let Ok(line) = line else { break };
             if line.contains("ERROR") {
-                warn!(target: "virtiofsd", tag = %tag, "{line}");
+                warn_limited!(target: "virtiofsd", tag = %tag, "{line}");
             } else {
                 debug!(target: "virtiofsd", tag = %tag, "{line}");
             }

@@ -18,12 +18,12 @@
 use std::io;
 use std::sync::atomic::Ordering;
 
-use tracing::warn;
 use virtio_queue::{DescriptorChain, Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
 use crate::virtio::queue as vq;
 use crate::virtio::{GuestMemory, VirtioInterrupt};
+use crate::warn_limited;
 
 /// Bytes of `fuse_in_header` (linux/fuse.h).
 pub const FUSE_IN_HEADER_LEN: usize = 40;
@@ -132,7 +132,7 @@ fn error_reply(
     for (count, desc) in chain.enumerate() {
         let len = desc.len() as usize;
         if count >= usize::from(max_descriptors) || !mem.check_range(desc.addr(), len) {
-            warn!("virtio-fs: malformed request {head} ignored");
+            warn_limited!("virtio-fs: malformed request {head} ignored");
             return 0;
         }
         if desc.is_write_only() {

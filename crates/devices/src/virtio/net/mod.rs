@@ -61,7 +61,6 @@ pub mod rx;
 pub mod tx;
 
 mod chain;
-mod limiter;
 
 use std::os::fd::AsRawFd;
 use std::time::Duration;

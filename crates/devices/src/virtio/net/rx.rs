@@ -41,9 +41,9 @@ use vm_memory::{Bytes, GuestAddress};
 
 use super::chain::{self, Direction, Regions};
 use super::header::{NetHeader, F_DATA_VALID, GSO_NONE, NET_HDR_LEN};
-use super::limiter::LogLimiter;
 use super::{FrameBackend, Negotiated, QueueError, MAX_FRAME_LEN, RX_QUEUE};
 use crate::virtio::queue as vq;
+use crate::virtio::warn::LogLimiter;
 use crate::virtio::{GuestMemory, VirtioInterrupt};
 
 /// Bytes of an Ethernet header (no VLAN tag).
@@ -107,7 +107,7 @@ impl RxState {
             held_room: 0,
             held_descriptors: 0,
             bounced: 0,
-            warnings: LogLimiter::new("rx"),
+            warnings: LogLimiter::new("virtio-net rx"),
         }
     }
 

@@ -19,9 +19,9 @@ use super::header::{
     complete_checksum, CsumError, NetHeader, F_NEEDS_CSUM, GSO_ECN, GSO_NONE, GSO_TCPV4, GSO_TCPV6,
     NET_HDR_LEN,
 };
-use super::limiter::LogLimiter;
 use super::{FrameBackend, Negotiated, QueueError, MAX_FRAME_LEN, TX_QUEUE};
 use crate::virtio::queue as vq;
+use crate::virtio::warn::LogLimiter;
 use crate::virtio::{GuestMemory, VirtioInterrupt};
 
 /// What one call of [`process_tx`] did.
@@ -52,7 +52,7 @@ impl TxState {
         TxState {
             negotiated,
             scratch: Vec::with_capacity(NET_HDR_LEN + MAX_FRAME_LEN),
-            warnings: LogLimiter::new("tx"),
+            warnings: LogLimiter::new("virtio-net tx"),
         }
     }
 }

@@ -11,13 +11,13 @@
 
 use std::io;
 
-use tracing::warn;
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{DescriptorChain, Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
 use crate::virtio::queue as vq;
 use crate::virtio::{GuestMemory, VirtioInterrupt};
+use crate::warn_limited;
 
 /// The most entropy one request receives; larger buffers are partly filled,
 /// which the specification allows.
@@ -130,20 +130,20 @@ where
     let buffers = match writable_buffers(mem, chain, usize::from(max_descriptors)) {
         Ok(b) => b,
         Err(why) => {
-            warn!("virtio-rng: request {head} rejected: {why}");
+            warn_limited!("virtio-rng: request {head} rejected: {why}");
             return 0;
         }
     };
     let total: usize = buffers.iter().map(|(_, len)| len).sum();
     let mut bytes = vec![0u8; total];
     if let Err(e) = source.fill(&mut bytes) {
-        warn!("virtio-rng: no entropy for request {head}: {e}");
+        warn_limited!("virtio-rng: no entropy for request {head}: {e}");
         return 0;
     }
     let mut written = 0;
     for (addr, len) in buffers {
         if let Err(e) = mem.write_slice(&bytes[written..written + len], addr) {
-            warn!("virtio-rng: cannot write request {head}: {e}");
+            warn_limited!("virtio-rng: cannot write request {head}: {e}");
             break;
         }
         written += len;

@@ -46,6 +46,7 @@ use crate::virtio::{
     ActivationContext, ActiveQueue, GuestMemory, InterruptKind, VirtioDevice, VirtioInterrupt,
     VIRTIO_F_VERSION_1,
 };
+use crate::warn_limited;
 
 /// Size of one virtio-mmio window.
 pub const MMIO_WINDOW_SIZE: u64 = 0x1000;
@@ -575,7 +576,7 @@ impl MmioTransport {
         }
         let added = value & !current & DRIVER_BITS;
         if added & status::FAILED != 0 {
-            warn!(
+            warn_limited!(
                 device_type = self.device.device_type(),
                 "virtio: the driver gave up on the device"
             );
@@ -637,7 +638,7 @@ impl MmioTransport {
         let mut queues = Vec::new();
         for (index, regs) in self.queues.iter().enumerate().filter(|(_, q)| q.ready) {
             let Some(queue) = regs.to_queue(&self.mem, event_idx) else {
-                warn!(
+                warn_limited!(
                     index,
                     "virtio-mmio: ready queue is not usable in guest memory"
                 );
@@ -665,7 +666,8 @@ impl MmioTransport {
         match self.device.activate(ctx) {
             Ok(()) => self.activated = true,
             Err(e) => {
-                error!(
+                // A driver can ask again and again with the same bad set-up.
+                warn_limited!(
                     device_type = self.device.device_type(),
                     "virtio: cannot activate: {e}"
                 );
@@ -688,7 +690,7 @@ impl MmioTransport {
         if self.activated {
             self.activated = false;
             if !self.device.reset() {
-                warn!(
+                warn_limited!(
                     device_type = self.device.device_type(),
                     "virtio: device cannot be reset"
                 );

@@ -12,7 +12,7 @@ use tracing::{error, warn};
 
 use super::handler::{NotifiedQueue, VsockHandler};
 use super::muxer::Muxer;
-use super::unix;
+use super::{unix, VsockCounters};
 use crate::thread::DeviceThread;
 use crate::virtio::worker::Worker;
 use crate::virtio::{
@@ -82,6 +82,7 @@ pub struct Vsock {
     /// (device, inode) of the socket file we bound, to remove only ours.
     socket_id: Option<(u64, u64)>,
     worker: Option<Worker<VsockHandler>>,
+    counters: VsockCounters,
 }
 
 impl Vsock {
@@ -110,7 +111,14 @@ impl Vsock {
             listener: Arc::new(listener),
             socket_id,
             worker: None,
+            counters: VsockCounters::default(),
         })
+    }
+
+    /// Counts the connections refused at the cap into `counters`.
+    pub fn with_counters(mut self, counters: VsockCounters) -> Self {
+        self.counters = counters;
+        self
     }
 
     /// The guest's context id.
@@ -212,7 +220,8 @@ impl VirtioDevice for Vsock {
             queue: q.queue,
             notify: q.notify,
         });
-        let muxer = Muxer::new(self.guest_cid, self.uds_path.clone(), self.listener.clone());
+        let muxer = Muxer::new(self.guest_cid, self.uds_path.clone(), self.listener.clone())
+            .with_counters(self.counters.clone());
         let handler = VsockHandler::new(ctx.mem, queues, ctx.interrupt, muxer);
         let worker = Worker::spawn(
             "virtio-vsock",

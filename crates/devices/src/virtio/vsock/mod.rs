@@ -49,6 +49,28 @@ mod unix;
 pub use device::{Vsock, VsockError, DEFAULT_GUEST_CID};
 pub use queue::VsockBackend;
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// How often the device's connection cap was hit, shared with whoever
+/// reports it (`agentvm status`).
+#[derive(Debug, Clone, Default)]
+pub struct VsockCounters {
+    refused: Arc<AtomicU64>,
+}
+
+impl VsockCounters {
+    /// Connections (host clients' and the guest's) refused because
+    /// [`MAX_CONNECTIONS`] were open.
+    pub fn refused(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
+    }
+
+    fn count_refused(&self) {
+        self.refused.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 /// The most connections (and host clients still sending their CONNECT
 /// line) the device keeps at once; more are refused.
 pub const MAX_CONNECTIONS: usize = 1024;

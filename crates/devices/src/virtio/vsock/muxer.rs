@@ -16,13 +16,14 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use tracing::{debug, warn};
+use tracing::debug;
 use vmm_sys_util::epoll::EventSet;
 
 use super::connection::{ConnKey, Connection, Emit, Verdict};
 use super::packet::{op, socket_type, Header, HOST_CID};
 use super::queue::VsockBackend;
-use super::{unix, MAX_CONNECTIONS, MAX_CONNECT_LINE, MAX_PENDING_RESETS};
+use super::{unix, VsockCounters, MAX_CONNECTIONS, MAX_CONNECT_LINE, MAX_PENDING_RESETS};
+use crate::warn_limited;
 
 /// Token of the listening socket.
 pub const LISTENER_TOKEN: u32 = 3;
@@ -90,6 +91,7 @@ pub struct Muxer {
     fd_ops: Vec<FdOp>,
     /// Sockets dropped since the last [`Self::apply_fd_ops`].
     graveyard: Vec<UnixStream>,
+    counters: VsockCounters,
 }
 
 impl Muxer {
@@ -112,9 +114,16 @@ impl Muxer {
             resets: VecDeque::new(),
             fd_ops: Vec::new(),
             graveyard: Vec::new(),
+            counters: VsockCounters::default(),
         };
         muxer.watch_listener();
         muxer
+    }
+
+    /// Counts refusals at the connection cap into `counters`.
+    pub fn with_counters(mut self, counters: VsockCounters) -> Self {
+        self.counters = counters;
+        self
     }
 
     /// Live connections (not counting host clients still sending CONNECT).
@@ -176,7 +185,7 @@ impl Muxer {
                 Err(e) => {
                     // Out of fds, most likely. The listener stays readable,
                     // so stop watching it until a socket closes.
-                    warn!("virtio-vsock: cannot accept host clients: {e}");
+                    warn_limited!("virtio-vsock: cannot accept host clients: {e}");
                     self.listener_watched = false;
                     self.fd_ops.push(FdOp::Remove {
                         fd: self.listener.as_raw_fd(),
@@ -185,11 +194,14 @@ impl Muxer {
                 }
             };
             if self.is_full() {
-                warn!("virtio-vsock: {MAX_CONNECTIONS} connections open; host client refused");
+                warn_limited!(
+                    "virtio-vsock: {MAX_CONNECTIONS} connections open; host client refused"
+                );
+                self.counters.count_refused();
                 continue;
             }
             if let Err(e) = stream.set_nonblocking(true) {
-                warn!("virtio-vsock: host client dropped: {e}");
+                warn_limited!("virtio-vsock: host client dropped: {e}");
                 continue;
             }
             let Some(token) = self.alloc_token() else {
@@ -361,7 +373,7 @@ impl Muxer {
 
     fn push_reset(&mut self, rst: Header) {
         if self.resets.len() >= MAX_QUEUED_RESETS {
-            warn!("virtio-vsock: too many resets queued for the guest; one dropped");
+            warn_limited!("virtio-vsock: too many resets queued for the guest; one dropped");
             return;
         }
         self.resets.push_back(rst);
@@ -371,7 +383,10 @@ impl Muxer {
     /// `{uds}_{port}`.
     fn guest_connect(&mut self, key: ConnKey, request: &Header) {
         if self.is_full() {
-            warn!("virtio-vsock: {MAX_CONNECTIONS} connections open; guest request refused");
+            warn_limited!(
+                "virtio-vsock: {MAX_CONNECTIONS} connections open; guest request refused"
+            );
+            self.counters.count_refused();
             self.push_reset(request.reset_reply());
             return;
         }

@@ -15,7 +15,6 @@
 //!
 //! Work per call is bounded by the queue size.
 
-use tracing::warn;
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vm_memory::{GuestAddress, GuestMemoryBackend};
 
@@ -23,6 +22,7 @@ use super::packet::{Header, HDR_LEN};
 use super::MAX_PKT_PAYLOAD;
 use crate::virtio::queue::{self as vq, gather, scatter};
 use crate::virtio::{GuestMemory, VirtioInterrupt};
+use crate::warn_limited;
 
 /// Index of the receive queue.
 pub const RX_QUEUE: u16 = 0;
@@ -93,7 +93,7 @@ where
         match read_packet(mem, chain, queue.size(), scratch) {
             Ok(hdr) => backend.send_pkt(&hdr, scratch),
             Err(bad) => {
-                warn!("virtio-vsock: tx packet {head} dropped: {}", bad.why);
+                warn_limited!("virtio-vsock: tx packet {head} dropped: {}", bad.why);
                 backend.malformed(bad.hdr.as_ref());
             }
         }
@@ -125,7 +125,7 @@ where
         let regions = match writable_regions(mem, chain, queue.size()) {
             Ok(r) => r,
             Err(why) => {
-                warn!("virtio-vsock: rx buffer {head} returned empty: {why}");
+                warn_limited!("virtio-vsock: rx buffer {head} returned empty: {why}");
                 complete(mem, queue, head, 0, &mut progress);
                 continue;
             }
@@ -312,7 +312,7 @@ fn write_packet(
         // At most a header plus MAX_PKT_PAYLOAD.
         (HDR_LEN + payload.len()) as u32
     } else {
-        warn!("virtio-vsock: cannot write an rx buffer");
+        warn_limited!("virtio-vsock: cannot write an rx buffer");
         0
     }
 }
