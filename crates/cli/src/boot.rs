@@ -89,6 +89,7 @@ pub enum PitMode {
 const EXIT_GUEST_CRASHED: u8 = 2;
 
 pub fn run(args: BootArgs) -> anyhow::Result<ExitCode> {
+    harden_vmm_process()?;
     // Options are checked before files are looked at.
     let policy = args.net.policy()?;
     for warning in args.net.warnings() {
@@ -169,6 +170,16 @@ pub fn run(args: BootArgs) -> anyhow::Result<ExitCode> {
             ExitCode::from(EXIT_GUEST_CRASHED)
         }
     })
+}
+
+/// What a VMM process (`boot`, `__vmm`) does before anything else: closes
+/// the descriptors it inherited, sets `no_new_privs` before any thread
+/// exists (so every thread has it) and switches core dumps off. See
+/// [`agentvm_vmm::hygiene`].
+pub fn harden_vmm_process() -> anyhow::Result<()> {
+    use agentvm_vmm::hygiene;
+    hygiene::close_inherited_fds().context("cannot close inherited file descriptors")?;
+    hygiene::harden_process().context("cannot harden the VMM process")
 }
 
 /// What a VM boots: kernel, initial ramdisk, command line.

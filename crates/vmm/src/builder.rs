@@ -27,6 +27,7 @@ use crate::arch::x86_64::{acpi, cpuid, e820, mptable};
 use crate::boot::{self, pvh, zero_page, BootError};
 use crate::config::{CmdlineDevices, VmConfig, MAX_VCPUS};
 use crate::device_manager::{DeviceError, DeviceManager};
+use crate::hygiene::{self, HygieneError};
 use crate::memory::{GuestRam, MemoryError};
 use crate::vcpu::Buses;
 use crate::vm::{Controls, Shared, Vm};
@@ -71,6 +72,9 @@ pub enum BuildError {
     /// Guest memory could not be created.
     #[error(transparent)]
     Memory(#[from] MemoryError),
+    /// The process could not be hardened (no_new_privs, core dumps).
+    #[error(transparent)]
+    Hygiene(#[from] HygieneError),
     /// The kernel, initrd or command line could not be loaded.
     #[error(transparent)]
     Boot(#[from] BootError),
@@ -235,6 +239,9 @@ impl VmBuilder {
     }
 
     /// Creates the VM: memory, irqchip, devices, kernel, tables, vCPUs.
+    ///
+    /// First it hardens the process ([`hygiene::harden_process`]):
+    /// `no_new_privs` on this thread and core dumps off, process-wide.
     pub fn build(self) -> Result<Vm, BuildError> {
         let VmBuilder {
             config,
@@ -245,6 +252,7 @@ impl VmBuilder {
             net,
         } = self;
         validate(&config)?;
+        hygiene::harden_process()?;
         let memory_bytes = config.memory_mib << 20;
 
         let kvm = Kvm::new().map_err(BuildError::OpenKvm)?;

@@ -15,6 +15,7 @@ pub mod boot;
 pub mod builder;
 pub mod config;
 pub mod device_manager;
+pub mod hygiene;
 pub mod memory;
 pub mod memory_control;
 pub mod vcpu;

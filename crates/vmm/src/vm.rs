@@ -229,6 +229,9 @@ pub enum RunError {
     /// A vCPU thread could not be started.
     #[error("Cannot start vCPU thread")]
     Spawn(#[source] std::io::Error),
+    /// no_new_privs could not be set for the VM's threads.
+    #[error(transparent)]
+    Hygiene(#[from] crate::hygiene::HygieneError),
 }
 
 /// A VM ready to run. Build one with [`crate::VmBuilder`].
@@ -269,8 +272,11 @@ impl Vm {
 
     /// Runs the VM until the guest powers off, resets or crashes, or a
     /// handle stops it. Every vCPU thread is joined and every device stopped
-    /// before this returns.
+    /// before this returns. The vCPU threads (and the device threads they
+    /// start) inherit `no_new_privs` from the calling thread, which gets it
+    /// here if [`crate::VmBuilder::build`] ran on another one.
     pub fn run(mut self) -> Result<ExitStatus, RunError> {
+        crate::hygiene::harden_process()?;
         *self
             .shared
             .started

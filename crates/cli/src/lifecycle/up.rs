@@ -384,8 +384,23 @@ pub fn guest_start(argv: Vec<Vec<u8>>, snap: &Snapshot, tty: bool) -> Start {
     }
 }
 
+/// The variables the VMM process keeps from ours; it gets no other (a
+/// host secret such as a cloud key or a token in our environment must not
+/// sit in the memory of a process that parses guest data). Everything else
+/// it needs comes from its state directory.
+const VMM_ENV: &[&str] = &[
+    // Finding virtiofsd: $PATH, ~/.cargo/bin, or an explicit binary.
+    "PATH",
+    "HOME",
+    agentvm_devices::virtio::fs::locate::ENV_VAR,
+    // Its log level, and the language of its messages.
+    "AGENTVM_LOG",
+    "LANG",
+    "LC_ALL",
+];
+
 /// Starts `agentvm __vmm --state DIR` in its own session, its output in
-/// the console log.
+/// the console log and only [`VMM_ENV`] in its environment.
 fn spawn_vmm(state: &StateDir) -> anyhow::Result<Child> {
     let exe = std::env::current_exe().context("cannot find the agentvm binary to start")?;
     let log = File::options()
@@ -399,6 +414,12 @@ fn spawn_vmm(state: &StateDir) -> anyhow::Result<Child> {
         .arg(&state.dir)
         // Not the workspace: the VMM must not keep it busy.
         .current_dir("/")
+        .env_clear()
+        .envs(
+            VMM_ENV
+                .iter()
+                .filter_map(|&k| Some((k, std::env::var_os(k)?))),
+        )
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log);

@@ -42,6 +42,7 @@ pub struct VmmArgs {
 
 /// Runs the VM until it ends; the exit code says whether it ended cleanly.
 pub fn run(args: VmmArgs) -> anyhow::Result<ExitCode> {
+    crate::boot::harden_vmm_process()?;
     let state = StateDir { dir: args.state };
     // The configuration it boots is read from here: only from a directory
     // of ours that nobody else can write.

@@ -1,0 +1,109 @@
+//! The seccomp filter every virtiofsd runs under: the guest can never
+//! create a setuid or setgid file, or a device node, on the host.
+//!
+//! virtiofsd does what the guest's FUSE requests say, with its own
+//! credentials. When agentvm runs as root (the nested rig's L1 does), a
+//! guest root that creates `chmod u+s` files or `mknod c 1 1` nodes in a
+//! share would leave a setuid-root binary or a raw device in a host
+//! directory. virtiofsd has no option that refuses these (`--killpriv-v2`
+//! clears the bits on write only, not on `chmod`), so our spawn installs
+//! this filter in the child before it executes virtiofsd. Filters stack:
+//! virtiofsd adds its own (`--seccomp kill`) on top, and the kernel takes
+//! the strictest verdict, so ours still answers `EPERM` under it.
+//!
+//! What is refused, with `EPERM` (the guest sees a failed syscall):
+//! - a mode with S_ISUID or S_ISGID in `chmod`, `fchmod`, `fchmodat`,
+//!   `fchmodat2`, `open`, `openat`, `creat`, `mknod`, `mknodat` (for
+//!   `open`/`openat` the mode only counts with O_CREAT or O_TMPFILE, and
+//!   without them it is 0);
+//! - `mknod`/`mknodat` of a character or block device (FIFOs and sockets
+//!   stay allowed);
+//! - `openat2` (its mode sits in a struct a filter cannot read; glibc and
+//!   virtiofsd fall back to `openat` on ENOSYS).
+//!
+//! File capabilities (`security.capability`) need extended attributes,
+//! which virtiofsd serves only with `--xattr`; we never pass it, so
+//! `setxattr` never reaches the host (see `daemon::arguments`).
+//! `chown` of a setuid file clears the bit in the kernel.
+
+use std::collections::BTreeMap;
+
+use seccompiler::{
+    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
+    SeccompRule, TargetArch,
+};
+
+/// Errors while building the filter (a bug in the rules, never input).
+#[derive(Debug, thiserror::Error)]
+#[error("Cannot build virtiofsd's seccomp filter")]
+pub struct FilterError(#[source] seccompiler::BackendError);
+
+/// The architecture we build for.
+#[cfg(target_arch = "x86_64")]
+const ARCH: TargetArch = TargetArch::x86_64;
+#[cfg(target_arch = "aarch64")]
+const ARCH: TargetArch = TargetArch::aarch64;
+
+/// The bits that are refused in a mode argument.
+const PRIVILEGE_BITS: [u64; 2] = [libc::S_ISUID as u64, libc::S_ISGID as u64];
+/// Device file types refused in `mknod`.
+const DEVICE_TYPES: [u64; 2] = [libc::S_IFCHR as u64, libc::S_IFBLK as u64];
+
+/// The compiled filter, ready for `seccompiler::apply_filter` in the
+/// child (compiled before the fork: the child must not allocate).
+pub fn virtiofsd_filter() -> Result<BpfProgram, FilterError> {
+    let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
+    // (syscall, index of its mode argument)
+    let mut with_mode = vec![
+        (libc::SYS_fchmod, 1),
+        (libc::SYS_fchmodat, 2),
+        (libc::SYS_fchmodat2, 2),
+        (libc::SYS_openat, 3),
+        (libc::SYS_mknodat, 2),
+    ];
+    #[cfg(target_arch = "x86_64")]
+    with_mode.extend([
+        (libc::SYS_chmod, 1),
+        (libc::SYS_open, 2),
+        (libc::SYS_creat, 1),
+        (libc::SYS_mknod, 1),
+    ]);
+    for (syscall, arg) in with_mode {
+        let entry = rules.entry(syscall).or_default();
+        for bit in PRIVILEGE_BITS {
+            entry.push(masked(arg, bit, bit)?);
+        }
+    }
+    let mut mknods = vec![(libc::SYS_mknodat, 2)];
+    #[cfg(target_arch = "x86_64")]
+    mknods.push((libc::SYS_mknod, 1));
+    for (syscall, arg) in mknods {
+        let entry = rules.entry(syscall).or_default();
+        for kind in DEVICE_TYPES {
+            entry.push(masked(arg, libc::S_IFMT as u64, kind)?);
+        }
+    }
+    // An empty rule list matches every call.
+    rules.insert(libc::SYS_openat2, Vec::new());
+    let filter = SeccompFilter::new(
+        rules,
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::EPERM as u32),
+        ARCH,
+    )
+    .map_err(FilterError)?;
+    filter.try_into().map_err(FilterError)
+}
+
+/// A rule matching when `(arg & mask) == value` (the low 32 bits: a
+/// mode is a 32-bit `mode_t`).
+fn masked(arg: u8, mask: u64, value: u64) -> Result<SeccompRule, FilterError> {
+    let condition = SeccompCondition::new(
+        arg,
+        SeccompCmpArgLen::Dword,
+        SeccompCmpOp::MaskedEq(mask),
+        value,
+    )
+    .map_err(FilterError)?;
+    SeccompRule::new(vec![condition]).map_err(FilterError)
+}
