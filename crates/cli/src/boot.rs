@@ -57,6 +57,11 @@ pub struct BootArgs {
     /// Needs virtiofsd (`agentvm doctor` says where it looks).
     #[arg(long, value_name = "HOST_DIR:TAG[:ro]")]
     share: Vec<crate::share::ShareSpec>,
+    /// Where virtiofsd can sandbox itself neither in namespaces nor in a
+    /// chroot, run it without a sandbox (it then sees the host's files as
+    /// you do) instead of refusing the shares.
+    #[arg(long)]
+    allow_unsandboxed_virtiofsd: bool,
     /// Attach a virtio-vsock device whose host side is the Unix socket UDS:
     /// host clients connect to it and send `CONNECT <port>\n`; guest
     /// connections to host port P go to the socket `UDS_P`.
@@ -137,6 +142,7 @@ pub fn run(args: BootArgs) -> anyhow::Result<ExitCode> {
         memory_mib: args.memory,
         vcpus: args.vcpus,
         shares: &shares,
+        allow_unsandboxed_virtiofsd: args.allow_unsandboxed_virtiofsd,
         state_dir: state.path(),
         vsock: args.vsock.as_deref(),
         cid: args.cid,
@@ -248,6 +254,8 @@ pub struct VmSpec<'a> {
     pub vcpus: u8,
     /// Host directories shared over virtio-fs.
     pub shares: &'a [crate::share::ShareSpec],
+    /// Whether virtiofsd may run without a sandbox where it has none.
+    pub allow_unsandboxed_virtiofsd: bool,
     /// Where virtiofsd's sockets go.
     pub state_dir: &'a Path,
     /// The vsock Unix socket, if the VM gets a vsock device.
@@ -330,7 +338,11 @@ pub fn build_vm(spec: VmSpec<'_>) -> anyhow::Result<Vm> {
     if let Some(stack) = stack {
         builder = builder.net(stack);
     }
-    for fs in crate::share::devices(spec.shares, spec.state_dir)? {
+    for fs in crate::share::devices(
+        spec.shares,
+        spec.state_dir,
+        spec.allow_unsandboxed_virtiofsd,
+    )? {
         builder = builder.device(Box::new(fs));
     }
     if spec.rng {

@@ -358,6 +358,10 @@ pub struct Snapshot {
     /// `git/<index>` of the state directory), to undo what the guest adds.
     #[serde(default)]
     pub guarded: Vec<PathBuf>,
+    /// Whether virtiofsd may run without a sandbox where it has none
+    /// (`up --allow-unsandboxed-virtiofsd`).
+    #[serde(default)]
+    pub allow_unsandboxed_virtiofsd: bool,
 }
 
 /// A share in [`Snapshot`].
@@ -406,6 +410,7 @@ impl Snapshot {
             root_image: None,
             persistent_root: None,
             user: cfg.guest_user.as_ref().map(|u| u.cmdline_value()),
+            allow_unsandboxed_virtiofsd: false,
         }
     }
 

@@ -36,6 +36,11 @@ pub struct UpArgs {
     /// is left running for inspection).
     #[arg(long)]
     rm_on_failure: bool,
+    /// Where virtiofsd can sandbox itself neither in namespaces nor in a
+    /// chroot, run it without a sandbox (it then sees the host's files as
+    /// you do) instead of refusing the shares.
+    #[arg(long)]
+    allow_unsandboxed_virtiofsd: bool,
     /// Report on stderr, not stdout: `run`, `shell` and `agent` start the
     /// VM this way, and their stdout is the command's.
     #[arg(skip)]
@@ -58,6 +63,7 @@ impl UpArgs {
             dir,
             timeout: 60,
             rm_on_failure: false,
+            allow_unsandboxed_virtiofsd: false,
             report_on_stderr: true,
         }
     }
@@ -84,6 +90,7 @@ pub fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         None,
     )?;
     let mut snap = Snapshot::new(&cfg, kernel.kernel, kernel.initrd, kernel.cmdline);
+    snap.allow_unsandboxed_virtiofsd = args.allow_unsandboxed_virtiofsd;
     if cfg.kernel.is_none() {
         // A self-contained image directory brings its own root file system;
         // else the one the workspace's packages ask for, else the default

@@ -104,6 +104,7 @@ pub fn run(args: VmmArgs) -> anyhow::Result<ExitCode> {
         memory_mib: snap.memory_mib,
         vcpus: snap.vcpus,
         shares: &shares,
+        allow_unsandboxed_virtiofsd: snap.allow_unsandboxed_virtiofsd,
         state_dir: &state.dir,
         vsock: Some(&vsock),
         cid: None,

@@ -721,7 +721,8 @@ mod tests {
     fn no_sandbox_is_chosen_only_when_allowed() {
         use Sandbox::{Chroot, Namespace, None};
         // (namespace failed, can chroot, none allowed) -> choices
-        let table: [((bool, bool, bool), &[Sandbox]); 8] = [
+        type Case = ((bool, bool, bool), &'static [Sandbox]);
+        let table: [Case; 8] = [
             ((false, true, false), &[Namespace, Chroot]),
             ((false, true, true), &[Namespace, Chroot]),
             ((false, false, false), &[Namespace]),
@@ -788,12 +789,21 @@ mod tests {
         let names: Vec<String> = environ
             .split(|&b| b == 0)
             .filter(|v| !v.is_empty())
-            .map(|v| String::from_utf8_lossy(v).split('=').next().unwrap_or("").to_owned())
+            .map(|v| {
+                String::from_utf8_lossy(v)
+                    .split('=')
+                    .next()
+                    .unwrap_or("")
+                    .to_owned()
+            })
             .collect();
         assert!(names.iter().any(|n| n == "PATH"), "{names:?}");
         // PWD is the stand-in shell's own.
         for name in names.iter().filter(|n| *n != "PWD") {
-            assert!(VIRTIOFSD_ENV.contains(&name.as_str()), "{name} leaked: {names:?}");
+            assert!(
+                VIRTIOFSD_ENV.contains(&name.as_str()),
+                "{name} leaked: {names:?}"
+            );
         }
         let fds: Vec<String> = fs::read_dir(proc.join("fd"))
             .unwrap()
