@@ -446,9 +446,8 @@ pub fn is_alive(pid: i32) -> bool {
 
 /// Sends SIGKILL to `pid` and waits up to `timeout` for it to be gone.
 pub fn kill_and_wait(pid: i32, timeout: std::time::Duration) -> bool {
-    // SAFETY: kill has no memory-safety preconditions; the caller checked
-    // that `pid` is one of our VMMs.
-    unsafe { libc::kill(pid, libc::SIGKILL) };
+    // The caller checked that `pid` is one of our VMMs.
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL);
     wait_gone(pid, timeout)
 }
 
@@ -467,25 +466,24 @@ pub fn wait_gone(pid: i32, timeout: std::time::Duration) -> bool {
 /// Holds an exclusive lock on the state root while `up` checks and starts
 /// a VM, so that two `up`s of one workspace start one VM.
 pub struct RootLock {
-    /// The state root, open; closing it drops the lock.
-    _dir: std::fs::File,
+    /// The state root, open and locked; closing it drops the lock.
+    _dir: nix::fcntl::Flock<std::fs::File>,
 }
 
 impl RootLock {
     /// Waits for the lock.
     pub fn take(root: &Path) -> anyhow::Result<RootLock> {
-        let dir =
+        let mut dir =
             std::fs::File::open(root).with_context(|| format!("cannot open {}", root.display()))?;
         loop {
-            // SAFETY: flock on a descriptor we own; no memory is involved.
-            if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&dir), libc::LOCK_EX) } == 0 {
-                return Ok(RootLock { _dir: dir });
-            }
-            let e = std::io::Error::last_os_error();
-            if e.kind() != std::io::ErrorKind::Interrupted {
-                return Err(
-                    anyhow::Error::new(e).context(format!("cannot lock {}", root.display()))
-                );
+            match nix::fcntl::Flock::lock(dir, nix::fcntl::FlockArg::LockExclusive) {
+                Ok(locked) => return Ok(RootLock { _dir: locked }),
+                Err((file, nix::errno::Errno::EINTR)) => dir = file,
+                Err((_, e)) => {
+                    return Err(
+                        anyhow::Error::new(e).context(format!("cannot lock {}", root.display()))
+                    )
+                }
             }
         }
     }

@@ -430,13 +430,12 @@ fn spawn_vmm(state: &StateDir) -> anyhow::Result<Child> {
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log);
-    // SAFETY: setsid is async-signal-safe and touches no memory; it detaches
-    // the VMM from our terminal and session, so it outlives this command.
+    // SAFETY: the closure only calls setsid, which is async-signal-safe
+    // and touches no memory; it detaches the VMM from our terminal and
+    // session, so it outlives this command.
     unsafe {
         cmd.pre_exec(|| {
-            if libc::setsid() < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
+            nix::unistd::setsid()?;
             Ok(())
         });
     }

@@ -46,7 +46,7 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::fs;
 use std::io::{self, BufRead, BufReader};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
@@ -57,6 +57,11 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::{sleep, JoinHandle};
 use std::time::{Duration, Instant};
 
+use nix::errno::Errno;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::resource::{getrlimit, Resource};
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
 use tracing::{debug, error, warn};
 
 use super::config::FsConfig;
@@ -579,23 +584,15 @@ fn cloexec_from(first: u32) -> io::Result<()> {
 /// Waits up to `timeout` for `fd` to become readable (a pidfd: the
 /// process exited).
 fn wait_readable(fd: BorrowedFd<'_>, timeout: Duration) -> bool {
-    let mut pfd = libc::pollfd {
-        fd: fd.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
     let deadline = Instant::now() + timeout;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
-        let ms = i32::try_from(left.as_millis()).unwrap_or(i32::MAX);
-        // SAFETY: `pfd` is one valid pollfd for the duration of the call;
-        // the count passed is 1.
-        let n = unsafe { libc::poll(&mut pfd, 1, ms) };
-        if n >= 0 {
-            return n > 0;
-        }
-        if io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
-            return false;
+        let ms = PollTimeout::try_from(left).unwrap_or(PollTimeout::MAX);
+        let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
+        match poll(&mut fds, ms) {
+            Ok(n) => return n > 0,
+            Err(Errno::EINTR) => continue,
+            Err(_) => return false,
         }
     }
 }
@@ -647,9 +644,7 @@ fn kill_group(pid: u32) {
     if pgid <= 1 {
         return;
     }
-    // SAFETY: kill(2) with a negative pid signals that process group; it
-    // touches no memory of ours.
-    unsafe { libc::kill(-pgid, libc::SIGKILL) };
+    let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
 }
 
 /// Whether our effective capability set holds `cap`.
@@ -673,22 +668,18 @@ fn nofile_limit() -> u64 {
     if has_capability(CAP_SYS_RESOURCE) {
         return WANTED_NOFILE.min(nr_open);
     }
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes one rlimit into the struct we pass.
-    let rc = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) };
-    if rc != 0 {
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((_, hard)) => hard.min(nr_open),
         // 0 leaves virtiofsd's limit as it inherits it.
-        return 0;
+        Err(_) => 0,
     }
-    limit.rlim_max.min(nr_open)
 }
 
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
+
+    use std::os::fd::AsRawFd;
 
     use super::*;
 
