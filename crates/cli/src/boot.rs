@@ -338,11 +338,17 @@ pub fn build_vm(spec: VmSpec<'_>) -> anyhow::Result<Vm> {
     if let Some(stack) = stack {
         builder = builder.net(stack);
     }
-    for fs in crate::share::devices(
+    let shares = crate::share::devices(
         spec.shares,
         spec.state_dir,
         spec.allow_unsandboxed_virtiofsd,
-    )? {
+    )?;
+    builder = builder.landlock(crate::fs_access::vmm_access(
+        spec.state_dir,
+        spec.vsock,
+        &shares,
+    ));
+    for fs in shares {
         builder = builder.device(Box::new(fs));
     }
     if spec.rng {

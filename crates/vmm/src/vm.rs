@@ -245,6 +245,8 @@ pub struct Vm {
     pub(crate) ram: GuestRam,
     /// Number of KVM memory slots the RAM occupies (0..n).
     pub(crate) memory_slots: u32,
+    /// How far Landlock restricts this process, when it was asked to.
+    pub(crate) landlock: Option<crate::landlock::Enforcement>,
 }
 
 impl Vm {
@@ -258,6 +260,12 @@ impl Vm {
     /// Guest RAM.
     pub fn ram(&self) -> &GuestRam {
         &self.ram
+    }
+
+    /// How far Landlock restricts the VMM's file system access, when
+    /// [`crate::VmBuilder::landlock`] asked for it.
+    pub fn landlock(&self) -> Option<crate::landlock::Enforcement> {
+        self.landlock
     }
 
     /// The VM's devices.
