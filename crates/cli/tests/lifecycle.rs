@@ -935,5 +935,14 @@ fn the_background_vmm_gets_no_host_secret_and_no_inherited_fd() {
         .collect();
     let leaked = w.runtime.path().join("inherited");
     assert!(!open.contains(&leaked), "inherited fd kept: {open:?}");
+    // Every thread of it (main, control, vCPU, devices) has no_new_privs.
+    for task in std::fs::read_dir(proc.join("task")).unwrap().flatten() {
+        let status = std::fs::read_to_string(task.path().join("status")).unwrap();
+        assert!(
+            status.lines().any(|l| l == "NoNewPrivs:\t1"),
+            "{}",
+            status.lines().take(2).collect::<Vec<_>>().join(" ")
+        );
+    }
     w.ok(&["down"], &ws);
 }
