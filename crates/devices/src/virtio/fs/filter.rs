@@ -107,3 +107,72 @@ fn masked(arg: u8, mask: u64, value: u64) -> Result<SeccompRule, FilterError> {
     .map_err(FilterError)?;
     SeccompRule::new(vec![condition]).map_err(FilterError)
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    use std::os::unix::process::CommandExt;
+    use std::path::Path;
+    use std::process::Command;
+
+    use super::*;
+
+    /// Runs `script` with `sh` in `dir`, under the filter or not.
+    fn sh(dir: &Path, script: &str, filtered: bool) -> bool {
+        let mut cmd = Command::new("/bin/sh");
+        cmd.arg("-c").arg(script).current_dir(dir);
+        if filtered {
+            let filter = virtiofsd_filter().unwrap();
+            // SAFETY: the child only installs the precompiled filter.
+            unsafe {
+                cmd.pre_exec(move || {
+                    seccompiler::apply_filter(&filter).map_err(std::io::Error::other)
+                });
+            }
+        }
+        cmd.status().unwrap().success()
+    }
+
+    fn mode(path: &Path) -> u32 {
+        std::fs::symlink_metadata(path)
+            .unwrap()
+            .permissions()
+            .mode()
+    }
+
+    #[test]
+    fn setuid_setgid_modes_and_device_nodes_are_refused_and_the_rest_works() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path();
+        assert!(sh(d, "touch f && chmod 755 f", true));
+        for bits in ["u+s", "g+s", "4755", "2755"] {
+            assert!(!sh(d, &format!("chmod {bits} f"), true), "chmod {bits}");
+            assert_eq!(mode(&d.join("f")) & 0o7777, 0o755);
+        }
+        // `install -m` creates and then sets the mode with fchmod.
+        assert!(!sh(d, "install -m 4755 f g", true));
+        assert!(
+            std::fs::metadata(d.join("g")).map_or(true, |m| m.permissions().mode() & 0o6000 == 0)
+        );
+        assert!(sh(d, "mkfifo p", true));
+        assert!(std::fs::symlink_metadata(d.join("p"))
+            .unwrap()
+            .file_type()
+            .is_fifo());
+        assert!(!sh(d, "mknod c c 1 1", true));
+        assert!(!sh(d, "mknod b b 7 0", true));
+        assert!(!d.join("c").exists() && !d.join("b").exists());
+        // Where we may make such files at all (root), it is the filter that
+        // stopped them.
+        if nix::unistd::geteuid().is_root() {
+            assert!(sh(d, "chmod u+s f && mknod c c 1 1", false));
+            assert_eq!(mode(&d.join("f")) & 0o4000, 0o4000);
+            assert!(std::fs::symlink_metadata(d.join("c"))
+                .unwrap()
+                .file_type()
+                .is_char_device());
+        }
+    }
+}
