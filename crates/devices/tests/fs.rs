@@ -10,7 +10,6 @@
 
 use std::fs::{self, File};
 use std::io::{self, Write};
-use std::os::fd::FromRawFd;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Once};
@@ -302,11 +301,9 @@ fn dirs() -> Dirs {
 
 /// Guest RAM as the VMM makes it: a memfd mapped shared.
 fn memfd_ram(size: u64) -> GuestMemory {
-    // SAFETY: a valid NUL-terminated name and valid flags.
-    let fd = unsafe { libc::memfd_create(c"fs-test".as_ptr(), libc::MFD_CLOEXEC) };
-    assert!(fd >= 0, "memfd_create: {}", io::Error::last_os_error());
-    // SAFETY: memfd_create returned a new descriptor nothing else owns.
-    let file = Arc::new(unsafe { File::from_raw_fd(fd) });
+    use nix::sys::memfd::{memfd_create, MFdFlags};
+    let fd = memfd_create(c"fs-test", MFdFlags::MFD_CLOEXEC).unwrap();
+    let file = Arc::new(File::from(fd));
     file.set_len(size).unwrap();
     GuestMemory::from_ranges_with_files([(
         GuestAddress(0),

@@ -700,6 +700,9 @@ mod tests {
         assert!(args.iter().any(|a| a.starts_with("--inode-file-handles=")));
         assert!(args.iter().any(|a| a.starts_with("--rlimit-nofile=")));
         assert!(!args.iter().any(|a| a == "--readonly"));
+        // Extended attributes stay off: with them a guest could set
+        // security.capability on a host file (see `filter`).
+        assert!(!args.iter().any(|a| a.contains("xattr")), "{args:?}");
         config.read_only = true;
         config.cache = super::super::CacheMode::Never;
         let args = arguments(&config, &socket, Sandbox::None);
