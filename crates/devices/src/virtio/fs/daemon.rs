@@ -65,7 +65,7 @@ use nix::unistd::Pid;
 use tracing::{debug, error, warn};
 
 use super::config::FsConfig;
-use super::filter::{virtiofsd_filter, FilterError};
+use super::filter::{FilterError, VirtiofsdFilter};
 use super::locate::Virtiofsd;
 
 /// How long a daemon may take to open its socket.
@@ -254,7 +254,7 @@ impl Daemon {
                  virtiofsd runs without a sandbox (--sandbox none), as allowed"
             );
         }
-        let filter = virtiofsd_filter()?;
+        let filter = VirtiofsdFilter::new()?;
         let mut cmd = Command::new(&bin.path);
         cmd.args(arguments(config, &socket, sandbox))
             .env_clear()
@@ -268,13 +268,13 @@ impl Daemon {
             .stderr(Stdio::piped())
             .process_group(0);
         // SAFETY: the closure runs in the forked child before exec and only
-        // makes two system calls (close_range, seccomp through
-        // `apply_filter`, which does not allocate: the program was compiled
-        // above, before the fork).
+        // makes system calls (close_range, prctl and seccomp in
+        // `VirtiofsdFilter::apply`, which does not allocate: the programs
+        // were compiled above, before the fork).
         unsafe {
             cmd.pre_exec(move || {
                 cloexec_from(3)?;
-                seccompiler::apply_filter(&filter).map_err(io::Error::other)
+                filter.apply()
             });
         }
         debug!(tag = %config.tag, ?cmd, "virtio-fs: starting virtiofsd {}", bin.version);

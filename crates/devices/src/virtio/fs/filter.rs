@@ -18,8 +18,11 @@
 //!   without them it is 0);
 //! - `mknod`/`mknodat` of a character or block device (FIFOs and sockets
 //!   stay allowed);
-//! - `openat2` (its mode sits in a struct a filter cannot read; glibc and
-//!   virtiofsd fall back to `openat` on ENOSYS).
+//! - `openat2` answers `ENOSYS` (its mode sits in a struct a filter cannot
+//!   read). virtiofsd probes for it at start and then uses `openat`, as on
+//!   kernels before 5.6; it loses `RESOLVE_IN_ROOT`, which matters only
+//!   without a sandbox (`--sandbox none`, never used unless allowed): in a
+//!   namespace or chroot the share already is its root.
 //!
 //! File capabilities (`security.capability`) need extended attributes,
 //! which virtiofsd serves only with `--xattr`; we never pass it, so
@@ -29,8 +32,8 @@
 use std::collections::BTreeMap;
 
 use seccompiler::{
-    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
-    SeccompRule, TargetArch,
+    apply_filter, BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition,
+    SeccompFilter, SeccompRule, TargetArch,
 };
 
 /// Errors while building the filter (a bug in the rules, never input).
@@ -49,9 +52,39 @@ const PRIVILEGE_BITS: [u64; 2] = [libc::S_ISUID as u64, libc::S_ISGID as u64];
 /// Device file types refused in `mknod`.
 const DEVICE_TYPES: [u64; 2] = [libc::S_IFCHR as u64, libc::S_IFBLK as u64];
 
-/// The compiled filter, ready for `seccompiler::apply_filter` in the
+/// The compiled filters, ready for [`VirtiofsdFilter::apply`] in the
 /// child (compiled before the fork: the child must not allocate).
-pub fn virtiofsd_filter() -> Result<BpfProgram, FilterError> {
+pub struct VirtiofsdFilter {
+    /// EPERM for the modes and node types above.
+    modes: BpfProgram,
+    /// ENOSYS for openat2.
+    openat2: BpfProgram,
+}
+
+impl VirtiofsdFilter {
+    /// Compiles both filters.
+    pub fn new() -> Result<Self, FilterError> {
+        Ok(VirtiofsdFilter {
+            modes: compile(mode_rules()?, libc::EPERM)?,
+            openat2: compile(
+                BTreeMap::from([(libc::SYS_openat2, Vec::new())]),
+                libc::ENOSYS,
+            )?,
+        })
+    }
+
+    /// Installs both on the calling thread (in the child, before exec).
+    /// Allocates nothing.
+    pub fn apply(&self) -> std::io::Result<()> {
+        for program in [&self.modes, &self.openat2] {
+            apply_filter(program).map_err(std::io::Error::other)?;
+        }
+        Ok(())
+    }
+}
+
+/// Rules matching a privileged mode or a device node.
+fn mode_rules() -> Result<BTreeMap<i64, Vec<SeccompRule>>, FilterError> {
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
     // (syscall, index of its mode argument)
     let mut with_mode = vec![
@@ -83,12 +116,16 @@ pub fn virtiofsd_filter() -> Result<BpfProgram, FilterError> {
             entry.push(masked(arg, libc::S_IFMT as u64, kind)?);
         }
     }
-    // An empty rule list matches every call.
-    rules.insert(libc::SYS_openat2, Vec::new());
+    Ok(rules)
+}
+
+/// A filter answering `errno` to what `rules` match (an empty rule list
+/// matches every call) and allowing everything else.
+fn compile(rules: BTreeMap<i64, Vec<SeccompRule>>, errno: i32) -> Result<BpfProgram, FilterError> {
     let filter = SeccompFilter::new(
         rules,
         SeccompAction::Allow,
-        SeccompAction::Errno(libc::EPERM as u32),
+        SeccompAction::Errno(errno as u32),
         ARCH,
     )
     .map_err(FilterError)?;
@@ -124,12 +161,10 @@ mod tests {
         let mut cmd = Command::new("/bin/sh");
         cmd.arg("-c").arg(script).current_dir(dir);
         if filtered {
-            let filter = virtiofsd_filter().unwrap();
-            // SAFETY: the child only installs the precompiled filter.
+            let filter = VirtiofsdFilter::new().unwrap();
+            // SAFETY: the child only installs the precompiled filters.
             unsafe {
-                cmd.pre_exec(move || {
-                    seccompiler::apply_filter(&filter).map_err(std::io::Error::other)
-                });
+                cmd.pre_exec(move || filter.apply());
             }
         }
         cmd.status().unwrap().success()
