@@ -912,3 +912,82 @@ fn the_guest_creates_no_setuid_file_and_no_device_node_on_the_host() {
         assert!(![libc::S_IFCHR, libc::S_IFBLK].contains(&(mode & libc::S_IFMT)));
     }
 }
+
+#[test]
+fn a_daemon_restarted_under_landlock_falls_back_from_namespaces_and_serves() {
+    use landlock::{
+        path_beneath_rules, Access, AccessFs, Ruleset, RulesetAttr, RulesetCreatedAttr,
+        RulesetStatus, ABI,
+    };
+    let Some(bin) =
+        virtiofsd("a_daemon_restarted_under_landlock_falls_back_from_namespaces_and_serves")
+    else {
+        return;
+    };
+    if !nix::unistd::geteuid().is_root() {
+        // Without root the fallback is `none`, refused unless allowed.
+        eprintln!("skipped: the chroot fallback needs root");
+        return;
+    }
+    capture_logs();
+    let d = dirs();
+    // As the VMM does: the share starts, then the thread is restricted
+    // (read: the system and virtiofsd; write: the share, state, /dev/null).
+    let fs = VirtioFs::new(config(&d, "late")).unwrap();
+    let host = fs.handle();
+    let pid = host.daemon_pid().unwrap();
+    let (shared, state) = (d.shared.clone(), d.state.clone());
+    let outcome = std::thread::spawn(move || {
+        let abi = ABI::V5;
+        let read = ["/usr", "/lib", "/lib64", "/bin", "/etc", "/proc", "/sys"]
+            .iter()
+            .map(PathBuf::from)
+            .chain([bin.path.clone()]);
+        let status = Ruleset::default()
+            .handle_access(AccessFs::from_all(abi))
+            .unwrap()
+            .create()
+            .unwrap()
+            .add_rules(path_beneath_rules(read, AccessFs::from_read(abi)))
+            .unwrap()
+            .add_rules(path_beneath_rules(
+                [shared, state, PathBuf::from("/dev/null")],
+                AccessFs::from_all(abi),
+            ))
+            .unwrap()
+            .restrict_self()
+            .unwrap();
+        if status.ruleset == RulesetStatus::NotEnforced {
+            return None;
+        }
+        // The first daemon dies; activation starts the next one from this
+        // restricted thread.
+        // SAFETY: kill(2) on the process group the device started.
+        assert_eq!(unsafe { libc::kill(-(pid as i32), libc::SIGKILL) }, 0);
+        let mut g = Guest {
+            drv: Driver::with_memory(Box::new(fs), memfd_ram(MEM)).unwrap(),
+            host,
+            unique: 0,
+        };
+        g.init_driver();
+        g.fuse_init();
+        let create = fuse::create_in(libc::O_CREAT as u32 | libc::O_RDWR as u32, 0o100644, "new");
+        let reply_len = (fuse::ENTRY_OUT + fuse::OPEN_OUT) as u32;
+        let created = g
+            .request(fuse::CREATE, fuse::ROOT, &create, reply_len)
+            .error;
+        Some((g.host.daemon_pid(), created))
+    })
+    .join()
+    .unwrap();
+    let Some((new_pid, created)) = outcome else {
+        eprintln!("skipped: this kernel has no Landlock");
+        return;
+    };
+    assert_ne!(new_pid, Some(pid));
+    assert_eq!(created, 0, "CREATE in the share failed; {}", logs());
+    assert!(d.shared.join("new").exists());
+    // Landlock forbids mounts, so the namespace sandbox could not be set up.
+    let log = logs();
+    assert!(log.contains("cannot use --sandbox namespace"), "{log}");
+}
