@@ -58,6 +58,11 @@ pub struct BootArgs {
     /// Needs virtiofsd (`agentvm doctor` says where it looks).
     #[arg(long, value_name = "HOST_DIR:TAG[:ro]")]
     share: Vec<crate::share::ShareSpec>,
+    /// Where virtiofsd can sandbox itself neither in namespaces nor in a
+    /// chroot, run it without a sandbox (it then sees the host's files as
+    /// you do) instead of refusing the shares.
+    #[arg(long)]
+    allow_unsandboxed_virtiofsd: bool,
     /// Attach a virtio-vsock device whose host side is the Unix socket UDS:
     /// host clients connect to it and send `CONNECT <port>\n`; guest
     /// connections to host port P go to the socket `UDS_P`.
@@ -100,6 +105,7 @@ pub enum PitMode {
 const EXIT_GUEST_CRASHED: u8 = 2;
 
 pub fn run(args: BootArgs) -> anyhow::Result<ExitCode> {
+    harden_vmm_process()?;
     // Options are checked before files are looked at.
     let policy = args.net.policy()?;
     for warning in args.net.warnings() {
@@ -148,6 +154,7 @@ pub fn run(args: BootArgs) -> anyhow::Result<ExitCode> {
         memory_mib: args.memory,
         vcpus: args.vcpus,
         shares: &shares,
+        allow_unsandboxed_virtiofsd: args.allow_unsandboxed_virtiofsd,
         state_dir: state.path(),
         vsock: args.vsock.as_deref(),
         cid: args.cid,
@@ -196,6 +203,16 @@ pub fn run(args: BootArgs) -> anyhow::Result<ExitCode> {
 fn seccomp_selftest() {
     let parent = nix::unistd::getppid();
     eprintln!("agentvm: seccomp self-test: getppid returned {parent}");
+}
+
+/// What a VMM process (`boot`, `__vmm`) does before anything else: closes
+/// the descriptors it inherited, sets `no_new_privs` before any thread
+/// exists (so every thread has it) and switches core dumps off. See
+/// [`agentvm_vmm::hygiene`].
+pub fn harden_vmm_process() -> anyhow::Result<()> {
+    use agentvm_vmm::hygiene;
+    hygiene::close_inherited_fds().context("cannot close inherited file descriptors")?;
+    hygiene::harden_process().context("cannot harden the VMM process")
 }
 
 /// What a VM boots: kernel, initial ramdisk, command line.
@@ -264,6 +281,8 @@ pub struct VmSpec<'a> {
     pub vcpus: u8,
     /// Host directories shared over virtio-fs.
     pub shares: &'a [crate::share::ShareSpec],
+    /// Whether virtiofsd may run without a sandbox where it has none.
+    pub allow_unsandboxed_virtiofsd: bool,
     /// Where virtiofsd's sockets go.
     pub state_dir: &'a Path,
     /// The vsock Unix socket, if the VM gets a vsock device.
@@ -357,7 +376,17 @@ pub fn build_vm(spec: VmSpec<'_>) -> anyhow::Result<Vm> {
     if let Some(stack) = stack {
         builder = builder.net(stack);
     }
-    for fs in crate::share::devices(spec.shares, spec.state_dir)? {
+    let shares = crate::share::devices(
+        spec.shares,
+        spec.state_dir,
+        spec.allow_unsandboxed_virtiofsd,
+    )?;
+    builder = builder.landlock(crate::fs_access::vmm_access(
+        spec.state_dir,
+        spec.vsock,
+        &shares,
+    ));
+    for fs in shares {
         builder = builder.device(Box::new(fs));
     }
     if spec.rng {

@@ -6,6 +6,7 @@ mod config;
 mod config_cmd;
 mod doctor;
 mod escape;
+mod fs_access;
 mod guard;
 mod image;
 mod init;

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use agentvm_devices::virtio::fs::{FsConfig, FsError, VirtioFs};
+use agentvm_devices::virtio::fs::{DaemonError, FsConfig, FsError, StartError, VirtioFs};
 use anyhow::{bail, Context};
 
 /// One `--share` argument.
@@ -128,7 +128,11 @@ impl ShareSpec {
 
 /// The virtio-fs devices for `shares`, each with its virtiofsd started and
 /// its socket in `state_dir`.
-pub fn devices(shares: &[ShareSpec], state_dir: &Path) -> anyhow::Result<Vec<VirtioFs>> {
+pub fn devices(
+    shares: &[ShareSpec],
+    state_dir: &Path,
+    allow_unsandboxed: bool,
+) -> anyhow::Result<Vec<VirtioFs>> {
     let mut tags: Vec<&str> = shares.iter().map(|s| s.tag.as_str()).collect();
     tags.sort_unstable();
     if let Some(w) = tags.windows(2).find(|w| w[0] == w[1]) {
@@ -141,6 +145,7 @@ pub fn devices(shares: &[ShareSpec], state_dir: &Path) -> anyhow::Result<Vec<Vir
         .iter()
         .map(|s| {
             let mut config = FsConfig::new(&s.tag, &s.dir, state_dir);
+            config.allow_unsandboxed = allow_unsandboxed;
             config.read_only = s.read_only || s.role == ShareRole::RootImage;
             if s.role == ShareRole::RootImage {
                 config.cache = agentvm_devices::virtio::fs::CacheMode::Always;
@@ -149,6 +154,15 @@ pub fn devices(shares: &[ShareSpec], state_dir: &Path) -> anyhow::Result<Vec<Vir
                 // Already one line that names what to install.
                 FsError::Locate(e) => anyhow::anyhow!("--share: {e}"),
                 FsError::Config(e) => anyhow::anyhow!("--share {}: {e}", s.dir.display()),
+                FsError::Start {
+                    source: StartError::Daemon(e @ DaemonError::NoSandbox { .. }),
+                    ..
+                } => anyhow::anyhow!(
+                    "share {}: {e}; to run it unsandboxed anyway (it then sees the whole \
+                     host file system as you do), pass --allow-unsandboxed-virtiofsd to \
+                     `agentvm boot` or `agentvm up`",
+                    s.dir.display()
+                ),
                 e => {
                     anyhow::Error::new(e).context(format!("--share {}:{}", s.dir.display(), s.tag))
                 }

@@ -57,6 +57,8 @@ struct NetBackendArgs {
 
 /// Serves the device until the frontend disconnects.
 pub fn run(args: VhostUserArgs) -> anyhow::Result<ExitCode> {
+    // It parses guest frames too: the same hygiene as a VMM.
+    crate::boot::harden_vmm_process()?;
     let Device::Net(args) = args.device;
     for warning in args.net.warnings() {
         eprintln!("agentvm: {warning}");

@@ -1009,3 +1009,70 @@ fn a_guest_printing_forever_keeps_its_console_log_under_the_cap_and_logs_follows
     );
     assert!(followed.starts_with("agentvm-guest: ready\n"));
 }
+
+#[test]
+fn the_background_vmm_gets_no_host_secret_and_no_inherited_fd() {
+    let Some(w) = World::new() else { return };
+    let ws = w.workspace("clean");
+    let inherited = std::fs::File::create(w.runtime.path().join("inherited")).unwrap();
+    // Without CLOEXEC: `up`, and any child that does not close it, has it.
+    let _dup = nix::unistd::dup(&inherited).unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_agentvm"))
+        .arg("up")
+        .current_dir(&ws)
+        .env("XDG_RUNTIME_DIR", w.runtime.path())
+        .env("XDG_CONFIG_HOME", w.runtime.path().join("config"))
+        .env("XDG_DATA_HOME", w.runtime.path().join("data"))
+        .env("AGENTVM_LOG", "error")
+        .env("AWS_SECRET_ACCESS_KEY", "not-for-the-vmm")
+        .env("GITHUB_TOKEN", "ghp_not_for_the_vmm")
+        .env("ANTHROPIC_API_KEY", "sk-ant-not-for-the-vmm")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{o:?}");
+    let pid = std::fs::read_to_string(w.state(&ws).join("vmm.pid")).unwrap();
+    let proc = PathBuf::from(format!("/proc/{}", pid.trim()));
+    let environ = std::fs::read(proc.join("environ")).unwrap();
+    let vars: Vec<String> = environ
+        .split(|&b| b == 0)
+        .filter(|v| !v.is_empty())
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+        .collect();
+    let names: Vec<&str> = vars.iter().filter_map(|v| v.split('=').next()).collect();
+    for name in &names {
+        assert!(
+            [
+                "PATH",
+                "HOME",
+                "AGENTVM_VIRTIOFSD",
+                "AGENTVM_LOG",
+                "LANG",
+                "LC_ALL"
+            ]
+            .contains(name),
+            "{name} reached the VMM: {names:?}"
+        );
+    }
+    assert!(names.contains(&"AGENTVM_LOG"), "{names:?}");
+    assert!(
+        !vars.iter().any(|v| v.contains("not-for-the-vmm")),
+        "{vars:?}"
+    );
+    let open: Vec<PathBuf> = std::fs::read_dir(proc.join("fd"))
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .collect();
+    let leaked = w.runtime.path().join("inherited");
+    assert!(!open.contains(&leaked), "inherited fd kept: {open:?}");
+    // Every thread of it (main, control, vCPU, devices) has no_new_privs.
+    for task in std::fs::read_dir(proc.join("task")).unwrap().flatten() {
+        let status = std::fs::read_to_string(task.path().join("status")).unwrap();
+        assert!(
+            status.lines().any(|l| l == "NoNewPrivs:\t1"),
+            "{}",
+            status.lines().take(2).collect::<Vec<_>>().join(" ")
+        );
+    }
+    w.ok(&["down"], &ws);
+}

@@ -78,8 +78,7 @@ fn bind_then_chmod(path: &Path) -> io::Result<UnixListener> {
 /// Whether `path` is a socket (not a link to one) owned by this process's
 /// user.
 pub fn is_own_socket(path: &Path) -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let uid = unsafe { libc::geteuid() };
+    let uid = nix::unistd::geteuid().as_raw();
     std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket() && m.uid() == uid)
 }
 

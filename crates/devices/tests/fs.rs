@@ -10,7 +10,6 @@
 
 use std::fs::{self, File};
 use std::io::{self, Write};
-use std::os::fd::FromRawFd;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Once};
@@ -37,7 +36,10 @@ mod fuse {
     pub const LOOKUP: u32 = 1;
     pub const FORGET: u32 = 2;
     pub const GETATTR: u32 = 3;
+    pub const SETATTR: u32 = 4;
+    pub const MKNOD: u32 = 8;
     pub const MKDIR: u32 = 9;
+    pub const SETXATTR: u32 = 21;
     pub const OPEN: u32 = 14;
     pub const READ: u32 = 15;
     pub const WRITE: u32 = 16;
@@ -113,6 +115,44 @@ mod fuse {
             .u32(0o022)
             .u32(0)
             .name(name)
+            .0
+    }
+
+    pub fn mknod_in(mode: u32, rdev: u32, name: &str) -> Vec<u8> {
+        // mode, rdev, umask, padding.
+        Msg::default()
+            .u32(mode)
+            .u32(rdev)
+            .u32(0)
+            .u32(0)
+            .name(name)
+            .0
+    }
+
+    /// fuse_setattr_in changing the mode only (FATTR_MODE).
+    pub fn chmod_in(mode: u32) -> Vec<u8> {
+        let mut m = Msg::default().u32(1).u32(0); // valid, padding
+        for _ in 0..6 {
+            m = m.u64(0); // fh, size, lock_owner, atime, mtime, ctime
+        }
+        m.u32(0)
+            .u32(0)
+            .u32(0) // nsecs
+            .u32(mode)
+            .u32(0) // unused4
+            .u32(0) // uid
+            .u32(0) // gid
+            .u32(0) // unused5
+            .0
+    }
+
+    /// fuse_setxattr_in (without SETXATTR_EXT): size, flags, name, value.
+    pub fn setxattr_in(name: &str, value: &[u8]) -> Vec<u8> {
+        Msg::default()
+            .u32(value.len() as u32)
+            .u32(0)
+            .name(name)
+            .bytes(value)
             .0
     }
 
@@ -261,11 +301,9 @@ fn dirs() -> Dirs {
 
 /// Guest RAM as the VMM makes it: a memfd mapped shared.
 fn memfd_ram(size: u64) -> GuestMemory {
-    // SAFETY: a valid NUL-terminated name and valid flags.
-    let fd = unsafe { libc::memfd_create(c"fs-test".as_ptr(), libc::MFD_CLOEXEC) };
-    assert!(fd >= 0, "memfd_create: {}", io::Error::last_os_error());
-    // SAFETY: memfd_create returned a new descriptor nothing else owns.
-    let file = Arc::new(unsafe { File::from_raw_fd(fd) });
+    use nix::sys::memfd::{memfd_create, MFdFlags};
+    let fd = memfd_create(c"fs-test", MFdFlags::MFD_CLOEXEC).unwrap();
+    let file = Arc::new(File::from(fd));
     file.set_len(size).unwrap();
     GuestMemory::from_ranges_with_files([(
         GuestAddress(0),
@@ -773,4 +811,183 @@ fn a_daemon_that_died_before_the_driver_came_is_replaced() {
     assert_ne!(new_pid, pid);
     assert_eq!(live_in_group(pid), Vec::<u32>::new());
     assert_eq!(g.lookup("nothing"), Err(libc::ENOENT));
+}
+
+#[test]
+fn the_guest_creates_no_setuid_file_and_no_device_node_on_the_host() {
+    let Some(_) = virtiofsd("the_guest_creates_no_setuid_file_and_no_device_node_on_the_host")
+    else {
+        return;
+    };
+    let d = dirs();
+    let mut g = Guest::start(config(&d, "priv"));
+    g.fuse_init();
+    let mode_of = |name: &str| {
+        use std::os::unix::fs::PermissionsExt;
+        fs::symlink_metadata(d.shared.join(name)).map(|m| m.permissions().mode())
+    };
+
+    // A plain file, then chmod u+s / g+s on it (FUSE_SETATTR).
+    let create = fuse::create_in(libc::O_CREAT as u32 | libc::O_RDWR as u32, 0o100755, "tool");
+    let reply_len = (fuse::ENTRY_OUT + fuse::OPEN_OUT) as u32;
+    let r = g.request(fuse::CREATE, fuse::ROOT, &create, reply_len);
+    assert_eq!(r.error, 0, "CREATE failed");
+    let (tool, _, _) = fuse::entry(&r.body);
+    for bits in [0o4755, 0o2755, 0o6755] {
+        let r = g.request(fuse::SETATTR, tool, &fuse::chmod_in(bits), 104);
+        assert_eq!(r.error, -libc::EPERM, "chmod {bits:o}");
+    }
+    // The harmless change still works: the filter is not a blanket refusal.
+    let r = g.request(fuse::SETATTR, tool, &fuse::chmod_in(0o700), 104);
+    assert_eq!(r.error, 0, "chmod 700");
+    assert_eq!(mode_of("tool").unwrap() & 0o7777, 0o700);
+
+    // Created setuid (FUSE_CREATE with the bit in its mode).
+    let create = fuse::create_in(libc::O_CREAT as u32 | libc::O_RDWR as u32, 0o104755, "suid");
+    let r = g.request(fuse::CREATE, fuse::ROOT, &create, reply_len);
+    assert_ne!(r.error, 0, "CREATE with S_ISUID");
+    assert!(mode_of("suid").is_err(), "{:?}", mode_of("suid"));
+
+    // Device nodes (FUSE_MKNOD): /dev/mem's and a loop device's numbers.
+    let char_dev = libc::S_IFCHR | 0o666;
+    let block_dev = libc::S_IFBLK | 0o666;
+    for (name, mode, rdev) in [("mem", char_dev, (1 << 8) | 1), ("loop", block_dev, 7 << 8)] {
+        let r = g.request(
+            fuse::MKNOD,
+            fuse::ROOT,
+            &fuse::mknod_in(mode, rdev, name),
+            fuse::ENTRY_OUT as u32,
+        );
+        assert_eq!(r.error, -libc::EPERM, "mknod {name}");
+        assert!(mode_of(name).is_err(), "{name}: {:?}", mode_of(name));
+    }
+    // A setuid regular file through mknod is refused too; a FIFO is fine.
+    let suid_reg = libc::S_IFREG | 0o4755;
+    let r = g.request(
+        fuse::MKNOD,
+        fuse::ROOT,
+        &fuse::mknod_in(suid_reg, 0, "reg"),
+        fuse::ENTRY_OUT as u32,
+    );
+    assert_eq!(r.error, -libc::EPERM, "mknod S_ISUID regular file");
+    let fifo = libc::S_IFIFO | 0o644;
+    let r = g.request(
+        fuse::MKNOD,
+        fuse::ROOT,
+        &fuse::mknod_in(fifo, 0, "fifo"),
+        fuse::ENTRY_OUT as u32,
+    );
+    assert_eq!(r.error, 0, "mknod FIFO");
+    assert_eq!(mode_of("fifo").unwrap() & libc::S_IFMT, libc::S_IFIFO);
+
+    // File capabilities: extended attributes are not served at all.
+    let cap = [
+        1u8, 0, 0, 2, 0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    ];
+    let r = g.request(
+        fuse::SETXATTR,
+        tool,
+        &fuse::setxattr_in("security.capability", &cap),
+        0,
+    );
+    assert_ne!(r.error, 0, "SETXATTR security.capability");
+    let mut buf = [0u8; 64];
+    let path = std::ffi::CString::new(d.shared.join("tool").into_os_string().into_encoded_bytes())
+        .unwrap();
+    // SAFETY: valid NUL-terminated strings and a buffer of the given size.
+    let n = unsafe {
+        libc::getxattr(
+            path.as_ptr(),
+            c"security.capability".as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    assert!(n < 0, "the host file got a capability");
+
+    // No file in the share has a setuid/setgid bit or is a device.
+    for entry in fs::read_dir(&d.shared).unwrap().flatten() {
+        let mode = mode_of(entry.file_name().to_str().unwrap()).unwrap();
+        assert_eq!(mode & 0o6000, 0, "{:?} {mode:o}", entry.file_name());
+        assert!(![libc::S_IFCHR, libc::S_IFBLK].contains(&(mode & libc::S_IFMT)));
+    }
+}
+
+#[test]
+fn a_daemon_restarted_under_landlock_falls_back_from_namespaces_and_serves() {
+    use landlock::{
+        path_beneath_rules, Access, AccessFs, Ruleset, RulesetAttr, RulesetCreatedAttr,
+        RulesetStatus, ABI,
+    };
+    let Some(bin) =
+        virtiofsd("a_daemon_restarted_under_landlock_falls_back_from_namespaces_and_serves")
+    else {
+        return;
+    };
+    if !nix::unistd::geteuid().is_root() {
+        // Without root the fallback is `none`, refused unless allowed.
+        eprintln!("skipped: the chroot fallback needs root");
+        return;
+    }
+    capture_logs();
+    let d = dirs();
+    // As the VMM does: the share starts, then the thread is restricted
+    // (read: the system and virtiofsd; write: the share, state, /dev/null).
+    let fs = VirtioFs::new(config(&d, "late")).unwrap();
+    let host = fs.handle();
+    let pid = host.daemon_pid().unwrap();
+    let (shared, state) = (d.shared.clone(), d.state.clone());
+    let outcome = std::thread::spawn(move || {
+        let abi = ABI::V5;
+        let read = ["/usr", "/lib", "/lib64", "/bin", "/etc", "/proc", "/sys"]
+            .iter()
+            .map(PathBuf::from)
+            .chain([bin.path.clone()]);
+        let status = Ruleset::default()
+            .handle_access(AccessFs::from_all(abi))
+            .unwrap()
+            .create()
+            .unwrap()
+            .add_rules(path_beneath_rules(read, AccessFs::from_read(abi)))
+            .unwrap()
+            .add_rules(path_beneath_rules(
+                [shared, state, PathBuf::from("/dev/null")],
+                AccessFs::from_all(abi),
+            ))
+            .unwrap()
+            .restrict_self()
+            .unwrap();
+        if status.ruleset == RulesetStatus::NotEnforced {
+            return None;
+        }
+        // The first daemon dies; activation starts the next one from this
+        // restricted thread.
+        // SAFETY: kill(2) on the process group the device started.
+        assert_eq!(unsafe { libc::kill(-(pid as i32), libc::SIGKILL) }, 0);
+        let mut g = Guest {
+            drv: Driver::with_memory(Box::new(fs), memfd_ram(MEM)).unwrap(),
+            host,
+            unique: 0,
+        };
+        g.init_driver();
+        g.fuse_init();
+        let create = fuse::create_in(libc::O_CREAT as u32 | libc::O_RDWR as u32, 0o100644, "new");
+        let reply_len = (fuse::ENTRY_OUT + fuse::OPEN_OUT) as u32;
+        let created = g
+            .request(fuse::CREATE, fuse::ROOT, &create, reply_len)
+            .error;
+        Some((g.host.daemon_pid(), created))
+    })
+    .join()
+    .unwrap();
+    let Some((new_pid, created)) = outcome else {
+        eprintln!("skipped: this kernel has no Landlock");
+        return;
+    };
+    assert_ne!(new_pid, Some(pid));
+    assert_eq!(created, 0, "CREATE in the share failed; {}", logs());
+    assert!(d.shared.join("new").exists());
+    // Landlock forbids mounts, so the namespace sandbox could not be set up.
+    let log = logs();
+    assert!(log.contains("cannot use --sandbox namespace"), "{log}");
 }

@@ -27,6 +27,8 @@ use crate::arch::x86_64::{acpi, cpuid, e820, mptable};
 use crate::boot::{self, pvh, zero_page, BootError};
 use crate::config::{CmdlineDevices, VmConfig, MAX_VCPUS};
 use crate::device_manager::{DeviceError, DeviceManager};
+use crate::hygiene::{self, HygieneError};
+use crate::landlock::{self as fs_rules, FsAccess, LandlockError};
 use crate::memory::{GuestRam, MemoryError};
 use crate::vcpu::Buses;
 use crate::vm::{Controls, Shared, Vm};
@@ -71,6 +73,12 @@ pub enum BuildError {
     /// Guest memory could not be created.
     #[error(transparent)]
     Memory(#[from] MemoryError),
+    /// The process could not be hardened (no_new_privs, core dumps).
+    #[error(transparent)]
+    Hygiene(#[from] HygieneError),
+    /// The Landlock ruleset could not be applied.
+    #[error(transparent)]
+    Landlock(#[from] LandlockError),
     /// The kernel, initrd or command line could not be loaded.
     #[error(transparent)]
     Boot(#[from] BootError),
@@ -142,6 +150,7 @@ pub struct VmBuilder {
     balloon: bool,
     agent_socket: Option<PathBuf>,
     net: Option<NetStack>,
+    landlock: Option<FsAccess>,
 }
 
 impl VmBuilder {
@@ -159,6 +168,7 @@ impl VmBuilder {
             balloon: false,
             agent_socket: None,
             net: None,
+            landlock: None,
         }
     }
 
@@ -236,12 +246,24 @@ impl VmBuilder {
         self
     }
 
+    /// Restricts the calling thread's file system access to `access` with
+    /// Landlock once the VM is built (see [`crate::landlock`]): the VM's
+    /// threads, and every process they start, inherit it. Call
+    /// [`VmBuilder::build`] on the thread that will run the VM.
+    pub fn landlock(mut self, access: FsAccess) -> Self {
+        self.landlock = Some(access);
+        self
+    }
+
     /// The configuration so far.
     pub fn config(&self) -> &VmConfig {
         &self.config
     }
 
     /// Creates the VM: memory, irqchip, devices, kernel, tables, vCPUs.
+    ///
+    /// First it hardens the process ([`hygiene::harden_process`]):
+    /// `no_new_privs` on this thread and core dumps off, process-wide.
     pub fn build(self) -> Result<Vm, BuildError> {
         let VmBuilder {
             config,
@@ -250,8 +272,10 @@ impl VmBuilder {
             balloon,
             agent_socket,
             net,
+            landlock,
         } = self;
         validate(&config)?;
+        hygiene::harden_process()?;
         let memory_bytes = config.memory_mib << 20;
 
         let kvm = Kvm::new().map_err(BuildError::OpenKvm)?;
@@ -342,6 +366,11 @@ impl VmBuilder {
             vcpus.push(vcpu);
         }
 
+        // Last: everything above opened what it needed.
+        let landlock = match landlock {
+            Some(access) => Some(fs_rules::restrict_self(&access)?),
+            None => None,
+        };
         Ok(Vm {
             seccomp: config.seccomp,
             shared,
@@ -351,6 +380,7 @@ impl VmBuilder {
             vm_fd,
             ram,
             memory_slots,
+            landlock,
         })
     }
 }

@@ -18,6 +18,8 @@ pub mod boot;
 pub mod builder;
 pub mod config;
 pub mod device_manager;
+pub mod hygiene;
+pub mod landlock;
 pub mod memory;
 pub mod memory_control;
 pub mod seccomp;

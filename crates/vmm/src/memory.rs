@@ -3,13 +3,18 @@
 //! The memfd lets vhost-user back ends (virtiofsd) map the same pages, and
 //! lets the balloon give pages back with `fallocate(PUNCH_HOLE)`. Mappings
 //! are `MAP_NORESERVE`: guest RAM is a limit, not a reservation; pages are
-//! allocated when the guest first touches them.
+//! allocated when the guest first touches them. They are also
+//! `MADV_DONTDUMP`: a crash of the VMM never writes guest memory into a
+//! core dump (see [`crate::hygiene`]).
 
 use std::fs::File;
-use std::os::fd::FromRawFd;
+use std::ptr::NonNull;
 use std::sync::Arc;
 
-use vm_memory::{FileOffset, GuestAddress, GuestMemoryMmap};
+use nix::fcntl::{fcntl, FcntlArg, SealFlag};
+use nix::sys::memfd::{memfd_create, MFdFlags};
+use nix::sys::mman::{madvise, MmapAdvise};
+use vm_memory::{FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
 use crate::arch::x86_64::layout::{MMIO_HOLE_END, MMIO_HOLE_START};
 
@@ -27,7 +32,7 @@ pub enum MemoryError {
     InvalidSize(u64),
     /// memfd_create failed.
     #[error("Cannot create the guest memory file")]
-    Memfd(#[source] std::io::Error),
+    Memfd(#[source] nix::Error),
     /// ftruncate of the memfd failed.
     #[error("Cannot size the guest memory file")]
     Truncate(#[source] std::io::Error),
@@ -41,6 +46,9 @@ pub enum MemoryError {
         #[source]
         source: vm_memory::mmap::FromRangesError,
     },
+    /// The mapping could not be kept out of core dumps.
+    #[error("Cannot exclude guest memory from core dumps")]
+    DontDump(#[source] nix::Error),
 }
 
 /// The guest's RAM and the memfd behind it.
@@ -92,6 +100,7 @@ impl GuestRam {
                 source,
             }
         })?;
+        exclude_from_core_dumps(&mem)?;
         Ok(GuestRam { mem, memfd, size })
     }
 
@@ -112,40 +121,42 @@ impl GuestRam {
 }
 
 fn create_memfd(size: u64) -> Result<Arc<File>, MemoryError> {
-    let name = c"agentvm-guest-ram";
-    // SAFETY: `name` is a valid NUL-terminated string; the flags are valid.
-    let fd =
-        unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) };
-    if fd < 0 {
-        return Err(MemoryError::Memfd(std::io::Error::last_os_error()));
-    }
-    // SAFETY: memfd_create returned a new descriptor that nothing else owns.
-    let file = unsafe { File::from_raw_fd(fd) };
+    let fd = memfd_create(
+        c"agentvm-guest-ram",
+        MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING,
+    )
+    .map_err(MemoryError::Memfd)?;
+    let file = File::from(fd);
     file.set_len(size).map_err(MemoryError::Truncate)?;
     // Seal the size: nothing may shrink the file under a live mapping (that
     // would turn guest accesses into SIGBUS in the VMM).
-    // SAFETY: fcntl on a descriptor we own with valid seal flags.
-    let rc = unsafe {
-        libc::fcntl(
-            fd,
-            libc::F_ADD_SEALS,
-            libc::F_SEAL_SHRINK | libc::F_SEAL_GROW,
-        )
-    };
-    if rc < 0 {
-        tracing::debug!(
-            "cannot seal guest memory size: {}",
-            std::io::Error::last_os_error()
-        );
+    let seals = SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW;
+    if let Err(e) = fcntl(&file, FcntlArg::F_ADD_SEALS(seals)) {
+        tracing::debug!("cannot seal guest memory size: {e}");
     }
     Ok(Arc::new(file))
+}
+
+/// Marks every RAM mapping `MADV_DONTDUMP`.
+fn exclude_from_core_dumps(mem: &GuestMemoryMmap<()>) -> Result<(), MemoryError> {
+    for region in mem.iter() {
+        let Some(addr) = NonNull::new(region.as_ptr().cast::<std::ffi::c_void>()) else {
+            continue;
+        };
+        // SAFETY: the range is exactly one live mapping owned by `mem`;
+        // MADV_DONTDUMP only sets a flag on it and never changes its
+        // contents or its lifetime.
+        unsafe { madvise(addr, region.len() as usize, MmapAdvise::MADV_DONTDUMP) }
+            .map_err(MemoryError::DontDump)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::os::unix::fs::MetadataExt;
-    use vm_memory::{Bytes, GuestMemoryBackend, GuestMemoryRegion};
+    use vm_memory::Bytes;
 
     #[test]
     fn small_ram_is_one_range_and_large_ram_skips_the_hole() {
@@ -191,6 +202,50 @@ mod tests {
             .unwrap();
         let blocks = ram.memfd().metadata().unwrap().blocks();
         assert!(blocks * 512 <= 2 << 20, "{blocks} blocks allocated");
+    }
+
+    /// The `VmFlags` of the mapping that starts at `addr`, from smaps.
+    fn vm_flags(addr: usize) -> Vec<String> {
+        let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+        let start = format!("{addr:x}-");
+        let mut in_mapping = false;
+        for line in smaps.lines() {
+            if line.starts_with(|c: char| c.is_ascii_hexdigit()) && line.contains('-') {
+                in_mapping = line.starts_with(&start);
+            } else if let Some(flags) = line.strip_prefix("VmFlags:") {
+                if in_mapping {
+                    return flags.split_whitespace().map(str::to_owned).collect();
+                }
+            }
+        }
+        panic!("no mapping at {addr:#x} in /proc/self/smaps");
+    }
+
+    #[test]
+    fn guest_ram_is_left_out_of_core_dumps() {
+        let ram = GuestRam::new(4 << 30).unwrap();
+        for region in ram.memory().iter() {
+            let flags = vm_flags(region.as_ptr() as usize);
+            assert!(flags.iter().any(|f| f == "dd"), "flags {flags:?}");
+        }
+        // The check itself tells a plain mapping apart.
+        let plain = vec![0u8; 8 << 20];
+        let page = (plain.as_ptr() as usize + 4095) & !4095;
+        let owner = std::fs::read_to_string("/proc/self/maps").unwrap();
+        let start = owner
+            .lines()
+            .filter_map(|l| {
+                let (range, _) = l.split_once(' ')?;
+                let (a, b) = range.split_once('-')?;
+                let (a, b) = (
+                    usize::from_str_radix(a, 16).ok()?,
+                    usize::from_str_radix(b, 16).ok()?,
+                );
+                (a..b).contains(&page).then_some(a)
+            })
+            .next()
+            .unwrap();
+        assert!(!vm_flags(start).iter().any(|f| f == "dd"));
     }
 
     #[test]

@@ -234,6 +234,9 @@ pub enum RunError {
     /// The activation thread could not be started.
     #[error(transparent)]
     Activation(#[from] ActivatorError),
+    /// no_new_privs could not be set for the VM's threads.
+    #[error(transparent)]
+    Hygiene(#[from] crate::hygiene::HygieneError),
 }
 
 /// A VM ready to run. Build one with [`crate::VmBuilder`].
@@ -248,6 +251,8 @@ pub struct Vm {
     pub(crate) ram: GuestRam,
     /// Number of KVM memory slots the RAM occupies (0..n).
     pub(crate) memory_slots: u32,
+    /// How far Landlock restricts this process, when it was asked to.
+    pub(crate) landlock: Option<crate::landlock::Enforcement>,
 }
 
 impl Vm {
@@ -261,6 +266,12 @@ impl Vm {
     /// Guest RAM.
     pub fn ram(&self) -> &GuestRam {
         &self.ram
+    }
+
+    /// How far Landlock restricts the VMM's file system access, when
+    /// [`crate::VmBuilder::landlock`] asked for it.
+    pub fn landlock(&self) -> Option<crate::landlock::Enforcement> {
+        self.landlock
     }
 
     /// The VM's devices.
@@ -285,8 +296,12 @@ impl Vm {
     /// seccomp filter ([`VmConfig::seccomp`](crate::VmConfig::seccomp))
     /// before the guest runs. The caller may confine its own thread before
     /// [`RunningVm::wait`] with [`ThreadKind::Supervisor`](crate::seccomp::ThreadKind::Supervisor)'s filter
-    /// ([`crate::seccomp::install`]), as `agentvm` does.
+    /// ([`crate::seccomp::install`]), as `agentvm` does. The vCPU threads
+    /// (and the device threads they start) inherit `no_new_privs` from the
+    /// calling thread, which gets it here if [`crate::VmBuilder::build`]
+    /// ran on another one.
     pub fn start(mut self) -> Result<RunningVm, RunError> {
+        crate::hygiene::harden_process()?;
         *self
             .shared
             .started

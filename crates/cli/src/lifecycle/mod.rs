@@ -369,6 +369,10 @@ pub struct Snapshot {
     /// `[resources] net_memory_mib` (0: the default).
     #[serde(default)]
     pub net_memory_mib: u64,
+    /// Whether virtiofsd may run without a sandbox where it has none
+    /// (`up --allow-unsandboxed-virtiofsd`).
+    #[serde(default)]
+    pub allow_unsandboxed_virtiofsd: bool,
 }
 
 /// A share in [`Snapshot`].
@@ -420,6 +424,7 @@ impl Snapshot {
             user: cfg.guest_user.as_ref().map(|u| u.cmdline_value()),
             log_max_mib: cfg.log_max_mib,
             net_memory_mib: cfg.net_memory_mib,
+            allow_unsandboxed_virtiofsd: false,
         }
     }
 
@@ -468,9 +473,8 @@ pub fn is_alive(pid: i32) -> bool {
 
 /// Sends SIGKILL to `pid` and waits up to `timeout` for it to be gone.
 pub fn kill_and_wait(pid: i32, timeout: std::time::Duration) -> bool {
-    // SAFETY: kill has no memory-safety preconditions; the caller checked
-    // that `pid` is one of our VMMs.
-    unsafe { libc::kill(pid, libc::SIGKILL) };
+    // The caller checked that `pid` is one of our VMMs.
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL);
     wait_gone(pid, timeout)
 }
 
@@ -489,25 +493,24 @@ pub fn wait_gone(pid: i32, timeout: std::time::Duration) -> bool {
 /// Holds an exclusive lock on the state root while `up` checks and starts
 /// a VM, so that two `up`s of one workspace start one VM.
 pub struct RootLock {
-    /// The state root, open; closing it drops the lock.
-    _dir: std::fs::File,
+    /// The state root, open and locked; closing it drops the lock.
+    _dir: nix::fcntl::Flock<std::fs::File>,
 }
 
 impl RootLock {
     /// Waits for the lock.
     pub fn take(root: &Path) -> anyhow::Result<RootLock> {
-        let dir =
+        let mut dir =
             std::fs::File::open(root).with_context(|| format!("cannot open {}", root.display()))?;
         loop {
-            // SAFETY: flock on a descriptor we own; no memory is involved.
-            if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&dir), libc::LOCK_EX) } == 0 {
-                return Ok(RootLock { _dir: dir });
-            }
-            let e = std::io::Error::last_os_error();
-            if e.kind() != std::io::ErrorKind::Interrupted {
-                return Err(
-                    anyhow::Error::new(e).context(format!("cannot lock {}", root.display()))
-                );
+            match nix::fcntl::Flock::lock(dir, nix::fcntl::FlockArg::LockExclusive) {
+                Ok(locked) => return Ok(RootLock { _dir: locked }),
+                Err((file, nix::errno::Errno::EINTR)) => dir = file,
+                Err((_, e)) => {
+                    return Err(
+                        anyhow::Error::new(e).context(format!("cannot lock {}", root.display()))
+                    )
+                }
             }
         }
     }

@@ -36,6 +36,11 @@ pub struct UpArgs {
     /// is left running for inspection).
     #[arg(long)]
     rm_on_failure: bool,
+    /// Where virtiofsd can sandbox itself neither in namespaces nor in a
+    /// chroot, run it without a sandbox (it then sees the host's files as
+    /// you do) instead of refusing the shares.
+    #[arg(long)]
+    allow_unsandboxed_virtiofsd: bool,
     /// Report on stderr, not stdout: `run`, `shell` and `agent` start the
     /// VM this way, and their stdout is the command's.
     #[arg(skip)]
@@ -58,6 +63,7 @@ impl UpArgs {
             dir,
             timeout: 60,
             rm_on_failure: false,
+            allow_unsandboxed_virtiofsd: false,
             report_on_stderr: true,
         }
     }
@@ -84,6 +90,7 @@ pub fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         None,
     )?;
     let mut snap = Snapshot::new(&cfg, kernel.kernel, kernel.initrd, kernel.cmdline);
+    snap.allow_unsandboxed_virtiofsd = args.allow_unsandboxed_virtiofsd;
     if cfg.kernel.is_none() {
         // A self-contained image directory brings its own root file system;
         // else the one the workspace's packages ask for, else the default
@@ -384,8 +391,23 @@ pub fn guest_start(argv: Vec<Vec<u8>>, snap: &Snapshot, tty: bool) -> Start {
     }
 }
 
+/// The variables the VMM process keeps from ours; it gets no other (a
+/// host secret such as a cloud key or a token in our environment must not
+/// sit in the memory of a process that parses guest data). Everything else
+/// it needs comes from its state directory.
+const VMM_ENV: &[&str] = &[
+    // Finding virtiofsd: $PATH, ~/.cargo/bin, or an explicit binary.
+    "PATH",
+    "HOME",
+    agentvm_devices::virtio::fs::locate::ENV_VAR,
+    // Its log level, and the language of its messages.
+    "AGENTVM_LOG",
+    "LANG",
+    "LC_ALL",
+];
+
 /// Starts `agentvm __vmm --state DIR` in its own session, its output in
-/// the console log.
+/// the console log and only [`VMM_ENV`] in its environment.
 fn spawn_vmm(state: &StateDir) -> anyhow::Result<Child> {
     let exe = std::env::current_exe().context("cannot find the agentvm binary to start")?;
     let log = File::options()
@@ -399,16 +421,21 @@ fn spawn_vmm(state: &StateDir) -> anyhow::Result<Child> {
         .arg(&state.dir)
         // Not the workspace: the VMM must not keep it busy.
         .current_dir("/")
+        .env_clear()
+        .envs(
+            VMM_ENV
+                .iter()
+                .filter_map(|&k| Some((k, std::env::var_os(k)?))),
+        )
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log);
-    // SAFETY: setsid is async-signal-safe and touches no memory; it detaches
-    // the VMM from our terminal and session, so it outlives this command.
+    // SAFETY: the closure only calls setsid, which is async-signal-safe
+    // and touches no memory; it detaches the VMM from our terminal and
+    // session, so it outlives this command.
     unsafe {
         cmd.pre_exec(|| {
-            if libc::setsid() < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
+            nix::unistd::setsid()?;
             Ok(())
         });
     }

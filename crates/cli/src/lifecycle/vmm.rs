@@ -46,6 +46,7 @@ pub struct VmmArgs {
 
 /// Runs the VM until it ends; the exit code says whether it ended cleanly.
 pub fn run(args: VmmArgs) -> anyhow::Result<ExitCode> {
+    crate::boot::harden_vmm_process()?;
     // Every thread started from here on (the VM's) inherits this mask:
     // only the signal thread takes termination signals, so signal-hook's
     // handler never runs on a thread whose filter lacks what it does.
@@ -114,6 +115,7 @@ pub fn run(args: VmmArgs) -> anyhow::Result<ExitCode> {
         memory_mib: snap.memory_mib,
         vcpus: snap.vcpus,
         shares: &shares,
+        allow_unsandboxed_virtiofsd: snap.allow_unsandboxed_virtiofsd,
         state_dir: &state.dir,
         vsock: Some(&vsock),
         cid: None,

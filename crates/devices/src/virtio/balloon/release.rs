@@ -146,7 +146,6 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use std::fs::File;
-    use std::os::fd::FromRawFd;
     use std::os::unix::fs::MetadataExt;
     use std::sync::Arc;
 
@@ -157,11 +156,8 @@ mod tests {
     const MIB: u64 = 1 << 20;
 
     fn memfd(size: u64) -> Arc<File> {
-        // SAFETY: a valid NUL-terminated name and valid flags.
-        let fd = unsafe { libc::memfd_create(c"balloon-release".as_ptr(), libc::MFD_CLOEXEC) };
-        assert!(fd >= 0);
-        // SAFETY: memfd_create returned a new descriptor nothing else owns.
-        let file = unsafe { File::from_raw_fd(fd) };
+        use nix::sys::memfd::{memfd_create, MFdFlags};
+        let file = File::from(memfd_create(c"balloon-release", MFdFlags::MFD_CLOEXEC).unwrap());
         file.set_len(size).unwrap();
         Arc::new(file)
     }

@@ -104,6 +104,10 @@ pub struct FsConfig {
     /// An explicit virtiofsd binary; `None` searches for one (see
     /// [`Search`](super::Search)).
     pub virtiofsd: Option<PathBuf>,
+    /// Whether virtiofsd may run without a sandbox (`--sandbox none`: it
+    /// then sees the host as we do) where neither namespaces nor chroot
+    /// work. Off by default: such a share fails to start instead.
+    pub allow_unsandboxed: bool,
 }
 
 impl FsConfig {
@@ -121,6 +125,7 @@ impl FsConfig {
             read_only: false,
             cache: CacheMode::default(),
             virtiofsd: None,
+            allow_unsandboxed: false,
         }
     }
 

@@ -27,14 +27,26 @@
 //! maps our uid to root inside). Where that fails (the daemon exits during
 //! startup; containers without CAP_SYS_ADMIN, or user namespaces switched
 //! off), the share is started again with `--sandbox chroot` when we hold
-//! CAP_SYS_CHROOT, else with `--sandbox none` and a warning. The fallback
-//! is remembered for the rest of the process ([`Sandbox::choices`]).
+//! CAP_SYS_CHROOT. `--sandbox none` (the daemon sees the host as we do)
+//! is used only when the share allows it ([`FsConfig::allow_unsandboxed`],
+//! `--allow-unsandboxed-virtiofsd` in the CLI); otherwise the share fails
+//! with [`DaemonError::NoSandbox`], which says how to allow it. The
+//! fallback is remembered for the rest of the process
+//! ([`Sandbox::choices`]).
+//!
+//! # The child
+//!
+//! virtiofsd gets what it needs and nothing else of ours: an environment
+//! of [`VIRTIOFSD_ENV`] only (no host secrets), no descriptor but its
+//! stdio (every other one is marked close-on-exec in the child, whoever
+//! opened it), and the seccomp filter of [`super::filter`], so the guest
+//! never creates setuid/setgid files or device nodes on the host.
 
 use std::collections::VecDeque;
 use std::fmt;
 use std::fs;
 use std::io::{self, BufRead, BufReader};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
@@ -45,9 +57,15 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
+use nix::errno::Errno;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::resource::{getrlimit, Resource};
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
 use tracing::{debug, error, warn};
 
 use super::config::FsConfig;
+use super::filter::{FilterError, VirtiofsdFilter};
 use super::locate::Virtiofsd;
 use crate::thread::{self, DeviceThread, Thread};
 use crate::warn_limited;
@@ -60,6 +78,9 @@ pub const STOP_GRACE: Duration = Duration::from_secs(1);
 const STDERR_TAIL: usize = 6;
 /// RLIMIT_NOFILE we ask for when we may raise it.
 const WANTED_NOFILE: u64 = 1_000_000;
+
+/// The variables virtiofsd keeps from our environment.
+pub const VIRTIOFSD_ENV: &[&str] = &["PATH", "RUST_LOG", "LANG"];
 
 /// Capability bits (linux/capability.h).
 const CAP_DAC_READ_SEARCH: u32 = 2;
@@ -93,24 +114,32 @@ impl Sandbox {
     }
 
     /// The modes to try, in order: `namespace` unless it already failed in
-    /// this process, then `chroot` with CAP_SYS_CHROOT or else `none`.
-    pub fn choices() -> Vec<Sandbox> {
-        let fallback = if has_capability(CAP_SYS_CHROOT) {
-            Sandbox::Chroot
-        } else {
-            Sandbox::None
-        };
-        if NAMESPACE_FAILED.load(Ordering::Relaxed) {
-            vec![fallback]
-        } else {
-            vec![Sandbox::Namespace, fallback]
-        }
+    /// this process, then `chroot` with CAP_SYS_CHROOT, else `none` when
+    /// `allow_none`. Empty when nothing is left to try.
+    pub fn choices(allow_none: bool) -> Vec<Sandbox> {
+        choices_for(
+            NAMESPACE_FAILED.load(Ordering::Relaxed),
+            has_capability(CAP_SYS_CHROOT),
+            allow_none,
+        )
     }
 
     /// Records that `--sandbox namespace` does not work here.
     pub fn namespace_failed() {
         NAMESPACE_FAILED.store(true, Ordering::Relaxed);
     }
+}
+
+/// [`Sandbox::choices`] for a host where `namespace` did or did not fail
+/// and chroot is or is not possible.
+fn choices_for(namespace_failed: bool, can_chroot: bool, allow_none: bool) -> Vec<Sandbox> {
+    let fallback = if can_chroot {
+        Some(Sandbox::Chroot)
+    } else {
+        allow_none.then_some(Sandbox::None)
+    };
+    let first = (!namespace_failed).then_some(Sandbox::Namespace);
+    first.into_iter().chain(fallback).collect()
 }
 
 impl fmt::Display for Sandbox {
@@ -122,6 +151,18 @@ impl fmt::Display for Sandbox {
 /// Errors while starting a daemon.
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
+    /// Neither sandbox works here, and running without one is not allowed.
+    #[error(
+        "virtiofsd cannot sandbox itself here (no user namespaces, and chroot needs \
+         CAP_SYS_CHROOT), and running it without a sandbox was not allowed"
+    )]
+    NoSandbox {
+        /// The share.
+        tag: String,
+    },
+    /// virtiofsd's seccomp filter could not be built.
+    #[error(transparent)]
+    Filter(#[from] FilterError),
     /// Something that is not a socket sits where the socket goes.
     #[error("{0} exists and is not a socket; refusing to replace it")]
     SocketPathTaken(PathBuf),
@@ -212,15 +253,32 @@ impl Daemon {
             warn!(
                 tag = %config.tag,
                 "virtio-fs: neither namespaces nor chroot are available; \
-                 virtiofsd runs without a sandbox (--sandbox none)"
+                 virtiofsd runs without a sandbox (--sandbox none), as allowed"
             );
         }
+        let filter = VirtiofsdFilter::new()?;
         let mut cmd = Command::new(&bin.path);
         cmd.args(arguments(config, &socket, sandbox))
+            .env_clear()
+            .envs(
+                VIRTIOFSD_ENV
+                    .iter()
+                    .filter_map(|&k| Some((k, std::env::var_os(k)?))),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .process_group(0);
+        // SAFETY: the closure runs in the forked child before exec and only
+        // makes system calls (close_range, prctl and seccomp in
+        // `VirtiofsdFilter::apply`, which does not allocate: the programs
+        // were compiled above, before the fork).
+        unsafe {
+            cmd.pre_exec(move || {
+                cloexec_from(3)?;
+                filter.apply()
+            });
+        }
         debug!(tag = %config.tag, ?cmd, "virtio-fs: starting virtiofsd {}", bin.version);
         let mut child = cmd.spawn().map_err(|source| DaemonError::Spawn {
             path: bin.path.clone(),
@@ -488,26 +546,54 @@ fn relay_stderr(tag: &str, stderr: ChildStderr, tail: Tail) -> Option<Thread<()>
     }
 }
 
+/// Marks every descriptor from `first` up close-on-exec (in the child:
+/// descriptors of other threads' work, opened without CLOEXEC, must not
+/// reach virtiofsd). Closing them instead would also close the pipe
+/// through which the standard library reports a failed exec.
+fn cloexec_from(first: u32) -> io::Result<()> {
+    // SAFETY: close_range takes two descriptor numbers and flags and
+    // touches no memory; with CLOSE_RANGE_CLOEXEC it closes nothing.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            first,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
+    };
+    if rc == 0 {
+        return Ok(());
+    }
+    // Kernels before 5.11 lack the flag: one fcntl per possible number.
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit into the struct we pass.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let last = i32::try_from(limit.rlim_cur.min(1 << 20)).unwrap_or(1 << 20);
+    for fd in i32::try_from(first).unwrap_or(i32::MAX)..last {
+        // SAFETY: F_SETFD on a number that may or may not be open touches
+        // no memory; on a closed one it fails with EBADF, which is fine.
+        unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+    }
+    Ok(())
+}
+
 /// Waits up to `timeout` for `fd` to become readable (a pidfd: the
 /// process exited).
 fn wait_readable(fd: BorrowedFd<'_>, timeout: Duration) -> bool {
-    let mut pfd = libc::pollfd {
-        fd: fd.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
     let deadline = Instant::now() + timeout;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
-        let ms = i32::try_from(left.as_millis()).unwrap_or(i32::MAX);
-        // SAFETY: `pfd` is one valid pollfd for the duration of the call;
-        // the count passed is 1.
-        let n = unsafe { libc::poll(&mut pfd, 1, ms) };
-        if n >= 0 {
-            return n > 0;
-        }
-        if io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
-            return false;
+        let ms = PollTimeout::try_from(left).unwrap_or(PollTimeout::MAX);
+        let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
+        match poll(&mut fds, ms) {
+            Ok(n) => return n > 0,
+            Err(Errno::EINTR) => continue,
+            Err(_) => return false,
         }
     }
 }
@@ -559,9 +645,7 @@ fn kill_group(pid: u32) {
     if pgid <= 1 {
         return;
     }
-    // SAFETY: kill(2) with a negative pid signals that process group; it
-    // touches no memory of ours.
-    unsafe { libc::kill(-pgid, libc::SIGKILL) };
+    let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
 }
 
 /// Whether our effective capability set holds `cap`.
@@ -585,22 +669,18 @@ fn nofile_limit() -> u64 {
     if has_capability(CAP_SYS_RESOURCE) {
         return WANTED_NOFILE.min(nr_open);
     }
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes one rlimit into the struct we pass.
-    let rc = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) };
-    if rc != 0 {
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((_, hard)) => hard.min(nr_open),
         // 0 leaves virtiofsd's limit as it inherits it.
-        return 0;
+        Err(_) => 0,
     }
-    limit.rlim_max.min(nr_open)
 }
 
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
+
+    use std::os::fd::AsRawFd;
 
     use super::*;
 
@@ -621,6 +701,9 @@ mod tests {
         assert!(args.iter().any(|a| a.starts_with("--inode-file-handles=")));
         assert!(args.iter().any(|a| a.starts_with("--rlimit-nofile=")));
         assert!(!args.iter().any(|a| a == "--readonly"));
+        // Extended attributes stay off: with them a guest could set
+        // security.capability on a host file (see `filter`).
+        assert!(!args.iter().any(|a| a.contains("xattr")), "{args:?}");
         config.read_only = true;
         config.cache = super::super::CacheMode::Never;
         let args = arguments(&config, &socket, Sandbox::None);
@@ -630,10 +713,27 @@ mod tests {
     }
 
     #[test]
-    fn sandbox_choices_end_with_a_fallback() {
-        let choices = Sandbox::choices();
-        assert!(!choices.is_empty());
-        assert_ne!(choices.last(), Some(&Sandbox::Namespace));
+    fn no_sandbox_is_chosen_only_when_allowed() {
+        use Sandbox::{Chroot, Namespace, None};
+        // (namespace failed, can chroot, none allowed) -> choices
+        type Case = ((bool, bool, bool), &'static [Sandbox]);
+        let table: [Case; 8] = [
+            ((false, true, false), &[Namespace, Chroot]),
+            ((false, true, true), &[Namespace, Chroot]),
+            ((false, false, false), &[Namespace]),
+            ((false, false, true), &[Namespace, None]),
+            ((true, true, false), &[Chroot]),
+            ((true, true, true), &[Chroot]),
+            ((true, false, false), &[]),
+            ((true, false, true), &[None]),
+        ];
+        for ((failed, chroot, allow), want) in table {
+            assert_eq!(
+                choices_for(failed, chroot, allow),
+                want,
+                "failed={failed} chroot={chroot} allow={allow}"
+            );
+        }
     }
 
     #[test]
@@ -651,6 +751,68 @@ mod tests {
             Err(DaemonError::SocketPathTaken(_))
         ));
         assert!(sock.exists());
+    }
+
+    #[test]
+    fn virtiofsd_gets_no_host_secret_and_no_stray_descriptor() {
+        let tmp = tempfile::tempdir().unwrap();
+        let bin = tmp.path().join("fake");
+        fs::write(&bin, "#!/bin/sh\nexec sleep 1000\n").unwrap();
+        let exec = <fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o755);
+        fs::set_permissions(&bin, exec).unwrap();
+        // A secret in our environment, and a descriptor without CLOEXEC (as
+        // one opened by other code of the process would be).
+        std::env::set_var("AGENTVM_TEST_SECRET_TOKEN", "hunter2");
+        let file = fs::File::open("/proc/self/status").unwrap();
+        let stray = nix::unistd::dup(&file).unwrap();
+        let stray_target = fs::read_link(format!("/proc/self/fd/{}", stray.as_raw_fd())).unwrap();
+
+        let config = FsConfig::new("env", tmp.path(), tmp.path());
+        let fake = Virtiofsd {
+            path: bin,
+            version: "0".into(),
+        };
+        let mut daemon = Daemon::spawn(&fake, &config, Sandbox::None).unwrap();
+        let proc = PathBuf::from(format!("/proc/{}", daemon.pid()));
+        // Wait for the exec (the environment is the new program's then).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while fs::read_link(proc.join("exe")).is_ok_and(|e| !e.ends_with("sleep")) {
+            assert!(Instant::now() < deadline, "the fake never ran");
+            sleep(Duration::from_millis(5));
+        }
+        let environ = fs::read(proc.join("environ")).unwrap();
+        let names: Vec<String> = environ
+            .split(|&b| b == 0)
+            .filter(|v| !v.is_empty())
+            .map(|v| {
+                String::from_utf8_lossy(v)
+                    .split('=')
+                    .next()
+                    .unwrap_or("")
+                    .to_owned()
+            })
+            .collect();
+        assert!(names.iter().any(|n| n == "PATH"), "{names:?}");
+        // PWD is the stand-in shell's own.
+        for name in names.iter().filter(|n| *n != "PWD") {
+            assert!(
+                VIRTIOFSD_ENV.contains(&name.as_str()),
+                "{name} leaked: {names:?}"
+            );
+        }
+        let fds: Vec<String> = fs::read_dir(proc.join("fd"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        let mut sorted = fds.clone();
+        sorted.sort();
+        assert_eq!(sorted, ["0", "1", "2"], "descriptors of virtiofsd");
+        // The stray one was there to inherit: it is open in us, not CLOEXEC.
+        assert_eq!(
+            fs::read_link(format!("/proc/self/fd/{}", stray.as_raw_fd())).unwrap(),
+            stray_target
+        );
+        daemon.stop();
     }
 
     #[test]

@@ -17,6 +17,8 @@
 //! - [`locate`]: which `virtiofsd` binary to run, and the one-line error
 //!   naming what to install when there is none;
 //! - [`daemon`]: starting, watching and stopping the process;
+//! - [`filter`]: the seccomp filter it runs under (no setuid/setgid
+//!   files, no device nodes on the host);
 //! - [`backend`]: the vhost-user handshake (features, memory table,
 //!   vrings) over the `vhost` crate's frontend;
 //! - [`device`]: the [`VirtioDevice`](crate::virtio::VirtioDevice) impl,
@@ -61,6 +63,7 @@ pub mod backend;
 pub mod config;
 pub mod daemon;
 pub mod device;
+pub mod filter;
 pub mod handle;
 pub mod handler;
 pub mod locate;

@@ -41,7 +41,10 @@ impl Session {
     /// sandbox modes of [`Sandbox::choices`] in order: a daemon that dies
     /// during startup in `namespace` mode is started again in the next.
     pub(crate) fn start(bin: &Virtiofsd, config: &FsConfig) -> Result<Self, StartError> {
-        let choices = Sandbox::choices();
+        let no_sandbox = || DaemonError::NoSandbox {
+            tag: config.tag.clone(),
+        };
+        let choices = Sandbox::choices(config.allow_unsandboxed);
         let mut tried = choices.iter().peekable();
         while let Some(&sandbox) = tried.next() {
             match Self::start_in(bin, config, sandbox) {
@@ -49,25 +52,24 @@ impl Session {
                 Err(StartError::Daemon(e @ DaemonError::Exited { .. }))
                     if sandbox == Sandbox::Namespace =>
                 {
+                    Sandbox::namespace_failed();
                     let Some(next) = tried.peek() else {
-                        return Err(e.into());
+                        warn!(
+                            tag = %config.tag,
+                            "virtio-fs: virtiofsd cannot use --sandbox namespace here ({e})"
+                        );
+                        return Err(no_sandbox().into());
                     };
                     warn!(
                         tag = %config.tag,
                         "virtio-fs: virtiofsd cannot use --sandbox namespace here ({e}); \
                          using --sandbox {next}"
                     );
-                    Sandbox::namespace_failed();
                 }
                 Err(e) => return Err(e),
             }
         }
-        // `choices` is never empty; this only keeps the types honest.
-        Err(DaemonError::Timeout {
-            tag: config.tag.clone(),
-            socket: config.socket_path(),
-        }
-        .into())
+        Err(no_sandbox().into())
     }
 
     fn start_in(bin: &Virtiofsd, config: &FsConfig, sandbox: Sandbox) -> Result<Self, StartError> {
@@ -158,8 +160,9 @@ mod tests {
             path: bin,
             version: "0".into(),
         };
-        let config = FsConfig::new("fallback", tmp.path(), tmp.path());
-        let fallback = *Sandbox::choices().last().unwrap();
+        let mut config = FsConfig::new("fallback", tmp.path(), tmp.path());
+        config.allow_unsandboxed = true;
+        let fallback = *Sandbox::choices(true).last().unwrap();
 
         let err = match Session::start(&fake, &config) {
             Err(StartError::Daemon(e)) => e,
@@ -175,7 +178,7 @@ mod tests {
             other => panic!("unexpected error {other}"),
         }
         // Later shares go straight to the fallback.
-        assert_eq!(Sandbox::choices(), [fallback]);
+        assert_eq!(Sandbox::choices(true), [fallback]);
         // Both attempts cleaned up after themselves.
         assert_eq!(fs::read_dir(tmp.path()).unwrap().count(), 1);
     }

@@ -3,76 +3,36 @@
 //! peer is gone entirely.
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
+
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use socket2::{Domain, SockAddr, SockRef, Socket, Type};
 
 /// Connects a non-blocking stream socket to `path`. A listener whose
 /// backlog is full counts as refusing (the worker thread must not wait).
 pub fn connect_nonblocking(path: &Path) -> io::Result<UnixStream> {
-    // SAFETY: sockaddr_un is plain data; all zeroes is a valid value.
-    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
-    let bytes = path.as_os_str().as_bytes();
-    // One byte stays zero: the path's terminator.
-    if bytes.is_empty() || bytes.len() >= addr.sun_path.len() || bytes.contains(&0) {
+    // Rejects empty, too long and NUL-holding paths.
+    let addr = SockAddr::unix(path)?;
+    if path.as_os_str().is_empty() {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
-            "socket path too long or empty",
+            "empty socket path",
         ));
     }
-    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
-    for (dst, src) in addr.sun_path.iter_mut().zip(bytes) {
-        *dst = *src as libc::c_char;
-    }
-    // SAFETY: plain socket(2) call; the result is checked below.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_UNIX,
-            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-            0,
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `fd` is a socket we just created and nothing else owns.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    let len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
-    // SAFETY: `addr` is a valid, initialised sockaddr_un of `len` bytes and
-    // `fd` a live socket.
-    let rc = unsafe {
-        libc::connect(
-            fd.as_raw_fd(),
-            std::ptr::from_ref(&addr).cast::<libc::sockaddr>(),
-            len,
-        )
-    };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(UnixStream::from(fd))
+    let socket = Socket::new(Domain::UNIX, Type::STREAM.nonblocking().cloexec(), None)?;
+    socket.connect(&addr)?;
+    Ok(UnixStream::from(OwnedFd::from(socket)))
 }
 
 /// Sends without blocking and without SIGPIPE (a closed peer is EPIPE).
 pub fn send(stream: &UnixStream, buf: &[u8]) -> io::Result<usize> {
+    let socket = SockRef::from(stream);
     loop {
-        // SAFETY: `buf` is a live slice of `buf.len()` bytes that send(2)
-        // only reads; the fd belongs to `stream`.
-        let n = unsafe {
-            libc::send(
-                stream.as_raw_fd(),
-                buf.as_ptr().cast(),
-                buf.len(),
-                libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
-            )
-        };
-        if n >= 0 {
-            return Ok(n as usize);
-        }
-        let err = io::Error::last_os_error();
-        if err.kind() != io::ErrorKind::Interrupted {
-            return Err(err);
+        match socket.send_with_flags(buf, libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            other => return other,
         }
     }
 }
@@ -80,14 +40,11 @@ pub fn send(stream: &UnixStream, buf: &[u8]) -> io::Result<usize> {
 /// Whether both directions of the socket are shut: the peer closed it
 /// (rather than only shutting its sending side).
 pub fn peer_gone(stream: &UnixStream) -> bool {
-    let mut pfd = libc::pollfd {
-        fd: stream.as_raw_fd(),
-        events: 0,
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd, zero timeout.
-    let n = unsafe { libc::poll(&mut pfd, 1, 0) };
-    n > 0 && pfd.revents & libc::POLLHUP != 0
+    let mut fds = [PollFd::new(stream.as_fd(), PollFlags::empty())];
+    matches!(poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0)
+        && fds[0]
+            .revents()
+            .is_some_and(|r| r.contains(PollFlags::POLLHUP))
 }
 
 #[cfg(test)]
