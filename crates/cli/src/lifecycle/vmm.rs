@@ -68,6 +68,7 @@ pub fn run(args: VmmArgs) -> anyhow::Result<ExitCode> {
         ready: ready.clone(),
         tail: Vec::new(),
     };
+    let (console, console_written) = ConsoleThread::start(watch, snap.seccomp)?;
     let shares: Vec<ShareSpec> = snap
         .mounts
         .iter()
@@ -123,7 +124,7 @@ pub fn run(args: VmmArgs) -> anyhow::Result<ExitCode> {
         rng: true,
         balloon: true,
         net,
-        serial: SerialSink::Writer(Box::new(watch)),
+        serial: SerialSink::Writer(Box::new(console)),
         pit: None,
         seccomp: snap.seccomp,
     })?;
@@ -168,6 +169,8 @@ pub fn run(args: VmmArgs) -> anyhow::Result<ExitCode> {
             }
         },
     );
+    // The guest's last words (a panic, say) reach the log before we exit.
+    console_written.wait(CONSOLE_DRAIN);
     for f in [control_path, vsock, state.pid_file()] {
         let _ = std::fs::remove_file(f);
     }
@@ -223,6 +226,72 @@ fn stop_on_signals(
         })
         .context("cannot start the signal thread")?;
     Ok(())
+}
+
+/// The vCPUs' end of the console: bytes go to a thread of their own that
+/// writes (and rotates) the log, so the vCPU filter needs no file system
+/// calls. The queue is bounded: a guest printing faster than the disk takes
+/// it waits at its serial port.
+struct ConsoleThread {
+    to: std::sync::mpsc::SyncSender<Vec<u8>>,
+}
+
+/// Console writes queued for the log thread, at most.
+const CONSOLE_QUEUE: usize = 256;
+/// How long the VMM waits, once the VM ended, for the console thread to
+/// write what is queued.
+const CONSOLE_DRAIN: Duration = Duration::from_secs(2);
+
+/// Says when the console thread has written everything and ended.
+struct ConsoleWritten(std::sync::mpsc::Receiver<()>);
+
+impl ConsoleWritten {
+    /// Waits up to `timeout` for the console thread to end (it ends once
+    /// the VM's serial port, and with it the sending end, is gone).
+    fn wait(self, timeout: Duration) {
+        let _ = self.0.recv_timeout(timeout);
+    }
+}
+
+impl ConsoleThread {
+    fn start(
+        mut watch: ReadyWatch,
+        level: seccomp::SeccompLevel,
+    ) -> anyhow::Result<(Self, ConsoleWritten)> {
+        let (to, from) = std::sync::mpsc::sync_channel::<Vec<u8>>(CONSOLE_QUEUE);
+        let (ended, written) = std::sync::mpsc::channel::<()>();
+        std::thread::Builder::new()
+            .name("console".into())
+            .spawn(move || {
+                // Dropped when the thread ends, however it ends.
+                let _ended = ended;
+                if let Err(e) = seccomp::install(level, ThreadKind::ConsoleLog) {
+                    eprintln!("agentvm: {e}; the console is not logged");
+                    return;
+                }
+                for bytes in from {
+                    if let Err(e) = watch.write_all(&bytes) {
+                        eprintln!("agentvm: cannot write the console log: {e}");
+                        return;
+                    }
+                }
+            })
+            .context("cannot start the console thread")?;
+        Ok((ConsoleThread { to }, ConsoleWritten(written)))
+    }
+}
+
+impl Write for ConsoleThread {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.to
+            .send(buf.to_vec())
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::BrokenPipe))?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Writes the console to its file and notes when the ready line passes.

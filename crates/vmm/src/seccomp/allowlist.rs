@@ -241,6 +241,17 @@ const FS: &[Allow] = &[
 /// The relay of virtiofsd's stderr into our log.
 const DAEMON_LOG: &[Allow] = &[Any(Sysno::read)];
 
+/// Writing a capped log that rotates (the console log, the network audit
+/// log): the full file is renamed to `NAME.1` and a new one opened (in the
+/// state directory, which Landlock leaves writable).
+const ROTATED_LOG: &[Allow] = &[
+    Any(Sysno::openat),
+    Any(Sysno::rename),
+    Any(Sysno::renameat),
+    Any(Sysno::renameat2),
+    Any(Sysno::fsync),
+];
+
 /// The vhost-user reply pump.
 const VHOST_USER_REPLIES: &[Allow] = &[
     Any(Sysno::read),
@@ -280,6 +291,9 @@ const LAUNCH_VIRTIOFSD: &[Allow] = &[
     Any(Sysno::dup3),
     Any(Sysno::setpgid),
     Any(Sysno::pidfd_open),
+    // The child marks what it inherited close-on-exec, then installs the
+    // filter that keeps setuid files and device nodes off the host.
+    Any(Sysno::close_range),
 ];
 
 /// The thread that waits for the VM's end and tears it down: it kicks the
@@ -410,6 +424,10 @@ pub fn allowed(kind: ThreadKind) -> Vec<Allow> {
         ThreadKind::Worker(device) => {
             add(&[WORKER]);
             add(worker_extra(device));
+            if matches!(device, WorkerDevice::Net | WorkerDevice::Other) {
+                // The stack writes the audit log.
+                add(&[ROTATED_LOG]);
+            }
         }
         ThreadKind::DaemonLog => add(&[DAEMON_LOG]),
         ThreadKind::VhostUserReplies => add(&[VHOST_USER_REPLIES]),
@@ -424,7 +442,7 @@ pub fn allowed(kind: ThreadKind) -> Vec<Allow> {
                 RNG,
                 FS,
             ]);
-            add(&[DAEMON_LOG, VHOST_USER_REPLIES]);
+            add(&[DAEMON_LOG, VHOST_USER_REPLIES, ROTATED_LOG]);
             if launches_daemons {
                 add(&[LAUNCH_VIRTIOFSD, VIRTIOFSD]);
             }
@@ -432,8 +450,9 @@ pub fn allowed(kind: ThreadKind) -> Vec<Allow> {
         ThreadKind::Supervisor => add(&[SUPERVISOR]),
         ThreadKind::Control => add(&[CONTROL, SPAWN_THREAD]),
         ThreadKind::Signals => add(&[SIGNALS]),
+        ThreadKind::ConsoleLog => add(&[ROTATED_LOG]),
         ThreadKind::VhostUserBackend => {
-            add(&[VHOST_USER_BACKEND, SPAWN_THREAD, WORKER, NET]);
+            add(&[VHOST_USER_BACKEND, SPAWN_THREAD, WORKER, NET, ROTATED_LOG]);
             add(&[VHOST_USER_REPLIES]);
         }
     }

@@ -143,6 +143,10 @@ pub enum ThreadKind {
     Control,
     /// The thread that turns termination signals into a stop.
     Signals,
+    /// The thread that writes the guest's console into its capped log
+    /// (opening and renaming the file when it rotates), so the vCPUs that
+    /// hand it the bytes need no file system calls.
+    ConsoleLog,
     /// `agentvm vhost-user net`: the process serving the network device
     /// to another VMM. Its main thread confines itself before it serves;
     /// the backend's threads (started by `vhost-user-backend`, which has
@@ -152,7 +156,7 @@ pub enum ThreadKind {
 
 impl ThreadKind {
     /// Every kind, for listing and tests.
-    pub const ALL: [ThreadKind; 15] = [
+    pub const ALL: [ThreadKind; 16] = [
         ThreadKind::Vcpu,
         ThreadKind::Activation {
             launches_daemons: false,
@@ -171,6 +175,7 @@ impl ThreadKind {
         ThreadKind::Supervisor,
         ThreadKind::Control,
         ThreadKind::Signals,
+        ThreadKind::ConsoleLog,
         ThreadKind::VhostUserBackend,
     ];
 
@@ -195,6 +200,7 @@ impl ThreadKind {
             ThreadKind::Supervisor => "VM supervisor",
             ThreadKind::Control => "control",
             ThreadKind::Signals => "signals",
+            ThreadKind::ConsoleLog => "console log",
             ThreadKind::VhostUserBackend => "vhost-user backend",
         }
     }
