@@ -10,6 +10,7 @@ use std::io;
 
 use agentvm_devices::virtio::{GuestMemory, InterruptKind, VirtioInterrupt};
 use arbitrary::Arbitrary;
+use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress};
 
@@ -104,6 +105,18 @@ pub struct Ring {
     /// The device's side of the queue.
     pub queue: Queue,
     avail_idx: u16,
+    /// Where [`Ring::push`] puts its next descriptor and buffer.
+    next_slot: u16,
+    next_data: u64,
+}
+
+/// A buffer of a well-formed chain.
+#[derive(Debug, Clone)]
+pub enum Buf {
+    /// Device-readable, holding these bytes.
+    Read(Vec<u8>),
+    /// Device-writable, this long.
+    Write(u32),
 }
 
 impl Ring {
@@ -134,6 +147,8 @@ impl Ring {
             mem,
             queue,
             avail_idx: 0,
+            next_slot: 0,
+            next_data: 0,
         }
     }
 
@@ -167,6 +182,65 @@ impl Ring {
         self.write(AVAIL, &kick.avail_flags.to_le_bytes());
         self.write(AVAIL + 2, &idx.to_le_bytes());
         self.write(AVAIL + 4 + 2 * u64::from(size), &kick.used_event.to_le_bytes());
+    }
+
+    /// Makes a well-formed chain of `bufs` available, as an honest driver
+    /// would (descriptors and buffers are reused round-robin, so a long
+    /// run overwrites what the device has not consumed yet, as a hostile
+    /// driver may).
+    pub fn push(&mut self, bufs: &[Buf]) {
+        let size = self.size();
+        let bufs = &bufs[..bufs.len().min(usize::from(size))];
+        let Some(last) = bufs.len().checked_sub(1) else {
+            return;
+        };
+        let head = self.next_slot % size;
+        for (i, buf) in bufs.iter().enumerate() {
+            let slot = self.next_slot % size;
+            self.next_slot = self.next_slot.wrapping_add(1);
+            let len = match buf {
+                Buf::Read(bytes) => bytes.len().min(DATA_LEN as usize) as u64,
+                Buf::Write(len) => u64::from(*len).min(DATA_LEN),
+            };
+            if self.next_data + len > DATA_LEN {
+                self.next_data = 0;
+            }
+            let addr = DATA + self.next_data;
+            self.next_data += len;
+            if let Buf::Read(bytes) = buf {
+                self.write(addr, &bytes[..len as usize]);
+            }
+            let mut flags = 0;
+            if matches!(buf, Buf::Write(_)) {
+                flags |= VRING_DESC_F_WRITE as u16;
+            }
+            if i < last {
+                flags |= VRING_DESC_F_NEXT as u16;
+            }
+            let next = (slot + 1) % size;
+            self.apply(&Kick {
+                descs: vec![Desc {
+                    slot,
+                    addr: Addr::Raw(addr),
+                    len: len as u32,
+                    flags,
+                    next,
+                }],
+                data: Vec::new(),
+                heads: Vec::new(),
+                idx_skew: 0,
+                avail_flags: 0,
+                used_event: 0,
+            });
+        }
+        self.apply(&Kick {
+            descs: Vec::new(),
+            data: Vec::new(),
+            heads: vec![head],
+            idx_skew: 0,
+            avail_flags: 0,
+            used_event: 0,
+        });
     }
 
     fn write(&self, at: u64, bytes: &[u8]) {
