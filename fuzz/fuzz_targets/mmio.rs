@@ -48,12 +48,21 @@ struct Device {
 #[derive(Debug, Arbitrary)]
 enum Access {
     /// A 32-bit write to a register a driver writes.
-    Write { reg: u8, value: u32 },
+    Write {
+        reg: u8,
+        value: u32,
+    },
     /// A 32-bit read of any register.
     Read(u16),
     /// Any access anywhere in the window (config space included).
-    RawWrite { offset: u16, bytes: Vec<u8> },
-    RawRead { offset: u16, len: u8 },
+    RawWrite {
+        offset: u16,
+        bytes: Vec<u8>,
+    },
+    RawRead {
+        offset: u16,
+        len: u8,
+    },
     /// A whole status step, as a driver sets it bit by bit.
     AddStatus(u8),
 }

@@ -5,5 +5,5 @@
 //! guest or a local client; `scripts/fuzz` builds them with the
 //! sanitizer-coverage flags and runs them.
 
-pub mod ring;
 pub mod frames;
+pub mod ring;

@@ -181,7 +181,10 @@ impl Ring {
         let idx = self.avail_idx.wrapping_add(kick.idx_skew);
         self.write(AVAIL, &kick.avail_flags.to_le_bytes());
         self.write(AVAIL + 2, &idx.to_le_bytes());
-        self.write(AVAIL + 4 + 2 * u64::from(size), &kick.used_event.to_le_bytes());
+        self.write(
+            AVAIL + 4 + 2 * u64::from(size),
+            &kick.used_event.to_le_bytes(),
+        );
     }
 
     /// Makes a well-formed chain of `bufs` available, as an honest driver
