@@ -123,7 +123,7 @@ fuzz_target!(|input: (u8, u8, Vec<Action>)| {
     drain(&s.peer);
     let mut muxer = Muxer::new(GUEST_CID, s.uds.clone(), s.device.clone());
     let mut tx = Ring::new(tx_size, false);
-    let mut rx = Ring::new(rx_size, false);
+    let mut rx = Ring::in_memory(1, rx_size, false);
     let mut scratch = Vec::new();
     let mut watched: BTreeMap<u32, RawFd> = BTreeMap::new();
     let mut peers: Vec<UnixStream> = Vec::new();

@@ -119,15 +119,42 @@ pub enum Buf {
     Write(u32),
 }
 
-impl Ring {
-    /// A ready queue of `2^(size_log2 % 7)` entries, with EVENT_IDX if
-    /// `event_idx`.
-    pub fn new(size_log2: u8, event_idx: bool) -> Ring {
-        let mem = GuestMemory::from_ranges(&[
+/// Guest memories a target uses at once, at most.
+pub const MEMORIES: usize = 2;
+
+/// Guest memory `n` of this thread, zeroed: mapped once and reused, as
+/// mapping it anew for every input would cost more than most inputs.
+fn memory(n: usize) -> GuestMemory {
+    fn map() -> GuestMemory {
+        GuestMemory::from_ranges(&[
             (GuestAddress(0), 0x1_0000),
             (GuestAddress(HIGH), HIGH_LEN as usize),
         ])
-        .expect("guest memory");
+        .expect("guest memory")
+    }
+    thread_local! {
+        static MEM: [GuestMemory; MEMORIES] = [map(), map()];
+    }
+    let mem = MEM.with(|m| m[n % MEMORIES].clone());
+    let zeros = vec![0u8; 0x1_0000];
+    for (start, len) in [(0, 0x1_0000), (HIGH, HIGH_LEN as usize)] {
+        mem.write_slice(&zeros[..len], GuestAddress(start))
+            .expect("the regions are mapped");
+    }
+    mem
+}
+
+impl Ring {
+    /// A ready queue of `2^(size_log2 % 7)` entries, with EVENT_IDX if
+    /// `event_idx`, in guest memory 0.
+    pub fn new(size_log2: u8, event_idx: bool) -> Ring {
+        Ring::in_memory(0, size_log2, event_idx)
+    }
+
+    /// The same in guest memory `n` (of [`MEMORIES`]): a device with two
+    /// queues gets one memory each.
+    pub fn in_memory(n: usize, size_log2: u8, event_idx: bool) -> Ring {
+        let mem = memory(n);
         let size = 1u16 << (size_log2 % (MAX_SIZE_LOG2 + 1));
         let mut queue = Queue::new(size).expect("a queue");
         queue.set_size(size);
