@@ -12,7 +12,7 @@ use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener};
 use std::sync::OnceLock;
 
-use agentvm_net::addr::{GATEWAY_IP, GATEWAY_MAC, GUEST_IP, GUEST_MAC};
+use agentvm_net::addr::{DNS_IP, GATEWAY_IP, GATEWAY_MAC, GUEST_IP, GUEST_MAC};
 use agentvm_net::testing::Guest;
 use agentvm_net::{Mode, NetStack, Policy, StackConfig};
 use arbitrary::Arbitrary;
@@ -23,6 +23,9 @@ use smoltcp::wire::{
     Ipv4Repr, TcpControl, TcpPacket, TcpRepr, TcpSeqNumber, UdpPacket, UdpRepr,
 };
 
+/// A DNS query (id 1, recursion desired) for `echo.test`, type A.
+const ECHO_QUERY: &[u8] =
+    b"\x00\x01\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x04echo\x04test\x00\x00\x01\x00\x01";
 /// Actions per input at most.
 const MAX_ACTIONS: usize = 32;
 /// Guest TCP connections per input at most.
@@ -45,7 +48,7 @@ impl Dst {
         match self {
             Dst::Pinned => pinned,
             Dst::Gateway => GATEWAY_IP,
-            Dst::Dns => agentvm_net::addr::DNS_IP,
+            Dst::Dns => DNS_IP,
             Dst::Any(b) => Ipv4Addr::from(*b),
         }
     }
@@ -232,6 +235,10 @@ fuzz_target!(|actions: Vec<Action>| {
     let mut guest = Guest::new();
     guest.record = true;
     guest.configure_with(&mut stack);
+    // In filtered mode an address is reachable once the stack's DNS
+    // server handed it out: look the pin up, as a guest would.
+    stack.push_frame(&udp_frame(DNS_IP, 53, ECHO_QUERY));
+    stack.poll();
     let mut flows = Vec::new();
     for action in actions.into_iter().take(MAX_ACTIONS) {
         match action {
