@@ -35,6 +35,10 @@
           ./benches
           ./crates
           ./guest
+          # A workspace member (the fuzz targets; not built here).
+          ./fuzz/Cargo.toml
+          ./fuzz/src
+          ./fuzz/fuzz_targets
         ];
       };
 

@@ -108,11 +108,17 @@ fn read_message(front: &UnixStream) -> io::Result<Option<Message>> {
         iov_base: header.as_mut_ptr().cast(),
         iov_len: HEADER,
     }];
-    // SAFETY: the iovec points into `header`, which outlives the call;
-    // every descriptor received is taken into an OwnedFd below, so each is
-    // closed exactly once.
-    let (n, nfds) = unsafe { front.recv_with_fds(&mut iov, &mut raw) }
-        .map_err(|e| io::Error::from_raw_os_error(e.errno()))?;
+    let (n, nfds) = loop {
+        // SAFETY: the iovec points into `header`, which outlives the call;
+        // every descriptor received is taken into an OwnedFd below, so each
+        // is closed exactly once.
+        match unsafe { front.recv_with_fds(&mut iov, &mut raw) } {
+            Ok(got) => break got,
+            // A signal before anything arrived: nothing was received.
+            Err(e) if e.errno() == libc::EINTR => continue,
+            Err(e) => return Err(io::Error::from_raw_os_error(e.errno())),
+        }
+    };
     let fds: Vec<OwnedFd> = raw[..nfds.min(MAX_FDS)]
         .iter()
         .filter(|fd| **fd >= 0)
@@ -140,9 +146,14 @@ fn read_message(front: &UnixStream) -> io::Result<Option<Message>> {
 
 fn write_message(back: &UnixStream, message: &Message) -> io::Result<()> {
     let fds: Vec<RawFd> = message.fds.iter().map(AsRawFd::as_raw_fd).collect();
-    let sent = back
-        .send_with_fds(&[&message.bytes[..]], &fds)
-        .map_err(|e| io::Error::from_raw_os_error(e.errno()))?;
+    let sent = loop {
+        match back.send_with_fds(&[&message.bytes[..]], &fds) {
+            Ok(sent) => break sent,
+            // A signal before anything was sent: send it all again.
+            Err(e) if e.errno() == libc::EINTR => continue,
+            Err(e) => return Err(io::Error::from_raw_os_error(e.errno())),
+        }
+    };
     let mut back_writer = back;
     back_writer.write_all(&message.bytes[sent..])
 }
@@ -208,6 +219,43 @@ mod tests {
         drop(unsafe { OwnedFd::from_raw_fd(raw[0]) });
         drop(frontend);
         relay.join().unwrap().unwrap();
+    }
+
+    extern "C" fn ignore(_: libc::c_int) {}
+
+    /// Found by the vhost_user_relay fuzz target: a signal that interrupts
+    /// the relay's wait for the frontend (a handler installed without
+    /// SA_RESTART, as libFuzzer's timer is) ended the relay with EINTR,
+    /// dropping the frontend's connection.
+    #[test]
+    fn a_signal_does_not_end_the_relay() {
+        use std::os::unix::thread::JoinHandleExt;
+        // SAFETY: a zeroed sigaction is a valid "no flags, empty mask"
+        // value; the handler does nothing, so it is async-signal-safe.
+        unsafe {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = ignore as extern "C" fn(libc::c_int) as libc::sighandler_t;
+            assert_eq!(
+                libc::sigaction(libc::SIGUSR1, &action, std::ptr::null_mut()),
+                0
+            );
+        }
+        let (mut frontend, front) = UnixStream::pair().unwrap();
+        let (back, daemon) = UnixStream::pair().unwrap();
+        let relay = std::thread::spawn(move || relay(front, back));
+        // Let it block in recvmsg, then interrupt it there.
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let thread = relay.as_pthread_t();
+        // SAFETY: the relay thread has not been joined, so its pthread_t
+        // is live.
+        let sent = unsafe { libc::pthread_kill(thread, libc::SIGUSR1) };
+        assert_eq!(sent, 0);
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let owner = message(3, &[]);
+        frontend.write_all(&owner).unwrap();
+        drop(frontend);
+        relay.join().unwrap().unwrap();
+        assert_eq!(read_all(daemon), owner);
     }
 
     #[test]
