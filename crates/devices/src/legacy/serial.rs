@@ -64,8 +64,9 @@ impl BusDevice for Serial {
         };
         if let Err(e) = self.inner.write(off, *value) {
             // A console sink that fails (closed pipe, full disk) must not stop
-            // the guest; say so once per failure and go on.
-            tracing::warn!("serial output failed: {e:?}");
+            // the guest; say so (within the warning limit: the guest writes
+            // byte after byte) and go on.
+            crate::warn_limited!("serial output failed: {e:?}");
         }
     }
 }
