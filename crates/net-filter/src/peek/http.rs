@@ -277,13 +277,8 @@ mod tests {
     #[test]
     fn random_and_mutated_bytes_never_panic() {
         let good = b"GET http://a.test/ HTTP/1.1\r\nHost: a.test:80\r\nX: [\r\n\r\n".to_vec();
-        let mut state = 0x2545_f491_4f6c_dd1d_u64;
-        let mut next = || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
+        let mut rng = super::super::XorShift(0x2545_f491_4f6c_dd1d_u64);
+        let mut next = || rng.next();
         for _ in 0..20_000 {
             let mut bytes = good.clone();
             for _ in 0..(next() % 4 + 1) {

@@ -156,3 +156,18 @@ impl Gate {
         }
     }
 }
+
+/// A small deterministic generator (xorshift64) for the parsers' mutation
+/// tests.
+#[cfg(test)]
+pub(crate) struct XorShift(pub u64);
+
+#[cfg(test)]
+impl XorShift {
+    pub(crate) fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}

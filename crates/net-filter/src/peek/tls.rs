@@ -326,13 +326,8 @@ mod tests {
     #[test]
     fn random_and_mutated_bytes_never_panic() {
         let good = build::client_hello("mutated.test");
-        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
-        let mut next = || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
+        let mut rng = super::super::XorShift(0x9e37_79b9_7f4a_7c15_u64);
+        let mut next = || rng.next();
         for _ in 0..20_000 {
             let mut bytes = good.clone();
             for _ in 0..(next() % 4 + 1) {
