@@ -5,9 +5,9 @@ use std::os::unix::ffi::OsStringExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use agentvm_protocol::client::{self, connect_vsock, connect_vsock_within, terminal, ClientError};
+use agentvm_protocol::client::{self, connect_vsock, terminal, ClientError};
 use agentvm_protocol::{ErrorCode, Start, WinSize, EXEC_PORT};
 use anyhow::{anyhow, bail};
 use clap::Args;
@@ -136,39 +136,23 @@ impl Agent<'_> {
 }
 
 /// Connects, retrying while the VM's socket has not appeared yet or its
-/// guest agent does not answer, for at most `secs` seconds. A socket that
-/// appeared and went away means the VM stopped: no point waiting on.
+/// guest agent does not answer, for at most `secs` seconds (see
+/// [`Agent::connect`]).
 fn connect_waiting(uds: &Path, port: u32, secs: f64, program: &str) -> anyhow::Result<UnixStream> {
     let limit = Duration::try_from_secs_f64(secs)
         .map_err(|_| anyhow!("--wait {secs}: expected a number of seconds"))?;
-    let deadline = Instant::now() + limit;
-    let mut seen = false;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let err = match connect_vsock_within(uds, port, Some(left.max(RETRY))) {
-            Ok(stream) => return Ok(stream),
-            Err(e) => e,
-        };
-        let exists = uds.exists();
-        seen |= exists;
-        if seen && !exists {
-            bail!(
+    client::Agent::new(uds)
+        .port(port)
+        .ready_timeout(limit)
+        .connect()
+        .map_err(|e| match e {
+            ClientError::VmStopped(_) => anyhow!(
                 "the VM at {} stopped before its guest agent answered; see its console output",
                 uds.display()
-            );
-        }
-        let retry = matches!(err, ClientError::Connect { .. } | ClientError::Handshake(_));
-        if !retry || Instant::now() + RETRY >= deadline {
-            return Err(
-                explain(err, uds, port, program).context(format!("gave up after waiting {secs} s"))
-            );
-        }
-        std::thread::sleep(RETRY);
-    }
+            ),
+            e => explain(e, uds, port, program).context(format!("gave up after waiting {secs} s")),
+        })
 }
-
-/// Pause between attempts of `--wait`.
-const RETRY: Duration = Duration::from_millis(20);
 
 /// Turns a client error into a message that says what to do.
 fn explain(e: ClientError, uds: &Path, port: u32, program: &str) -> anyhow::Error {

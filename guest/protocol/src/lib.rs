@@ -122,6 +122,11 @@ pub enum ExitStatus {
 }
 
 impl ExitStatus {
+    /// Whether the command exited with code 0.
+    pub fn success(self) -> bool {
+        self == ExitStatus::Code(0)
+    }
+
     /// The status a shell would report: the code, or 128 + the signal number.
     pub fn shell_code(self) -> i32 {
         match self {

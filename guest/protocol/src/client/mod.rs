@@ -3,9 +3,12 @@
 //! Blocking and thread-based, no async runtime. [`Session`] is the low-level
 //! form (send frames through a cloneable [`Control`], read [`Event`]s);
 //! [`run`] streams stdin/stdout/stderr and returns the exit status;
+//! [`Agent`] runs a [`Command`] and collects its [`Output`], the form for
+//! library users;
 //! [`terminal::run_terminal`] adds the host terminal (raw mode, `SIGWINCH`,
 //! signal forwarding) on top of it.
 
+mod agent;
 pub mod terminal;
 mod vsock;
 
@@ -13,6 +16,7 @@ use std::io::{self, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Mutex, PoisonError};
 
+pub use agent::{Agent, Command, Output, DEFAULT_MAX_OUTPUT, DEFAULT_READY_TIMEOUT};
 pub use vsock::{connect_vsock, connect_vsock_within};
 
 use crate::frame::EnvList;
@@ -60,6 +64,13 @@ pub enum ClientError {
     /// The connection ended before the command's exit status arrived.
     #[error("connection closed before the command's exit status arrived")]
     ClosedBeforeExit,
+    /// The VM's vsock socket went away while waiting for its agent: the VM
+    /// stopped.
+    #[error("the VM behind {0} stopped before its guest agent answered")]
+    VmStopped(String),
+    /// The command printed more than the caller's limit (bytes, per stream).
+    #[error("the command printed more than {0} bytes")]
+    OutputTooLarge(usize),
 }
 
 /// What the agent reports during a session.
