@@ -1,5 +1,6 @@
 //! The binaries the rig puts into its guests: agentvm, `rig-stamp` and
-//! `rig-vsock` (L1), the guest agent `agentvm-guest` (L2), all built
+//! `rig-vsock` (L1), the guest agent `agentvm-guest` (L2) and agentvm-vmm's
+//! examples, all built
 //! static (`-C target-feature=+crt-static`) into their own target directory
 //! so the build does not fight the workspace's normal one.
 
@@ -11,6 +12,9 @@ use agentvm_image::{run, ImageError};
 /// Environment variable naming a prebuilt agentvm binary to use instead of
 /// building one.
 pub const BIN_ENV: &str = "AGENTVM_RIG_BIN";
+
+/// agentvm-vmm's examples the rig runs.
+pub const EXAMPLES: &[&str] = &["vhost_user_net"];
 
 /// The target triple of the static build.
 const TARGET: &str = "x86_64-unknown-linux-gnu";
@@ -28,6 +32,15 @@ pub struct StaticBinaries {
     pub mock_llm: PathBuf,
     /// The guest agent.
     pub agent: PathBuf,
+    /// Where agentvm-vmm's examples are.
+    pub examples: PathBuf,
+}
+
+impl StaticBinaries {
+    /// agentvm-vmm's example `name`.
+    pub fn example(&self, name: &str) -> PathBuf {
+        self.examples.join(name)
+    }
 }
 
 /// The workspace this crate belongs to.
@@ -40,7 +53,7 @@ pub fn workspace_root() -> PathBuf {
 }
 
 /// Builds what is needed: agentvm (unless [`BIN_ENV`] names one),
-/// rig-stamp, rig-vsock and the guest agent, in
+/// rig-stamp, rig-vsock, the guest agent and the [`EXAMPLES`], in
 /// `<workspace>/target/rig-static`.
 pub fn build() -> Result<StaticBinaries, ImageError> {
     let ws = workspace_root();
@@ -62,7 +75,9 @@ pub fn build() -> Result<StaticBinaries, ImageError> {
             "--bin",
             "rig-mock-llm",
         ])
-        .args(["-p", "agentvm-guest", "--bin", "agentvm-guest"]);
+        .args(["-p", "agentvm-guest", "--bin", "agentvm-guest"])
+        .args(["-p", "agentvm-vmm"])
+        .args(EXAMPLES.iter().flat_map(|e| ["--example", e]));
     if prebuilt.is_none() {
         cmd.args(["-p", "agentvm", "--bin", "agentvm"]);
     }
@@ -79,7 +94,7 @@ pub fn build() -> Result<StaticBinaries, ImageError> {
     cmd.env("RUSTFLAGS", "-C target-feature=+crt-static");
     run(
         &mut cmd,
-        "cargo build (static agentvm, guest agent, rig helpers)",
+        "cargo build (static agentvm, guest agent, rig helpers, examples)",
     )?;
     let out = target_dir.join(TARGET).join("release");
     let agentvm = match prebuilt {
@@ -99,5 +114,6 @@ pub fn build() -> Result<StaticBinaries, ImageError> {
         vsock: out.join("rig-vsock"),
         mock_llm: out.join("rig-mock-llm"),
         agent: out.join("agentvm-guest"),
+        examples: out.join("examples"),
     })
 }

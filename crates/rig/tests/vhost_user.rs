@@ -5,7 +5,9 @@
 //! resolves a name pinned to the host's 127.0.0.1 (to its alias
 //! 198.18.0.1), fetches from a test server there, and fails to reach an
 //! address the DNS server never handed out; the backend writes an audit
-//! line for each connection and exits when QEMU does.
+//! line for each connection and exits when QEMU does. The same run with
+//! agentvm-vmm's `vhost_user_net` example as the backend shows that
+//! example working.
 #![allow(clippy::unwrap_used)] // a panicking test is a failing test
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -66,8 +68,25 @@ fn wait_for(path: &Path, timeout: Duration) -> bool {
     false
 }
 
+/// Which backend serves the socket.
+enum Backend {
+    /// `agentvm vhost-user net`, its audit log in a file.
+    Cli,
+    /// agentvm-vmm's `vhost_user_net` example, its audit lines on stderr.
+    Example,
+}
+
 #[test]
 fn a_qemu_guest_gets_the_filtered_network_over_vhost_user() {
+    filtered_network_over_vhost_user(Backend::Cli);
+}
+
+#[test]
+fn the_vhost_user_example_serves_the_same_network() {
+    filtered_network_over_vhost_user(Backend::Example);
+}
+
+fn filtered_network_over_vhost_user(kind: Backend) {
     let Some(rig) = Rig::open_for_test().unwrap_or_else(|e| panic!("{}", error_chain(&e))) else {
         return;
     };
@@ -87,18 +106,30 @@ fn a_qemu_guest_gets_the_filtered_network_over_vhost_user() {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("net.sock");
     let audit = dir.path().join("audit.jsonl");
-    let mut backend = Command::new(&bins.agentvm)
-        .arg("vhost-user")
-        .arg("net")
-        .arg("--socket")
-        .arg(&socket)
-        .args(["--net", "filtered", "--host", "sink.test=127.0.0.1"])
-        .args(["--port", &port.to_string()])
-        .arg("--audit")
-        .arg(&audit)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut backend = match kind {
+        Backend::Cli => {
+            let mut c = Command::new(&bins.agentvm);
+            c.arg("vhost-user")
+                .arg("net")
+                .arg("--socket")
+                .arg(&socket)
+                .args(["--net", "filtered", "--host", "sink.test=127.0.0.1"])
+                .args(["--port", &port.to_string()])
+                .arg("--audit")
+                .arg(&audit);
+            c
+        }
+        Backend::Example => {
+            let mut c = Command::new(bins.example("vhost_user_net"));
+            c.arg(&socket)
+                .arg(port.to_string())
+                .arg("sink.test=127.0.0.1");
+            c
+        }
+    }
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
     assert!(
         wait_for(&socket, Duration::from_secs(10)),
         "the backend never listened"
@@ -196,7 +227,10 @@ fn a_qemu_guest_gets_the_filtered_network_over_vhost_user() {
         status.is_some_and(|s| s.success()),
         "backend: {status:?}; {stderr}"
     );
-    let lines = std::fs::read_to_string(&audit).unwrap();
+    let lines = match kind {
+        Backend::Cli => std::fs::read_to_string(&audit).unwrap(),
+        Backend::Example => stderr,
+    };
     let allowed = format!("\"port\":{port},\"verdict\":\"allow\"");
     assert!(
         lines
