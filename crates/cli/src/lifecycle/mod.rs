@@ -258,9 +258,7 @@ impl StateDir {
     /// What the directory says about its VM.
     pub fn state(&self) -> VmState {
         match self.live_vmm() {
-            Some(pid) if control::request(&self.control(), &control::Request::Status).is_ok() => {
-                VmState::Running(pid)
-            }
+            Some(pid) if control::client::answers(&self.control()) => VmState::Running(pid),
             // Still building the VM: the control socket comes next.
             Some(pid) if !self.control().exists() => VmState::Starting(pid),
             // A socket nobody answers on.
