@@ -24,7 +24,7 @@
 //! ([`net`]).
 //!
 //! A VM is *running* when its VMM process lives and answers on the control
-//! socket; *stale* when the pid file names a process that is gone (or no
+//! socket (in any protocol version: `down` stops one of another); *stale* when the pid file names a process that is gone (or no
 //! longer answers); *stopped* when the VMM exited on its own (the guest
 //! powered off). `up` cleans stale and stopped state before starting.
 
