@@ -1,7 +1,8 @@
 //! The VMM's control socket: any bytes a local client writes, served by
-//! the CLI's own `serve_connection` over a socket pair. The source file is
-//! compiled in as it is (the CLI has no library target); the handler
-//! checks that every policy a request carries survives its own encoding.
+//! the CLI's own `serve_connection` over a socket pair. The control module
+//! is compiled in as it is (the CLI has no library target); the handler
+//! checks that every request survives its own encoding, and every line
+//! the server writes must be a reply of this protocol version.
 #![no_main]
 
 use std::io::{Read, Write};
@@ -9,24 +10,25 @@ use std::net::Shutdown;
 use std::os::unix::net::UnixStream;
 
 use libfuzzer_sys::fuzz_target;
-use serde_json::{json, Value};
 
-#[allow(dead_code)]
-#[path = "../../crates/cli/src/lifecycle/control.rs"]
+#[allow(dead_code, unused_imports)]
+#[path = "../../crates/cli/src/lifecycle/control/mod.rs"]
 mod control;
 
-use control::{Handler, Request};
+use control::protocol::{decode, encode};
+use control::{Handler, Reply, Request};
 
 struct Check;
 
 impl Handler for Check {
-    fn handle(&self, request: Request) -> Result<Value, String> {
-        let line = serde_json::to_string(&request).map_err(|e| e.to_string())?;
-        let again: Request = serde_json::from_str(&line).expect("an encoded request parses");
-        assert_eq!(again, request, "{line}");
+    fn handle(&self, request: Request) -> Result<Reply, String> {
+        let line = encode(&request).map_err(|e| e.to_string())?;
+        let again: Request = decode(&line).expect("an encoded request decodes");
+        assert_eq!(again, request, "{}", String::from_utf8_lossy(&line));
         match request {
             Request::Reclaim => Err("no agent".into()),
-            other => Ok(json!({ "op": format!("{other:?}") })),
+            Request::Balloon { target_mib } => Ok(Reply::Balloon { target_mib }),
+            _ => Ok(Reply::Stop),
         }
     }
 }
@@ -51,9 +53,10 @@ fuzz_target!(|data: &[u8]| {
     }
     control::serve_connection(server, &Check);
     let replies = reader.join().expect("the reader ends");
-    // One JSON reply per request line, each saying whether it worked.
+    // One reply per request line, each of this version and well formed.
     for line in replies.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
-        let reply: Value = serde_json::from_slice(line).expect("replies are JSON");
-        assert!(reply["ok"].is_boolean(), "{reply}");
+        if let Err(e) = decode::<Reply>(line) {
+            panic!("{e:?}: {}", String::from_utf8_lossy(line));
+        }
     }
 });

@@ -236,19 +236,24 @@ fn up_status_down_leaves_nothing_behind() {
     let ps = w.ok(&["ps"], &ws);
     assert!(ps.lines().any(|l| l.starts_with("one ")), "{ps}");
 
-    // The control socket: JSON lines, errors keep the connection.
+    // The control socket: versioned JSON lines, errors keep the connection.
     let sock = state.join("control.sock");
-    let st = control(&sock, "{\"op\":\"status\"}\n");
-    assert_eq!(st["ok"], true, "{st}");
+    let st = control(&sock, "{\"version\":1,\"op\":\"status\"}\n");
+    assert_eq!(st["version"], 1, "{st}");
+    assert_eq!(st["reply"], "status", "{st}");
     assert_eq!(st["memory_mib"], 128);
     assert_eq!(st["vcpus"], 1);
     assert_eq!(st["ready"], true);
     assert_eq!(st["network_mode"], "filtered");
     assert!(st["rss_kib"].as_u64().unwrap() > 0);
     // The caps and their counters (none hit by this guest).
-    assert_eq!(st["limits"]["net_memory_limit_kib"], 64 << 10, "{st}");
-    assert_eq!(st["limits"]["tcp_flows_max"], 4096, "{st}");
-    assert_eq!(st["limits"]["tcp_refused_memory"], 0, "{st}");
+    assert_eq!(
+        st["limits"]["net"]["net_memory_limit_kib"],
+        64 << 10,
+        "{st}"
+    );
+    assert_eq!(st["limits"]["net"]["tcp_flows_max"], 4096, "{st}");
+    assert_eq!(st["limits"]["net"]["tcp_refused_memory"], 0, "{st}");
     assert_eq!(st["limits"]["vsock_connections_max"], 1024, "{st}");
     assert_eq!(st["limits"]["vsock_refused"], 0, "{st}");
     let s = UnixStream::connect(&sock).unwrap();
@@ -260,15 +265,29 @@ fn up_status_down_leaves_nothing_behind() {
         rd.read_line(&mut reply).unwrap();
         serde_json::from_str::<serde_json::Value>(&reply).unwrap()
     };
-    assert_eq!(ask("not json\n")["ok"], false);
-    assert_eq!(ask(&format!("{}\n", "x".repeat(10_000)))["ok"], false);
-    let stats = ask("{\"op\":\"stats\"}\n");
-    assert_eq!(stats["ok"], true, "{stats}");
+    assert_eq!(ask("not json\n")["kind"], "bad_request");
+    assert_eq!(
+        ask(&format!("{}\n", "x".repeat(10_000)))["kind"],
+        "bad_request"
+    );
+    // A request of the untyped protocol (an older agentvm's) is refused
+    // with what to do.
+    let old = ask("{\"op\":\"status\"}\n");
+    assert_eq!(old["kind"], "version", "{old}");
     assert!(
-        stats.get("balloon_error").is_some(),
+        old["error"].as_str().unwrap().contains("`agentvm down`"),
+        "{old}"
+    );
+    let stats = ask("{\"version\":1,\"op\":\"stats\"}\n");
+    assert_eq!(stats["reply"], "stats", "{stats}");
+    assert!(
+        stats["balloon"].get("unavailable").is_some(),
         "no balloon driver: {stats}"
     );
-    assert_eq!(ask("{\"op\":\"balloon\",\"target_mib\":16}\n")["ok"], true);
+    assert_eq!(
+        ask("{\"version\":1,\"op\":\"balloon\",\"target_mib\":16}\n")["reply"],
+        "balloon"
+    );
 
     let logs = w.ok(&["logs"], &ws);
     assert!(logs.contains("tiny guest booted"), "{logs}");
@@ -509,8 +528,8 @@ fn net_allow_deny_show_and_log_act_on_the_running_vm() {
     let sock = state.join("control.sock");
     assert!(state.join("net-audit.jsonl").exists());
     let policy = |sock: &Path| {
-        let r = control(sock, "{\"op\":\"net\"}\n");
-        assert_eq!(r["ok"], true, "{r}");
+        let r = control(sock, "{\"version\":1,\"op\":\"net\"}\n");
+        assert_eq!(r["reply"], "net", "{r}");
         r["policy"].clone()
     };
     let p = policy(&sock);
@@ -555,9 +574,9 @@ fn net_allow_deny_show_and_log_act_on_the_running_vm() {
     // A whole policy through the socket; status shows the mode in force.
     let r = control(
         &sock,
-        "{\"op\":\"net_policy\",\"policy\":{\"mode\":\"open\",\"domains\":[],\"ports\":[],\"hosts\":{},\"forwards\":[]}}\n",
+        "{\"version\":1,\"op\":\"net_policy\",\"policy\":{\"mode\":\"open\",\"domains\":[],\"ports\":[],\"hosts\":{},\"forwards\":[]}}\n",
     );
-    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(r["reply"], "net_policy", "{r}");
     let status = w.ok(&["status"], &ws);
     let line = status.lines().find(|l| l.starts_with("netvm ")).unwrap();
     assert!(line.contains(" open "), "{status}");
@@ -592,13 +611,17 @@ fn a_vm_without_network_has_no_device_and_says_so() {
     w.ok(&["up"], &ws);
     let state = w.state(&ws);
     assert!(!state.join("net-audit.jsonl").exists());
-    let r = control(&state.join("control.sock"), "{\"op\":\"status\"}\n");
-    assert_eq!(r["network_mode"], "off", "{r}");
     let r = control(
         &state.join("control.sock"),
-        "{\"op\":\"net_allow\",\"domains\":[\"x.test\"]}\n",
+        "{\"version\":1,\"op\":\"status\"}\n",
     );
-    assert_eq!(r["ok"], false, "{r}");
+    assert_eq!(r["network_mode"], "off", "{r}");
+    assert_eq!(r["limits"]["net"], serde_json::Value::Null, "{r}");
+    let r = control(
+        &state.join("control.sock"),
+        "{\"version\":1,\"op\":\"net_allow\",\"domains\":[\"x.test\"]}\n",
+    );
+    assert_eq!(r["kind"], "failed", "{r}");
     for args in [&["net", "allow", "x.test"][..], &["net", "log"][..]] {
         let o = w.agentvm(args, &ws);
         assert!(!o.status.success(), "{args:?}");
@@ -950,8 +973,11 @@ fn a_guest_printing_forever_keeps_its_console_log_under_the_cap_and_logs_follows
     w.ok(&["up"], &ws);
     let state = w.state(&ws);
     // The network budget from the same section reached the stack.
-    let st = control(&state.join("control.sock"), "{\"op\":\"status\"}\n");
-    assert_eq!(st["limits"]["net_memory_limit_kib"], 8 << 10, "{st}");
+    let st = control(
+        &state.join("control.sock"),
+        "{\"version\":1,\"op\":\"status\"}\n",
+    );
+    assert_eq!(st["limits"]["net"]["net_memory_limit_kib"], 8 << 10, "{st}");
     let (live, rotated) = (state.join("console.log"), state.join("console.log.1"));
     let mut follow = Command::new(env!("CARGO_BIN_EXE_agentvm"))
         .args(["logs", "-f"])

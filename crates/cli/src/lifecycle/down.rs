@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use clap::Args;
 
-use super::control::{self, Request};
+use super::control::{Client, VersionMismatch};
 use super::{kill_and_wait, run_hooks, wait_gone, StateDir, Target, VmState};
 
 /// Arguments of `agentvm down`.
@@ -52,14 +52,20 @@ pub fn run(args: DownArgs) -> anyhow::Result<ExitCode> {
 pub fn stop(state: &StateDir, grace: Duration) -> bool {
     match state.state() {
         VmState::Running(pid) => {
-            let asked = control::request(
-                &state.control(),
-                &Request::Stop {
-                    grace_ms: Some(grace.as_millis() as u64),
-                },
-            );
-            if let Err(e) = &asked {
-                tracing::debug!("stop request failed: {e:#}");
+            let asked = Client::connect(&state.control()).and_then(|mut vmm| vmm.stop(grace));
+            match &asked {
+                // It cannot be asked: only killed.
+                Err(e) if e.is::<VersionMismatch>() => {
+                    eprintln!(
+                        "agentvm: warning: {} was started by a different agentvm version; \
+                         killing its VMM (pid {pid})",
+                        state.label()
+                    );
+                    kill_and_wait(pid, Duration::from_secs(5));
+                    return true;
+                }
+                Err(e) => tracing::debug!("stop request failed: {e:#}"),
+                Ok(()) => {}
             }
             // The VMM stops the VM itself after `grace`; a little more
             // before the last resort.

@@ -24,7 +24,7 @@
 //! ([`net`]).
 //!
 //! A VM is *running* when its VMM process lives and answers on the control
-//! socket; *stale* when the pid file names a process that is gone (or no
+//! socket (in any protocol version: `down` stops one of another); *stale* when the pid file names a process that is gone (or no
 //! longer answers); *stopped* when the VMM exited on its own (the guest
 //! powered off). `up` cleans stale and stopped state before starting.
 
@@ -258,9 +258,7 @@ impl StateDir {
     /// What the directory says about its VM.
     pub fn state(&self) -> VmState {
         match self.live_vmm() {
-            Some(pid) if control::request(&self.control(), &control::Request::Status).is_ok() => {
-                VmState::Running(pid)
-            }
+            Some(pid) if control::client::answers(&self.control()) => VmState::Running(pid),
             // Still building the VM: the control socket comes next.
             Some(pid) if !self.control().exists() => VmState::Starting(pid),
             // A socket nobody answers on.

@@ -13,11 +13,11 @@ use std::time::Duration;
 
 use agentvm_net::policy::{is_at_or_below, normalize_name};
 use agentvm_net::{Mode, NetHandle, Policy};
-use anyhow::{anyhow, bail, Context};
+use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
-use serde_json::{json, Value};
+use serde_json::Value;
 
-use super::control::{self, Request};
+use super::control::{Client, PolicyChange, Reply, Request};
 use super::exec::running;
 use super::rotated::RotatedLog;
 use super::{Target, VmState};
@@ -89,23 +89,15 @@ pub fn run(args: NetArgs) -> anyhow::Result<ExitCode> {
 fn edit(dir: &Target, domains: Vec<String>, allow: bool) -> anyhow::Result<ExitCode> {
     let (state, snap) = running(dir)?;
     let name = snap.name;
-    let request = if allow {
-        Request::NetAllow {
-            domains: domains.clone(),
-        }
-    } else {
-        Request::NetDeny {
-            domains: domains.clone(),
-        }
-    };
-    let reply = control::request(&state.control(), &request)
+    let PolicyChange { policy, changed } = Client::connect(&state.control())
+        .and_then(|mut vmm| {
+            if allow {
+                vmm.net_allow(domains.clone())
+            } else {
+                vmm.net_deny(domains.clone())
+            }
+        })
         .with_context(|| format!("cannot change {name}'s network policy"))?;
-    let policy = reply_policy(&reply)?;
-    let changed: Vec<String> = reply
-        .get("changed")
-        .cloned()
-        .and_then(|c| serde_json::from_value(c).ok())
-        .unwrap_or_default();
     for d in &domains {
         let was_changed = changed.contains(d);
         match (allow, was_changed) {
@@ -151,9 +143,9 @@ fn edit(dir: &Target, domains: Vec<String>, allow: bool) -> anyhow::Result<ExitC
 /// Prints the policy in force.
 fn show(dir: &Target, as_json: bool) -> anyhow::Result<ExitCode> {
     let (state, snap) = running(dir)?;
-    let reply = control::request(&state.control(), &Request::Net)
+    let policy = Client::connect(&state.control())
+        .and_then(|mut vmm| vmm.net())
         .with_context(|| format!("cannot read {}'s network policy", snap.name))?;
-    let policy = reply_policy(&reply)?;
     if as_json {
         let text = serde_json::to_string_pretty(&policy).context("cannot encode the policy")?;
         println!("{text}");
@@ -192,14 +184,6 @@ pub fn render(p: &Policy) -> String {
         )
     );
     out
-}
-
-fn reply_policy(reply: &Value) -> anyhow::Result<Policy> {
-    let policy = reply
-        .get("policy")
-        .cloned()
-        .ok_or_else(|| anyhow!("the VMM's reply has no policy: {reply}"))?;
-    serde_json::from_value(policy).context("the VMM sent a policy this agentvm cannot read")
 }
 
 /// Prints the audit log, following it with `follow`.
@@ -315,44 +299,52 @@ impl NetControl {
     }
 
     /// Answers a `net*` request (any other is an error).
-    pub fn answer(&self, request: &Request) -> Result<Value, String> {
+    pub fn answer(&self, request: &Request) -> Result<Reply, String> {
         match request {
-            Request::Net => self.edit(|_| Ok(json!({}))),
-            Request::NetAllow { domains } => self.edit(|p| {
-                let mut changed = Vec::new();
-                for d in domains {
-                    let name = checked_name(d)?;
-                    if !p.domains.contains(&name) {
-                        p.allow(&name).map_err(|e| e.to_string())?;
-                        changed.push(name);
+            Request::Net => self
+                .edit(|_| Ok(()))
+                .map(|(policy, ())| Reply::Net { policy }),
+            Request::NetAllow { domains } => self
+                .edit(|p| {
+                    let mut changed = Vec::new();
+                    for d in domains {
+                        let name = checked_name(d)?;
+                        if !p.domains.contains(&name) {
+                            p.allow(&name).map_err(|e| e.to_string())?;
+                            changed.push(name);
+                        }
                     }
-                }
-                Ok(json!({ "changed": changed }))
-            }),
-            Request::NetDeny { domains } => self.edit(|p| {
-                let mut changed = Vec::new();
-                for d in domains {
-                    let name = checked_name(d)?;
-                    if p.deny(&name).map_err(|e| e.to_string())? {
-                        changed.push(name);
+                    Ok(changed)
+                })
+                .map(|(policy, changed)| Reply::NetAllow(PolicyChange { policy, changed })),
+            Request::NetDeny { domains } => self
+                .edit(|p| {
+                    let mut changed = Vec::new();
+                    for d in domains {
+                        let name = checked_name(d)?;
+                        if p.deny(&name).map_err(|e| e.to_string())? {
+                            changed.push(name);
+                        }
                     }
-                }
-                Ok(json!({ "changed": changed }))
-            }),
-            Request::NetPolicy { policy } => self.edit(|p| {
-                *p = checked_policy(policy)?;
-                Ok(json!({}))
-            }),
-            other => Err(format!("not a network request: {other:?}")),
+                    Ok(changed)
+                })
+                .map(|(policy, changed)| Reply::NetDeny(PolicyChange { policy, changed })),
+            Request::NetPolicy { policy } => self
+                .edit(|p| {
+                    *p = checked_policy(policy)?;
+                    Ok(())
+                })
+                .map(|(policy, ())| Reply::NetPolicy { policy }),
+            other => Err(format!("not a network request: {}", other.op())),
         }
     }
 
     /// Runs `change` on a copy of the policy; every name checked, installs
-    /// the result and replies with it.
-    fn edit(
+    /// the result and returns it with what `change` returned.
+    fn edit<T>(
         &self,
-        change: impl FnOnce(&mut Policy) -> Result<Value, String>,
-    ) -> Result<Value, String> {
+        change: impl FnOnce(&mut Policy) -> Result<T, String>,
+    ) -> Result<(Policy, T), String> {
         let handle = self.handle.as_ref().ok_or_else(|| {
             "this VM has no network (mode off when it started); set `[network] mode` and \
              restart it"
@@ -361,7 +353,7 @@ impl NetControl {
         let _one_at_a_time = self.edits.lock().unwrap_or_else(|p| p.into_inner());
         let before = handle.policy();
         let mut policy = before.clone();
-        let mut reply = change(&mut policy)?;
+        let out = change(&mut policy)?;
         if policy != before {
             tracing::info!(
                 mode = policy.mode.as_str(),
@@ -370,9 +362,7 @@ impl NetControl {
             );
             handle.set_policy(policy.clone());
         }
-        reply["policy"] =
-            serde_json::to_value(&policy).map_err(|e| format!("cannot encode the policy: {e}"))?;
-        Ok(reply)
+        Ok((policy, out))
     }
 }
 
@@ -433,22 +423,30 @@ mod tests {
         (stack, control)
     }
 
-    fn ok(c: &NetControl, r: Request) -> Value {
+    fn ok(c: &NetControl, r: Request) -> Reply {
         c.answer(&r).unwrap()
+    }
+
+    /// The policy and the changed names of an allow or deny reply.
+    fn change(reply: Reply) -> (Policy, Vec<String>) {
+        match reply {
+            Reply::NetAllow(c) | Reply::NetDeny(c) => (c.policy, c.changed),
+            other => panic!("not a change: {other:?}"),
+        }
     }
 
     #[test]
     fn allow_and_deny_edit_the_stacks_policy() {
         let (stack, c) = control(Policy::new(Mode::Filtered));
         assert_eq!(c.mode(), Mode::Filtered);
-        let r = ok(
+        let (policy, changed) = change(ok(
             &c,
             Request::NetAllow {
                 domains: vec!["A.test.".into(), "b.test".into()],
             },
-        );
-        assert_eq!(r["changed"], json!(["a.test", "b.test"]));
-        assert_eq!(r["policy"]["domains"], json!(["a.test", "b.test"]));
+        ));
+        assert_eq!(changed, ["a.test", "b.test"]);
+        assert_eq!(policy.domains, ["a.test", "b.test"]);
         assert_eq!(stack.handle().policy().domains, ["a.test", "b.test"]);
         let again = ok(
             &c,
@@ -456,16 +454,25 @@ mod tests {
                 domains: vec!["a.test".into()],
             },
         );
-        assert_eq!(again["changed"], json!([]));
-        let r = ok(
+        assert!(
+            matches!(&again, Reply::NetAllow(c) if c.changed.is_empty()),
+            "{again:?}"
+        );
+        let (policy, changed) = change(ok(
             &c,
             Request::NetDeny {
                 domains: vec!["a.test".into(), "x.test".into()],
             },
-        );
-        assert_eq!(r["changed"], json!(["a.test"]));
+        ));
+        assert_eq!(changed, ["a.test"]);
+        assert_eq!(policy.domains, ["b.test"]);
         assert_eq!(stack.handle().policy().domains, ["b.test"]);
-        assert_eq!(ok(&c, Request::Net)["policy"]["mode"], "filtered");
+        assert_eq!(
+            ok(&c, Request::Net),
+            Reply::Net {
+                policy: stack.handle().policy()
+            }
+        );
         assert!(c.answer(&Request::Status).is_err(), "not a net request");
     }
 
@@ -488,8 +495,14 @@ mod tests {
         p.domains = vec!["Upper.Test".into()];
         p.ports = vec![22, 22, 443];
         let r = ok(&c, Request::NetPolicy { policy: p });
-        assert_eq!(r["policy"]["domains"], json!(["upper.test"]));
         let now = stack.handle().policy();
+        assert_eq!(
+            r,
+            Reply::NetPolicy {
+                policy: now.clone()
+            }
+        );
+        assert_eq!(now.domains, ["upper.test"]);
         assert_eq!(now.mode, Mode::Open);
         assert_eq!(now.ports, [22, 443]);
         assert_eq!(c.mode(), Mode::Open);

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 
-use super::control::{self, Request};
+use super::control::{Client, Limits};
 use super::rotated::RotatedLog;
 use super::vmm::rss_kib;
 use super::{check_private, state_root, vm_dirs, StateDir, Target, VmState};
@@ -86,20 +86,14 @@ fn row(state: StateDir) -> Row {
     if let VmState::Running(pid) = vm {
         row.pid = pid.to_string();
         row.rss = format!("{} MiB", rss_kib(pid as u32) / 1024);
-        if let Ok(reply) = control::request(&state.control(), &Request::Status) {
-            if let Some(ms) = reply.get("uptime_ms").and_then(|v| v.as_u64()) {
-                row.uptime = uptime(Duration::from_millis(ms));
-            }
-            if reply.get("ready").and_then(|v| v.as_bool()) == Some(false) {
+        if let Ok(reply) = Client::connect(&state.control()).and_then(|mut vmm| vmm.status()) {
+            row.uptime = uptime(Duration::from_millis(reply.uptime_ms));
+            if !reply.ready {
                 row.state = "booting".into();
             }
             // The mode in force: `agentvm net` may have changed it.
-            if let Some(mode) = reply.get("network_mode").and_then(|v| v.as_str()) {
-                row.network = shown(mode);
-            }
-            if let Some(limits) = reply.get("limits") {
-                row.limits = limits_hit(limits);
-            }
+            row.network = reply.network_mode.as_str().into();
+            row.limits = limits_hit(&reply.limits);
         }
     }
     row
@@ -107,42 +101,40 @@ fn row(state: StateDir) -> Row {
 
 /// The caps a VM's `limits` (its control socket's status) says were hit,
 /// in words.
-fn limits_hit(limits: &serde_json::Value) -> Vec<String> {
-    let n = |key: &str| limits.get(key).and_then(|v| v.as_u64()).unwrap_or(0);
+fn limits_hit(limits: &Limits) -> Vec<String> {
+    let net = limits.net.clone().unwrap_or_default();
     let mut out = Vec::new();
-    if n("tcp_refused_cap") > 0 {
+    if net.tcp_refused_cap > 0 {
         out.push(format!(
             "{} TCP connections refused at the cap of {}",
-            n("tcp_refused_cap"),
-            n("tcp_flows_max")
+            net.tcp_refused_cap, net.tcp_flows_max
         ));
     }
-    if n("tcp_refused_memory") > 0 {
+    if net.tcp_refused_memory > 0 {
         out.push(format!(
             "{} TCP connections refused by the network memory budget ({} of {} MiB used, peak {})",
-            n("tcp_refused_memory"),
-            n("net_memory_used_kib") >> 10,
-            n("net_memory_limit_kib") >> 10,
-            n("net_memory_peak_kib") >> 10
+            net.tcp_refused_memory,
+            net.net_memory_used_kib >> 10,
+            net.net_memory_limit_kib >> 10,
+            net.net_memory_peak_kib >> 10
         ));
     }
-    if n("vsock_refused") > 0 {
+    if limits.vsock_refused > 0 {
         out.push(format!(
             "{} vsock connections refused at the cap of {}",
-            n("vsock_refused"),
-            n("vsock_connections_max")
+            limits.vsock_refused, limits.vsock_connections_max
         ));
     }
-    if n("udp_evicted") > 0 {
+    if net.udp_evicted > 0 {
         out.push(format!(
             "{} UDP flows dropped for new ones",
-            n("udp_evicted")
+            net.udp_evicted
         ));
     }
-    if n("dns_busy") > 0 {
+    if net.dns_busy > 0 {
         out.push(format!(
             "{} DNS queries refused (too many upstream)",
-            n("dns_busy")
+            net.dns_busy
         ));
     }
     out
@@ -226,15 +218,36 @@ mod tests {
 
     #[test]
     fn only_the_caps_hit_are_shown() {
-        assert!(limits_hit(&serde_json::json!({})).is_empty());
-        let none = serde_json::json!({"tcp_refused_cap": 0, "udp_evicted": 0});
+        use super::super::control::NetLimits;
+        let none = Limits {
+            vsock_refused: 0,
+            vsock_connections_max: 1024,
+            net: None,
+        };
         assert!(limits_hit(&none).is_empty());
-        let hit = serde_json::json!({
-            "tcp_refused_cap": 2, "tcp_flows_max": 4096,
-            "tcp_refused_memory": 7, "net_memory_used_kib": 65536,
-            "net_memory_limit_kib": 65536, "net_memory_peak_kib": 65536,
-            "dns_busy": 1, "vsock_refused": 3, "vsock_connections_max": 1024,
-        });
+        let quiet = Limits {
+            net: Some(NetLimits {
+                tcp_flows: 9,
+                tcp_flows_max: 4096,
+                ..NetLimits::default()
+            }),
+            ..none.clone()
+        };
+        assert!(limits_hit(&quiet).is_empty());
+        let hit = Limits {
+            vsock_refused: 3,
+            vsock_connections_max: 1024,
+            net: Some(NetLimits {
+                tcp_refused_cap: 2,
+                tcp_flows_max: 4096,
+                tcp_refused_memory: 7,
+                net_memory_used_kib: 65536,
+                net_memory_limit_kib: 65536,
+                net_memory_peak_kib: 65536,
+                dns_busy: 1,
+                ..NetLimits::default()
+            }),
+        };
         assert_eq!(
             limits_hit(&hit),
             [

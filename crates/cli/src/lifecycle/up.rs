@@ -12,9 +12,8 @@ use agentvm_protocol::client::{self, connect_vsock_within};
 use agentvm_protocol::{Start, EXEC_PORT};
 use anyhow::{bail, Context};
 use clap::Args;
-use serde_json::Value;
 
-use super::control::{self, Request};
+use super::control::Client;
 use super::{
     check_private, make_private, run_hooks, RootLock, Snapshot, StateDir, VmState, VMM_SUBCOMMAND,
 };
@@ -449,8 +448,8 @@ fn wait_ready(state: &StateDir, child: &mut Child, timeout: Duration) -> anyhow:
         if let Some(status) = child.try_wait().context("cannot watch the VMM")? {
             bail!("the VMM exited ({status})");
         }
-        if let Ok(reply) = control::request(&state.control(), &Request::Status) {
-            if reply.get("ready") == Some(&Value::Bool(true)) {
+        if let Ok(reply) = Client::connect(&state.control()).and_then(|mut vmm| vmm.status()) {
+            if reply.ready {
                 return Ok(());
             }
         }

@@ -21,9 +21,8 @@ use agentvm_vmm::{SeccompLevel, SerialSink, VmHandle};
 use anyhow::Context;
 use clap::Args;
 use nix::sys::signal::{SigSet, Signal};
-use serde_json::{json, Value};
 
-use super::control::{self, Handler, Request};
+use super::control::{self, Handler, Reply, Request};
 use super::net::NetControl;
 use super::StateDir;
 use crate::boot::{build_vm, KernelChoice, NetSpec, VmSpec};
@@ -334,22 +333,19 @@ struct Server {
 }
 
 impl Handler for Server {
-    fn handle(&self, request: Request) -> Result<Value, String> {
+    fn handle(&self, request: Request) -> Result<Reply, String> {
         match request {
             Request::Status => {
                 let stats = self.handle.stats();
-                Ok(json!({
-                    "uptime_ms": self.started.elapsed().as_millis() as u64,
-                    "memory_mib": stats.memory_bytes >> 20,
-                    "rss_kib": rss_kib(std::process::id()),
-                    "vcpus": stats.vcpus,
-                    "pid": std::process::id(),
-                    "network_mode": self.net.mode().as_str(),
-                    "ready": self.ready.load(Ordering::Relaxed),
-                    "limits": limits(
-                        self.handle.net().map(|n| n.stats()),
-                        &self.vsock_counters,
-                    ),
+                Ok(Reply::Status(control::StatusReply {
+                    uptime_ms: millis(self.started.elapsed()),
+                    memory_mib: stats.memory_bytes >> 20,
+                    rss_kib: rss_kib(std::process::id()),
+                    vcpus: stats.vcpus,
+                    pid: std::process::id(),
+                    network_mode: self.net.mode(),
+                    ready: self.ready.load(Ordering::Relaxed),
+                    limits: limits(self.handle.net().map(|n| n.stats()), &self.vsock_counters),
                 }))
             }
             Request::Stop { grace_ms } => {
@@ -360,41 +356,39 @@ impl Handler for Server {
                     .name("stop".into())
                     .spawn(move || stop(&handle, &vsock, ready, grace))
                     .map_err(|e| format!("cannot start stopping: {e}"))?;
-                Ok(json!({ "stopping": true }))
+                Ok(Reply::Stop)
             }
             Request::Stats => {
                 let s = self.handle.stats();
-                let mut reply = json!({
-                    "uptime_ms": s.uptime.as_millis() as u64,
-                    "memory_mib": s.memory_bytes >> 20,
-                    "rss_kib": rss_kib(std::process::id()),
-                    "vcpus": s.vcpus,
-                    "pio_exits": s.pio_exits,
-                    "mmio_exits": s.mmio_exits,
-                });
-                match self.handle.balloon_report(Duration::from_millis(500)) {
-                    Ok(r) => {
-                        reply["balloon"] = json!({
-                            "target_pages": r.target_pages,
-                            "actual_pages": r.actual_pages,
-                            "held_pages": r.counters.held_pages,
-                            "reported_bytes": r.counters.reported_bytes,
-                            "guest_stats": format!("{:?}", r.stats.stats),
-                        });
-                    }
-                    Err(e) => reply["balloon_error"] = Value::String(e.to_string()),
-                }
-                Ok(reply)
+                let balloon = match self.handle.balloon_report(Duration::from_millis(500)) {
+                    Ok(r) => control::BalloonStatus::Report(control::BalloonStats {
+                        target_pages: r.target_pages,
+                        actual_pages: r.actual_pages,
+                        held_pages: r.counters.held_pages,
+                        reported_bytes: r.counters.reported_bytes,
+                        guest_stats: format!("{:?}", r.stats.stats),
+                    }),
+                    Err(e) => control::BalloonStatus::Unavailable(e.to_string()),
+                };
+                Ok(Reply::Stats(control::StatsReply {
+                    uptime_ms: millis(s.uptime),
+                    memory_mib: s.memory_bytes >> 20,
+                    rss_kib: rss_kib(std::process::id()),
+                    vcpus: s.vcpus,
+                    pio_exits: s.pio_exits,
+                    mmio_exits: s.mmio_exits,
+                    balloon,
+                }))
             }
             Request::Balloon { target_mib } => self
                 .handle
                 .set_balloon_target_mib(target_mib)
-                .map(|()| json!({ "target_mib": target_mib }))
+                .map(|()| Reply::Balloon { target_mib })
                 .map_err(|e| e.to_string()),
             Request::Reclaim => self
                 .handle
                 .reclaim()
-                .map(|()| json!({}))
+                .map(|()| Reply::Reclaim)
                 .map_err(|e| e.to_string()),
             Request::Net
             | Request::NetAllow { .. }
@@ -405,30 +399,29 @@ impl Handler for Server {
 }
 
 /// The VM's caps and how often each was hit (`status` shows them).
-fn limits(net: Option<agentvm_net::StackStats>, vsock: &VsockCounters) -> Value {
-    let mut out = json!({
-        "vsock_refused": vsock.refused(),
-        "vsock_connections_max": agentvm_devices::virtio::vsock::MAX_CONNECTIONS,
-    });
-    let Some(n) = net else {
-        return out;
-    };
-    let net = json!({
-        "net_memory_used_kib": n.memory_used >> 10,
-        "net_memory_peak_kib": n.memory_peak >> 10,
-        "net_memory_limit_kib": n.memory_limit >> 10,
-        "tcp_flows": n.tcp_flows,
-        "tcp_flows_max": agentvm_net::MAX_TCP_FLOWS,
-        "tcp_refused_cap": n.tcp_refused_cap,
-        "tcp_refused_memory": n.tcp_refused_memory,
-        "udp_flows": n.udp_flows,
-        "udp_evicted": n.udp_evicted,
-        "dns_busy": n.dns_busy,
-    });
-    if let (Some(out), Some(net)) = (out.as_object_mut(), net.as_object()) {
-        out.extend(net.clone());
+fn limits(net: Option<agentvm_net::StackStats>, vsock: &VsockCounters) -> control::Limits {
+    let count = |n: usize| n as u64;
+    control::Limits {
+        vsock_refused: vsock.refused(),
+        vsock_connections_max: count(agentvm_devices::virtio::vsock::MAX_CONNECTIONS),
+        net: net.map(|n| control::NetLimits {
+            net_memory_used_kib: count(n.memory_used >> 10),
+            net_memory_peak_kib: count(n.memory_peak >> 10),
+            net_memory_limit_kib: count(n.memory_limit >> 10),
+            tcp_flows: count(n.tcp_flows),
+            tcp_flows_max: count(agentvm_net::MAX_TCP_FLOWS),
+            tcp_refused_cap: n.tcp_refused_cap,
+            tcp_refused_memory: n.tcp_refused_memory,
+            udp_flows: count(n.udp_flows),
+            udp_evicted: n.udp_evicted,
+            dns_busy: n.dns_busy,
+        }),
     }
-    out
+}
+
+/// `d` in whole milliseconds (saturating).
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// Asks the guest agent to power off, gives it `grace`, then stops the VM.
