@@ -18,6 +18,7 @@ pub mod boot;
 pub mod builder;
 pub mod config;
 pub mod device_manager;
+mod device_setup;
 pub mod hygiene;
 pub mod landlock;
 pub mod memory;
@@ -26,8 +27,8 @@ pub mod seccomp;
 pub mod vcpu;
 pub mod vm;
 
-pub use builder::{BuildError, SerialSink, VmBuilder};
-pub use config::{CmdlineDevices, VmConfig};
+pub use builder::{BuildError, VmBuilder};
+pub use config::{CmdlineDevices, ConfigError, SerialSink, VmConfig};
 pub use memory_control::{BalloonReport, MemoryControlError};
 pub use seccomp::SeccompLevel;
 pub use vm::{ExitStatus, RunError, RunningVm, Vm, VmHandle, VmStats};
