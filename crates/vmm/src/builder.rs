@@ -332,7 +332,9 @@ impl VmBuilder {
             devices: extra,
         } = self;
         config.validate()?;
-        let memory_bytes = config.memory_bytes().ok_or(ConfigError::MemoryTooLarge(config.memory_mib))?;
+        let memory_bytes = config
+            .memory_bytes()
+            .ok_or(ConfigError::MemoryTooLarge(config.memory_mib))?;
         let cmdline = config.cmdline_with_shares()?;
         hygiene::harden_process()?;
         // Threads the devices start from here on (virtiofsd's log relay)
@@ -421,8 +423,7 @@ impl VmBuilder {
                 .map_err(kvm_err("create a vCPU"))?;
             let mut entries = supported.as_slice().to_vec();
             cpuid::normalize(&mut entries, id, topology);
-            let cpuid = CpuId::from_entries(&entries)
-                .map_err(|_| BuildError::Cpuid)?;
+            let cpuid = CpuId::from_entries(&entries).map_err(|_| BuildError::Cpuid)?;
             vcpu.set_cpuid2(&cpuid).map_err(kvm_err("set CPUID"))?;
             regs::setup_vcpu(&vcpu, kernel.mode, kernel.entry, id == 0)
                 .map_err(|e| BuildError::Vcpu(id, e))?;

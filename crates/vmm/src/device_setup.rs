@@ -50,13 +50,14 @@ pub(crate) fn create(
     let mut virtiofsd = Vec::new();
     if let Some(state_dir) = &config.state_dir {
         for share in &config.shares {
-            let fs = VirtioFs::new(share.fs_config(state_dir, &config.virtiofsd)).map_err(
-                |source| BuildError::Share {
-                    tag: share.tag.clone(),
-                    dir: share.host_dir.clone(),
-                    source: Box::new(source),
-                },
-            )?;
+            let fs =
+                VirtioFs::new(share.fs_config(state_dir, &config.virtiofsd)).map_err(|source| {
+                    BuildError::Share {
+                        tag: share.tag.clone(),
+                        dir: share.host_dir.clone(),
+                        source: Box::new(source),
+                    }
+                })?;
             if !virtiofsd.contains(&fs.virtiofsd().path) {
                 virtiofsd.push(fs.virtiofsd().path.clone());
             }

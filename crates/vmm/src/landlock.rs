@@ -115,12 +115,16 @@ pub fn vm_access(config: &VmConfig, virtiofsd: &[&Path]) -> FsAccess {
     if let Some(state_dir) = &config.state_dir {
         access.write.push(state_dir.clone());
         // A temporary state directory (`agentvm boot`'s) is removed at exit.
-        access.remove_dirs.extend(state_dir.parent().map(Path::to_owned));
+        access
+            .remove_dirs
+            .extend(state_dir.parent().map(Path::to_owned));
     }
     if let Some(dir) = config.vsock.as_ref().and_then(|v| v.uds.parent()) {
         access.write.push(dir.to_owned());
     }
-    access.read.extend(virtiofsd.iter().map(|p| p.to_path_buf()));
+    access
+        .read
+        .extend(virtiofsd.iter().map(|p| p.to_path_buf()));
     for share in &config.shares {
         let read_only = share.read_only || matches!(share.role, ShareRole::RootImage { .. });
         let list = if read_only {

@@ -127,8 +127,12 @@ impl ShareConfig {
     /// root or its upper layer.
     pub fn cmdline_entry(&self) -> Result<String, ConfigError> {
         match &self.role {
-            ShareRole::RootImage { file } => return Ok(format!("agentvm.rootfs={}:{file}", self.tag)),
-            ShareRole::RootUpper { file } => return Ok(format!("agentvm.upper={}:{file}", self.tag)),
+            ShareRole::RootImage { file } => {
+                return Ok(format!("agentvm.rootfs={}:{file}", self.tag))
+            }
+            ShareRole::RootUpper { file } => {
+                return Ok(format!("agentvm.upper={}:{file}", self.tag))
+            }
             ShareRole::Mount => {}
         }
         let target = self.target.as_deref().unwrap_or(&self.host_dir);

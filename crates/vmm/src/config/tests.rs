@@ -105,10 +105,7 @@ fn shares_need_a_state_directory_and_tags_of_their_own() {
     assert_eq!(c.validate(), Err(ConfigError::NoStateDir));
     let mut c = full();
     c.shares.push(ShareConfig::new("/w/other", "work"));
-    assert_eq!(
-        c.validate(),
-        Err(ConfigError::DuplicateTag("work".into()))
-    );
+    assert_eq!(c.validate(), Err(ConfigError::DuplicateTag("work".into())));
 }
 
 #[test]
