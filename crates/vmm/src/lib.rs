@@ -1,8 +1,11 @@
 //! agentvm-vmm: a KVM virtual machine monitor for microVMs, as a library.
 //!
-//! Build a VM with [`VmBuilder`] (memory, vCPUs, kernel, initrd, command
-//! line, serial console, virtio devices), run it with [`Vm::run`], and control
-//! it from other threads with a [`VmHandle`]. Guests boot from an ELF
+//! Describe a VM as data with a [`VmConfig`] (memory, vCPUs, kernel,
+//! initrd, command line, serial console, and its devices: virtio-fs shares
+//! with their virtiofsd, vsock, network, rng, balloon; see [`config`]),
+//! build it with [`VmBuilder`] (which also fills the configuration method by
+//! method), run it with [`Vm::run`], and control it from other threads with
+//! a [`VmHandle`]. Guests boot from an ELF
 //! `vmlinux` (PVH or 64-bit entry) or a bzImage; they find their devices
 //! through ACPI (or `virtio_mmio.device=` on the command line). A VM built
 //! with [`VmBuilder::net`] has a virtio-net device behind agentvm's

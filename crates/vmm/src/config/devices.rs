@@ -11,6 +11,15 @@ use super::ConfigError;
 use crate::landlock::FsAccess;
 
 /// Where the guest's serial console goes.
+///
+/// ```
+/// use agentvm_vmm::config::{SerialSink, VmConfig};
+///
+/// let mut config = VmConfig::new("vmlinux");
+/// config.serial = SerialSink::File("/tmp/console.log".into());
+/// // Any `Write + Send`, e.g. a pipe to a log thread.
+/// config.serial = SerialSink::Writer(Box::new(std::io::sink()));
+/// ```
 pub enum SerialSink {
     /// The VMM's standard output.
     Stdout,
@@ -166,6 +175,18 @@ impl ShareConfig {
 }
 
 /// How the shares' virtiofsd is found and run.
+///
+/// ```
+/// use agentvm_vmm::config::{ShareConfig, VirtiofsdConfig};
+///
+/// let daemons = VirtiofsdConfig {
+///     binary: Some("/usr/libexec/virtiofsd".into()),
+///     allow_unsandboxed: false,
+/// };
+/// let fs = ShareConfig::new("/srv/data", "data").fs_config("/run/vm1".as_ref(), &daemons);
+/// assert_eq!(fs.socket_path(), std::path::Path::new("/run/vm1/virtiofs-data.sock"));
+/// assert_eq!(fs.virtiofsd, daemons.binary);
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct VirtiofsdConfig {
     /// An explicit virtiofsd binary; `None` searches `$AGENTVM_VIRTIOFSD`,
@@ -234,6 +255,22 @@ pub struct BalloonConfig {
 /// How the VMM's own file system access is restricted (with Landlock, on
 /// the thread that builds the VM, see [`crate::landlock`]) once the VM is
 /// built.
+///
+/// ```
+/// use agentvm_vmm::config::{Landlock, VmConfig};
+/// use agentvm_vmm::landlock::FsAccess;
+///
+/// let mut config = VmConfig::new("vmlinux");
+/// assert_eq!(config.landlock, Landlock::Off);
+/// // What agentvm does: only what this VM needs stays reachable.
+/// config.landlock = Landlock::FromConfig;
+/// // Or exactly what the embedder says.
+/// config.landlock = Landlock::Rules(FsAccess {
+///     read: vec!["/usr".into()],
+///     write: vec!["/run/vm1".into()],
+///     remove_dirs: Vec::new(),
+/// });
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum Landlock {
     /// Not at all.

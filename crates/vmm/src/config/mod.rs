@@ -100,6 +100,20 @@ pub enum ConfigError {
 ///
 /// Devices are off unless asked for; [`VmConfig::new`] gives a VM with a
 /// serial console and nothing else.
+///
+/// ```
+/// use agentvm_net::{Mode, Policy, StackConfig};
+/// use agentvm_vmm::config::{ConfigError, VmConfig};
+///
+/// let mut config = VmConfig::new("vmlinux");
+/// config.vcpus = 2;
+/// let mut policy = Policy::new(Mode::Filtered);
+/// policy.allow("github.com").unwrap();
+/// config.net = Some(StackConfig { policy, ..StackConfig::default() });
+/// assert_eq!(config.validate(), Ok(()));
+/// config.vcpus = 0;
+/// assert_eq!(config.validate(), Err(ConfigError::Vcpus(0)));
+/// ```
 #[derive(Debug)]
 pub struct VmConfig {
     /// Guest RAM in MiB.
