@@ -343,11 +343,7 @@ impl VmBuilder {
         let configured = device_setup::create(&config, extra)?;
         let landlock = match &config.landlock {
             Landlock::Off => None,
-            Landlock::FromConfig => {
-                let binaries: Vec<&std::path::Path> =
-                    configured.virtiofsd.iter().map(PathBuf::as_path).collect();
-                Some(fs_rules::vm_access(&config, &binaries))
-            }
+            Landlock::FromConfig => Some(fs_rules::vm_access(&config, &configured.virtiofsd)),
             Landlock::Rules(access) => Some(access.clone()),
         };
         let serial = std::mem::replace(&mut config.serial, SerialSink::Discard);

@@ -91,7 +91,7 @@ const SYSTEM: &[&str] = &[
 /// run.
 ///
 /// ```
-/// use std::path::{Path, PathBuf};
+/// use std::path::PathBuf;
 /// use agentvm_vmm::config::{ShareConfig, VmConfig, VsockConfig};
 /// use agentvm_vmm::landlock::vm_access;
 ///
@@ -101,12 +101,12 @@ const SYSTEM: &[&str] = &[
 /// let mut docs = ShareConfig::new("/home/me/docs", "docs");
 /// docs.read_only = true;
 /// config.shares.push(docs);
-/// let access = vm_access(&config, &[Path::new("/usr/libexec/virtiofsd")]);
+/// let access = vm_access(&config, &["/usr/libexec/virtiofsd".into()]);
 /// assert!(access.write.contains(&PathBuf::from("/run/user/1000/agentvm/vm1")));
 /// assert!(access.read.contains(&PathBuf::from("/home/me/docs")));
 /// assert!(!access.write.contains(&PathBuf::from("/home/me/docs")));
 /// ```
-pub fn vm_access(config: &VmConfig, virtiofsd: &[&Path]) -> FsAccess {
+pub fn vm_access(config: &VmConfig, virtiofsd: &[PathBuf]) -> FsAccess {
     let mut access = FsAccess {
         read: SYSTEM.iter().map(PathBuf::from).collect(),
         write: vec![PathBuf::from("/dev/null")],
@@ -211,7 +211,7 @@ mod tests {
             ShareConfig::root_image("/img", "rootfs.erofs"),
             ShareConfig::root_upper("/upper", "upper.ext4"),
         ];
-        let a = vm_access(&config, &[Path::new("/opt/virtiofsd")]);
+        let a = vm_access(&config, &["/opt/virtiofsd".into()]);
         for p in ["/w/proj", "/upper"] {
             assert!(a.write.contains(&PathBuf::from(p)), "{p}");
         }
