@@ -3,15 +3,16 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use agentvm_devices::virtio::rng::Rng;
-use agentvm_devices::virtio::vsock::{Vsock, VsockCounters, VsockError, DEFAULT_GUEST_CID};
-use agentvm_net::{Audit, NetStack, Policy, StackConfig};
+use agentvm_net::Policy;
+use agentvm_vmm::config::{
+    self, BalloonConfig, Landlock, SerialSink, ShareConfig, StackConfig, VmConfig, VsockConfig,
+};
 use agentvm_vmm::seccomp::{self, ThreadKind};
-use agentvm_vmm::{config, ExitStatus, SeccompLevel, SerialSink, Vm, VmBuilder, VmConfig};
+use agentvm_vmm::{ExitStatus, SeccompLevel};
 use anyhow::{bail, Context};
 use clap::Args;
 
-use crate::kvm_host::{explain, KvmKind};
+use crate::kvm_host::KvmKind;
 use crate::net_args::NetArgs;
 
 /// Arguments of `agentvm boot`.
@@ -56,8 +57,8 @@ pub struct BootArgs {
     /// Share a host directory with the guest over virtio-fs (repeatable): the
     /// guest agent mounts TAG at the same path; `:ro` makes it read-only.
     /// Needs virtiofsd (`agentvm doctor` says where it looks).
-    #[arg(long, value_name = "HOST_DIR:TAG[:ro]")]
-    share: Vec<crate::share::ShareSpec>,
+    #[arg(long, value_name = "HOST_DIR:TAG[:ro]", value_parser = crate::share::parse)]
+    share: Vec<ShareConfig>,
     /// Where virtiofsd can sandbox itself neither in namespaces nor in a
     /// chroot, run it without a sandbox (it then sees the host's files as
     /// you do) instead of refusing the shares.
@@ -117,65 +118,13 @@ pub fn run(args: BootArgs) -> anyhow::Result<ExitCode> {
         args.initrd.clone(),
         args.cmdline.clone(),
     )?;
-    if let Some(mib) = args.balloon.filter(|&mib| mib >= args.memory) {
-        bail!(
-            "--balloon {mib} MiB would take all of the guest's {} MiB; give less than --memory",
-            args.memory
-        );
-    }
-    let net = match policy {
-        Some(policy) => Some(NetSpec {
-            policy,
-            audit: args.net.audit()?,
-            memory_budget: 0,
-        }),
-        None => None,
-    };
-    let serial = match &args.serial {
-        Some(path) => SerialSink::File(path.clone()),
-        None => SerialSink::Stdout,
-    };
     // virtiofsd's sockets; removed (with the daemons stopped) at exit.
     let state = tempfile::Builder::new()
         .prefix("agentvm-")
         .tempdir()
         .context("cannot create a state directory for the shares")?;
-    // An image with a root file system: the guest boots into it.
-    let mut shares = args.share.clone();
-    if args.kernel.is_none() {
-        if let Ok(image) = crate::image::load(args.image.as_deref()) {
-            if image.has_rootfs {
-                shares.push(crate::share::ShareSpec::root_image(image.dir));
-            }
-        }
-    }
-    let vm = build_vm(VmSpec {
-        kernel,
-        memory_mib: args.memory,
-        vcpus: args.vcpus,
-        shares: &shares,
-        allow_unsandboxed_virtiofsd: args.allow_unsandboxed_virtiofsd,
-        state_dir: state.path(),
-        vsock: args.vsock.as_deref(),
-        cid: args.cid,
-        vsock_counters: VsockCounters::default(),
-        rng: !args.no_rng,
-        balloon: !args.no_balloon,
-        net,
-        serial,
-        pit: match args.pit {
-            PitMode::Auto => None,
-            PitMode::On => Some(true),
-            PitMode::Off => Some(false),
-        },
-        seccomp: args.seccomp,
-    })?;
-    if let Some(mib) = args.balloon {
-        // Kept by the device until the guest's driver starts, then asked for.
-        vm.handle()
-            .set_balloon_target_mib(mib)
-            .context("cannot set the balloon's target")?;
-    }
+    let config = args.vm_config(kernel, policy, state.path())?;
+    let vm = crate::build::build_vm(config)?;
     let running = vm.start().context("cannot run the VM")?;
     seccomp::install(args.seccomp, ThreadKind::Supervisor)
         .context("cannot confine the VMM's main thread")?;
@@ -196,6 +145,62 @@ pub fn run(args: BootArgs) -> anyhow::Result<ExitCode> {
             ExitCode::from(EXIT_GUEST_CRASHED)
         }
     })
+}
+
+impl BootArgs {
+    /// The VM these options describe: `kernel` with the network `policy`
+    /// (`None`: no network), virtiofsd's sockets in `state_dir`.
+    fn vm_config(
+        &self,
+        kernel: KernelChoice,
+        policy: Option<Policy>,
+        state_dir: &Path,
+    ) -> anyhow::Result<VmConfig> {
+        let mut config = VmConfig::new(kernel.kernel);
+        config.initrd = kernel.initrd;
+        config.cmdline = kernel.cmdline;
+        config.memory_mib = self.memory;
+        config.vcpus = self.vcpus;
+        config.pit = match self.pit {
+            PitMode::Auto => None,
+            PitMode::On => Some(true),
+            PitMode::Off => Some(false),
+        };
+        config.seccomp = self.seccomp;
+        config.serial = match &self.serial {
+            Some(path) => SerialSink::File(path.clone()),
+            None => SerialSink::Stdout,
+        };
+        config.state_dir = Some(state_dir.to_owned());
+        config.shares = self.share.clone();
+        // An image with a root file system: the guest boots into it.
+        if self.kernel.is_none() {
+            if let Ok(image) = crate::image::load(self.image.as_deref()) {
+                if image.has_rootfs {
+                    config.shares.push(crate::share::root_image(image.dir));
+                }
+            }
+        }
+        config.virtiofsd.allow_unsandboxed = self.allow_unsandboxed_virtiofsd;
+        config.vsock = self.vsock.clone().map(|uds| {
+            let mut vsock = VsockConfig::new(uds);
+            vsock.cid = self.cid.unwrap_or(vsock.cid);
+            vsock
+        });
+        config.rng = !self.no_rng;
+        config.balloon = (!self.no_balloon).then_some(BalloonConfig {
+            target_mib: self.balloon,
+        });
+        if let Some(policy) = policy {
+            config.net = Some(StackConfig {
+                policy,
+                audit: self.net.audit()?,
+                ..StackConfig::default()
+            });
+        }
+        config.landlock = Landlock::FromConfig;
+        Ok(config)
+    }
 }
 
 /// Makes a system call no filter of the main thread allows: under
@@ -271,179 +276,6 @@ pub fn choose_kernel(
     Ok(choice)
 }
 
-/// Everything [`build_vm`] puts together.
-pub struct VmSpec<'a> {
-    /// What to boot.
-    pub kernel: KernelChoice,
-    /// Guest memory, MiB.
-    pub memory_mib: u64,
-    /// vCPUs.
-    pub vcpus: u8,
-    /// Host directories shared over virtio-fs.
-    pub shares: &'a [crate::share::ShareSpec],
-    /// Whether virtiofsd may run without a sandbox where it has none.
-    pub allow_unsandboxed_virtiofsd: bool,
-    /// Where virtiofsd's sockets go.
-    pub state_dir: &'a Path,
-    /// The vsock Unix socket, if the VM gets a vsock device.
-    pub vsock: Option<&'a Path>,
-    /// The guest's vsock context id [default: 3].
-    pub cid: Option<u64>,
-    /// Where the vsock device counts the connections it refuses.
-    pub vsock_counters: VsockCounters,
-    /// Whether to attach virtio-rng.
-    pub rng: bool,
-    /// Whether to attach virtio-balloon.
-    pub balloon: bool,
-    /// The network, if the VM gets a virtio-net device.
-    pub net: Option<NetSpec>,
-    /// Where the console goes.
-    pub serial: SerialSink,
-    /// Whether to create the PIT (`None`: only with `acpi=off`).
-    pub pit: Option<bool>,
-    /// The seccomp level of the VMM's threads.
-    pub seccomp: SeccompLevel,
-}
-
-/// A VM's network: the egress policy its stack starts with, and where
-/// the stack records its decisions.
-pub struct NetSpec {
-    /// The policy (its mode is not `off`: that is no network at all).
-    pub policy: Policy,
-    /// The audit log.
-    pub audit: Audit,
-    /// The stack's memory budget, bytes (0: its default).
-    pub memory_budget: usize,
-}
-
-/// Raises this process's open-file limit to its hard limit: every guest
-/// connection holds a host socket, and an agent's package install opens
-/// hundreds (a soft limit of 1024 would turn them into resets).
-fn raise_fd_limit() {
-    use nix::sys::resource::{getrlimit, setrlimit, Resource};
-    match getrlimit(Resource::RLIMIT_NOFILE) {
-        Ok((soft, hard)) if soft < hard => {
-            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
-                tracing::warn!("cannot raise the open-file limit from {soft} to {hard}: {e}");
-            }
-        }
-        Ok(_) => {}
-        Err(e) => tracing::warn!("cannot read the open-file limit: {e}"),
-    }
-}
-
-/// Builds the VM `spec` describes: the devices of `agentvm boot` and
-/// `agentvm up`, shares with their virtiofsd started.
-pub fn build_vm(spec: VmSpec<'_>) -> anyhow::Result<Vm> {
-    // Threads the devices start from here on (virtiofsd's log relay)
-    // confine themselves.
-    agentvm_devices::thread::set_start_hook(seccomp::device_thread_hook(spec.seccomp));
-    if KvmKind::detect() == KvmKind::Pvm {
-        tracing::warn!(
-            "this host's KVM is PVM: {}",
-            KvmKind::Pvm.guest_kernel_note()
-        );
-    }
-    let mut config = VmConfig::new(&spec.kernel.kernel);
-    config.memory_mib = spec.memory_mib;
-    config.vcpus = spec.vcpus;
-    config.initrd = spec.kernel.initrd.clone();
-    config.cmdline = spec.kernel.cmdline.clone();
-    config.pit = spec.pit;
-    config.seccomp = spec.seccomp;
-    for share in spec.shares {
-        config.cmdline.push(' ');
-        config.cmdline.push_str(&share.cmdline_entry()?);
-    }
-    let stack = match spec.net {
-        Some(net) => {
-            raise_fd_limit();
-            let mode = net.policy.mode;
-            let stack = NetStack::new(StackConfig {
-                policy: net.policy,
-                audit: net.audit,
-                resolvers: Vec::new(),
-                mtu: 0,
-                memory_budget: net.memory_budget,
-            })
-            .context("cannot start the network stack")?;
-            tracing::debug!("network: {}", mode.as_str());
-            Some(stack)
-        }
-        None => None,
-    };
-    let mut builder = VmBuilder::from_config(config).serial(spec.serial);
-    if let Some(stack) = stack {
-        builder = builder.net(stack);
-    }
-    let shares = crate::share::devices(
-        spec.shares,
-        spec.state_dir,
-        spec.allow_unsandboxed_virtiofsd,
-    )?;
-    builder = builder.landlock(crate::fs_access::vmm_access(
-        spec.state_dir,
-        spec.vsock,
-        &shares,
-    ));
-    for fs in shares {
-        builder = builder.device(Box::new(fs));
-    }
-    if spec.rng {
-        builder = builder.device(Box::new(Rng::new()));
-    }
-    if spec.balloon {
-        builder = builder.balloon();
-    }
-    if let Some(uds) = spec.vsock {
-        builder = builder.agent_socket(uds);
-        let vsock = vsock_device(spec.cid.unwrap_or(DEFAULT_GUEST_CID), uds)?
-            .with_counters(spec.vsock_counters);
-        builder = builder.device(Box::new(vsock));
-    }
-    match builder.build() {
-        Ok(vm) => Ok(vm),
-        Err(e) => match explain(&e) {
-            Some(msg) => bail!(msg),
-            None => Err(anyhow::Error::new(e).context("cannot create the VM")),
-        },
-    }
-}
-
-/// The vsock device, its socket bound now so a bad path fails before boot.
-fn vsock_device(cid: u64, uds: &Path) -> anyhow::Result<Vsock> {
-    let shown = uds.display();
-    Vsock::new(cid, uds).map_err(|e| match &e {
-        VsockError::InvalidCid(_) => anyhow::anyhow!("--cid: {e}"),
-        VsockError::InUse(_) => anyhow::anyhow!(
-            "--vsock: {shown} is in use (another VM or program listens there); \
-             stop it or choose another path"
-        ),
-        VsockError::NotASocket(_) => anyhow::anyhow!(
-            "--vsock: {shown} exists and is not a socket; remove it or choose another path"
-        ),
-        VsockError::Bind { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
-            anyhow::anyhow!(
-                "--vsock: cannot create {shown}: its directory does not exist; create it first"
-            )
-        }
-        VsockError::Bind { source, .. }
-            if source.kind() == std::io::ErrorKind::PermissionDenied =>
-        {
-            anyhow::anyhow!(
-                "--vsock: cannot create {shown}: permission denied; choose a path you can write"
-            )
-        }
-        VsockError::Bind { source, .. } if source.kind() == std::io::ErrorKind::InvalidInput => {
-            anyhow::anyhow!(
-                "--vsock: {shown} is too long for a Unix socket (at most 107 bytes); \
-                 use a shorter path"
-            )
-        }
-        _ => anyhow::Error::new(e).context("--vsock: cannot set up the vsock device"),
-    })
-}
-
 /// On PVM hosts a stock kernel dies early; say so when a guest crashes.
 fn pvm_hint() -> String {
     match KvmKind::detect() {
@@ -452,21 +284,5 @@ fn pvm_hint() -> String {
             KvmKind::Pvm.guest_kernel_note()
         ),
         _ => String::new(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use nix::sys::resource::{getrlimit, setrlimit, Resource};
-
-    use super::raise_fd_limit;
-
-    #[test]
-    fn a_vmm_with_a_network_may_open_as_many_files_as_the_hard_limit_allows() {
-        let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
-        let lower = hard.min(256);
-        setrlimit(Resource::RLIMIT_NOFILE, lower, hard).unwrap();
-        raise_fd_limit();
-        assert_eq!(getrlimit(Resource::RLIMIT_NOFILE).unwrap(), (hard, hard));
     }
 }

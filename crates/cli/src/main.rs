@@ -2,11 +2,11 @@
 
 mod attach;
 mod boot;
+mod build;
 mod config;
 mod config_cmd;
 mod doctor;
 mod escape;
-mod fs_access;
 mod guard;
 mod image;
 mod init;

@@ -11,10 +11,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use agentvm_devices::bus::Bus;
-use agentvm_devices::virtio::balloon::Balloon;
-use agentvm_devices::virtio::net::Net;
 use agentvm_devices::virtio::VirtioDevice;
-use agentvm_net::NetStack;
 use kvm_bindings::{
     kvm_pit_config, kvm_userspace_memory_region, CpuId, KVM_MAX_CPUID_ENTRIES,
     KVM_PIT_SPEAKER_DUMMY,
@@ -25,11 +22,16 @@ use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 use crate::arch::x86_64::regs::{self, EntryMode};
 use crate::arch::x86_64::{acpi, cpuid, e820, mptable};
 use crate::boot::{self, pvh, zero_page, BootError};
-use crate::config::{CmdlineDevices, VmConfig, MAX_VCPUS};
+use crate::config::{
+    BalloonConfig, CmdlineDevices, ConfigError, Landlock, SerialSink, ShareConfig, StackConfig,
+    VmConfig, VsockConfig,
+};
 use crate::device_manager::{DeviceError, DeviceManager};
+use crate::device_setup;
 use crate::hygiene::{self, HygieneError};
 use crate::landlock::{self as fs_rules, FsAccess, LandlockError};
 use crate::memory::{GuestRam, MemoryError};
+use crate::seccomp;
 use crate::vcpu::Buses;
 use crate::vm::{Controls, Shared, Vm};
 
@@ -37,27 +39,35 @@ use crate::vm::{Controls, Shared, Vm};
 /// ROM area at the top of the 32-bit space, inside the MMIO hole).
 const KVM_TSS_ADDRESS: usize = 0xfffb_d000;
 
-/// Where the guest's serial console goes.
-pub enum SerialSink {
-    /// The VMM's standard output.
-    Stdout,
-    /// A file, created or truncated.
-    File(PathBuf),
-    /// Any writer.
-    Writer(Box<dyn Write + Send>),
-    /// Nowhere.
-    Discard,
-}
-
 /// Errors while building a VM.
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
     /// The configuration is not usable.
-    #[error("Invalid VM configuration: {0}")]
-    InvalidConfig(String),
+    #[error("Invalid VM configuration")]
+    Config(#[from] ConfigError),
+    /// The network stack could not start.
+    #[error("Cannot start the network stack")]
+    Net(#[source] agentvm_net::NetError),
+    /// A share's virtiofsd could not be found or started.
+    #[error("Cannot set up the share {}:{tag}", dir.display())]
+    Share {
+        /// The share's tag.
+        tag: String,
+        /// The shared host directory.
+        dir: PathBuf,
+        /// What went wrong.
+        #[source]
+        source: Box<agentvm_devices::virtio::fs::FsError>,
+    },
+    /// The vsock device's socket could not be bound.
+    #[error("Cannot set up the vsock device")]
+    Vsock(#[source] agentvm_devices::virtio::vsock::VsockError),
     /// The balloon device could not be created.
     #[error("Cannot create the balloon device")]
     Balloon(#[source] agentvm_devices::virtio::balloon::BalloonError),
+    /// The balloon's initial target could not be set.
+    #[error("Cannot set the balloon's target")]
+    BalloonTarget(#[source] agentvm_devices::virtio::balloon::BalloonError),
     /// /dev/kvm cannot be opened.
     #[error("Cannot open /dev/kvm")]
     OpenKvm(#[source] kvm_ioctls::Error),
@@ -70,6 +80,9 @@ pub enum BuildError {
         #[source]
         source: kvm_ioctls::Error,
     },
+    /// KVM reports more CPUID entries than a vCPU takes.
+    #[error("Too many CPUID entries")]
+    Cpuid,
     /// Guest memory could not be created.
     #[error(transparent)]
     Memory(#[from] MemoryError),
@@ -143,14 +156,43 @@ pub enum BuildError {
 /// # Ok(())
 /// # }
 /// ```
+///
+/// The same machine from a [`VmConfig`], with the devices `agentvm` gives
+/// its VMs (a share needs virtiofsd, so this one has none):
+///
+/// ```
+/// use agentvm_vmm::config::{BalloonConfig, Landlock, SerialSink, VmConfig, VsockConfig};
+/// use agentvm_vmm::{ExitStatus, VmBuilder};
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # if std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_err() {
+/// #     return Ok(()); // no usable KVM here
+/// # }
+/// let dir = tempfile::tempdir()?;
+/// let kernel = agentvm_testguest::programs::hello("hi\n")?.write_to(dir.path())?;
+/// let mut config = VmConfig::new(&kernel);
+/// config.memory_mib = 128;
+/// config.serial = SerialSink::Discard;
+/// config.state_dir = Some(dir.path().to_owned());
+/// config.vsock = Some(VsockConfig::new(dir.path().join("vsock.sock")));
+/// config.rng = true;
+/// config.balloon = Some(BalloonConfig { target_mib: Some(16) });
+/// config.landlock = Landlock::FromConfig;
+/// // On a thread of its own: Landlock restricts the thread that builds.
+/// let status = std::thread::spawn(move || -> Result<ExitStatus, String> {
+///     let vm = VmBuilder::from_config(config).build().map_err(|e| e.to_string())?;
+///     assert_eq!(vm.handle().agent_socket(), Some(dir.path().join("vsock.sock").as_path()));
+///     vm.run().map_err(|e| e.to_string())
+/// })
+/// .join()
+/// .expect("the VM thread panicked")?;
+/// assert_eq!(status, ExitStatus::Reset);
+/// # Ok(())
+/// # }
+/// ```
 pub struct VmBuilder {
     config: VmConfig,
-    serial: SerialSink,
     devices: Vec<Box<dyn VirtioDevice>>,
-    balloon: bool,
-    agent_socket: Option<PathBuf>,
-    net: Option<NetStack>,
-    landlock: Option<FsAccess>,
 }
 
 impl VmBuilder {
@@ -163,12 +205,7 @@ impl VmBuilder {
     pub fn from_config(config: VmConfig) -> Self {
         VmBuilder {
             config,
-            serial: SerialSink::Stdout,
             devices: Vec::new(),
-            balloon: false,
-            agent_socket: None,
-            net: None,
-            landlock: None,
         }
     }
 
@@ -211,38 +248,57 @@ impl VmBuilder {
 
     /// Where the serial console goes.
     pub fn serial(mut self, sink: SerialSink) -> Self {
-        self.serial = sink;
+        self.config.serial = sink;
         self
     }
 
-    /// Adds a virtio device (on virtio-mmio).
-    pub fn device(mut self, device: Box<dyn VirtioDevice>) -> Self {
-        self.devices.push(device);
+    /// The VM's state directory ([`VmConfig::state_dir`]).
+    pub fn state_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.config.state_dir = Some(dir.into());
+        self
+    }
+
+    /// Shares a host directory over virtio-fs ([`VmConfig::shares`]; needs
+    /// a [`VmBuilder::state_dir`]).
+    pub fn share(mut self, share: ShareConfig) -> Self {
+        self.config.shares.push(share);
+        self
+    }
+
+    /// Adds a virtio-vsock device ([`VmConfig::vsock`]); its socket is the
+    /// guest agent's ([`crate::VmHandle::agent_socket`]).
+    pub fn vsock(mut self, vsock: VsockConfig) -> Self {
+        self.config.vsock = Some(vsock);
+        self
+    }
+
+    /// Adds a virtio-rng device.
+    pub fn rng(mut self) -> Self {
+        self.config.rng = true;
         self
     }
 
     /// Adds a virtio-balloon device (statistics, deflate on OOM, free page
     /// reporting), controlled through [`crate::VmHandle`].
     pub fn balloon(mut self) -> Self {
-        self.balloon = true;
+        self.config.balloon = Some(BalloonConfig::default());
         self
     }
 
-    /// Adds a virtio-net device whose frames go through `stack`, the
-    /// user-mode network that enforces its egress policy (the guest's MAC
-    /// is [`agentvm_net::addr::GUEST_MAC`]). [`crate::VmHandle::net`] reads
-    /// and replaces the policy while the VM runs. Without this call the VM
-    /// has no network device at all.
-    pub fn net(mut self, stack: NetStack) -> Self {
-        self.net = Some(stack);
+    /// Adds a virtio-net device whose frames go through a user-mode
+    /// network stack started from `stack`, which enforces its egress
+    /// policy (the guest's MAC is [`agentvm_net::addr::GUEST_MAC`]).
+    /// [`crate::VmHandle::net`] reads and replaces the policy while the VM
+    /// runs. Without this call the VM has no network device at all.
+    pub fn net(mut self, stack: StackConfig) -> Self {
+        self.config.net = Some(stack);
         self
     }
 
-    /// The vsock Unix socket behind which the guest agent serves (the UDS of
-    /// the vsock device added with [`VmBuilder::device`]);
-    /// [`crate::VmHandle::reclaim`] goes through it.
-    pub fn agent_socket(mut self, uds: impl Into<PathBuf>) -> Self {
-        self.agent_socket = Some(uds.into());
+    /// Adds a virtio device (on virtio-mmio) the configuration does not
+    /// describe, after the configured ones.
+    pub fn device(mut self, device: Box<dyn VirtioDevice>) -> Self {
+        self.devices.push(device);
         self
     }
 
@@ -250,8 +306,9 @@ impl VmBuilder {
     /// Landlock once the VM is built (see [`crate::landlock`]): the VM's
     /// threads, and every process they start, inherit it. Call
     /// [`VmBuilder::build`] on the thread that will run the VM.
+    /// [`Landlock::FromConfig`] derives the rules from the configuration.
     pub fn landlock(mut self, access: FsAccess) -> Self {
-        self.landlock = Some(access);
+        self.config.landlock = Landlock::Rules(access);
         self
     }
 
@@ -260,23 +317,36 @@ impl VmBuilder {
         &self.config
     }
 
-    /// Creates the VM: memory, irqchip, devices, kernel, tables, vCPUs.
+    /// Creates the VM: devices (starting virtiofsd, the network stack, the
+    /// vsock socket), memory, irqchip, kernel, tables, vCPUs; then applies
+    /// Landlock.
     ///
-    /// First it hardens the process ([`hygiene::harden_process`]):
-    /// `no_new_privs` on this thread and core dumps off, process-wide.
+    /// First it checks the configuration ([`VmConfig::validate`]) and
+    /// hardens the process ([`hygiene::harden_process`]): `no_new_privs`
+    /// on this thread and core dumps off, process-wide. Threads the devices
+    /// start from this thread are confined by their seccomp filter
+    /// ([`seccomp::device_thread_hook`], set on the calling thread).
     pub fn build(self) -> Result<Vm, BuildError> {
         let VmBuilder {
-            config,
-            serial,
-            mut devices,
-            balloon,
-            agent_socket,
-            net,
-            landlock,
+            mut config,
+            devices: extra,
         } = self;
-        validate(&config)?;
+        config.validate()?;
+        let memory_bytes = config
+            .memory_bytes()
+            .ok_or(ConfigError::MemoryTooLarge(config.memory_mib))?;
+        let cmdline = config.cmdline_with_shares()?;
         hygiene::harden_process()?;
-        let memory_bytes = config.memory_mib << 20;
+        // Threads the devices start from here on (virtiofsd's log relay)
+        // confine themselves.
+        agentvm_devices::thread::set_start_hook(seccomp::device_thread_hook(config.seccomp));
+        let configured = device_setup::create(&config, extra)?;
+        let landlock = match &config.landlock {
+            Landlock::Off => None,
+            Landlock::FromConfig => Some(fs_rules::vm_access(&config, &configured.virtiofsd)),
+            Landlock::Rules(access) => Some(access.clone()),
+        };
+        let serial = std::mem::replace(&mut config.serial, SerialSink::Discard);
 
         let kvm = Kvm::new().map_err(BuildError::OpenKvm)?;
         let vm_fd = kvm.create_vm().map_err(kvm_err("create a VM"))?;
@@ -296,26 +366,18 @@ impl VmBuilder {
             vm_fd.create_pit2(pit).map_err(kvm_err("create the PIT"))?;
         }
 
-        let mut controls = Controls {
-            agent: agent_socket,
-            ..Controls::default()
+        let controls = Controls {
+            agent: config.vsock.as_ref().map(|v| v.uds.clone()),
+            balloon: configured.balloon,
+            net: configured.net,
         };
-        if balloon {
-            let device = Balloon::new().map_err(BuildError::Balloon)?;
-            controls.balloon = Some(device.handle());
-            devices.push(Box::new(device));
-        }
-        if let Some(stack) = net {
-            controls.net = Some(stack.handle());
-            devices.push(Box::new(Net::new(stack, agentvm_net::addr::GUEST_MAC)));
-        }
         let shared = Arc::new(Shared::new(config.vcpus, memory_bytes, controls));
         let mem = ram.memory();
         let mut pio = Bus::new();
         let mut mmio = Bus::new();
         let mut device_manager =
             DeviceManager::new(&vm_fd, &mut pio, serial_writer(serial)?, &shared)?;
-        for device in devices {
+        for device in configured.devices {
             device_manager.add_virtio(&vm_fd, &mut mmio, mem, device)?;
         }
 
@@ -324,9 +386,8 @@ impl VmBuilder {
             Some(path) => Some(boot::load_initrd(mem, memory_bytes, &kernel, path)?),
             None => None,
         };
-        let cmdline = full_cmdline(&config, &device_manager);
+        let cmdline = full_cmdline(&config, cmdline, &device_manager);
         boot::write_cmdline(mem, &kernel, &cmdline)?;
-
         let rsdp = acpi::create_acpi_tables(mem, &acpi_layout(&config, &device_manager))
             .map_err(BuildError::Acpi)?;
         mptable::setup_mptable(mem, config.vcpus).map_err(BuildError::Mptable)?;
@@ -358,8 +419,7 @@ impl VmBuilder {
                 .map_err(kvm_err("create a vCPU"))?;
             let mut entries = supported.as_slice().to_vec();
             cpuid::normalize(&mut entries, id, topology);
-            let cpuid = CpuId::from_entries(&entries)
-                .map_err(|_| BuildError::InvalidConfig("too many CPUID entries".into()))?;
+            let cpuid = CpuId::from_entries(&entries).map_err(|_| BuildError::Cpuid)?;
             vcpu.set_cpuid2(&cpuid).map_err(kvm_err("set CPUID"))?;
             regs::setup_vcpu(&vcpu, kernel.mode, kernel.entry, id == 0)
                 .map_err(|e| BuildError::Vcpu(id, e))?;
@@ -367,8 +427,8 @@ impl VmBuilder {
         }
 
         // Last: everything above opened what it needed.
-        let landlock = match landlock {
-            Some(access) => Some(fs_rules::restrict_self(&access)?),
+        let landlock = match &landlock {
+            Some(access) => Some(fs_rules::restrict_self(access)?),
             None => None,
         };
         Ok(Vm {
@@ -387,26 +447,6 @@ impl VmBuilder {
 
 fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> BuildError {
     move |source| BuildError::Kvm { what, source }
-}
-
-fn validate(config: &VmConfig) -> Result<(), BuildError> {
-    if config.vcpus == 0 || config.vcpus > MAX_VCPUS {
-        return Err(BuildError::InvalidConfig(format!(
-            "{} vCPUs requested; between 1 and {MAX_VCPUS} are supported",
-            config.vcpus
-        )));
-    }
-    if config
-        .memory_mib
-        .checked_shl(20)
-        .is_none_or(|b| b >> 20 != config.memory_mib)
-    {
-        return Err(BuildError::InvalidConfig(format!(
-            "{} MiB of memory is too large",
-            config.memory_mib
-        )));
-    }
-    Ok(())
 }
 
 /// Gives KVM the RAM regions as slots 0..n; returns n.
@@ -439,13 +479,14 @@ fn serial_writer(sink: SerialSink) -> Result<Box<dyn Write + Send>, BuildError> 
     })
 }
 
-fn full_cmdline(config: &VmConfig, devices: &DeviceManager) -> String {
+/// `cmdline` (the configuration's, with the shares' entries) and, when
+/// asked for, the devices' `virtio_mmio.device=` parameters.
+fn full_cmdline(config: &VmConfig, mut cmdline: String, devices: &DeviceManager) -> String {
     let add = match config.cmdline_devices {
         CmdlineDevices::Always => true,
         CmdlineDevices::Never => false,
         CmdlineDevices::WhenNoAcpi => config.acpi_disabled(),
     };
-    let mut cmdline = config.cmdline.clone();
     if add {
         for slot in devices.slots() {
             cmdline.push(' ');

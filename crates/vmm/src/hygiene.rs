@@ -16,6 +16,8 @@
 //!   reachable from the guest's side. Only a process that owns its whole
 //!   descriptor table may call it, so the library never does; the CLI does
 //!   at start-up.
+//! - The open-file limit raised to its hard limit ([`raise_fd_limit`]) in
+//!   a VMM with a network: every guest connection holds a host socket.
 
 use std::os::fd::{FromRawFd, OwnedFd};
 
@@ -87,6 +89,23 @@ pub fn close_inherited_fds() -> Result<(), HygieneError> {
     Ok(())
 }
 
+/// Raises this process's open-file limit to its hard limit: every guest
+/// connection holds a host socket, and an agent's package install opens
+/// hundreds (a soft limit of 1024 would turn them into resets). A limit
+/// that cannot be read or raised is a warning: the VM runs with what it has.
+pub fn raise_fd_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => {
+            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                tracing::warn!("cannot raise the open-file limit from {soft} to {hard}: {e}");
+            }
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!("cannot read the open-file limit: {e}"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -119,5 +138,15 @@ mod tests {
         })
         .join()
         .unwrap();
+    }
+
+    #[test]
+    fn a_vmm_with_a_network_may_open_as_many_files_as_the_hard_limit_allows() {
+        use nix::sys::resource::{getrlimit, setrlimit, Resource};
+        let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+        let lower = hard.min(256);
+        setrlimit(Resource::RLIMIT_NOFILE, lower, hard).unwrap();
+        raise_fd_limit();
+        assert_eq!(getrlimit(Resource::RLIMIT_NOFILE).unwrap(), (hard, hard));
     }
 }

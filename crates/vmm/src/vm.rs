@@ -1,6 +1,6 @@
 //! A built VM: running it, stopping it from another thread, its exit status.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
@@ -212,9 +212,17 @@ impl VmHandle {
 
     /// Asks the guest, through its agent, to drop its caches; free page
     /// reporting then returns those pages to the host (see
-    /// [`crate::memory_control`]). Needs [`crate::VmBuilder::agent_socket`].
+    /// [`crate::memory_control`]). Needs a vsock device
+    /// ([`crate::config::VmConfig::vsock`]).
     pub fn reclaim(&self) -> Result<(), MemoryControlError> {
         memory_control::reclaim(self.shared.controls.agent.as_deref())
+    }
+
+    /// The Unix socket of the VM's vsock device, behind which the guest
+    /// agent serves ([`crate::config::VsockConfig::uds`]); `None` without
+    /// a vsock device.
+    pub fn agent_socket(&self) -> Option<&Path> {
+        self.shared.controls.agent.as_deref()
     }
 
     /// The network stack's handle, when the VM was built with

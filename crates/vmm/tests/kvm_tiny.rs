@@ -319,7 +319,7 @@ fn a_balloon_is_virtio_device_5_and_the_handle_controls_it() {
 
 #[test]
 fn a_net_device_is_virtio_device_1_with_our_mac_and_the_handle_replaces_its_policy() {
-    use agentvm_net::{addr::GUEST_MAC, Mode, NetStack, Policy, StackConfig};
+    use agentvm_net::{addr::GUEST_MAC, Mode, Policy, StackConfig};
     use iced_x86::code_asm::rbx;
     if !kvm_or_skip() {
         return;
@@ -340,12 +340,9 @@ fn a_net_device_is_virtio_device_1_with_our_mac_and_the_handle_replaces_its_poli
             .build(Format::Elf64)
             .unwrap(),
     );
-    let stack = |mode| {
-        NetStack::new(StackConfig {
-            policy: Policy::new(mode),
-            ..StackConfig::default()
-        })
-        .unwrap()
+    let stack = |mode| StackConfig {
+        policy: Policy::new(mode),
+        ..StackConfig::default()
     };
     let vm = VmBuilder::new(&kernel)
         .memory_mib(128)

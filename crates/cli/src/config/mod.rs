@@ -43,6 +43,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+use agentvm_vmm::config::MAX_VCPUS;
 use anyhow::{bail, Context};
 
 pub use env::EnvEntry;
@@ -442,7 +443,7 @@ impl Host {
 
     /// Default vCPUs: every CPU, within what a VM can have.
     pub fn default_vcpus(&self) -> u8 {
-        u8::try_from(self.cpus.max(1)).unwrap_or(u8::MAX)
+        u8::try_from(self.cpus.max(1)).map_or(MAX_VCPUS, |n| n.min(MAX_VCPUS))
     }
 
     /// The home of the user commands in the guest run as, where plugins

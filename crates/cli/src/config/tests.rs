@@ -131,7 +131,8 @@ fn memory_and_cpu_defaults_follow_the_host() {
         (1, 2048, 1, 4096),
         (4, 8192, 4, 4096),
         (16, 65536, 16, 32768),
-        (512, 1 << 20, 255, 1 << 19),
+        (255, 1 << 20, 254, 1 << 19),
+        (512, 1 << 20, 254, 1 << 19),
     ];
     for (cpus, memory_mib, vcpus, mem) in cases {
         let host = Host {
@@ -609,8 +610,9 @@ const ERRORS: &[(&str, usize, usize, &str)] = &[
     // Bad values.
     ("name = \"My VM\"", 1, 8, "`name` \"My VM\" is not a VM name: use 1 to 63 lowercase letters, digits and '-', not starting or ending with '-' (e.g. \"my-vm\")"),
     ("name = \"-x\"", 1, 8, "is not a VM name"),
-    ("[resources]\nvcpus = 0", 2, 9, "`resources.vcpus` must be between 1 and 255, not 0"),
-    ("[resources]\nvcpus = 256", 2, 9, "must be between 1 and 255, not 256"),
+    ("[resources]\nvcpus = 0", 2, 9, "`resources.vcpus` must be between 1 and 254, not 0"),
+    ("[resources]\nvcpus = 255", 2, 9, "must be between 1 and 254, not 255"),
+    ("[resources]\nvcpus = 256", 2, 9, "must be between 1 and 254, not 256"),
     ("[resources]\nmemory_mib = 64", 2, 14, "`resources.memory_mib` must be at least 128 (MiB), not 64"),
     ("[resources]\nlog_max_mib = 0", 2, 15, "`resources.log_max_mib` must be between 1 and 1048576 (MiB), not 0"),
     ("[resources]\nnet_memory_mib = 2", 2, 18, "`resources.net_memory_mib` must be between 4 and 1048576 (MiB), not 2"),

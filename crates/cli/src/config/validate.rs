@@ -5,6 +5,7 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
 use agentvm_net::policy::{normalize_name, parse_host_pin};
+use agentvm_vmm::config::MAX_VCPUS;
 use toml::Spanned;
 
 use super::env::{is_var_name, EnvEntry, EnvValue};
@@ -65,10 +66,13 @@ pub fn fragment(file: &ConfigFile, src: &Source, ctx: &Context<'_>) -> Result<Fr
         out.persistent_root = r.persistent_root;
         if let Some(v) = &r.vcpus {
             let n = *v.get_ref();
-            out.vcpus = Some(u8::try_from(n).ok().filter(|&n| n > 0).ok_or_else(|| {
+            let vcpus = u8::try_from(n)
+                .ok()
+                .filter(|&n| (1..=MAX_VCPUS).contains(&n));
+            out.vcpus = Some(vcpus.ok_or_else(|| {
                 src.error(
                     v.span(),
-                    format!("`resources.vcpus` must be between 1 and 255, not {n}"),
+                    format!("`resources.vcpus` must be between 1 and {MAX_VCPUS}, not {n}"),
                 )
             })?);
         }

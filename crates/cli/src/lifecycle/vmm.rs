@@ -16,8 +16,11 @@ use agentvm_devices::virtio::vsock::VsockCounters;
 use agentvm_net::rotating::RotatingFile;
 use agentvm_protocol::client::{self, connect_vsock_within};
 use agentvm_protocol::EXEC_PORT;
+use agentvm_vmm::config::{
+    BalloonConfig, Landlock, SerialSink, ShareConfig, StackConfig, VmConfig, VsockConfig,
+};
 use agentvm_vmm::seccomp::{self, ThreadKind};
-use agentvm_vmm::{SeccompLevel, SerialSink, VmHandle};
+use agentvm_vmm::{SeccompLevel, VmHandle};
 use anyhow::Context;
 use clap::Args;
 use nix::sys::signal::{SigSet, Signal};
@@ -25,8 +28,6 @@ use nix::sys::signal::{SigSet, Signal};
 use super::control::{self, Handler, Reply, Request};
 use super::net::NetControl;
 use super::StateDir;
-use crate::boot::{build_vm, KernelChoice, NetSpec, VmSpec};
-use crate::share::{ShareRole, ShareSpec};
 
 /// The line the guest agent prints on the console once it serves.
 pub const READY_LINE: &[u8] = b"agentvm-guest: ready";
@@ -68,65 +69,59 @@ pub fn run(args: VmmArgs) -> anyhow::Result<ExitCode> {
         tail: Vec::new(),
     };
     let (console, console_written) = ConsoleThread::start(watch, snap.seccomp)?;
-    let shares: Vec<ShareSpec> = snap
+    let mut config = VmConfig::new(&snap.kernel);
+    config.initrd.clone_from(&snap.initrd);
+    config.cmdline.clone_from(&snap.cmdline);
+    if let Some(user) = &snap.user {
+        config.cmdline.push_str(&format!(" agentvm.user={user}"));
+    }
+    config.memory_mib = snap.memory_mib;
+    config.vcpus = snap.vcpus;
+    config.seccomp = snap.seccomp;
+    config.serial = SerialSink::Writer(Box::new(console));
+    config.state_dir = Some(state.dir.clone());
+    config.shares = snap
         .mounts
         .iter()
         .enumerate()
-        .map(|(i, m)| ShareSpec {
-            dir: m.source.clone(),
-            tag: format!("agentvm{i}"),
+        .map(|(i, m)| ShareConfig {
             read_only: m.read_only,
             target: Some(m.target.clone()),
-            role: ShareRole::Mount,
+            ..ShareConfig::new(&m.source, format!("agentvm{i}"))
         })
-        .chain(snap.root_image.iter().cloned().map(ShareSpec::root_image))
+        .chain(
+            snap.root_image
+                .iter()
+                .cloned()
+                .map(crate::share::root_image),
+        )
         .chain(
             snap.persistent_root
                 .iter()
                 .cloned()
-                .map(ShareSpec::root_upper),
+                .map(crate::share::root_upper),
         )
         .collect();
-    let mut cmdline = snap.cmdline.clone();
-    if let Some(user) = &snap.user {
-        cmdline.push_str(&format!(" agentvm.user={user}"));
-    }
+    config.virtiofsd.allow_unsandboxed = snap.allow_unsandboxed_virtiofsd;
     let vsock = state.vsock();
-    let vsock_counters = VsockCounters::default();
-    let net = match snap.policy.mode {
-        agentvm_net::Mode::Off => None,
-        _ => {
-            let path = state.net_audit();
-            let audit = agentvm_net::Audit::to_file_capped(&path, log_max)
-                .with_context(|| format!("cannot create {}", path.display()))?;
-            Some(NetSpec {
-                policy: snap.policy.clone(),
-                audit,
-                memory_budget: snap.net_memory_bytes(),
-            })
-        }
-    };
-    let vm = build_vm(VmSpec {
-        kernel: KernelChoice {
-            kernel: snap.kernel.clone(),
-            initrd: snap.initrd.clone(),
-            cmdline,
-        },
-        memory_mib: snap.memory_mib,
-        vcpus: snap.vcpus,
-        shares: &shares,
-        allow_unsandboxed_virtiofsd: snap.allow_unsandboxed_virtiofsd,
-        state_dir: &state.dir,
-        vsock: Some(&vsock),
-        cid: None,
-        vsock_counters: vsock_counters.clone(),
-        rng: true,
-        balloon: true,
-        net,
-        serial: SerialSink::Writer(Box::new(console)),
-        pit: None,
-        seccomp: snap.seccomp,
-    })?;
+    let vsock_config = VsockConfig::new(&vsock);
+    let vsock_counters = vsock_config.counters.clone();
+    config.vsock = Some(vsock_config);
+    config.rng = true;
+    config.balloon = Some(BalloonConfig::default());
+    if snap.policy.mode != agentvm_net::Mode::Off {
+        let path = state.net_audit();
+        let audit = agentvm_net::Audit::to_file_capped(&path, log_max)
+            .with_context(|| format!("cannot create {}", path.display()))?;
+        config.net = Some(StackConfig {
+            policy: snap.policy.clone(),
+            audit,
+            memory_budget: snap.net_memory_bytes(),
+            ..StackConfig::default()
+        });
+    }
+    config.landlock = Landlock::FromConfig;
+    let vm = crate::build::build_vm(config)?;
     let level = snap.seccomp;
     let control_path = state.control();
     let _ = std::fs::remove_file(&control_path);
