@@ -148,7 +148,6 @@ pub struct VmBuilder {
     serial: SerialSink,
     devices: Vec<Box<dyn VirtioDevice>>,
     balloon: bool,
-    agent_socket: Option<PathBuf>,
     net: Option<NetStack>,
     landlock: Option<FsAccess>,
 }
@@ -166,7 +165,6 @@ impl VmBuilder {
             serial: SerialSink::Stdout,
             devices: Vec::new(),
             balloon: false,
-            agent_socket: None,
             net: None,
             landlock: None,
         }
@@ -238,14 +236,6 @@ impl VmBuilder {
         self
     }
 
-    /// The vsock Unix socket behind which the guest agent serves (the UDS of
-    /// the vsock device added with [`VmBuilder::device`]);
-    /// [`crate::VmHandle::reclaim`] goes through it.
-    pub fn agent_socket(mut self, uds: impl Into<PathBuf>) -> Self {
-        self.agent_socket = Some(uds.into());
-        self
-    }
-
     /// Restricts the calling thread's file system access to `access` with
     /// Landlock once the VM is built (see [`crate::landlock`]): the VM's
     /// threads, and every process they start, inherit it. Call
@@ -270,7 +260,6 @@ impl VmBuilder {
             serial,
             mut devices,
             balloon,
-            agent_socket,
             net,
             landlock,
         } = self;
@@ -296,10 +285,7 @@ impl VmBuilder {
             vm_fd.create_pit2(pit).map_err(kvm_err("create the PIT"))?;
         }
 
-        let mut controls = Controls {
-            agent: agent_socket,
-            ..Controls::default()
-        };
+        let mut controls = Controls::default();
         if balloon {
             let device = Balloon::new().map_err(BuildError::Balloon)?;
             controls.balloon = Some(device.handle());
@@ -314,7 +300,7 @@ impl VmBuilder {
         let mut pio = Bus::new();
         let mut mmio = Bus::new();
         let mut device_manager =
-            DeviceManager::new(&vm_fd, &mut pio, serial_writer(serial)?, &shared)?;
+            DeviceManager::new(&vm_fd, &mut pio, serial_writer(serial)?, shared.exit())?;
         for device in devices {
             device_manager.add_virtio(&vm_fd, &mut mmio, mem, device)?;
         }

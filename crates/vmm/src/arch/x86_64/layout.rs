@@ -36,8 +36,6 @@ pub const PDPTE_START: u64 = 0xa000;
 pub const PDE_START: u64 = 0xb000;
 /// Kernel command line.
 pub const CMDLINE_START: u64 = 0x20000;
-/// Most bytes (with the NUL) a command line may take at [`CMDLINE_START`].
-pub const CMDLINE_MAX_SIZE: usize = 0x10000;
 /// Start of the extended BIOS data area, where the MP table goes.
 pub const EBDA_START: u64 = 0x9fc00;
 /// Where the ACPI RSDP goes (inside the BIOS search area).
