@@ -17,6 +17,17 @@ use std::time::{Duration, Instant};
 /// host stopped it ([`Stopped`](ExitStatus::Stopped)), or the guest or a
 /// vCPU failed ([`TripleFault`](ExitStatus::TripleFault),
 /// [`Crashed`](ExitStatus::Crashed); see [`ExitStatus::is_failure`]).
+///
+/// ```
+/// use agentvm_vmm::ExitStatus;
+///
+/// assert!(ExitStatus::PowerOff.ended_by_guest());
+/// assert!(ExitStatus::Halted.ended_by_guest());
+/// // A stop is the host's doing, and no failure.
+/// assert!(!ExitStatus::Stopped.ended_by_guest());
+/// assert!(!ExitStatus::Stopped.is_failure());
+/// assert!(ExitStatus::Crashed("guest kernel panicked".into()).is_failure());
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ExitStatus {
     /// The guest powered off (ACPI S5 or a KVM shutdown event).
