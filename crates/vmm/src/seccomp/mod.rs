@@ -105,7 +105,7 @@ pub enum WorkerDevice {
 
 impl WorkerDevice {
     /// The worker list for virtio device type `device_type`.
-    pub fn from_device_type(device: u32) -> Self {
+    fn from_device_type(device: u32) -> Self {
         match device {
             device_type::NET => WorkerDevice::Net,
             device_type::VSOCK => WorkerDevice::Vsock,
