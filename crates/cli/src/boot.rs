@@ -132,19 +132,24 @@ pub fn run(args: BootArgs) -> anyhow::Result<ExitCode> {
         seccomp_selftest();
     }
     let status = running.wait();
-    Ok(match status {
-        ExitStatus::PowerOff | ExitStatus::Reset | ExitStatus::Stopped | ExitStatus::Halted => {
-            ExitCode::SUCCESS
-        }
-        ExitStatus::TripleFault => {
-            eprintln!("agentvm: the guest triple-faulted{}", pvm_hint());
-            ExitCode::from(EXIT_GUEST_CRASHED)
-        }
-        ExitStatus::Crashed(why) => {
-            eprintln!("agentvm: the guest crashed: {why}{}", pvm_hint());
-            ExitCode::from(EXIT_GUEST_CRASHED)
-        }
-    })
+    match &status {
+        ExitStatus::TripleFault => eprintln!("agentvm: the guest triple-faulted{}", pvm_hint()),
+        ExitStatus::Crashed(why) => eprintln!("agentvm: the guest crashed: {why}{}", pvm_hint()),
+        _ => {}
+    }
+    Ok(ExitCode::from(exit_code(&status)))
+}
+
+/// `boot`'s exit code for how the VM ended: [`EXIT_GUEST_CRASHED`] when
+/// the guest or a vCPU failed, else 0 — the guest's own power-off, reset
+/// or halt, and a stop, all succeed (as for `up`'s VMM,
+/// [`crate::lifecycle::vmm`]).
+fn exit_code(status: &ExitStatus) -> u8 {
+    if status.is_failure() {
+        EXIT_GUEST_CRASHED
+    } else {
+        0
+    }
 }
 
 impl BootArgs {
@@ -284,5 +289,27 @@ fn pvm_hint() -> String {
             KvmKind::Pvm.guest_kernel_note()
         ),
         _ => String::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use agentvm_vmm::ExitStatus;
+
+    use super::{exit_code, EXIT_GUEST_CRASHED};
+
+    #[test]
+    fn only_a_failed_guest_or_vcpu_makes_boot_fail() {
+        for ok in [
+            ExitStatus::PowerOff,
+            ExitStatus::Reset,
+            ExitStatus::Halted,
+            ExitStatus::Stopped,
+        ] {
+            assert_eq!(exit_code(&ok), 0, "{ok:?}");
+        }
+        for failed in [ExitStatus::TripleFault, ExitStatus::Crashed("x".into())] {
+            assert_eq!(exit_code(&failed), EXIT_GUEST_CRASHED, "{failed:?}");
+        }
     }
 }

@@ -3,9 +3,7 @@
 
 use std::path::Path;
 
-use agentvm_vmm::boot::BootError;
-use agentvm_vmm::memory::MemoryError;
-use agentvm_vmm::BuildError;
+use agentvm_vmm::{BootError, BuildError, MemoryError};
 
 /// The KVM implementation behind /dev/kvm.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

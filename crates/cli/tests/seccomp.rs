@@ -12,7 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use agentvm_testguest::{Asm64, Format, Program};
-use agentvm_vmm::arch::x86_64::layout::{VIRTIO_MMIO_SIZE, VIRTIO_MMIO_START};
+use agentvm_vmm::{VIRTIO_MMIO_SIZE, VIRTIO_MMIO_START};
 use iced_x86::code_asm::{dword_ptr, rbx};
 
 use common::{agentvm, hello_guest, kvm_usable, stderr};

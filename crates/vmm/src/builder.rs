@@ -376,7 +376,7 @@ impl VmBuilder {
         let mut pio = Bus::new();
         let mut mmio = Bus::new();
         let mut device_manager =
-            DeviceManager::new(&vm_fd, &mut pio, serial_writer(serial)?, &shared)?;
+            DeviceManager::new(&vm_fd, &mut pio, serial_writer(serial)?, shared.exit())?;
         for device in configured.devices {
             device_manager.add_virtio(&vm_fd, &mut mmio, mem, device)?;
         }

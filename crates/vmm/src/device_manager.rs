@@ -18,7 +18,7 @@ use kvm_ioctls::{IoEventAddress, VmFd};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::arch::x86_64::layout::{IRQ_BASE, IRQ_MAX, VIRTIO_MMIO_SIZE, VIRTIO_MMIO_START};
-use crate::vm::{ExitStatus, Shared};
+use crate::exit::{ExitLatch, ExitStatus};
 
 /// Errors while setting up devices.
 #[derive(Debug, thiserror::Error)]
@@ -91,12 +91,13 @@ fn eventfd() -> Result<EventFd, DeviceError> {
 }
 
 impl DeviceManager {
-    /// Creates COM1, the i8042, the ACPI power registers and pvpanic on `pio`.
+    /// Creates COM1, the i8042, the ACPI power registers and pvpanic on
+    /// `pio`; the last three end the VM through `exit` when the guest asks.
     pub fn new(
         vm: &VmFd,
         pio: &mut Bus,
         serial_out: Box<dyn Write + Send>,
-        shared: &Arc<Shared>,
+        exit: &Arc<ExitLatch>,
     ) -> Result<Self, DeviceError> {
         let irq = eventfd()?;
         vm.register_irqfd(&irq, COM1_IRQ)
@@ -104,13 +105,13 @@ impl DeviceManager {
         let serial = Arc::new(Mutex::new(Serial::new(irq, serial_out)));
         pio.insert(COM1_BASE, COM1_LEN, serial.clone())?;
 
-        let s = shared.clone();
-        let i8042 = I8042::new(Arc::new(move || s.request_exit(ExitStatus::Reset)));
+        let s = exit.clone();
+        let i8042 = I8042::new(Arc::new(move || s.request(ExitStatus::Reset)));
         pio.insert(I8042_BASE, I8042_LEN, Arc::new(Mutex::new(i8042)))?;
 
-        let s = shared.clone();
+        let s = exit.clone();
         let on_power: PowerCallback = Arc::new(move |req| {
-            s.request_exit(match req {
+            s.request(match req {
                 PowerRequest::PowerOff => ExitStatus::PowerOff,
                 PowerRequest::Reset => ExitStatus::Reset,
             })
@@ -121,10 +122,10 @@ impl DeviceManager {
             Arc::new(Mutex::new(AcpiPm::new(on_power))),
         )?;
 
-        let s = shared.clone();
+        let s = exit.clone();
         let pvpanic = PvPanic::new(Arc::new(move |events| {
             if events & PVPANIC_PANICKED != 0 {
-                s.request_exit(ExitStatus::Crashed("guest kernel panicked".into()));
+                s.request(ExitStatus::Crashed("guest kernel panicked".into()));
             }
         }));
         pio.insert(PVPANIC_PORT, PVPANIC_LEN, Arc::new(Mutex::new(pvpanic)))?;
@@ -201,6 +202,7 @@ impl DeviceManager {
     /// A duplicate of the notify eventfd of `queue` on virtio device
     /// `device` (in [`DeviceManager::slots`] order): KVM signals it when the
     /// guest writes the queue's index to QueueNotify.
+    #[cfg(test)]
     pub fn queue_notify_event(
         &self,
         device: usize,

@@ -8,8 +8,8 @@
 //!   starts any thread; [`crate::VmBuilder::build`] and [`crate::Vm::run`]
 //!   set it again, so every thread a VM starts has it, whoever embeds us.
 //! - No core dumps: RLIMIT_CORE is 0 (soft and hard, so a compromised VMM
-//!   cannot raise it back), and guest RAM is mapped `MADV_DONTDUMP`
-//!   ([`crate::memory`]), so a crash never writes guest memory to disk,
+//!   cannot raise it back), and guest RAM is mapped `MADV_DONTDUMP`, so a
+//!   crash never writes guest memory to disk,
 //!   also where the core pattern pipes to a collector that ignores the limit.
 //! - Inherited descriptors closed ([`close_inherited_fds`]): whatever the
 //!   user's shell or a parent left open is not ours and must not be
@@ -44,7 +44,7 @@ pub fn harden_process() -> Result<(), HygieneError> {
 }
 
 /// RLIMIT_CORE 0, soft and hard.
-pub fn disable_core_dumps() -> Result<(), HygieneError> {
+fn disable_core_dumps() -> Result<(), HygieneError> {
     use nix::sys::resource::{setrlimit, Resource};
     setrlimit(Resource::RLIMIT_CORE, 0, 0).map_err(HygieneError::CoreLimit)
 }

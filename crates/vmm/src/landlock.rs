@@ -2,10 +2,10 @@
 //! shrinks to what running it needs, so a guest that takes over the
 //! process cannot read the user's keys or write their files.
 //!
-//! [`FsAccess`] lists what stays reachable; [`restrict_self`] applies it
-//! to the calling thread, and every thread and child process started from
-//! it afterwards (Landlock is per thread and inherited, never lifted).
-//! [`crate::VmBuilder::landlock`] applies it at the end of
+//! [`FsAccess`] lists what stays reachable; the VM applies it to the
+//! thread that builds it, and so to every thread and child process started
+//! from it afterwards (Landlock is per thread and inherited, never lifted):
+//! [`crate::VmBuilder::landlock`] asks for it at the end of
 //! [`crate::VmBuilder::build`]: kernel, initrd and /dev/kvm are open by
 //! then, and the vCPU and device threads all start later.
 //!
@@ -18,8 +18,9 @@
 //! to `chroot` (root) or, where allowed, `none`
 //! ([`agentvm_devices::virtio::fs::Sandbox`]).
 //!
-//! Where the kernel has no Landlock, the VM runs unrestricted and
-//! [`restrict_self`] says so once (a `tracing` warning).
+//! Where the kernel has no Landlock, the VM runs unrestricted, says so once
+//! (a `tracing` warning), and [`crate::Vm::landlock`] reports
+//! [`Enforcement::None`].
 //!
 //! [`vm_access`] is what a VM built from a [`VmConfig`] still needs
 //! ([`Landlock::FromConfig`](crate::config::Landlock::FromConfig)). Kernel,
@@ -144,7 +145,7 @@ pub struct LandlockError(#[source] RulesetError);
 
 /// Restricts the calling thread (and what it starts from now on) to
 /// `access`.
-pub fn restrict_self(access: &FsAccess) -> Result<Enforcement, LandlockError> {
+pub(crate) fn restrict_self(access: &FsAccess) -> Result<Enforcement, LandlockError> {
     let all = AccessFs::from_all(ABI_WANTED);
     let read = AccessFs::from_read(ABI_WANTED);
     let write = all & !(AccessFs::MakeChar | AccessFs::MakeBlock);

@@ -54,9 +54,8 @@ pub enum MemoryError {
 /// The guest's RAM and the memfd behind it.
 #[derive(Clone)]
 pub struct GuestRam {
+    /// Every region maps the same memfd, at its own offset.
     mem: GuestMemoryMmap<()>,
-    memfd: Arc<File>,
-    size: u64,
 }
 
 /// The guest-physical RAM ranges for `size` bytes of RAM: everything below
@@ -101,7 +100,7 @@ impl GuestRam {
             }
         })?;
         exclude_from_core_dumps(&mem)?;
-        Ok(GuestRam { mem, memfd, size })
+        Ok(GuestRam { mem })
     }
 
     /// The mapped memory.
@@ -109,14 +108,16 @@ impl GuestRam {
         &self.mem
     }
 
-    /// The memfd behind guest RAM (for vhost-user back ends and the balloon).
-    pub fn memfd(&self) -> &Arc<File> {
-        &self.memfd
-    }
-
-    /// RAM size in bytes.
-    pub fn size(&self) -> u64 {
-        self.size
+    /// The memfd behind guest RAM (vhost-user back ends and the balloon
+    /// reach it through the regions' file offsets).
+    #[cfg(test)]
+    fn memfd(&self) -> &File {
+        self.mem
+            .iter()
+            .next()
+            .and_then(|r| r.file_offset())
+            .map(|f| f.file())
+            .expect("guest RAM has a region backed by the memfd")
     }
 }
 

@@ -1,8 +1,9 @@
-//! A built VM: running it, stopping it from another thread, its exit status.
+//! A built VM: running it, and controlling it from other threads (stop,
+//! wait, statistics, balloon, network policy).
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -14,37 +15,11 @@ use vmm_sys_util::signal::Killable;
 
 use crate::activator::{Activator, ActivatorError, Confinement};
 use crate::device_manager::DeviceManager;
+use crate::exit::{ExitLatch, ExitStatus};
 use crate::memory::GuestRam;
 use crate::memory_control::{self, BalloonReport, MemoryControlError};
 use crate::seccomp::SeccompLevel;
 use crate::vcpu::{self, Buses, VcpuCounters};
-
-/// How a VM ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ExitStatus {
-    /// The guest powered off (ACPI S5 or a KVM shutdown event).
-    PowerOff,
-    /// The guest reset itself (i8042, ACPI reset register or KVM reset event).
-    Reset,
-    /// A vCPU triple-faulted.
-    TripleFault,
-    /// A vCPU halted with nothing left to wake it.
-    Halted,
-    /// The host asked the VM to stop ([`VmHandle::stop`]).
-    Stopped,
-    /// A vCPU could not go on; the text says why.
-    Crashed(String),
-}
-
-impl ExitStatus {
-    /// Whether the guest ended the VM itself, cleanly (power-off or reset).
-    pub fn is_clean(&self) -> bool {
-        matches!(
-            self,
-            ExitStatus::PowerOff | ExitStatus::Reset | ExitStatus::Stopped
-        )
-    }
-}
 
 /// Running statistics of a VM.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,13 +38,12 @@ pub struct VmStats {
     pub exit: Option<ExitStatus>,
 }
 
-/// State shared by the VM, its vCPU threads, its devices and its handles.
-pub struct Shared {
-    exit: Mutex<Option<ExitStatus>>,
-    exited: Condvar,
-    stopping: AtomicBool,
+/// State shared by the VM, its handles and (through the exit latch and
+/// the counters) its vCPU threads and devices.
+pub(crate) struct Shared {
+    exit: Arc<ExitLatch>,
     started: Mutex<Option<Instant>>,
-    counters: Vec<VcpuCounters>,
+    counters: Vec<Arc<VcpuCounters>>,
     memory_bytes: u64,
     controls: Controls,
 }
@@ -77,10 +51,10 @@ pub struct Shared {
 /// What the controls of [`VmHandle`] act through.
 #[derive(Default)]
 pub(crate) struct Controls {
+    /// The vsock device's Unix socket, behind which the guest agent serves.
+    pub agent: Option<PathBuf>,
     /// The balloon device's handle, when the VM has one.
     pub balloon: Option<BalloonHandle>,
-    /// The guest agent's vsock socket, when the VM has one.
-    pub agent: Option<PathBuf>,
     /// The network stack's handle, when the VM has a virtio-net device.
     pub net: Option<NetHandle>,
 }
@@ -89,59 +63,19 @@ impl Shared {
     pub(crate) fn new(vcpus: u8, memory_bytes: u64, controls: Controls) -> Self {
         Shared {
             controls,
-            exit: Mutex::new(None),
-            exited: Condvar::new(),
-            stopping: AtomicBool::new(false),
+            exit: Arc::new(ExitLatch::default()),
             started: Mutex::new(None),
-            counters: (0..vcpus).map(|_| VcpuCounters::default()).collect(),
+            counters: (0..vcpus)
+                .map(|_| Arc::new(VcpuCounters::default()))
+                .collect(),
             memory_bytes,
         }
     }
 
-    /// Records how the VM ends. The first request wins; later ones are
-    /// ignored (a reset racing a power-off keeps whichever came first).
-    pub fn request_exit(&self, status: ExitStatus) {
-        let mut exit = self.exit.lock().unwrap_or_else(|p| p.into_inner());
-        if exit.is_none() {
-            tracing::debug!("VM exit requested: {status:?}");
-            *exit = Some(status);
-        }
-        self.stopping.store(true, Ordering::SeqCst);
-        self.exited.notify_all();
-    }
-
-    /// Whether the VM is on its way down.
-    pub fn stopping(&self) -> bool {
-        self.stopping.load(Ordering::SeqCst)
-    }
-
-    pub(crate) fn counters(&self) -> &[VcpuCounters] {
-        &self.counters
-    }
-
-    pub(crate) fn exit_status(&self) -> Option<ExitStatus> {
-        self.exit.lock().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-
-    fn wait(&self, timeout: Option<Duration>) -> Option<ExitStatus> {
-        let deadline = timeout.map(|t| Instant::now() + t);
-        let mut exit = self.exit.lock().unwrap_or_else(|p| p.into_inner());
-        while exit.is_none() {
-            exit = match deadline {
-                None => self.exited.wait(exit).unwrap_or_else(|p| p.into_inner()),
-                Some(d) => {
-                    let left = d.saturating_duration_since(Instant::now());
-                    if left.is_zero() {
-                        return None;
-                    }
-                    self.exited
-                        .wait_timeout(exit, left)
-                        .unwrap_or_else(|p| p.into_inner())
-                        .0
-                }
-            };
-        }
-        exit.clone()
+    /// Where the VM's exit status is decided; the devices and vCPUs that
+    /// may end the VM hold it.
+    pub(crate) fn exit(&self) -> &Arc<ExitLatch> {
+        &self.exit
     }
 
     fn stats(&self) -> VmStats {
@@ -160,7 +94,7 @@ impl Shared {
                 .iter()
                 .map(|c| c.mmio.load(Ordering::Relaxed))
                 .sum(),
-            exit: self.exit_status(),
+            exit: self.exit.status(),
         }
     }
 }
@@ -175,17 +109,17 @@ impl VmHandle {
     /// Asks the VM to stop; [`Vm::run`] then returns [`ExitStatus::Stopped`]
     /// unless the guest ended first.
     pub fn stop(&self) {
-        self.shared.request_exit(ExitStatus::Stopped);
+        self.shared.exit.request(ExitStatus::Stopped);
     }
 
     /// Blocks until the VM has an exit status.
     pub fn wait(&self) -> ExitStatus {
-        self.shared.wait(None).unwrap_or(ExitStatus::Stopped)
+        self.shared.exit.wait(None).unwrap_or(ExitStatus::Stopped)
     }
 
     /// Like [`VmHandle::wait`], giving up after `timeout`.
     pub fn wait_timeout(&self, timeout: Duration) -> Option<ExitStatus> {
-        self.shared.wait(Some(timeout))
+        self.shared.exit.wait(Some(timeout))
     }
 
     /// Current statistics.
@@ -208,14 +142,6 @@ impl VmHandle {
     /// and returns them with the balloon's state.
     pub fn balloon_report(&self, timeout: Duration) -> Result<BalloonReport, MemoryControlError> {
         memory_control::report(self.balloon(), timeout)
-    }
-
-    /// Asks the guest, through its agent, to drop its caches; free page
-    /// reporting then returns those pages to the host (see
-    /// [`crate::memory_control`]). Needs a vsock device
-    /// ([`crate::config::VmConfig::vsock`]).
-    pub fn reclaim(&self) -> Result<(), MemoryControlError> {
-        memory_control::reclaim(self.shared.controls.agent.as_deref())
     }
 
     /// The Unix socket of the VM's vsock device, behind which the guest
@@ -256,6 +182,10 @@ pub struct Vm {
     pub(crate) devices: DeviceManager,
     // Dropped last, after the vCPUs and devices that use them.
     pub(crate) vm_fd: VmFd,
+    #[expect(
+        dead_code,
+        reason = "owns the guest memory KVM maps until Drop removes the slots"
+    )]
     pub(crate) ram: GuestRam,
     /// Number of KVM memory slots the RAM occupies (0..n).
     pub(crate) memory_slots: u32,
@@ -271,25 +201,16 @@ impl Vm {
         }
     }
 
-    /// Guest RAM.
-    pub fn ram(&self) -> &GuestRam {
-        &self.ram
-    }
-
     /// How far Landlock restricts the VMM's file system access, when
     /// [`crate::VmBuilder::landlock`] asked for it.
     pub fn landlock(&self) -> Option<crate::landlock::Enforcement> {
         self.landlock
     }
 
-    /// The VM's devices.
-    pub fn devices(&self) -> &DeviceManager {
+    /// The VM's devices (in-crate tests look at their wiring).
+    #[cfg(test)]
+    pub(crate) fn devices(&self) -> &DeviceManager {
         &self.devices
-    }
-
-    /// The KVM VM file descriptor (for embedders that add their own devices).
-    pub fn vm_fd(&self) -> &VmFd {
-        &self.vm_fd
     }
 
     /// Runs the VM until the guest powers off, resets or crashes, or a
@@ -334,14 +255,16 @@ impl Vm {
                 index as u8,
                 vcpu,
                 self.buses.clone(),
-                self.shared.clone(),
+                self.shared.exit.clone(),
+                self.shared.counters[index].clone(),
                 self.seccomp,
             );
             match spawned {
                 Ok(t) => threads.push(t),
                 Err(e) => {
                     self.shared
-                        .request_exit(ExitStatus::Crashed(format!("cannot start vCPU {index}")));
+                        .exit
+                        .request(ExitStatus::Crashed(format!("cannot start vCPU {index}")));
                     RunningVm {
                         vm: self,
                         threads,
@@ -376,7 +299,12 @@ impl RunningVm {
     /// Waits until the guest powers off, resets or crashes, or a handle
     /// stops the VM; then joins every vCPU thread and stops every device.
     pub fn wait(mut self) -> ExitStatus {
-        let status = self.vm.shared.wait(None).unwrap_or(ExitStatus::Stopped);
+        let status = self
+            .vm
+            .shared
+            .exit
+            .wait(None)
+            .unwrap_or(ExitStatus::Stopped);
         stop_vcpus(std::mem::take(&mut self.threads));
         self.activator.stop();
         self.vm.devices.shutdown();

@@ -1,6 +1,8 @@
 //! T1: tiny guests built by the test, booted on the host's /dev/kvm through
-//! the real loaders. Each guest reads back what the boot protocol promised
-//! and reports it over COM1; the test parses the report.
+//! the real loaders and the public API only. Each guest reports what it
+//! sees over COM1; the test parses the report. What the boot protocols
+//! promise (addresses only the crate knows) is checked inside the crate
+//! (`src/kvm_tests.rs`).
 //!
 //! These tests need a /dev/kvm that opens; elsewhere they print why they
 //! skip.
@@ -12,14 +14,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use agentvm_devices::virtio::rng::Rng;
-use agentvm_testguest::programs::{self, BootProbeOptions};
+use agentvm_testguest::programs;
 use agentvm_testguest::{Asm64, Format, Guest, Program, Report, Width};
-use agentvm_vmm::arch::x86_64::e820::memory_map;
-use agentvm_vmm::arch::x86_64::layout::{
-    CMDLINE_START, PVH_INFO_START, RSDP_START, VIRTIO_MMIO_START, ZERO_PAGE_START,
-};
-use agentvm_vmm::{ExitStatus, MemoryControlError, SerialSink, VmBuilder};
-use iced_x86::code_asm::{dword_ptr, rax};
+use agentvm_vmm::{ExitStatus, MemoryControlError, SerialSink, VmBuilder, VIRTIO_MMIO_START};
 
 #[derive(Clone, Default)]
 struct Console(Arc<Mutex<Vec<u8>>>);
@@ -103,118 +100,8 @@ fn guest_prints_through_com1_and_i8042_reset_ends_the_vm() {
     }
 }
 
-fn check_e820(report: &Report, mem: u64) {
-    let want = memory_map(mem);
-    let got = report.memory_map();
-    assert_eq!(got.len(), want.len(), "{:?}", report.lines());
-    for (g, w) in got.iter().zip(&want) {
-        assert_eq!((g.addr, g.size, g.kind), (w.addr, w.size, w.kind));
-    }
-}
-
 #[test]
-fn elf_and_bzimage_kernels_see_what_the_64bit_boot_protocol_promises() {
-    if !kvm_or_skip() {
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let initrd = dir.path().join("initrd.img");
-    let mut initrd_bytes = b"INITRD!\0".to_vec();
-    initrd_bytes.resize(3 * 4096 + 17, 0xa5);
-    std::fs::write(&initrd, &initrd_bytes).unwrap();
-    let mem = 256u64 << 20;
-    let options = BootProbeOptions { read_efer: true };
-    for format in [Format::Elf64, Format::bzimage()] {
-        let kernel = write_guest(
-            dir.path(),
-            &programs::boot_protocol_probe_as(format, options).unwrap(),
-        );
-        let (status, out) = boot(
-            VmBuilder::new(&kernel)
-                .memory_mib(mem >> 20)
-                .initrd(&initrd)
-                .cmdline("console=ttyS0 agentvm.test=probe"),
-        );
-        assert_eq!(status, ExitStatus::Reset, "{format:?}: {out}");
-        let r = Report::parse(&out);
-        assert!(r.is_complete(), "{format:?}: {out}");
-        assert_eq!(r.value("rsi"), Some(ZERO_PAGE_START));
-        assert_eq!(r.value("boot_flag"), Some(0xaa55));
-        assert_eq!(r.value("header"), Some(0x5372_6448));
-        assert_eq!(r.value("type_of_loader"), Some(0xff));
-        assert_eq!(r.value("cmdline_ptr"), Some(CMDLINE_START));
-        assert_eq!(r.text("cmdline"), Some("console=ttyS0 agentvm.test=probe"));
-        assert_eq!(r.value("acpi_rsdp_addr"), Some(RSDP_START));
-        check_e820(&r, mem);
-        let initrd_addr = r.value("initrd_addr").unwrap();
-        assert_eq!(r.value("initrd_size"), Some(initrd_bytes.len() as u64));
-        assert_eq!(initrd_addr % 4096, 0);
-        assert!(
-            initrd_addr + initrd_bytes.len() as u64 <= mem,
-            "initrd inside RAM"
-        );
-        assert!(initrd_addr > 0x100_0000, "initrd above the kernel");
-        assert_eq!(
-            r.value("initrd_head"),
-            Some(u64::from_le_bytes(*b"INITRD!\0"))
-        );
-        assert_eq!(
-            r.value("cr0").map(|v| v & 0x8000_0001),
-            Some(0x8000_0001),
-            "PE and PG"
-        );
-        assert_eq!(r.value("cr4").map(|v| v & 0x20), Some(0x20), "PAE");
-        assert_eq!(
-            r.value("efer").map(|v| v & 0x500),
-            Some(0x500),
-            "LME and LMA"
-        );
-        assert_eq!(r.value("cs"), Some(0x10));
-    }
-}
-
-#[test]
-fn pvh_kernels_get_a_start_info_with_cmdline_modules_memmap_and_rsdp() {
-    if !kvm_or_skip() {
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let kernel = write_guest(dir.path(), &programs::pvh_probe().unwrap());
-    let initrd = dir.path().join("initrd.img");
-    std::fs::write(&initrd, b"PVHMOD!!and some more").unwrap();
-    let mem = 512u64 << 20;
-    let (status, out) = boot(
-        VmBuilder::new(&kernel)
-            .memory_mib(mem >> 20)
-            .initrd(&initrd)
-            .cmdline("pvh=yes quiet")
-            .vcpus(2),
-    );
-    assert_eq!(status, ExitStatus::Reset, "{out}");
-    let r = Report::parse(&out);
-    assert!(r.is_complete(), "{out}");
-    assert_eq!(r.value("ebx"), Some(PVH_INFO_START));
-    assert_eq!(r.value("magic"), Some(0x336e_c578));
-    assert_eq!(r.value("version"), Some(1));
-    assert_eq!(r.value("nr_modules"), Some(1));
-    assert_eq!(r.value("cmdline_paddr"), Some(CMDLINE_START));
-    assert_eq!(r.text("cmdline"), Some("pvh=yes quiet"));
-    assert_eq!(r.value("rsdp_paddr"), Some(RSDP_START));
-    assert_eq!(r.values("module_size"), vec![21]);
-    assert_eq!(
-        r.value("module_head"),
-        Some(u64::from_le_bytes(*b"PVHMOD!!"))
-    );
-    check_e820(&r, mem);
-    assert_eq!(
-        r.value("cr0").map(|v| v & 0x8000_0001),
-        Some(1),
-        "protected mode, paging off"
-    );
-}
-
-#[test]
-fn guest_mmio_reads_see_the_virtio_registers_and_queue_notify_hits_the_ioeventfd() {
+fn guest_mmio_reads_see_the_virtio_registers_and_writes_reach_queue_notify() {
     if !kvm_or_skip() {
         return;
     }
@@ -235,47 +122,6 @@ fn guest_mmio_reads_see_the_virtio_registers_and_queue_notify_hits_the_ioeventfd
     assert_eq!(r.value("device_id"), Some(4));
     assert_eq!(r.value("vendor_id"), Some(0x4156_4d41));
     assert!(r.has_line("notified"));
-
-    // A guest that notifies queue 0 and then spins, so the eventfd can be
-    // read while the device still holds it (a reset drains it).
-    let mut code = Asm64::new().unwrap();
-    code.mov(rax, VIRTIO_MMIO_START).unwrap();
-    code.mov(dword_ptr(rax + 0x50), 0u32).unwrap();
-    code.serial_print("notified\n").unwrap();
-    spin_forever(&mut code);
-    let kernel = write_guest(
-        dir.path(),
-        &Program::new("notify")
-            .with_long64(code)
-            .build(Format::Elf64)
-            .unwrap(),
-    );
-    let console = Console::default();
-    let vm = VmBuilder::new(&kernel)
-        .memory_mib(64)
-        .device(Box::new(Rng::new()))
-        .serial(SerialSink::Writer(Box::new(console.clone())))
-        .build()
-        .unwrap();
-    let notify = vm.devices().queue_notify_event(0, 0).unwrap().unwrap();
-    let handle = vm.handle();
-    let runner = std::thread::spawn(move || vm.run().unwrap());
-    while !console.text().contains("notified") {
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    let count = notify.read();
-    let exits = handle.stats().mmio_exits;
-    handle.stop();
-    assert_eq!(runner.join().unwrap(), ExitStatus::Stopped);
-    assert_eq!(
-        count.unwrap(),
-        1,
-        "the QueueNotify write signalled queue 0's eventfd"
-    );
-    assert_eq!(
-        exits, 0,
-        "KVM consumed the notify write; it never reached the VMM"
-    );
 }
 
 #[test]
@@ -302,7 +148,6 @@ fn a_balloon_is_virtio_device_5_and_the_handle_controls_it() {
         handle.balloon_report(Duration::from_millis(10)),
         Err(MemoryControlError::Balloon(_))
     ));
-    assert!(matches!(handle.reclaim(), Err(MemoryControlError::NoAgent)));
     drop(vm);
 
     let (status, out) = boot(VmBuilder::new(&kernel).memory_mib(128).balloon());
@@ -356,8 +201,6 @@ fn a_net_device_is_virtio_device_1_with_our_mac_and_the_handle_replaces_its_poli
     open.allow("a.test").unwrap();
     net.set_policy(open.clone());
     assert_eq!(vm.handle().net().unwrap().policy(), open);
-    assert_eq!(vm.devices().slots().len(), 1);
-    assert_eq!(vm.devices().slots()[0].device_type, 1);
     drop(vm);
 
     let (status, out) = boot(

@@ -34,6 +34,7 @@ pub mod down;
 pub mod exec;
 pub mod git_guard;
 pub mod net;
+pub mod reclaim;
 pub mod rotated;
 pub mod status;
 pub mod up;

@@ -20,7 +20,7 @@ use agentvm_vmm::config::{
     BalloonConfig, Landlock, SerialSink, ShareConfig, StackConfig, VmConfig, VsockConfig,
 };
 use agentvm_vmm::seccomp::{self, ThreadKind};
-use agentvm_vmm::{SeccompLevel, VmHandle};
+use agentvm_vmm::{ExitStatus, SeccompLevel, VmHandle};
 use anyhow::Context;
 use clap::Args;
 use nix::sys::signal::{SigSet, Signal};
@@ -171,14 +171,18 @@ pub fn run(args: VmmArgs) -> anyhow::Result<ExitCode> {
     match status {
         Ok(status) => {
             eprintln!("agentvm: the VM ended: {status:?}");
-            Ok(if status.is_clean() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            })
+            Ok(ExitCode::from(exit_code(&status)))
         }
         Err(e) => Err(anyhow::Error::new(e).context("cannot run the VM")),
     }
+}
+
+/// The VMM process's exit code for how its VM ended: 1 when the guest or
+/// a vCPU failed, else 0 — the guest's own power-off, reset or halt, and a
+/// stop (`down`, a signal), all succeed, as for `agentvm boot`
+/// ([`crate::boot`]).
+fn exit_code(status: &ExitStatus) -> u8 {
+    u8::from(status.is_failure())
 }
 
 /// SIGTERM, SIGINT and SIGHUP.
@@ -380,11 +384,9 @@ impl Handler for Server {
                 .set_balloon_target_mib(target_mib)
                 .map(|()| Reply::Balloon { target_mib })
                 .map_err(|e| e.to_string()),
-            Request::Reclaim => self
-                .handle
-                .reclaim()
+            Request::Reclaim => super::reclaim::reclaim(&self.vsock)
                 .map(|()| Reply::Reclaim)
-                .map_err(|e| e.to_string()),
+                .map_err(|e| format!("{e:#}")),
             Request::Net
             | Request::NetAllow { .. }
             | Request::NetDeny { .. }
@@ -447,6 +449,21 @@ pub fn rss_kib(pid: u32) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_failed_guest_or_vcpu_makes_the_vmm_fail() {
+        for ok in [
+            ExitStatus::PowerOff,
+            ExitStatus::Reset,
+            ExitStatus::Halted,
+            ExitStatus::Stopped,
+        ] {
+            assert_eq!(exit_code(&ok), 0, "{ok:?}");
+        }
+        for failed in [ExitStatus::TripleFault, ExitStatus::Crashed("x".into())] {
+            assert_eq!(exit_code(&failed), 1, "{failed:?}");
+        }
+    }
 
     #[test]
     fn the_ready_line_is_seen_even_split_across_writes() {

@@ -94,8 +94,6 @@ pub enum KernelFormat {
 /// A kernel in guest memory.
 #[derive(Debug, Clone, Copy)]
 pub struct LoadedKernel {
-    /// Format of the file.
-    pub format: KernelFormat,
     /// Where the boot vCPU starts.
     pub entry: u64,
     /// How it starts.
@@ -163,7 +161,6 @@ pub fn load_kernel(mem: &GuestMemoryMmap<()>, path: &Path) -> Result<LoadedKerne
                 _ => (r.kernel_load.0, EntryMode::Linux64),
             };
             Ok(LoadedKernel {
-                format,
                 entry,
                 mode,
                 end: r.kernel_end,
@@ -184,7 +181,6 @@ pub fn load_kernel(mem: &GuestMemoryMmap<()>, path: &Path) -> Result<LoadedKerne
             // initrd is not placed where decompression will overwrite it.
             let init_end = r.kernel_load.0 + u64::from(header.init_size);
             Ok(LoadedKernel {
-                format,
                 entry: r.kernel_load.0 + BZIMAGE_64BIT_ENTRY_OFFSET,
                 mode: EntryMode::Linux64,
                 end: r.kernel_end.max(init_end),

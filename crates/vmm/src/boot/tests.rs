@@ -34,7 +34,6 @@ fn bz_header(initrd_addr_max: u32, cmdline_size: u32) -> setup_header {
 
 fn bz_kernel(initrd_addr_max: u32, cmdline_size: u32) -> LoadedKernel {
     LoadedKernel {
-        format: KernelFormat::BzImage,
         entry: 0x10_0200,
         mode: EntryMode::Linux64,
         end: 0x50_0000,
@@ -44,7 +43,6 @@ fn bz_kernel(initrd_addr_max: u32, cmdline_size: u32) -> LoadedKernel {
 
 fn elf_kernel() -> LoadedKernel {
     LoadedKernel {
-        format: KernelFormat::Elf,
         entry: 0x100_0000,
         mode: EntryMode::Linux64,
         end: 0x120_0000,

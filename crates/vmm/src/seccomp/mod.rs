@@ -1,10 +1,11 @@
 //! Seccomp filters for every thread of the VMM.
 //!
 //! Each thread confines itself when it starts, before it touches anything
-//! the guest controls, to the system calls its kind needs
-//! ([`allowlist`]): vCPUs, the activation thread, each device's worker,
-//! the relay of virtiofsd's log, the thread that supervises the VM, and
-//! the control-socket and signal threads of the `agentvm` process.
+//! the guest controls, to the system calls its kind needs (one list per
+//! [`ThreadKind`], in `allowlist.rs`): vCPUs, the activation thread, each
+//! device's worker, the relay of virtiofsd's log, the thread that
+//! supervises the VM, and the control-socket and signal threads of the
+//! `agentvm` process.
 //! Filters stack: a thread keeps the filters of the thread that created
 //! it, so the lists of threads that create others cover their children.
 //!
@@ -19,7 +20,7 @@
 //! (audit log / dmesg); [`Off`](SeccompLevel::Off) installs no filter.
 //! Installing a filter also sets no_new_privs on the thread.
 
-pub mod allowlist;
+mod allowlist;
 mod sigsys;
 
 use std::collections::BTreeMap;
@@ -35,7 +36,7 @@ use seccompiler::{
     SeccompRule, TargetArch,
 };
 
-pub use allowlist::Allow;
+use allowlist::Allow;
 pub use sigsys::EXIT_CODE;
 
 /// What a filter does with a system call its thread's list lacks.
@@ -104,7 +105,7 @@ pub enum WorkerDevice {
 
 impl WorkerDevice {
     /// The worker list for virtio device type `device_type`.
-    pub fn from_device_type(device: u32) -> Self {
+    fn from_device_type(device: u32) -> Self {
         match device {
             device_type::NET => WorkerDevice::Net,
             device_type::VSOCK => WorkerDevice::Vsock,
@@ -239,7 +240,7 @@ impl From<SeccompError> for io::Error {
 }
 
 /// The filter of `kind` at `level` (`None` when the level is off).
-pub fn filter(level: SeccompLevel, kind: ThreadKind) -> Result<Option<BpfProgram>, SeccompError> {
+fn filter(level: SeccompLevel, kind: ThreadKind) -> Result<Option<BpfProgram>, SeccompError> {
     let mismatch = match level {
         SeccompLevel::Kill => SeccompAction::Trap,
         SeccompLevel::Log => SeccompAction::Log,
@@ -254,7 +255,8 @@ pub fn filter(level: SeccompLevel, kind: ThreadKind) -> Result<Option<BpfProgram
 }
 
 /// The number of distinct system calls `kind` may make.
-pub fn syscall_count(kind: ThreadKind) -> usize {
+#[cfg(test)]
+fn syscall_count(kind: ThreadKind) -> usize {
     let mut calls: Vec<_> = allowlist::allowed(kind).iter().map(Allow::call).collect();
     calls.sort_unstable_by_key(|c| c.id());
     calls.dedup();

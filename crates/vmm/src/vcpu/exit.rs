@@ -13,7 +13,8 @@ pub enum Exit<'a> {
     MmioRead(u64, &'a mut [u8]),
     /// MMIO write.
     MmioWrite(u64, &'a [u8]),
-    /// The vCPU executed HLT with nothing to wake it.
+    /// The vCPU executed HLT and KVM left the halt to the VMM
+    /// (`KVM_EXIT_HLT`; KVM does so only without an in-kernel local APIC).
     Hlt,
     /// Triple fault or other shutdown condition.
     Shutdown,

@@ -1,7 +1,7 @@
 //! vCPU threads: the run loop, exit dispatch through the buses, and the
 //! signal that stops a vCPU that is inside KVM_RUN.
 
-pub mod exit;
+mod exit;
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,8 +17,8 @@ use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
 
 pub use exit::{Exit, ExitSource};
 
+use crate::exit::{ExitLatch, ExitStatus};
 use crate::seccomp::{SeccompLevel, ThreadKind};
-use crate::vm::{ExitStatus, Shared};
 
 /// The buses a vCPU dispatches to.
 pub struct Buses {
@@ -52,11 +52,11 @@ pub enum LoopEnd {
 pub fn run_loop<S: ExitSource>(
     source: &mut S,
     buses: &Buses,
-    shared: &Shared,
+    exit: &ExitLatch,
     counters: &VcpuCounters,
 ) -> LoopEnd {
     loop {
-        if shared.stopping() {
+        if exit.stopping() {
             return LoopEnd::Stopped;
         }
         match source.next_exit() {
@@ -133,12 +133,15 @@ fn install_kick_handler() -> std::io::Result<()> {
 }
 
 /// Starts vCPU `index` on its own thread, which confines itself to the
-/// vCPU filter at `seccomp` before the guest's first instruction.
+/// vCPU filter at `seccomp` before the guest's first instruction, counts
+/// its exits in `counters` and ends the VM through `exit` when the guest
+/// or KVM decides it.
 pub fn spawn(
     index: u8,
     mut vcpu: VcpuFd,
     buses: Arc<Buses>,
-    shared: Arc<Shared>,
+    exit: Arc<ExitLatch>,
+    counters: Arc<VcpuCounters>,
     seccomp: SeccompLevel,
 ) -> std::io::Result<JoinHandle<()>> {
     install_kick_handler()?;
@@ -147,15 +150,14 @@ pub fn spawn(
         .stack_size(256 << 10)
         .spawn(move || {
             if let Err(e) = crate::seccomp::install(seccomp, ThreadKind::Vcpu) {
-                shared.request_exit(ExitStatus::Crashed(format!("vCPU {index}: {e}")));
+                exit.request(ExitStatus::Crashed(format!("vCPU {index}: {e}")));
                 return;
             }
             KVM_RUN.with(|c| c.set(vcpu.get_kvm_run() as *mut kvm_run));
-            let counters = &shared.counters()[usize::from(index)];
-            let end = run_loop(&mut vcpu, &buses, &shared, counters);
+            let end = run_loop(&mut vcpu, &buses, &exit, &counters);
             KVM_RUN.with(|c| c.set(std::ptr::null_mut()));
             if let LoopEnd::Exit(status) = end {
-                shared.request_exit(status);
+                exit.request(status);
             }
             drop(vcpu);
         })

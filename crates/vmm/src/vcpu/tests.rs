@@ -12,6 +12,7 @@ enum Scripted {
     MmioIn(u64, usize),
     MmioOut(u64, Vec<u8>),
     Event(u32),
+    Hlt,
     Shutdown,
     Interrupted,
     Failed,
@@ -63,6 +64,7 @@ impl ExitSource for Script {
                 Exit::MmioWrite(addr, &self.buf)
             }
             Some(Scripted::Event(e)) => Exit::SystemEvent(e),
+            Some(Scripted::Hlt) => Exit::Hlt,
             Some(Scripted::Shutdown) => Exit::Shutdown,
             Some(Scripted::Interrupted) => Exit::Interrupted,
             Some(Scripted::Failed) | None => Exit::Failed("script ended".into()),
@@ -99,7 +101,7 @@ fn buses() -> (Buses, Arc<Mutex<Log>>, Arc<Mutex<Log>>) {
 #[test]
 fn accesses_reach_devices_and_unclaimed_reads_are_all_ones() {
     let (buses, pio, mmio) = buses();
-    let shared = Shared::new(1, 0, Default::default());
+    let latch = ExitLatch::default();
     let counters = VcpuCounters::default();
     let mut s = Script::new(vec![
         Scripted::Out(0x3f8, b"A".to_vec()),
@@ -111,7 +113,7 @@ fn accesses_reach_devices_and_unclaimed_reads_are_all_ones() {
         Scripted::Interrupted,
         Scripted::Event(KVM_SYSTEM_EVENT_RESET),
     ]);
-    let end = run_loop(&mut s, &buses, &shared, &counters);
+    let end = run_loop(&mut s, &buses, &latch, &counters);
     assert_eq!(end, LoopEnd::Exit(ExitStatus::Reset));
     assert_eq!(pio.lock().unwrap().0, vec![(0, b"A".to_vec())]);
     assert_eq!(mmio.lock().unwrap().0, vec![(0x50, vec![1, 0, 0, 0])]);
@@ -131,6 +133,7 @@ fn exits_map_to_vm_statuses() {
     let counters = VcpuCounters::default();
     let cases = [
         (Scripted::Shutdown, ExitStatus::TripleFault),
+        (Scripted::Hlt, ExitStatus::Halted),
         (
             Scripted::Event(KVM_SYSTEM_EVENT_SHUTDOWN),
             ExitStatus::PowerOff,
@@ -142,10 +145,10 @@ fn exits_map_to_vm_statuses() {
         (Scripted::Failed, ExitStatus::Crashed("script ended".into())),
     ];
     for (exit, want) in cases {
-        let shared = Shared::new(1, 0, Default::default());
+        let latch = ExitLatch::default();
         let mut s = Script::new(vec![exit]);
         assert_eq!(
-            run_loop(&mut s, &buses, &shared, &counters),
+            run_loop(&mut s, &buses, &latch, &counters),
             LoopEnd::Exit(want)
         );
     }
@@ -154,15 +157,15 @@ fn exits_map_to_vm_statuses() {
 #[test]
 fn a_stop_request_ends_the_loop_before_the_next_entry() {
     let (buses, pio, _) = buses();
-    let shared = Shared::new(1, 0, Default::default());
-    shared.request_exit(ExitStatus::Stopped);
+    let latch = ExitLatch::default();
+    latch.request(ExitStatus::Stopped);
     let mut s = Script::new(vec![Scripted::Out(0x3f8, b"X".to_vec())]);
     assert_eq!(
-        run_loop(&mut s, &buses, &shared, &VcpuCounters::default()),
+        run_loop(&mut s, &buses, &latch, &VcpuCounters::default()),
         LoopEnd::Stopped
     );
     assert!(pio.lock().unwrap().0.is_empty());
     // The first exit request wins.
-    shared.request_exit(ExitStatus::PowerOff);
-    assert_eq!(shared.exit_status(), Some(ExitStatus::Stopped));
+    latch.request(ExitStatus::PowerOff);
+    assert_eq!(latch.status(), Some(ExitStatus::Stopped));
 }

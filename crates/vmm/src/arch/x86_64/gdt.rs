@@ -17,10 +17,13 @@ pub const fn gdt_entry(flags: u16, base: u32, limit: u32) -> u64 {
 
 /// Selector of the code segment the boot vCPU runs on (64-bit: long mode code;
 /// 32-bit PVH: flat 32-bit code). Linux's boot protocol wants `__BOOT_CS` = 0x10.
+#[cfg(test)]
 pub const CODE_SELECTOR: u16 = 0x10;
 /// Selector of the data segment (`__BOOT_DS` = 0x18).
+#[cfg(test)]
 pub const DATA_SELECTOR: u16 = 0x18;
 /// Selector of the task state segment.
+#[cfg(test)]
 pub const TSS_SELECTOR: u16 = 0x20;
 
 /// The boot GDT for the 64-bit entry: null, null, 64-bit code, data, TSS.

@@ -36,8 +36,6 @@ pub const PDPTE_START: u64 = 0xa000;
 pub const PDE_START: u64 = 0xb000;
 /// Kernel command line.
 pub const CMDLINE_START: u64 = 0x20000;
-/// Most bytes (with the NUL) a command line may take at [`CMDLINE_START`].
-pub const CMDLINE_MAX_SIZE: usize = 0x10000;
 /// Start of the extended BIOS data area, where the MP table goes.
 pub const EBDA_START: u64 = 0x9fc00;
 /// Where the ACPI RSDP goes (inside the BIOS search area).
@@ -50,9 +48,14 @@ pub const HIMEM_START: u64 = 0x10_0000;
 pub const MMIO_HOLE_START: u64 = 0xc000_0000;
 /// End of the 32-bit MMIO hole (4 GiB).
 pub const MMIO_HOLE_END: u64 = 0x1_0000_0000;
-/// First virtio-mmio device window.
+/// Where the first virtio-mmio device's register window starts in guest
+/// physical memory. Device `n` sits at `VIRTIO_MMIO_START + n *`
+/// [`VIRTIO_MMIO_SIZE`], in the order the builder adds them: the devices
+/// given to [`crate::VmBuilder::device`], then the balloon, then the
+/// network device. Guests find them through ACPI or the command line; a
+/// guest written for a test may use these instead.
 pub const VIRTIO_MMIO_START: u64 = MMIO_HOLE_START;
-/// Size of each virtio-mmio window.
+/// Size of each virtio-mmio register window.
 pub const VIRTIO_MMIO_SIZE: u64 = 0x1000;
 /// IOAPIC registers.
 pub const IOAPIC_START: u64 = 0xfec0_0000;
