@@ -234,7 +234,8 @@ impl<B: FrameBackend + Sync> VhostUserNet<B> {
                     return;
                 }
             };
-            let again = tx.more_pending || rx.more_pending || (rx.frames > 0 && !rx.blocked);
+            let again =
+                tx.more_pending || rx.more_pending || (rx.detail.frames > 0 && !rx.detail.blocked);
             if !again {
                 break;
             }

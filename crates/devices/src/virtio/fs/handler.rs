@@ -112,8 +112,8 @@ impl FsHandler {
                 error!("virtio-fs: cannot watch queue {}: {e}", token - NOTIFY);
             }
         }
-        for active in &mut self.queues {
-            if let Err(e) = take_over(&self.mem, &mut active.queue) {
+        for (index, active) in (0..).zip(&mut self.queues) {
+            if let Err(e) = take_over(&self.mem, &mut active.queue, index) {
                 error!("virtio-fs: cannot take the queues over: {e}");
                 self.broken = true;
             }

@@ -126,10 +126,10 @@ impl<B: FrameBackend> NetHandler<B> {
         // After frames went out the backend may have more once polled
         // (room in its queue for host data): one more round, which ends
         // as soon as a round delivers nothing.
-        if rx.more_pending || (rx.frames > 0 && !rx.blocked) {
+        if rx.more_pending || (rx.detail.frames > 0 && !rx.detail.blocked) {
             rearm(&self.rx.notify);
         }
-        self.watch_backend(ops, !rx.blocked);
+        self.watch_backend(ops, !rx.detail.blocked);
         self.arm_timer();
     }
 

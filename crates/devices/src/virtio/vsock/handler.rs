@@ -99,7 +99,7 @@ impl VsockHandler {
         };
         // Bounded work per wakeup: come back through the notification so the
         // kill eventfd and the sockets get a turn in between.
-        if tx.more_pending || (tx.paused && self.muxer.tx_ready()) {
+        if tx.more_pending || (tx.detail.paused && self.muxer.tx_ready()) {
             rearm(&self.tx.notify);
         }
         if rx.more_pending && self.muxer.has_rx() {
