@@ -104,7 +104,8 @@ pub trait VirtioDevice: Send {
     /// Feature bits the device offers (must include [`VIRTIO_F_VERSION_1`]).
     fn features(&self) -> u64;
     /// Reads the device-specific configuration space. Bytes beyond the
-    /// config space read as zero.
+    /// config space read as zero ([`read_config_from`] does it for a
+    /// config space held as bytes).
     fn read_config(&self, offset: u64, data: &mut [u8]);
     /// Writes the device-specific configuration space. Writes to read-only
     /// or absent fields are ignored.
@@ -125,4 +126,64 @@ pub trait VirtioDevice: Send {
     /// [`VirtioDevice::reset`] left behind. Runs after every reset and
     /// before the next activation.
     fn retire(&mut self) {}
+}
+
+/// Reads `data.len()` bytes of the configuration space `config` from
+/// `offset`, as [`VirtioDevice::read_config`] does: bytes beyond `config`
+/// (including offsets too large for an address) read as zero.
+pub fn read_config_from(config: &[u8], offset: u64, data: &mut [u8]) {
+    data.fill(0);
+    let Some(start) = usize::try_from(offset).ok().filter(|&o| o < config.len()) else {
+        return;
+    };
+    let n = data.len().min(config.len() - start);
+    data[..n].copy_from_slice(&config[start..start + n]);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CONFIG: [u8; 6] = [1, 2, 3, 4, 5, 6];
+
+    fn read(offset: u64, len: usize) -> Vec<u8> {
+        let mut data = vec![0xff; len];
+        read_config_from(&CONFIG, offset, &mut data);
+        data
+    }
+
+    #[test]
+    fn reads_inside_the_config_space() {
+        assert_eq!(read(0, 6), CONFIG);
+        assert_eq!(read(0, 1), [1]);
+        assert_eq!(read(2, 2), [3, 4]);
+        assert_eq!(read(5, 1), [6]);
+    }
+
+    #[test]
+    fn bytes_past_the_end_read_as_zero() {
+        assert_eq!(read(4, 4), [5, 6, 0, 0]);
+        assert_eq!(read(0, 8), [1, 2, 3, 4, 5, 6, 0, 0]);
+        assert_eq!(read(6, 2), [0, 0]);
+        assert_eq!(read(0x100, 4), [0; 4]);
+    }
+
+    #[test]
+    fn offsets_that_overflow_read_as_zero() {
+        for offset in [
+            u64::MAX,
+            u64::MAX - 1,
+            u64::MAX - 7,
+            u64::from(u32::MAX) + 1,
+        ] {
+            assert_eq!(read(offset, 8), [0; 8], "{offset:#x}");
+        }
+    }
+
+    #[test]
+    fn an_empty_config_space_reads_as_zero() {
+        let mut data = [0xff; 4];
+        read_config_from(&[], 0, &mut data);
+        assert_eq!(data, [0; 4]);
+    }
 }

@@ -26,7 +26,8 @@ use super::{
 use crate::thread::DeviceThread;
 use crate::virtio::worker::Worker;
 use crate::virtio::{
-    device_type, ActivateError, ActivationContext, VirtioDevice, VIRTIO_F_VERSION_1,
+    device_type, read_config_from, ActivateError, ActivationContext, VirtioDevice,
+    VIRTIO_F_VERSION_1,
 };
 
 /// Every feature the device offers.
@@ -93,13 +94,7 @@ impl<R: MemoryReleaser + Clone + Send + 'static> VirtioDevice for Balloon<R> {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        let config = self.shared.config();
-        for (i, byte) in data.iter_mut().enumerate() {
-            let at = offset
-                .checked_add(i as u64)
-                .and_then(|a| usize::try_from(a).ok());
-            *byte = at.and_then(|a| config.get(a)).copied().unwrap_or(0);
-        }
+        read_config_from(&self.shared.config(), offset, data);
     }
 
     fn write_config(&mut self, offset: u64, data: &[u8]) {

@@ -30,7 +30,9 @@ use super::session::{Session, StartError};
 use super::{CONFIG_LEN, NUM_QUEUES, NUM_REQUEST_QUEUES, QUEUE_SIZE, TAG_LEN};
 use crate::thread::DeviceThread;
 use crate::virtio::worker::Worker;
-use crate::virtio::{device_type, ActivateError, ActivationContext, VirtioDevice};
+use crate::virtio::{
+    device_type, read_config_from, ActivateError, ActivationContext, VirtioDevice,
+};
 
 /// The queue sizes the transport offers.
 const QUEUE_MAX_SIZES: [u16; NUM_QUEUES] = [QUEUE_SIZE; NUM_QUEUES];
@@ -207,15 +209,7 @@ impl VirtioDevice for VirtioFs {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        for (i, byte) in data.iter_mut().enumerate() {
-            let at = offset
-                .checked_add(i as u64)
-                .and_then(|a| usize::try_from(a).ok());
-            *byte = at
-                .and_then(|a| self.config_space.get(a))
-                .copied()
-                .unwrap_or(0);
-        }
+        read_config_from(&self.config_space, offset, data);
     }
 
     fn activate(&mut self, ctx: ActivationContext) -> Result<(), ActivateError> {

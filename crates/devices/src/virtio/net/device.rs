@@ -14,7 +14,8 @@ use super::{FrameBackend, MAX_FRAME_LEN};
 use crate::thread::DeviceThread;
 use crate::virtio::worker::Worker;
 use crate::virtio::{
-    device_type, ActivateError, ActivationContext, VirtioDevice, VIRTIO_F_VERSION_1,
+    device_type, read_config_from, ActivateError, ActivationContext, VirtioDevice,
+    VIRTIO_F_VERSION_1,
 };
 
 /// Size of each of the two queues.
@@ -190,11 +191,7 @@ impl<B: FrameBackend> VirtioDevice for Net<B> {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        let config = self.config_bytes();
-        for (i, byte) in data.iter_mut().enumerate() {
-            let at = usize::try_from(offset).ok().and_then(|o| o.checked_add(i));
-            *byte = at.and_then(|at| config.get(at)).copied().unwrap_or(0);
-        }
+        read_config_from(&self.config_bytes(), offset, data);
     }
 
     fn activate(&mut self, ctx: ActivationContext) -> Result<(), ActivateError> {

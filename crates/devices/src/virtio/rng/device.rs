@@ -8,7 +8,8 @@ use super::queue::{EntropySource, HostEntropy};
 use crate::thread::DeviceThread;
 use crate::virtio::worker::Worker;
 use crate::virtio::{
-    device_type, ActivateError, ActivationContext, VirtioDevice, VIRTIO_F_VERSION_1,
+    device_type, read_config_from, ActivateError, ActivationContext, VirtioDevice,
+    VIRTIO_F_VERSION_1,
 };
 
 /// Size of the one request queue.
@@ -64,9 +65,9 @@ impl<E: EntropySource + Clone + Send + 'static> VirtioDevice for Rng<E> {
         VIRTIO_F_VERSION_1
     }
 
-    fn read_config(&self, _offset: u64, data: &mut [u8]) {
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
         // virtio-rng has no configuration space.
-        data.fill(0);
+        read_config_from(&[], offset, data);
     }
 
     fn activate(&mut self, ctx: ActivationContext) -> Result<(), ActivateError> {

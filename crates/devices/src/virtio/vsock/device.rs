@@ -16,7 +16,8 @@ use super::{unix, VsockCounters};
 use crate::thread::DeviceThread;
 use crate::virtio::worker::Worker;
 use crate::virtio::{
-    device_type, ActivateError, ActivationContext, VirtioDevice, VIRTIO_F_VERSION_1,
+    device_type, read_config_from, ActivateError, ActivationContext, VirtioDevice,
+    VIRTIO_F_VERSION_1,
 };
 
 /// Size of each of the three queues.
@@ -201,11 +202,7 @@ impl VirtioDevice for Vsock {
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         // struct virtio_vsock_config { le64 guest_cid; }
-        let config = self.guest_cid.to_le_bytes();
-        for (i, byte) in data.iter_mut().enumerate() {
-            let at = usize::try_from(offset).ok().and_then(|o| o.checked_add(i));
-            *byte = at.and_then(|at| config.get(at)).copied().unwrap_or(0);
-        }
+        read_config_from(&self.guest_cid.to_le_bytes(), offset, data);
     }
 
     fn activate(&mut self, ctx: ActivationContext) -> Result<(), ActivateError> {
