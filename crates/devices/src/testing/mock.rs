@@ -109,11 +109,8 @@ impl VirtioDevice for MockDevice {
         if state.interrupt.is_some() {
             return Err(ActivateError::AlreadyActive);
         }
-        if let Some(expected) = self.required_queues.filter(|&n| n != ctx.queues.len()) {
-            return Err(ActivateError::QueueCount {
-                expected,
-                got: ctx.queues.len(),
-            });
+        if let Some(expected) = self.required_queues {
+            ctx.check_queue_count(expected)?;
         }
         state.activations.push(MockActivation {
             acked_features: ctx.acked_features,

@@ -72,6 +72,27 @@ pub struct ActivationContext {
     pub acked_features: u64,
 }
 
+impl ActivationContext {
+    /// Checks that the driver made `expected` queues ready.
+    pub fn check_queue_count(&self, expected: usize) -> Result<(), ActivateError> {
+        match self.queues.len() {
+            got if got == expected => Ok(()),
+            got => Err(ActivateError::QueueCount { expected, got }),
+        }
+    }
+
+    /// Takes the queues out, checking there are exactly `N` of them.
+    pub fn take_queues<const N: usize>(&mut self) -> Result<[ActiveQueue; N], ActivateError> {
+        self.check_queue_count(N)?;
+        let queues = std::mem::take(&mut self.queues);
+        // The count was checked: this cannot fail, but an error beats a panic.
+        <[ActiveQueue; N]>::try_from(queues).map_err(|queues| ActivateError::QueueCount {
+            expected: N,
+            got: queues.len(),
+        })
+    }
+}
+
 /// Errors a device can report when activated.
 #[derive(Debug, thiserror::Error)]
 pub enum ActivateError {
@@ -142,6 +163,8 @@ pub fn read_config_from(config: &[u8], offset: u64, data: &mut [u8]) {
 
 #[cfg(test)]
 mod tests {
+    use virtio_queue::QueueT;
+
     use super::*;
 
     const CONFIG: [u8; 6] = [1, 2, 3, 4, 5, 6];
@@ -178,6 +201,52 @@ mod tests {
         ] {
             assert_eq!(read(offset, 8), [0; 8], "{offset:#x}");
         }
+    }
+
+    fn context(queues: usize) -> ActivationContext {
+        let mem = GuestMemory::from_ranges(&[(vm_memory::GuestAddress(0), 0x1000)]).unwrap();
+        let queues = (0..queues)
+            .map(|_| ActiveQueue {
+                queue: Queue::new(16).unwrap(),
+                notify: EventFd::new(0).unwrap(),
+            })
+            .collect();
+        ActivationContext {
+            mem,
+            interrupt: Arc::new(test_support::Recorder::default()),
+            queues,
+            acked_features: VIRTIO_F_VERSION_1,
+        }
+    }
+
+    #[test]
+    fn queue_count_is_checked() {
+        assert!(context(2).check_queue_count(2).is_ok());
+        for (got, expected) in [(0, 1), (1, 2), (3, 2)] {
+            let err = context(got).check_queue_count(expected).unwrap_err();
+            assert!(
+                matches!(err, ActivateError::QueueCount { expected: e, got: g } if e == expected && g == got)
+            );
+        }
+    }
+
+    #[test]
+    fn take_queues_takes_exactly_n() {
+        let mut ctx = context(3);
+        let [a, b, c] = ctx.take_queues().unwrap();
+        assert!(ctx.queues.is_empty());
+        assert_eq!([a, b, c].map(|q| q.queue.max_size()), [16; 3]);
+        let mut ctx = context(2);
+        let taken = ctx.take_queues::<3>();
+        assert!(matches!(
+            taken,
+            Err(ActivateError::QueueCount {
+                expected: 3,
+                got: 2
+            })
+        ));
+        // A refused context keeps its queues.
+        assert_eq!(ctx.queues.len(), 2);
     }
 
     #[test]

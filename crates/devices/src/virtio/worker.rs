@@ -7,6 +7,11 @@
 //! eventfd and join the thread, so neither the thread nor any fd the
 //! subscriber owns outlives the device. `stop` hands the subscriber back so
 //! the device can recover what it lent (a backend, an entropy source).
+//!
+//! A device keeps its worker in a [`WorkerSlot`]: empty while the device is
+//! idle, holding the worker while it runs. The slot refuses a second
+//! activation, stops the worker on reset and joins it on drop, so no
+//! device repeats that logic.
 
 use std::io;
 use std::os::fd::AsRawFd;
@@ -18,6 +23,7 @@ use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::thread::{self, DeviceThread, Thread};
+use crate::virtio::ActivateError;
 
 /// Errors of a device worker.
 #[derive(Debug, thiserror::Error)]
@@ -171,6 +177,63 @@ impl<S> Drop for Worker<S> {
     }
 }
 
+/// Where a device keeps its worker: empty while the device is idle.
+pub struct WorkerSlot<S> {
+    name: &'static str,
+    kind: DeviceThread,
+    worker: Option<Worker<S>>,
+}
+
+impl<S: MutEventSubscriber + Send + 'static> WorkerSlot<S> {
+    /// An empty slot for the workers of virtio device type `device_type`,
+    /// whose threads (and log lines) are called `name`.
+    pub fn new(name: &'static str, device_type: u32) -> Self {
+        WorkerSlot {
+            name,
+            kind: DeviceThread::Worker(device_type),
+            worker: None,
+        }
+    }
+
+    /// Whether a worker runs.
+    pub fn is_active(&self) -> bool {
+        self.worker.is_some()
+    }
+
+    /// Refuses an activation while a worker runs: call it before taking
+    /// anything the worker would get.
+    pub fn check_idle(&self) -> Result<(), ActivateError> {
+        match self.worker {
+            Some(_) => Err(ActivateError::AlreadyActive),
+            None => Ok(()),
+        }
+    }
+
+    /// Starts `subscriber` on a new worker. On failure the subscriber is
+    /// dropped, with everything it owns.
+    pub fn start(&mut self, subscriber: S) -> Result<(), ActivateError> {
+        self.check_idle()?;
+        let worker =
+            Worker::spawn(self.name, self.kind, subscriber).map_err(ActivateError::Worker)?;
+        self.worker = Some(worker);
+        Ok(())
+    }
+
+    /// Stops the worker, if one runs, and hands its subscriber back.
+    /// `None` when the slot was empty or the worker was lost (a panic,
+    /// logged here): either way no thread is left.
+    pub fn stop(&mut self) -> Option<S> {
+        let worker = self.worker.take()?;
+        match worker.stop() {
+            Ok(subscriber) => Some(subscriber),
+            Err(e) => {
+                error!("{}: {e}", self.name);
+                None
+            }
+        }
+    }
+}
+
 /// The thread body: dispatch events until killed, then hand the subscriber
 /// back. A panic in the subscriber ends the loop and loses the subscriber.
 fn run<S: MutEventSubscriber>(
@@ -307,6 +370,53 @@ mod tests {
         evt.write(1).unwrap();
         // The thread panics on the second event; stop still returns.
         assert!(matches!(worker.stop(), Err(WorkerError::Panicked(n)) if n == "test-panic"));
+        assert_eq!(alive.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn slot_refuses_a_second_start_and_hands_the_subscriber_back() {
+        let (tx, _rx) = mpsc::channel();
+        let alive = Arc::new(AtomicUsize::new(0));
+        let mut slot = WorkerSlot::new("test-slot", 4);
+        assert!(!slot.is_active());
+        assert!(slot.stop().is_none(), "stopping an empty slot is fine");
+        slot.start(Counter::new(tx.clone(), alive.clone())).unwrap();
+        assert!(slot.is_active());
+        assert!(matches!(
+            slot.check_idle(),
+            Err(ActivateError::AlreadyActive)
+        ));
+        let second = slot.start(Counter::new(tx.clone(), alive.clone()));
+        assert!(matches!(second, Err(ActivateError::AlreadyActive)));
+        // The refused subscriber was dropped; the running one lives.
+        assert_eq!(alive.load(Ordering::SeqCst), 1);
+
+        let counter = slot.stop().unwrap();
+        assert!(!slot.is_active());
+        assert!(slot.check_idle().is_ok());
+        drop(counter);
+        assert_eq!(alive.load(Ordering::SeqCst), 0);
+
+        slot.start(Counter::new(tx, alive.clone())).unwrap();
+        drop(slot);
+        // Dropping the slot joined the worker and dropped its subscriber.
+        assert_eq!(alive.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn slot_reports_a_lost_worker_as_none() {
+        let (tx, rx) = mpsc::channel();
+        let alive = Arc::new(AtomicUsize::new(0));
+        let mut counter = Counter::new(tx, alive.clone());
+        counter.panic_on = Some(1);
+        let evt = counter.evt.try_clone().unwrap();
+        let mut slot = WorkerSlot::new("test-slot-panic", 4);
+        slot.start(counter).unwrap();
+        evt.write(1).unwrap();
+        // The thread panics on its first event and sends nothing.
+        assert!(rx.recv_timeout(HANG_GUARD).is_err());
+        assert!(slot.stop().is_none());
+        assert!(!slot.is_active());
         assert_eq!(alive.load(Ordering::SeqCst), 0);
     }
 }

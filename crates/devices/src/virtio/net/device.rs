@@ -5,14 +5,12 @@
 
 use agentvm_net::addr::GUEST_MAC;
 use agentvm_net::NetStack;
-use tracing::error;
 use virtio_bindings::bindings::virtio_net as bindings;
 use vmm_sys_util::timerfd::TimerFd;
 
 use super::handler::NetHandler;
 use super::{FrameBackend, MAX_FRAME_LEN};
-use crate::thread::DeviceThread;
-use crate::virtio::worker::Worker;
+use crate::virtio::worker::WorkerSlot;
 use crate::virtio::{
     device_type, read_config_from, ActivateError, ActivationContext, VirtioDevice,
     VIRTIO_F_VERSION_1,
@@ -117,7 +115,7 @@ pub struct Net<B: FrameBackend = NetStack> {
     mac: [u8; 6],
     mtu: u16,
     backend: Option<B>,
-    worker: Option<Worker<NetHandler<B>>>,
+    worker: WorkerSlot<NetHandler<B>>,
 }
 
 impl<B: FrameBackend> Net<B> {
@@ -128,7 +126,7 @@ impl<B: FrameBackend> Net<B> {
             mac,
             mtu: DEFAULT_MTU,
             backend: Some(backend),
-            worker: None,
+            worker: WorkerSlot::new("virtio-net", device_type::NET),
         }
     }
 
@@ -158,7 +156,7 @@ impl<B: FrameBackend> Net<B> {
 
     /// Whether a worker is running the queues.
     pub fn is_active(&self) -> bool {
-        self.worker.is_some()
+        self.worker.is_active()
     }
 
     /// The backend, while the device is idle (it lives in the worker while
@@ -194,14 +192,9 @@ impl<B: FrameBackend> VirtioDevice for Net<B> {
         read_config_from(&self.config_bytes(), offset, data);
     }
 
-    fn activate(&mut self, ctx: ActivationContext) -> Result<(), ActivateError> {
-        if self.worker.is_some() {
-            return Err(ActivateError::AlreadyActive);
-        }
-        let got = ctx.queues.len();
-        let Ok([rx, tx]) = <[_; 2]>::try_from(ctx.queues) else {
-            return Err(ActivateError::QueueCount { expected: 2, got });
-        };
+    fn activate(&mut self, mut ctx: ActivationContext) -> Result<(), ActivateError> {
+        self.worker.check_idle()?;
+        let queues = ctx.take_queues()?;
         let timer = TimerFd::new().map_err(|e| ActivateError::Backend(Box::new(e)))?;
         let Some(backend) = self.backend.take() else {
             return Err(ActivateError::Backend(Box::new(
@@ -211,7 +204,7 @@ impl<B: FrameBackend> VirtioDevice for Net<B> {
         let mtu = (ctx.acked_features & features::MTU != 0).then_some(self.mtu);
         let handler = NetHandler::new(
             ctx.mem,
-            [rx, tx],
+            queues,
             ctx.interrupt,
             backend,
             timer,
@@ -219,22 +212,14 @@ impl<B: FrameBackend> VirtioDevice for Net<B> {
             mtu,
         );
         // A failed spawn drops the handler, and the backend with it.
-        let worker = Worker::spawn(
-            "virtio-net",
-            DeviceThread::Worker(device_type::NET),
-            handler,
-        )
-        .map_err(ActivateError::Worker)?;
-        self.worker = Some(worker);
-        Ok(())
+        self.worker.start(handler)
     }
 
     fn reset(&mut self) -> bool {
-        if let Some(worker) = self.worker.take() {
-            match worker.stop() {
-                Ok(handler) => self.backend = Some(handler.into_backend()),
-                Err(e) => error!("virtio-net: {e}; the backend is lost"),
-            }
+        // A lost worker took the backend with it: the next activation
+        // fails with BackendLost.
+        if let Some(handler) = self.worker.stop() {
+            self.backend = Some(handler.into_backend());
         }
         true
     }
