@@ -81,6 +81,8 @@ struct Pending(AtomicBool);
 
 impl VirtioInterrupt for Pending {
     fn trigger(&self, kind: InterruptKind) -> io::Result<()> {
+        // vhost-user has no message for DEVICE_NEEDS_RESET (the frontend
+        // owns the status): a backend that gives up stays silent.
         if matches!(kind, InterruptKind::Queue(_)) {
             self.0.store(true, Ordering::Relaxed);
         }

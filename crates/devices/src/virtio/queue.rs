@@ -6,6 +6,7 @@
 
 use std::sync::atomic::Ordering;
 
+use tracing::error;
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestAddress};
 
@@ -100,6 +101,17 @@ pub fn next_chain<'m>(
             queue: index,
             source,
         }),
+    }
+}
+
+/// Gives up on a device's queues after `error`: logs why, naming
+/// `device`, and asks the driver for the reset that brings them back
+/// ([`InterruptKind::NeedsReset`]). The caller ignores its queues until
+/// then.
+pub fn give_up<I: VirtioInterrupt + ?Sized>(device: &str, error: &QueueError, interrupt: &I) {
+    error!("{device}: queues stopped until reset: {error}");
+    if let Err(e) = interrupt.trigger(InterruptKind::NeedsReset) {
+        error!("{device}: cannot ask the driver for a reset: {e}");
     }
 }
 
