@@ -873,6 +873,9 @@ fn a_backend_lost_to_a_panic_makes_the_device_need_a_reset() {
     )
     .unwrap();
     drv.notify(TX_QUEUE);
+    // The dying worker asks the driver for a reset at once.
+    let s = drv.wait_needs_reset(HANG_GUARD).unwrap();
+    assert_eq!(s & status::DRIVER_OK, status::DRIVER_OK);
     assert_quiet(&mut drv, TX_QUEUE);
     // The reset joins the dead worker; without a backend the device
     // cannot run again, and says so instead of serving nothing.

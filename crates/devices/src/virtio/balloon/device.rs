@@ -106,6 +106,7 @@ impl<R: MemoryReleaser + Clone + Send + 'static> VirtioDevice for Balloon<R> {
         // be waiting, and a host request must find the device active.
         self.shared
             .activate(ctx.interrupt.clone(), indexes.stats.is_some());
+        let interrupt = ctx.interrupt.clone();
         let handler = BalloonHandler::new(
             ctx.mem,
             ctx.queues,
@@ -114,7 +115,7 @@ impl<R: MemoryReleaser + Clone + Send + 'static> VirtioDevice for Balloon<R> {
             self.shared.clone(),
             self.releaser.clone(),
         );
-        let started = self.worker.start(handler);
+        let started = self.worker.start(handler, interrupt);
         if started.is_err() {
             self.shared.deactivate();
         }

@@ -210,9 +210,10 @@ impl VirtioDevice for VirtioFs {
     fn activate(&mut self, ctx: ActivationContext) -> Result<(), ActivateError> {
         self.worker.check_idle()?;
         ctx.check_queue_count(NUM_QUEUES)?;
+        let interrupt = ctx.interrupt.clone();
         let started = match self.start(ctx) {
             // On failure the handler, and with it the daemon, is dropped.
-            Ok(handler) => self.worker.start(handler),
+            Ok(handler) => self.worker.start(handler, interrupt),
             Err(e) => Err(ActivateError::Backend(Box::new(e))),
         };
         if let Err(e) = &started {

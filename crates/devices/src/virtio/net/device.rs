@@ -202,6 +202,7 @@ impl<B: FrameBackend> VirtioDevice for Net<B> {
             )));
         };
         let mtu = (ctx.acked_features & features::MTU != 0).then_some(self.mtu);
+        let interrupt = ctx.interrupt.clone();
         let handler = NetHandler::new(
             ctx.mem,
             queues,
@@ -212,7 +213,7 @@ impl<B: FrameBackend> VirtioDevice for Net<B> {
             mtu,
         );
         // A failed spawn drops the handler, and the backend with it.
-        self.worker.start(handler)
+        self.worker.start(handler, interrupt)
     }
 
     fn reset(&mut self) -> bool {

@@ -71,8 +71,9 @@ impl<E: EntropySource + Clone + Send + 'static> VirtioDevice for Rng<E> {
         self.worker.check_idle()?;
         let [active] = ctx.take_queues()?;
         let source = self.source.clone();
+        let interrupt = ctx.interrupt.clone();
         let handler = RngHandler::new(ctx.mem, active.queue, active.notify, ctx.interrupt, source);
-        self.worker.start(handler)
+        self.worker.start(handler, interrupt)
     }
 
     fn reset(&mut self) -> bool {

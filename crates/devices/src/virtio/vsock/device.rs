@@ -212,8 +212,9 @@ impl VirtioDevice for Vsock {
         });
         let muxer = Muxer::new(self.guest_cid, self.uds_path.clone(), self.listener.clone())
             .with_counters(self.counters.clone());
+        let interrupt = ctx.interrupt.clone();
         let handler = VsockHandler::new(ctx.mem, queues, ctx.interrupt, muxer);
-        self.worker.start(handler)
+        self.worker.start(handler, interrupt)
     }
 
     fn reset(&mut self) -> bool {
