@@ -48,8 +48,8 @@ pub trait VsockBackend {
     fn recv_pkt(&mut self, max_payload: usize, payload: &mut Vec<u8>) -> Option<Header>;
 }
 
-/// Errors that stop a queue until the device is reset (shared with
-/// virtio-net).
+/// Errors that stop a queue until the device is reset (every device's
+/// queue paths share it).
 pub use crate::virtio::queue::QueueError;
 
 /// What one call of [`process_tx`] or [`process_rx`] did.
