@@ -109,7 +109,8 @@ pub fn next_chain<'m>(
 /// ([`InterruptKind::NeedsReset`]). The caller ignores its queues until
 /// then.
 pub fn give_up<I: VirtioInterrupt + ?Sized>(device: &str, error: &QueueError, interrupt: &I) {
-    error!("{device}: queues stopped until reset: {error}");
+    // The guest can break its rings again after every reset: rate-limited.
+    warn_limited!("{device}: queues stopped until reset: {error}");
     if let Err(e) = interrupt.trigger(InterruptKind::NeedsReset) {
         error!("{device}: cannot ask the driver for a reset: {e}");
     }
