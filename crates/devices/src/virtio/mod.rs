@@ -6,6 +6,12 @@
 //! later) owns the register state and hands the device an
 //! [`ActivationContext`] with guest memory, ready queues with their notify
 //! eventfds, and a [`VirtioInterrupt`] to signal the guest.
+//!
+//! What every device needs is here once: [`read_config_from`] for the
+//! config space, [`ActivationContext::take_queues`] for the queue count,
+//! [`worker::WorkerSlot`] for the worker thread, [`queue`] for the ring
+//! bookkeeping and its [`queue::QueueError`]. A device that cannot go on
+//! signals [`InterruptKind::NeedsReset`] instead of going silent.
 
 pub mod balloon;
 pub mod fs;
@@ -64,7 +70,8 @@ pub struct ActiveQueue {
 pub struct ActivationContext {
     /// Guest memory.
     pub mem: GuestMemory,
-    /// Signals used buffers and config changes to the driver.
+    /// Signals used buffers, config changes and requests for a reset to
+    /// the driver.
     pub interrupt: Arc<dyn VirtioInterrupt>,
     /// The queues, in index order, each with its notify eventfd.
     pub queues: Vec<ActiveQueue>,
