@@ -19,7 +19,7 @@ fuzz_target!(|input: (u8, bool, u16, i32, Vec<Kick>)| {
     ring.mem
         .write_obj(daemon_used, GuestAddress(USED_IDX))
         .expect("the used ring lies in memory");
-    if take_over(&ring.mem, &mut ring.queue).is_err() {
+    if take_over(&ring.mem, &mut ring.queue, 1).is_err() {
         return;
     }
     for kick in kicks.iter().take(8) {
@@ -27,6 +27,6 @@ fuzz_target!(|input: (u8, bool, u16, i32, Vec<Kick>)| {
         let Ok(progress) = fail_requests(&ring.mem, &mut ring.queue, 1, errno, &Irq) else {
             break;
         };
-        assert!(progress.replied <= progress.completed);
+        assert!(progress.detail.replied <= progress.completed);
     }
 });

@@ -19,7 +19,7 @@ fuzz_target!(|input: (u8, bool, u64, Vec<Kick>)| {
         else {
             break;
         };
-        assert!(progress.frames + progress.dropped <= ring.size());
+        assert!(progress.detail.frames + progress.detail.dropped <= ring.size());
     }
     assert!(backend.sent.iter().all(|f| f.len() <= MAX_FRAME_LEN));
 });

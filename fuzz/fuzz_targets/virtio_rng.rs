@@ -22,6 +22,6 @@ fuzz_target!(|input: (u8, bool, bool, Vec<Kick>)| {
             break;
         };
         assert!(progress.completed <= ring.size());
-        assert!(progress.bytes <= u64::from(progress.completed) * MAX_REQUEST_BYTES as u64);
+        assert!(progress.detail.bytes <= u64::from(progress.completed) * MAX_REQUEST_BYTES as u64);
     }
 });

@@ -634,15 +634,19 @@ fn queues_must_match_the_negotiated_features() {
 }
 
 #[test]
-fn impossible_avail_index_stops_the_device_until_reset() {
+fn impossible_avail_index_makes_the_device_need_a_reset() {
     let mut g = Guest::start(ALL);
     let layout = g.drv.queue_layout(INFLATE).unwrap();
     g.drv
         .write_mem(layout.avail + 2, &1000u16.to_le_bytes())
         .unwrap();
     g.drv.notify(INFLATE);
-    // A reset joins the worker whatever it is doing; then all is well again.
+    let s = g.drv.wait_needs_reset(HANG_GUARD).unwrap();
+    assert_eq!(s & status::DRIVER_OK, status::DRIVER_OK);
+    // A reset joins the worker and clears the request; then all is well
+    // again.
     g.drv.reset();
+    assert_eq!(g.drv.status(), 0);
     assert!(!g.drv.transport().is_activated());
     g.init(ALL);
     g.send_pfns(INFLATE, &[(AREA / PAGE) as u32]);

@@ -520,6 +520,32 @@ fn deferred_activation_failure_needs_reset_with_an_interrupt() {
 }
 
 #[test]
+fn a_device_that_gives_up_shows_needs_reset_until_the_driver_resets_it() {
+    let (mut drv, dev) = driver_with_queues();
+    drv.driver_ok().unwrap();
+    let running = drv.status();
+    dev.trigger(InterruptKind::NeedsReset).unwrap();
+    // Status shows the bit next to the driver's, and a configuration
+    // interrupt tells the driver to look.
+    assert_eq!(drv.status(), running | status::DEVICE_NEEDS_RESET);
+    assert!(drv.transport().interrupt().needs_reset());
+    assert_eq!(drv.interrupt_count(), 1);
+    assert_eq!(drv.ack_interrupt(), INT_CONFIG);
+    // Acknowledging the interrupt does not clear the request; Linux's
+    // virtio_add_status writes the bit back, which changes nothing.
+    assert_eq!(drv.status(), running | status::DEVICE_NEEDS_RESET);
+    drv.add_status(status::DRIVER_OK);
+    assert_eq!(drv.status(), running | status::DEVICE_NEEDS_RESET);
+    drv.reset();
+    assert_eq!(dev.resets(), 1);
+    assert_eq!(drv.status(), 0);
+    assert!(!drv.transport().interrupt().needs_reset());
+    drv.init(VIRTIO_F_VERSION_1).unwrap();
+    assert_eq!(dev.activations().len(), 2);
+    assert_eq!(drv.status() & status::DEVICE_NEEDS_RESET, 0);
+}
+
+#[test]
 fn interrupt_status_and_ack() {
     let (mut drv, dev) = driver_with_queues();
     assert!(

@@ -837,6 +837,33 @@ fn reset_and_reactivation_keep_the_backend() {
 }
 
 #[test]
+fn impossible_avail_index_makes_the_device_need_a_reset() {
+    for queue in [TX_QUEUE, RX_QUEUE] {
+        let (mut drv, ctl) = start(ALL);
+        let layout = drv.queue_layout(queue).unwrap();
+        drv.write_mem(layout.avail + 2, &1000u16.to_le_bytes())
+            .unwrap();
+        if queue == RX_QUEUE {
+            // The receive ring is read only when a frame waits for it
+            // (dropped with the broken driver's state on reset).
+            ctl.queue_frame(frame(60, 1));
+        }
+        drv.notify(queue);
+        let s = drv
+            .wait_needs_reset(HANG_GUARD)
+            .unwrap_or_else(|e| panic!("queue {queue}: {e}"));
+        assert_eq!(s & status::DRIVER_OK, status::DRIVER_OK, "queue {queue}");
+        // The reset clears the request and the next driver is served by
+        // the same backend.
+        drv.reset();
+        assert_eq!(drv.status(), 0);
+        drv.init(ALL).unwrap();
+        still_serves(&mut drv, &ctl);
+        assert_eq!(drv.status() & status::DEVICE_NEEDS_RESET, 0);
+    }
+}
+
+#[test]
 fn a_backend_lost_to_a_panic_makes_the_device_need_a_reset() {
     let (mut drv, ctl) = start(ALL);
     ctl.shared.lock().unwrap().panic_on_push = true;
@@ -846,6 +873,9 @@ fn a_backend_lost_to_a_panic_makes_the_device_need_a_reset() {
     )
     .unwrap();
     drv.notify(TX_QUEUE);
+    // The dying worker asks the driver for a reset at once.
+    let s = drv.wait_needs_reset(HANG_GUARD).unwrap();
+    assert_eq!(s & status::DRIVER_OK, status::DRIVER_OK);
     assert_quiet(&mut drv, TX_QUEUE);
     // The reset joins the dead worker; without a backend the device
     // cannot run again, and says so instead of serving nothing.

@@ -247,17 +247,23 @@ fn head_index_beyond_the_queue_is_dropped() {
 }
 
 #[test]
-fn impossible_avail_index_stops_the_queue_until_reset() {
+fn impossible_avail_index_makes_the_device_need_a_reset() {
     let mut drv = running(pattern, 16);
     let layout = drv.queue_layout(0).unwrap();
     drv.write_mem(layout.avail + 2, &1000u16.to_le_bytes())
         .unwrap();
     drv.notify(0);
-    // A reset joins the worker whatever it is doing; then all is well again.
+    // The device says so instead of going silent.
+    let s = drv.wait_needs_reset(HANG_GUARD).unwrap();
+    assert_eq!(s & status::DRIVER_OK, status::DRIVER_OK);
+    // A reset joins the worker and clears the request; then all is well
+    // again.
     drv.reset();
+    assert_eq!(drv.status(), 0);
     assert!(!drv.transport().is_activated());
     drv.init(VIRTIO_F_VERSION_1).unwrap();
     assert_eq!(request(&mut drv, &[Buf::writable(4)]).len, 4);
+    assert_eq!(drv.status() & status::DEVICE_NEEDS_RESET, 0);
 }
 
 #[test]

@@ -10,7 +10,9 @@ use std::net::Shutdown;
 use std::os::unix::net::{UnixListener, UnixStream};
 
 use agentvm_devices::testing::{Buf, Driver};
+use agentvm_devices::virtio::transport::mmio::status;
 use agentvm_devices::virtio::vsock::packet::{op, shutdown};
+use agentvm_devices::virtio::vsock::queue::TX_QUEUE;
 use agentvm_devices::virtio::vsock::{Vsock, VsockError, CONN_BUF_ALLOC, MAX_PKT_PAYLOAD};
 use agentvm_devices::virtio::{device_type, VirtioDevice, VIRTIO_F_VERSION_1};
 use vsock_support::*;
@@ -570,6 +572,31 @@ fn reset_closes_every_connection_and_the_device_serves_again() {
     let (mut client, mut conn) = g.host_connect(8001);
     client.write_all(b"again").unwrap();
     assert_eq!(g.read_bytes(&mut conn, 5), b"again");
+}
+
+#[test]
+fn impossible_avail_index_makes_the_device_need_a_reset() {
+    let dir = TestDir::new();
+    let mut g = Guest::start(&dir, 8);
+    let (mut client, _) = g.host_connect(8001);
+    let layout = g.drv.queue_layout(TX_QUEUE).unwrap();
+    g.drv
+        .write_mem(layout.avail + 2, &1000u16.to_le_bytes())
+        .unwrap();
+    g.drv.notify(TX_QUEUE);
+    let s = g.drv.wait_needs_reset(HANG_GUARD).unwrap();
+    assert_eq!(s & status::DRIVER_OK, status::DRIVER_OK);
+    // The reset closes the connections of the broken device and clears
+    // the request; a fresh activation serves again.
+    g.drv.reset();
+    assert_eq!(wait_closed(&mut client), b"");
+    assert_eq!(g.drv.status(), 0);
+    g.drv.init(VIRTIO_F_VERSION_1).unwrap();
+    g.post_rx(8);
+    let (mut client, mut conn) = g.host_connect(8001);
+    client.write_all(b"again").unwrap();
+    assert_eq!(g.read_bytes(&mut conn, 5), b"again");
+    assert_eq!(g.drv.status() & status::DEVICE_NEEDS_RESET, 0);
 }
 
 #[test]

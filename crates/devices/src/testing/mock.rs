@@ -6,7 +6,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use virtio_queue::QueueState;
 
 use crate::virtio::{
-    ActivateError, ActivationContext, InterruptKind, VirtioDevice, VirtioInterrupt,
+    read_config_from, ActivateError, ActivationContext, InterruptKind, VirtioDevice,
+    VirtioInterrupt,
 };
 
 /// What the device received at one activation.
@@ -90,11 +91,7 @@ impl VirtioDevice for MockDevice {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        let state = lock(&self.state);
-        for (i, byte) in data.iter_mut().enumerate() {
-            let at = usize::try_from(offset).ok().and_then(|o| o.checked_add(i));
-            *byte = at.and_then(|at| state.config.get(at)).copied().unwrap_or(0);
-        }
+        read_config_from(&lock(&self.state).config, offset, data);
     }
 
     fn write_config(&mut self, offset: u64, data: &[u8]) {
@@ -112,11 +109,8 @@ impl VirtioDevice for MockDevice {
         if state.interrupt.is_some() {
             return Err(ActivateError::AlreadyActive);
         }
-        if let Some(expected) = self.required_queues.filter(|&n| n != ctx.queues.len()) {
-            return Err(ActivateError::QueueCount {
-                expected,
-                got: ctx.queues.len(),
-            });
+        if let Some(expected) = self.required_queues {
+            ctx.check_queue_count(expected)?;
         }
         state.activations.push(MockActivation {
             acked_features: ctx.acked_features,

@@ -48,7 +48,7 @@ use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
 use crate::bus::BusDevice;
 use crate::virtio::transport::mmio::{
-    regs, status, MmioError, MmioTransport, CONFIG_OFFSET, MMIO_MAGIC, MMIO_VERSION,
+    regs, status, MmioError, MmioTransport, CONFIG_OFFSET, INT_CONFIG, MMIO_MAGIC, MMIO_VERSION,
 };
 use crate::virtio::{GuestMemory, VirtioDevice};
 
@@ -131,6 +131,9 @@ pub enum HarnessError {
     /// Nothing arrived in the used ring in time.
     #[error("Timed out waiting for queue {0}")]
     Timeout(u16),
+    /// The device did not ask for a reset in time (status as last read).
+    #[error("No DEVICE_NEEDS_RESET in time (status {0:#x})")]
+    NoResetRequest(u32),
     /// The interrupt eventfd could not be waited on.
     #[error("Cannot wait for interrupts")]
     Wait(#[source] io::Error),
@@ -602,6 +605,27 @@ impl Driver {
     pub fn interrupt_count(&mut self) -> u64 {
         self.drain_interrupts();
         self.interrupts
+    }
+
+    /// Waits until the device asks for a reset as the specification has
+    /// it (virtio 1.2 §2.1.2): a configuration interrupt, then
+    /// DEVICE_NEEDS_RESET in Status. Acknowledges the interrupts it sees,
+    /// as the guest's handler would. Returns Status.
+    pub fn wait_needs_reset(&mut self, timeout: Duration) -> Result<u32, HarnessError> {
+        let deadline = Instant::now() + timeout;
+        let mut config_seen = false;
+        loop {
+            config_seen |= self.ack_interrupt() & INT_CONFIG != 0;
+            let status = self.status();
+            if config_seen && status & status::DEVICE_NEEDS_RESET != 0 {
+                return Ok(status);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(HarnessError::NoResetRequest(status));
+            }
+            self.wait_interrupt(left.min(Duration::from_millis(10)))?;
+        }
     }
 
     /// Reads InterruptStatus and acknowledges what it shows, as the guest's

@@ -34,6 +34,7 @@ use crate::virtio::net::device::{config_space, features, OFFERED_FEATURES};
 use crate::virtio::net::rx::{process_rx, RxState};
 use crate::virtio::net::tx::{process_tx, TxState};
 use crate::virtio::net::{FrameBackend, Negotiated, RX_QUEUE, TX_QUEUE};
+use crate::virtio::read_config_from;
 use crate::virtio::{InterruptKind, VirtioInterrupt};
 
 /// Event id of the backend's fd: ids up to the number of queues are the
@@ -80,6 +81,8 @@ struct Pending(AtomicBool);
 
 impl VirtioInterrupt for Pending {
     fn trigger(&self, kind: InterruptKind) -> io::Result<()> {
+        // vhost-user has no message for DEVICE_NEEDS_RESET (the frontend
+        // owns the status): a backend that gives up stays silent.
         if matches!(kind, InterruptKind::Queue(_)) {
             self.0.store(true, Ordering::Relaxed);
         }
@@ -234,7 +237,8 @@ impl<B: FrameBackend + Sync> VhostUserNet<B> {
                     return;
                 }
             };
-            let again = tx.more_pending || rx.more_pending || (rx.frames > 0 && !rx.blocked);
+            let again =
+                tx.more_pending || rx.more_pending || (rx.detail.frames > 0 && !rx.detail.blocked);
             if !again {
                 break;
             }
@@ -327,13 +331,10 @@ impl<B: FrameBackend + Sync> VhostUserBackendMut for VhostUserNet<B> {
     }
 
     fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
-        let config = config_space(self.mac, self.mtu);
-        (0..size)
-            .map(|i| {
-                let at = usize::try_from(u64::from(offset) + u64::from(i)).ok();
-                at.and_then(|at| config.get(at)).copied().unwrap_or(0)
-            })
-            .collect()
+        // The vhost crate refuses requests beyond the protocol's 256 bytes.
+        let mut data = vec![0; size as usize];
+        read_config_from(&config_space(self.mac, self.mtu), offset.into(), &mut data);
+        data
     }
 
     fn update_memory(&mut self, mem: GuestMemoryAtomic<GuestMemoryMmap>) -> io::Result<()> {

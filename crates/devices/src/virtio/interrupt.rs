@@ -7,6 +7,12 @@ pub enum InterruptKind {
     Queue(u16),
     /// The device configuration space changed.
     Config,
+    /// The device hit an error it cannot recover from until the driver
+    /// resets it (virtio 1.2 §2.1.2): the transport shows
+    /// DEVICE_NEEDS_RESET in the device status and signals a
+    /// configuration change, so the driver notices (Linux logs it and may
+    /// reset the device). After the reset the device works again.
+    NeedsReset,
 }
 
 /// Delivers interrupts to the driver. Transports implement it (virtio-mmio:

@@ -4,17 +4,17 @@
 //! know. Each device's loop bounds itself to one queue's worth of chains
 //! per call (a driver that keeps refilling cannot hold the worker).
 
-use std::io;
 use std::sync::atomic::Ordering;
 
+use tracing::error;
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestAddress};
 
 use crate::virtio::{GuestMemory, InterruptKind, VirtioInterrupt};
 use crate::warn_limited;
 
-/// Errors that stop a device's queue until the device is reset (the
-/// devices whose queues have a fixed index: net, vsock).
+/// Errors that stop a device's queues until the driver resets the device
+/// (every device's queue paths return it).
 #[derive(Debug, thiserror::Error)]
 pub enum QueueError {
     /// The available ring could not be read or holds an impossible index.
@@ -26,19 +26,94 @@ pub enum QueueError {
         #[source]
         source: virtio_queue::Error,
     },
+    /// The used ring could not be read.
+    #[error("Cannot read the used ring of queue {queue}")]
+    UsedRing {
+        /// Queue index.
+        queue: u16,
+        /// What virtio-queue found.
+        #[source]
+        source: virtio_queue::Error,
+    },
     /// The driver could not be signalled.
     #[error("Cannot signal the driver")]
     Interrupt(#[source] std::io::Error),
 }
 
-/// The next chain the driver made available, if any. An error means the
-/// available ring is unreadable or its index impossible: the queue is
-/// unusable until the driver resets the device.
+/// What one call of a queue path did. The fields every device shares are
+/// here; `detail` holds what only one device counts (bytes written,
+/// frames dropped, …), `()` when there is nothing more.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Progress<D = ()> {
+    /// Chains put in the used ring.
+    pub completed: u16,
+    /// The call stopped at its bound with chains (and work) left: call
+    /// again.
+    pub more_pending: bool,
+    /// The device's own counts.
+    pub detail: D,
+}
+
+impl<D> Progress<D> {
+    /// Puts chain `head` in the used ring with `len` bytes written
+    /// ([`complete`]) and counts it if the ring took it.
+    pub fn complete(
+        &mut self,
+        mem: &GuestMemory,
+        queue: &mut Queue,
+        head: u16,
+        len: u32,
+        device: &str,
+    ) -> bool {
+        let done = complete(mem, queue, head, len, device);
+        self.completed += u16::from(done);
+        done
+    }
+
+    /// Ends a call that took `popped` chains from queue `index`: notes
+    /// whether chains are left beyond the bound ([`more_pending`]) and
+    /// signals the driver if it wants to know ([`signal_used`]).
+    pub fn finish<I: VirtioInterrupt + ?Sized>(
+        mut self,
+        mem: &GuestMemory,
+        queue: &mut Queue,
+        index: u16,
+        popped: u16,
+        interrupt: &I,
+    ) -> Result<Self, QueueError> {
+        self.more_pending = more_pending(mem, queue, popped);
+        signal_used(mem, queue, index, self.completed, interrupt)?;
+        Ok(self)
+    }
+}
+
+/// The next chain the driver made available in queue `index`, if any. An
+/// error means the available ring is unreadable or its index impossible:
+/// the queue is unusable until the driver resets the device.
 pub fn next_chain<'m>(
     mem: &'m GuestMemory,
     queue: &mut Queue,
-) -> Result<Option<DescriptorChain<&'m GuestMemory>>, virtio_queue::Error> {
-    Ok(queue.iter(mem)?.next())
+    index: u16,
+) -> Result<Option<DescriptorChain<&'m GuestMemory>>, QueueError> {
+    match queue.iter(mem) {
+        Ok(mut chains) => Ok(chains.next()),
+        Err(source) => Err(QueueError::AvailRing {
+            queue: index,
+            source,
+        }),
+    }
+}
+
+/// Gives up on a device's queues after `error`: logs why, naming
+/// `device`, and asks the driver for the reset that brings them back
+/// ([`InterruptKind::NeedsReset`]). The caller ignores its queues until
+/// then.
+pub fn give_up<I: VirtioInterrupt + ?Sized>(device: &str, error: &QueueError, interrupt: &I) {
+    // The guest can break its rings again after every reset: rate-limited.
+    warn_limited!("{device}: queues stopped until reset: {error}");
+    if let Err(e) = interrupt.trigger(InterruptKind::NeedsReset) {
+        error!("{device}: cannot ask the driver for a reset: {e}");
+    }
 }
 
 /// Puts chain `head` in the used ring with `len` bytes written; false (and
@@ -74,9 +149,11 @@ pub fn signal_used<I: VirtioInterrupt + ?Sized>(
     index: u16,
     completed: u16,
     interrupt: &I,
-) -> io::Result<()> {
+) -> Result<(), QueueError> {
     if completed > 0 && queue.needs_notification(mem).unwrap_or(true) {
-        interrupt.trigger(InterruptKind::Queue(index))?;
+        interrupt
+            .trigger(InterruptKind::Queue(index))
+            .map_err(QueueError::Interrupt)?;
     }
     Ok(())
 }

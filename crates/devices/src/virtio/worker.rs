@@ -7,10 +7,16 @@
 //! eventfd and join the thread, so neither the thread nor any fd the
 //! subscriber owns outlives the device. `stop` hands the subscriber back so
 //! the device can recover what it lent (a backend, an entropy source).
+//!
+//! A device keeps its worker in a [`WorkerSlot`]: empty while the device is
+//! idle, holding the worker while it runs. The slot refuses a second
+//! activation, stops the worker on reset and joins it on drop, so no
+//! device repeats that logic.
 
 use std::io;
 use std::os::fd::AsRawFd;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
 
 use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
 use tracing::{debug, error};
@@ -18,6 +24,7 @@ use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::thread::{self, DeviceThread, Thread};
+use crate::virtio::{ActivateError, InterruptKind, VirtioInterrupt};
 
 /// Errors of a device worker.
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +57,9 @@ pub enum WorkerError {
     /// The worker thread panicked; its subscriber is lost.
     #[error("Worker thread {0} panicked")]
     Panicked(String),
+    /// The worker's event loop failed before it was stopped.
+    #[error("Worker thread {0} ended before it was stopped")]
+    Ended(String),
 }
 
 /// The device's subscriber plus the worker's kill eventfd.
@@ -94,7 +104,7 @@ impl<S: MutEventSubscriber> MutEventSubscriber for Supervised<S> {
 ///     fn init(&mut self, _: &mut EventOps) {}
 /// }
 ///
-/// let worker = Worker::spawn("idle", DeviceThread::Worker(4), Idle).unwrap();
+/// let worker = Worker::spawn("idle", DeviceThread::Worker(4), Idle, None).unwrap();
 /// let _idle: Idle = worker.stop().unwrap();
 /// ```
 pub struct Worker<S> {
@@ -106,8 +116,15 @@ pub struct Worker<S> {
 impl<S: MutEventSubscriber + Send + 'static> Worker<S> {
     /// Starts `subscriber` on a new thread called `name`, of kind `kind`
     /// for the start hook ([`crate::thread`]). Its `init` runs before this
-    /// returns, on the calling thread.
-    pub fn spawn(name: &str, kind: DeviceThread, subscriber: S) -> Result<Self, WorkerError> {
+    /// returns, on the calling thread. If the thread ends without being
+    /// stopped (a panic, a broken event loop), it asks the driver for a
+    /// reset through `needs_reset`, when given.
+    pub fn spawn(
+        name: &str,
+        kind: DeviceThread,
+        subscriber: S,
+        needs_reset: Option<Arc<dyn VirtioInterrupt>>,
+    ) -> Result<Self, WorkerError> {
         let kill = EventFd::new(EFD_NONBLOCK).map_err(WorkerError::KillEvent)?;
         let thread_kill = kill.try_clone().map_err(WorkerError::KillEvent)?;
         let mut manager = EventManager::new().map_err(WorkerError::EventManager)?;
@@ -117,12 +134,19 @@ impl<S: MutEventSubscriber + Send + 'static> Worker<S> {
             killed: false,
         });
         let thread_name = name.to_owned();
-        let thread = thread::spawn(name, kind, move || run(&thread_name, manager, id)).map_err(
-            |source| WorkerError::Spawn {
-                name: name.to_owned(),
-                source,
-            },
-        )?;
+        let body = move || {
+            let outcome = run(&thread_name, manager, id);
+            if let (Err(_), Some(interrupt)) = (&outcome, needs_reset) {
+                if let Err(e) = interrupt.trigger(InterruptKind::NeedsReset) {
+                    error!("worker {thread_name}: cannot ask the driver for a reset: {e}");
+                }
+            }
+            outcome
+        };
+        let thread = thread::spawn(name, kind, body).map_err(|source| WorkerError::Spawn {
+            name: name.to_owned(),
+            source,
+        })?;
         Ok(Worker {
             name: name.to_owned(),
             kill,
@@ -171,8 +195,72 @@ impl<S> Drop for Worker<S> {
     }
 }
 
+/// Where a device keeps its worker: empty while the device is idle.
+pub struct WorkerSlot<S> {
+    name: &'static str,
+    kind: DeviceThread,
+    worker: Option<Worker<S>>,
+}
+
+impl<S: MutEventSubscriber + Send + 'static> WorkerSlot<S> {
+    /// An empty slot for the workers of virtio device type `device_type`,
+    /// whose threads (and log lines) are called `name`.
+    pub fn new(name: &'static str, device_type: u32) -> Self {
+        WorkerSlot {
+            name,
+            kind: DeviceThread::Worker(device_type),
+            worker: None,
+        }
+    }
+
+    /// Whether a worker runs.
+    pub fn is_active(&self) -> bool {
+        self.worker.is_some()
+    }
+
+    /// Refuses an activation while a worker runs: call it before taking
+    /// anything the worker would get.
+    pub fn check_idle(&self) -> Result<(), ActivateError> {
+        match self.worker {
+            Some(_) => Err(ActivateError::AlreadyActive),
+            None => Ok(()),
+        }
+    }
+
+    /// Starts `subscriber` on a new worker, which asks the driver for a
+    /// reset through `interrupt` if it ends unasked (a panic). On failure
+    /// the subscriber is dropped, with everything it owns.
+    pub fn start(
+        &mut self,
+        subscriber: S,
+        interrupt: Arc<dyn VirtioInterrupt>,
+    ) -> Result<(), ActivateError> {
+        self.check_idle()?;
+        let worker = Worker::spawn(self.name, self.kind, subscriber, Some(interrupt))
+            .map_err(ActivateError::Worker)?;
+        self.worker = Some(worker);
+        Ok(())
+    }
+
+    /// Stops the worker, if one runs, and hands its subscriber back.
+    /// `None` when the slot was empty or the worker was lost (a panic,
+    /// logged here): either way no thread is left.
+    pub fn stop(&mut self) -> Option<S> {
+        let worker = self.worker.take()?;
+        match worker.stop() {
+            Ok(subscriber) => Some(subscriber),
+            Err(e) => {
+                error!("{}: {e}", self.name);
+                None
+            }
+        }
+    }
+}
+
 /// The thread body: dispatch events until killed, then hand the subscriber
-/// back. A panic in the subscriber ends the loop and loses the subscriber.
+/// back. A panic in the subscriber ends the loop and loses the subscriber;
+/// a broken event loop ends it early. Either is an error, so the device is
+/// marked as needing a reset.
 fn run<S: MutEventSubscriber>(
     name: &str,
     mut manager: EventManager<Supervised<S>>,
@@ -180,27 +268,33 @@ fn run<S: MutEventSubscriber>(
 ) -> Result<S, WorkerError> {
     let outcome = catch_unwind(AssertUnwindSafe(|| loop {
         match manager.subscriber_mut(id) {
-            Ok(s) if s.killed => break,
+            Ok(s) if s.killed => return Ok(()),
             Ok(_) => {}
             Err(e) => {
                 error!("worker {name}: subscriber vanished: {e}");
-                break;
+                return Err(());
             }
         }
         if let Err(e) = manager.run() {
             // epoll_wait only fails on a broken epoll fd: nothing to retry.
             error!("worker {name}: event loop failed: {e}");
-            break;
+            return Err(());
         }
     }));
-    if outcome.is_err() {
-        error!("worker {name}: panicked; the device needs a reset");
-        return Err(WorkerError::Panicked(name.to_owned()));
+    match outcome {
+        Ok(Ok(())) => debug!("worker {name}: stopped"),
+        Ok(Err(())) => {
+            error!("worker {name}: ended early; the device needs a reset");
+            return Err(WorkerError::Ended(name.to_owned()));
+        }
+        Err(_) => {
+            error!("worker {name}: panicked; the device needs a reset");
+            return Err(WorkerError::Panicked(name.to_owned()));
+        }
     }
-    debug!("worker {name}: stopped");
     match manager.remove_subscriber(id) {
         Ok(supervised) => Ok(supervised.inner),
-        Err(_) => Err(WorkerError::Panicked(name.to_owned())),
+        Err(_) => Err(WorkerError::Ended(name.to_owned())),
     }
 }
 
@@ -211,6 +305,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+    use crate::virtio::test_support::Recorder;
 
     /// Counts notifications and reports each one on a channel.
     struct Counter {
@@ -264,7 +359,7 @@ mod tests {
         let alive = Arc::new(AtomicUsize::new(0));
         let counter = Counter::new(tx, alive.clone());
         let evt = counter.evt.try_clone().unwrap();
-        let worker = Worker::spawn("test-worker", DeviceThread::Worker(4), counter).unwrap();
+        let worker = Worker::spawn("test-worker", DeviceThread::Worker(4), counter, None).unwrap();
         assert_eq!(worker.name(), "test-worker");
 
         evt.write(1).unwrap();
@@ -287,6 +382,7 @@ mod tests {
             "test-drop",
             DeviceThread::Worker(4),
             Counter::new(tx, alive.clone()),
+            None,
         )
         .unwrap();
         drop(worker);
@@ -301,12 +397,67 @@ mod tests {
         let mut counter = Counter::new(tx, alive.clone());
         counter.panic_on = Some(2);
         let evt = counter.evt.try_clone().unwrap();
-        let worker = Worker::spawn("test-panic", DeviceThread::Worker(4), counter).unwrap();
+        let worker = Worker::spawn("test-panic", DeviceThread::Worker(4), counter, None).unwrap();
         evt.write(1).unwrap();
         assert_eq!(rx.recv_timeout(HANG_GUARD).unwrap(), 1);
         evt.write(1).unwrap();
         // The thread panics on the second event; stop still returns.
         assert!(matches!(worker.stop(), Err(WorkerError::Panicked(n)) if n == "test-panic"));
         assert_eq!(alive.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn slot_refuses_a_second_start_and_hands_the_subscriber_back() {
+        let (tx, _rx) = mpsc::channel();
+        let alive = Arc::new(AtomicUsize::new(0));
+        let mut slot = WorkerSlot::new("test-slot", 4);
+        assert!(!slot.is_active());
+        assert!(slot.stop().is_none(), "stopping an empty slot is fine");
+        let irq = Arc::new(Recorder::default());
+        slot.start(Counter::new(tx.clone(), alive.clone()), irq.clone())
+            .unwrap();
+        assert!(slot.is_active());
+        assert!(matches!(
+            slot.check_idle(),
+            Err(ActivateError::AlreadyActive)
+        ));
+        let second = slot.start(Counter::new(tx.clone(), alive.clone()), irq.clone());
+        assert!(matches!(second, Err(ActivateError::AlreadyActive)));
+        // The refused subscriber was dropped; the running one lives.
+        assert_eq!(alive.load(Ordering::SeqCst), 1);
+
+        let counter = slot.stop().unwrap();
+        assert!(!slot.is_active());
+        assert!(slot.check_idle().is_ok());
+        drop(counter);
+        assert_eq!(alive.load(Ordering::SeqCst), 0);
+
+        slot.start(Counter::new(tx, alive.clone()), irq.clone())
+            .unwrap();
+        drop(slot);
+        // Dropping the slot joined the worker and dropped its subscriber.
+        assert_eq!(alive.load(Ordering::SeqCst), 0);
+        // Stopped workers never ask for a reset.
+        assert!(irq.0.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn slot_reports_a_lost_worker_as_none() {
+        let (tx, rx) = mpsc::channel();
+        let alive = Arc::new(AtomicUsize::new(0));
+        let mut counter = Counter::new(tx, alive.clone());
+        counter.panic_on = Some(1);
+        let evt = counter.evt.try_clone().unwrap();
+        let mut slot = WorkerSlot::new("test-slot-panic", 4);
+        let irq = Arc::new(Recorder::default());
+        slot.start(counter, irq.clone()).unwrap();
+        evt.write(1).unwrap();
+        // The thread panics on its first event and sends nothing.
+        assert!(rx.recv_timeout(HANG_GUARD).is_err());
+        assert!(slot.stop().is_none());
+        assert!(!slot.is_active());
+        assert_eq!(alive.load(Ordering::SeqCst), 0);
+        // The dying thread asked the driver for a reset.
+        assert_eq!(*irq.0.lock().unwrap(), [InterruptKind::NeedsReset]);
     }
 }

@@ -14,8 +14,6 @@
 
 use std::sync::Arc;
 
-use tracing::error;
-
 use super::handle::{BalloonError, BalloonHandle, Shared};
 use super::handler::BalloonHandler;
 use super::release::{Madvise, MemoryReleaser};
@@ -23,10 +21,10 @@ use super::{
     QueueIndexes, QUEUE_SIZE, VIRTIO_BALLOON_F_DEFLATE_ON_OOM, VIRTIO_BALLOON_F_REPORTING,
     VIRTIO_BALLOON_F_STATS_VQ,
 };
-use crate::thread::DeviceThread;
-use crate::virtio::worker::Worker;
+use crate::virtio::worker::WorkerSlot;
 use crate::virtio::{
-    device_type, ActivateError, ActivationContext, VirtioDevice, VIRTIO_F_VERSION_1,
+    device_type, read_config_from, ActivateError, ActivationContext, VirtioDevice,
+    VIRTIO_F_VERSION_1,
 };
 
 /// Every feature the device offers.
@@ -47,7 +45,7 @@ const QUEUE_MAX_SIZES: [u16; 4] = [QUEUE_SIZE; 4];
 pub struct Balloon<R: MemoryReleaser + Clone + Send + 'static = Madvise> {
     shared: Arc<Shared>,
     releaser: R,
-    worker: Option<Worker<BalloonHandler<R>>>,
+    worker: WorkerSlot<BalloonHandler<R>>,
 }
 
 impl Balloon<Madvise> {
@@ -63,7 +61,7 @@ impl<R: MemoryReleaser + Clone + Send + 'static> Balloon<R> {
         Ok(Balloon {
             shared: Arc::new(Shared::new()?),
             releaser,
-            worker: None,
+            worker: WorkerSlot::new("virtio-balloon", device_type::BALLOON),
         })
     }
 
@@ -75,7 +73,7 @@ impl<R: MemoryReleaser + Clone + Send + 'static> Balloon<R> {
 
     /// Whether a worker is running the queues.
     pub fn is_active(&self) -> bool {
-        self.worker.is_some()
+        self.worker.is_active()
     }
 }
 
@@ -93,13 +91,7 @@ impl<R: MemoryReleaser + Clone + Send + 'static> VirtioDevice for Balloon<R> {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        let config = self.shared.config();
-        for (i, byte) in data.iter_mut().enumerate() {
-            let at = offset
-                .checked_add(i as u64)
-                .and_then(|a| usize::try_from(a).ok());
-            *byte = at.and_then(|a| config.get(a)).copied().unwrap_or(0);
-        }
+        read_config_from(&self.shared.config(), offset, data);
     }
 
     fn write_config(&mut self, offset: u64, data: &[u8]) {
@@ -107,20 +99,14 @@ impl<R: MemoryReleaser + Clone + Send + 'static> VirtioDevice for Balloon<R> {
     }
 
     fn activate(&mut self, ctx: ActivationContext) -> Result<(), ActivateError> {
-        if self.worker.is_some() {
-            return Err(ActivateError::AlreadyActive);
-        }
+        self.worker.check_idle()?;
         let indexes = QueueIndexes::new(ctx.acked_features);
-        if ctx.queues.len() != indexes.count() {
-            return Err(ActivateError::QueueCount {
-                expected: indexes.count(),
-                got: ctx.queues.len(),
-            });
-        }
+        ctx.check_queue_count(indexes.count())?;
         // Before the worker runs: its first statistics buffer may already
         // be waiting, and a host request must find the device active.
         self.shared
             .activate(ctx.interrupt.clone(), indexes.stats.is_some());
+        let interrupt = ctx.interrupt.clone();
         let handler = BalloonHandler::new(
             ctx.mem,
             ctx.queues,
@@ -129,29 +115,16 @@ impl<R: MemoryReleaser + Clone + Send + 'static> VirtioDevice for Balloon<R> {
             self.shared.clone(),
             self.releaser.clone(),
         );
-        match Worker::spawn(
-            "virtio-balloon",
-            DeviceThread::Worker(device_type::BALLOON),
-            handler,
-        ) {
-            Ok(worker) => {
-                self.worker = Some(worker);
-                Ok(())
-            }
-            Err(e) => {
-                self.shared.deactivate();
-                Err(ActivateError::Worker(e))
-            }
+        let started = self.worker.start(handler, interrupt);
+        if started.is_err() {
+            self.shared.deactivate();
         }
+        started
     }
 
     fn reset(&mut self) -> bool {
-        if let Some(worker) = self.worker.take() {
-            // Either way the thread is gone, and with it the held set.
-            if let Err(e) = worker.stop() {
-                error!("virtio-balloon: {e}");
-            }
-        }
+        // Either way the thread is gone, and with it the held set.
+        self.worker.stop();
         self.shared.deactivate();
         true
     }

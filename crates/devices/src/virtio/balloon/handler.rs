@@ -16,6 +16,7 @@ use super::queue::{
 };
 use super::release::MemoryReleaser;
 use super::QueueIndexes;
+use crate::virtio::queue::give_up;
 use crate::virtio::{ActiveQueue, GuestMemory, VirtioInterrupt};
 
 /// Token of the host's statistics requests; queue notifications use their
@@ -33,8 +34,8 @@ pub struct BalloonHandler<R> {
     held: HeldPages,
     /// The statistics buffer the device keeps until the host wants more.
     stats_head: Option<u16>,
-    /// A queue failed for good; notifications are drained and ignored
-    /// until the driver resets the device.
+    /// A queue failed for good and the driver was asked for a reset;
+    /// notifications are drained and ignored until then.
     broken: bool,
 }
 
@@ -145,7 +146,7 @@ impl<R: MemoryReleaser> BalloonHandler<R> {
     }
 
     fn stop(&mut self, e: QueueError) {
-        error!("virtio-balloon: queues stopped until reset: {e}");
+        give_up("virtio-balloon", &e, self.interrupt.as_ref());
         self.broken = true;
     }
 }

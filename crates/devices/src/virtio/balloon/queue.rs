@@ -17,8 +17,6 @@
 //! The device never writes into guest buffers: every chain is used with
 //! length 0.
 
-use std::io;
-
 use tracing::debug;
 use virtio_queue::{DescriptorChain, Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress};
@@ -28,29 +26,14 @@ use super::pages::{HeldPages, Insert, PageRun, RunBuilder};
 use super::release::{is_releasable, MemoryReleaser};
 use super::stats::BalloonStats;
 use super::{MAX_PFNS_PER_CHAIN, MAX_STATS_BYTES};
-use crate::virtio::queue as vq;
+use crate::virtio::queue::next_chain;
 use crate::virtio::{GuestMemory, VirtioInterrupt};
 use crate::warn_limited;
 
 /// What a call did.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Progress {
-    /// Chains put in the used ring.
-    pub completed: u16,
-    /// The call stopped at its bound with chains still available: call again.
-    pub more_pending: bool,
-}
-
+pub use crate::virtio::queue::Progress;
 /// Errors that stop queue processing (the device is unusable until reset).
-#[derive(Debug, thiserror::Error)]
-pub enum QueueError {
-    /// The available ring could not be read or holds an impossible index.
-    #[error("Cannot read the available ring")]
-    AvailRing(#[source] virtio_queue::Error),
-    /// The driver could not be signalled.
-    #[error("Cannot signal the driver")]
-    Interrupt(#[source] io::Error),
-}
+pub use crate::virtio::queue::QueueError;
 
 /// What the inflate and deflate queues do with their page numbers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,7 +77,7 @@ where
 {
     let mut done = Done::default();
     while done.popped < vq.queue.size() {
-        let Some(chain) = pop(ctx.mem, vq.queue)? else {
+        let Some(chain) = next_chain(ctx.mem, vq.queue, vq.index)? else {
             break;
         };
         done.popped += 1;
@@ -192,7 +175,7 @@ where
 {
     let mut done = Done::default();
     while done.popped < vq.queue.size() {
-        let Some(chain) = pop(ctx.mem, vq.queue)? else {
+        let Some(chain) = next_chain(ctx.mem, vq.queue, vq.index)? else {
             break;
         };
         done.popped += 1;
@@ -248,7 +231,7 @@ where
 {
     let mut done = Done::default();
     while done.popped < vq.queue.size() {
-        let Some(chain) = pop(ctx.mem, vq.queue)? else {
+        let Some(chain) = next_chain(ctx.mem, vq.queue, vq.index)? else {
             break;
         };
         done.popped += 1;
@@ -297,15 +280,14 @@ where
 #[derive(Default)]
 struct Done {
     popped: u16,
-    completed: u16,
+    progress: Progress,
 }
 
 impl Done {
     /// Puts `head` in the used ring with length 0.
     fn complete(&mut self, mem: &GuestMemory, queue: &mut Queue, head: u16) {
-        if vq::complete(mem, queue, head, 0, "virtio-balloon") {
-            self.completed += 1;
-        }
+        self.progress
+            .complete(mem, queue, head, 0, "virtio-balloon");
     }
 
     /// Signals the driver if anything was used, and says whether chains
@@ -315,27 +297,9 @@ impl Done {
         ctx: &QueueContext<'_, I>,
         vq: IndexedQueue<'_>,
     ) -> Result<Progress, QueueError> {
-        let progress = Progress {
-            completed: self.completed,
-            more_pending: vq::more_pending(ctx.mem, vq.queue, self.popped),
-        };
-        vq::signal_used(
-            ctx.mem,
-            vq.queue,
-            vq.index,
-            progress.completed,
-            ctx.interrupt,
-        )
-        .map_err(QueueError::Interrupt)?;
-        Ok(progress)
+        self.progress
+            .finish(ctx.mem, vq.queue, vq.index, self.popped, ctx.interrupt)
     }
-}
-
-fn pop<'m>(
-    mem: &'m GuestMemory,
-    queue: &mut Queue,
-) -> Result<Option<DescriptorChain<&'m GuestMemory>>, QueueError> {
-    vq::next_chain(mem, queue).map_err(QueueError::AvailRing)
 }
 
 /// One descriptor of a chain, as the guest wrote it.

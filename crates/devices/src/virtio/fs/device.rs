@@ -28,9 +28,10 @@ use super::handler::FsHandler;
 use super::locate::{LocateError, Search, Virtiofsd};
 use super::session::{Session, StartError};
 use super::{CONFIG_LEN, NUM_QUEUES, NUM_REQUEST_QUEUES, QUEUE_SIZE, TAG_LEN};
-use crate::thread::DeviceThread;
-use crate::virtio::worker::Worker;
-use crate::virtio::{device_type, ActivateError, ActivationContext, VirtioDevice};
+use crate::virtio::worker::WorkerSlot;
+use crate::virtio::{
+    device_type, read_config_from, ActivateError, ActivationContext, VirtioDevice,
+};
 
 /// The queue sizes the transport offers.
 const QUEUE_MAX_SIZES: [u16; NUM_QUEUES] = [QUEUE_SIZE; NUM_QUEUES];
@@ -65,9 +66,6 @@ pub enum FsError {
         #[source]
         source: BackendError,
     },
-    /// The worker thread could not be started.
-    #[error("Cannot start the device worker")]
-    Worker(#[source] crate::virtio::worker::WorkerError),
     /// The driver acknowledged features the (new) daemon does not offer.
     #[error("The driver acknowledged features {0:#x} virtiofsd does not offer")]
     Features(u64),
@@ -81,7 +79,7 @@ pub struct VirtioFs {
     config_space: [u8; CONFIG_LEN],
     /// A started daemon waiting for the driver.
     idle: Option<Session>,
-    worker: Option<Worker<FsHandler>>,
+    worker: WorkerSlot<FsHandler>,
     /// The handler of a reset session, holding its daemon until retired.
     retired: Option<FsHandler>,
     shared: Arc<Shared>,
@@ -114,7 +112,7 @@ impl VirtioFs {
             binary,
             config_space,
             idle: Some(session),
-            worker: None,
+            worker: WorkerSlot::new("virtio-fs", device_type::FS),
             retired: None,
             shared,
         })
@@ -138,10 +136,12 @@ impl VirtioFs {
 
     /// Whether a worker is running the queues.
     pub fn is_active(&self) -> bool {
-        self.worker.is_some()
+        self.worker.is_active()
     }
 
-    fn start(&mut self, ctx: ActivationContext) -> Result<Worker<FsHandler>, FsError> {
+    /// Completes the handshake with a daemon (the waiting one, or a new
+    /// one) and builds the handler that serves the queues.
+    fn start(&mut self, ctx: ActivationContext) -> Result<FsHandler, FsError> {
         let tag = self.config.tag.clone();
         let calls = (0..NUM_QUEUES)
             .map(|_| EventFd::new(EFD_NONBLOCK))
@@ -171,7 +171,7 @@ impl VirtioFs {
                 Err(source) => return Err(FsError::Activate { tag, source }),
             }
         };
-        let handler = FsHandler::new(
+        Ok(FsHandler::new(
             &tag,
             session,
             ctx.mem,
@@ -179,10 +179,7 @@ impl VirtioFs {
             calls,
             ctx.interrupt,
             self.shared.clone(),
-        );
-        // On failure the handler, and with it the daemon, is dropped.
-        Worker::spawn("virtio-fs", DeviceThread::Worker(device_type::FS), handler)
-            .map_err(FsError::Worker)
+        ))
     }
 
     fn start_session(&self) -> Result<Session, FsError> {
@@ -207,52 +204,38 @@ impl VirtioDevice for VirtioFs {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        for (i, byte) in data.iter_mut().enumerate() {
-            let at = offset
-                .checked_add(i as u64)
-                .and_then(|a| usize::try_from(a).ok());
-            *byte = at
-                .and_then(|a| self.config_space.get(a))
-                .copied()
-                .unwrap_or(0);
-        }
+        read_config_from(&self.config_space, offset, data);
     }
 
     fn activate(&mut self, ctx: ActivationContext) -> Result<(), ActivateError> {
-        if self.worker.is_some() {
-            return Err(ActivateError::AlreadyActive);
+        self.worker.check_idle()?;
+        ctx.check_queue_count(NUM_QUEUES)?;
+        let interrupt = ctx.interrupt.clone();
+        let started = match self.start(ctx) {
+            // On failure the handler, and with it the daemon, is dropped.
+            Ok(handler) => self.worker.start(handler, interrupt),
+            Err(e) => Err(ActivateError::Backend(Box::new(e))),
+        };
+        if let Err(e) = &started {
+            // The transport logs only the top line; the cause matters.
+            let cause: &dyn Error = match e {
+                ActivateError::Backend(fs) => fs.as_ref(),
+                other => other,
+            };
+            error!(tag = %self.config.tag, "virtio-fs: {}", chain(cause));
+            self.shared.set(DaemonState::Stopped);
         }
-        if ctx.queues.len() != NUM_QUEUES {
-            return Err(ActivateError::QueueCount {
-                expected: NUM_QUEUES,
-                got: ctx.queues.len(),
-            });
-        }
-        match self.start(ctx) {
-            Ok(worker) => {
-                self.worker = Some(worker);
-                Ok(())
-            }
-            Err(e) => {
-                // The transport logs only the top line; the cause matters.
-                error!(tag = %self.config.tag, "virtio-fs: {}", chain(&e));
-                self.shared.set(DaemonState::Stopped);
-                Err(ActivateError::Backend(Box::new(e)))
-            }
-        }
+        started
     }
 
     fn reset(&mut self) -> bool {
-        if let Some(worker) = self.worker.take() {
-            // Either way the thread is gone; the handler keeps the daemon
-            // until retire (a panicked worker dropped it while unwinding).
-            match worker.stop() {
-                Ok(handler) => self.retired = Some(handler),
-                Err(e) => {
-                    error!("virtio-fs: {e}");
-                    self.shared.set(DaemonState::Stopped);
-                }
-            }
+        let was_active = self.worker.is_active();
+        // Either way the thread is gone; the handler keeps the daemon
+        // until retire (a lost worker dropped it while unwinding).
+        match self.worker.stop() {
+            Some(handler) => self.retired = Some(handler),
+            None if was_active => self.shared.set(DaemonState::Stopped),
+            None => {}
         }
         true
     }

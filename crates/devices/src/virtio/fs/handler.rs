@@ -19,6 +19,7 @@ use vmm_sys_util::eventfd::EventFd;
 use super::handle::{DaemonState, Shared};
 use super::queue::{self, fail_requests, take_over};
 use super::session::Session;
+use crate::virtio::queue::give_up;
 use crate::virtio::{ActiveQueue, GuestMemory, InterruptKind, VirtioInterrupt};
 
 /// Tokens: call eventfd `i` is `CALL + i`, notify eventfd `i` (watched
@@ -37,8 +38,8 @@ pub struct FsHandler {
     calls: Vec<EventFd>,
     interrupt: Arc<dyn VirtioInterrupt>,
     shared: Arc<Shared>,
-    /// The fallback path failed for good; the queues stay silent until
-    /// the driver resets the device.
+    /// The fallback path failed for good and the driver was asked for a
+    /// reset; the queues stay silent until then.
     broken: bool,
 }
 
@@ -112,10 +113,11 @@ impl FsHandler {
                 error!("virtio-fs: cannot watch queue {}: {e}", token - NOTIFY);
             }
         }
-        for active in &mut self.queues {
-            if let Err(e) = take_over(&self.mem, &mut active.queue) {
-                error!("virtio-fs: cannot take the queues over: {e}");
+        for (index, active) in (0..).zip(&mut self.queues) {
+            if let Err(e) = take_over(&self.mem, &mut active.queue, index) {
+                give_up("virtio-fs", &e, self.interrupt.as_ref());
                 self.broken = true;
+                break;
             }
         }
         for index in 0..self.queues.len() as u16 {
@@ -157,7 +159,7 @@ impl FsHandler {
             }
             Ok(_) => {}
             Err(e) => {
-                error!("virtio-fs: queues stopped until reset: {e}");
+                give_up("virtio-fs", &e, self.interrupt.as_ref());
                 self.broken = true;
             }
         }

@@ -15,7 +15,6 @@
 //! then sees a short reply, which it reports as an error). Work per call
 //! is bounded by the queue size.
 
-use std::io;
 use std::sync::atomic::Ordering;
 
 use virtio_queue::{DescriptorChain, Queue, QueueT};
@@ -32,38 +31,29 @@ pub const FUSE_OUT_HEADER_LEN: usize = 16;
 /// Offset of `unique` in both headers.
 const UNIQUE_OFFSET: usize = 8;
 
-/// What one call of [`fail_requests`] did.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Progress {
-    /// Requests put in the used ring.
-    pub completed: u16,
-    /// Of those, requests that got an error reply (the rest got length 0).
-    pub replied: u16,
-    /// The call stopped at its bound with requests still available.
-    pub more_pending: bool,
-}
-
 /// Errors that stop the fallback path (the queue stays silent until reset).
-#[derive(Debug, thiserror::Error)]
-pub enum QueueError {
-    /// The available ring could not be read or holds an impossible index.
-    #[error("Cannot read the available ring")]
-    AvailRing(#[source] virtio_queue::Error),
-    /// The used ring could not be read.
-    #[error("Cannot read the used ring")]
-    UsedRing(#[source] virtio_queue::Error),
-    /// The driver could not be signalled.
-    #[error("Cannot signal the driver")]
-    Interrupt(#[source] io::Error),
+pub use crate::virtio::queue::QueueError;
+
+/// What one call of [`fail_requests`] did.
+pub type Progress = vq::Progress<Replied>;
+
+/// What the fallback path counts beyond the requests used.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Replied {
+    /// Requests that got an error reply (the rest got length 0).
+    pub replied: u16,
 }
 
 /// Makes `queue` continue where the backend's used ring ends: every
 /// request past the used index is one the backend never completed.
 /// Returns that index.
-pub fn take_over(mem: &GuestMemory, queue: &mut Queue) -> Result<u16, QueueError> {
+pub fn take_over(mem: &GuestMemory, queue: &mut Queue, index: u16) -> Result<u16, QueueError> {
     let used = queue
         .used_idx(mem, Ordering::Acquire)
-        .map_err(QueueError::UsedRing)?;
+        .map_err(|source| QueueError::UsedRing {
+            queue: index,
+            source,
+        })?;
     queue.set_next_avail(used.0);
     queue.set_next_used(used.0);
     Ok(used.0)
@@ -87,15 +77,14 @@ where
     let mut popped = 0;
     loop {
         while popped < queue.size() {
-            let Some(chain) = vq::next_chain(mem, queue).map_err(QueueError::AvailRing)? else {
+            let Some(chain) = vq::next_chain(mem, queue, index)? else {
                 break;
             };
             popped += 1;
             let head = chain.head_index();
             let len = error_reply(mem, chain, queue.size(), errno);
-            if vq::complete(mem, queue, head, len, "virtio-fs") {
-                progress.completed += 1;
-                progress.replied += u16::from(len > 0);
+            if progress.complete(mem, queue, head, len, "virtio-fs") {
+                progress.detail.replied += u16::from(len > 0);
             }
         }
         if popped >= queue.size() {
@@ -107,11 +96,15 @@ where
         match queue.enable_notification(mem) {
             Ok(true) => continue,
             Ok(false) => break,
-            Err(e) => return Err(QueueError::AvailRing(e)),
+            Err(source) => {
+                return Err(QueueError::AvailRing {
+                    queue: index,
+                    source,
+                })
+            }
         }
     }
-    vq::signal_used(mem, queue, index, progress.completed, interrupt)
-        .map_err(QueueError::Interrupt)?;
+    vq::signal_used(mem, queue, index, progress.completed, interrupt)?;
     Ok(progress)
 }
 
@@ -241,8 +234,8 @@ mod tests {
             p,
             Progress {
                 completed: 3,
-                replied: 2,
-                more_pending: false
+                more_pending: false,
+                detail: Replied { replied: 2 },
             }
         );
         assert_eq!(used(&vq, 0), (0, 16));
@@ -288,7 +281,7 @@ mod tests {
         vq.avail().idx().store(3u16.to_le());
         let irq = Recorder::default();
         let p = fail_requests(&mem, &mut queue, 1, libc::EIO, &irq).unwrap();
-        assert_eq!((p.completed, p.replied), (3, 0));
+        assert_eq!((p.completed, p.detail.replied), (3, 0));
         for i in 0..3 {
             assert_eq!(used(&vq, i).1, 0);
         }
@@ -315,7 +308,7 @@ mod tests {
         }
         // A "backend" completed the first of three requests and died.
         vq.used().idx().store(1u16.to_le());
-        assert_eq!(take_over(&mem, &mut queue).unwrap(), 1);
+        assert_eq!(take_over(&mem, &mut queue, 1).unwrap(), 1);
         let irq = Recorder::default();
         let p = fail_requests(&mem, &mut queue, 1, libc::EIO, &irq).unwrap();
         assert_eq!(p.completed, 2);

@@ -5,16 +5,15 @@
 
 use agentvm_net::addr::GUEST_MAC;
 use agentvm_net::NetStack;
-use tracing::error;
 use virtio_bindings::bindings::virtio_net as bindings;
 use vmm_sys_util::timerfd::TimerFd;
 
 use super::handler::NetHandler;
 use super::{FrameBackend, MAX_FRAME_LEN};
-use crate::thread::DeviceThread;
-use crate::virtio::worker::Worker;
+use crate::virtio::worker::WorkerSlot;
 use crate::virtio::{
-    device_type, ActivateError, ActivationContext, VirtioDevice, VIRTIO_F_VERSION_1,
+    device_type, read_config_from, ActivateError, ActivationContext, VirtioDevice,
+    VIRTIO_F_VERSION_1,
 };
 
 /// Size of each of the two queues.
@@ -116,7 +115,7 @@ pub struct Net<B: FrameBackend = NetStack> {
     mac: [u8; 6],
     mtu: u16,
     backend: Option<B>,
-    worker: Option<Worker<NetHandler<B>>>,
+    worker: WorkerSlot<NetHandler<B>>,
 }
 
 impl<B: FrameBackend> Net<B> {
@@ -127,7 +126,7 @@ impl<B: FrameBackend> Net<B> {
             mac,
             mtu: DEFAULT_MTU,
             backend: Some(backend),
-            worker: None,
+            worker: WorkerSlot::new("virtio-net", device_type::NET),
         }
     }
 
@@ -157,7 +156,7 @@ impl<B: FrameBackend> Net<B> {
 
     /// Whether a worker is running the queues.
     pub fn is_active(&self) -> bool {
-        self.worker.is_some()
+        self.worker.is_active()
     }
 
     /// The backend, while the device is idle (it lives in the worker while
@@ -190,21 +189,12 @@ impl<B: FrameBackend> VirtioDevice for Net<B> {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        let config = self.config_bytes();
-        for (i, byte) in data.iter_mut().enumerate() {
-            let at = usize::try_from(offset).ok().and_then(|o| o.checked_add(i));
-            *byte = at.and_then(|at| config.get(at)).copied().unwrap_or(0);
-        }
+        read_config_from(&self.config_bytes(), offset, data);
     }
 
-    fn activate(&mut self, ctx: ActivationContext) -> Result<(), ActivateError> {
-        if self.worker.is_some() {
-            return Err(ActivateError::AlreadyActive);
-        }
-        let got = ctx.queues.len();
-        let Ok([rx, tx]) = <[_; 2]>::try_from(ctx.queues) else {
-            return Err(ActivateError::QueueCount { expected: 2, got });
-        };
+    fn activate(&mut self, mut ctx: ActivationContext) -> Result<(), ActivateError> {
+        self.worker.check_idle()?;
+        let queues = ctx.take_queues()?;
         let timer = TimerFd::new().map_err(|e| ActivateError::Backend(Box::new(e)))?;
         let Some(backend) = self.backend.take() else {
             return Err(ActivateError::Backend(Box::new(
@@ -212,9 +202,10 @@ impl<B: FrameBackend> VirtioDevice for Net<B> {
             )));
         };
         let mtu = (ctx.acked_features & features::MTU != 0).then_some(self.mtu);
+        let interrupt = ctx.interrupt.clone();
         let handler = NetHandler::new(
             ctx.mem,
-            [rx, tx],
+            queues,
             ctx.interrupt,
             backend,
             timer,
@@ -222,22 +213,14 @@ impl<B: FrameBackend> VirtioDevice for Net<B> {
             mtu,
         );
         // A failed spawn drops the handler, and the backend with it.
-        let worker = Worker::spawn(
-            "virtio-net",
-            DeviceThread::Worker(device_type::NET),
-            handler,
-        )
-        .map_err(ActivateError::Worker)?;
-        self.worker = Some(worker);
-        Ok(())
+        self.worker.start(handler, interrupt)
     }
 
     fn reset(&mut self) -> bool {
-        if let Some(worker) = self.worker.take() {
-            match worker.stop() {
-                Ok(handler) => self.backend = Some(handler.into_backend()),
-                Err(e) => error!("virtio-net: {e}; the backend is lost"),
-            }
+        // A lost worker took the backend with it: the next activation
+        // fails with BackendLost.
+        if let Some(handler) = self.worker.stop() {
+            self.backend = Some(handler.into_backend());
         }
         true
     }

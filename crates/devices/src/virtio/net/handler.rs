@@ -21,6 +21,7 @@ use vmm_sys_util::timerfd::TimerFd;
 use super::rx::{process_rx, RxState};
 use super::tx::{process_tx, TxState};
 use super::{FrameBackend, Negotiated};
+use crate::virtio::queue::give_up;
 use crate::virtio::{ActiveQueue, GuestMemory, VirtioInterrupt};
 
 /// Token of the receive queue's notification.
@@ -51,7 +52,8 @@ pub struct NetHandler<B> {
     backend_registered: bool,
     /// The backend's fd is watched for input (not paused).
     backend_watched: bool,
-    /// A queue failed for good; only a reset brings the device back.
+    /// A queue failed for good and the driver was asked for a reset; only
+    /// that reset brings the device back.
     broken: bool,
 }
 
@@ -113,7 +115,7 @@ impl<B: FrameBackend> NetHandler<B> {
         let (tx, rx) = match (tx, rx) {
             (Ok(tx), Ok(rx)) => (tx, rx),
             (Err(e), _) | (_, Err(e)) => {
-                error!("virtio-net: queues stopped until reset: {e}");
+                give_up("virtio-net", &e, self.interrupt.as_ref());
                 self.stop(ops);
                 return;
             }
@@ -126,10 +128,10 @@ impl<B: FrameBackend> NetHandler<B> {
         // After frames went out the backend may have more once polled
         // (room in its queue for host data): one more round, which ends
         // as soon as a round delivers nothing.
-        if rx.more_pending || (rx.frames > 0 && !rx.blocked) {
+        if rx.more_pending || (rx.detail.frames > 0 && !rx.detail.blocked) {
             rearm(&self.rx.notify);
         }
-        self.watch_backend(ops, !rx.blocked);
+        self.watch_backend(ops, !rx.detail.blocked);
         self.arm_timer();
     }
 

@@ -96,8 +96,8 @@ pub trait FrameBackend: AsRawFd + Send + 'static {
     fn poll_delay(&mut self) -> Option<Duration>;
 }
 
-/// Errors that stop a queue until the device is reset (shared with
-/// virtio-vsock).
+/// Errors that stop a queue until the device is reset (every device's
+/// queue paths share it).
 pub use crate::virtio::queue::QueueError;
 
 /// The features the driver acknowledged that change what the queue paths

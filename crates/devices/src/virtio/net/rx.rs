@@ -52,10 +52,12 @@ const ETH_HLEN: usize = 14;
 const DEFAULT_ETH_MTU: usize = 1500;
 
 /// What one call of [`process_rx`] did.
+pub type RxProgress = vq::Progress<RxCounts>;
+
+/// What the receive path counts beyond the chains used (frames' and
+/// broken ones).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct RxProgress {
-    /// Chains put in the used ring (frames' and broken ones).
-    pub completed: u16,
+pub struct RxCounts {
     /// Frames written to the guest.
     pub frames: u16,
     /// Frames dropped (too long, never fitting).
@@ -63,9 +65,6 @@ pub struct RxProgress {
     /// A frame waits and the ring ran out of buffers: call again once the
     /// driver posts some.
     pub blocked: bool,
-    /// The call stopped at its bound with frames and buffers left: call
-    /// again.
-    pub more_pending: bool,
 }
 
 /// A receive chain taken from the ring and not yet used.
@@ -153,7 +152,7 @@ where
                 };
                 taken += 1;
                 if frame.len() > state.max_frame || frame.is_empty() {
-                    progress.dropped += 1;
+                    progress.detail.dropped += 1;
                     let (len, max) = (frame.len(), state.max_frame);
                     state.warn(format_args!("rx frame of {len} bytes dropped (max {max})"));
                     continue;
@@ -169,7 +168,7 @@ where
             if state.held_descriptors >= usize::from(bound) {
                 // Every buffer the queue can hold is not enough.
                 state.frame = None;
-                progress.dropped += 1;
+                progress.detail.dropped += 1;
                 state.warn(format_args!(
                     "rx frame of {need} bytes dropped: larger than the whole ring"
                 ));
@@ -179,12 +178,8 @@ where
                 progress.more_pending = true;
                 break 'frames;
             }
-            let chain = vq::next_chain(mem, queue).map_err(|source| QueueError::AvailRing {
-                queue: RX_QUEUE,
-                source,
-            })?;
-            let Some(chain) = chain else {
-                progress.blocked = true;
+            let Some(chain) = vq::next_chain(mem, queue, RX_QUEUE)? else {
+                progress.detail.blocked = true;
                 break 'frames;
             };
             popped += 1;
@@ -194,23 +189,23 @@ where
                 Ok(walked) => walked,
                 Err(why) => {
                     state.warn(format_args!("rx chain {head} returned empty: {why}"));
-                    complete(mem, queue, head, 0, &mut progress);
+                    progress.complete(mem, queue, head, 0, "virtio-net");
                     continue;
                 }
             };
             let room = walked.total;
             if room < NET_HDR_LEN {
                 state.warn(format_args!("rx chain {head} returned empty: {room} bytes"));
-                complete(mem, queue, head, 0, &mut progress);
+                progress.complete(mem, queue, head, 0, "virtio-net");
                 continue;
             }
             if !state.negotiated.mrg_rxbuf && room < need {
                 // Without MRG_RXBUF the frame needs one chain that fits it.
-                complete(mem, queue, head, 0, &mut progress);
+                progress.complete(mem, queue, head, 0, "virtio-net");
                 state.bounced += 1;
                 if state.bounced >= bound {
                     state.frame = None;
-                    progress.dropped += 1;
+                    progress.detail.dropped += 1;
                     state.warn(format_args!(
                         "rx frame of {need} bytes dropped: no buffer fits it"
                     ));
@@ -234,20 +229,13 @@ where
             continue;
         };
         if deliver(mem, queue, state, &frame, &mut progress) {
-            progress.frames += 1;
+            progress.detail.frames += 1;
         } else {
-            progress.dropped += 1;
+            progress.detail.dropped += 1;
         }
     }
-    vq::signal_used(mem, queue, RX_QUEUE, progress.completed, interrupt)
-        .map_err(QueueError::Interrupt)?;
+    vq::signal_used(mem, queue, RX_QUEUE, progress.completed, interrupt)?;
     Ok(progress)
-}
-
-fn complete(mem: &GuestMemory, queue: &mut Queue, head: u16, len: u32, progress: &mut RxProgress) {
-    if vq::complete(mem, queue, head, len, "virtio-net") {
-        progress.completed += 1;
-    }
 }
 
 /// Writes header and `frame` across the first held chains (which have room
@@ -297,7 +285,7 @@ fn deliver(
     if !ok {
         error!("virtio-net: cannot write an rx frame to guest memory");
         for held in &chains {
-            complete(mem, queue, held.head, 0, progress);
+            progress.complete(mem, queue, held.head, 0, "virtio-net");
         }
         return false;
     }

@@ -25,16 +25,15 @@ use crate::virtio::warn::LogLimiter;
 use crate::virtio::{GuestMemory, VirtioInterrupt};
 
 /// What one call of [`process_tx`] did.
+pub type TxProgress = vq::Progress<TxCounts>;
+
+/// What the transmit path counts beyond the chains used.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct TxProgress {
-    /// Chains put in the used ring.
-    pub completed: u16,
+pub struct TxCounts {
     /// Frames handed to the backend.
     pub frames: u16,
     /// Chains dropped as malformed.
     pub dropped: u16,
-    /// The call stopped at its bound with chains left: call again.
-    pub more_pending: bool,
 }
 
 /// The transmit path's state between calls.
@@ -72,11 +71,7 @@ where
     let mut progress = TxProgress::default();
     let mut popped = 0;
     while popped < queue.size() {
-        let chain = vq::next_chain(mem, queue).map_err(|source| QueueError::AvailRing {
-            queue: TX_QUEUE,
-            source,
-        })?;
-        let Some(chain) = chain else {
+        let Some(chain) = vq::next_chain(mem, queue, TX_QUEUE)? else {
             break;
         };
         popped += 1;
@@ -84,23 +79,18 @@ where
         match read_frame(mem, chain, queue.size(), state) {
             Ok(()) => {
                 backend.push_frame(&state.scratch[NET_HDR_LEN..]);
-                progress.frames += 1;
+                progress.detail.frames += 1;
             }
             Err(why) => {
-                progress.dropped += 1;
+                progress.detail.dropped += 1;
                 if state.warnings.allow() {
                     warn!("virtio-net: tx chain {head} dropped: {why}");
                 }
             }
         }
-        if vq::complete(mem, queue, head, 0, "virtio-net") {
-            progress.completed += 1;
-        }
+        progress.complete(mem, queue, head, 0, "virtio-net");
     }
-    progress.more_pending = vq::more_pending(mem, queue, popped);
-    vq::signal_used(mem, queue, TX_QUEUE, progress.completed, interrupt)
-        .map_err(QueueError::Interrupt)?;
-    Ok(progress)
+    progress.finish(mem, queue, TX_QUEUE, popped, interrupt)
 }
 
 /// Why a transmit chain was dropped.

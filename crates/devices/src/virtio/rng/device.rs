@@ -1,14 +1,12 @@
 //! The virtio-rng device: what the transport sees (type, one queue, no
 //! config space) and the switch between idle and running.
 
-use tracing::error;
-
 use super::handler::RngHandler;
 use super::queue::{EntropySource, HostEntropy};
-use crate::thread::DeviceThread;
-use crate::virtio::worker::Worker;
+use crate::virtio::worker::WorkerSlot;
 use crate::virtio::{
-    device_type, ActivateError, ActivationContext, VirtioDevice, VIRTIO_F_VERSION_1,
+    device_type, read_config_from, ActivateError, ActivationContext, VirtioDevice,
+    VIRTIO_F_VERSION_1,
 };
 
 /// Size of the one request queue.
@@ -20,7 +18,7 @@ pub const QUEUE_SIZE: u16 = 256;
 /// dies (even by panicking) never leaves the device without one.
 pub struct Rng<E: EntropySource + Clone + Send + 'static = HostEntropy> {
     source: E,
-    worker: Option<Worker<RngHandler<E>>>,
+    worker: WorkerSlot<RngHandler<E>>,
 }
 
 impl Rng<HostEntropy> {
@@ -41,13 +39,13 @@ impl<E: EntropySource + Clone + Send + 'static> Rng<E> {
     pub fn with_source(source: E) -> Self {
         Rng {
             source,
-            worker: None,
+            worker: WorkerSlot::new("virtio-rng", device_type::RNG),
         }
     }
 
     /// Whether a worker is running the queue.
     pub fn is_active(&self) -> bool {
-        self.worker.is_some()
+        self.worker.is_active()
     }
 }
 
@@ -64,39 +62,24 @@ impl<E: EntropySource + Clone + Send + 'static> VirtioDevice for Rng<E> {
         VIRTIO_F_VERSION_1
     }
 
-    fn read_config(&self, _offset: u64, data: &mut [u8]) {
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
         // virtio-rng has no configuration space.
-        data.fill(0);
+        read_config_from(&[], offset, data);
     }
 
-    fn activate(&mut self, ctx: ActivationContext) -> Result<(), ActivateError> {
-        if self.worker.is_some() {
-            return Err(ActivateError::AlreadyActive);
-        }
-        let got = ctx.queues.len();
-        let Ok([active]) = <[_; 1]>::try_from(ctx.queues) else {
-            return Err(ActivateError::QueueCount { expected: 1, got });
-        };
+    fn activate(&mut self, mut ctx: ActivationContext) -> Result<(), ActivateError> {
+        self.worker.check_idle()?;
+        let [active] = ctx.take_queues()?;
         let source = self.source.clone();
+        let interrupt = ctx.interrupt.clone();
         let handler = RngHandler::new(ctx.mem, active.queue, active.notify, ctx.interrupt, source);
-        let worker = Worker::spawn(
-            "virtio-rng",
-            DeviceThread::Worker(device_type::RNG),
-            handler,
-        )
-        .map_err(ActivateError::Worker)?;
-        self.worker = Some(worker);
-        Ok(())
+        self.worker.start(handler, interrupt)
     }
 
     fn reset(&mut self) -> bool {
-        if let Some(worker) = self.worker.take() {
-            // Either way the thread is gone; a panic only loses its clone
-            // of the source.
-            if let Err(e) = worker.stop() {
-                error!("virtio-rng: {e}");
-            }
-        }
+        // Either way the thread is gone; a lost worker only loses its
+        // clone of the source.
+        self.worker.stop();
         true
     }
 }

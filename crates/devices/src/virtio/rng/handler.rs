@@ -11,6 +11,7 @@ use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::queue::{process_queue, EntropySource};
+use crate::virtio::queue::give_up;
 use crate::virtio::{GuestMemory, VirtioInterrupt};
 
 const QUEUE_NOTIFIED: u32 = 0;
@@ -22,8 +23,8 @@ pub struct RngHandler<E> {
     notify: EventFd,
     interrupt: Arc<dyn VirtioInterrupt>,
     source: E,
-    /// The queue failed for good; notifications are drained and ignored
-    /// until the driver resets the device.
+    /// The queue failed for good and the driver was asked for a reset;
+    /// notifications are drained and ignored until then.
     broken: bool,
 }
 
@@ -67,7 +68,7 @@ impl<E: EntropySource> RngHandler<E> {
             }
             Ok(_) => {}
             Err(e) => {
-                error!("virtio-rng: queue stopped until reset: {e}");
+                give_up("virtio-rng", &e, self.interrupt.as_ref());
                 self.broken = true;
             }
         }

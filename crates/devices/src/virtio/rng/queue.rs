@@ -60,26 +60,17 @@ impl EntropySource for HostEntropy {
     }
 }
 
+/// Errors that stop queue processing (the queue is unusable until reset).
+pub use crate::virtio::queue::QueueError;
+
 /// What one call of [`process_queue`] did.
+pub type Progress = vq::Progress<Written>;
+
+/// What virtio-rng counts beyond the chains used.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Progress {
-    /// Requests put in the used ring.
-    pub completed: u16,
+pub struct Written {
     /// Random bytes written to the guest.
     pub bytes: u64,
-    /// The call stopped at its bound with requests still available: call again.
-    pub more_pending: bool,
-}
-
-/// Errors that stop queue processing (the queue is unusable until reset).
-#[derive(Debug, thiserror::Error)]
-pub enum QueueError {
-    /// The available ring could not be read or holds an impossible index.
-    #[error("Cannot read the available ring")]
-    AvailRing(#[source] virtio_queue::Error),
-    /// The driver could not be signalled.
-    #[error("Cannot signal the driver")]
-    Interrupt(#[source] io::Error),
 }
 
 /// Serves the requests the driver made available in `queue` with bytes from
@@ -97,7 +88,7 @@ where
     let mut progress = Progress::default();
     let mut popped = 0;
     while popped < queue.size() {
-        let Some(chain) = vq::next_chain(mem, queue).map_err(QueueError::AvailRing)? else {
+        let Some(chain) = vq::next_chain(mem, queue, 0)? else {
             break;
         };
         popped += 1;
@@ -105,14 +96,11 @@ where
         // No chain may hold more descriptors than the queue: a direct one
         // cannot without looping, and we never offer indirect descriptors.
         let len = serve_request(mem, chain, queue.size(), source);
-        if vq::complete(mem, queue, head, len, "virtio-rng") {
-            progress.completed += 1;
-            progress.bytes += u64::from(len);
+        if progress.complete(mem, queue, head, len, "virtio-rng") {
+            progress.detail.bytes += u64::from(len);
         }
     }
-    progress.more_pending = vq::more_pending(mem, queue, popped);
-    vq::signal_used(mem, queue, 0, progress.completed, interrupt).map_err(QueueError::Interrupt)?;
-    Ok(progress)
+    progress.finish(mem, queue, 0, popped, interrupt)
 }
 
 /// Fills one request; returns the number of bytes written (0 if the chain is

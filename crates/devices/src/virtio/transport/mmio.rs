@@ -31,9 +31,19 @@
 //! write is checked against the status state machine, and a ready queue whose
 //! rings do not fit guest memory puts the device in DEVICE_NEEDS_RESET instead
 //! of activating it.
+//!
+//! # A device that gives up
+//!
+//! A running device whose queues fail for good (an impossible ring index)
+//! signals [`InterruptKind::NeedsReset`] from its worker. The bit lives in
+//! the [`MmioInterrupt`] the worker shares, next to InterruptStatus: the
+//! Status register shows DEVICE_NEEDS_RESET from then on and a
+//! configuration interrupt tells the driver to look. The driver's reset
+//! stops the worker before it clears the bit, so a stale request cannot
+//! survive into the next activation.
 
 use std::io;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 
 use tracing::{debug, error, warn};
@@ -178,6 +188,8 @@ pub enum MmioError {
 pub struct MmioInterrupt {
     status: AtomicU32,
     config_generation: AtomicU32,
+    /// DEVICE_NEEDS_RESET, asked for by the device or the transport.
+    needs_reset: AtomicBool,
     event: EventFd,
 }
 
@@ -186,6 +198,7 @@ impl MmioInterrupt {
         Ok(MmioInterrupt {
             status: AtomicU32::new(0),
             config_generation: AtomicU32::new(0),
+            needs_reset: AtomicBool::new(false),
             event: EventFd::new(EFD_NONBLOCK)?,
         })
     }
@@ -193,6 +206,11 @@ impl MmioInterrupt {
     /// The pending interrupt causes ([`INT_USED_RING`], [`INT_CONFIG`]).
     pub fn status(&self) -> u32 {
         self.status.load(Ordering::SeqCst)
+    }
+
+    /// Whether the device needs a reset (DEVICE_NEEDS_RESET in Status).
+    pub fn needs_reset(&self) -> bool {
+        self.needs_reset.load(Ordering::SeqCst)
     }
 
     /// The eventfd written on every interrupt.
@@ -204,8 +222,11 @@ impl MmioInterrupt {
         self.status.fetch_and(!bits, Ordering::SeqCst);
     }
 
+    /// Forgets pending interrupts and a request for a reset (the device
+    /// was just reset).
     fn clear(&self) {
         self.status.store(0, Ordering::SeqCst);
+        self.needs_reset.store(false, Ordering::SeqCst);
     }
 }
 
@@ -217,6 +238,11 @@ impl VirtioInterrupt for MmioInterrupt {
                 // The driver re-reads the config space if the generation
                 // moved while it was reading.
                 self.config_generation.fetch_add(1, Ordering::SeqCst);
+                INT_CONFIG
+            }
+            // Status shows the bit before the interrupt announces it.
+            InterruptKind::NeedsReset => {
+                self.needs_reset.store(true, Ordering::SeqCst);
                 INT_CONFIG
             }
         };
@@ -359,9 +385,15 @@ impl MmioTransport {
         &self.interrupt
     }
 
-    /// The device status register as the driver reads it.
+    /// The device status register as the driver reads it: what the
+    /// driver set, plus DEVICE_NEEDS_RESET when the device or the
+    /// transport gave up.
     pub fn status(&self) -> u32 {
-        self.status
+        if self.interrupt.needs_reset() {
+            self.status | status::DEVICE_NEEDS_RESET
+        } else {
+            self.status
+        }
     }
 
     /// Whether the device is running (activated and not reset since).
@@ -435,7 +467,7 @@ impl MmioTransport {
             regs::QUEUE_NUM_MAX => self.selected_queue().map_or(0, |q| u32::from(q.max_size)),
             regs::QUEUE_READY => self.selected_queue().map_or(0, |q| u32::from(q.ready)),
             regs::INTERRUPT_STATUS => self.interrupt.status(),
-            regs::STATUS => self.status,
+            regs::STATUS => self.status(),
             // No shared memory regions: a length of -1 says "no such region".
             regs::SHM_LEN_LOW | regs::SHM_LEN_HIGH | regs::SHM_BASE_LOW | regs::SHM_BASE_HIGH => {
                 u32::MAX
@@ -631,7 +663,7 @@ impl MmioTransport {
     /// DRIVER_OK: hands the ready queues to the device, or marks the device
     /// as needing a reset if they are unusable.
     fn activate(&mut self) {
-        if self.status & status::DEVICE_NEEDS_RESET != 0 {
+        if self.interrupt.needs_reset() {
             return;
         }
         let event_idx = self.driver_features & VIRTIO_RING_F_EVENT_IDX != 0;
@@ -677,8 +709,7 @@ impl MmioTransport {
     }
 
     fn needs_reset(&mut self) {
-        self.status |= status::DEVICE_NEEDS_RESET;
-        if let Err(e) = self.interrupt.trigger(InterruptKind::Config) {
+        if let Err(e) = self.interrupt.trigger(InterruptKind::NeedsReset) {
             warn!("virtio-mmio: cannot signal DEVICE_NEEDS_RESET: {e}");
         }
     }
@@ -694,7 +725,9 @@ impl MmioTransport {
                     device_type = self.device.device_type(),
                     "virtio: device cannot be reset"
                 );
-                self.status = status::DEVICE_NEEDS_RESET;
+                // No interrupt: the driver is resetting, and reads Status.
+                self.status = 0;
+                self.interrupt.needs_reset.store(true, Ordering::SeqCst);
                 return;
             }
             self.unretired = true;

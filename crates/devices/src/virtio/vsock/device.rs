@@ -8,15 +8,15 @@ use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use tracing::{error, warn};
+use tracing::warn;
 
 use super::handler::{NotifiedQueue, VsockHandler};
 use super::muxer::Muxer;
 use super::{unix, VsockCounters};
-use crate::thread::DeviceThread;
-use crate::virtio::worker::Worker;
+use crate::virtio::worker::WorkerSlot;
 use crate::virtio::{
-    device_type, ActivateError, ActivationContext, VirtioDevice, VIRTIO_F_VERSION_1,
+    device_type, read_config_from, ActivateError, ActivationContext, VirtioDevice,
+    VIRTIO_F_VERSION_1,
 };
 
 /// Size of each of the three queues.
@@ -81,7 +81,7 @@ pub struct Vsock {
     listener: Arc<UnixListener>,
     /// (device, inode) of the socket file we bound, to remove only ours.
     socket_id: Option<(u64, u64)>,
-    worker: Option<Worker<VsockHandler>>,
+    worker: WorkerSlot<VsockHandler>,
     counters: VsockCounters,
 }
 
@@ -110,7 +110,7 @@ impl Vsock {
             uds_path,
             listener: Arc::new(listener),
             socket_id,
-            worker: None,
+            worker: WorkerSlot::new("virtio-vsock", device_type::VSOCK),
             counters: VsockCounters::default(),
         })
     }
@@ -133,7 +133,7 @@ impl Vsock {
 
     /// Whether a worker is running the queues.
     pub fn is_active(&self) -> bool {
-        self.worker.is_some()
+        self.worker.is_active()
     }
 }
 
@@ -170,7 +170,7 @@ fn clear_stale_socket(path: &Path) -> Result<(), VsockError> {
 impl Drop for Vsock {
     fn drop(&mut self) {
         // Stop the worker before the socket file goes.
-        self.worker = None;
+        self.worker.stop();
         let ours = std::fs::symlink_metadata(&self.uds_path)
             .ok()
             .map(|m| (m.dev(), m.ino()));
@@ -201,45 +201,25 @@ impl VirtioDevice for Vsock {
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         // struct virtio_vsock_config { le64 guest_cid; }
-        let config = self.guest_cid.to_le_bytes();
-        for (i, byte) in data.iter_mut().enumerate() {
-            let at = usize::try_from(offset).ok().and_then(|o| o.checked_add(i));
-            *byte = at.and_then(|at| config.get(at)).copied().unwrap_or(0);
-        }
+        read_config_from(&self.guest_cid.to_le_bytes(), offset, data);
     }
 
-    fn activate(&mut self, ctx: ActivationContext) -> Result<(), ActivateError> {
-        if self.worker.is_some() {
-            return Err(ActivateError::AlreadyActive);
-        }
-        let got = ctx.queues.len();
-        let Ok(queues) = <[_; 3]>::try_from(ctx.queues) else {
-            return Err(ActivateError::QueueCount { expected: 3, got });
-        };
-        let queues = queues.map(|q| NotifiedQueue {
+    fn activate(&mut self, mut ctx: ActivationContext) -> Result<(), ActivateError> {
+        self.worker.check_idle()?;
+        let queues = ctx.take_queues::<3>()?.map(|q| NotifiedQueue {
             queue: q.queue,
             notify: q.notify,
         });
         let muxer = Muxer::new(self.guest_cid, self.uds_path.clone(), self.listener.clone())
             .with_counters(self.counters.clone());
+        let interrupt = ctx.interrupt.clone();
         let handler = VsockHandler::new(ctx.mem, queues, ctx.interrupt, muxer);
-        let worker = Worker::spawn(
-            "virtio-vsock",
-            DeviceThread::Worker(device_type::VSOCK),
-            handler,
-        )
-        .map_err(ActivateError::Worker)?;
-        self.worker = Some(worker);
-        Ok(())
+        self.worker.start(handler, interrupt)
     }
 
     fn reset(&mut self) -> bool {
-        if let Some(worker) = self.worker.take() {
-            // Either way the thread is gone, and with it every connection.
-            if let Err(e) = worker.stop() {
-                error!("virtio-vsock: {e}");
-            }
-        }
+        // Either way the thread is gone, and with it every connection.
+        self.worker.stop();
         true
     }
 }

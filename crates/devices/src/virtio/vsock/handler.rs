@@ -20,6 +20,7 @@ use vmm_sys_util::eventfd::EventFd;
 use super::muxer::{FdOp, Muxer};
 use super::queue::{process_rx, process_tx, VsockBackend};
 use super::MAX_PKT_PAYLOAD;
+use crate::virtio::queue::give_up;
 use crate::virtio::{GuestMemory, VirtioInterrupt};
 
 /// Token of the receive queue's notification.
@@ -46,7 +47,8 @@ pub struct VsockHandler {
     muxer: Muxer,
     /// One packet's payload, reused.
     scratch: Vec<u8>,
-    /// A queue failed for good; only a reset brings the device back.
+    /// A queue failed for good and the driver was asked for a reset; only
+    /// that reset brings the device back.
     broken: bool,
 }
 
@@ -92,14 +94,14 @@ impl VsockHandler {
         let (tx, rx) = match (tx, rx) {
             (Ok(tx), Ok(rx)) => (tx, rx),
             (Err(e), _) | (_, Err(e)) => {
-                error!("virtio-vsock: queues stopped until reset: {e}");
+                give_up("virtio-vsock", &e, self.interrupt.as_ref());
                 self.broken = true;
                 return;
             }
         };
         // Bounded work per wakeup: come back through the notification so the
         // kill eventfd and the sockets get a turn in between.
-        if tx.more_pending || (tx.paused && self.muxer.tx_ready()) {
+        if tx.more_pending || (tx.detail.paused && self.muxer.tx_ready()) {
             rearm(&self.tx.notify);
         }
         if rx.more_pending && self.muxer.has_rx() {

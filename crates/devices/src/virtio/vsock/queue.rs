@@ -48,17 +48,16 @@ pub trait VsockBackend {
     fn recv_pkt(&mut self, max_payload: usize, payload: &mut Vec<u8>) -> Option<Header>;
 }
 
-/// Errors that stop a queue until the device is reset (shared with
-/// virtio-net).
+/// Errors that stop a queue until the device is reset (every device's
+/// queue paths share it).
 pub use crate::virtio::queue::QueueError;
 
 /// What one call of [`process_tx`] or [`process_rx`] did.
+pub type Progress = vq::Progress<Paused>;
+
+/// Whether a transmit call stopped for the backend.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Progress {
-    /// Chains put in the used ring.
-    pub completed: u16,
-    /// The call stopped at its bound with chains and work left: call again.
-    pub more_pending: bool,
+pub struct Paused {
     /// Transmit only: the backend was not ready; call again once it is.
     pub paused: bool,
 }
@@ -82,10 +81,10 @@ where
     let mut popped = 0;
     while popped < queue.size() {
         if !backend.tx_ready() {
-            progress.paused = true;
+            progress.detail.paused = true;
             break;
         }
-        let Some(chain) = next_chain(mem, queue, TX_QUEUE)? else {
+        let Some(chain) = vq::next_chain(mem, queue, TX_QUEUE)? else {
             break;
         };
         popped += 1;
@@ -97,9 +96,9 @@ where
                 backend.malformed(bad.hdr.as_ref());
             }
         }
-        complete(mem, queue, head, 0, &mut progress);
+        progress.complete(mem, queue, head, 0, DEVICE);
     }
-    finish(mem, queue, TX_QUEUE, popped, interrupt, progress)
+    progress.finish(mem, queue, TX_QUEUE, popped, interrupt)
 }
 
 /// Fills the guest's receive buffers with `backend`'s packets.
@@ -117,7 +116,7 @@ where
     let mut progress = Progress::default();
     let mut popped = 0;
     while popped < queue.size() && backend.has_rx() {
-        let Some(chain) = next_chain(mem, queue, RX_QUEUE)? else {
+        let Some(chain) = vq::next_chain(mem, queue, RX_QUEUE)? else {
             break;
         };
         popped += 1;
@@ -126,7 +125,7 @@ where
             Ok(r) => r,
             Err(why) => {
                 warn_limited!("virtio-vsock: rx buffer {head} returned empty: {why}");
-                complete(mem, queue, head, 0, &mut progress);
+                progress.complete(mem, queue, head, 0, DEVICE);
                 continue;
             }
         };
@@ -139,43 +138,13 @@ where
             break;
         };
         let len = write_packet(mem, &regions, &hdr, scratch);
-        complete(mem, queue, head, len, &mut progress);
+        progress.complete(mem, queue, head, len, DEVICE);
     }
-    finish(mem, queue, RX_QUEUE, popped, interrupt, progress)
+    progress.finish(mem, queue, RX_QUEUE, popped, interrupt)
 }
 
-fn next_chain<'m>(
-    mem: &'m GuestMemory,
-    queue: &mut Queue,
-    index: u16,
-) -> Result<Option<DescriptorChain<&'m GuestMemory>>, QueueError> {
-    vq::next_chain(mem, queue).map_err(|source| QueueError::AvailRing {
-        queue: index,
-        source,
-    })
-}
-
-fn complete(mem: &GuestMemory, queue: &mut Queue, head: u16, len: u32, progress: &mut Progress) {
-    if vq::complete(mem, queue, head, len, "virtio-vsock") {
-        progress.completed += 1;
-    }
-}
-
-/// Notes whether work is left after hitting the bound, and signals the
-/// driver if it wants to know.
-fn finish<I: VirtioInterrupt + ?Sized>(
-    mem: &GuestMemory,
-    queue: &mut Queue,
-    index: u16,
-    popped: u16,
-    interrupt: &I,
-    mut progress: Progress,
-) -> Result<Progress, QueueError> {
-    progress.more_pending = vq::more_pending(mem, queue, popped);
-    vq::signal_used(mem, queue, index, progress.completed, interrupt)
-        .map_err(QueueError::Interrupt)?;
-    Ok(progress)
-}
+/// The device's name in the used-ring warnings.
+const DEVICE: &str = "virtio-vsock";
 
 /// Why a transmitted chain was not a packet.
 #[derive(Debug)]

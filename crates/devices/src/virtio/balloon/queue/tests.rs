@@ -1,5 +1,6 @@
 #![allow(clippy::unwrap_used)]
 
+use std::io;
 use std::sync::Mutex;
 
 use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
@@ -176,7 +177,8 @@ fn inflate_coalesces_runs_and_skips_what_it_cannot_hold() {
         p,
         Progress {
             completed: 1,
-            more_pending: false
+            more_pending: false,
+            detail: (),
         }
     );
     assert_eq!(g.used(0), (u32::from(head), 0));
@@ -479,7 +481,8 @@ fn work_per_call_is_one_queue_worth() {
         p,
         Progress {
             completed: 4,
-            more_pending: true
+            more_pending: true,
+            detail: (),
         }
     );
     let p = process_pages(
@@ -494,7 +497,8 @@ fn work_per_call_is_one_queue_worth() {
         p,
         Progress {
             completed: 1,
-            more_pending: false
+            more_pending: false,
+            detail: (),
         }
     );
     // Chain 0 came twice: its page is a repeat.
@@ -520,9 +524,12 @@ fn impossible_avail_index_is_an_error() {
     .unwrap_err();
     assert!(matches!(
         err,
-        QueueError::AvailRing(virtio_queue::Error::InvalidAvailRingIndex)
+        QueueError::AvailRing {
+            queue: 0,
+            source: virtio_queue::Error::InvalidAvailRingIndex
+        }
     ));
     let err = process_reports(&env.ctx(&mem), g.vq(3), &mut Recorder::default()).unwrap_err();
-    assert!(matches!(err, QueueError::AvailRing(_)));
+    assert!(matches!(err, QueueError::AvailRing { queue: 3, .. }));
     assert!(env.irqs().is_empty());
 }

@@ -101,7 +101,7 @@ fn a_frame_spans_chains_published_at_once() {
     let irq = Recorder::default();
     let mut state = mergeable();
     let p = process_rx(&mem, &mut queue, &mut backend, &irq, &mut state).unwrap();
-    assert_eq!((p.completed, p.frames, p.dropped), (3, 1, 0));
+    assert_eq!((p.completed, p.detail.frames, p.detail.dropped), (3, 1, 0));
     assert_eq!(used_idx(&vq), 3);
     assert_eq!(
         [used(&vq, 0), used(&vq, 1), used(&vq, 2)],
@@ -127,14 +127,17 @@ fn a_ring_running_dry_mid_frame_publishes_nothing() {
     let irq = Recorder::default();
     let mut state = mergeable();
     let p = process_rx(&mem, &mut queue, &mut backend, &irq, &mut state).unwrap();
-    assert!(p.blocked);
-    assert_eq!((p.completed, p.frames), (0, 0));
+    assert!(p.detail.blocked);
+    assert_eq!((p.completed, p.detail.frames), (0, 0));
     assert_eq!(used_idx(&vq), 0);
     assert!(irq.0.lock().unwrap().is_empty());
     assert!(state.has_work(&backend), "the frame is kept");
     post(&vq, 2, &[64]);
     let p = process_rx(&mem, &mut queue, &mut backend, &irq, &mut state).unwrap();
-    assert_eq!((p.completed, p.frames, p.blocked), (3, 1, false));
+    assert_eq!(
+        (p.completed, p.detail.frames, p.detail.blocked),
+        (3, 1, false)
+    );
     assert_eq!(used_idx(&vq), 3);
     assert_eq!(read(&mem, 2, 34)[..], [9; 34]);
 }
@@ -149,7 +152,7 @@ fn a_frame_larger_than_the_whole_ring_is_dropped_and_its_chains_reused() {
     let irq = Recorder::default();
     let mut state = mergeable();
     let p = process_rx(&mem, &mut queue, &mut backend, &irq, &mut state).unwrap();
-    assert_eq!((p.frames, p.dropped, p.completed), (1, 1, 2));
+    assert_eq!((p.detail.frames, p.detail.dropped, p.completed), (1, 1, 2));
     assert_eq!([used(&vq, 0), used(&vq, 1)], [(0, 16), (1, 6)]);
     assert_eq!(read(&mem, 0, 16)[10..], [2, 0, 2, 2, 2, 2], "num_buffers 2");
 }
@@ -164,7 +167,7 @@ fn without_mrg_rxbuf_a_frame_no_buffer_fits_is_dropped_after_a_queue_worth() {
     let irq = Recorder::default();
     let mut state = RxState::new(Negotiated::default(), Some(1500));
     let p = process_rx(&mem, &mut queue, &mut backend, &irq, &mut state).unwrap();
-    assert_eq!((p.frames, p.dropped, p.completed), (0, 1, 4));
+    assert_eq!((p.detail.frames, p.detail.dropped, p.completed), (0, 1, 4));
     assert!((0..4).all(|i| used(&vq, i).1 == 0));
     assert!(!state.has_work(&backend));
     assert!(read(&mem, 0, 20).iter().all(|&b| b == 0));
@@ -190,7 +193,12 @@ fn multi_descriptor_chains_filling_the_queue_drop_a_frame_they_cannot_take() {
     let mut state = mergeable();
     let p = process_rx(&mem, &mut queue, &mut backend, &irq, &mut state).unwrap();
     assert_eq!(
-        (p.frames, p.dropped, p.completed, p.blocked),
+        (
+            p.detail.frames,
+            p.detail.dropped,
+            p.completed,
+            p.detail.blocked
+        ),
         (1, 1, 2, false)
     );
     assert_eq!([used(&vq, 0), used(&vq, 1)], [(0, 16), (2, 6)]);

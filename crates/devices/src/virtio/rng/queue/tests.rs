@@ -56,8 +56,8 @@ fn serves_chains_and_signals_once() {
         progress,
         Progress {
             completed: 2,
-            bytes: 48,
-            more_pending: false
+            more_pending: false,
+            detail: Written { bytes: 48 },
         }
     );
     assert_eq!(used(&vq, 0), (0, 32));
@@ -87,8 +87,8 @@ fn entropy_failure_completes_the_request_empty() {
         progress,
         Progress {
             completed: 1,
-            bytes: 0,
-            more_pending: false
+            more_pending: false,
+            detail: Written { bytes: 0 },
         }
     );
     assert_eq!(used(&vq, 0), (0, 0));
@@ -123,8 +123,8 @@ fn stops_after_one_queue_worth_and_reports_more() {
         progress,
         Progress {
             completed: 4,
-            bytes: 16,
-            more_pending: true
+            more_pending: true,
+            detail: Written { bytes: 16 },
         }
     );
     let progress = process_queue(&mem, &mut queue, &mut racing, &irq).unwrap();
@@ -132,8 +132,8 @@ fn stops_after_one_queue_worth_and_reports_more() {
         progress,
         Progress {
             completed: 1,
-            bytes: 4,
-            more_pending: false
+            more_pending: false,
+            detail: Written { bytes: 4 },
         }
     );
 }
@@ -149,7 +149,10 @@ fn impossible_avail_index_is_an_error() {
     let err = process_queue(&mem, &mut queue, &mut ones, &irq).unwrap_err();
     assert!(matches!(
         err,
-        QueueError::AvailRing(virtio_queue::Error::InvalidAvailRingIndex)
+        QueueError::AvailRing {
+            queue: 0,
+            source: virtio_queue::Error::InvalidAvailRingIndex
+        }
     ));
     assert!(irq.0.lock().unwrap().is_empty());
 }
@@ -182,8 +185,8 @@ fn malformed_chains_complete_empty() {
         progress,
         Progress {
             completed: 4,
-            bytes: 0,
-            more_pending: false
+            more_pending: false,
+            detail: Written { bytes: 0 },
         }
     );
     for i in 0..4 {

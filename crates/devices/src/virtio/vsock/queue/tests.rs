@@ -140,7 +140,7 @@ fn tx_copies_a_packet_split_anywhere() {
         Progress {
             completed: 1,
             more_pending: false,
-            paused: false
+            detail: Paused { paused: false },
         }
     );
     assert_eq!(fake.got.len(), 1);
@@ -243,7 +243,7 @@ fn tx_waits_while_the_backend_is_not_ready() {
         Progress {
             completed: 0,
             more_pending: false,
-            paused: true
+            detail: Paused { paused: true },
         }
     );
     assert!(irq.0.lock().unwrap().is_empty());
