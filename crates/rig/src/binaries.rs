@@ -14,7 +14,7 @@ use agentvm_image::{run, ImageError};
 pub const BIN_ENV: &str = "AGENTVM_RIG_BIN";
 
 /// agentvm-vmm's examples the rig runs.
-pub const EXAMPLES: &[&str] = &["vhost_user_net"];
+pub const EXAMPLES: &[&str] = &["boot_and_exec", "vhost_user_net"];
 
 /// The target triple of the static build.
 const TARGET: &str = "x86_64-unknown-linux-gnu";
