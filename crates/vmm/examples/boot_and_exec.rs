@@ -1,8 +1,6 @@
-//! Boots agentvm's guest image with a shared directory and a filtered
-//! network, runs a shell command in it through the guest agent, powers off.
-//!
-//! `cargo run -p agentvm-vmm --example boot_and_exec -- IMAGE_DIR SHARED_DIR 'ls SHARED_DIR'`
-//! (IMAGE_DIR as `agentvm image build` writes it; the share needs virtiofsd)
+//! Boots agentvm's guest image (a directory as `agentvm image build` writes
+//! it) with a shared directory (needs virtiofsd) and a filtered network, runs
+//! a shell command in it through the guest agent, powers off.
 use std::error::Error;
 use std::path::PathBuf;
 
