@@ -268,4 +268,27 @@ mod tests {
         frontend.write_all(&m).unwrap();
         assert!(relay.join().unwrap().is_err());
     }
+
+    /// Found by the fuzzer (its model took these bytes for a cut-off
+    /// message): a bare header with any request and flags and a zero size
+    /// is a whole message, relayed as it is; bytes short of a header end
+    /// the relay with an error.
+    #[test]
+    fn a_bare_header_is_a_whole_message_and_a_partial_one_an_error() {
+        let bare = [73, 112, 255, 255, 255, 255, 73, 255, 0, 0, 0, 0];
+        let (mut frontend, front) = UnixStream::pair().unwrap();
+        let (back, daemon) = UnixStream::pair().unwrap();
+        let relay_thread = std::thread::spawn(move || relay(front, back));
+        frontend.write_all(&bare).unwrap();
+        drop(frontend);
+        relay_thread.join().unwrap().unwrap();
+        assert_eq!(read_all(daemon), bare);
+
+        let (mut frontend, front) = UnixStream::pair().unwrap();
+        let (back, _daemon) = UnixStream::pair().unwrap();
+        let relay_thread = std::thread::spawn(move || relay(front, back));
+        frontend.write_all(&bare[..11]).unwrap();
+        drop(frontend);
+        assert!(relay_thread.join().unwrap().is_err());
+    }
 }
