@@ -29,7 +29,7 @@ const RETRY: Duration = Duration::from_millis(20);
 ///
 /// # fn main() -> Result<(), agentvm_protocol::client::ClientError> {
 /// let agent = Agent::new("/run/user/1000/agentvm/vsock.sock");
-/// let out = agent.output(Command::new("uname").arg("-r"))?;
+/// let out = agent.output(&Command::new("uname").arg("-r"))?;
 /// assert!(out.status.success());
 /// print!("{}", String::from_utf8_lossy(&out.stdout));
 /// # Ok(())
