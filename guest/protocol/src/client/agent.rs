@@ -81,12 +81,7 @@ impl Agent {
     /// session with [`ClientError::OutputTooLarge`]; closing the connection
     /// makes the agent kill the command.
     pub fn output(&self, command: &Command) -> Result<Output, ClientError> {
-        let stream = self.connect()?;
-        let writer = stream.try_clone().map_err(ClientError::Local)?;
-        let mut session = Session::start(stream, writer, command.start.clone())?;
-        let control = session.control();
-        control.stdin(&command.stdin)?;
-        control.stdin_eof()?;
+        let mut session = self.start(command)?;
         let mut out = Output {
             status: ExitStatus::Code(0),
             stdout: Vec::new(),
@@ -116,12 +111,7 @@ impl Agent {
         stdout: &mut dyn Write,
         stderr: &mut dyn Write,
     ) -> Result<ExitStatus, ClientError> {
-        let stream = self.connect()?;
-        let writer = stream.try_clone().map_err(ClientError::Local)?;
-        let mut session = Session::start(stream, writer, command.start.clone())?;
-        let control = session.control();
-        control.stdin(&command.stdin)?;
-        control.stdin_eof()?;
+        let mut session = self.start(command)?;
         loop {
             match session.next_event()? {
                 Event::Stdout(d) => super::write_flush(stdout, &d)?,
@@ -129,6 +119,17 @@ impl Agent {
                 Event::Exit(status) => return Ok(status),
             }
         }
+    }
+
+    /// Starts `command` on a new connection and sends all of its stdin.
+    fn start(&self, command: &Command) -> Result<Session<UnixStream, UnixStream>, ClientError> {
+        let stream = self.connect()?;
+        let writer = stream.try_clone().map_err(ClientError::Local)?;
+        let session = Session::start(stream, writer, command.start.clone())?;
+        let control = session.control();
+        control.stdin(&command.stdin)?;
+        control.stdin_eof()?;
+        Ok(session)
     }
 
     /// Replaces the environment the agent adds to every later command.
