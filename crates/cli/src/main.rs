@@ -14,6 +14,7 @@ mod kvm_host;
 mod lifecycle;
 mod net_args;
 mod paths;
+mod secrets;
 mod share;
 mod trust;
 mod vhost_user;
