@@ -54,6 +54,9 @@ pub fn run(args: VmmArgs) -> anyhow::Result<ExitCode> {
     termination
         .thread_block()
         .context("cannot block termination signals")?;
+    // First, before any thread exists: the secrets `up` hands over on our
+    // stdin (nothing when it is /dev/null).
+    let handoff = crate::secrets::handoff::Handoff::receive(std::io::stdin().lock())?;
     let state = StateDir { dir: args.state };
     // The configuration it boots is read from here: only from a directory
     // of ours that nobody else can write.
@@ -113,12 +116,23 @@ pub fn run(args: VmmArgs) -> anyhow::Result<ExitCode> {
         let path = state.net_audit();
         let audit = agentvm_net::Audit::to_file_capped(&path, log_max)
             .with_context(|| format!("cannot create {}", path.display()))?;
+        let intercept = handoff.map(crate::secrets::handoff::Handoff::intercept_config);
         config.net = Some(StackConfig {
             policy: snap.policy.clone(),
             audit,
             memory_budget: snap.net_memory_bytes(),
+            // TODO(i15-intercept): StackConfig::intercept = intercept (the
+            // stand-in types of crate::secrets::handoff become agentvm-net's).
             ..StackConfig::default()
         });
+        if let Some(intercept) = intercept {
+            let names: Vec<&str> = intercept.secrets.iter().map(|s| s.name.as_str()).collect();
+            eprintln!(
+                "agentvm: warning: this VMM cannot intercept TLS yet: the guest holds \
+                 placeholders for {} and they reach no host as the real values",
+                names.join(", ")
+            );
+        }
     }
     config.landlock = Landlock::FromConfig;
     let vm = crate::build::build_vm(config)?;

@@ -82,6 +82,8 @@ impl std::fmt::Debug for SecretValue {
 }
 
 /// Stand-in for `agentvm_net::secrets::Secret`.
+// Read by the network stack once `__vmm` hands it over (TODO(i15-intercept)).
+#[allow(dead_code)]
 #[derive(Debug, Clone)]
 pub struct Secret {
     /// The guest variable (for the audit log).
@@ -95,6 +97,8 @@ pub struct Secret {
 }
 
 /// Stand-in for `agentvm_net::intercept::InterceptConfig`.
+// Read by the network stack once `__vmm` hands it over (TODO(i15-intercept)).
+#[allow(dead_code)]
 #[derive(Clone)]
 pub struct InterceptConfig {
     /// The CA the guest trusts (PEM).
