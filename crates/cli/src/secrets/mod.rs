@@ -25,6 +25,7 @@
 //!    store.
 
 pub mod ca;
+pub mod flags;
 pub mod handoff;
 pub mod placeholder;
 

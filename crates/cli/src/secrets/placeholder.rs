@@ -76,6 +76,19 @@ pub fn known_prefix(value: &str) -> Option<&'static str> {
 /// prefix) is drawn from: the classes `rest` uses; letters and digits when
 /// it uses none of them.
 fn alphabet(rest: &str) -> Vec<u8> {
+    let mut out = classes(rest);
+    // Never the value's first character: then the placeholder's random part
+    // can never hold the value, however short it is.
+    if let Some(first) = rest.bytes().next() {
+        if out.len() > 2 {
+            out.retain(|&c| c != first);
+        }
+    }
+    out
+}
+
+/// The character classes of `rest`, as a list of characters.
+fn classes(rest: &str) -> Vec<u8> {
     let has = |f: fn(&char) -> bool| rest.chars().any(|c| f(&c));
     let mut out = Vec::new();
     let lower = has(char::is_ascii_lowercase);
@@ -130,8 +143,15 @@ pub fn os_random(buf: &mut [u8]) -> Result<(), PlaceholderError> {
     getrandom::fill(buf).map_err(PlaceholderError::Random)
 }
 
+/// Values shorter than this may turn up inside another secret's
+/// placeholder by chance, as in any random text, which tells nothing; a
+/// placeholder never holds its own value, whatever its length (its
+/// alphabet lacks the value's first character).
+const MIN_TELLING: usize = 8;
+
 /// One placeholder per value, in order: each unlike every value and every
-/// other placeholder (none equal to, inside, or around another).
+/// other placeholder (none equal to, inside, or around another; see
+/// [`MIN_TELLING`] for short values).
 pub fn generate_all(
     values: &[&str],
     random: &mut dyn FnMut(&mut [u8]) -> Result<(), PlaceholderError>,
@@ -145,10 +165,17 @@ pub fn generate_all(
             }
             draws += 1;
             let p = generate(value, random)?;
-            let clashes = |other: &str| {
-                !other.is_empty() && (p.contains(other) || other.contains(p.as_str()))
+            let clashes = |other: &str, min: usize| {
+                p == other
+                    || other.contains(p.as_str())
+                    || (other.len() >= min.max(1) && p.contains(other))
             };
-            if !values.iter().any(|v| clashes(v)) && !out.iter().any(|o| clashes(o)) {
+            let own = |v: &&str| v == value;
+            if !values
+                .iter()
+                .any(|v| clashes(v, if own(v) { 1 } else { MIN_TELLING }))
+                && !out.iter().any(|o| clashes(o, 1))
+            {
                 break p;
             }
         };
@@ -162,7 +189,7 @@ mod tests {
     use super::*;
 
     fn shape(s: &str) -> Vec<u8> {
-        let mut classes = alphabet(s);
+        let mut classes = classes(s);
         classes.sort_unstable();
         classes
     }
@@ -224,14 +251,21 @@ mod tests {
 
     #[test]
     fn placeholders_are_unique_and_unlike_every_value() {
-        let values = ["sk-ant-api03-abc", "sk-ant-api03-abc", "x"];
+        // A placeholder never holds its own value, even a one-letter one.
+        for _ in 0..500 {
+            let p = generate("x", &mut os_random).unwrap();
+            assert!(!p.contains('x'), "{p}");
+        }
+        let values = ["sk-ant-api03-abc", "sk-ant-api03-abc", "x", "12345678"];
         let mut seen = std::collections::HashSet::new();
         for _ in 0..200 {
             let ps = generate_all(&values, &mut os_random).unwrap();
-            assert_eq!(ps.len(), 3);
+            assert_eq!(ps.len(), 4);
             for (i, p) in ps.iter().enumerate() {
                 for v in values {
-                    assert!(!p.contains(v) && !v.contains(p.as_str()), "{p} / {v}");
+                    let telling = v == values[i] || v.len() >= MIN_TELLING;
+                    assert!(!v.contains(p.as_str()), "{p} / {v}");
+                    assert!(!(telling && p.contains(v)), "{p} / {v}");
                 }
                 for (j, q) in ps.iter().enumerate() {
                     assert!(i == j || !p.contains(q.as_str()), "{p} / {q}");
