@@ -953,6 +953,13 @@ fn upstream_ca_is_read_from_the_workspace_when_resolved() {
     std::fs::write(&path, "not a certificate").unwrap();
     let e = ws.err("[network]\nupstream_ca = \"certs/test-ca.pem\"\n");
     assert!(e.message.contains("holds no PEM certificate"), "{e}");
+    // A FIFO (or a device) the guest left there is refused, not waited on.
+    let fifo = ws.dir.join("certs/fifo.pem");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let e = ws.err("[network]\nupstream_ca = \"certs/fifo.pem\"\n");
+    assert!(e.message.contains("not a regular file"), "{e}");
+    let e = ws.err("[network]\nupstream_ca = \"/dev/zero\"\n");
+    assert!(e.message.contains("not a regular file"), "{e}");
     std::fs::write(&path, "x".repeat((MAX_UPSTREAM_CA_BYTES + 1) as usize)).unwrap();
     let e = ws.err("[network]\nupstream_ca = \"certs/test-ca.pem\"\n");
     assert!(e.message.contains("larger than 1 MiB"), "{e}");

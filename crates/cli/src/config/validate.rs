@@ -278,11 +278,22 @@ pub fn seccomp(s: &Spanned<String>, src: &Source) -> Result<agentvm_vmm::Seccomp
 /// at least one certificate, at most [`super::MAX_UPSTREAM_CA_BYTES`].
 fn upstream_ca(p: &Spanned<String>, src: &Source, ctx: &Context<'_>) -> Result<super::UpstreamCa> {
     use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
     let key = "network.upstream_ca";
     let path = host_path(p, key, ctx.workspace, src, ctx)?;
     let mut pem = String::new();
-    std::fs::File::open(&path)
+    // Opened without blocking and checked to be a regular file before a
+    // byte is read: the workspace is the guest's to write, and a FIFO or a
+    // device there must not hang `up` (or `config`) before it shows what
+    // needs approval.
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits())
+        .open(&path)
         .and_then(|f| {
+            if !f.metadata()?.is_file() {
+                return Err(std::io::Error::other("not a regular file"));
+            }
             f.take(super::MAX_UPSTREAM_CA_BYTES + 1)
                 .read_to_string(&mut pem)
         })
