@@ -549,7 +549,23 @@ fn bind_secrets(cfg: &config::ResolvedConfig) -> anyhow::Result<Bound> {
             );
         }
     }
-    if cfg.secrets.is_empty() || cfg.network.mode == config::NetworkMode::Off {
+    if cfg.network.mode == config::NetworkMode::Off {
+        let written: Vec<&str> = cfg
+            .secrets
+            .iter()
+            .filter(|(_, s)| !matches!(s.origin, config::Origin::BuiltIn(_)))
+            .map(|(name, _)| name.as_str())
+            .collect();
+        if !written.is_empty() {
+            eprintln!(
+                "agentvm: warning: the network is off, so the secrets {} are left out of the \
+                 guest (their commands do not run)",
+                crate::escape::line(&written.join(", "))
+            );
+        }
+        return Ok(Bound::default());
+    }
+    if cfg.secrets.is_empty() {
         return Ok(Bound::default());
     }
     let resolved = crate::secrets::resolve(&cfg.secrets, &env::host_lookup, &cfg.workspace)?;
