@@ -31,7 +31,12 @@ use crate::caps::Cap;
 use crate::dns::tcp::DnsTcp;
 use crate::dns::{resolvers_from, Client, DnsServer};
 use crate::forward::Forwards;
+use crate::intercept::{
+    FlowError, HttpError, HttpEvent, InterceptConfig, InterceptError, Interceptor,
+};
+use crate::intercepted::Report;
 use crate::judge::{judge, judge_named, judge_peeked, Decision};
+use crate::peek::Protocol;
 use crate::phy::{Phy, QueueCaps};
 use crate::tcp::{Connected, FlowKey, Refused, StartError, TcpFlows};
 use crate::udp::UdpFlows;
@@ -58,6 +63,10 @@ pub enum NetError {
     /// The DNS server's upstream socket could not be opened.
     #[error("Cannot start the DNS server")]
     Dns(#[source] crate::dns::DnsError),
+    /// The interception configuration (secrets, CA, upstream CAs) is
+    /// unusable.
+    #[error("Cannot set up secret substitution")]
+    Intercept(#[source] InterceptError),
 }
 
 /// How a stack starts.
@@ -75,6 +84,10 @@ pub struct StackConfig {
     /// The most memory the stack's queues and flows take, bytes; 0:
     /// [`crate::DEFAULT_BUDGET`]. Flows that do not fit are refused.
     pub memory_budget: usize,
+    /// Secrets substituted on the way to their hosts, and the CA the
+    /// stack intercepts those hosts' TLS with ([`crate::intercept`]).
+    /// `None`: no flow is ever intercepted.
+    pub intercept: Option<InterceptConfig>,
 }
 
 /// Counters of a stack.
@@ -174,6 +187,8 @@ pub struct NetStack {
     tcp: TcpFlows,
     udp: UdpFlows,
     forwards: Forwards,
+    /// TLS interception of flows to hosts a secret is bound to.
+    intercept: Option<Interceptor>,
     next_token: usize,
     /// Host sockets left with work by a burst bound (edge-triggered epoll
     /// does not report them again).
@@ -223,6 +238,12 @@ impl NetStack {
             .add_default_ipv4_route(GATEWAY_IP)
             .map_err(|e| NetError::Host(io::Error::other(format!("{e:?}"))))?;
         iface.set_any_ip(true);
+        let intercept = config
+            .intercept
+            .as_ref()
+            .map(Interceptor::new)
+            .transpose()
+            .map_err(NetError::Intercept)?;
         let mut stack = NetStack {
             poll,
             events: Events::with_capacity(256),
@@ -245,6 +266,7 @@ impl NetStack {
             dns_tcp: DnsTcp::default(),
             udp: UdpFlows::default(),
             forwards: Forwards::default(),
+            intercept,
             next_token: FIRST_TOKEN,
             again: Vec::new(),
             guest_mac: EthernetAddress::BROADCAST,
@@ -354,6 +376,7 @@ impl NetStack {
             let mut progress = self.finish_connects(now);
             progress |= self.judge_first_messages(now);
             progress |= self.tcp.splice();
+            self.record_intercepted();
             progress |= self.dns_tcp.serve(
                 self.tcp.sockets(),
                 &mut self.dns,
@@ -447,6 +470,9 @@ impl NetStack {
                 |name| dns.handed_out_for(ip, name, now),
             );
             if decision.allow {
+                if !self.start_interception(&key, protocol, decision.name.as_deref()) {
+                    continue;
+                }
                 self.tcp.release(&key, decision.name);
             } else {
                 debug!(
@@ -458,6 +484,88 @@ impl NetStack {
             }
         }
         progress
+    }
+
+    /// Takes an allowed flow over for interception if it is TLS to port
+    /// 443 for `name` (the ClientHello's server name, judged handed out
+    /// for the flow's address or pinned to it) and a secret is bound to
+    /// exactly that name. False when the flow was refused instead (the
+    /// budget, the leaf certificate), recorded.
+    fn start_interception(
+        &mut self,
+        key: &FlowKey,
+        protocol: Protocol,
+        name: Option<&str>,
+    ) -> bool {
+        let (Some(interceptor), Some(name)) = (self.intercept.as_mut(), name) else {
+            return true;
+        };
+        if protocol != Protocol::Tls || key.remote.port() != 443 || !interceptor.binds(name) {
+            return true;
+        }
+        let started = interceptor
+            .start(name)
+            .map_err(|e| {
+                warn!("net: cannot intercept {name}: {e}");
+                "cannot intercept the connection"
+            })
+            .and_then(|flow| {
+                self.tcp
+                    .intercept(key, flow, name.to_string())
+                    .map_err(|_| "network memory budget exhausted")
+            });
+        match started {
+            Ok(()) => true,
+            Err(reason) => {
+                self.tcp.refuse(key);
+                let refused = Decision {
+                    allow: false,
+                    name: Some(name.to_string()),
+                    reason,
+                };
+                self.record(Proto::Tcp, &refused, key.remote);
+                false
+            }
+        }
+    }
+
+    /// Records what intercepted flows did: each substitution, each
+    /// refused request or failed upstream.
+    fn record_intercepted(&mut self) {
+        for report in self.tcp.take_reports() {
+            let event = match report {
+                Report::Substituted { host, event } => {
+                    let HttpEvent::Substituted {
+                        secret,
+                        method,
+                        path,
+                    } = event;
+                    let mut e = AuditEvent::now(Proto::Tcp, Verdict::Allow, "secret substituted")
+                        .name(host);
+                    e.secret = Some(secret);
+                    e.method = Some(method);
+                    e.path = Some(path);
+                    e
+                }
+                Report::Failed { host, error } => {
+                    debug!("net: intercepted flow to {host} failed: {error:?}");
+                    let mut e =
+                        AuditEvent::now(Proto::Tcp, Verdict::Deny, error.reason()).name(host);
+                    if let FlowError::Http(HttpError::Unbound {
+                        secret,
+                        method,
+                        path,
+                    }) = error
+                    {
+                        e.secret = Some(secret);
+                        e.method = Some(method);
+                        e.path = Some(path);
+                    }
+                    e
+                }
+            };
+            self.audit.record(event);
+        }
     }
 
     fn reset_from_syn(&mut self, syn: &[u8]) {
