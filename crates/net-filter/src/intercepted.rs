@@ -8,7 +8,7 @@
 //! [`InterceptFlow::pump`]).
 
 use std::io::{self, Read, Write};
-use std::net::Shutdown;
+use std::net::{Shutdown, SocketAddrV4};
 
 use mio::net::TcpStream;
 use smoltcp::socket::tcp;
@@ -21,6 +21,8 @@ pub struct Intercepted {
     flow: InterceptFlow,
     /// The bound name it was intercepted for.
     host: String,
+    /// Its destination as the guest addressed it.
+    remote: SocketAddrV4,
     /// The flow's interception buffers in the budget.
     _charge: Charge,
     /// The flow failed: the guest was reset, nothing more moves.
@@ -34,6 +36,8 @@ pub enum Report {
     Substituted {
         /// The bound name.
         host: String,
+        /// The destination.
+        remote: SocketAddrV4,
         /// What was substituted.
         event: HttpEvent,
     },
@@ -41,17 +45,20 @@ pub enum Report {
     Failed {
         /// The bound name.
         host: String,
+        /// The destination.
+        remote: SocketAddrV4,
         /// Why.
         error: FlowError,
     },
 }
 
 impl Intercepted {
-    /// `flow` to `host`, its buffers charged with `charge`.
-    pub fn new(flow: InterceptFlow, host: String, charge: Charge) -> Self {
+    /// `flow` to `host` at `remote`, its buffers charged with `charge`.
+    pub fn new(flow: InterceptFlow, host: String, remote: SocketAddrV4, charge: Charge) -> Self {
         Intercepted {
             flow,
             host,
+            remote,
             _charge: charge,
             failed: false,
         }
@@ -86,6 +93,7 @@ impl Intercepted {
         for event in self.flow.take_events() {
             reports.push(Report::Substituted {
                 host: self.host.clone(),
+                remote: self.remote,
                 event,
             });
         }
@@ -97,6 +105,7 @@ impl Intercepted {
                 let _ = host_stream.shutdown(Shutdown::Both);
                 reports.push(Report::Failed {
                     host: self.host.clone(),
+                    remote: self.remote,
                     error,
                 });
                 return true;

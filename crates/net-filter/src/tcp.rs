@@ -119,6 +119,20 @@ pub enum Connected {
     },
 }
 
+/// A held flow whose first message is in ([`TcpFlows::peeked`]).
+pub struct HeldFlow {
+    /// The flow.
+    pub key: FlowKey,
+    /// Its gate's protocol.
+    pub protocol: Protocol,
+    /// The name it was allowed for.
+    pub opened_for: Option<String>,
+    /// What its first message says.
+    pub peeked: Peeked,
+    /// Whether the message decides if it passes ([`Gate::judges`]).
+    pub judges: bool,
+}
+
 /// A flow a new policy refused.
 pub struct Refused {
     /// The flow.
@@ -268,7 +282,7 @@ impl TcpFlows {
     /// Held flows whose first message is decided, with its protocol, what
     /// it says and the name each was allowed for; each stays held until the caller
     /// lifts its gate ([`TcpFlows::release`]) or refuses it.
-    pub fn peeked(&mut self, now: Instant) -> Vec<(FlowKey, Protocol, Option<String>, Peeked)> {
+    pub fn peeked(&mut self, now: Instant) -> Vec<HeldFlow> {
         let mut decided = Vec::new();
         for (key, flow) in &mut self.flows {
             let (Some(gate), State::Open { socket, .. }) = (&mut flow.gate, &flow.state) else {
@@ -276,7 +290,13 @@ impl TcpFlows {
             };
             if let Some(Some(peeked)) = self.sockets.with(*socket, |socket| gate.look(socket, now))
             {
-                decided.push((*key, gate.protocol(), flow.name.clone(), peeked));
+                decided.push(HeldFlow {
+                    key: *key,
+                    protocol: gate.protocol(),
+                    opened_for: flow.name.clone(),
+                    peeked,
+                    judges: gate.judges(),
+                });
             }
         }
         decided
@@ -312,7 +332,7 @@ impl TcpFlows {
     ) -> Result<(), StartError> {
         let charge = self.budget.charge(FLOW_MEMORY).ok_or(StartError::Memory)?;
         if let Some(f) = self.flows.get_mut(key) {
-            f.intercept = Some(Box::new(Intercepted::new(flow, host, charge)));
+            f.intercept = Some(Box::new(Intercepted::new(flow, host, key.remote, charge)));
         }
         Ok(())
     }

@@ -7,6 +7,13 @@
 //!   pinned to it;
 //! - that name is, exactly, one of a [`Secret`]'s hosts (no subdomains).
 //!
+//! In `open` mode, where a flow to a public address is not judged by the
+//! name it asks for, port-443 flows are still held for their ClientHello
+//! when secrets are bound ([`crate::peek::Gate::for_interception`]): the
+//! same rules pick the ones intercepted, the others pass whatever they
+//! name (a first message that never comes holds a flow up to the peek
+//! timeout, then it passes).
+//!
 //! Every other flow is spliced as before and never decrypted: a
 //! placeholder sent there goes out verbatim, which leaks nothing.
 //!
@@ -103,6 +110,11 @@ impl Interceptor {
     /// is bound to it.
     pub fn binds(&self, name: &str) -> bool {
         self.secrets.iter().any(|s| s.bound_to(name))
+    }
+
+    /// Whether any secret is bound (to any host).
+    pub fn binds_any(&self) -> bool {
+        self.secrets.iter().any(|s| !s.hosts.is_empty())
     }
 
     /// Starts intercepting a flow to `name`.

@@ -31,18 +31,15 @@ use crate::caps::Cap;
 use crate::dns::tcp::DnsTcp;
 use crate::dns::{resolvers_from, Client, DnsServer};
 use crate::forward::Forwards;
-use crate::intercept::{
-    FlowError, HttpError, HttpEvent, InterceptConfig, InterceptError, Interceptor,
-};
-use crate::intercepted::Report;
+use crate::intercept::{InterceptConfig, InterceptError, Interceptor};
 use crate::judge::{judge, judge_named, judge_peeked, Decision};
-use crate::peek::Protocol;
 use crate::phy::{Phy, QueueCaps};
-use crate::tcp::{Connected, FlowKey, Refused, StartError, TcpFlows};
+use crate::tcp::{Connected, FlowKey, HeldFlow, Refused, StartError, TcpFlows};
 use crate::udp::UdpFlows;
 use crate::{frames, Audit, AuditEvent, Mode, Policy, Proto, Verdict};
 
 mod classify;
+mod intercept;
 
 /// The IP MTU when the configuration names none: the largest that keeps
 /// a frame plus virtio header under 64 KiB.
@@ -458,7 +455,14 @@ impl NetStack {
     fn judge_first_messages(&mut self, now: Instant) -> bool {
         let decided = self.tcp.peeked(now);
         let progress = !decided.is_empty();
-        for (key, protocol, opened_for, peeked) in decided {
+        for held in decided {
+            let HeldFlow {
+                key,
+                protocol,
+                opened_for,
+                peeked,
+                judges,
+            } = held;
             let ip = *key.remote.ip();
             let dns = &self.dns;
             let decision = judge_peeked(
@@ -469,6 +473,16 @@ impl NetStack {
                 peeked,
                 |name| dns.handed_out_for(ip, name, now),
             );
+            if !judges {
+                // Held only for interception: it passes either way, as the
+                // name it was opened for; intercepted only if its server
+                // name was handed out for (or pinned to) its address.
+                let sni = decision.allow.then_some(decision.name).flatten();
+                if self.start_interception(&key, protocol, sni.as_deref()) {
+                    self.tcp.release(&key, opened_for);
+                }
+                continue;
+            }
             if decision.allow {
                 if !self.start_interception(&key, protocol, decision.name.as_deref()) {
                     continue;
@@ -484,88 +498,6 @@ impl NetStack {
             }
         }
         progress
-    }
-
-    /// Takes an allowed flow over for interception if it is TLS to port
-    /// 443 for `name` (the ClientHello's server name, judged handed out
-    /// for the flow's address or pinned to it) and a secret is bound to
-    /// exactly that name. False when the flow was refused instead (the
-    /// budget, the leaf certificate), recorded.
-    fn start_interception(
-        &mut self,
-        key: &FlowKey,
-        protocol: Protocol,
-        name: Option<&str>,
-    ) -> bool {
-        let (Some(interceptor), Some(name)) = (self.intercept.as_mut(), name) else {
-            return true;
-        };
-        if protocol != Protocol::Tls || key.remote.port() != 443 || !interceptor.binds(name) {
-            return true;
-        }
-        let started = interceptor
-            .start(name)
-            .map_err(|e| {
-                warn!("net: cannot intercept {name}: {e}");
-                "cannot intercept the connection"
-            })
-            .and_then(|flow| {
-                self.tcp
-                    .intercept(key, flow, name.to_string())
-                    .map_err(|_| "network memory budget exhausted")
-            });
-        match started {
-            Ok(()) => true,
-            Err(reason) => {
-                self.tcp.refuse(key);
-                let refused = Decision {
-                    allow: false,
-                    name: Some(name.to_string()),
-                    reason,
-                };
-                self.record(Proto::Tcp, &refused, key.remote);
-                false
-            }
-        }
-    }
-
-    /// Records what intercepted flows did: each substitution, each
-    /// refused request or failed upstream.
-    fn record_intercepted(&mut self) {
-        for report in self.tcp.take_reports() {
-            let event = match report {
-                Report::Substituted { host, event } => {
-                    let HttpEvent::Substituted {
-                        secret,
-                        method,
-                        path,
-                    } = event;
-                    let mut e = AuditEvent::now(Proto::Tcp, Verdict::Allow, "secret substituted")
-                        .name(host);
-                    e.secret = Some(secret);
-                    e.method = Some(method);
-                    e.path = Some(path);
-                    e
-                }
-                Report::Failed { host, error } => {
-                    debug!("net: intercepted flow to {host} failed: {error:?}");
-                    let mut e =
-                        AuditEvent::now(Proto::Tcp, Verdict::Deny, error.reason()).name(host);
-                    if let FlowError::Http(HttpError::Unbound {
-                        secret,
-                        method,
-                        path,
-                    }) = error
-                    {
-                        e.secret = Some(secret);
-                        e.method = Some(method);
-                        e.path = Some(path);
-                    }
-                    e
-                }
-            };
-            self.audit.record(event);
-        }
     }
 
     fn reset_from_syn(&mut self, syn: &[u8]) {
