@@ -298,3 +298,67 @@ fn a_guest_offering_only_h2_is_refused() {
     let e = r.run().unwrap_err();
     assert_eq!(e.reason(), "guest TLS failed");
 }
+
+#[test]
+fn an_upgraded_connection_passes_both_ways_and_closes_cleanly() {
+    let mut r = rig(true);
+    let request = format!(
+        "GET /ws HTTP/1.1\r\nHost: api.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Authorization: Bearer {PLACEHOLDER}\r\n\r\n"
+    );
+    r.guest.writer().write_all(request.as_bytes()).unwrap();
+    r.run().unwrap();
+    assert!(String::from_utf8_lossy(&r.server_got).contains(VALUE));
+    r.server
+        .writer()
+        .write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n\x01server")
+        .unwrap();
+    r.run().unwrap();
+    assert!(r.guest_got.ends_with(b"\r\n\r\n\x01server"));
+    // Not an HTTP head, with a placeholder: passes verbatim in the tunnel.
+    r.server_got.clear();
+    let frame = format!("\x01guest {PLACEHOLDER}");
+    r.guest.writer().write_all(frame.as_bytes()).unwrap();
+    r.run().unwrap();
+    assert_eq!(r.server_got, frame.as_bytes());
+    // The upstream closes: the guest gets a close_notify, the flow says
+    // the guest's side may close.
+    r.server.send_close_notify();
+    r.run().unwrap();
+    let mut rest = Vec::new();
+    assert_eq!(r.guest.reader().read_to_end(&mut rest).unwrap(), 0);
+    let pumped = r
+        .flow
+        .pump(
+            &mut End {
+                rx: &mut r.g_in,
+                tx: &mut r.g_out,
+            },
+            &mut End {
+                rx: &mut r.u_out,
+                tx: &mut r.u_in,
+            },
+        )
+        .unwrap();
+    assert!(pumped.close_guest && !pumped.close_upstream, "{pumped:?}");
+}
+
+#[test]
+fn the_configuration_never_prints_the_ca_key_or_a_value() {
+    let ws = Ca::generate("ws").unwrap();
+    let config = InterceptConfig {
+        ca_cert_pem: ws.cert_pem.clone(),
+        ca_key_pem: ws.key_pem.clone(),
+        secrets: vec![Secret {
+            name: "K".into(),
+            placeholder: PLACEHOLDER.into(),
+            value: SecretValue::new(VALUE),
+            hosts: vec!["api.test".into()],
+        }],
+        upstream_roots_pem: vec![],
+    };
+    let shown = format!("{config:?} {:?}", Interceptor::new(&config).unwrap());
+    assert!(!shown.contains(VALUE), "{shown}");
+    assert!(!shown.contains("PRIVATE KEY"), "{shown}");
+    assert!(!shown.contains(ws.key_pem.expose().lines().nth(1).unwrap()));
+}
