@@ -79,7 +79,9 @@ impl Intercepted {
         host_eof: &mut bool,
         reports: &mut Vec<Report>,
     ) -> bool {
-        if self.failed {
+        // A failed flow, or one aborted since (a new policy refused it):
+        // nothing more moves, it is reaped with its socket.
+        if self.failed || socket.state() == tcp::State::Closed {
             return false;
         }
         let mut guest_pipe = GuestPipe(socket);

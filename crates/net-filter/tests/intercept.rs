@@ -161,6 +161,19 @@ impl GuestTls {
         name: &str,
         ca_pem: &str,
     ) -> Self {
+        Self::connect_with(g, stack, remote, port, name, ca_pem, |_| {})
+    }
+
+    /// [`GuestTls::connect`], the client's configuration changed by `tweak`.
+    fn connect_with(
+        g: &mut Guest,
+        stack: &mut NetStack,
+        remote: SocketAddrV4,
+        port: u16,
+        name: &str,
+        ca_pem: &str,
+        tweak: impl FnOnce(&mut ClientConfig),
+    ) -> Self {
         let mut roots = RootCertStore::empty();
         for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
             roots.add(c.unwrap()).unwrap();
@@ -172,6 +185,7 @@ impl GuestTls {
             .with_no_client_auth();
         // Offers h2 first: the stack must answer http/1.1.
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        tweak(&mut config);
         let conn = ClientConnection::new(
             Arc::new(config),
             ServerName::try_from(name.to_string()).unwrap(),
@@ -564,4 +578,32 @@ fn a_10_mb_chunked_event_stream_streams_through_with_bounded_memory() {
     let stats = s.stack.stats();
     assert!(stats.memory_peak <= budget, "{stats:?}");
     assert!(stats.memory_peak < stream.len() / 2, "{stats:?}");
+}
+
+#[test]
+fn a_client_hello_without_a_server_name_is_not_intercepted() {
+    let up = Upstream::start(Ipv4Addr::new(127, 0, 44, 75), &["api.test"], Arc::default());
+    let mut s = setup(75, vec![up.ca_pem.clone()], 0);
+    // No SNI to a pinned address passes the policy, but interception
+    // needs the name in the ClientHello: the guest (trusting only the
+    // upstream's CA) reaches the upstream itself, the placeholder stays.
+    let mut tls = GuestTls::connect_with(
+        &mut s.g,
+        &mut s.stack,
+        s.api,
+        50006,
+        "api.test",
+        &up.ca_pem,
+        |c| c.enable_sni = false,
+    );
+    let request =
+        format!("GET /v1/models HTTP/1.1\r\nHost: api.test\r\nx-api-key: {PLACEHOLDER}\r\n\r\n");
+    assert!(
+        tls.exchange(&mut s.g, &mut s.stack, &request, LONG, responses(1)),
+        "{:?}",
+        tls.error
+    );
+    let seen = up.requests();
+    assert!(seen[0].contains(&format!("x-api-key: {PLACEHOLDER}\r\n")));
+    assert!(audited(&s.events, "secret substituted").is_empty());
 }

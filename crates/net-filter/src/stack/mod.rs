@@ -33,6 +33,7 @@ use crate::dns::{resolvers_from, Client, DnsServer};
 use crate::forward::Forwards;
 use crate::intercept::{InterceptConfig, InterceptError, Interceptor};
 use crate::judge::{judge, judge_named, judge_peeked, Decision};
+use crate::peek::Peeked;
 use crate::phy::{Phy, QueueCaps};
 use crate::tcp::{Connected, FlowKey, HeldFlow, Refused, StartError, TcpFlows};
 use crate::udp::UdpFlows;
@@ -465,6 +466,8 @@ impl NetStack {
             } = held;
             let ip = *key.remote.ip();
             let dns = &self.dns;
+            // Interception needs the ClientHello to name the host itself.
+            let named = matches!(peeked, Peeked::Name(Some(_)));
             let decision = judge_peeked(
                 &self.policy,
                 ip,
@@ -477,14 +480,15 @@ impl NetStack {
                 // Held only for interception: it passes either way, as the
                 // name it was opened for; intercepted only if its server
                 // name was handed out for (or pinned to) its address.
-                let sni = decision.allow.then_some(decision.name).flatten();
+                let sni = (decision.allow && named).then_some(decision.name).flatten();
                 if self.start_interception(&key, protocol, sni.as_deref()) {
                     self.tcp.release(&key, opened_for);
                 }
                 continue;
             }
             if decision.allow {
-                if !self.start_interception(&key, protocol, decision.name.as_deref()) {
+                let sni = decision.name.as_deref().filter(|_| named);
+                if !self.start_interception(&key, protocol, sni) {
                     continue;
                 }
                 self.tcp.release(&key, decision.name);
