@@ -28,9 +28,10 @@ const CHUNK: usize = 16 << 10;
 /// Steps per pump, at most (the caller pumps again when asked).
 const STEPS: usize = 32;
 /// What a flow holds at most, to charge it up front: both rustls ends
-/// (unsent bytes, a received record and its plaintext), a head collected
-/// and substituted, the plaintext waiting each way.
-pub const FLOW_MEMORY: usize = 2 * (BUFFER_LIMIT + 3 * (18 << 10))
+/// (unsent bytes; received bytes, up to a whole 64 KiB handshake message
+/// while handshaking; a record's plaintext), a head collected and
+/// substituted, the plaintext waiting each way.
+pub const FLOW_MEMORY: usize = 2 * (BUFFER_LIMIT + (64 << 10) + 2 * (18 << 10))
     + super::http::MAX_HEAD
     + super::http::MAX_HEAD_OUT
     + 2 * CHUNK;
