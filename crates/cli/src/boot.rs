@@ -144,7 +144,7 @@ pub fn run(args: BootArgs) -> anyhow::Result<ExitCode> {
                     ca.display()
                 );
             }
-            Some(handoff.intercept_config())
+            Some(handoff.intercept_config()?)
         }
         None => None,
     };
@@ -185,7 +185,7 @@ impl BootArgs {
         kernel: KernelChoice,
         policy: Option<Policy>,
         state_dir: &Path,
-        intercept: Option<crate::secrets::handoff::InterceptConfig>,
+        intercept: Option<agentvm_net::intercept::InterceptConfig>,
     ) -> anyhow::Result<VmConfig> {
         let mut config = VmConfig::new(kernel.kernel);
         config.initrd = kernel.initrd;
@@ -223,19 +223,15 @@ impl BootArgs {
             target_mib: self.balloon,
         });
         if let Some(policy) = policy {
+            if let Some(intercept) = &intercept {
+                eprintln!("agentvm: {}", crate::secrets::intercept_line(intercept));
+            }
             config.net = Some(StackConfig {
                 policy,
                 audit: self.net.audit()?,
-                // TODO(i15-intercept): StackConfig::intercept = intercept
+                intercept,
                 ..StackConfig::default()
             });
-            if let Some(intercept) = intercept {
-                eprintln!(
-                    "agentvm: warning: this VMM cannot intercept TLS yet: {} secrets reach no \
-                     host as their real values",
-                    intercept.secrets.len()
-                );
-            }
         }
         config.landlock = Landlock::FromConfig;
         Ok(config)

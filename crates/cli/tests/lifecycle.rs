@@ -760,6 +760,17 @@ fn secrets_run_only_once_approved_and_their_values_stay_out_of_the_state() {
     }
     let snapshot = std::fs::read_to_string(state.join("config.json")).unwrap();
     assert!(snapshot.contains("\"TOKEN\""), "{snapshot}");
+    // The VMM built its network stack with interception for the bound
+    // host (it says so in its log, naming no value).
+    let console = std::fs::read_to_string(state.join("console.log")).unwrap();
+    assert!(
+        console.contains(
+            "agentvm: TLS interception is on for the secrets' hosts: KEY -> api.test; \
+             TOKEN -> api.test"
+        ),
+        "{console}"
+    );
+    assert!(!console.contains("cannot intercept"), "{console}");
     // The workspace CA: made once, its key the user's alone.
     let ca = w
         .runtime

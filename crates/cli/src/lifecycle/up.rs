@@ -595,7 +595,7 @@ fn bind_secrets(cfg: &config::ResolvedConfig) -> anyhow::Result<Bound> {
         .map(|u| u.pem.clone())
         .collect();
     Ok(Bound {
-        handoff: Some(crate::secrets::handoff(&ca, &resolved.secrets, upstream)),
+        handoff: Some(crate::secrets::handoff(&ca, &resolved.secrets, upstream)?),
         ca_cert_pem: Some(ca.cert_pem),
         secrets: resolved.secrets,
     })

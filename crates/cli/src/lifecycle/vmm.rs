@@ -116,23 +116,19 @@ pub fn run(args: VmmArgs) -> anyhow::Result<ExitCode> {
         let path = state.net_audit();
         let audit = agentvm_net::Audit::to_file_capped(&path, log_max)
             .with_context(|| format!("cannot create {}", path.display()))?;
-        let intercept = handoff.map(crate::secrets::handoff::Handoff::intercept_config);
+        let intercept = handoff
+            .map(crate::secrets::handoff::Handoff::intercept_config)
+            .transpose()?;
+        if let Some(intercept) = &intercept {
+            eprintln!("agentvm: {}", crate::secrets::intercept_line(intercept));
+        }
         config.net = Some(StackConfig {
             policy: snap.policy.clone(),
             audit,
             memory_budget: snap.net_memory_bytes(),
-            // TODO(i15-intercept): StackConfig::intercept = intercept (the
-            // stand-in types of crate::secrets::handoff become agentvm-net's).
+            intercept,
             ..StackConfig::default()
         });
-        if let Some(intercept) = intercept {
-            let names: Vec<&str> = intercept.secrets.iter().map(|s| s.name.as_str()).collect();
-            eprintln!(
-                "agentvm: warning: this VMM cannot intercept TLS yet: the guest holds \
-                 placeholders for {} and they reach no host as the real values",
-                names.join(", ")
-            );
-        }
     }
     config.landlock = Landlock::FromConfig;
     let vm = crate::build::build_vm(config)?;

@@ -22,23 +22,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 
-/// A CA certificate and its private key, both PEM.
-#[derive(Clone)]
-pub struct Ca {
-    /// The certificate (public; the guest trusts it).
-    pub cert_pem: String,
-    /// The private key (host only).
-    pub key_pem: String,
-}
-
-impl std::fmt::Debug for Ca {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Ca")
-            .field("cert_pem", &self.cert_pem)
-            .field("key_pem", &"<redacted>")
-            .finish()
-    }
-}
+/// A CA certificate and its private key, both PEM: the network stack's
+/// own type (its key is a redacted, zeroed-on-drop `SecretValue`).
+pub use agentvm_net::intercept::Ca;
 
 /// The certificate's file in a CA directory.
 pub const CERT_FILE: &str = "ca.pem";
@@ -50,41 +36,11 @@ pub fn dir(data_dir: &Path, id: &str) -> PathBuf {
     data_dir.join("ca").join(id)
 }
 
-/// A new CA named `cn`. The one function that makes a CA: the network
-/// stack's own `agentvm_net::intercept::Ca::generate` is meant to replace
-/// its body.
+/// A new CA named `cn`: the network stack's
+/// [`agentvm_net::intercept::Ca::generate`], so the CA the stack mints
+/// leaves from is the one kind it expects.
 pub fn generate(cn: &str) -> anyhow::Result<Ca> {
-    use rcgen::{
-        BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, KeyPair,
-        KeyUsagePurpose,
-    };
-    let key = KeyPair::generate().context("cannot generate the CA's key")?;
-    let mut params = CertificateParams::default();
-    let mut name = DistinguishedName::new();
-    name.push(DnType::CommonName, cn);
-    name.push(DnType::OrganizationName, "agentvm");
-    params.distinguished_name = name;
-    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    // From a day ago (a guest clock a little behind still accepts it) to
-    // ten years on.
-    let now = rcgen::date_time_ymd(1970, 1, 1)
-        + std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default();
-    params.not_before = now - std::time::Duration::from_secs(86_400);
-    params.not_after = now + std::time::Duration::from_secs(10 * 365 * 86_400);
-    let cert = params
-        .self_signed(&key)
-        .context("cannot sign the CA's certificate")?;
-    Ok(Ca {
-        cert_pem: cert.pem(),
-        key_pem: key.serialize_pem(),
-    })
+    Ca::generate(cn).context("cannot make the workspace CA")
 }
 
 /// The CA in `dir`, made (as `cn`) when there is none yet.
@@ -131,9 +87,9 @@ fn load(dir: &Path) -> anyhow::Result<Option<Ca>> {
     };
     let ca = Ca {
         cert_pem: read(CERT_FILE)?,
-        key_pem: read(KEY_FILE)?,
+        key_pem: agentvm_net::secrets::SecretValue::new(read(KEY_FILE)?),
     };
-    if rcgen::KeyPair::from_pem(&ca.key_pem).is_err()
+    if rcgen::KeyPair::from_pem(ca.key_pem.expose()).is_err()
         || !ca.cert_pem.contains("-----BEGIN CERTIFICATE-----")
     {
         bail!(
@@ -152,8 +108,8 @@ fn write_dir(dir: &Path, ca: &Ca) -> anyhow::Result<()> {
         .create(dir)
         .with_context(|| format!("cannot create {}", dir.display()))?;
     for (file, text, mode) in [
-        (KEY_FILE, &ca.key_pem, 0o600),
-        (CERT_FILE, &ca.cert_pem, 0o644),
+        (KEY_FILE, ca.key_pem.expose(), 0o600),
+        (CERT_FILE, ca.cert_pem.as_str(), 0o644),
     ] {
         let path = dir.join(file);
         std::fs::OpenOptions::new()
@@ -188,7 +144,7 @@ mod tests {
         let dir = dir(&tmp.path().join("data"), "0123456789abcdef");
         let ca = load_or_create(&dir, "agentvm test").unwrap();
         assert!(ca.cert_pem.starts_with("-----BEGIN CERTIFICATE-----"));
-        assert!(ca.key_pem.contains("PRIVATE KEY"));
+        assert!(ca.key_pem.expose().contains("PRIVATE KEY"));
         assert!(!ca.cert_pem.contains("PRIVATE"));
         let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode(&dir), 0o700);
@@ -206,7 +162,7 @@ mod tests {
         assert_eq!(again.key_pem, ca.key_pem);
         // Its key is the certificate's: re-signing with it gives the same
         // public key.
-        let key = rcgen::KeyPair::from_pem(&again.key_pem).unwrap();
+        let key = rcgen::KeyPair::from_pem(again.key_pem.expose()).unwrap();
         let der = pem_der(&again.cert_pem);
         assert!(
             der.windows(key.public_key_raw().len())

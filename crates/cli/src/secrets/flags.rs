@@ -127,7 +127,7 @@ impl SecretArgs {
             .map(|((s, value), placeholder)| Resolved {
                 name: s.name.clone(),
                 placeholder,
-                value: super::handoff::SecretValue::new(value),
+                value: agentvm_net::secrets::SecretValue::new(value),
                 hosts: s.hosts.clone(),
             })
             .collect();
@@ -136,7 +136,7 @@ impl SecretArgs {
             None => Vec::new(),
         };
         let ca = super::ca::generate("agentvm boot")?;
-        Ok(Some((super::handoff(&ca, &resolved, upstream), resolved)))
+        Ok(Some((super::handoff(&ca, &resolved, upstream)?, resolved)))
     }
 }
 

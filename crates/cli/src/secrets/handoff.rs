@@ -11,13 +11,16 @@
 //! is the message's end; a VM without secrets gets `/dev/null`, which reads
 //! as no message.
 //!
-//! The message is JSON: [`Handoff`]. The types the network stack takes are
-//! mirrored in [`Secret`], [`SecretValue`] and [`InterceptConfig`] until
-//! `agentvm_net::intercept` exists on this branch; then `__vmm` hands
-//! [`Handoff::intercept_config`]'s parts to `StackConfig::intercept`.
+//! The message is JSON: [`Handoff`]. `__vmm` turns it into the network
+//! stack's [`InterceptConfig`] ([`Handoff::intercept_config`], which
+//! validates every secret again: the pipe is the CLI's own, but the stack
+//! must never start with a value that could break a request's head) and
+//! sets `StackConfig::intercept` to it.
 
 use std::io::{Read, Write};
 
+use agentvm_net::intercept::InterceptConfig;
+use agentvm_net::secrets::{Secret, SecretValue};
 use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
 
@@ -59,84 +62,29 @@ impl std::fmt::Debug for Handoff {
     }
 }
 
-/// A secret's real value: never printed by `Debug`.
-#[derive(Clone, PartialEq, Eq)]
-pub struct SecretValue(String);
-
-impl SecretValue {
-    /// Wraps a value.
-    pub fn new(value: String) -> SecretValue {
-        SecretValue(value)
-    }
-
-    /// The value itself, for the one place that sends it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for SecretValue {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("<secret>")
-    }
-}
-
-/// Stand-in for `agentvm_net::secrets::Secret`.
-// Read by the network stack once `__vmm` hands it over (TODO(i15-intercept)).
-#[allow(dead_code)]
-#[derive(Debug, Clone)]
-pub struct Secret {
-    /// The guest variable (for the audit log).
-    pub name: String,
-    /// What the guest sends.
-    pub placeholder: String,
-    /// What goes upstream instead.
-    pub value: SecretValue,
-    /// The only names it goes to.
-    pub hosts: Vec<String>,
-}
-
-/// Stand-in for `agentvm_net::intercept::InterceptConfig`.
-// Read by the network stack once `__vmm` hands it over (TODO(i15-intercept)).
-#[allow(dead_code)]
-#[derive(Clone)]
-pub struct InterceptConfig {
-    /// The CA the guest trusts (PEM).
-    pub ca_cert_pem: String,
-    /// Its key (PEM).
-    pub ca_key_pem: String,
-    /// The secrets.
-    pub secrets: Vec<Secret>,
-    /// Extra upstream roots (PEM).
-    pub upstream_roots_pem: Vec<String>,
-}
-
-impl std::fmt::Debug for InterceptConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("InterceptConfig")
-            .field("secrets", &self.secrets)
-            .finish_non_exhaustive()
-    }
-}
-
 impl Handoff {
-    /// The network stack's interception settings.
-    pub fn intercept_config(self) -> InterceptConfig {
-        InterceptConfig {
+    /// The network stack's interception settings, every secret validated
+    /// ([`agentvm_net::secrets::validate_all`]; hosts normalized).
+    pub fn intercept_config(self) -> anyhow::Result<InterceptConfig> {
+        let secrets: Vec<Secret> = self
+            .secrets
+            .into_iter()
+            .map(|s| Secret {
+                name: s.name,
+                placeholder: s.placeholder,
+                value: SecretValue::new(s.value),
+                hosts: s.hosts,
+            })
+            .collect();
+        let secrets = agentvm_net::secrets::validate_all(&secrets)
+            .map_err(|e| anyhow::anyhow!("{}", super::describe(&e)))
+            .context("the secrets handed to the VMM are not usable")?;
+        Ok(InterceptConfig {
             ca_cert_pem: self.ca_cert_pem,
-            ca_key_pem: self.ca_key_pem,
-            secrets: self
-                .secrets
-                .into_iter()
-                .map(|s| Secret {
-                    name: s.name,
-                    placeholder: s.placeholder,
-                    value: SecretValue::new(s.value),
-                    hosts: s.hosts,
-                })
-                .collect(),
+            ca_key_pem: SecretValue::new(self.ca_key_pem),
+            secrets,
             upstream_roots_pem: self.upstream_roots_pem,
-        }
+        })
     }
 
     /// Writes the message to `to` (the VMM's stdin) and closes it.
@@ -200,12 +148,26 @@ mod tests {
     fn values_never_show_in_debug_output() {
         let h = sample();
         assert!(!format!("{h:?}").contains("hunter2"));
-        let cfg = h.intercept_config();
+        let cfg = h.intercept_config().unwrap();
         let shown = format!("{cfg:?}");
         assert!(
-            !shown.contains("hunter2") && shown.contains("<secret>"),
+            !shown.contains("hunter2") && !shown.contains("KEY") && shown.contains("<redacted>"),
             "{shown}"
         );
         assert_eq!(cfg.secrets[0].value.expose(), "sk-real-hunter2");
+        assert_eq!(cfg.ca_key_pem.expose(), "KEY");
+    }
+
+    #[test]
+    fn a_handoff_with_a_value_that_would_break_a_header_is_refused() {
+        let mut h = sample();
+        h.secrets[0].value = "sk-real\r\nX-Evil: 1".into();
+        let e = h.intercept_config().unwrap_err();
+        let shown = format!("{e:#}");
+        assert!(shown.contains("secret K"), "{shown}");
+        assert!(!shown.contains("sk-real"), "{shown}");
+        let mut h = sample();
+        h.secrets[0].hosts = vec!["API.Test.".into()];
+        assert_eq!(h.intercept_config().unwrap().secrets[0].hosts, ["api.test"]);
     }
 }

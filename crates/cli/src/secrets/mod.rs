@@ -35,8 +35,10 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use agentvm_net::secrets::{Secret, SecretError, SecretValue, MAX_SECRET_LEN};
+use anyhow::bail;
+
 use crate::config::{Origin, SecretEntry, SecretSource};
-use handoff::SecretValue;
 
 /// How long a secret's command may run.
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
@@ -116,14 +118,60 @@ pub fn resolve(
     let values: Vec<&str> = ready.iter().map(|(_, v, _)| v.as_str()).collect();
     let placeholders = placeholder::generate_all(&values, &mut placeholder::os_random)?;
     for ((name, value, entry), placeholder) in ready.into_iter().zip(placeholders) {
-        out.secrets.push(Resolved {
+        let resolved = Resolved {
             name: name.clone(),
             placeholder,
             value: SecretValue::new(value),
             hosts: entry.hosts.clone(),
-        });
+        };
+        // What the network stack would refuse (a value with a line break,
+        // one too long for a header) is left out here, with the reason.
+        match resolved.to_net().validated() {
+            Ok(valid) => out.secrets.push(Resolved {
+                hosts: valid.hosts,
+                ..resolved
+            }),
+            Err(e) => out.warnings.push(format!(
+                "{}: {}; it is left out of the guest",
+                entry.origin,
+                describe(&e)
+            )),
+        }
     }
     Ok(out)
+}
+
+impl Resolved {
+    /// The network stack's view of this secret (not yet validated).
+    pub fn to_net(&self) -> Secret {
+        Secret {
+            name: self.name.clone(),
+            placeholder: self.placeholder.clone(),
+            value: self.value.clone(),
+            hosts: self.hosts.clone(),
+        }
+    }
+}
+
+/// Why the network stack refuses a secret, for the user (never with the
+/// value).
+pub fn describe(e: &SecretError) -> String {
+    match e {
+        SecretError::BadPlaceholder(n) => {
+            format!("secret {n}: its placeholder is not usable (a bug in agentvm)")
+        }
+        SecretError::BadValue(n) => format!(
+            "secret {n}: its value must be 1 to {MAX_SECRET_LEN} bytes without control \
+             characters (no line breaks or tabs)"
+        ),
+        SecretError::Overlap(a, b) => {
+            format!("secrets {a} and {b}: their placeholders overlap (a bug in agentvm)")
+        }
+        SecretError::BadHost { secret, source } => {
+            format!("secret {secret}: one of its hosts is not a DNS name: {source}")
+        }
+        SecretError::NoHost(n) => format!("secret {n} is bound to no host"),
+    }
 }
 
 /// Runs a secret's command: its stdout, trimmed, or why not.
@@ -202,26 +250,48 @@ pub fn guest_env(env: &[(String, String)], secrets: &[Resolved]) -> Vec<(String,
     out
 }
 
-/// The hand-off for the VMM process.
+/// What the VMM says when its stack intercepts: each secret's name and
+/// the hosts it is swapped in for (never a value or a placeholder).
+pub fn intercept_line(config: &agentvm_net::intercept::InterceptConfig) -> String {
+    let bound: Vec<String> = config
+        .secrets
+        .iter()
+        .map(|s| format!("{} -> {}", s.name, s.hosts.join(", ")))
+        .collect();
+    crate::escape::line(&format!(
+        "TLS interception is on for the secrets' hosts: {}",
+        bound.join("; ")
+    ))
+    .into_owned()
+}
+
+/// The hand-off for the VMM process: the secrets validated together as
+/// the network stack will ([`agentvm_net::secrets::validate_all`]), so a
+/// secret it would refuse stops `up` (or `boot`) here, with a message.
 pub fn handoff(
     ca: &ca::Ca,
     secrets: &[Resolved],
     upstream_roots_pem: Vec<String>,
-) -> handoff::Handoff {
-    handoff::Handoff {
+) -> anyhow::Result<handoff::Handoff> {
+    let net: Vec<Secret> = secrets.iter().map(Resolved::to_net).collect();
+    let valid = match agentvm_net::secrets::validate_all(&net) {
+        Ok(valid) => valid,
+        Err(e) => bail!("{}", describe(&e)),
+    };
+    Ok(handoff::Handoff {
         ca_cert_pem: ca.cert_pem.clone(),
-        ca_key_pem: ca.key_pem.clone(),
-        secrets: secrets
-            .iter()
+        ca_key_pem: ca.key_pem.expose().to_string(),
+        secrets: valid
+            .into_iter()
             .map(|s| handoff::HandoffSecret {
-                name: s.name.clone(),
-                placeholder: s.placeholder.clone(),
                 value: s.value.expose().to_string(),
-                hosts: s.hosts.clone(),
+                name: s.name,
+                placeholder: s.placeholder,
+                hosts: s.hosts,
             })
             .collect(),
         upstream_roots_pem,
-    }
+    })
 }
 
 #[cfg(test)]

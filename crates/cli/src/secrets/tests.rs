@@ -101,9 +101,9 @@ fn values_come_from_the_host_and_the_guest_gets_placeholders() {
     // The VMM gets the values; nothing the guest gets holds the CA's key.
     let ca = ca::Ca {
         cert_pem: "CERT".into(),
-        key_pem: "KEY".into(),
+        key_pem: agentvm_net::secrets::SecretValue::new("KEY"),
     };
-    let h = handoff(&ca, &r.secrets, vec![]);
+    let h = handoff(&ca, &r.secrets, vec![]).unwrap();
     assert_eq!(h.secrets[0].value, "sk-ant-api03-realvalue-hunter2-AA");
     assert_eq!(h.secrets[0].placeholder, key.placeholder);
 }
@@ -126,4 +126,42 @@ fn a_command_runs_in_the_workspace_and_is_bounded() {
     let binary = run_command("printf '\\377'", dir.path());
     assert!(binary.unwrap_err().contains("not UTF-8"));
     assert!(run_command("true", Path::new("/nonexistent/dir")).is_err());
+}
+
+#[test]
+fn a_value_the_network_stack_would_refuse_is_left_out_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let secrets = BTreeMap::from([
+        (
+            "SPLIT".to_string(),
+            entry(
+                SecretSource::Command("printf 'sk-one\\r\\nX-Evil: 1'".into()),
+                file(),
+            ),
+        ),
+        (
+            "GOOD".to_string(),
+            entry(SecretSource::Value(EnvValue::host("KEY")), file()),
+        ),
+    ]);
+    let r = resolve(&secrets, &lookup, dir.path()).unwrap();
+    let names: Vec<&str> = r.secrets.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["GOOD"]);
+    assert_eq!(r.warnings.len(), 1, "{:?}", r.warnings);
+    let w = &r.warnings[0];
+    assert!(
+        w.starts_with("c.toml:4: secret SPLIT: its value must be")
+            && w.ends_with("left out of the guest"),
+        "{w}"
+    );
+    assert!(!w.contains("sk-one"), "{w}");
+    // Handing off a secret the stack would refuse stops there, too.
+    let mut bad = r.secrets.clone();
+    bad[0].value = SecretValue::new("a\nb");
+    let ca = ca::Ca {
+        cert_pem: "CERT".into(),
+        key_pem: SecretValue::new("KEY"),
+    };
+    let e = handoff(&ca, &bad, vec![]).unwrap_err().to_string();
+    assert!(e.contains("secret GOOD: its value must be"), "{e}");
 }
