@@ -89,7 +89,9 @@ impl Handoff {
 
     /// Writes the message to `to` (the VMM's stdin) and closes it.
     pub fn send(&self, mut to: impl Write) -> anyhow::Result<()> {
-        let json = serde_json::to_vec(self).context("cannot encode the secrets")?;
+        // The encoded message holds the values: zeroed once written.
+        let json =
+            zeroize::Zeroizing::new(serde_json::to_vec(self).context("cannot encode the secrets")?);
         to.write_all(&json)
             .and_then(|()| to.flush())
             .context("cannot hand the secrets to the VMM process")
@@ -97,7 +99,8 @@ impl Handoff {
 
     /// Reads the message from `from` to its end: `None` when it is empty.
     pub fn receive(from: impl Read) -> anyhow::Result<Option<Handoff>> {
-        let mut buf = Vec::new();
+        // Zeroed when read: it holds the values.
+        let mut buf = zeroize::Zeroizing::new(Vec::new());
         from.take(MAX_HANDOFF + 1)
             .read_to_end(&mut buf)
             .context("cannot read the secrets from stdin")?;
