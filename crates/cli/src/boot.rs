@@ -14,6 +14,7 @@ use clap::Args;
 
 use crate::kvm_host::KvmKind;
 use crate::net_args::NetArgs;
+use crate::secrets::flags::SecretArgs;
 
 /// Arguments of `agentvm boot`.
 #[derive(Args, Debug)]
@@ -79,6 +80,9 @@ pub struct BootArgs {
     /// The network: mode, allowlist, ports, pins, forwards, audit log.
     #[command(flatten)]
     net: NetArgs,
+    /// Secrets the guest sees as placeholders, and extra upstream roots.
+    #[command(flatten)]
+    secrets: SecretArgs,
     /// What the VMM's per-thread seccomp filters do with a system call
     /// their thread never makes: `kill` ends the VM and names the call
     /// (exit code 159), `log` lets it through and the kernel logs it,
@@ -112,6 +116,8 @@ pub fn run(args: BootArgs) -> anyhow::Result<ExitCode> {
     for warning in args.net.warnings() {
         eprintln!("agentvm: warning: {warning}");
     }
+    let lookup = |v: &str| std::env::var(v).ok();
+    let secrets = args.secrets.resolve(policy.as_ref(), &lookup)?;
     let kernel = choose_kernel(
         args.kernel.clone(),
         args.image.as_deref(),
@@ -123,7 +129,26 @@ pub fn run(args: BootArgs) -> anyhow::Result<ExitCode> {
         .prefix("agentvm-")
         .tempdir()
         .context("cannot create a state directory for the shares")?;
-    let config = args.vm_config(kernel, policy, state.path())?;
+    let intercept = match secrets {
+        Some((handoff, resolved)) => {
+            let ca = state.path().join(crate::secrets::ca::CERT_FILE);
+            std::fs::write(&ca, &handoff.ca_cert_pem)
+                .with_context(|| format!("cannot write {}", ca.display()))?;
+            for s in &resolved {
+                eprintln!(
+                    "agentvm: secret {}: the guest's placeholder is {} (the real value goes to \
+                     {} only); the guest must trust the CA in {}",
+                    s.name,
+                    s.placeholder,
+                    s.hosts.join(", "),
+                    ca.display()
+                );
+            }
+            Some(handoff.intercept_config()?)
+        }
+        None => None,
+    };
+    let config = args.vm_config(kernel, policy, state.path(), intercept)?;
     let vm = crate::build::build_vm(config)?;
     let running = vm.start().context("cannot run the VM")?;
     seccomp::install(args.seccomp, ThreadKind::Supervisor)
@@ -160,6 +185,7 @@ impl BootArgs {
         kernel: KernelChoice,
         policy: Option<Policy>,
         state_dir: &Path,
+        intercept: Option<agentvm_net::intercept::InterceptConfig>,
     ) -> anyhow::Result<VmConfig> {
         let mut config = VmConfig::new(kernel.kernel);
         config.initrd = kernel.initrd;
@@ -197,9 +223,13 @@ impl BootArgs {
             target_mib: self.balloon,
         });
         if let Some(policy) = policy {
+            if let Some(intercept) = &intercept {
+                eprintln!("agentvm: {}", crate::secrets::intercept_line(intercept));
+            }
             config.net = Some(StackConfig {
                 policy,
                 audit: self.net.audit()?,
+                intercept,
                 ..StackConfig::default()
             });
         }

@@ -72,6 +72,7 @@ pub fn run(args: VhostUserArgs) -> anyhow::Result<ExitCode> {
         resolvers: Vec::new(),
         mtu: usize::from(DEFAULT_MTU),
         memory_budget: 0,
+        intercept: None,
     })
     .context("cannot start the network stack")?;
     let backend = VhostUserNet::new(stack, GUEST_MAC, DEFAULT_MTU)

@@ -276,7 +276,7 @@ fn config_merges_plugins_and_never_prints_secrets() {
     ));
     assert!(!out.contains(secret), "{out}");
     for line in [
-        "ANTHROPIC_API_KEY = \"${ANTHROPIC_API_KEY}\"  # <set>; from plugin claude-code",
+        "ANTHROPIC_API_KEY = { value = \"${ANTHROPIC_API_KEY}\", hosts = [\"api.anthropic.com\"] }  # <set>; from plugin claude-code",
         "CLAUDE_CODE_OAUTH_TOKEN = \"${CLAUDE_CODE_OAUTH_TOKEN}\"  # <unset>; from plugin claude-code",
         "GH = \"token ${GH_TOKEN}\"  # <set>; from .agentvm/config.toml:15",
         "vcpus = 1",
@@ -290,7 +290,47 @@ fn config_merges_plugins_and_never_prints_secrets() {
         assert!(out.lines().any(|l| l == line), "{line:?} missing from\n{out}");
     }
     let without = stdout(&agentvm(&d.ws, &d.home, &["config"], &[]));
-    assert!(without.contains("ANTHROPIC_API_KEY = \"${ANTHROPIC_API_KEY}\"  # <unset>"));
+    assert!(without.contains(
+        "ANTHROPIC_API_KEY = { value = \"${ANTHROPIC_API_KEY}\", hosts = [\"api.anthropic.com\"] }  # <unset>"
+    ));
+}
+
+#[test]
+fn an_unapproved_secret_command_never_runs() {
+    let d = dirs();
+    std::fs::create_dir_all(d.ws.join(".agentvm")).unwrap();
+    let marker = d.home.join("secret-command-ran");
+    let command = format!("touch '{}' && echo tok", marker.display());
+    std::fs::write(
+        config_file(&d.ws),
+        format!(
+            "[network]\ndomains = [\"api.test\"]\n[secrets]\n\
+             TOKEN = {{ command = \"{command}\", hosts = [\"api.test\"] }}\n"
+        ),
+    )
+    .unwrap();
+    let runtime = d.home.join("run");
+    std::fs::create_dir_all(&runtime).unwrap();
+    let env = [("XDG_RUNTIME_DIR", runtime.to_str().unwrap())];
+    // `config` shows it without running it.
+    let out = stdout(&agentvm(&d.ws, &d.home, &["config"], &env));
+    assert!(out.contains("TOKEN = { command = "), "{out}");
+    assert!(!marker.exists(), "`config` ran a secret's command");
+    // `up` refuses before anything of the file takes effect, and says
+    // what the command is.
+    let o = agentvm(&d.ws, &d.home, &["up"], &env);
+    assert!(!o.status.success(), "{o:?}");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("is not approved yet"), "{err}");
+    assert!(
+        err.contains(&format!("TOKEN = command {command} -> api.test")),
+        "{err}"
+    );
+    assert!(!marker.exists(), "an unapproved secret command ran");
+    // `run` and `shell` start the VM the same way.
+    let o = agentvm(&d.ws, &d.home, &["run", "true"], &env);
+    assert!(!o.status.success(), "{o:?}");
+    assert!(!marker.exists(), "an unapproved secret command ran");
 }
 
 #[test]
@@ -331,7 +371,7 @@ fn config_reports_mistakes_at_their_line() {
         (
             "name = \"x\"\n\n[network]\nmode = \"open\"\nmdoe = \"off\"\n",
             ".agentvm/config.toml:5:1: unknown key `network.mdoe` (expected one of mode, \
-             domains, ports, hosts, forwards)",
+             domains, ports, hosts, forwards, upstream_ca)",
         ),
         (
             "[resources]\nvcpus = \"2\"\n",

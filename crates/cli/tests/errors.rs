@@ -330,3 +330,45 @@ fn a_vm_with_a_network_device_boots_and_writes_its_audit_log() {
         "{line}"
     );
 }
+
+#[test]
+fn boot_with_a_secret_intercepts_its_hosts_and_refuses_a_value_that_breaks_a_header() {
+    let Some((_dir, kernel)) = hello_guest() else {
+        return;
+    };
+    let boot = |value: &str| {
+        common::agentvm(
+            &[
+                "boot",
+                "--memory",
+                "128",
+                "--kernel",
+                kernel.to_str().unwrap(),
+                "--net",
+                "filtered",
+                "--allow",
+                "api.test",
+                "--secret",
+                "KEY=TEST_BOOT_SECRET@api.test",
+            ],
+            &[("TEST_BOOT_SECRET", value)],
+        )
+    };
+    let o = boot("sk-boot-hunter4");
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains("agentvm: TLS interception is on for the secrets' hosts: KEY -> api.test"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("hunter4") && !err.contains("cannot intercept"),
+        "{err}"
+    );
+    // A value with a line break would split the request's head: refused
+    // before the VM starts, without the value in the message.
+    let o = boot("sk-boot\nX-Evil: hunter5");
+    let line = one_line_error(&o);
+    assert!(line.contains("secret KEY: its value must be"), "{line}");
+    assert!(!stderr(&o).contains("hunter5"));
+}

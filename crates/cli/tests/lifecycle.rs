@@ -98,8 +98,14 @@ impl World {
     }
 
     fn agentvm(&self, args: &[&str], workspace: &Path) -> Output {
+        self.agentvm_with(args, workspace, &[])
+    }
+
+    /// [`World::agentvm`] with `env` added.
+    fn agentvm_with(&self, args: &[&str], workspace: &Path, env: &[(&str, &str)]) -> Output {
         Command::new(env!("CARGO_BIN_EXE_agentvm"))
             .args(args)
+            .envs(env.iter().copied())
             .current_dir(workspace)
             .env("XDG_RUNTIME_DIR", self.runtime.path())
             .env("XDG_CONFIG_HOME", self.runtime.path().join("config"))
@@ -690,6 +696,97 @@ fn an_unapproved_configuration_starts_nothing_and_runs_no_hook() {
     w.ok(&["trust"], &ws);
     w.ok(&["up"], &ws);
     assert!(marker.exists(), "the approved hook did not run");
+    w.ok(&["down"], &ws);
+}
+
+#[test]
+fn secrets_run_only_once_approved_and_their_values_stay_out_of_the_state() {
+    let Some(w) = World::new() else { return };
+    let ws = w.workspace("keys");
+    let marker = w.runtime.path().join("secret-command-ran");
+    let config = ws.join(".agentvm/config.toml");
+    let approved = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        format!(
+            "{approved}\n[network]\ndomains = [\"api.test\"]\n[secrets]\n\
+             TOKEN = {{ command = \"touch {} && echo tok-hunter2-from-command\", hosts = [\"api.test\"] }}\n\
+             KEY = {{ value = \"${{TEST_SECRET_VALUE}}\", hosts = [\"api.test\"] }}\n",
+            marker.display()
+        ),
+    )
+    .unwrap();
+    let env = [("TEST_SECRET_VALUE", "sk-proj-hunter3-from-env")];
+    let o = w.agentvm_with(&["up"], &ws, &env);
+    assert!(!o.status.success(), "{o:?}");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("+ TOKEN = command touch"), "{err}");
+    assert!(!marker.exists(), "an unapproved secret command ran");
+    assert!(!w.state(&ws).exists());
+    w.ok(&["trust"], &ws);
+    let o = w.agentvm_with(&["up"], &ws, &env);
+    assert!(o.status.success(), "{o:?}");
+    assert!(marker.exists(), "the approved command did not run");
+    // `status` names the secrets and their hosts, never a value.
+    let status = String::from_utf8_lossy(&w.agentvm(&["status"], &ws).stdout).into_owned();
+    assert!(
+        status.contains(
+            "keys: secrets (the guest holds placeholders): KEY -> api.test; TOKEN -> api.test"
+        ),
+        "{status}"
+    );
+    // Neither value is anywhere in the VM's state directory, nor in the
+    // VMM's environment or command line.
+    let state = w.state(&ws);
+    let pid: i32 = std::fs::read_to_string(state.join("vmm.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let mut seen = Vec::new();
+    for e in std::fs::read_dir(&state).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_file() {
+            seen.push((p.clone(), std::fs::read(&p).unwrap()));
+        }
+    }
+    for f in ["environ", "cmdline"] {
+        let p = PathBuf::from(format!("/proc/{pid}/{f}"));
+        seen.push((p.clone(), std::fs::read(&p).unwrap()));
+    }
+    for (p, bytes) in &seen {
+        let text = String::from_utf8_lossy(bytes);
+        assert!(!text.contains("hunter"), "{} holds a value", p.display());
+    }
+    let snapshot = std::fs::read_to_string(state.join("config.json")).unwrap();
+    assert!(snapshot.contains("\"TOKEN\""), "{snapshot}");
+    // The VMM built its network stack with interception for the bound
+    // host (it says so in its log, naming no value).
+    let console = std::fs::read_to_string(state.join("console.log")).unwrap();
+    assert!(
+        console.contains(
+            "agentvm: TLS interception is on for the secrets' hosts: KEY -> api.test; \
+             TOKEN -> api.test"
+        ),
+        "{console}"
+    );
+    assert!(!console.contains("cannot intercept"), "{console}");
+    // The workspace CA: made once, its key the user's alone.
+    let ca = w
+        .runtime
+        .path()
+        .join("data/agentvm/ca")
+        .join(state.file_name().unwrap());
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(ca.join("ca.key"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let cert = std::fs::read_to_string(ca.join("ca.pem")).unwrap();
+    w.ok(&["down"], &ws);
+    w.ok(&["up"], &ws);
+    assert_eq!(std::fs::read_to_string(ca.join("ca.pem")).unwrap(), cert);
     w.ok(&["down"], &ws);
 }
 

@@ -1,5 +1,7 @@
 //! The audit log: one JSON line per policy decision (a name resolved or
-//! refused, a flow allowed or denied), to a file or a callback. The file is
+//! refused, a flow allowed or denied) and per secret substituted into, or
+//! request refused on, an intercepted flow ([`crate::intercept`]: the
+//! secret's name, never its value), to a file or a callback. The file is
 //! capped and rotated ([`RotatingFile`]): a guest that floods the stack with
 //! denied connections cannot fill the disk.
 
@@ -55,6 +57,16 @@ pub struct AuditEvent {
     pub verdict: Verdict,
     /// Why, in a few words.
     pub reason: String,
+    /// The secret substituted, or whose placeholder was refused (its name;
+    /// intercepted requests only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+    /// The request's method (intercepted requests only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+    /// The request's path without query (intercepted requests only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
 }
 
 impl AuditEvent {
@@ -68,6 +80,9 @@ impl AuditEvent {
             port: None,
             verdict,
             reason: reason.into(),
+            secret: None,
+            method: None,
+            path: None,
         }
     }
 

@@ -34,6 +34,9 @@
 //! | `caps.rs` | a cap's counter and its one warning per episode |
 //! | `udp.rs` | guest UDP flows on host sockets |
 //! | `forward.rs` | host→guest port forwards |
+//! | `secrets.rs` | secrets the guest holds only a placeholder of |
+//! | `intercepted.rs` | an intercepted flow's two sockets as its pipes |
+//! | `intercept/` | TLS interception of flows to hosts a secret is bound to, placeholder substitution |
 #![deny(missing_docs)]
 
 pub mod addr;
@@ -46,11 +49,14 @@ mod dhcp;
 pub mod dns;
 mod forward;
 mod frames;
+pub mod intercept;
+mod intercepted;
 mod judge;
 pub mod peek;
 mod phy;
 pub mod policy;
 pub mod rotating;
+pub mod secrets;
 mod stack;
 mod tcp;
 #[cfg(feature = "testing")]

@@ -36,6 +36,9 @@ use tracing::debug;
 use crate::addr::{GATEWAY_IP, GUEST_IP};
 use crate::budget::{Budget, Charge};
 use crate::buffers::{AddError, BufferSize, TcpSockets};
+use crate::intercept::flow::FLOW_MEMORY;
+use crate::intercept::InterceptFlow;
+use crate::intercepted::{Intercepted, Report};
 use crate::peek::{Gate, Peeked, Protocol};
 
 /// Connections (TCP, connecting ones and forwarded ones included) at most.
@@ -91,6 +94,8 @@ struct Flow {
     /// Holds the guest's bytes (and the host's) until the name its first
     /// message asks for is judged ([`crate::peek`]).
     gate: Option<Gate>,
+    /// Taken over by TLS interception: pumped through it, never spliced.
+    intercept: Option<Box<Intercepted>>,
 }
 
 /// What to do with a connect that finished.
@@ -112,6 +117,20 @@ pub enum Connected {
         /// Why.
         error: io::Error,
     },
+}
+
+/// A held flow whose first message is in ([`TcpFlows::peeked`]).
+pub struct HeldFlow {
+    /// The flow.
+    pub key: FlowKey,
+    /// Its gate's protocol.
+    pub protocol: Protocol,
+    /// The name it was allowed for.
+    pub opened_for: Option<String>,
+    /// What its first message says.
+    pub peeked: Peeked,
+    /// Whether the message decides if it passes ([`Gate::judges`]).
+    pub judges: bool,
 }
 
 /// A flow a new policy refused.
@@ -153,6 +172,8 @@ pub struct TcpFlows {
     sockets: TcpSockets,
     budget: Budget,
     next_port: u16,
+    /// What intercepted flows did since the last [`TcpFlows::take_reports`].
+    reports: Vec<Report>,
 }
 
 impl TcpFlows {
@@ -164,6 +185,7 @@ impl TcpFlows {
             sockets: TcpSockets::default(),
             budget,
             next_port: 0,
+            reports: Vec::new(),
         }
     }
 
@@ -243,6 +265,7 @@ impl TcpFlows {
                 host_eof: false,
                 guest_eof: false,
                 gate: None,
+                intercept: None,
             },
         );
         Ok(())
@@ -259,7 +282,7 @@ impl TcpFlows {
     /// Held flows whose first message is decided, with its protocol, what
     /// it says and the name each was allowed for; each stays held until the caller
     /// lifts its gate ([`TcpFlows::release`]) or refuses it.
-    pub fn peeked(&mut self, now: Instant) -> Vec<(FlowKey, Protocol, Option<String>, Peeked)> {
+    pub fn peeked(&mut self, now: Instant) -> Vec<HeldFlow> {
         let mut decided = Vec::new();
         for (key, flow) in &mut self.flows {
             let (Some(gate), State::Open { socket, .. }) = (&mut flow.gate, &flow.state) else {
@@ -267,7 +290,13 @@ impl TcpFlows {
             };
             if let Some(Some(peeked)) = self.sockets.with(*socket, |socket| gate.look(socket, now))
             {
-                decided.push((*key, gate.protocol(), flow.name.clone(), peeked));
+                decided.push(HeldFlow {
+                    key: *key,
+                    protocol: gate.protocol(),
+                    opened_for: flow.name.clone(),
+                    peeked,
+                    judges: gate.judges(),
+                });
             }
         }
         decided
@@ -289,6 +318,28 @@ impl TcpFlows {
             flow.name = name;
             flow.gate = None;
         }
+    }
+
+    /// Takes a held flow over for TLS interception (before its gate is
+    /// lifted): from now on its bytes go through `flow`, which intercepts
+    /// it for `host`. [`StartError::Memory`] when the budget has no room
+    /// for its buffers ([`crate::intercept::flow::FLOW_MEMORY`]).
+    pub fn intercept(
+        &mut self,
+        key: &FlowKey,
+        flow: InterceptFlow,
+        host: String,
+    ) -> Result<(), StartError> {
+        let charge = self.budget.charge(FLOW_MEMORY).ok_or(StartError::Memory)?;
+        if let Some(f) = self.flows.get_mut(key) {
+            f.intercept = Some(Box::new(Intercepted::new(flow, host, key.remote, charge)));
+        }
+        Ok(())
+    }
+
+    /// What intercepted flows did since the last call.
+    pub fn take_reports(&mut self) -> Vec<Report> {
+        std::mem::take(&mut self.reports)
     }
 
     /// Starts a forwarded connection: `host` was accepted on the host,
@@ -349,6 +400,7 @@ impl TcpFlows {
                 host_eof: false,
                 guest_eof: false,
                 gate: None,
+                intercept: None,
             },
         );
         Ok(())
@@ -497,9 +549,21 @@ impl TcpFlows {
             if flow.gate.is_some() {
                 continue;
             }
+            let reports = &mut self.reports;
             progress |= self
                 .sockets
-                .with(socket, |socket| splice_one(key, flow, socket))
+                .with(socket, |socket| match flow.intercept.as_mut() {
+                    Some(i) => i.pump(
+                        socket,
+                        &mut flow.host,
+                        &mut flow.host_readable,
+                        &mut flow.host_writable,
+                        &mut flow.guest_eof,
+                        &mut flow.host_eof,
+                        reports,
+                    ),
+                    None => splice_one(key, flow, socket),
+                })
                 .unwrap_or(false);
         }
         progress

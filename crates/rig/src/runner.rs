@@ -465,7 +465,7 @@ impl Rig {
                 .boots
                 .iter()
                 .map(|b| b.timeout + Duration::from_secs(5))
-                .sum();
+                .sum::<Duration>();
         let started = Instant::now();
         let mut child = cmd.spawn().map_err(|source| {
             RunError::Image(ImageError::Spawn {

@@ -31,6 +31,7 @@ fn main() -> Result<(), Box<dyn Error>> {
         resolvers: Vec::new(),
         mtu: usize::from(DEFAULT_MTU),
         memory_budget: 0,
+        intercept: None,
     })?;
     let backend = VhostUserNet::new(stack, GUEST_MAC, DEFAULT_MTU)?;
     eprintln!("serving vhost-user-net on {}", socket.display());

@@ -29,6 +29,7 @@ mod root;
 mod server;
 mod session;
 mod spawn;
+mod trust;
 mod user;
 
 use std::io::Write;
@@ -64,6 +65,10 @@ pub struct Agent {
     env: RwLock<EnvList>,
     /// Who runs requests that name no user (set once, before serving).
     default_user: OnceLock<String>,
+    /// The root whose trust store a `Configure` CA goes to: `/` as PID 1,
+    /// `serve --root DIR`'s directory, else none (a test agent on the host
+    /// never touches the host's own store).
+    trust_root: Option<PathBuf>,
     pid1: bool,
 }
 
@@ -74,6 +79,7 @@ impl Agent {
             root: PathBuf::from("/"),
             env: RwLock::new(Vec::new()),
             default_user: OnceLock::new(),
+            trust_root: pid1.then(|| PathBuf::from("/")),
             pid1,
         }
     }
@@ -94,6 +100,26 @@ impl Agent {
     /// Replaces the configured environment.
     pub fn set_env(&self, env: EnvList) {
         *self.env.write().unwrap_or_else(PoisonError::into_inner) = env;
+    }
+
+    /// Carries out a `Configure`: installs the CA, if any, in the trust
+    /// store, then replaces the configured environment with the CA's
+    /// variables followed by `env` (so the host's `[env]` can still
+    /// override them). On failure the environment is left as it was.
+    pub fn configure(&self, env: EnvList, ca: Option<&[u8]>) -> Result<(), String> {
+        let mut all = match ca {
+            None => Vec::new(),
+            Some(pem) => {
+                let root = self
+                    .trust_root
+                    .as_deref()
+                    .ok_or("this agent has no trust store to add a CA to (serve without --root)")?;
+                trust::install(root, pem).map_err(|e| session::error_chain(&e))?
+            }
+        };
+        all.extend(env);
+        self.set_env(all);
+        Ok(())
     }
 
     /// Powers off (PID 1) or ends `serve`.
@@ -219,6 +245,7 @@ fn run_serve(args: ServeArgs) -> ExitCode {
     }
     let mut agent = Agent::new(false);
     if let Some(root) = args.root {
+        agent.trust_root = Some(root.clone());
         agent.root = root;
     }
     if let Some(user) = args.user {

@@ -73,10 +73,15 @@ pub fn serve(conn: OwnedFd, agent: &Arc<Agent>) {
                 }
             }
         }
-        Frame::Configure { env } => {
-            agent.set_env(env);
-            let _ = send(&mut file, &[Frame::hello(), Frame::Ack]);
-        }
+        Frame::Configure { env, ca } => match agent.configure(env, ca.as_deref()) {
+            Ok(()) => {
+                let _ = send(&mut file, &[Frame::hello(), Frame::Ack]);
+            }
+            Err(msg) => {
+                crate::log!("cannot take the host's configuration: {msg}");
+                let _ = send(&mut file, &[Frame::error(ErrorCode::Internal, msg)]);
+            }
+        },
         Frame::Poweroff => {
             let _ = send(&mut file, &[Frame::hello(), Frame::Ack]);
             drop(file);

@@ -481,6 +481,70 @@ fn env_cwd_and_configured_secrets() {
 }
 
 #[test]
+fn a_configured_ca_is_trusted_by_every_later_command() {
+    let root = tempfile::tempdir().unwrap();
+    let r = root.path().to_str().unwrap().to_owned();
+    std::fs::create_dir_all(root.path().join("etc/ssl/certs")).unwrap();
+    std::fs::write(
+        root.path().join("etc/ssl/certs/ca-certificates.crt"),
+        "-----BEGIN CERTIFICATE-----\nPUBLIC\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
+    let agent = Agent::start_with(&["--root", &r]);
+    let pem = b"-----BEGIN CERTIFICATE-----\nWORKSPACECA\n-----END CERTIFICATE-----\n";
+    client::configure_with_ca(
+        agent.connect(),
+        vec![(
+            b"ANTHROPIC_API_KEY".to_vec(),
+            b"sk-ant-placeholder".to_vec(),
+        )],
+        pem.to_vec(),
+    )
+    .unwrap();
+    let script = "echo $ANTHROPIC_API_KEY; echo $SSL_CERT_FILE $REQUESTS_CA_BUNDLE; \
+                  echo $GIT_SSL_CAINFO $NODE_EXTRA_CA_CERTS";
+    let (status, out, _) = agent.run_start(start(&["sh", "-c", script]), b"").unwrap();
+    assert_eq!(status, ExitStatus::Code(0));
+    assert_eq!(
+        String::from_utf8(out).unwrap(),
+        "sk-ant-placeholder\n\
+         /etc/ssl/certs/ca-certificates.crt /etc/ssl/certs/ca-certificates.crt\n\
+         /etc/ssl/certs/ca-certificates.crt /etc/ssl/certs/agentvm-ca.pem\n"
+    );
+    let bundle =
+        std::fs::read_to_string(root.path().join("etc/ssl/certs/ca-certificates.crt")).unwrap();
+    assert!(
+        bundle.contains("PUBLIC") && bundle.contains("WORKSPACECA"),
+        "{bundle}"
+    );
+    // Something that is not a certificate is refused, and the environment
+    // stays as it was.
+    let refused = client::configure_with_ca(
+        agent.connect(),
+        vec![(b"ANTHROPIC_API_KEY".to_vec(), b"other".to_vec())],
+        b"-----BEGIN PRIVATE KEY-----\nAA\n-----END PRIVATE KEY-----\n".to_vec(),
+    );
+    assert!(
+        matches!(
+            refused,
+            Err(ClientError::Remote {
+                code: ErrorCode::Internal,
+                ..
+            })
+        ),
+        "{refused:?}"
+    );
+    let (_, out, _) = agent
+        .run_start(start(&["sh", "-c", "echo $ANTHROPIC_API_KEY"]), b"")
+        .unwrap();
+    assert_eq!(out, b"sk-ant-placeholder\n");
+    // An agent serving on the host without --root has no store to touch.
+    let plain = Agent::start();
+    let refused = client::configure_with_ca(plain.connect(), vec![], pem.to_vec());
+    assert!(refused.is_err(), "{refused:?}");
+}
+
+#[test]
 fn runs_as_another_user() {
     if nix::unistd::geteuid().as_raw() != 0 {
         eprintln!("skipped: needs root to switch users");

@@ -5,7 +5,9 @@
 //! anything is reserved, so a peer cannot make the decoder allocate 4 GiB with a
 //! 9-byte frame. That makes [`decode`] a fuzz target as it stands.
 
-use crate::{ErrorCode, ExitStatus, WinSize, HEADER_LEN, MAX_DATA, MAX_PAYLOAD, PROTOCOL_VERSION};
+use crate::{
+    ErrorCode, ExitStatus, WinSize, HEADER_LEN, MAX_CA, MAX_DATA, MAX_PAYLOAD, PROTOCOL_VERSION,
+};
 
 /// Frame type bytes. Host → guest types are below 0x80, guest → host at or above.
 pub mod kind {
@@ -80,10 +82,16 @@ pub enum Frame {
     Resize(WinSize),
     /// Deliver this (Linux-numbered) signal to the command's process group.
     Signal(i32),
-    /// Replace the environment added to every later command (secrets included).
+    /// Replace the environment added to every later command, and trust a
+    /// CA.
     Configure {
-        /// `KEY`, `VALUE` pairs.
+        /// `KEY`, `VALUE` pairs (placeholders stand in for secrets).
         env: EnvList,
+        /// PEM certificates the guest adds to its trust store and names in
+        /// `SSL_CERT_FILE` and the like for every later command (the
+        /// workspace CA of the flows the VMM intercepts). At most
+        /// [`MAX_CA`] bytes.
+        ca: Option<Vec<u8>>,
     },
     /// Power the guest off (or end `serve` when the agent is not PID 1).
     Poweroff,
@@ -146,6 +154,9 @@ pub enum EncodeError {
     /// A data frame would exceed [`MAX_DATA`]; split it with `chunks(MAX_DATA)`.
     #[error("data frame of {0} bytes exceeds the chunk limit")]
     DataTooLarge(usize),
+    /// A `Configure` frame's CA would exceed [`MAX_CA`].
+    #[error("CA of {0} bytes exceeds the limit")]
+    CaTooLarge(usize),
 }
 
 impl Frame {
@@ -197,6 +208,9 @@ impl Frame {
             Frame::Stdin(d) | Frame::Stdout(d) | Frame::Stderr(d) if d.len() > MAX_DATA => {
                 Some(EncodeError::DataTooLarge(d.len()))
             }
+            Frame::Configure { ca: Some(ca), .. } if ca.len() > MAX_CA => {
+                Some(EncodeError::CaTooLarge(ca.len()))
+            }
             _ if len > MAX_PAYLOAD => Some(EncodeError::TooLarge(len)),
             _ => None,
         };
@@ -239,7 +253,14 @@ impl Frame {
                 out.extend_from_slice(&size.cols.to_le_bytes());
             }
             Frame::Signal(sig) => out.extend_from_slice(&sig.to_le_bytes()),
-            Frame::Configure { env } => put_env(out, env),
+            Frame::Configure { env, ca } => {
+                put_env(out, env);
+                // Absent, the field is left out: the frame is then exactly
+                // what agents from before the field accept.
+                if let Some(ca) = ca {
+                    put_opt(out, Some(ca));
+                }
+            }
             Frame::Started { pid } => out.extend_from_slice(&pid.to_le_bytes()),
             Frame::Exit(status) => {
                 let (k, v) = match *status {
@@ -365,7 +386,19 @@ pub fn decode_payload(kind: u8, payload: &[u8]) -> Result<Frame, DecodeError> {
             cols: r.u16()?,
         }),
         kind::SIGNAL => Frame::Signal(r.i32()?),
-        kind::CONFIGURE => Frame::Configure { env: r.env()? },
+        kind::CONFIGURE => {
+            let env = r.env()?;
+            let ca = if r.buf.is_empty() {
+                None
+            } else {
+                match r.opt()? {
+                    Some(ca) if ca.len() > MAX_CA => return Err(r.invalid("CA over the limit")),
+                    Some(ca) => Some(ca.to_vec()),
+                    None => return Err(r.invalid("an absent CA is left out")),
+                }
+            };
+            Frame::Configure { env, ca }
+        }
         kind::STARTED => Frame::Started { pid: r.u32()? },
         kind::EXIT => match r.u8()? {
             0 => Frame::Exit(ExitStatus::Code(r.i32()?)),

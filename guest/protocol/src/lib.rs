@@ -62,7 +62,7 @@
 //! | 0x04 | StdinEof | host → guest | empty |
 //! | 0x05 | Resize | host → guest | rows: u16, cols: u16 |
 //! | 0x06 | Signal | host → guest | signo: i32 (Linux numbering) |
-//! | 0x07 | Configure | host → guest | `env` |
+//! | 0x07 | Configure | host → guest | `env`, then optionally `opt` ca (PEM certificates, ≤ [`MAX_CA`], 64 KiB; present when the flag is 1, the field left out when there is none) |
 //! | 0x08 | Poweroff | host → guest | empty |
 //! | 0x80 | Started | guest → host | pid: u32 |
 //! | 0x81 | Stdout | guest → host | data (≤ 64 KiB) |
@@ -73,6 +73,12 @@
 //!
 //! A payload with bytes after its last field, an unknown type, a data frame
 //! over 64 KiB or a header announcing more than 1 MiB is malformed.
+//!
+//! `Configure`'s CA field came after version 1 was fixed, without a new
+//! version: a `Configure` without it is byte for byte the old frame, so an
+//! older agent still takes every host's environment; an older agent refuses
+//! one with a CA (trailing bytes), and the host then sends the environment
+//! alone and says the guest image is too old to trust the CA.
 //!
 //! # Versions
 //!
@@ -102,6 +108,9 @@ pub const MAX_PAYLOAD: usize = 1 << 20;
 
 /// Largest payload of a data frame (`Stdin`, `Stdout`, `Stderr`): 64 KiB.
 pub const MAX_DATA: usize = 64 << 10;
+
+/// Largest CA field of a `Configure` frame: 64 KiB of PEM.
+pub const MAX_CA: usize = 64 << 10;
 
 /// A terminal size in character cells.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

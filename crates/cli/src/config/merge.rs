@@ -2,11 +2,14 @@
 //! order the file lists them, then the workspace's own file.
 //!
 //! Rules, applying a later layer onto what is there:
-//! - scalars (`resources.*`, `network.mode`, `kernel`, `initrd`, `image`):
+//! - scalars (`resources.*`, `network.mode`, `network.upstream_ca`,
+//!   `kernel`, `initrd`, `image`):
 //!   the later layer's value wins, so the user's beats every plugin's;
-//! - tables of values (`[env]`, `network.hosts`): merged key by key, the
-//!   later layer winning a key both set (so the user can re-pin a name a
-//!   plugin pinned);
+//! - tables of values (`[env]`, `[secrets]`, `network.hosts`): merged key
+//!   by key, the later layer winning a key both set (so the user can re-pin
+//!   a name a plugin pinned); `[env]` and `[secrets]` share their keys (the
+//!   guest's variables): a later layer's `[env] NAME` replaces an earlier
+//!   secret `NAME`, and a later secret an earlier `[env]` entry;
 //! - lists (`network.domains`, `network.ports`, `scripts`, `packages`,
 //!   `npm`, `hooks.*`):
 //!   concatenated in layer order, duplicates dropped (the first occurrence
@@ -23,6 +26,7 @@ use std::path::{Path, PathBuf};
 
 use super::env::EnvEntry;
 use super::load::Source;
+use super::secrets::SecretEntry;
 use super::{Forward, Hooks, Host, Mount, Network, NetworkMode, Origin, ResolvedConfig};
 
 /// One layer's settings, checked, with absolute paths; `None` and empty
@@ -51,8 +55,12 @@ pub struct Fragment {
     pub hosts: BTreeMap<String, Ipv4Addr>,
     /// `network.forwards`.
     pub forwards: Vec<Forward>,
+    /// `network.upstream_ca`, read.
+    pub upstream_ca: Option<super::UpstreamCa>,
     /// `[env]`.
     pub env: BTreeMap<String, EnvEntry>,
+    /// `[secrets]`.
+    pub secrets: BTreeMap<String, SecretEntry>,
     /// `scripts`.
     pub scripts: Vec<String>,
     /// `packages`.
@@ -96,6 +104,7 @@ impl Fragment {
         over(&mut self.kernel, later.kernel);
         over(&mut self.initrd, later.initrd);
         over(&mut self.image, later.image);
+        over(&mut self.upstream_ca, later.upstream_ca);
         keyed(&mut self.mounts, later.mounts, |m| m.target.clone());
         keyed(&mut self.forwards, later.forwards, |f| f.host);
         concat(&mut self.domains, later.domains);
@@ -105,7 +114,15 @@ impl Fragment {
             (Some(_), None) => {}
         }
         self.hosts.extend(later.hosts);
+        // One name, one kind: the later layer's env entry or secret.
+        for name in later.env.keys() {
+            self.secrets.remove(name);
+        }
+        for name in later.secrets.keys() {
+            self.env.remove(name);
+        }
         self.env.extend(later.env);
+        self.secrets.extend(later.secrets);
         concat(&mut self.scripts, later.scripts);
         concat(&mut self.packages, later.packages);
         concat(&mut self.npm, later.npm);
@@ -141,8 +158,10 @@ impl Fragment {
                 ports: self.ports.unwrap_or_else(|| super::DEFAULT_PORTS.to_vec()),
                 hosts: self.hosts,
                 forwards: self.forwards,
+                upstream_ca: self.upstream_ca,
             },
             env: self.env,
+            secrets: self.secrets,
             scripts: self.scripts,
             packages: self.packages,
             npm: self.npm,

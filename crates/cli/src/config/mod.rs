@@ -33,6 +33,7 @@ pub mod merge;
 pub mod plugins;
 pub mod render;
 pub mod schema;
+pub mod secrets;
 pub mod template;
 pub mod validate;
 
@@ -48,6 +49,7 @@ use anyhow::{bail, Context};
 
 pub use env::EnvEntry;
 pub use load::Source;
+pub use secrets::{SecretEntry, SecretSource};
 
 /// The directory in a workspace that holds its configuration.
 pub const CONFIG_DIR: &str = ".agentvm";
@@ -109,6 +111,9 @@ pub struct ResolvedConfig {
     /// Environment of commands run in the guest, unexpanded: expand at `up`
     /// with [`env::resolve`].
     pub env: BTreeMap<String, EnvEntry>,
+    /// Credentials the guest sees as placeholders, by guest variable name;
+    /// their values are read at `up` ([`crate::secrets`]).
+    pub secrets: BTreeMap<String, SecretEntry>,
     /// Shell commands run in the guest (`sh -c`, as root, in the workspace)
     /// once it has booted, in order: the plugins' first, then the user's.
     pub scripts: Vec<String>,
@@ -291,7 +296,26 @@ pub struct Network {
     pub hosts: BTreeMap<String, std::net::Ipv4Addr>,
     /// Host loopback ports forwarded into the guest. Default: none.
     pub forwards: Vec<Forward>,
+    /// Extra CA certificates the network stack trusts when it verifies the
+    /// upstream of an intercepted flow (a private service, a test server).
+    /// Default: none (web PKI roots and the host's store).
+    pub upstream_ca: Option<UpstreamCa>,
 }
+
+/// `network.upstream_ca`: the file and its text, read once when the
+/// configuration is resolved, so that what the user approved (its digest
+/// is in the approval) is what the VM uses, whatever the guest writes to
+/// the file afterwards.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamCa {
+    /// The file (absolute).
+    pub path: PathBuf,
+    /// Its PEM text (one or more certificates).
+    pub pem: String,
+}
+
+/// The largest `network.upstream_ca` file read.
+pub const MAX_UPSTREAM_CA_BYTES: u64 = 1 << 20;
 
 impl Network {
     /// The network stack's egress policy for this configuration: the mode,
@@ -572,6 +596,7 @@ pub fn resolve(
         merged.apply(validate::fragment(&file, src, &ctx)?);
     }
     let mut cfg = merged.resolve(workspace, source, name, plugin_names, host);
+    secrets::check_hosts(&cfg.secrets, &cfg.network)?;
     cfg.id = id;
     cfg.agent_home = agent_home;
     cfg.git_hooks = git_hooks;

@@ -8,7 +8,9 @@
 //!
 //! The built-ins set up one coding agent each: the domains it needs in
 //! `filtered` mode (its API and login), the npm package the guest image
-//! installs for it, its credentials passed through from the host's environment, its
+//! installs for it, its API keys bound as `[secrets]` to the API hosts (the
+//! guest sees placeholders; the network stack sends the real key only
+//! there), other credentials passed through from the host's environment, its
 //! state directories mounted read-write into the guest's home from the
 //! workspace's own agent home on the host (created at `up` when missing, so
 //! a login inside the guest persists).
@@ -27,6 +29,7 @@ use toml::Spanned;
 use super::env::{EnvEntry, EnvValue};
 use super::load::{ConfigError, Source};
 use super::merge::Fragment;
+use super::secrets::{SecretEntry, SecretSource};
 use super::validate::{self, expand_home, Context};
 use super::{Mount, Origin, PluginFile, Seed};
 use sha2::Digest;
@@ -48,8 +51,12 @@ pub struct BuiltIn {
     pub unattended: &'static [&'static str],
     /// Names it must reach (each covers its subdomains).
     pub domains: &'static [&'static str],
-    /// Host variables passed through to the guest under the same name.
+    /// Host variables passed through to the guest under the same name
+    /// (their values enter the guest: only what the agent must read itself).
     pub pass_env: &'static [&'static str],
+    /// Host variables bound as secrets under the same name: the guest gets a
+    /// placeholder, and the real value goes only to these hosts.
+    pub secrets: &'static [(&'static str, &'static [&'static str])],
     /// Guest variables set to fixed values (`~/` is the guest's home).
     pub set_env: &'static [(&'static str, &'static str)],
     /// State directories: each a path under the agent home on the host,
@@ -67,6 +74,10 @@ pub struct StateDir {
     pub credentials: &'static [&'static str],
 }
 
+/// The credential Claude Code validates inside the guest before sending
+/// it: passed through as plain `[env]`, so its value enters the guest.
+pub const OAUTH_IN_GUEST: &str = "CLAUDE_CODE_OAUTH_TOKEN";
+
 /// The built-in plugins: what each agent needs, in one place.
 pub const BUILT_INS: &[BuiltIn] = &[
     BuiltIn {
@@ -82,10 +93,12 @@ pub const BUILT_INS: &[BuiltIn] = &[
             "claude.ai",
             "sentry.io",
         ],
-        pass_env: &[
-            "ANTHROPIC_API_KEY",
-            "ANTHROPIC_AUTH_TOKEN",
-            "CLAUDE_CODE_OAUTH_TOKEN",
+        // Claude Code checks an OAuth token itself before it sends it, so a
+        // placeholder would not do: this one enters the guest (`up` warns).
+        pass_env: &[OAUTH_IN_GUEST],
+        secrets: &[
+            ("ANTHROPIC_API_KEY", &["api.anthropic.com"]),
+            ("ANTHROPIC_AUTH_TOKEN", &["api.anthropic.com"]),
         ],
         // Claude Code keeps its settings file beside (not in) ~/.claude
         // unless told otherwise; a directory can be mounted, a file cannot.
@@ -102,7 +115,8 @@ pub const BUILT_INS: &[BuiltIn] = &[
         command: "codex",
         unattended: &["--dangerously-bypass-approvals-and-sandbox"],
         domains: &["api.openai.com", "auth.openai.com", "chatgpt.com"],
-        pass_env: &["OPENAI_API_KEY"],
+        pass_env: &[],
+        secrets: &[("OPENAI_API_KEY", &["api.openai.com"])],
         set_env: &[],
         state_dirs: &[StateDir {
             path: ".codex",
@@ -122,7 +136,11 @@ pub const BUILT_INS: &[BuiltIn] = &[
             "www.googleapis.com",
             "accounts.google.com",
         ],
-        pass_env: &["GEMINI_API_KEY", "GOOGLE_API_KEY", "GOOGLE_CLOUD_PROJECT"],
+        pass_env: &["GOOGLE_CLOUD_PROJECT"],
+        secrets: &[
+            ("GEMINI_API_KEY", &["generativelanguage.googleapis.com"]),
+            ("GOOGLE_API_KEY", &["generativelanguage.googleapis.com"]),
+        ],
         set_env: &[],
         state_dirs: &[StateDir {
             path: ".gemini",
@@ -142,7 +160,11 @@ pub const BUILT_INS: &[BuiltIn] = &[
             "api.anthropic.com",
             "api.openai.com",
         ],
-        pass_env: &["ANTHROPIC_API_KEY", "OPENAI_API_KEY"],
+        pass_env: &[],
+        secrets: &[
+            ("ANTHROPIC_API_KEY", &["api.anthropic.com"]),
+            ("OPENAI_API_KEY", &["api.openai.com"]),
+        ],
         set_env: &[],
         state_dirs: &[
             StateDir {
@@ -233,10 +255,23 @@ impl BuiltIn {
             };
             env.insert((*k).to_string(), entry(EnvValue::literal(&value)));
         }
+        let secrets = self
+            .secrets
+            .iter()
+            .map(|(name, hosts)| {
+                let entry = SecretEntry {
+                    source: SecretSource::Value(EnvValue::host(name)),
+                    hosts: hosts.iter().map(|h| (*h).to_string()).collect(),
+                    origin: origin.clone(),
+                };
+                ((*name).to_string(), entry)
+            })
+            .collect();
         Ok(Fragment {
             mounts,
             domains: self.domains.iter().map(|d| (*d).to_string()).collect(),
             env,
+            secrets,
             npm: vec![self.npm_package.to_string()],
             ..Fragment::default()
         })

@@ -9,7 +9,7 @@ use std::path::Path;
 
 use super::env::redacted;
 use super::load::toml_key;
-use super::{Origin, ResolvedConfig};
+use super::{Origin, ResolvedConfig, SecretSource};
 
 /// Renders `cfg`; `lookup` tells which host variables are set.
 pub fn render(cfg: &ResolvedConfig, lookup: &dyn Fn(&str) -> Option<String>) -> String {
@@ -96,6 +96,9 @@ pub fn render(cfg: &ResolvedConfig, lookup: &dyn Fn(&str) -> Option<String>) -> 
         .map(|f| string(&f.to_string()))
         .collect();
     line(&mut out, "forwards", &array(&forwards), None);
+    if let Some(ca) = &net.upstream_ca {
+        line(&mut out, "upstream_ca", &path_value(&ca.path), None);
+    }
 
     out.push_str("\n[env]\n");
     for (key, entry) in &cfg.env {
@@ -107,6 +110,29 @@ pub fn render(cfg: &ResolvedConfig, lookup: &dyn Fn(&str) -> Option<String>) -> 
             &mut out,
             &toml_key(key),
             &string(&entry.value.template),
+            Some(&note),
+        );
+    }
+
+    out.push_str("\n[secrets]\n");
+    for (key, s) in &cfg.secrets {
+        let (source, state) = match &s.source {
+            SecretSource::Value(v) => (
+                format!("value = {}", string(&v.template)),
+                redacted(v, lookup),
+            ),
+            SecretSource::Command(c) => (format!("command = {}", string(c)), None),
+        };
+        // An inline table stays on one line, and so does its array.
+        let hosts = format!("hosts = [{}]", strings(&s.hosts).join(", "));
+        let note = match state {
+            Some(state) => format!("{state}; {}", origin(&s.origin)),
+            None => origin(&s.origin),
+        };
+        line(
+            &mut out,
+            &toml_key(key),
+            &inline_table(&[source, hosts]),
             Some(&note),
         );
     }

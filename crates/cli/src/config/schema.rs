@@ -34,6 +34,9 @@ pub struct ConfigFile {
     pub network: Option<Network>,
     /// Environment variables of commands run in the guest.
     pub env: Option<BTreeMap<Spanned<String>, Spanned<String>>>,
+    /// Credentials the guest sees only as placeholders: `NAME = { value =
+    /// "${HOST_VAR}" | command = "…", hosts = […] }`.
+    pub secrets: Option<BTreeMap<Spanned<String>, Spanned<Secret>>>,
     /// Shell commands run in the guest after boot.
     pub scripts: Option<SpannedList>,
     /// Debian packages the guest image carries.
@@ -108,6 +111,22 @@ pub struct Network {
     pub hosts: Option<BTreeMap<Spanned<String>, Spanned<String>>>,
     /// `"HOST:GUEST"` port forwards from the host's loopback into the guest.
     pub forwards: Option<SpannedList>,
+    /// A PEM file of extra CA certificates trusted when the network stack
+    /// verifies an upstream it re-encrypts to (relative to the workspace).
+    pub upstream_ca: Option<Spanned<String>>,
+}
+
+/// One `[secrets]` entry: where the real value comes from (exactly one of
+/// `value` and `command`) and the hosts it may be sent to.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Secret {
+    /// Text with `${HOST_VAR}` references, as in `[env]`.
+    pub value: Option<Spanned<String>>,
+    /// A shell command run on the host at `up`; its output, trimmed.
+    pub command: Option<Spanned<String>>,
+    /// Names the real value is sent to (each an allowed name).
+    pub hosts: Option<SpannedList>,
 }
 
 /// `[hooks]`.

@@ -36,7 +36,7 @@ name = {name}
 # (relative to this file), which have this file's keys except name and
 # plugins. Their lists add to this file's; for single values and [env]
 # keys this file wins. Built-in plugins (API and login domains, API keys
-# passed through, a per-workspace agent home mounted at ~/.claude and the
+# bound as [secrets], a per-workspace agent home mounted at ~/.claude and the
 # like, the agent installed in the guest image):
 {builtins}plugins = [{plugins}]
 
@@ -110,13 +110,23 @@ name = {name}
 # Host ports forwarded into the guest, "HOST:GUEST" (on the host's
 # loopback only).
 # forwards = ["8080:80"]
+# Extra CA certificates (PEM, relative to the workspace) trusted when the
+# network stack verifies the real host of a flow that carries a secret.
+# upstream_ca = "certs/internal-ca.pem"
 
 [env]
 # Environment of commands run in the guest. "${{VAR}}" is VAR from the
 # host's environment when `agentvm up` runs; an entry whose host variable
 # is not set is left out (and `up` warns). $$ is a literal $.
-# GITHUB_TOKEN = "${{GITHUB_TOKEN}}"
 # RUST_LOG = "info"
+
+[secrets]
+# Credentials the guest only sees as placeholders: the VMM's network stack
+# puts the real value in requests to the listed hosts (allowed names) and
+# nowhere else. The value is a host variable, or the trimmed output of a
+# command run on the host at `up`.
+# GH_TOKEN = {{ command = "gh auth token", hosts = ["api.github.com", "github.com"] }}
+# MY_API_KEY = {{ value = "${{MY_API_KEY}}", hosts = ["api.example.com"] }}
 
 [hooks]
 # Shell commands run on the host, in the workspace.

@@ -101,9 +101,10 @@ fn no_file_means_every_default() {
             ports: vec![80, 443],
             hosts: BTreeMap::new(),
             forwards: vec![],
+            upstream_ca: None,
         }
     );
-    assert!(c.env.is_empty() && c.scripts.is_empty());
+    assert!(c.env.is_empty() && c.secrets.is_empty() && c.scripts.is_empty());
     assert_eq!(c.hooks, Hooks::default());
     assert_eq!((c.kernel, c.initrd, c.image), (None, None, None));
     // An empty file is the same, but for knowing its path.
@@ -348,13 +349,19 @@ fn built_in_plugins_bring_domains_credentials_state_and_install() {
     }
     // The agent comes with the image: the guest needs no npm registry.
     assert!(!c.network.domains.iter().any(|x| x == "registry.npmjs.org"));
+    // The API keys are secrets bound to the API; the guest sees
+    // placeholders. The OAuth token Claude Code checks itself is plain env.
+    let key = &c.secrets["ANTHROPIC_API_KEY"];
     assert_eq!(
-        c.env["ANTHROPIC_API_KEY"].value,
-        EnvValue::host("ANTHROPIC_API_KEY")
+        key.source,
+        SecretSource::Value(EnvValue::host("ANTHROPIC_API_KEY"))
     );
+    assert_eq!(key.hosts, ["api.anthropic.com"]);
+    assert_eq!(key.origin, Origin::BuiltIn("claude-code"));
+    assert!(!c.env.contains_key("ANTHROPIC_API_KEY"));
     assert_eq!(
-        c.env["ANTHROPIC_API_KEY"].origin,
-        Origin::BuiltIn("claude-code")
+        c.env["CLAUDE_CODE_OAUTH_TOKEN"].value,
+        EnvValue::host("CLAUDE_CODE_OAUTH_TOKEN")
     );
     // The workspace's own agent home, never the host's ~/.claude.
     let state = &c.mounts[1];
@@ -463,8 +470,9 @@ target = "/root/.codex"
         c.env["OPENAI_API_KEY"].origin,
         Origin::File { line: 9, .. }
     ));
+    assert!(!c.secrets.contains_key("OPENAI_API_KEY"));
     assert_eq!(
-        c.env["ANTHROPIC_API_KEY"].origin,
+        c.secrets["ANTHROPIC_API_KEY"].origin,
         Origin::BuiltIn("opencode")
     );
     assert!(c.env.contains_key("EXTRA"));
@@ -587,8 +595,8 @@ const ERRORS: &[(&str, usize, usize, &str)] = &[
     ("a = ", 1, 5, "invalid TOML: string values must be quoted"),
     ("[network]\nmode = \"off\"\nmode = \"open\"\n", 3, 1, "invalid TOML: duplicate key"),
     // Unknown keys, top level and nested, in every kind of table.
-    ("nmae = \"x\"", 1, 1, "unknown key `nmae` (expected one of name, plugins, resources, mounts, network, env, scripts, packages, npm, hooks, kernel, initrd, image, agent_home, git_hooks, seccomp)"),
-    ("\n\n[network]\nmode = \"off\"\n\nmdoe = \"open\"\n", 6, 1, "unknown key `network.mdoe` (expected one of mode, domains, ports, hosts, forwards)"),
+    ("nmae = \"x\"", 1, 1, "unknown key `nmae` (expected one of name, plugins, resources, mounts, network, env, secrets, scripts, packages, npm, hooks, kernel, initrd, image, agent_home, git_hooks, seccomp)"),
+    ("\n\n[network]\nmode = \"off\"\n\nmdoe = \"open\"\n", 6, 1, "unknown key `network.mdoe` (expected one of mode, domains, ports, hosts, forwards, upstream_ca)"),
     ("network.mdoe = 1", 1, 9, "unknown key `network.mdoe`"),
     ("[resources]\ncpus = 2", 2, 1, "unknown key `resources.cpus` (expected one of vcpus, memory_mib, persistent_root, log_max_mib, net_memory_mib)"),
     ("[hooks]\npost-up = []", 2, 1, "unknown key `hooks.post-up` (expected one of pre_up, post_up, pre_down, post_down)"),
@@ -658,6 +666,22 @@ const ERRORS: &[(&str, usize, usize, &str)] = &[
     ("scripts = [\"ok\", \"  \"]", 1, 18, "`scripts[1]` is an empty command"),
     ("[hooks]\npost_down = [\"\"]", 2, 14, "`hooks.post_down[0]` is an empty command"),
     ("kernel = \"\"", 1, 10, "`kernel` is empty"),
+    // Secrets.
+    ("[secrets]\nK = \"${K}\"", 2, 5, "`secrets.K` must be a table"),
+    ("[secrets]\n\"1K\" = { value = \"${K}\", hosts = [\"a.test\"] }", 2, 1, "`secrets.1K` is not an environment variable name"),
+    ("[secrets]\nK = { hosts = [\"a.test\"] }", 2, 5, "`secrets.K` needs `value = \"${HOST_VAR}\"` or `command = \"…\"`"),
+    ("[secrets]\nK = { value = \"${K}\", command = \"gh auth token\", hosts = [\"a.test\"] }", 2, 33, "`secrets.K` has both `value` and `command`; give one of them"),
+    ("[secrets]\nK = { command = \" \", hosts = [\"a.test\"] }", 2, 17, "`secrets.K.command` is empty"),
+    ("[secrets]\nK = { value = \"${K\", hosts = [\"a.test\"] }", 2, 15, "`secrets.K.value`: unclosed `${`"),
+    ("[secrets]\nK = { value = \"${K}\" }", 2, 5, "`secrets.K` needs `hosts = [\"…\"]`"),
+    ("[secrets]\nK = { value = \"${K}\", hosts = [] }", 2, 5, "`secrets.K` needs `hosts = [\"…\"]`"),
+    ("[secrets]\nK = { value = \"${K}\", hosts = [\"https://a.test/\"] }", 2, 32, "`secrets.K.hosts[0]`: \"https://a.test/\" is not a host name"),
+    ("[secrets]\nK = { value = \"${K}\", hosts = [\"a.test\", \"*.a.test\"] }", 2, 42, "`secrets.K.hosts[1]`: \"*.a.test\": a name covers its subdomains already"),
+    ("[secrets]\nK = { value = \"${K}\", hosts = [\"a.test\"], header = \"x\" }", 2, 43, "unknown key `secrets.K.header`"),
+    ("[env]\nK = \"x\"\n[secrets]\nK = { value = \"${K}\", hosts = [\"a.test\"] }", 4, 1, "`secrets.K`: K is also in [env]; a variable is one or the other"),
+    ("[network]\ndomains = [\"b.test\"]\n[secrets]\nK = { value = \"${K}\", hosts = [\"a.test\"] }", 4, 1, "`secrets.K.hosts`: a.test is not an allowed name; add it (or a domain above it) to `network.domains`, or pin it in `network.hosts`"),
+    ("[network]\ndomains = [\"a.test\"]\n[secrets]\nK = { value = \"${K}\", hosts = [\"a.test\", \"evila.test\"] }", 4, 1, "evila.test is not an allowed name"),
+    ("[network]\nupstream_ca = \"missing.pem\"", 2, 15, "`network.upstream_ca`: cannot read "),
     // Plugins.
     ("plugins = [\"codex\", \"claud-code\"]", 1, 21, "unknown plugin \"claud-code\" (built-in plugins: claude-code, codex, gemini, opencode; a plugin file is given by its path"),
     ("\nplugins = [\"./missing.toml\"]", 2, 12, "plugin file \"./missing.toml\" not found: "),
@@ -788,6 +812,10 @@ fn the_workspace_is_the_nearest_directory_with_a_file() {
 fn the_rendered_configuration_loads_back_to_itself() {
     let ws = Ws::new();
     ws.write(".agentvm/p.toml", "[hooks]\npre_up = [\"echo plugin\"]\n");
+    ws.write(
+        "ca.pem",
+        "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+    );
     let c = ws.ok(r#"
 name = "rt"
 plugins = ["claude-code", "./p.toml"]
@@ -799,9 +827,13 @@ memory_mib = 1024
 mode = "filtered"
 forwards = ["8080:80"]
 hosts = { "api.test" = "127.0.0.1", x = "192.0.2.1" }
+upstream_ca = "ca.pem"
 [env]
 WITH_UNDERSCORE = "x"
 GREETING = "hello $$USER ${USER}"
+[secrets]
+GH_TOKEN = { command = "gh auth token | tr -d '\"'", hosts = ["api.test"] }
+OTHER = { value = "Bearer ${TOKEN}", hosts = ["x", "api.anthropic.com"] }
 [hooks]
 post_down = ["echo bye"]
 [[mounts]]
@@ -822,8 +854,13 @@ read_only = true
         for e in c.env.values_mut() {
             e.origin = Origin::Default;
         }
+        for s in c.secrets.values_mut() {
+            s.origin = Origin::Default;
+        }
         c
     };
+    assert_eq!(c.secrets.len(), 4, "the plugin's two and the file's");
+    assert!(c.network.upstream_ca.is_some());
     assert_eq!(strip(&again), strip(&c), "{text}");
 }
 
@@ -844,13 +881,88 @@ fn rendering_never_shows_host_values() {
     };
     assert_eq!(
         line("ANTHROPIC_API_KEY"),
-        "ANTHROPIC_API_KEY = \"${ANTHROPIC_API_KEY}\"  # <set>; from plugin claude-code"
+        "ANTHROPIC_API_KEY = { value = \"${ANTHROPIC_API_KEY}\", hosts = [\"api.anthropic.com\"] }  \
+         # <set>; from plugin claude-code"
     );
     assert!(line("CLAUDE_CODE_OAUTH_TOKEN").ends_with("# <unset>; from plugin claude-code"));
     assert!(line("PAIR").contains("# SECRET <set>, NOPE <unset>; from "));
     assert!(line("LIT").starts_with("LIT = \"plain\"  # from "));
     assert!(text.contains("# plugins merged in: claude-code"));
     assert!(text.contains("[[mounts]]  # default: the workspace, read-write at its own path"));
+}
+
+#[test]
+fn secrets_merge_like_env_and_share_its_names() {
+    let ws = Ws::new();
+    ws.write(
+        ".agentvm/p.toml",
+        "[network]\ndomains = [\"corp.test\"]\n\
+         [secrets]\nTOKEN = { command = \"corp-login\", hosts = [\"api.corp.test\"] }\n\
+         SHARED = { value = \"${A}\", hosts = [\"corp.test\"] }\n",
+    );
+    let c = ws.ok(
+        "plugins = [\"codex\", \"./p.toml\"]\n\
+         [network]\nhosts = { \"pinned.test\" = \"127.0.0.1\" }\n\
+         [env]\nOPENAI_API_KEY = \"${MY_OPENAI}\"\n\
+         [secrets]\nSHARED = { value = \"${B}\", hosts = [\"pinned.test\", \"API.Corp.Test.\"] }\n",
+    );
+    // A plugin file's secret, as it wrote it.
+    assert_eq!(
+        c.secrets["TOKEN"].source,
+        SecretSource::Command("corp-login".into())
+    );
+    assert_eq!(c.secrets["TOKEN"].hosts, ["api.corp.test"]);
+    // The user's file wins a name both set, hosts and all (lowercased).
+    assert_eq!(
+        c.secrets["SHARED"].source,
+        SecretSource::Value(EnvValue::host("B"))
+    );
+    assert_eq!(c.secrets["SHARED"].hosts, ["pinned.test", "api.corp.test"]);
+    assert!(matches!(
+        c.secrets["SHARED"].origin,
+        Origin::File { line: 7, .. }
+    ));
+    // The user's [env] entry replaces the plugin's secret of that name.
+    assert!(!c.secrets.contains_key("OPENAI_API_KEY"));
+    assert_eq!(c.env["OPENAI_API_KEY"].value, EnvValue::host("MY_OPENAI"));
+    // And a secret replaces a plugin's [env] entry.
+    let c = ws.ok(
+        "plugins = [\"gemini\"]\n[network]\ndomains = [\"cloud.test\"]\n\
+         [secrets]\nGOOGLE_CLOUD_PROJECT = { value = \"${P}\", hosts = [\"cloud.test\"] }\n",
+    );
+    assert!(!c.env.contains_key("GOOGLE_CLOUD_PROJECT"));
+    assert!(c.secrets.contains_key("GOOGLE_CLOUD_PROJECT"));
+    assert!(c.secrets.contains_key("GEMINI_API_KEY"));
+    // In `open` and `off` mode no allowlist applies to a secret's hosts.
+    for mode in ["open", "off"] {
+        let c = ws.ok(&format!(
+            "[network]\nmode = \"{mode}\"\n[secrets]\nK = {{ value = \"${{K}}\", hosts = [\"any.test\"] }}\n"
+        ));
+        assert_eq!(c.secrets["K"].hosts, ["any.test"]);
+    }
+}
+
+#[test]
+fn upstream_ca_is_read_from_the_workspace_when_resolved() {
+    let ws = Ws::new();
+    let pem = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+    let path = ws.write("certs/test-ca.pem", pem);
+    let c = ws.ok("[network]\nupstream_ca = \"certs/test-ca.pem\"\n");
+    let ca = c.network.upstream_ca.unwrap();
+    assert_eq!((ca.path, ca.pem.as_str()), (path.clone(), pem));
+    std::fs::write(&path, "not a certificate").unwrap();
+    let e = ws.err("[network]\nupstream_ca = \"certs/test-ca.pem\"\n");
+    assert!(e.message.contains("holds no PEM certificate"), "{e}");
+    // A FIFO (or a device) the guest left there is refused, not waited on.
+    let fifo = ws.dir.join("certs/fifo.pem");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let e = ws.err("[network]\nupstream_ca = \"certs/fifo.pem\"\n");
+    assert!(e.message.contains("not a regular file"), "{e}");
+    let e = ws.err("[network]\nupstream_ca = \"/dev/zero\"\n");
+    assert!(e.message.contains("not a regular file"), "{e}");
+    std::fs::write(&path, "x".repeat((MAX_UPSTREAM_CA_BYTES + 1) as usize)).unwrap();
+    let e = ws.err("[network]\nupstream_ca = \"certs/test-ca.pem\"\n");
+    assert!(e.message.contains("larger than 1 MiB"), "{e}");
 }
 
 #[test]

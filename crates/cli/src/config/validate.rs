@@ -155,6 +155,12 @@ pub fn fragment(file: &ConfigFile, src: &Source, ctx: &Context<'_>) -> Result<Fr
             },
         );
     }
+    if let Some(table) = &file.secrets {
+        out.secrets = super::secrets::validate(table, file.env.as_ref(), src)?;
+    }
+    if let Some(p) = file.network.as_ref().and_then(|n| n.upstream_ca.as_ref()) {
+        out.upstream_ca = Some(upstream_ca(p, src, ctx)?);
+    }
     out.scripts = commands(file.scripts.as_ref(), "scripts", src)?;
     out.packages = names(file.packages.as_ref(), "packages", src, debian_package)?;
     out.npm = names(file.npm.as_ref(), "npm", src, npm_package)?;
@@ -266,6 +272,53 @@ pub fn seccomp(s: &Spanned<String>, src: &Source) -> Result<agentvm_vmm::Seccomp
             ),
         )
     })
+}
+
+/// Reads `network.upstream_ca` (relative to the workspace): a PEM file with
+/// at least one certificate, at most [`super::MAX_UPSTREAM_CA_BYTES`].
+fn upstream_ca(p: &Spanned<String>, src: &Source, ctx: &Context<'_>) -> Result<super::UpstreamCa> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let key = "network.upstream_ca";
+    let path = host_path(p, key, ctx.workspace, src, ctx)?;
+    let mut pem = String::new();
+    // Opened without blocking and checked to be a regular file before a
+    // byte is read: the workspace is the guest's to write, and a FIFO or a
+    // device there must not hang `up` (or `config`) before it shows what
+    // needs approval.
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits())
+        .open(&path)
+        .and_then(|f| {
+            if !f.metadata()?.is_file() {
+                return Err(std::io::Error::other("not a regular file"));
+            }
+            f.take(super::MAX_UPSTREAM_CA_BYTES + 1)
+                .read_to_string(&mut pem)
+        })
+        .map_err(|e| {
+            src.error(
+                p.span(),
+                format!("`{key}`: cannot read {}: {e}", path.display()),
+            )
+        })?;
+    if pem.len() as u64 > super::MAX_UPSTREAM_CA_BYTES {
+        return Err(src.error(
+            p.span(),
+            format!("`{key}`: {} is larger than 1 MiB", path.display()),
+        ));
+    }
+    if !pem.contains("-----BEGIN CERTIFICATE-----") {
+        return Err(src.error(
+            p.span(),
+            format!(
+                "`{key}`: {} holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
+                path.display()
+            ),
+        ));
+    }
+    Ok(super::UpstreamCa { path, pem })
 }
 
 /// A host path: `~` is `$HOME`, relative paths are relative to `base`.

@@ -18,7 +18,8 @@
 //! - `net-audit.jsonl`: the network stack's decisions, one JSON object per
 //!   line (only when the VM has a network: mode `filtered` or `open`);
 //! - `config.json`: what `up` resolved ([`Snapshot`]); never a secret, since
-//!   `[env]` values go to the guest agent over vsock only.
+//!   `[env]` values go to the guest agent over vsock only and `[secrets]`
+//!   values to the VMM process on its stdin (the guest gets placeholders).
 //!
 //! `agentvm net` (allow, deny, show, log) acts on a running VM's network
 //! ([`net`]).
@@ -372,6 +373,19 @@ pub struct Snapshot {
     /// (`up --allow-unsandboxed-virtiofsd`).
     #[serde(default)]
     pub allow_unsandboxed_virtiofsd: bool,
+    /// The secrets bound in this VM: names and hosts only (the values went
+    /// to the VMM process on its stdin, the guest has placeholders).
+    #[serde(default)]
+    pub secrets: Vec<SnapshotSecret>,
+}
+
+/// A secret in [`Snapshot`]: never its value or placeholder.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SnapshotSecret {
+    /// The guest variable.
+    pub name: String,
+    /// Where its real value goes.
+    pub hosts: Vec<String>,
 }
 
 /// A share in [`Snapshot`].
@@ -424,6 +438,7 @@ impl Snapshot {
             log_max_mib: cfg.log_max_mib,
             net_memory_mib: cfg.net_memory_mib,
             allow_unsandboxed_virtiofsd: false,
+            secrets: Vec::new(),
         }
     }
 

@@ -264,7 +264,7 @@ pub fn human(line: &str) -> String {
         (None, _) => "-".to_string(),
     };
     let text = |key: &str| crate::escape::line(text(key)).into_owned();
-    format!(
+    let mut out = format!(
         "{} {:<5} {:<7} {:<21} {} ({})",
         text("time"),
         text("verdict"),
@@ -272,7 +272,17 @@ pub fn human(line: &str) -> String {
         crate::escape::line(&dest),
         text("name"),
         text("reason")
-    )
+    );
+    // An intercepted request: what it asked for and which secret's name
+    // (the stack never writes a value, and neither does this).
+    let present = |key: &str| v.get(key).and_then(Value::as_str).is_some();
+    if present("method") || present("path") {
+        out.push_str(&format!(" {} {}", text("method"), text("path")));
+    }
+    if present("secret") {
+        out.push_str(&format!(" secret {}", text("secret")));
+    }
+    out
 }
 
 /// The VMM's side of the `net*` control requests: reads and edits the
@@ -574,5 +584,21 @@ mod tests {
             "t allow dns     -                     b.test (allowlisted)"
         );
         assert_eq!(human("not json"), "not json");
+        // An intercepted request names its method, path and secret.
+        let mut req = AuditEvent::now(Proto::Tcp, Verdict::Allow, "secret substituted")
+            .name("api.test")
+            .dest(std::net::Ipv4Addr::new(1, 2, 3, 4), 443);
+        req.time = "t".into();
+        req.method = Some("POST".into());
+        req.path = Some("/v1/messages".into());
+        req.secret = Some("KEY".into());
+        assert_eq!(
+            human(req.to_line().trim_end()),
+            "t allow tcp     1.2.3.4:443           api.test (secret substituted) POST \
+             /v1/messages secret KEY"
+        );
+        // A hostile path cannot forge a second line.
+        req.path = Some("/x\n2026 allow dns".into());
+        assert!(!human(req.to_line().trim_end()).contains('\n'));
     }
 }

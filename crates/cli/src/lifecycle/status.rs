@@ -24,6 +24,8 @@ struct Row {
     state: String,
     /// The caps the VM hit, in words (empty: none).
     limits: Vec<String>,
+    /// The secrets bound, `NAME -> host, host` (never a value).
+    secrets: Vec<String>,
 }
 
 /// Lists every VM with its pid, uptime, resident memory, network mode and
@@ -54,6 +56,14 @@ pub fn run() -> anyhow::Result<ExitCode> {
             r.name, r.pid, r.uptime, r.rss, r.network, r.state, r.workspace
         );
     }
+    for r in rows.iter().filter(|r| !r.secrets.is_empty()) {
+        let _ = writeln!(
+            out,
+            "{}: secrets (the guest holds placeholders): {}",
+            r.name,
+            r.secrets.join("; ")
+        );
+    }
     for r in rows.iter().filter(|r| !r.limits.is_empty()) {
         let _ = writeln!(out, "{}: limits hit: {}", r.name, r.limits.join("; "));
     }
@@ -79,6 +89,9 @@ fn row(state: StateDir) -> Row {
         network,
         state: vm.word().into(),
         limits: Vec::new(),
+        secrets: snap
+            .as_ref()
+            .map_or_else(Vec::new, |s| secrets_shown(&s.secrets)),
     };
     if let VmState::Starting(pid) | VmState::Stale(Some(pid)) = vm {
         row.pid = pid.to_string();
@@ -97,6 +110,18 @@ fn row(state: StateDir) -> Row {
         }
     }
     row
+}
+
+/// A VM's secrets as `status` lists them: names and hosts, escaped (the
+/// snapshot is ours, but the names came from the workspace's file).
+fn secrets_shown(secrets: &[super::SnapshotSecret]) -> Vec<String> {
+    secrets
+        .iter()
+        .map(|s| {
+            let line = format!("{} -> {}", s.name, s.hosts.join(", "));
+            crate::escape::line(&line).into_owned()
+        })
+        .collect()
 }
 
 /// The caps a VM's `limits` (its control socket's status) says were hit,
@@ -215,6 +240,23 @@ pub fn logs(args: LogsArgs) -> anyhow::Result<ExitCode> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn secrets_show_names_and_hosts_escaped() {
+        let shown = secrets_shown(&[
+            super::super::SnapshotSecret {
+                name: "ANTHROPIC_API_KEY".into(),
+                hosts: vec!["api.anthropic.com".into()],
+            },
+            super::super::SnapshotSecret {
+                name: "X\u{1b}[2J".into(),
+                hosts: vec!["a.test".into(), "b.test".into()],
+            },
+        ]);
+        assert_eq!(shown[0], "ANTHROPIC_API_KEY -> api.anthropic.com");
+        assert!(!shown[1].contains('\u{1b}'), "{}", shown[1]);
+        assert!(shown[1].ends_with(" -> a.test, b.test"));
+    }
 
     #[test]
     fn only_the_caps_hit_are_shown() {

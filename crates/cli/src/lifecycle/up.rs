@@ -125,6 +125,16 @@ pub fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     if !run_hooks("pre_up", &cfg.hooks.pre_up, &cfg.workspace) {
         bail!("a pre_up hook failed, so the VM was not started; fix the hook or remove it");
     }
+    // After the hooks: a pre_up hook may be what logs in.
+    let bound = bind_secrets(&cfg)?;
+    snap.secrets = bound
+        .secrets
+        .iter()
+        .map(|s| super::SnapshotSecret {
+            name: s.name.clone(),
+            hosts: s.hosts.clone(),
+        })
+        .collect();
     make_private(&root)?;
     let lock = RootLock::take(&root)?;
     // Another `up` may have started it meanwhile.
@@ -140,7 +150,7 @@ pub fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     let json = serde_json::to_vec_pretty(&snap).context("cannot encode the configuration")?;
     std::fs::write(state.snapshot(), json)
         .with_context(|| format!("cannot write {}", state.snapshot().display()))?;
-    let mut child = spawn_vmm(&state)?;
+    let mut child = spawn_vmm(&state, bound.handoff.as_ref())?;
     if let Err(e) = std::fs::write(state.pid_file(), format!("{}\n", child.id())) {
         let _ = child.kill();
         let _ = child.wait();
@@ -166,13 +176,13 @@ pub fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     }
     let boot = started.elapsed();
 
-    if !guest_env.vars.is_empty() {
-        let vars = guest_env
-            .vars
+    let guest_vars = crate::secrets::guest_env(&guest_env.vars, &bound.secrets);
+    if !guest_vars.is_empty() || bound.ca_cert_pem.is_some() {
+        let vars = guest_vars
             .iter()
             .map(|(k, v)| (k.clone().into_bytes(), v.clone().into_bytes()))
             .collect();
-        if let Err(e) = configure(&state.vsock(), vars) {
+        if let Err(e) = configure(&state.vsock(), vars, bound.ca_cert_pem.as_deref()) {
             eprintln!(
                 "agentvm: warning: cannot give the guest its [env] ({e:#}); \
                  commands in the guest will not see it (run `agentvm down` and `agentvm up` \
@@ -406,8 +416,12 @@ const VMM_ENV: &[&str] = &[
 ];
 
 /// Starts `agentvm __vmm --state DIR` in its own session, its output in
-/// the console log and only [`VMM_ENV`] in its environment.
-fn spawn_vmm(state: &StateDir) -> anyhow::Result<Child> {
+/// the console log, only [`VMM_ENV`] in its environment and the secrets,
+/// if any, on its stdin ([`crate::secrets::handoff`]).
+fn spawn_vmm(
+    state: &StateDir,
+    handoff: Option<&crate::secrets::handoff::Handoff>,
+) -> anyhow::Result<Child> {
     let exe = std::env::current_exe().context("cannot find the agentvm binary to start")?;
     let log = File::options()
         .create(true)
@@ -426,7 +440,11 @@ fn spawn_vmm(state: &StateDir) -> anyhow::Result<Child> {
                 .iter()
                 .filter_map(|&k| Some((k, std::env::var_os(k)?))),
         )
-        .stdin(Stdio::null())
+        .stdin(if handoff.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::null())
         .stderr(log);
     // SAFETY: the closure only calls setsid, which is async-signal-safe
@@ -438,7 +456,16 @@ fn spawn_vmm(state: &StateDir) -> anyhow::Result<Child> {
             Ok(())
         });
     }
-    cmd.spawn().context("cannot start the VMM process")
+    let mut child = cmd.spawn().context("cannot start the VMM process")?;
+    if let (Some(h), Some(stdin)) = (handoff, child.stdin.take()) {
+        // Dropping `stdin` after the write is the message's end.
+        if let Err(e) = h.send(stdin) {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(e);
+        }
+    }
+    Ok(child)
 }
 
 /// Waits until the VMM says its guest is ready.
@@ -464,11 +491,114 @@ fn wait_ready(state: &StateDir, child: &mut Child, timeout: Duration) -> anyhow:
     }
 }
 
-/// Sends the guest environment to the agent (kept in its memory only).
-fn configure(vsock: &Path, vars: agentvm_protocol::frame::EnvList) -> anyhow::Result<()> {
-    let stream = connect_vsock_within(vsock, EXEC_PORT, Some(Duration::from_secs(10)))
-        .context("cannot reach the guest agent")?;
-    client::configure(stream, vars).context("the guest agent refused the environment")
+/// Sends the guest environment to the agent (kept in its memory only),
+/// with the workspace CA for it to trust when secrets are bound. An agent
+/// from before the CA field refuses the CA: it then gets the environment
+/// alone, and the user is told to rebuild the image.
+fn configure(
+    vsock: &Path,
+    vars: agentvm_protocol::frame::EnvList,
+    ca_cert_pem: Option<&str>,
+) -> anyhow::Result<()> {
+    let connect = || {
+        connect_vsock_within(vsock, EXEC_PORT, Some(Duration::from_secs(10)))
+            .context("cannot reach the guest agent")
+    };
+    if let Some(pem) = ca_cert_pem {
+        match client::configure_with_ca(connect()?, vars.clone(), pem.as_bytes().to_vec()) {
+            Ok(()) => return Ok(()),
+            // The agent answered, and refused: an image from before the CA.
+            Err(e @ client::ClientError::Remote { .. }) => eprintln!(
+                "agentvm: warning: the guest agent did not install the workspace CA ({}); \
+                 TLS to the hosts secrets are bound to will fail in the guest (an image \
+                 older than secrets needs `agentvm image build`)",
+                crate::escape::line(&e.to_string())
+            ),
+            Err(e) => {
+                return Err(anyhow::Error::new(e).context("the guest agent refused the environment"))
+            }
+        }
+    }
+    client::configure(connect()?, vars).context("the guest agent refused the environment")
+}
+
+/// The secrets of one `up`, ready for the VMM and the guest.
+#[derive(Default)]
+struct Bound {
+    /// Each secret with its value and placeholder.
+    secrets: Vec<crate::secrets::Resolved>,
+    /// The workspace CA's certificate, for the guest to trust.
+    ca_cert_pem: Option<String>,
+    /// What the VMM process gets on its stdin.
+    handoff: Option<crate::secrets::handoff::Handoff>,
+}
+
+/// Reads the secrets' values (running their approved commands), draws the
+/// placeholders and loads (or makes) the workspace CA. Nothing when the
+/// network is off: no value could be sent anywhere.
+fn bind_secrets(cfg: &config::ResolvedConfig) -> anyhow::Result<Bound> {
+    if let Some(e) = cfg.env.get(config::plugins::OAUTH_IN_GUEST) {
+        if matches!(e.origin, config::Origin::BuiltIn(_))
+            && env::host_lookup(config::plugins::OAUTH_IN_GUEST).is_some_and(|v| !v.is_empty())
+        {
+            eprintln!(
+                "agentvm: warning: {} enters the guest as it is (Claude Code checks it itself \
+                 before sending it, so it cannot be a placeholder): a program in the VM can \
+                 read it; ANTHROPIC_API_KEY stays on the host",
+                config::plugins::OAUTH_IN_GUEST
+            );
+        }
+    }
+    if cfg.network.mode == config::NetworkMode::Off {
+        let written: Vec<&str> = cfg
+            .secrets
+            .iter()
+            .filter(|(_, s)| !matches!(s.origin, config::Origin::BuiltIn(_)))
+            .map(|(name, _)| name.as_str())
+            .collect();
+        if !written.is_empty() {
+            eprintln!(
+                "agentvm: warning: the network is off, so the secrets {} are left out of the \
+                 guest (their commands do not run)",
+                crate::escape::line(&written.join(", "))
+            );
+        }
+        return Ok(Bound::default());
+    }
+    if cfg.secrets.is_empty() {
+        return Ok(Bound::default());
+    }
+    let resolved = crate::secrets::resolve(&cfg.secrets, &env::host_lookup, &cfg.workspace)?;
+    for w in &resolved.warnings {
+        eprintln!("agentvm: warning: {}", crate::escape::line(w));
+    }
+    if resolved.secrets.is_empty() {
+        return Ok(Bound::default());
+    }
+    let data = crate::paths::data_dir()
+        .context("neither XDG_DATA_HOME nor HOME is set: nowhere to keep the workspace CA")?;
+    let dir = crate::secrets::ca::dir(&data, &cfg.id);
+    if let Some(m) = crate::secrets::ca::exposing(&cfg.mounts, &dir) {
+        bail!(
+            "{}: the mount of {} holds {}, where the workspace CA's key is kept: the guest \
+             could forge the certificates it trusts; mount a narrower directory",
+            m.origin,
+            m.source.display(),
+            dir.display()
+        );
+    }
+    let ca = crate::secrets::ca::load_or_create(&dir, &format!("agentvm {}", cfg.name))?;
+    let upstream = cfg
+        .network
+        .upstream_ca
+        .iter()
+        .map(|u| u.pem.clone())
+        .collect();
+    Ok(Bound {
+        handoff: Some(crate::secrets::handoff(&ca, &resolved.secrets, upstream)?),
+        ca_cert_pem: Some(ca.cert_pem),
+        secrets: resolved.secrets,
+    })
 }
 
 /// The last lines of the console log, escaped (the guest wrote them).

@@ -54,6 +54,9 @@ pub fn run(args: VmmArgs) -> anyhow::Result<ExitCode> {
     termination
         .thread_block()
         .context("cannot block termination signals")?;
+    // First, before any thread exists: the secrets `up` hands over on our
+    // stdin (nothing when it is /dev/null).
+    let handoff = crate::secrets::handoff::Handoff::receive(std::io::stdin().lock())?;
     let state = StateDir { dir: args.state };
     // The configuration it boots is read from here: only from a directory
     // of ours that nobody else can write.
@@ -113,10 +116,17 @@ pub fn run(args: VmmArgs) -> anyhow::Result<ExitCode> {
         let path = state.net_audit();
         let audit = agentvm_net::Audit::to_file_capped(&path, log_max)
             .with_context(|| format!("cannot create {}", path.display()))?;
+        let intercept = handoff
+            .map(crate::secrets::handoff::Handoff::intercept_config)
+            .transpose()?;
+        if let Some(intercept) = &intercept {
+            eprintln!("agentvm: {}", crate::secrets::intercept_line(intercept));
+        }
         config.net = Some(StackConfig {
             policy: snap.policy.clone(),
             audit,
             memory_budget: snap.net_memory_bytes(),
+            intercept,
             ..StackConfig::default()
         });
     }

@@ -32,6 +32,14 @@ fn sections(v: &View) -> Vec<Section> {
             items: v.hooks.iter().map(|(w, c)| format!("{w}: {c}")).collect(),
         },
         Section {
+            title: "secrets (the guest sees placeholders; commands run on this host at up)",
+            items: v
+                .secrets
+                .iter()
+                .map(|(k, s)| format!("{k} = {} -> {}", s.source, s.hosts.join(", ")))
+                .collect(),
+        },
+        Section {
             title: "shared host directories (mounts)",
             items: v
                 .mounts
@@ -62,6 +70,13 @@ fn sections(v: &View) -> Vec<Section> {
                 .chain(v.ports.iter().map(|p| format!("port {p}")))
                 .chain(v.hosts.iter().map(|(n, ip)| format!("host {n} = {ip}")))
                 .chain(v.forwards.iter().map(|f| format!("forward {f}")))
+                .chain(v.upstream_ca.iter().map(|f| {
+                    format!(
+                        "upstream_ca {} (sha256 {})",
+                        show(&f.path),
+                        f.sha256.get(..12).unwrap_or(&f.sha256)
+                    )
+                }))
                 .collect(),
         },
         Section {

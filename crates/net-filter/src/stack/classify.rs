@@ -252,6 +252,14 @@ impl NetStack {
             let token = self.token();
             let (syn, name) = (frame.to_vec(), decision.name.clone());
             let hold = peek_protocol(&self.policy, &decision, *key.remote.ip(), key.remote.port());
+            // A flow the policy does not judge by its name (`open` mode) is
+            // still read for interception when secrets are bound.
+            let intercepting = self.intercept.as_ref().is_some_and(|i| i.binds_any());
+            let gate = match hold {
+                Some(protocol) => Some(Gate::new(protocol)),
+                None if intercepting && key.remote.port() == 443 => Some(Gate::for_interception()),
+                None => None,
+            };
             match self
                 .tcp
                 .connect(key, syn, name, self.poll.registry(), token, now)
@@ -259,8 +267,8 @@ impl NetStack {
                 Ok(()) => {
                     self.started();
                     self.record(Proto::Tcp, &decision, key.remote);
-                    if let Some(protocol) = hold {
-                        self.tcp.hold(&key, Gate::new(protocol));
+                    if let Some(gate) = gate {
+                        self.tcp.hold(&key, gate);
                     }
                     return;
                 }

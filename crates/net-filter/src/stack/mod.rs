@@ -31,13 +31,16 @@ use crate::caps::Cap;
 use crate::dns::tcp::DnsTcp;
 use crate::dns::{resolvers_from, Client, DnsServer};
 use crate::forward::Forwards;
+use crate::intercept::{InterceptConfig, InterceptError, Interceptor};
 use crate::judge::{judge, judge_named, judge_peeked, Decision};
+use crate::peek::Peeked;
 use crate::phy::{Phy, QueueCaps};
-use crate::tcp::{Connected, FlowKey, Refused, StartError, TcpFlows};
+use crate::tcp::{Connected, FlowKey, HeldFlow, Refused, StartError, TcpFlows};
 use crate::udp::UdpFlows;
 use crate::{frames, Audit, AuditEvent, Mode, Policy, Proto, Verdict};
 
 mod classify;
+mod intercept;
 
 /// The IP MTU when the configuration names none: the largest that keeps
 /// a frame plus virtio header under 64 KiB.
@@ -58,6 +61,10 @@ pub enum NetError {
     /// The DNS server's upstream socket could not be opened.
     #[error("Cannot start the DNS server")]
     Dns(#[source] crate::dns::DnsError),
+    /// The interception configuration (secrets, CA, upstream CAs) is
+    /// unusable.
+    #[error("Cannot set up secret substitution")]
+    Intercept(#[source] InterceptError),
 }
 
 /// How a stack starts.
@@ -75,6 +82,10 @@ pub struct StackConfig {
     /// The most memory the stack's queues and flows take, bytes; 0:
     /// [`crate::DEFAULT_BUDGET`]. Flows that do not fit are refused.
     pub memory_budget: usize,
+    /// Secrets substituted on the way to their hosts, and the CA the
+    /// stack intercepts those hosts' TLS with ([`crate::intercept`]).
+    /// `None`: no flow is ever intercepted.
+    pub intercept: Option<InterceptConfig>,
 }
 
 /// Counters of a stack.
@@ -174,6 +185,8 @@ pub struct NetStack {
     tcp: TcpFlows,
     udp: UdpFlows,
     forwards: Forwards,
+    /// TLS interception of flows to hosts a secret is bound to.
+    intercept: Option<Interceptor>,
     next_token: usize,
     /// Host sockets left with work by a burst bound (edge-triggered epoll
     /// does not report them again).
@@ -223,6 +236,12 @@ impl NetStack {
             .add_default_ipv4_route(GATEWAY_IP)
             .map_err(|e| NetError::Host(io::Error::other(format!("{e:?}"))))?;
         iface.set_any_ip(true);
+        let intercept = config
+            .intercept
+            .as_ref()
+            .map(Interceptor::new)
+            .transpose()
+            .map_err(NetError::Intercept)?;
         let mut stack = NetStack {
             poll,
             events: Events::with_capacity(256),
@@ -245,6 +264,7 @@ impl NetStack {
             dns_tcp: DnsTcp::default(),
             udp: UdpFlows::default(),
             forwards: Forwards::default(),
+            intercept,
             next_token: FIRST_TOKEN,
             again: Vec::new(),
             guest_mac: EthernetAddress::BROADCAST,
@@ -354,6 +374,7 @@ impl NetStack {
             let mut progress = self.finish_connects(now);
             progress |= self.judge_first_messages(now);
             progress |= self.tcp.splice();
+            self.record_intercepted();
             progress |= self.dns_tcp.serve(
                 self.tcp.sockets(),
                 &mut self.dns,
@@ -435,9 +456,18 @@ impl NetStack {
     fn judge_first_messages(&mut self, now: Instant) -> bool {
         let decided = self.tcp.peeked(now);
         let progress = !decided.is_empty();
-        for (key, protocol, opened_for, peeked) in decided {
+        for held in decided {
+            let HeldFlow {
+                key,
+                protocol,
+                opened_for,
+                peeked,
+                judges,
+            } = held;
             let ip = *key.remote.ip();
             let dns = &self.dns;
+            // Interception needs the ClientHello to name the host itself.
+            let named = matches!(peeked, Peeked::Name(Some(_)));
             let decision = judge_peeked(
                 &self.policy,
                 ip,
@@ -446,7 +476,21 @@ impl NetStack {
                 peeked,
                 |name| dns.handed_out_for(ip, name, now),
             );
+            if !judges {
+                // Held only for interception: it passes either way, as the
+                // name it was opened for; intercepted only if its server
+                // name was handed out for (or pinned to) its address.
+                let sni = (decision.allow && named).then_some(decision.name).flatten();
+                if self.start_interception(&key, protocol, sni.as_deref()) {
+                    self.tcp.release(&key, opened_for);
+                }
+                continue;
+            }
             if decision.allow {
+                let sni = decision.name.as_deref().filter(|_| named);
+                if !self.start_interception(&key, protocol, sni) {
+                    continue;
+                }
                 self.tcp.release(&key, decision.name);
             } else {
                 debug!(

@@ -62,6 +62,7 @@ pub fn stack_audited(policy: Policy, resolvers: Vec<SocketAddr>, audit: Audit) -
         resolvers,
         mtu: 0,
         memory_budget: 0,
+        intercept: None,
     })
     .unwrap()
 }

@@ -298,7 +298,25 @@ pub fn run_unix(stream: UnixStream, start: Start, stdio: Stdio) -> Result<ExitSt
 /// Replaces the environment the agent adds to every later command (API keys
 /// and other secrets: the agent keeps them in memory only).
 pub fn configure<S: Read + Write>(stream: S, env: EnvList) -> Result<(), ClientError> {
-    request(stream, Frame::Configure { env })
+    request(stream, Frame::Configure { env, ca: None })
+}
+
+/// [`configure`], and has the guest trust the CA certificates in `ca_pem`
+/// (added to its trust store; `SSL_CERT_FILE`, `NODE_EXTRA_CA_CERTS`,
+/// `REQUESTS_CA_BUNDLE` and `GIT_SSL_CAINFO` point at them in every later
+/// command).
+pub fn configure_with_ca<S: Read + Write>(
+    stream: S,
+    env: EnvList,
+    ca_pem: Vec<u8>,
+) -> Result<(), ClientError> {
+    request(
+        stream,
+        Frame::Configure {
+            env,
+            ca: Some(ca_pem),
+        },
+    )
 }
 
 /// Asks the agent to power the guest off; returns once it has acknowledged.

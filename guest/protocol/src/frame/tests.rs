@@ -26,9 +26,17 @@ fn samples() -> Vec<Frame> {
         }),
         Frame::Signal(15),
         Frame::Configure {
-            env: vec![(b"API_KEY".to_vec(), b"secret".to_vec())],
+            env: vec![(b"API_KEY".to_vec(), b"placeholder".to_vec())],
+            ca: None,
         },
-        Frame::Configure { env: vec![] },
+        Frame::Configure {
+            env: vec![],
+            ca: None,
+        },
+        Frame::Configure {
+            env: vec![(b"K".to_vec(), b"v".to_vec())],
+            ca: Some(b"-----BEGIN CERTIFICATE-----\n".to_vec()),
+        },
         Frame::Poweroff,
         Frame::Started { pid: 4242 },
         Frame::Stdout(vec![0, 1, 2, 255]),
@@ -187,6 +195,61 @@ fn trailing_unknown_and_invalid() {
             ..
         })
     ));
+}
+
+#[test]
+fn configure_carries_a_ca_only_when_there_is_one() {
+    let env = vec![(b"K".to_vec(), b"v".to_vec())];
+    // Without a CA the frame is the one agents before the field took.
+    let old = Frame::Configure {
+        env: env.clone(),
+        ca: None,
+    }
+    .encode()
+    .unwrap();
+    let mut legacy = vec![1, 0, 0, 0, 1, 0, 0, 0, b'K', 1, 0, 0, 0, b'v'];
+    legacy.splice(0..0, [14, 0, 0, 0, kind::CONFIGURE]);
+    assert_eq!(old, legacy);
+    // With one: the env, then a present `opt`.
+    let pem = b"-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n".to_vec();
+    let with = Frame::Configure {
+        env: env.clone(),
+        ca: Some(pem.clone()),
+    };
+    let bytes = with.encode().unwrap();
+    assert_eq!(&bytes[..HEADER_LEN + 14], {
+        let mut h = legacy.clone();
+        h[0] = (bytes.len() - HEADER_LEN) as u8;
+        h
+    });
+    assert_eq!(bytes[HEADER_LEN + 14], 1);
+    assert_eq!(decode(&bytes).unwrap().unwrap().0, with);
+    // Malformed: an explicit absent flag, a bad flag, a CA over the limit,
+    // a CA cut short, bytes after it.
+    let payload = |tail: &[u8]| {
+        let mut p = legacy[HEADER_LEN..].to_vec();
+        p.extend_from_slice(tail);
+        p
+    };
+    for (tail, want) in [
+        (&[0u8][..], "absent"),
+        (&[2u8][..], "flag"),
+        (&[1, 5, 0, 0, 0, b'a'][..], "truncated"),
+        (&[1, 1, 0, 0, 0, b'a', b'b'][..], "trailing"),
+    ] {
+        let e = decode_payload(kind::CONFIGURE, &payload(tail)).unwrap_err();
+        assert!(e.to_string().contains(want), "{tail:?}: {e}");
+    }
+    let mut big = vec![1u8];
+    big.extend_from_slice(&((MAX_CA + 1) as u32).to_le_bytes());
+    big.resize(big.len() + MAX_CA + 1, b'A');
+    let e = decode_payload(kind::CONFIGURE, &payload(&big)).unwrap_err();
+    assert!(e.to_string().contains("CA over the limit"), "{e}");
+    let too_big = Frame::Configure {
+        env,
+        ca: Some(vec![b'A'; MAX_CA + 1]),
+    };
+    assert_eq!(too_big.encode(), Err(EncodeError::CaTooLarge(MAX_CA + 1)));
 }
 
 /// Pseudo-random bytes and mutated valid frames: decode returns, never panics,
