@@ -15,6 +15,7 @@ mod lifecycle;
 mod net_args;
 mod paths;
 mod share;
+mod ssh_agent;
 mod trust;
 mod vhost_user;
 

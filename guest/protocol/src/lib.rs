@@ -94,6 +94,12 @@ pub const PROTOCOL_VERSION: u16 = 1;
 /// The vsock port the guest agent serves exec on.
 pub const EXEC_PORT: u32 = 1024;
 
+/// The host vsock port of the forwarded ssh-agent (`[ssh] agent = true`):
+/// the guest agent relays each connection to its `SSH_AUTH_SOCK` to this
+/// port of the host (CID 2), where the VMM listens on `<vsock uds>_1025`
+/// and passes the agent protocol, filtered, to the host's ssh-agent.
+pub const SSH_AGENT_PORT: u32 = 1025;
+
 /// Bytes in a frame header: u32 payload length and u8 type.
 pub const HEADER_LEN: usize = 5;
 
