@@ -65,6 +65,17 @@ fn sections(v: &View) -> Vec<Section> {
                 .collect(),
         },
         Section {
+            title: "ssh-agent (the guest may use your ssh keys)",
+            items: if v.ssh.agent {
+                std::iter::once("agent forwarded".to_string())
+                    .chain(v.ssh.keys.iter().map(|k| format!("key {k}")))
+                    .chain(v.ssh.hosts.iter().map(|h| format!("host {h}")))
+                    .collect()
+            } else {
+                Vec::new()
+            },
+        },
+        Section {
             title: "plugins",
             items: v
                 .plugins
