@@ -372,6 +372,10 @@ pub struct Snapshot {
     /// (`up --allow-unsandboxed-virtiofsd`).
     #[serde(default)]
     pub allow_unsandboxed_virtiofsd: bool,
+    /// The host's ssh-agent forwarded to the guest (`[ssh] agent`), with
+    /// the agent socket `up` found.
+    #[serde(default)]
+    pub ssh_agent: Option<crate::ssh_agent::host::Forward>,
 }
 
 /// A share in [`Snapshot`].
@@ -424,6 +428,7 @@ impl Snapshot {
             log_max_mib: cfg.log_max_mib,
             net_memory_mib: cfg.net_memory_mib,
             allow_unsandboxed_virtiofsd: false,
+            ssh_agent: None,
         }
     }
 

@@ -90,6 +90,14 @@ pub fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     )?;
     let mut snap = Snapshot::new(&cfg, kernel.kernel, kernel.initrd, kernel.cmdline);
     snap.allow_unsandboxed_virtiofsd = args.allow_unsandboxed_virtiofsd;
+    // The VMM's environment is scrubbed: the agent's socket goes in the
+    // snapshot (a path, no secret).
+    let home = std::env::var_os("HOME").map(PathBuf::from);
+    snap.ssh_agent = crate::ssh_agent::host::Forward::prepare(
+        &cfg.ssh,
+        std::env::var_os("SSH_AUTH_SOCK").as_deref(),
+        &crate::ssh_agent::host::known_hosts_files(home.as_deref()),
+    )?;
     if cfg.kernel.is_none() {
         // A self-contained image directory brings its own root file system;
         // else the one the workspace's packages ask for, else the default

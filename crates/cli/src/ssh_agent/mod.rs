@@ -28,6 +28,7 @@
 //! directory's snapshot.
 
 pub mod filter;
+pub mod host;
 pub mod wire;
 
 use std::io::{self, Write};
