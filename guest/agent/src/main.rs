@@ -29,6 +29,7 @@ mod root;
 mod server;
 mod session;
 mod spawn;
+mod ssh_agent;
 mod user;
 
 use std::io::Write;
@@ -62,6 +63,9 @@ pub struct Agent {
     root: PathBuf,
     /// Environment from the host's `Configure` (secrets: memory only).
     env: RwLock<EnvList>,
+    /// Environment the agent's own set-up adds (`SSH_AUTH_SOCK`), before
+    /// the host's; set once, before serving.
+    boot_env: OnceLock<EnvList>,
     /// Who runs requests that name no user (set once, before serving).
     default_user: OnceLock<String>,
     pid1: bool,
@@ -73,6 +77,7 @@ impl Agent {
             reaper: Reaper::default(),
             root: PathBuf::from("/"),
             env: RwLock::new(Vec::new()),
+            boot_env: OnceLock::new(),
             default_user: OnceLock::new(),
             pid1,
         }
@@ -83,12 +88,13 @@ impl Agent {
         self.default_user.get().map(String::as_str)
     }
 
-    /// The configured environment.
+    /// The environment every command gets: the agent's own, then the
+    /// host's `Configure` (which may override it).
     pub fn env(&self) -> EnvList {
-        self.env
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        let configured = self.env.read().unwrap_or_else(PoisonError::into_inner);
+        let mut env = self.boot_env.get().cloned().unwrap_or_default();
+        env.extend(configured.iter().cloned());
+        env
     }
 
     /// Replaces the configured environment.
@@ -305,6 +311,20 @@ fn run_init(listen: Option<Listen>) -> ExitCode {
     }
     let owner = account.as_ref().map(|a| (a.home.as_str(), a.uid, a.gid));
     init::mount_tmpfs(&tmpfs, owner);
+    if let Some(port) = cfg.ssh_agent {
+        let owner = account.as_ref().map(|a| (a.uid, a.gid));
+        let connect = std::sync::Arc::new(ssh_agent::vsock_to_host(port));
+        match ssh_agent::start(Path::new(ssh_agent::SOCKET), owner, connect) {
+            Ok(()) => {
+                let sock = (
+                    b"SSH_AUTH_SOCK".to_vec(),
+                    ssh_agent::SOCKET.as_bytes().to_vec(),
+                );
+                let _ = agent.boot_env.set(vec![sock]);
+            }
+            Err(e) => log!("cannot serve the host's ssh-agent: {e}"),
+        }
+    }
     if let Some(a) = account {
         let _ = agent.default_user.set(a.name);
     }
