@@ -21,6 +21,7 @@
 mod accounts;
 mod cmdline;
 mod dhcp;
+mod identity;
 mod init;
 mod loopdev;
 mod net;
