@@ -139,16 +139,24 @@ mod tests {
         );
         assert_eq!(
             std::fs::read_to_string(&gitconfig).unwrap(),
-            format!("[core]\n\teditor = vi\n{BEGIN}\n[user]\n\temail = \"new@example.com\"\n{END}\n")
+            format!(
+                "[core]\n\teditor = vi\n{BEGIN}\n[user]\n\temail = \"new@example.com\"\n{END}\n"
+            )
         );
         // Nothing to say: nothing touched.
         apply(root.path(), &Identity::default()).unwrap();
-        assert!(std::fs::read_to_string(&gitconfig).unwrap().contains("new@example.com"));
+        assert!(std::fs::read_to_string(&gitconfig)
+            .unwrap()
+            .contains("new@example.com"));
     }
 
     #[test]
     fn git_reads_the_identity_back() {
-        if std::process::Command::new("git").arg("--version").output().is_err() {
+        if std::process::Command::new("git")
+            .arg("--version")
+            .output()
+            .is_err()
+        {
             eprintln!("skipped: no git");
             return;
         }

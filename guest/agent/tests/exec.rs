@@ -611,5 +611,8 @@ fn the_hosts_identity_lands_under_the_agents_root() {
     let hosts = std::fs::read_to_string(root.path().join("etc/ssh/ssh_known_hosts")).unwrap();
     assert!(hosts.contains("\ngithub.com ssh-ed25519 AAAA\n"), "{hosts}");
     let git = std::fs::read_to_string(root.path().join("etc/gitconfig")).unwrap();
-    assert!(git.contains("\tname = \"Host User\"\n\temail = \"user@example.com\"\n"), "{git}");
+    assert!(
+        git.contains("\tname = \"Host User\"\n\temail = \"user@example.com\"\n"),
+        "{git}"
+    );
 }

@@ -188,6 +188,18 @@ pub fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
             );
         }
     }
+    if snap.ssh_agent.is_some() {
+        let home = std::env::var_os("HOME").map(PathBuf::from);
+        let files = crate::ssh_agent::host::known_hosts_files(home.as_deref());
+        let identity = crate::ssh_agent::host::identity(&cfg.ssh, &files);
+        if let Err(e) = send_identity(&state.vsock(), identity) {
+            eprintln!(
+                "agentvm: warning: cannot give the guest your known_hosts and git identity \
+                 ({e:#}); ssh in the guest will ask about host keys (rebuild the image with \
+                 `agentvm image build` if it predates this agentvm)"
+            );
+        }
+    }
     let agent = Agent {
         uds: &state.vsock(),
         port: EXEC_PORT,
@@ -477,6 +489,13 @@ fn configure(vsock: &Path, vars: agentvm_protocol::frame::EnvList) -> anyhow::Re
     let stream = connect_vsock_within(vsock, EXEC_PORT, Some(Duration::from_secs(10)))
         .context("cannot reach the guest agent")?;
     client::configure(stream, vars).context("the guest agent refused the environment")
+}
+
+/// Sends the host user's known hosts and git identity to the agent.
+fn send_identity(vsock: &Path, identity: agentvm_protocol::frame::Identity) -> anyhow::Result<()> {
+    let stream = connect_vsock_within(vsock, EXEC_PORT, Some(Duration::from_secs(10)))
+        .context("cannot reach the guest agent")?;
+    client::identity(stream, identity).context("the guest agent refused them")
 }
 
 /// The last lines of the console log, escaped (the guest wrote them).

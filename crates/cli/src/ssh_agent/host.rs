@@ -119,7 +119,13 @@ pub fn known_hosts_files(home: Option<&Path>) -> Vec<PathBuf> {
 /// `ssh-keygen -F` (which also matches hashed entries). Revoked keys and
 /// certificate authorities are not host keys and are left out.
 pub fn host_keys(host: &str, files: &[PathBuf]) -> anyhow::Result<Vec<String>> {
-    let mut keys = Vec::new();
+    Ok(parse_known_hosts(&known_hosts_lines(host, files)?))
+}
+
+/// The known_hosts lines of `files` for `host` (`ssh-keygen -F`'s
+/// output: hashed or not, markers included, comments left out).
+pub fn known_hosts_lines(host: &str, files: &[PathBuf]) -> anyhow::Result<String> {
+    let mut lines = String::new();
     for file in files {
         let out = Command::new("ssh-keygen")
             .arg("-F")
@@ -129,9 +135,66 @@ pub fn host_keys(host: &str, files: &[PathBuf]) -> anyhow::Result<Vec<String>> {
             .output()
             .context("cannot run ssh-keygen to look up `[ssh] hosts` (install openssh-client)")?;
         // Exit status 1: not found.
-        keys.extend(parse_known_hosts(&String::from_utf8_lossy(&out.stdout)));
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            if !line.trim_start().starts_with('#') && !line.trim().is_empty() {
+                lines.push_str(line);
+                lines.push('\n');
+            }
+        }
     }
-    Ok(keys)
+    Ok(lines)
+}
+
+/// The most known_hosts text the guest gets; a larger file is left out.
+const MAX_KNOWN_HOSTS: usize = 512 << 10;
+
+/// What the guest learns of the host user with the forwarded agent
+/// (public data): the known_hosts entries of the allowed servers (all of
+/// them when any server is allowed) and git's global user.name and
+/// user.email.
+pub fn identity(cfg: &SshConfig, known_hosts: &[PathBuf]) -> agentvm_protocol::frame::Identity {
+    let hosts_text = if cfg.hosts.is_empty() {
+        known_hosts
+            .iter()
+            .filter_map(|f| std::fs::read_to_string(f).ok())
+            .collect::<Vec<_>>()
+            .join("\n")
+    } else {
+        cfg.hosts
+            .iter()
+            .filter_map(|h| known_hosts_lines(h, known_hosts).ok())
+            .collect()
+    };
+    let known_hosts = if hosts_text.len() > MAX_KNOWN_HOSTS {
+        eprintln!(
+            "agentvm: warning: your known_hosts files hold more than {} KiB; the guest does not \
+             get them (list the servers it needs in `[ssh] hosts`)",
+            MAX_KNOWN_HOSTS >> 10
+        );
+        Vec::new()
+    } else {
+        hosts_text.into_bytes()
+    };
+    agentvm_protocol::frame::Identity {
+        known_hosts,
+        git_name: git_global("user.name"),
+        git_email: git_global("user.email"),
+    }
+}
+
+/// `git config --global KEY` of the host user (run outside any
+/// repository: the workspace's is the guest's to write).
+fn git_global(key: &str) -> Option<Vec<u8>> {
+    let out = Command::new("git")
+        .args(["config", "--global", "--get", key])
+        .current_dir("/")
+        .output()
+        .ok()?;
+    let mut value = out.stdout;
+    while value.last().is_some_and(|b| *b == b'\n') {
+        value.pop();
+    }
+    (out.status.success() && !value.is_empty()).then_some(value)
 }
 
 /// The key blobs (base64) of known_hosts lines.
@@ -193,6 +256,31 @@ mod tests {
         let files = [file];
         assert_eq!(host_keys("github.com", &files).unwrap(), [BLOB]);
         assert!(host_keys("gitlab.com", &files).unwrap().is_empty());
+    }
+
+    #[test]
+    fn the_guest_gets_only_the_allowed_servers_known_hosts() {
+        if Command::new("ssh-keygen").arg("-?").output().is_err() {
+            assert!(std::env::var_os("CI").is_none(), "ssh-keygen is needed");
+            eprintln!("skipped: no ssh-keygen (apt-get install openssh-client)");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("known_hosts");
+        let text = format!("github.com ssh-ed25519 {BLOB}\nsecret.corp ssh-ed25519 {BLOB}\n");
+        std::fs::write(&file, &text).unwrap();
+        let files = [file];
+        let all = SshConfig {
+            agent: true,
+            ..SshConfig::default()
+        };
+        assert_eq!(identity(&all, &files).known_hosts, text.as_bytes());
+        let some = SshConfig {
+            hosts: vec!["github.com".into()],
+            ..all
+        };
+        let only = String::from_utf8(identity(&some, &files).known_hosts).unwrap();
+        assert_eq!(only, format!("github.com ssh-ed25519 {BLOB}\n"));
     }
 
     #[test]

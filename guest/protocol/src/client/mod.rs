@@ -302,7 +302,10 @@ pub fn configure<S: Read + Write>(stream: S, env: EnvList) -> Result<(), ClientE
 }
 
 /// Gives the agent the host user's known ssh hosts and git identity.
-pub fn identity<S: Read + Write>(stream: S, identity: crate::frame::Identity) -> Result<(), ClientError> {
+pub fn identity<S: Read + Write>(
+    stream: S,
+    identity: crate::frame::Identity,
+) -> Result<(), ClientError> {
     request(stream, Frame::Identity(identity))
 }
 
