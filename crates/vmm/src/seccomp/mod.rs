@@ -4,7 +4,8 @@
 //! the guest controls, to the system calls its kind needs (one list per
 //! [`ThreadKind`], in `allowlist.rs`): vCPUs, the activation thread, each
 //! device's worker, the relay of virtiofsd's log, the thread that
-//! supervises the VM, and the control-socket and signal threads of the
+//! supervises the VM, and the control-socket, signal and ssh-agent relay
+//! threads of the
 //! `agentvm` process.
 //! Filters stack: a thread keeps the filters of the thread that created
 //! it, so the lists of threads that create others cover their children.
