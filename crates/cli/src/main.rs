@@ -37,7 +37,7 @@ enum Command {
     /// Run a command in a running VM through its guest agent (vsock).
     Attach(attach::AttachArgs),
     /// Boot a kernel in the foreground; the guest console goes to stdout.
-    Boot(boot::BootArgs),
+    Boot(Box<boot::BootArgs>),
     /// Print the workspace's configuration, plugins merged and defaults
     /// filled in (host secrets are never shown).
     Config(config_cmd::ConfigArgs),
@@ -92,7 +92,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Attach(args) => attach::run(args),
-        Command::Boot(args) => boot::run(args),
+        Command::Boot(args) => boot::run(*args),
         Command::Config(args) => config_cmd::run(args),
         Command::Doctor => doctor::run(),
         Command::Image(args) => image::run(args),

@@ -114,7 +114,7 @@ impl Agent {
 
     /// `ssh-add -l` straight from the agent.
     fn listed(&self) -> String {
-        run_ok(&mut self.tool("ssh-add", &self.socket()).arg("-l"))
+        run_ok(self.tool("ssh-add", &self.socket()).arg("-l"))
     }
 
     /// A relay to this agent under `policy`, confined at the kill level.
@@ -147,7 +147,7 @@ fn identities_are_filtered_and_signing_works_through_the_relay() {
     let mode = std::fs::metadata(&relay).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600);
 
-    let listed = run_ok(&mut agent.tool("ssh-add", &relay).arg("-l"));
+    let listed = run_ok(agent.tool("ssh-add", &relay).arg("-l"));
     assert!(listed.contains(&agent.fingerprint("a")), "{listed}");
     assert!(!listed.contains(&agent.fingerprint("b")), "{listed}");
     assert_eq!(listed.lines().count(), 1, "{listed}");

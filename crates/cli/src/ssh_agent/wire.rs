@@ -276,7 +276,7 @@ pub fn base64_decode(text: &str) -> Option<Vec<u8>> {
     let text = text.as_bytes();
     let body = text.strip_suffix(b"==").or_else(|| text.strip_suffix(b"="));
     let body = match body {
-        Some(b) if text.len() % 4 == 0 => b,
+        Some(b) if text.len().is_multiple_of(4) => b,
         Some(_) => return None,
         None => text,
     };

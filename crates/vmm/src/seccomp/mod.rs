@@ -5,8 +5,7 @@
 //! [`ThreadKind`], in `allowlist.rs`): vCPUs, the activation thread, each
 //! device's worker, the relay of virtiofsd's log, the thread that
 //! supervises the VM, and the control-socket, signal and ssh-agent relay
-//! threads of the
-//! `agentvm` process.
+//! threads of the `agentvm` process.
 //! Filters stack: a thread keeps the filters of the thread that created
 //! it, so the lists of threads that create others cover their children.
 //!
