@@ -34,6 +34,14 @@
 //! connection, and no bind marked as forwarded: agent forwarding onwards
 //! from the guest is not supported in this mode. Signatures that are no
 //! login (`ssh-keygen -Y sign`, git's ssh commit signing) are refused.
+//!
+//! The filter does not verify the host's signature in the bind itself: it
+//! relies on the host's agent doing so, as OpenSSH's `ssh-agent` (8.9 and
+//! later) does before it answers `SSH_AGENT_SUCCESS`. An agent that
+//! accepted binds without checking them would make `hosts` a mere hint;
+//! one that does not know the extension answers failure, and then nothing
+//! is signed in this mode. Verifying the signature here (ed25519, ECDSA and
+//! RSA host keys) would remove that dependence.
 
 use super::wire::{self, msg, KeyDigest, Reader, WireError};
 
