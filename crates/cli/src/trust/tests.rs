@@ -127,7 +127,7 @@ fn widening_the_forwarded_ssh_agent_needs_a_new_approval() {
         // Every key, or another key, or every host.
         (
             "[ssh]\nagent = true\nhosts = [\"github.com\"]\n".to_string(),
-            format!("- key {key}"),
+            format!("- key {key}\n    + key: every key in your agent"),
         ),
         (
             format!("[ssh]\nagent = true\nkeys = [\"{other}\"]\nhosts = [\"github.com\"]\n"),
@@ -135,7 +135,7 @@ fn widening_the_forwarded_ssh_agent_needs_a_new_approval() {
         ),
         (
             format!("[ssh]\nagent = true\nkeys = [\"{key}\"]\n"),
-            "- host github.com".to_string(),
+            "- host github.com\n    + host: any server".to_string(),
         ),
     ] {
         let s = ws.standing(&ws.cfg("w", &text));
