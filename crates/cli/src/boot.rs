@@ -70,6 +70,15 @@ pub struct BootArgs {
     /// connections to host port P go to the socket `UDS_P`.
     #[arg(long, value_name = "UDS")]
     vsock: Option<PathBuf>,
+    /// Forward the ssh-agent of $SSH_AUTH_SOCK to the guest (through the
+    /// vsock device: its socket `UDS_1025`): it can list keys and sign,
+    /// never add, remove or lock them.
+    #[arg(long, requires = "vsock")]
+    ssh_agent: bool,
+    /// With --ssh-agent, only this key (its `SHA256:…` fingerprint, as
+    /// `ssh-add -l` prints it); repeatable.
+    #[arg(long, value_name = "FINGERPRINT", requires = "ssh_agent", value_parser = parse_fingerprint)]
+    ssh_key: Vec<String>,
     /// The guest's vsock context id (3 to 4294967294) [default: 3].
     #[arg(long, value_name = "N", requires = "vsock")]
     cid: Option<u64>,
@@ -148,8 +157,18 @@ pub fn run(args: BootArgs) -> anyhow::Result<ExitCode> {
         }
         None => None,
     };
-    let config = args.vm_config(kernel, policy, state.path(), intercept)?;
+    let mut config = args.vm_config(kernel, policy, state.path(), intercept)?;
+    let ssh_relay = args.ssh_relay(&mut config)?;
     let vm = crate::build::build_vm(config)?;
+    let _relay_socket = match ssh_relay {
+        Some((relay, socket)) => {
+            relay
+                .start(args.seccomp)
+                .context("cannot start the ssh-agent relay")?;
+            Some(RemoveOnDrop(socket))
+        }
+        None => None,
+    };
     let running = vm.start().context("cannot run the VM")?;
     seccomp::install(args.seccomp, ThreadKind::Supervisor)
         .context("cannot confine the VMM's main thread")?;
@@ -177,7 +196,51 @@ fn exit_code(status: &ExitStatus) -> u8 {
     }
 }
 
+/// `SHA256:…`, as `ssh-add -l` prints a key's fingerprint.
+fn parse_fingerprint(s: &str) -> Result<String, String> {
+    crate::ssh_agent::wire::parse_fingerprint(s)
+        .map(|_| s.to_owned())
+        .ok_or_else(|| format!("{s:?} is not a SHA256:… key fingerprint"))
+}
+
+/// A file removed when this is dropped.
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
 impl BootArgs {
+    /// With `--ssh-agent`: the relay, bound at the vsock socket's
+    /// `_1025`, and the guest told where to find it.
+    fn ssh_relay(
+        &self,
+        config: &mut VmConfig,
+    ) -> anyhow::Result<Option<(crate::ssh_agent::Relay, PathBuf)>> {
+        use crate::ssh_agent::{self, host::Forward};
+        let (true, Some(vsock)) = (self.ssh_agent, &self.vsock) else {
+            return Ok(None);
+        };
+        let wanted = crate::config::SshConfig {
+            agent: true,
+            keys: self.ssh_key.clone(),
+            hosts: Vec::new(),
+        };
+        let auth_sock = std::env::var_os("SSH_AUTH_SOCK");
+        let Some(forward) = Forward::prepare(&wanted, auth_sock.as_deref(), &[])? else {
+            return Ok(None);
+        };
+        let listen = ssh_agent::socket_path(vsock);
+        let relay = ssh_agent::Relay::bind(&listen, forward.socket.clone(), forward.policy()?)
+            .with_context(|| format!("cannot listen on {}", listen.display()))?;
+        config
+            .cmdline
+            .push_str(&format!(" agentvm.ssh_agent={}", ssh_agent::SSH_AGENT_PORT));
+        Ok(Some((relay, listen)))
+    }
+
     /// The VM these options describe: `kernel` with the network `policy`
     /// (`None`: no network), virtiofsd's sockets in `state_dir`.
     fn vm_config(

@@ -16,6 +16,7 @@ mod net_args;
 mod paths;
 mod secrets;
 mod share;
+mod ssh_agent;
 mod trust;
 mod vhost_user;
 

@@ -1203,3 +1203,93 @@ fn the_background_vmm_gets_no_host_secret_and_no_inherited_fd() {
     }
     w.ok(&["down"], &ws);
 }
+
+/// One ssh-agent request on `conn` (`body`: type and contents), its answer.
+fn agent_ask(conn: &mut UnixStream, body: &[u8]) -> Vec<u8> {
+    use std::io::Read;
+    let mut msg = (body.len() as u32).to_be_bytes().to_vec();
+    msg.extend_from_slice(body);
+    conn.write_all(&msg).unwrap();
+    let mut len = [0u8; 4];
+    conn.read_exact(&mut len).unwrap();
+    let mut answer = vec![0u8; u32::from_be_bytes(len) as usize];
+    conn.read_exact(&mut answer).unwrap();
+    answer
+}
+
+#[test]
+fn the_vmm_relays_the_hosts_ssh_agent_filtered_under_its_confinement() {
+    let Some(w) = World::new() else { return };
+    if Command::new("ssh-agent").arg("-?").output().is_err() {
+        assert!(std::env::var_os("CI").is_none(), "openssh-client is needed");
+        eprintln!("skipped: no ssh-agent (apt-get install openssh-client)");
+        return;
+    }
+    // The host's agent, with one key, in a directory Landlock leaves the
+    // VMM no access to.
+    let keys = tempfile::tempdir().unwrap();
+    let sock = keys.path().join("agent.sock");
+    let mut agent = Command::new("ssh-agent")
+        .arg("-D")
+        .arg("-a")
+        .arg(&sock)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !sock.exists() {
+        assert!(Instant::now() < deadline, "ssh-agent did not start");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let key = keys.path().join("k");
+    let made = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&key)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let added = Command::new("ssh-add")
+        .arg(&key)
+        .env("SSH_AUTH_SOCK", &sock)
+        .output()
+        .unwrap();
+    assert!(added.status.success(), "{added:?}");
+
+    let ws = w.workspace("keys");
+    let text = std::fs::read_to_string(ws.join(".agentvm/config.toml")).unwrap();
+    w.configure(&ws, &format!("{text}\n[ssh]\nagent = true\n"));
+    let up = w.agentvm_with(&["up"], &ws, &[("SSH_AUTH_SOCK", sock.to_str().unwrap())]);
+    assert!(up.status.success(), "{up:?}");
+    let state = w.state(&ws);
+    let relay = state.join("vsock.sock_1025");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&relay).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let snapshot = std::fs::read_to_string(state.join("config.json")).unwrap();
+    assert!(snapshot.contains("agent.sock"), "{snapshot}");
+
+    // What the guest's vsock connection to port 1025 reaches.
+    let mut conn = UnixStream::connect(&relay).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let listed = agent_ask(&mut conn, &[11]);
+    assert_eq!(listed[0], 12, "{listed:?}");
+    assert_eq!(&listed[1..5], &1u32.to_be_bytes());
+    // LOCK and REMOVE_ALL_IDENTITIES: refused, the agent untouched.
+    assert_eq!(agent_ask(&mut conn, &[22, 0, 0, 0, 1, b'p']), [5]);
+    assert_eq!(agent_ask(&mut conn, &[19]), [5]);
+    let listed = Command::new("ssh-add")
+        .arg("-l")
+        .env("SSH_AUTH_SOCK", &sock)
+        .output()
+        .unwrap();
+    assert!(listed.status.success(), "{listed:?}");
+    drop(conn);
+    // The VMM is still there (no seccomp kill), and cleans up at down.
+    assert_eq!(w.vmms(), 1);
+    w.ok(&["down"], &ws);
+    assert!(!relay.exists());
+    let _ = agent.kill();
+    let _ = agent.wait();
+}

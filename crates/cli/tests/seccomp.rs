@@ -1,6 +1,7 @@
 //! The VMM's seccomp filters end to end with tiny guests on the host's
 //! /dev/kvm: every thread of a running `agentvm boot` is confined (with
-//! net, vsock, rng and balloon devices whose workers run), a forbidden
+//! net, vsock, rng and balloon devices whose workers run, and the
+//! ssh-agent relay), a forbidden
 //! system call ends the VM naming it, and `--seccomp log` / `off` do what
 //! they say.
 #![allow(clippy::unwrap_used)] // a panicking test is a failing test
@@ -109,6 +110,10 @@ impl Booted {
             .arg(&serial)
             .arg("--vsock")
             .arg(&vsock)
+            // The ssh-agent relay's thread too (it reaches the agent only
+            // when the guest connects).
+            .arg("--ssh-agent")
+            .env("SSH_AUTH_SOCK", dir.path().join("agent.sock"))
             .env("AGENTVM_LOG", "error")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -186,7 +191,7 @@ fn every_thread_of_a_running_vmm_is_confined() {
         let mut vm = Booted::start(level);
         let threads = vm.threads_once_running();
         let names: Vec<_> = threads.iter().map(|t| t.0.as_str()).collect();
-        for want in ["agentvm", "vcpu0", "activation"] {
+        for want in ["agentvm", "vcpu0", "activation", "ssh-agent"] {
             assert!(names.contains(&want), "{level}: no {want} in {names:?}");
         }
         for (name, status) in &threads {

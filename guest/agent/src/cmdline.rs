@@ -12,6 +12,7 @@
 //! | `agentvm.upper=tmpfs` | the overlay's writable layer is a tmpfs (the default; gone at power-off) |
 //! | `agentvm.upper=TAG[:FILE]` | the writable layer persists: an ext4 image `FILE` (default `upper.ext4`) on virtio-fs `TAG`, loop-mounted read-write (see `root.rs` for why not the share itself) |
 //! | `agentvm.user=NAME:UID:GID` | the user commands run as when a request names none: created in the root's `/etc/passwd` if missing, with home `/home/NAME` and passwordless sudo. UID 0 is refused (root needs no set-up: leave the key out) |
+//! | `agentvm.ssh_agent=PORT` | serve the host's ssh-agent: listen on `/run/agentvm/ssh-agent.sock` (the default user's alone), relay each connection to vsock port `PORT` of the host (see [`crate::ssh_agent`]), and give commands `SSH_AUTH_SOCK` |
 //! | `agentvm.tmpfs=/dir` | mount a tmpfs on `/dir` (may repeat): for directories where programs need `O_TMPFILE`, which virtio-fs and the 6.1 overlay lack |
 //!
 //! `TAG`s and `FILE`s are plain names: `FILE` is relative to the share, and
@@ -67,6 +68,8 @@ pub struct BootConfig {
     pub user: Option<UserSpec>,
     /// Extra tmpfs mount points (absolute).
     pub tmpfs: Vec<String>,
+    /// The host vsock port of the forwarded ssh-agent.
+    pub ssh_agent: Option<u32>,
 }
 
 /// `agentvm.rootfs=TAG:FILE`: where the root file system image is.
@@ -120,6 +123,7 @@ impl Default for BootConfig {
             upper: Upper::Tmpfs,
             user: None,
             tmpfs: Vec::new(),
+            ssh_agent: None,
         }
     }
 }
@@ -154,6 +158,7 @@ pub fn parse(cmdline: &str) -> (BootConfig, Vec<String>) {
             }
             "share" => parse_share(value).map(|s| cfg.shares.push(s)).is_some(),
             "port" => value.parse().map(|p| cfg.port = p).is_ok(),
+            "ssh_agent" => value.parse().map(|p| cfg.ssh_agent = Some(p)).is_ok(),
             "rootfs" => parse_rootfs(value).map(|r| cfg.rootfs = Some(r)).is_some(),
             "upper" => parse_upper(value).map(|u| cfg.upper = u).is_some(),
             "user" => parse_user(value).map(|u| cfg.user = Some(u)).is_some(),
@@ -357,6 +362,21 @@ mod tests {
             parse("agentvm.ip=192.168.1.9").0.ip,
             IpMode::Static(Ipv4Addr::new(192, 168, 1, 9), 24)
         );
+    }
+
+    #[test]
+    fn the_ssh_agent_key_takes_a_port() {
+        assert_eq!(BootConfig::default().ssh_agent, None);
+        assert_eq!(parse("agentvm.ssh_agent=1025").0.ssh_agent, Some(1025));
+        for bad in [
+            "agentvm.ssh_agent",
+            "agentvm.ssh_agent=x",
+            "agentvm.ssh_agent=-1",
+        ] {
+            let (cfg, w) = parse(bad);
+            assert_eq!(cfg.ssh_agent, None, "{bad}");
+            assert_eq!(w, [format!("ignoring {bad}")]);
+        }
     }
 
     #[test]

@@ -21,6 +21,7 @@
 mod accounts;
 mod cmdline;
 mod dhcp;
+mod identity;
 mod init;
 mod loopdev;
 mod net;
@@ -29,6 +30,7 @@ mod root;
 mod server;
 mod session;
 mod spawn;
+mod ssh_agent;
 mod trust;
 mod user;
 
@@ -63,6 +65,9 @@ pub struct Agent {
     root: PathBuf,
     /// Environment from the host's `Configure` (secrets: memory only).
     env: RwLock<EnvList>,
+    /// Environment the agent's own set-up adds (`SSH_AUTH_SOCK`), before
+    /// the host's; set once, before serving.
+    boot_env: OnceLock<EnvList>,
     /// Who runs requests that name no user (set once, before serving).
     default_user: OnceLock<String>,
     /// The root whose trust store a `Configure` CA goes to: `/` as PID 1,
@@ -78,6 +83,7 @@ impl Agent {
             reaper: Reaper::default(),
             root: PathBuf::from("/"),
             env: RwLock::new(Vec::new()),
+            boot_env: OnceLock::new(),
             default_user: OnceLock::new(),
             trust_root: pid1.then(|| PathBuf::from("/")),
             pid1,
@@ -89,12 +95,13 @@ impl Agent {
         self.default_user.get().map(String::as_str)
     }
 
-    /// The configured environment.
+    /// The environment every command gets: the agent's own, then the
+    /// host's `Configure` (which may override it).
     pub fn env(&self) -> EnvList {
-        self.env
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        let configured = self.env.read().unwrap_or_else(PoisonError::into_inner);
+        let mut env = self.boot_env.get().cloned().unwrap_or_default();
+        env.extend(configured.iter().cloned());
+        env
     }
 
     /// Replaces the configured environment.
@@ -332,6 +339,20 @@ fn run_init(listen: Option<Listen>) -> ExitCode {
     }
     let owner = account.as_ref().map(|a| (a.home.as_str(), a.uid, a.gid));
     init::mount_tmpfs(&tmpfs, owner);
+    if let Some(port) = cfg.ssh_agent {
+        let owner = account.as_ref().map(|a| (a.uid, a.gid));
+        let connect = std::sync::Arc::new(ssh_agent::vsock_to_host(port));
+        match ssh_agent::start(Path::new(ssh_agent::SOCKET), owner, connect) {
+            Ok(()) => {
+                let sock = (
+                    b"SSH_AUTH_SOCK".to_vec(),
+                    ssh_agent::SOCKET.as_bytes().to_vec(),
+                );
+                let _ = agent.boot_env.set(vec![sock]);
+            }
+            Err(e) => log!("cannot serve the host's ssh-agent: {e}"),
+        }
+    }
     if let Some(a) = account {
         let _ = agent.default_user.set(a.name);
     }

@@ -82,6 +82,16 @@ pub fn serve(conn: OwnedFd, agent: &Arc<Agent>) {
                 let _ = send(&mut file, &[Frame::error(ErrorCode::Internal, msg)]);
             }
         },
+        Frame::Identity(id) => {
+            let reply = match crate::identity::apply(&agent.root, &id) {
+                Ok(()) => Frame::Ack,
+                Err(e) => Frame::error(
+                    ErrorCode::Internal,
+                    format!("cannot write the host's known hosts and git identity: {e}"),
+                ),
+            };
+            let _ = send(&mut file, &[Frame::hello(), reply]);
+        }
         Frame::Poweroff => {
             let _ = send(&mut file, &[Frame::hello(), Frame::Ack]);
             drop(file);

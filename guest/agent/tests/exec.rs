@@ -658,3 +658,25 @@ fn vsock_handshake_then_session() {
     assert_eq!(status, ExitStatus::Code(0));
     assert_eq!(out.take(), b"Linux\n");
 }
+
+#[test]
+fn the_hosts_identity_lands_under_the_agents_root() {
+    let root = tempfile::tempdir().unwrap();
+    let agent = Agent::start_with(&["--root", root.path().to_str().unwrap()]);
+    client::identity(
+        agent.connect(),
+        agentvm_protocol::frame::Identity {
+            known_hosts: b"github.com ssh-ed25519 AAAA\n".to_vec(),
+            git_name: Some(b"Host User".to_vec()),
+            git_email: Some(b"user@example.com".to_vec()),
+        },
+    )
+    .unwrap();
+    let hosts = std::fs::read_to_string(root.path().join("etc/ssh/ssh_known_hosts")).unwrap();
+    assert!(hosts.contains("\ngithub.com ssh-ed25519 AAAA\n"), "{hosts}");
+    let git = std::fs::read_to_string(root.path().join("etc/gitconfig")).unwrap();
+    assert!(
+        git.contains("\tname = \"Host User\"\n\temail = \"user@example.com\"\n"),
+        "{git}"
+    );
+}

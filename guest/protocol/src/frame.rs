@@ -27,6 +27,8 @@ pub mod kind {
     pub const CONFIGURE: u8 = 0x07;
     /// Power the guest off.
     pub const POWEROFF: u8 = 0x08;
+    /// The host user's known ssh hosts and git identity.
+    pub const IDENTITY: u8 = 0x09;
     /// The command was spawned.
     pub const STARTED: u8 = 0x80;
     /// Bytes the command wrote to stdout (or to the terminal in PTY mode).
@@ -37,7 +39,7 @@ pub mod kind {
     pub const EXIT: u8 = 0x83;
     /// The request failed; the agent closes the connection after it.
     pub const ERROR: u8 = 0x84;
-    /// A `Configure` or `Poweroff` request was carried out.
+    /// A `Configure`, `Identity` or `Poweroff` request was carried out.
     pub const ACK: u8 = 0x85;
 }
 
@@ -62,6 +64,19 @@ pub struct Start {
     pub user: Option<String>,
     /// Run on a new pseudo-terminal of this size instead of pipes.
     pub tty: Option<WinSize>,
+}
+
+/// What an `Identity` frame carries: public data only (the keys stay in
+/// the host's ssh-agent).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Identity {
+    /// known_hosts lines (the host's, or those of the allowed servers);
+    /// empty: leave the guest's as they are.
+    pub known_hosts: Vec<u8>,
+    /// git `user.name`.
+    pub git_name: Option<Vec<u8>>,
+    /// git `user.email`.
+    pub git_email: Option<Vec<u8>>,
 }
 
 /// One protocol frame.
@@ -95,6 +110,10 @@ pub enum Frame {
     },
     /// Power the guest off (or end `serve` when the agent is not PID 1).
     Poweroff,
+    /// The host user's public identity for ssh and git, with the forwarded
+    /// ssh-agent: the agent writes the guest's system-wide known hosts and
+    /// git identity from it.
+    Identity(Identity),
     /// The command runs with this process id.
     Started {
         /// Process id in the guest.
@@ -171,6 +190,7 @@ impl Frame {
             Frame::Signal(_) => kind::SIGNAL,
             Frame::Configure { .. } => kind::CONFIGURE,
             Frame::Poweroff => kind::POWEROFF,
+            Frame::Identity(_) => kind::IDENTITY,
             Frame::Started { .. } => kind::STARTED,
             Frame::Stdout(_) => kind::STDOUT,
             Frame::Stderr(_) => kind::STDERR,
@@ -260,6 +280,11 @@ impl Frame {
                 if let Some(ca) = ca {
                     put_opt(out, Some(ca));
                 }
+            }
+            Frame::Identity(id) => {
+                put_bytes(out, &id.known_hosts);
+                put_opt(out, id.git_name.as_deref());
+                put_opt(out, id.git_email.as_deref());
             }
             Frame::Started { pid } => out.extend_from_slice(&pid.to_le_bytes()),
             Frame::Exit(status) => {
@@ -399,6 +424,11 @@ pub fn decode_payload(kind: u8, payload: &[u8]) -> Result<Frame, DecodeError> {
             };
             Frame::Configure { env, ca }
         }
+        kind::IDENTITY => Frame::Identity(Identity {
+            known_hosts: r.bytes()?.to_vec(),
+            git_name: r.opt()?.map(<[u8]>::to_vec),
+            git_email: r.opt()?.map(<[u8]>::to_vec),
+        }),
         kind::STARTED => Frame::Started { pid: r.u32()? },
         kind::EXIT => match r.u8()? {
             0 => Frame::Exit(ExitStatus::Code(r.i32()?)),

@@ -26,8 +26,8 @@
 //! the first frame is not a `Hello` of a version the agent speaks, or the frame
 //! is malformed or too large, or the command cannot be spawned, the agent sends
 //! one `Error` frame and closes the connection. Instead of `Start`, the host may
-//! send `Configure` (answered by `Ack`) or `Poweroff` (answered by `Ack`, then
-//! the guest powers off).
+//! send `Configure` or `Identity` (answered by `Ack`) or `Poweroff` (answered
+//! by `Ack`, then the guest powers off).
 //!
 //! In pipe mode the command's stdin, stdout and stderr are three pipes, and
 //! `Exit` follows the command's exit *and* end of file on both output pipes, so
@@ -64,6 +64,7 @@
 //! | 0x06 | Signal | host → guest | signo: i32 (Linux numbering) |
 //! | 0x07 | Configure | host → guest | `env`, then optionally `opt` ca (PEM certificates, ≤ [`MAX_CA`], 64 KiB; present when the flag is 1, the field left out when there is none) |
 //! | 0x08 | Poweroff | host → guest | empty |
+//! | 0x09 | Identity | host → guest | known_hosts: `bytes`, git user.name: `opt`, git user.email: `opt` |
 //! | 0x80 | Started | guest → host | pid: u32 |
 //! | 0x81 | Stdout | guest → host | data (≤ 64 KiB) |
 //! | 0x82 | Stderr | guest → host | data (≤ 64 KiB) |
@@ -84,7 +85,10 @@
 //!
 //! This is version [`PROTOCOL_VERSION`] (1). A peer that gets a `Hello` with a
 //! version it does not speak answers with `Error{UnsupportedVersion}` and closes.
-//! A later version that adds frame types bumps the number.
+//! A later version that changes a frame bumps the number. A new request type
+//! (host → guest) may come without one: an agent that predates it answers
+//! `Error{Malformed}` (unknown frame type), and the host carries on without
+//! it (`Identity`, 0x09, came this way).
 
 #![deny(missing_docs)]
 
@@ -99,6 +103,12 @@ pub const PROTOCOL_VERSION: u16 = 1;
 
 /// The vsock port the guest agent serves exec on.
 pub const EXEC_PORT: u32 = 1024;
+
+/// The host vsock port of the forwarded ssh-agent (`[ssh] agent = true`):
+/// the guest agent relays each connection to its `SSH_AUTH_SOCK` to this
+/// port of the host (CID 2), where the VMM listens on `<vsock uds>_1025`
+/// and passes the agent protocol, filtered, to the host's ssh-agent.
+pub const SSH_AGENT_PORT: u32 = 1025;
 
 /// Bytes in a frame header: u32 payload length and u8 type.
 pub const HEADER_LEN: usize = 5;

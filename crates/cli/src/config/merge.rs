@@ -173,6 +173,7 @@ impl Fragment {
             agent_home: None,
             git_hooks: super::GitHooks::default(),
             seccomp: agentvm_vmm::SeccompLevel::default(),
+            ssh: super::SshConfig::default(),
             plugin_files: Vec::new(),
             guest_user: None,
         }

@@ -143,6 +143,8 @@ pub struct ResolvedConfig {
     /// What the VMM's seccomp filters do with a system call they do not
     /// expect. Default: end the VM.
     pub seccomp: agentvm_vmm::SeccompLevel,
+    /// The host's ssh-agent in the guest (`[ssh]`). Default: off.
+    pub ssh: SshConfig,
     /// Every plugin file merged in, with a digest of its text: any change
     /// to one needs a new approval.
     pub plugin_files: Vec<PluginFile>,
@@ -185,6 +187,29 @@ pub enum GitHooks {
     Guard,
     /// Left as the guest wrote them.
     Allow,
+}
+
+/// `[ssh]`: whether and how the guest uses the host's ssh-agent
+/// (`crate::ssh_agent`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SshConfig {
+    /// Whether the guest gets an `SSH_AUTH_SOCK` served by the host's
+    /// agent (and the host's known hosts and git identity).
+    pub agent: bool,
+    /// `SHA256:…` fingerprints of the keys the guest may list and sign
+    /// with; empty: every key the agent holds.
+    pub keys: Vec<String>,
+    /// Host names whose host keys (from the host's known_hosts) are the
+    /// only servers signatures may log in to; empty: any server.
+    pub hosts: Vec<String>,
+}
+
+impl SshConfig {
+    /// Whether this is the default (forwarding off), which the trust view
+    /// leaves out so approvals from before `[ssh]` stay valid.
+    pub fn is_default(&self) -> bool {
+        *self == SshConfig::default()
+    }
 }
 
 /// A plugin file and the SHA-256 (hex) of its text.
@@ -571,6 +596,10 @@ pub fn resolve(
         (Some(s), Some(src)) => validate::seccomp(s, src)?,
         _ => agentvm_vmm::SeccompLevel::default(),
     };
+    let ssh = match (&file.ssh, source) {
+        (Some(s), Some(src)) => validate::ssh(s, src)?,
+        _ => SshConfig::default(),
+    };
     let guest_home = host.guest_home();
     let ctx = validate::Context {
         workspace,
@@ -601,6 +630,7 @@ pub fn resolve(
     cfg.agent_home = agent_home;
     cfg.git_hooks = git_hooks;
     cfg.seccomp = seccomp;
+    cfg.ssh = ssh;
     cfg.plugin_files = plugin_files;
     cfg.guest_user = host.guest_user.clone();
     Ok(cfg)

@@ -331,6 +331,16 @@ pub fn load(
             ));
         }
     }
+    if let Some(ssh) = &file.ssh {
+        return Err(plugin.error(
+            ssh.span(),
+            format!(
+                "a plugin cannot set `[ssh]` (it hands the guest your ssh keys); set it in {} \
+                 instead",
+                src.shown
+            ),
+        ));
+    }
     if let Some(first) = file.plugins.as_ref().and_then(|l| l.first()) {
         return Err(plugin.error(
             first.span(),

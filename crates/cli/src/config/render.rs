@@ -100,6 +100,11 @@ pub fn render(cfg: &ResolvedConfig, lookup: &dyn Fn(&str) -> Option<String>) -> 
         line(&mut out, "upstream_ca", &path_value(&ca.path), None);
     }
 
+    out.push_str("\n[ssh]\n");
+    line(&mut out, "agent", &cfg.ssh.agent.to_string(), None);
+    line(&mut out, "keys", &array(&strings(&cfg.ssh.keys)), None);
+    line(&mut out, "hosts", &array(&strings(&cfg.ssh.hosts)), None);
+
     out.push_str("\n[env]\n");
     for (key, entry) in &cfg.env {
         let note = match redacted(&entry.value, lookup) {

@@ -62,6 +62,21 @@ pub struct ConfigFile {
     /// filters do with a system call they do not expect (only in the
     /// workspace's file).
     pub seccomp: Option<Spanned<String>>,
+    /// Forwarding the host's ssh-agent (only in the workspace's file).
+    pub ssh: Option<Spanned<Ssh>>,
+}
+
+/// `[ssh]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Ssh {
+    /// Whether the guest gets the host's ssh-agent (`SSH_AUTH_SOCK`).
+    pub agent: Option<bool>,
+    /// `SHA256:…` fingerprints of the only keys the guest may see and use.
+    pub keys: Option<SpannedList>,
+    /// The only servers the keys may log in to (by their host keys in the
+    /// host's known_hosts).
+    pub hosts: Option<SpannedList>,
 }
 
 /// `[resources]`.

@@ -114,6 +114,18 @@ name = {name}
 # network stack verifies the real host of a flow that carries a secret.
 # upstream_ca = "certs/internal-ca.pem"
 
+[ssh]
+# Give the guest your ssh-agent (SSH_AUTH_SOCK of `agentvm up`), so `git
+# push` over ssh works while the keys stay on this host; the guest can list
+# and sign with the keys, never add, remove or lock them. It also gets your
+# known_hosts and git user.name/user.email. Needs approval.
+# agent = true
+# Only these keys (`ssh-add -l` prints their fingerprints):
+# keys = ["SHA256:..."]
+# Only logins to these servers (their host keys from your known_hosts;
+# needs OpenSSH 8.9 or later in the guest):
+# hosts = ["github.com"]
+
 [env]
 # Environment of commands run in the guest. "${{VAR}}" is VAR from the
 # host's environment when `agentvm up` runs; an entry whose host variable

@@ -595,7 +595,7 @@ const ERRORS: &[(&str, usize, usize, &str)] = &[
     ("a = ", 1, 5, "invalid TOML: string values must be quoted"),
     ("[network]\nmode = \"off\"\nmode = \"open\"\n", 3, 1, "invalid TOML: duplicate key"),
     // Unknown keys, top level and nested, in every kind of table.
-    ("nmae = \"x\"", 1, 1, "unknown key `nmae` (expected one of name, plugins, resources, mounts, network, env, secrets, scripts, packages, npm, hooks, kernel, initrd, image, agent_home, git_hooks, seccomp)"),
+    ("nmae = \"x\"", 1, 1, "unknown key `nmae` (expected one of name, plugins, resources, mounts, network, env, secrets, scripts, packages, npm, hooks, kernel, initrd, image, agent_home, git_hooks, seccomp, ssh)"),
     ("\n\n[network]\nmode = \"off\"\n\nmdoe = \"open\"\n", 6, 1, "unknown key `network.mdoe` (expected one of mode, domains, ports, hosts, forwards, upstream_ca)"),
     ("network.mdoe = 1", 1, 9, "unknown key `network.mdoe`"),
     ("[resources]\ncpus = 2", 2, 1, "unknown key `resources.cpus` (expected one of vcpus, memory_mib, persistent_root, log_max_mib, net_memory_mib)"),
@@ -1171,6 +1171,61 @@ fn the_seccomp_key_takes_a_level_and_only_in_the_workspace() {
     ws.write(".agentvm/p.toml", "seccomp = \"off\"\n");
     let e = ws.err("plugins = [\"./p.toml\"]");
     assert!(e.message.contains("a plugin cannot set `seccomp`"), "{e}");
+}
+
+#[test]
+fn the_ssh_table_forwards_the_agent_only_from_the_workspace() {
+    let ws = Ws::new();
+    assert_eq!(ws.ok("").ssh, crate::config::SshConfig::default());
+    let key = "SHA256:vJEOMYi0KD/7DnFpBKm8W86L+2eE5J+s0tkOeF1rh1w";
+    let c = ws.ok(&format!(
+        "[ssh]\nagent = true\nkeys = [\"{key}\", \"{key}\"]\nhosts = [\"github.com\", \"[git.example.com]:2222\"]"
+    ));
+    assert!(c.ssh.agent);
+    assert_eq!(c.ssh.keys, [key]);
+    assert_eq!(c.ssh.hosts, ["[git.example.com]:2222", "github.com"]);
+    assert!(ws.ok("[ssh]\nagent = true").ssh.keys.is_empty());
+    for (text, message, line, column) in [
+        (
+            "[ssh]\nagent = true\nkeys = [\"MD5:aa:bb\"]",
+            "is not a key fingerprint",
+            3,
+            9,
+        ),
+        (
+            "[ssh]\nagent = true\nkeys = [\"SHA256:short\"]",
+            "is not a key fingerprint",
+            3,
+            9,
+        ),
+        (
+            "[ssh]\nagent = true\nhosts = [\"-oProxyCommand=x\"]",
+            "is not a host name",
+            3,
+            10,
+        ),
+        (
+            "[ssh]\nagent = true\nhosts = [\"a b\"]",
+            "is not a host name",
+            3,
+            10,
+        ),
+        (
+            "[ssh]\nkeys = []\nhosts = [\"github.com\"]",
+            "add `agent = true`",
+            1,
+            1,
+        ),
+        ("[ssh]\nagnet = true", "unknown key `ssh.agnet`", 2, 1),
+    ] {
+        let e = ws.err(text);
+        assert!(e.message.contains(message), "{text}: {e}");
+        assert_eq!((e.line, e.column), (line, column), "{text}: {e}");
+    }
+    // A plugin (a file the user did not write) cannot hand out the keys.
+    ws.write(".agentvm/p.toml", "[ssh]\nagent = true\n");
+    let e = ws.err("plugins = [\"./p.toml\"]");
+    assert!(e.message.contains("a plugin cannot set `[ssh]`"), "{e}");
 }
 
 #[test]

@@ -321,6 +321,71 @@ fn upstream_ca(p: &Spanned<String>, src: &Source, ctx: &Context<'_>) -> Result<s
     Ok(super::UpstreamCa { path, pem })
 }
 
+/// Checks `[ssh]`: fingerprints in OpenSSH's `SHA256:` form, host names
+/// as `ssh` takes them, and neither without `agent = true`.
+pub fn ssh(s: &Spanned<super::schema::Ssh>, src: &Source) -> Result<super::SshConfig> {
+    let table = s.get_ref();
+    let agent = table.agent.unwrap_or(false);
+    let mut keys = Vec::new();
+    for key in table.keys.iter().flatten() {
+        if !is_fingerprint(key.get_ref()) {
+            return Err(src.error(
+                key.span(),
+                format!(
+                    "{:?} is not a key fingerprint: use the `SHA256:…` form `ssh-add -l` prints",
+                    key.get_ref()
+                ),
+            ));
+        }
+        keys.push(key.get_ref().clone());
+    }
+    let mut hosts = Vec::new();
+    for host in table.hosts.iter().flatten() {
+        if !is_ssh_host(host.get_ref()) {
+            return Err(src.error(
+                host.span(),
+                format!(
+                    "{:?} is not a host name as known_hosts lists it (`github.com`, \
+                     `[git.example.com]:2222`)",
+                    host.get_ref()
+                ),
+            ));
+        }
+        hosts.push(host.get_ref().clone());
+    }
+    if !agent && (!keys.is_empty() || !hosts.is_empty()) {
+        return Err(src.error(
+            s.span(),
+            "`[ssh]` lists keys or hosts but does not forward the agent: add `agent = true`",
+        ));
+    }
+    keys.sort();
+    keys.dedup();
+    hosts.sort();
+    hosts.dedup();
+    Ok(super::SshConfig { agent, keys, hosts })
+}
+
+/// `SHA256:` and 43 characters of base64 (a SHA-256 digest, unpadded).
+fn is_fingerprint(s: &str) -> bool {
+    s.strip_prefix("SHA256:").is_some_and(|b64| {
+        b64.len() == 43
+            && b64
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/')
+    })
+}
+
+/// A host name, address, or `[name]:port`, as known_hosts spells them
+/// (never starting with `-`: it is passed to `ssh-keygen -F`).
+fn is_ssh_host(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 255
+        && !s.starts_with('-')
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b".-_:[]".contains(&b))
+}
+
 /// A host path: `~` is `$HOME`, relative paths are relative to `base`.
 fn host_path(
     p: &Spanned<String>,

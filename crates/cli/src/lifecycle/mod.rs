@@ -377,6 +377,10 @@ pub struct Snapshot {
     /// to the VMM process on its stdin, the guest has placeholders).
     #[serde(default)]
     pub secrets: Vec<SnapshotSecret>,
+    /// The host's ssh-agent forwarded to the guest (`[ssh] agent`), with
+    /// the agent socket `up` found.
+    #[serde(default)]
+    pub ssh_agent: Option<crate::ssh_agent::host::Forward>,
 }
 
 /// A secret in [`Snapshot`]: never its value or placeholder.
@@ -439,6 +443,7 @@ impl Snapshot {
             net_memory_mib: cfg.net_memory_mib,
             allow_unsandboxed_virtiofsd: false,
             secrets: Vec::new(),
+            ssh_agent: None,
         }
     }
 

@@ -90,6 +90,14 @@ pub fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     )?;
     let mut snap = Snapshot::new(&cfg, kernel.kernel, kernel.initrd, kernel.cmdline);
     snap.allow_unsandboxed_virtiofsd = args.allow_unsandboxed_virtiofsd;
+    // The VMM's environment is scrubbed: the agent's socket goes in the
+    // snapshot (a path, no secret).
+    let home = std::env::var_os("HOME").map(PathBuf::from);
+    snap.ssh_agent = crate::ssh_agent::host::Forward::prepare(
+        &cfg.ssh,
+        std::env::var_os("SSH_AUTH_SOCK").as_deref(),
+        &crate::ssh_agent::host::known_hosts_files(home.as_deref()),
+    )?;
     if cfg.kernel.is_none() {
         // A self-contained image directory brings its own root file system;
         // else the one the workspace's packages ask for, else the default
@@ -187,6 +195,18 @@ pub fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
                 "agentvm: warning: cannot give the guest its [env] ({e:#}); \
                  commands in the guest will not see it (run `agentvm down` and `agentvm up` \
                  to retry)"
+            );
+        }
+    }
+    if snap.ssh_agent.is_some() {
+        let home = std::env::var_os("HOME").map(PathBuf::from);
+        let files = crate::ssh_agent::host::known_hosts_files(home.as_deref());
+        let identity = crate::ssh_agent::host::identity(&cfg.ssh, &files);
+        if let Err(e) = send_identity(&state.vsock(), identity) {
+            eprintln!(
+                "agentvm: warning: cannot give the guest your known_hosts and git identity \
+                 ({e:#}); ssh in the guest will ask about host keys (rebuild the image with \
+                 `agentvm image build` if it predates this agentvm)"
             );
         }
     }
@@ -599,6 +619,13 @@ fn bind_secrets(cfg: &config::ResolvedConfig) -> anyhow::Result<Bound> {
         ca_cert_pem: Some(ca.cert_pem),
         secrets: resolved.secrets,
     })
+}
+
+/// Sends the host user's known hosts and git identity to the agent.
+fn send_identity(vsock: &Path, identity: agentvm_protocol::frame::Identity) -> anyhow::Result<()> {
+    let stream = connect_vsock_within(vsock, EXEC_PORT, Some(Duration::from_secs(10)))
+        .context("cannot reach the guest agent")?;
+    client::identity(stream, identity).context("the guest agent refused them")
 }
 
 /// The last lines of the console log, escaped (the guest wrote them).

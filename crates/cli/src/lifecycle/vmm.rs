@@ -1,7 +1,9 @@
 //! `agentvm __vmm --state DIR`: the background VMM process `up` starts.
 //! It builds the VM from `DIR/config.json`, writes the console to
 //! `DIR/console.log`, records network decisions in `DIR/net-audit.jsonl`
-//! (both capped, the previous file kept as `.1`),
+//! (both capped, the previous file kept as `.1`), relays the guest's
+//! ssh-agent connections to the host's agent when the snapshot says so
+//! ([`crate::ssh_agent`]),
 //! serves `DIR/control.sock`, and removes its sockets and pid file when the
 //! VM ends.
 
@@ -28,6 +30,7 @@ use nix::sys::signal::{SigSet, Signal};
 use super::control::{self, Handler, Reply, Request};
 use super::net::NetControl;
 use super::StateDir;
+use crate::ssh_agent;
 
 /// The line the guest agent prints on the console once it serves.
 pub const READY_LINE: &[u8] = b"agentvm-guest: ready";
@@ -130,9 +133,27 @@ pub fn run(args: VmmArgs) -> anyhow::Result<ExitCode> {
             ..StackConfig::default()
         });
     }
+    // Bound before the build, started after it (under its Landlock rules).
+    let ssh_relay = match &snap.ssh_agent {
+        Some(forward) => {
+            config
+                .cmdline
+                .push_str(&format!(" agentvm.ssh_agent={}", ssh_agent::SSH_AGENT_PORT));
+            let listen = ssh_agent::socket_path(&vsock);
+            let relay = ssh_agent::Relay::bind(&listen, forward.socket.clone(), forward.policy()?)
+                .with_context(|| format!("cannot listen on {}", listen.display()))?;
+            Some(relay)
+        }
+        None => None,
+    };
     config.landlock = Landlock::FromConfig;
     let vm = crate::build::build_vm(config)?;
     let level = snap.seccomp;
+    if let Some(relay) = ssh_relay {
+        relay
+            .start(level)
+            .context("cannot start the ssh-agent relay")?;
+    }
     let control_path = state.control();
     let _ = std::fs::remove_file(&control_path);
     let listener = agentvm_devices::socket::bind_owner_only(&control_path)
@@ -175,7 +196,12 @@ pub fn run(args: VmmArgs) -> anyhow::Result<ExitCode> {
     );
     // The guest's last words (a panic, say) reach the log before we exit.
     console_written.wait(CONSOLE_DRAIN);
-    for f in [control_path, vsock, state.pid_file()] {
+    for f in [
+        control_path,
+        ssh_agent::socket_path(&vsock),
+        vsock,
+        state.pid_file(),
+    ] {
         let _ = std::fs::remove_file(f);
     }
     match status {

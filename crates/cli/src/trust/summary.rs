@@ -80,6 +80,29 @@ fn sections(v: &View) -> Vec<Section> {
                 .collect(),
         },
         Section {
+            title: "ssh-agent (the guest may use your ssh keys)",
+            items: if v.ssh.agent {
+                // Saying "every" out loud: dropping a restriction shows as
+                // an added line, not only a removed one.
+                let keys = if v.ssh.keys.is_empty() {
+                    vec!["key: every key in your agent".to_string()]
+                } else {
+                    v.ssh.keys.iter().map(|k| format!("key {k}")).collect()
+                };
+                let hosts = if v.ssh.hosts.is_empty() {
+                    vec!["host: any server".to_string()]
+                } else {
+                    v.ssh.hosts.iter().map(|h| format!("host {h}")).collect()
+                };
+                std::iter::once("agent forwarded".to_string())
+                    .chain(keys)
+                    .chain(hosts)
+                    .collect()
+            } else {
+                Vec::new()
+            },
+        },
+        Section {
             title: "plugins",
             items: v
                 .plugins

@@ -83,6 +83,8 @@ fn any_change_that_widens_access_needs_a_new_approval() {
         ("git_hooks = \"allow\"\n[network]\ndomains = [\"github.com\"]\n", "+ git_hooks allow"),
         ("seccomp = \"off\"\n[network]\ndomains = [\"github.com\"]\n", "+ seccomp off"),
         ("seccomp = \"log\"\n[network]\ndomains = [\"github.com\"]\n", "+ seccomp log"),
+        // The guest using the host's ssh keys, or more of them.
+        ("[ssh]\nagent = true\n[network]\ndomains = [\"github.com\"]\n", "ssh-agent (the guest may use your ssh keys):\n    + agent forwarded"),
     ];
     for (text, line) in cases {
         let changed = ws.cfg("w", text);
@@ -193,6 +195,48 @@ fn an_approval_from_before_secrets_stays_valid() {
         !json.contains("secrets") && !json.contains("upstream_ca"),
         "{json}"
     );
+}
+
+#[test]
+fn widening_the_forwarded_ssh_agent_needs_a_new_approval() {
+    let ws = Ws::new();
+    let key = "SHA256:vJEOMYi0KD/7DnFpBKm8W86L+2eE5J+s0tkOeF1rh1w";
+    let other = "SHA256:+DiY3wvvV6TuJJhbpZisF/zLDA0zPMSvHdkr4UvCOqU";
+    let restricted = format!("[ssh]\nagent = true\nkeys = [\"{key}\"]\nhosts = [\"github.com\"]\n");
+    let cfg = ws.cfg("w", &restricted);
+    let s = ws.standing(&cfg);
+    assert!(matches!(s, Standing::New(_)), "{s:?}");
+    assert!(
+        s.summary().contains(&format!("key {key}")),
+        "{}",
+        s.summary()
+    );
+    approve_in(&ws.approvals, &cfg).unwrap();
+    assert!(matches!(ws.standing(&cfg), Standing::Approved));
+    for (text, line) in [
+        // Every key, or another key, or every host.
+        (
+            "[ssh]\nagent = true\nhosts = [\"github.com\"]\n".to_string(),
+            format!("- key {key}\n    + key: every key in your agent"),
+        ),
+        (
+            format!("[ssh]\nagent = true\nkeys = [\"{other}\"]\nhosts = [\"github.com\"]\n"),
+            format!("+ key {other}"),
+        ),
+        (
+            format!("[ssh]\nagent = true\nkeys = [\"{key}\"]\n"),
+            "- host github.com\n    + host: any server".to_string(),
+        ),
+    ] {
+        let s = ws.standing(&ws.cfg("w", &text));
+        assert!(matches!(s, Standing::Changed { .. }), "{text}: {s:?}");
+        assert!(s.summary().contains(&line), "{text}:\n{}", s.summary());
+    }
+    // Off again: the approval before `[ssh]` existed is what it matches.
+    let plain = ws.cfg("w", "");
+    approve_in(&ws.approvals, &plain).unwrap();
+    let off = ws.cfg("w", "[ssh]\nagent = false\n");
+    assert!(matches!(ws.standing(&off), Standing::Approved));
 }
 
 #[test]

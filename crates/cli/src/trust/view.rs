@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::config::{GitHooks, PluginFile, ResolvedConfig};
+use crate::config::{GitHooks, PluginFile, ResolvedConfig, SshConfig};
 
 /// The approved content of one workspace's configuration.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -78,6 +78,11 @@ pub struct View {
         skip_serializing_if = "crate::config::seccomp_level::is_default"
     )]
     pub seccomp: agentvm_vmm::SeccompLevel,
+    /// `[ssh]`: whether the guest may use the host's ssh-agent, and with
+    /// which keys, for which hosts. Left out at its default (off), so
+    /// approvals from before it stay valid.
+    #[serde(default, skip_serializing_if = "SshConfig::is_default")]
+    pub ssh: SshConfig,
 }
 
 /// One secret in a [`View`].
@@ -173,6 +178,7 @@ impl View {
             agent_home: cfg.agent_home.clone(),
             git_hooks: cfg.git_hooks,
             seccomp: cfg.seccomp,
+            ssh: cfg.ssh.clone(),
         }
     }
 

@@ -399,6 +399,40 @@ const VHOST_USER_BACKEND: &[Allow] = &[
     Any(Sysno::getrandom),
 ];
 
+/// The ssh-agent relay: accepting the guest's connections (Unix sockets
+/// only), connecting each to the host's agent, reading and writing whole
+/// messages with a timeout on the agent's answers, a thread per
+/// connection. Nothing is executed, and files are only opened read-only:
+/// glibc's malloc reads `/sys/devices/system/cpu/online` when a new
+/// thread first needs an arena of its own.
+const SSH_AGENT: &[Allow] = &[
+    ArgIn {
+        call: Sysno::openat,
+        arg: 2,
+        values: &[(libc::O_RDONLY | libc::O_CLOEXEC) as u64],
+    },
+    Any(Sysno::accept4),
+    ArgIn {
+        call: Sysno::socket,
+        arg: 0,
+        values: UNIX_ONLY,
+    },
+    Any(Sysno::connect),
+    Any(Sysno::read),
+    Any(Sysno::recvfrom),
+    Any(Sysno::sendto),
+    Any(Sysno::shutdown),
+    Any(Sysno::poll),
+    Any(Sysno::ppoll),
+    Any(Sysno::setsockopt),
+    Any(Sysno::getsockopt),
+    ArgIn {
+        call: Sysno::ioctl,
+        arg: 1,
+        values: SOCKET_IOCTLS,
+    },
+];
+
 /// The thread that turns SIGTERM/SIGINT/SIGHUP into a stop.
 /// signal-hook's self-pipe is a Unix socket pair; its handler (which runs
 /// on this thread: the others block the signals) writes to it.
@@ -451,6 +485,7 @@ pub fn allowed(kind: ThreadKind) -> Vec<Allow> {
         ThreadKind::Control => add(&[CONTROL, SPAWN_THREAD]),
         ThreadKind::Signals => add(&[SIGNALS]),
         ThreadKind::ConsoleLog => add(&[ROTATED_LOG]),
+        ThreadKind::SshAgent => add(&[SSH_AGENT, SPAWN_THREAD]),
         ThreadKind::VhostUserBackend => {
             add(&[VHOST_USER_BACKEND, SPAWN_THREAD, WORKER, NET, ROTATED_LOG]);
             add(&[VHOST_USER_REPLIES]);

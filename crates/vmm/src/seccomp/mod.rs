@@ -4,8 +4,8 @@
 //! the guest controls, to the system calls its kind needs (one list per
 //! [`ThreadKind`], in `allowlist.rs`): vCPUs, the activation thread, each
 //! device's worker, the relay of virtiofsd's log, the thread that
-//! supervises the VM, and the control-socket and signal threads of the
-//! `agentvm` process.
+//! supervises the VM, and the control-socket, signal and ssh-agent relay
+//! threads of the `agentvm` process.
 //! Filters stack: a thread keeps the filters of the thread that created
 //! it, so the lists of threads that create others cover their children.
 //!
@@ -148,6 +148,11 @@ pub enum ThreadKind {
     /// (opening and renaming the file when it rotates), so the vCPUs that
     /// hand it the bytes need no file system calls.
     ConsoleLog,
+    /// `agentvm`'s ssh-agent relay (`[ssh] agent = true`): accepting the
+    /// guest's connections on the vsock device's `<uds>_1025`, connecting
+    /// each to the host's ssh-agent socket, and a thread per connection
+    /// that passes the filtered agent protocol between them.
+    SshAgent,
     /// `agentvm vhost-user net`: the process serving the network device
     /// to another VMM. Its main thread confines itself before it serves;
     /// the backend's threads (started by `vhost-user-backend`, which has
@@ -157,7 +162,7 @@ pub enum ThreadKind {
 
 impl ThreadKind {
     /// Every kind, for listing and tests.
-    pub const ALL: [ThreadKind; 16] = [
+    pub const ALL: [ThreadKind; 17] = [
         ThreadKind::Vcpu,
         ThreadKind::Activation {
             launches_daemons: false,
@@ -177,6 +182,7 @@ impl ThreadKind {
         ThreadKind::Control,
         ThreadKind::Signals,
         ThreadKind::ConsoleLog,
+        ThreadKind::SshAgent,
         ThreadKind::VhostUserBackend,
     ];
 
@@ -202,6 +208,7 @@ impl ThreadKind {
             ThreadKind::Control => "control",
             ThreadKind::Signals => "signals",
             ThreadKind::ConsoleLog => "console log",
+            ThreadKind::SshAgent => "ssh-agent relay",
             ThreadKind::VhostUserBackend => "vhost-user backend",
         }
     }

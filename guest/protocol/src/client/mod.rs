@@ -319,6 +319,14 @@ pub fn configure_with_ca<S: Read + Write>(
     )
 }
 
+/// Gives the agent the host user's known ssh hosts and git identity.
+pub fn identity<S: Read + Write>(
+    stream: S,
+    identity: crate::frame::Identity,
+) -> Result<(), ClientError> {
+    request(stream, Frame::Identity(identity))
+}
+
 /// Asks the agent to power the guest off; returns once it has acknowledged.
 pub fn poweroff<S: Read + Write>(stream: S) -> Result<(), ClientError> {
     request(stream, Frame::Poweroff)

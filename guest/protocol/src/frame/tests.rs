@@ -38,6 +38,12 @@ fn samples() -> Vec<Frame> {
             ca: Some(b"-----BEGIN CERTIFICATE-----\n".to_vec()),
         },
         Frame::Poweroff,
+        Frame::Identity(crate::frame::Identity {
+            known_hosts: b"github.com ssh-ed25519 AAAA\n".to_vec(),
+            git_name: Some("Zoë \"Z\" Doe".as_bytes().to_vec()),
+            git_email: None,
+        }),
+        Frame::Identity(crate::frame::Identity::default()),
         Frame::Started { pid: 4242 },
         Frame::Stdout(vec![0, 1, 2, 255]),
         Frame::Stderr(b"oops\n".to_vec()),
