@@ -1,7 +1,6 @@
-//! The binaries the rig puts into its guests: agentvm, `rig-stamp` and
-//! `rig-vsock` (L1), the guest agent `agentvm-guest` (L2) and agentvm-vmm's
-//! examples, all built
-//! static (`-C target-feature=+crt-static`) into their own target directory
+//! The binaries the rig puts into its guests: agentvm, `rig-stamp`,
+//! `rig-vsock`, `rig-mock-llm` and `rig-tls-echo` (L1), the guest agent
+//! `agentvm-guest` (L2) and agentvm-vmm's examples, all built static (`-C target-feature=+crt-static`) into their own target directory
 //! so the build does not fight the workspace's normal one.
 
 use std::path::{Path, PathBuf};
@@ -30,6 +29,8 @@ pub struct StaticBinaries {
     pub vsock: PathBuf,
     /// rig-mock-llm.
     pub mock_llm: PathBuf,
+    /// rig-tls-echo.
+    pub tls_echo: PathBuf,
     /// The guest agent.
     pub agent: PathBuf,
     /// Where agentvm-vmm's examples are.
@@ -74,6 +75,8 @@ pub fn build() -> Result<StaticBinaries, ImageError> {
             "rig-vsock",
             "--bin",
             "rig-mock-llm",
+            "--bin",
+            "rig-tls-echo",
         ])
         .args(["-p", "agentvm-guest", "--bin", "agentvm-guest"])
         .args(["-p", "agentvm-vmm"])
@@ -113,6 +116,7 @@ pub fn build() -> Result<StaticBinaries, ImageError> {
         stamp: out.join("rig-stamp"),
         vsock: out.join("rig-vsock"),
         mock_llm: out.join("rig-mock-llm"),
+        tls_echo: out.join("rig-tls-echo"),
         agent: out.join("agentvm-guest"),
         examples: out.join("examples"),
     })

@@ -427,6 +427,9 @@ pub fn disk_image(
         let mut bytes = 0u64;
         for (name, src) in files {
             let dst = stage.join(name);
+            if let Some(dir) = dst.parent() {
+                fs::create_dir_all(dir).map_err(|e| ImageError::io("Cannot create", dir, e))?;
+            }
             // The file itself, not a link to a path L1 does not have.
             let src = fs::canonicalize(src).map_err(|e| ImageError::io("Cannot read", src, e))?;
             if fs::hard_link(&src, &dst).is_err() {

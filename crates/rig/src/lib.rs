@@ -35,6 +35,7 @@ pub mod mock_llm;
 pub mod runner;
 pub mod scenario;
 pub mod stamp;
+pub mod tools;
 
 pub use agentvm_image::{Cache, ImageError};
 pub use image::{L1Image, L2Image, SshPeer, Tmux};
