@@ -9,6 +9,7 @@
 //! scenario needs (virtiofsd, QEMU, the SSH client, tmux).
 
 use std::fs;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -432,8 +433,17 @@ pub fn disk_image(
             }
             // The file itself, not a link to a path L1 does not have.
             let src = fs::canonicalize(src).map_err(|e| ImageError::io("Cannot read", src, e))?;
-            if fs::hard_link(&src, &dst).is_err() {
+            let mode = fs::metadata(&src)
+                .map_err(|e| ImageError::io("Cannot read", &src, e))?
+                .permissions()
+                .mode();
+            // Never setuid or setgid on the disk: L1 runs it as root, and
+            // a set-id program ignores the library path its wrapper gives
+            // (`Tools`).
+            if mode & 0o6000 != 0 || fs::hard_link(&src, &dst).is_err() {
                 fs::copy(&src, &dst).map_err(|e| ImageError::io("Cannot copy", &src, e))?;
+                fs::set_permissions(&dst, fs::Permissions::from_mode(mode & 0o777))
+                    .map_err(|e| ImageError::io("Cannot change the mode of", &dst, e))?;
             }
             bytes += fs::metadata(&dst)
                 .map_err(|e| ImageError::io("Cannot read", &dst, e))?

@@ -117,6 +117,7 @@ echo "RIG-EXEC netlog_query=$(grep -c 'query-text' /tmp/netlog.txt)"
 # The forwarded agent: the allowed key only, used by git over ssh.
 $AGENTVM run 'ssh-add -l' >/tmp/ssh-add.out 2>&1; echo "RIG-EXEC guest_ssh_add_rc=$?"
 echo "RIG-EXEC guest_keys=$(one_line /tmp/ssh-add.out)"
+echo "RIG-EXEC after_ssh_add=$($AGENTVM status 2>&1 | head -c 300 | tr '\n' '|') $(tail -c 1500 /tmp/agentvm-0/*/console.log | tr '\n' '|')"
 $AGENTVM run 'ls -A ~/.ssh 2>/dev/null | tr "\n" " "' >/tmp/guest-ssh.out 2>&1
 echo "RIG-EXEC guest_ssh_dir=$(one_line /tmp/guest-ssh.out)"
 $AGENTVM run 'cat ~/.ssh/known_hosts /etc/ssh/ssh_known_hosts 2>/dev/null' >/tmp/guest-known.out 2>&1

@@ -315,3 +315,30 @@ fn connections_beyond_the_cap_are_closed() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+#[test]
+fn a_host_agent_that_is_gone_ends_each_guest_connection_and_nothing_else() {
+    // `up` saw SSH_AUTH_SOCK, but the agent behind it has gone (or never
+    // was): each guest connection is closed unanswered, the relay (and the
+    // VMM, under the kill level) goes on, and an agent that comes back
+    // is used.
+    let Some(agent) = agent() else { return };
+    let gone = agent.path("gone.sock");
+    let listen = socket_path(&agent.path("vsock2.sock"));
+    let relay = Relay::bind(&listen, gone.clone(), Policy::default()).unwrap();
+    relay.start(SeccompLevel::Kill).unwrap();
+    for _ in 0..3 {
+        let mut conn = UnixStream::connect(&listen).unwrap();
+        conn.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let _ = conn.write_all(&wire::frame(&[msg::REQUEST_IDENTITIES]));
+        let mut rest = Vec::new();
+        assert!(conn.read_to_end(&mut rest).map_or(true, |n| n == 0));
+    }
+    std::os::unix::fs::symlink(agent.socket(), &gone).unwrap();
+    let mut conn = UnixStream::connect(&listen).unwrap();
+    assert_eq!(
+        ask(&mut conn, &[msg::REQUEST_IDENTITIES])[0],
+        msg::IDENTITIES_ANSWER
+    );
+}
