@@ -248,6 +248,11 @@ impl TcpFlows {
     ) -> Result<(), StartError> {
         let charge = self.admit(syn.len())?;
         let mut host = TcpStream::connect(host_address(key.remote)).map_err(StartError::Host)?;
+        // The stack writes what it has when it has it: the guest's TCP
+        // already coalesced its segments, and the interceptor's own TLS
+        // writes (Finished, then the request) must not wait for the
+        // upstream's delayed ACK (~40 ms per new connection with Nagle).
+        host.set_nodelay(true).map_err(StartError::Host)?;
         registry
             .register(&mut host, token, Interest::READABLE | Interest::WRITABLE)
             .map_err(StartError::Host)?;

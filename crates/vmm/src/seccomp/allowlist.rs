@@ -180,6 +180,12 @@ const NET: &[Allow] = &[
 const VSOCK: &[Allow] = &[
     Any(Sysno::poll),
     Any(Sysno::ppoll),
+    // A guest connection to host port P: `<uds>_P` must be a socket of
+    // this user (`agentvm_devices::socket::is_own_socket`) before the
+    // worker connects to it.
+    Any(Sysno::geteuid),
+    Any(Sysno::statx),
+    Any(Sysno::newfstatat),
     ArgIn {
         call: Sysno::socket,
         arg: 0,

@@ -131,3 +131,24 @@ fn levels_parse_and_print() {
         "Unknown seccomp level \"strict\": use kill, log or off"
     );
 }
+
+#[test]
+fn the_vsock_worker_may_connect_a_guest_to_a_socket_of_this_user() {
+    // What the worker does for a guest connection to host port P (the
+    // ssh-agent relay's path), under the kill level: a call outside its
+    // list ends this test process.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("vsock.sock_1025");
+    let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    let connected = std::thread::spawn(move || {
+        install(SeccompLevel::Kill, ThreadKind::Worker(WorkerDevice::Vsock)).unwrap();
+        let own = agentvm_devices::socket::is_own_socket(&path);
+        let missing = agentvm_devices::socket::is_own_socket(&path.with_extension("x"));
+        let stream = agentvm_devices::virtio::vsock::unix::connect_nonblocking(&path);
+        (own, missing, stream.is_ok())
+    })
+    .join()
+    .unwrap();
+    assert_eq!(connected, (true, false, true));
+    listener.accept().unwrap();
+}

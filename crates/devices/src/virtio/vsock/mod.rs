@@ -44,7 +44,7 @@ pub mod packet;
 pub mod queue;
 
 mod connection;
-mod unix;
+pub mod unix;
 
 pub use device::{Vsock, VsockError, DEFAULT_GUEST_CID};
 pub use queue::VsockBackend;
