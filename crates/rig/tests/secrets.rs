@@ -125,7 +125,7 @@ echo "RIG-EXEC guest_known=$(grep -c "^\[git.test\]:2222 $(cut -d' ' -f2,3 /etc/
 $AGENTVM run 'git ls-remote ssh://root@git.test:2222/srv/repo.git' >/tmp/ls-remote.out 2>&1
 echo "RIG-EXEC ls_remote_rc=$?"
 echo "RIG-EXEC ls_remote=$(one_line /tmp/ls-remote.out)"
-$AGENTVM run 'git config --global user.name; git config --global user.email' >/tmp/identity.out 2>&1
+$AGENTVM run 'cd / && git config user.name && git config user.email' >/tmp/identity.out 2>&1
 echo "RIG-EXEC identity=$(one_line /tmp/identity.out)"
 echo "RIG-EXEC dropbear=$(grep -c 'auth succeeded' /tmp/dropbear.log) $(tail -c 600 /tmp/dropbear.log | tr '\n' '|')"
 
