@@ -262,6 +262,7 @@ impl Bench {
                     hosts: vec![BOUND.into()],
                 }],
                 upstream_roots_pem: vec![upstream.ca_pem.clone()],
+                host_roots: false,
             }),
             ..StackConfig::default()
         })?;

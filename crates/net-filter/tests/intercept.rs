@@ -318,6 +318,11 @@ struct Setup {
 /// `api.test` pinned to 127.0.44.`n`, `plain.test` to 127.0.45.`n`,
 /// served by `up` and `up_plain`; the stack trusts `roots` upstream.
 fn setup(n: u8, roots: Vec<String>, budget: usize) -> Setup {
+    setup_with(n, roots, budget, false)
+}
+
+/// [`setup`], the host's trust store counting too when `host_roots`.
+fn setup_with(n: u8, roots: Vec<String>, budget: usize, host_roots: bool) -> Setup {
     let mut policy = Policy::new(Mode::Filtered);
     policy
         .pin("api.test", Ipv4Addr::new(127, 0, 44, n))
@@ -338,6 +343,7 @@ fn setup(n: u8, roots: Vec<String>, budget: usize) -> Setup {
             ca_key_pem: ws.key_pem.clone(),
             secrets: secrets(),
             upstream_roots_pem: roots,
+            host_roots,
         }),
         ..StackConfig::default()
     })
@@ -541,6 +547,42 @@ fn a_bad_upstream_certificate_fails_the_guests_request_and_is_audited() {
     assert_eq!(failed[0].verdict, Verdict::Deny);
     assert_eq!(failed[0].name.as_deref(), Some("api.test"));
     assert_audit_clean(&s.events);
+}
+
+#[test]
+fn the_hosts_trust_store_counts_for_the_upstream_certificate() {
+    // The upstream's CA only in the host's store (SSL_CERT_FILE, which
+    // rustls-native-certs reads first): with host roots the request goes
+    // through; without them it fails. (Each test is its own process
+    // under nextest; nothing else here reads the variable.)
+    let up = Upstream::start(Ipv4Addr::new(127, 0, 44, 75), &["api.test"], Arc::default());
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("host-store.pem");
+    std::fs::write(&store, &up.ca_pem).unwrap();
+    std::env::set_var("SSL_CERT_FILE", &store);
+    let request =
+        format!("GET /v1/models HTTP/1.1\r\nHost: api.test\r\nx-api-key: {PLACEHOLDER}\r\n\r\n");
+    for (host_roots, through) in [(false, false), (true, true)] {
+        let mut s = setup_with(75, vec![], 0, host_roots);
+        let mut tls = GuestTls::connect(&mut s.g, &mut s.stack, s.api, 50006, "api.test", &s.ws_ca);
+        let done = tls.exchange(
+            &mut s.g,
+            &mut s.stack,
+            &request,
+            Duration::from_secs(10),
+            responses(1),
+        );
+        assert_eq!(done, through, "host_roots {host_roots}");
+        assert_eq!(
+            audited(&s.events, "upstream certificate rejected").len(),
+            usize::from(!through),
+            "host_roots {host_roots}: {:?}",
+            s.events.lock().unwrap()
+        );
+    }
+    let seen = up.requests();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert!(seen[0].contains(VALUE), "{seen:?}");
 }
 
 #[test]

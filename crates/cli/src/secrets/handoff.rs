@@ -84,6 +84,8 @@ impl Handoff {
             ca_key_pem: SecretValue::new(self.ca_key_pem),
             secrets,
             upstream_roots_pem: self.upstream_roots_pem,
+            // Whatever the user's machine trusts, the stack trusts too.
+            host_roots: true,
         })
     }
 

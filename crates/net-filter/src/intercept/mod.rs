@@ -21,7 +21,8 @@
 //! certificate for the name, minted from the workspace CA ([`ca`]) and
 //! cached per name, offering ALPN `http/1.1` only; the stack opens its own
 //! TLS to the real upstream over the flow's host socket, verifying it with
-//! webpki's roots and [`InterceptConfig::upstream_roots_pem`], SNI = the
+//! webpki's roots, the host's store ([`InterceptConfig::host_roots`]) and
+//! [`InterceptConfig::upstream_roots_pem`], SNI = the
 //! name. Requests are rewritten ([`http`]): in each request head the
 //! placeholders of the secrets bound to the name are replaced by their
 //! values, and a head holding the placeholder of a secret bound elsewhere
@@ -64,6 +65,11 @@ pub struct InterceptConfig {
     /// Extra CAs the upstream's certificate may chain to (PEM each, e.g.
     /// `[network] upstream_ca`), besides webpki's roots.
     pub upstream_roots_pem: Vec<String>,
+    /// Whether the host's own trust store counts too (read once, when the
+    /// stack is made: `SSL_CERT_FILE`/`SSL_CERT_DIR` or the system's
+    /// bundle, as `rustls-native-certs` finds it), so a CA the user's
+    /// machine trusts (a company's) reaches through interception.
+    pub host_roots: bool,
 }
 
 /// Why interception cannot be set up.
@@ -101,7 +107,7 @@ impl Interceptor {
         Ok(Interceptor {
             secrets: secrets.into(),
             minter: ca::Minter::new(&config.ca_cert_pem, &config.ca_key_pem)?,
-            client: tls::client_config(&config.upstream_roots_pem)?,
+            client: tls::client_config(&config.upstream_roots_pem, config.host_roots)?,
             servers: HashMap::new(),
         })
     }

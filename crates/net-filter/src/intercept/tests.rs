@@ -135,6 +135,7 @@ fn rig(trust_upstream: bool) -> Rig {
             hosts: vec!["api.test".into()],
         }],
         upstream_roots_pem: roots,
+        host_roots: false,
     })
     .unwrap();
     assert!(interceptor.binds("api.test") && !interceptor.binds("x.api.test"));
@@ -289,6 +290,7 @@ fn a_guest_offering_only_h2_is_refused() {
             ca_key_pem: ws.key_pem.clone(),
             secrets: vec![],
             upstream_roots_pem: vec![],
+            host_roots: false,
         })
         .unwrap();
         r.flow = i.start("api.test").unwrap();
@@ -356,6 +358,7 @@ fn the_configuration_never_prints_the_ca_key_or_a_value() {
             hosts: vec!["api.test".into()],
         }],
         upstream_roots_pem: vec![],
+        host_roots: false,
     };
     let shown = format!("{config:?} {:?}", Interceptor::new(&config).unwrap());
     assert!(!shown.contains(VALUE), "{shown}");

@@ -55,11 +55,24 @@ pub fn server_config(minter: &Minter, name: &str) -> Result<Arc<ServerConfig>, T
     Ok(Arc::new(config))
 }
 
-/// The upstream-facing client configuration: webpki's roots and
+/// The upstream-facing client configuration: webpki's roots, the host's
+/// trust store when `host_roots` (certificates it cannot parse are left
+/// out, and a store it cannot read at all is a warning), and
 /// `extra_roots_pem` (each a PEM with one or more certificates).
-pub fn client_config(extra_roots_pem: &[String]) -> Result<Arc<ClientConfig>, TlsError> {
+pub fn client_config(
+    extra_roots_pem: &[String],
+    host_roots: bool,
+) -> Result<Arc<ClientConfig>, TlsError> {
     let mut roots = RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if host_roots {
+        let found = rustls_native_certs::load_native_certs();
+        for e in &found.errors {
+            tracing::warn!("interception: part of the host's trust store is unusable: {e}");
+        }
+        let (added, ignored) = roots.add_parsable_certificates(found.certs);
+        tracing::debug!("interception: {added} roots from the host's store ({ignored} unusable)");
+    }
     for pem in extra_roots_pem {
         let mut any = false;
         for cert in CertificateDer::pem_slice_iter(pem.as_bytes()) {
