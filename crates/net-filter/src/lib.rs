@@ -8,7 +8,7 @@
 //! terminated in the stack (smoltcp) and spliced to a non-blocking host
 //! socket, every UDP flow gets a host socket of its own, and the stack's
 //! DNS server answers only what the [`Policy`] allows. Host sockets are
-//! watched by one epoll instance whose fd ([`NetStack::as_raw_fd`]) the
+//! watched by one epoll instance whose fd (`NetStack::as_raw_fd`) the
 //! device's event loop waits on, next to a timer for
 //! [`NetStack::poll_delay`].
 //!

@@ -9,7 +9,7 @@
 //! holds at most [`BUFFER_LIMIT`] unsent bytes and one TLS record of
 //! received data (rustls reads only when its plaintext was taken), a
 //! head is at most [`super::http::MAX_HEAD`], and at most one
-//! [`CHUNK`] of plaintext waits between the two ends each way.
+//! `CHUNK` (16 KiB) of plaintext waits between the two ends each way.
 
 use std::io::{self, Read, Write};
 use std::sync::Arc;

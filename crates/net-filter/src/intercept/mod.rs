@@ -2,7 +2,7 @@
 //!
 //! A guest TCP flow is intercepted when all of these hold:
 //! - it goes to port 443 and its first message was judged as usual
-//!   ([`crate::peek`], [`crate::judge`]): a ClientHello whose server name
+//!   ([`crate::peek`], `judge`): a ClientHello whose server name
 //!   (SNI) the DNS server handed the flow's address out for, or that is
 //!   pinned to it;
 //! - that name is, exactly, one of a [`Secret`]'s hosts (no subdomains).
