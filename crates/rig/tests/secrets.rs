@@ -281,7 +281,15 @@ fn a_secret_reaches_its_server_and_never_the_guest_and_git_uses_the_hosts_agent(
     // authenticates with it.
     let (allowed, other) = m("fingerprints").split_once(' ').unwrap();
     assert!(allowed.starts_with("SHA256:"), "{ctx}");
-    assert_eq!(m("guest_ssh_add_rc"), "0", "{}; {ctx}", m("guest_keys"));
+    // On failure: the VM's status and the VMM's log (a VMM that died on a
+    // guest vsock connection says why there).
+    assert_eq!(
+        m("guest_ssh_add_rc"),
+        "0",
+        "{}; after: {}; {ctx}",
+        m("guest_keys"),
+        m("after_ssh_add")
+    );
     let keys = m("guest_keys");
     assert!(
         keys.contains(allowed) && !keys.contains(other),
