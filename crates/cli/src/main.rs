@@ -5,6 +5,7 @@ mod boot;
 mod build;
 mod config;
 mod config_cmd;
+mod destroy;
 mod doctor;
 mod escape;
 mod guard;
@@ -55,6 +56,9 @@ enum Command {
     Up(lifecycle::up::UpArgs),
     /// Stop the workspace's VM and remove its state.
     Down(lifecycle::down::DownArgs),
+    /// Remove everything agentvm keeps for the workspace (VM state, agent
+    /// home, approval, persistent root, workspace CA), after asking.
+    Destroy(destroy::DestroyArgs),
     /// List every VM: name, pid, uptime, memory in use, network, state.
     #[command(visible_alias = "ps")]
     Status,
@@ -101,6 +105,7 @@ fn main() -> ExitCode {
         Command::Trust(args) => trust::run(args),
         Command::Up(args) => lifecycle::up::run(args),
         Command::Down(args) => lifecycle::down::run(args),
+        Command::Destroy(args) => destroy::run(args),
         Command::Status => lifecycle::status::run(),
         Command::Logs(args) => lifecycle::status::logs(args),
         Command::Run(args) => lifecycle::exec::run(args),
