@@ -9,6 +9,7 @@ mod destroy;
 mod doctor;
 mod escape;
 mod guard;
+mod hook;
 mod image;
 mod init;
 mod kvm_host;
@@ -45,6 +46,13 @@ enum Command {
     Config(config_cmd::ConfigArgs),
     /// Check that this host can run agentvm VMs, and say how to fix what is missing.
     Doctor,
+    /// Print the shell hook that opens `agentvm shell` on `cd` into a
+    /// workspace whose configuration you approved (`eval "$(agentvm hook
+    /// bash)"` in ~/.bashrc; AGENTVM_HOOK=off turns it off).
+    Hook(hook::HookArgs),
+    /// Whether the shell hook enters DIR (internal).
+    #[command(name = "__hook-check", hide = true)]
+    HookCheck(hook::CheckArgs),
     /// Build the guest image `agentvm boot` uses by default.
     Image(image::ImageArgs),
     /// Write a commented .agentvm/config.toml in the current directory.
@@ -100,6 +108,8 @@ fn main() -> ExitCode {
         Command::Boot(args) => boot::run(*args),
         Command::Config(args) => config_cmd::run(args),
         Command::Doctor => doctor::run(),
+        Command::Hook(args) => hook::run(args),
+        Command::HookCheck(args) => hook::check(args),
         Command::Image(args) => image::run(args),
         Command::Init(args) => init::run(args),
         Command::Trust(args) => trust::run(args),
