@@ -167,13 +167,27 @@ fn each_shells_hook_parses_in_that_shell() {
     assert!(!bad.status.success());
 }
 
-/// Runs `lines` in an interactive bash (so PROMPT_COMMAND runs before each
-/// prompt) with `path` as PATH; returns its stderr.
-fn interactive_bash(w: &World, path: &str, lines: &[String]) -> String {
-    let script = w.path("script.bash");
-    std::fs::write(&script, lines.join("\n") + "\n").unwrap();
-    let mut cmd = Command::new("bash");
-    cmd.args(["--norc", "--noprofile", "-i"]);
+/// Runs `lines` in `shell` as an interactive shell would, a prompt after
+/// each line (bash and zsh read them interactively, so their prompt hooks
+/// run; fish without a terminal fires no prompt events, so each line is
+/// followed by `emit fish_prompt`, which is what its prompt does), with
+/// `path` as PATH; returns its stderr.
+fn interactive(w: &World, shell: &str, path: &str, lines: &[String]) -> String {
+    let script = w.path(&format!("script.{shell}"));
+    let text: String = lines
+        .iter()
+        .map(|l| match shell {
+            "fish" => format!("{l}\nemit fish_prompt\n"),
+            _ => format!("{l}\n"),
+        })
+        .collect();
+    std::fs::write(&script, text).unwrap();
+    let mut cmd = Command::new(shell);
+    match shell {
+        "bash" => cmd.args(["--norc", "--noprofile", "-i"]),
+        "zsh" => cmd.args(["-f", "-i"]),
+        _ => cmd.args(["--no-config"]).arg(&script),
+    };
     w.env(&mut cmd);
     let o = cmd
         .env("PATH", path)
@@ -184,8 +198,14 @@ fn interactive_bash(w: &World, path: &str, lines: &[String]) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
-#[test]
-fn bash_opens_the_shell_on_cd_into_an_approved_workspace_and_not_on_return_to_the_prompt() {
+/// Walks `shell` with the hook in and out of workspaces; checks when
+/// `agentvm shell` ran.
+fn walk(shell: &str) {
+    if !installed(shell) {
+        assert_ne!(shell, "bash", "bash must be installed");
+        eprintln!("note: {shell} is not installed; its hook was not run");
+        return;
+    }
     let w = World::new();
     let ws = w.workspace("ws", true);
     let other = w.workspace("other", true);
@@ -209,22 +229,33 @@ fn bash_opens_the_shell_on_cd_into_an_approved_workspace_and_not_on_return_to_th
     std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
     let path = format!("{}:/usr/bin:/bin", bin.display());
     let cd = |p: &Path| format!("cd '{}'", p.display());
-    let err = interactive_bash(
+    let (install, off) = match shell {
+        "fish" => (
+            "agentvm hook fish | source".to_string(),
+            "set -gx AGENTVM_HOOK off",
+        ),
+        _ => (
+            format!("eval \"$(agentvm hook {shell})\""),
+            "AGENTVM_HOOK=off",
+        ),
+    };
+    let err = interactive(
         &w,
+        shell,
         &path,
         &[
-            "eval \"$(agentvm hook bash)\"".into(),
-            // Sourced twice: still one hook.
-            "eval \"$(agentvm hook bash)\"".into(),
+            install.clone(),
+            // Installed twice: still one hook.
+            install,
             cd(&ws),                  // enters
-            ":".into(),               // back at the prompt after that shell: nothing
+            "true".into(),            // back at the prompt after that shell: nothing
             cd(&ws.join("src")),      // same workspace: nothing
             cd(&out),                 // outside: nothing
             cd(&ws.join("src/deep")), // back in: enters
             cd(&new),                 // not approved: one line, nothing
-            ":".into(),
+            "true".into(),
             cd(&other), // another approved workspace: enters
-            "AGENTVM_HOOK=off".into(),
+            off.into(),
             cd(&out),
             cd(&ws), // turned off: nothing
         ],
@@ -236,13 +267,28 @@ fn bash_opens_the_shell_on_cd_into_an_approved_workspace_and_not_on_return_to_th
         format!("shell {}", ws.join("src/deep").display()),
         format!("shell {}", other.display()),
     ];
-    assert_eq!(shells, expect, "stderr: {err}");
+    assert_eq!(shells, expect, "{shell}: stderr: {err}");
     assert_eq!(
         err.matches("is not approved").count(),
         1,
-        "one line for the unapproved workspace: {err}"
+        "{shell}: one line for the unapproved workspace: {err}"
     );
     assert!(err.contains("`agentvm trust`"), "{err}");
+}
+
+#[test]
+fn bash_opens_the_shell_on_cd_into_an_approved_workspace_and_not_on_return_to_the_prompt() {
+    walk("bash");
+}
+
+#[test]
+fn zsh_opens_the_shell_on_cd_into_an_approved_workspace_and_not_on_return_to_the_prompt() {
+    walk("zsh");
+}
+
+#[test]
+fn fish_opens_the_shell_on_cd_into_an_approved_workspace_and_not_on_return_to_the_prompt() {
+    walk("fish");
 }
 
 #[test]
@@ -253,8 +299,9 @@ fn without_agentvm_on_path_the_hook_runs_nothing_and_says_nothing() {
     let file = w.path("hook.bash");
     std::fs::write(&file, &hook.stdout).unwrap();
     // A PATH with a shell's tools but no agentvm.
-    let err = interactive_bash(
+    let err = interactive(
         &w,
+        "bash",
         "/usr/bin:/bin",
         &[
             format!(". '{}'", file.display()),
