@@ -249,6 +249,31 @@ fn a_link_the_guest_planted_in_the_agent_home_is_removed_not_followed() {
 }
 
 #[test]
+fn what_a_removed_workspace_left_goes_with_its_path() {
+    let w = World::new();
+    let ws = w.workspace("gone", &no_kernel(&w));
+    w.plant(&ws);
+    let places = w.places(&ws);
+    let path = std::fs::canonicalize(&ws).unwrap();
+    std::fs::remove_dir_all(&ws).unwrap();
+    let o = w.agentvm(
+        &["destroy", "--yes", "--dir", path.to_str().unwrap()],
+        w.root.path(),
+    );
+    assert!(o.status.success(), "{o:?}");
+    assert!(text(&o.stdout).contains("does not exist"), "{o:?}");
+    for p in places {
+        assert!(!p.exists(), "{} is still there", p.display());
+    }
+    // A path agentvm never kept anything for: nothing to remove.
+    let o = w.agentvm(
+        &["destroy", "--yes", "--dir", "relative/typo"],
+        w.root.path(),
+    );
+    assert!(text(&o.stdout).contains("nothing to remove"), "{o:?}");
+}
+
+#[test]
 fn an_agent_home_that_is_a_link_goes_as_a_link() {
     let w = World::new();
     let ws = w.workspace("one", &no_kernel(&w));

@@ -56,12 +56,14 @@ struct Found {
 
 /// Lists, confirms and removes.
 pub fn run(args: DestroyArgs) -> anyhow::Result<ExitCode> {
-    let start = args.dir.as_deref().unwrap_or(Path::new("."));
-    let start = std::fs::canonicalize(start)
-        .with_context(|| format!("cannot use the directory {}", start.display()))?;
-    let home = std::env::var_os("HOME").map(PathBuf::from);
-    let ws = crate::config::find_workspace(&start, home.as_deref());
+    let ws = workspace(args.dir.as_deref())?;
     let shown_ws = escape::line(&ws.dir.display().to_string()).into_owned();
+    if !ws.dir.exists() {
+        println!(
+            "agentvm: {shown_ws} does not exist (any more): looking for what agentvm keeps for \
+             that path"
+        );
+    }
     let roots = Roots::detect();
     check_private(&roots.state_root)?;
     let state = StateDir::of_workspace(&ws.dir);
@@ -135,6 +137,31 @@ pub fn run(args: DestroyArgs) -> anyhow::Result<ExitCode> {
         bail!("some of it could not be removed: {}", failed.join("; "));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The workspace of `dir` (default: the current directory), found as
+/// `down` finds it. A `--dir` that does not exist (the user removed the
+/// checkout first) is taken as the absolute path it names, so that what
+/// agentvm kept for it can still go (the id is of the canonical path: give
+/// the path without symbolic links, as the workspace was used).
+fn workspace(dir: Option<&Path>) -> anyhow::Result<crate::config::Workspace> {
+    let start = dir.unwrap_or(Path::new("."));
+    let canonical = match std::fs::canonicalize(start) {
+        Ok(c) => c,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && dir.is_some() => {
+            let cwd = std::env::current_dir().context("cannot find the current directory")?;
+            return Ok(crate::config::Workspace {
+                dir: crate::config::normalize(&cwd.join(start)),
+                config: None,
+            });
+        }
+        Err(e) => {
+            return Err(anyhow::Error::new(e)
+                .context(format!("cannot use the directory {}", start.display())))
+        }
+    };
+    let home = std::env::var_os("HOME").map(PathBuf::from);
+    Ok(crate::config::find_workspace(&canonical, home.as_deref()))
 }
 
 /// The places of `all` that exist, measured; fails on one that is not this
