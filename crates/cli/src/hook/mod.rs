@@ -26,6 +26,7 @@
 //! nothing from it.
 
 use std::ffi::OsString;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -119,7 +120,12 @@ pub fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
         Verdict::Outside => return Ok(ExitCode::FAILURE),
         Verdict::Same(ws) | Verdict::Enter(ws) | Verdict::Refused(ws, _) => ws,
     };
-    println!("{}", ws.display());
+    // Its bytes as they are: the shell passes them back as `--previous`.
+    let mut out = std::io::stdout().lock();
+    let _ = out
+        .write_all(ws.as_os_str().as_encoded_bytes())
+        .and_then(|()| out.write_all(b"\n"))
+        .and_then(|()| out.flush());
     match verdict {
         Verdict::Enter(_) => Ok(ExitCode::SUCCESS),
         Verdict::Refused(_, why) => {
