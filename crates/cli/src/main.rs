@@ -5,9 +5,11 @@ mod boot;
 mod build;
 mod config;
 mod config_cmd;
+mod destroy;
 mod doctor;
 mod escape;
 mod guard;
+mod hook;
 mod image;
 mod init;
 mod kvm_host;
@@ -44,6 +46,13 @@ enum Command {
     Config(config_cmd::ConfigArgs),
     /// Check that this host can run agentvm VMs, and say how to fix what is missing.
     Doctor,
+    /// Print the shell hook that opens `agentvm shell` on `cd` into a
+    /// workspace whose configuration you approved (`eval "$(agentvm hook
+    /// bash)"` in ~/.bashrc; AGENTVM_HOOK=off turns it off).
+    Hook(hook::HookArgs),
+    /// Whether the shell hook enters DIR (internal).
+    #[command(name = "__hook-check", hide = true)]
+    HookCheck(hook::CheckArgs),
     /// Build the guest image `agentvm boot` uses by default.
     Image(image::ImageArgs),
     /// Write a commented .agentvm/config.toml in the current directory.
@@ -55,6 +64,9 @@ enum Command {
     Up(lifecycle::up::UpArgs),
     /// Stop the workspace's VM and remove its state.
     Down(lifecycle::down::DownArgs),
+    /// Remove everything agentvm keeps for the workspace (VM state, agent
+    /// home, approval, persistent root, workspace CA), after asking.
+    Destroy(destroy::DestroyArgs),
     /// List every VM: name, pid, uptime, memory in use, network, state.
     #[command(visible_alias = "ps")]
     Status,
@@ -96,11 +108,14 @@ fn main() -> ExitCode {
         Command::Boot(args) => boot::run(*args),
         Command::Config(args) => config_cmd::run(args),
         Command::Doctor => doctor::run(),
+        Command::Hook(args) => hook::run(args),
+        Command::HookCheck(args) => hook::check(args),
         Command::Image(args) => image::run(args),
         Command::Init(args) => init::run(args),
         Command::Trust(args) => trust::run(args),
         Command::Up(args) => lifecycle::up::run(args),
         Command::Down(args) => lifecycle::down::run(args),
+        Command::Destroy(args) => destroy::run(args),
         Command::Status => lifecycle::status::run(),
         Command::Logs(args) => lifecycle::status::logs(args),
         Command::Run(args) => lifecycle::exec::run(args),

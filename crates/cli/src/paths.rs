@@ -2,7 +2,9 @@
 //! (per boot, in the runtime directory), approvals (per workspace, in the
 //! configuration directory) and agent homes (per workspace, in the data
 //! directory). Every per-workspace location is keyed by [`workspace_id`],
-//! so two checkouts with the same directory name never share anything.
+//! so two checkouts with the same directory name never share anything;
+//! [`crate::destroy::places`] lists them all (a new one goes there too, so
+//! that `agentvm destroy` removes it).
 
 use std::path::{Path, PathBuf};
 
@@ -94,6 +96,22 @@ fn is_portable_name(n: &str) -> bool {
 /// The persistent root layer of the workspace `id` under the data directory.
 pub fn persistent_root(data_dir: &Path, id: &str) -> PathBuf {
     data_dir.join("roots").join(id)
+}
+
+/// The default agent home of the workspace `id` under the data directory.
+pub fn agent_home(data_dir: &Path, id: &str) -> PathBuf {
+    data_dir.join("homes").join(id)
+}
+
+/// Where approvals live under the configuration directory.
+pub fn approvals(config_dir: &Path) -> PathBuf {
+    config_dir.join("approved")
+}
+
+/// The approval record of the workspace `id` under the configuration
+/// directory.
+pub fn approval(config_dir: &Path, id: &str) -> PathBuf {
+    approvals(config_dir).join(format!("{id}.json"))
 }
 
 /// `$HOME`, when set.

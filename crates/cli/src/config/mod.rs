@@ -586,7 +586,10 @@ pub fn resolve(
     };
     let agent_home = match (&file.agent_home, source) {
         (Some(p), Some(src)) => Some(validate::agent_home(p, workspace, home, src)?),
-        _ => host.data_dir.as_ref().map(|d| d.join("homes").join(&id)),
+        _ => host
+            .data_dir
+            .as_ref()
+            .map(|d| crate::paths::agent_home(d, &id)),
     };
     let git_hooks = match (&file.git_hooks, source) {
         (Some(g), Some(src)) => validate::git_hooks(g, src)?,

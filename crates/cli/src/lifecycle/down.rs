@@ -28,23 +28,31 @@ pub fn run(args: DownArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let label = state.label();
+    bring_down(&state, Duration::from_secs(args.timeout))?;
+    println!("agentvm: {label} is down");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// What `down` does to the VM of `state` (which exists): the `pre_down`
+/// hooks, [`stop`] within `grace`, the git guard's last check, removing the
+/// state directory, the `post_down` hooks. `destroy --force` uses it too.
+pub fn bring_down(state: &StateDir, grace: Duration) -> anyhow::Result<()> {
     // The hooks are the ones `up` approved, from the checked state
     // directory; never from the workspace's (guest-writable) file.
     let snap = state.read_snapshot().ok();
     if let Some(s) = &snap {
         run_hooks("pre_down", &s.pre_down, &s.workspace);
     }
-    stop(&state, Duration::from_secs(args.timeout));
+    stop(state, grace);
     // The guest is gone: the last check, which nothing can race.
     if let Some(s) = &snap {
-        super::git_guard::undo(&state, s);
+        super::git_guard::undo(state, s);
     }
     state.clean()?;
     if let Some(s) = &snap {
         run_hooks("post_down", &s.post_down, &s.workspace);
     }
-    println!("agentvm: {label} is down");
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }
 
 /// Stops the VM of `state`: asks the guest to power off within `grace`,

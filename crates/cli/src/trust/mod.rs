@@ -43,7 +43,7 @@ struct Approval {
 /// Where approvals live.
 fn approvals_dir() -> anyhow::Result<PathBuf> {
     crate::paths::config_dir()
-        .map(|d| d.join("approved"))
+        .map(|d| crate::paths::approvals(&d))
         .context(
             "neither XDG_CONFIG_HOME nor HOME is set, so agentvm has nowhere to keep approvals",
         )
