@@ -370,12 +370,19 @@ fn a_killed_vmm_leaves_stale_state_that_the_next_up_cleans() {
         "{o:?}"
     );
 
+    // What the dead VMM wrote last is shown (escaped) before its state goes.
+    let mut log = std::fs::OpenOptions::new()
+        .append(true)
+        .open(state.join("console.log"))
+        .unwrap();
+    writeln!(log, "the last words of the VMM \x1b[31m").unwrap();
+    drop(log);
     let o = w.agentvm(&["up"], &ws);
     assert!(o.status.success(), "{o:?}");
-    assert!(
-        String::from_utf8_lossy(&o.stderr).contains("cleaning up"),
-        "{o:?}"
-    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("cleaning up"), "{o:?}");
+    assert!(err.contains("  | the last words of the VMM "), "{o:?}");
+    assert!(!err.contains('\x1b'), "{o:?}");
     let new_pid = std::fs::read_to_string(state.join("vmm.pid")).unwrap();
     assert_ne!(new_pid.trim(), pid);
     assert_eq!(w.vmms(), 1);

@@ -237,9 +237,64 @@ pub fn logs(args: LogsArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The last `max` lines of the console log at `path` (from its last 16
+/// KiB), escaped for a terminal: what a VM that stopped by itself said
+/// last, before its state is cleaned away. Empty when there is no log.
+pub fn log_tail(path: &std::path::Path, max: usize) -> Vec<String> {
+    use std::io::{Seek, SeekFrom};
+    const TAIL: u64 = 16 << 10;
+    let Ok(mut file) = std::fs::File::open(path) else {
+        return Vec::new();
+    };
+    let len = file.metadata().map_or(0, |m| m.len());
+    let start = len.saturating_sub(TAIL);
+    let mut bytes = Vec::new();
+    if file.seek(SeekFrom::Start(start)).is_err()
+        || file.take(TAIL).read_to_end(&mut bytes).is_err()
+    {
+        return Vec::new();
+    }
+    let mut lines: Vec<&[u8]> = bytes.split(|b| *b == b'\n').collect();
+    // A cut first line is left out, and so is the empty rest after the
+    // last newline.
+    if start > 0 && !lines.is_empty() {
+        lines.remove(0);
+    }
+    if lines.last().is_some_and(|l| l.is_empty()) {
+        lines.pop();
+    }
+    let skip = lines.len().saturating_sub(max);
+    lines[skip..]
+        .iter()
+        .map(|l| crate::escape::line(&String::from_utf8_lossy(l)).into_owned())
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_log_tail_is_the_last_lines_escaped() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("console.log");
+        assert!(log_tail(&path, 5).is_empty());
+        let mut text = String::new();
+        for i in 0..5000 {
+            text.push_str(&format!("line {i}\n"));
+        }
+        text.push_str("agentvm: seccomp: \x1b]0;owned\x07 the last words\n");
+        std::fs::write(&path, &text).unwrap();
+        let tail = log_tail(&path, 3);
+        assert_eq!(tail.len(), 3, "{tail:?}");
+        assert_eq!(tail[0], "line 4998");
+        assert_eq!(tail[1], "line 4999");
+        assert!(tail[2].starts_with("agentvm: seccomp: "), "{tail:?}");
+        assert!(
+            !tail[2].contains('\x1b') && !tail[2].contains('\x07'),
+            "{tail:?}"
+        );
+    }
 
     #[test]
     fn secrets_show_names_and_hosts_escaped() {

@@ -386,9 +386,12 @@ fn already_up(
             VmState::Stale(_) | VmState::Stopped if !clean => return Ok(None),
             VmState::Stale(_) => {
                 eprintln!(
-                    "agentvm: {name}: cleaning up after a VM that is gone ({})",
+                    "agentvm: {name}: cleaning up after a VM that is gone ({}); the end of its log:",
                     state.dir.display()
                 );
+                for line in super::status::log_tail(&state.console(), 10) {
+                    eprintln!("  | {line}");
+                }
                 state.clean()?;
                 return Ok(None);
             }
