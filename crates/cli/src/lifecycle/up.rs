@@ -96,7 +96,7 @@ pub fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     let state = StateDir::of_workspace(&cfg.workspace);
     check_private(&state.dir)?;
     // After the approval check: an unapproved change stops nothing.
-    if args.restart && matches!(state.state(), VmState::Running(_)) {
+    if args.restart && matches!(wait_started(&state, args.timeout), VmState::Running(_)) {
         args.report(&format!(
             "agentvm: stopping {} to start it with the current configuration",
             cfg.name
@@ -306,9 +306,18 @@ pub fn planned(cfg: &config::ResolvedConfig) -> anyhow::Result<Snapshot> {
             crate::paths::data_dir().map(|data| crate::paths::persistent_root(&data, &cfg.id));
     }
     if cfg.network.mode != config::NetworkMode::Off {
+        // As `up` would bind them: one whose host variables are unset or
+        // empty is left out; one read by a command is taken to be there
+        // (the command is not run).
         snap.secrets = cfg
             .secrets
             .iter()
+            .filter(|(_, s)| match &s.source {
+                config::SecretSource::Value(v) => {
+                    v.expand(&env::host_lookup).is_ok_and(|v| !v.is_empty())
+                }
+                config::SecretSource::Command(_) => true,
+            })
             .map(|(name, s)| super::SnapshotSecret {
                 name: name.clone(),
                 hosts: s.hosts.clone(),
@@ -359,6 +368,20 @@ fn report_running(state: &StateDir, cfg: &config::ResolvedConfig, pid: i32, args
         Err(e) => {
             args.report(&format!("agentvm: {name} is already running (pid {pid})"));
             eprintln!("agentvm: warning: cannot compare it with the configuration: {e:#}");
+        }
+    }
+}
+
+/// The state of the VM of `state`, once it is no longer starting (or
+/// `timeout` seconds have passed).
+fn wait_started(state: &StateDir, timeout: u64) -> VmState {
+    let deadline = Instant::now() + Duration::from_secs(timeout);
+    loop {
+        match state.state() {
+            VmState::Starting(_) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            other => return other,
         }
     }
 }
