@@ -300,3 +300,35 @@ fn run_and_shell_restart_before_they_attach() {
     }
     w.ok(&["down"], &ws);
 }
+
+#[test]
+fn a_richer_configuration_is_up_to_date_until_it_changes() {
+    let Some(w) = World::new() else { return };
+    let network = |domain: &str, host: &str| {
+        format!(
+            "\n[[mounts]]\nsource = \"data\"\ntarget = \"/data\"\nread_only = true\n\
+             [network]\ndomains = [\"{domain}\", \"api.test\"]\nports = [443, 8443]\n\
+             [network.hosts]\n\"db.test\" = \"127.0.0.1\"\n\
+             [env]\nPLAIN = \"v-${{AGENTVM_TEST_UNSET}}\"\n\
+             [secrets]\nTOKEN = {{ value = \"${{AGENTVM_TEST_UNSET}}\", hosts = [\"{host}\"] }}\n"
+        )
+    };
+    let ws = w.runtime.path().join("ws").join("rich");
+    std::fs::create_dir_all(ws.join(".agentvm")).unwrap();
+    std::fs::create_dir_all(ws.join("data")).unwrap();
+    w.configure(&ws, 128, &network("a.test", "api.test"), true);
+    w.ok(&["up"], &ws);
+    let pid = w.pid(&ws);
+    let same = w.ok(&["up"], &ws);
+    assert!(same.contains("up to date"), "{same}");
+
+    w.configure(&ws, 128, &network("b.test", "api.test"), true);
+    let changed = w.ok(&["up"], &ws);
+    assert!(
+        changed.contains("network: domains +b.test -a.test"),
+        "{changed}"
+    );
+    assert!(!changed.contains("mounts:"), "{changed}");
+    assert_eq!(w.pid(&ws), pid);
+    w.ok(&["down"], &ws);
+}
