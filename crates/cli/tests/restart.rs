@@ -332,3 +332,21 @@ fn a_richer_configuration_is_up_to_date_until_it_changes() {
     assert_eq!(w.pid(&ws), pid);
     w.ok(&["down"], &ws);
 }
+
+#[test]
+fn a_rebuilt_kernel_at_the_same_path_is_a_change() {
+    let Some(w) = World::new() else { return };
+    let ws = w.workspace("rebuilt", 128, "");
+    w.ok(&["up"], &ws);
+    // A rebuild writes a new file and renames it over the old one.
+    let tmp = w.kernel.with_extension("new");
+    std::fs::copy(&w.kernel, &tmp).unwrap();
+    std::fs::rename(&tmp, &w.kernel).unwrap();
+    let out = w.ok(&["up"], &ws);
+    assert!(out.contains("image: rebuilt since the VM started"), "{out}");
+    let restarted = w.ok(&["up", "--restart"], &ws);
+    assert!(restarted.contains("rebuilt is up in"), "{restarted}");
+    let now = w.ok(&["up"], &ws);
+    assert!(now.contains("up to date"), "{now}");
+    w.ok(&["down"], &ws);
+}

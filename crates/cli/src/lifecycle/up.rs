@@ -503,8 +503,8 @@ impl std::io::Write for Tail {
     }
 }
 
-/// Says so and returns `Some` when the VM runs (waiting for one that is
-/// starting); with `clean` (only under [`RootLock`]: another `up` may be
+/// Says so, with what differs from the configuration ([`report_running`]),
+/// and returns `Some` when the VM runs (waiting for one that is starting); with `clean` (only under [`RootLock`]: another `up` may be
 /// writing the directory) cleans up after one that is gone.
 fn already_up(
     state: &StateDir,
