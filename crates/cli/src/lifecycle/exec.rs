@@ -21,6 +21,10 @@ pub struct RunArgs {
     /// Run on a pseudo-terminal [default: when stdin is a terminal].
     #[arg(long, short = 't')]
     tty: bool,
+    /// Stop the running VM and start it with the current configuration
+    /// first (`agentvm up --restart`).
+    #[arg(long)]
+    restart: bool,
     /// The command, run with `sh -c` in the guest's workspace (its words
     /// are joined with spaces).
     #[arg(required = true, trailing_var_arg = true, value_name = "CMD")]
@@ -32,11 +36,15 @@ pub struct RunArgs {
 pub struct ShellArgs {
     #[command(flatten)]
     target: Target,
+    /// Stop the running VM and start it with the current configuration
+    /// first (`agentvm up --restart`).
+    #[arg(long)]
+    restart: bool,
 }
 
 /// Runs the command; its exit code is `run`'s.
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
-    let (state, snap) = running_or_started(&args.target)?;
+    let (state, snap) = running_or_started(&args.target, args.restart)?;
     let tty = args.tty || std::io::stdin().is_terminal();
     let start = shell_start(&args.command.join(" "), &snap, tty);
     let code = agent(&state.vsock()).exec(start);
@@ -46,7 +54,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
 
 /// Opens a login shell in the guest's workspace.
 pub fn shell(args: ShellArgs) -> anyhow::Result<ExitCode> {
-    let (state, snap) = running_or_started(&args.target)?;
+    let (state, snap) = running_or_started(&args.target, args.restart)?;
     let start = guest_start(vec![b"sh".to_vec(), b"-l".to_vec()], &snap, true);
     let code = agent(&state.vsock()).exec(start);
     super::git_guard::undo(&state, &snap);
@@ -63,10 +71,18 @@ fn agent(uds: &Path) -> Agent<'_> {
 
 /// The target's VM, started (with `up`'s checks and output, on stderr)
 /// when it is not running and the target is a workspace, so that
-/// `cd repo && agentvm shell` is the whole workflow.
-fn running_or_started(target: &Target) -> anyhow::Result<(StateDir, Snapshot)> {
-    if target.name.is_none() && !matches!(target.locate()?.state(), VmState::Running(_)) {
-        let code = super::up::run(UpArgs::for_dir(target.dir.clone()))?;
+/// `cd repo && agentvm shell` is the whole workflow. With `restart`, a
+/// running VM is stopped and started again first (`up --restart`; by
+/// `--name`, the named VM's workspace).
+fn running_or_started(target: &Target, restart: bool) -> anyhow::Result<(StateDir, Snapshot)> {
+    let dir = match &target.name {
+        Some(_) if restart => Some(target.locate()?.read_snapshot()?.workspace),
+        _ => target.dir.clone(),
+    };
+    let start = restart
+        || (target.name.is_none() && !matches!(target.locate()?.state(), VmState::Running(_)));
+    if start {
+        let code = super::up::run(UpArgs::for_dir(dir).restarting(restart))?;
         if code != ExitCode::SUCCESS {
             bail!("the workspace's VM did not start");
         }

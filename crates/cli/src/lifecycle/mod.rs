@@ -30,6 +30,7 @@
 //! powered off). `up` cleans stale and stopped state before starting.
 
 pub mod agent;
+pub mod changes;
 pub mod control;
 pub mod down;
 pub mod exec;
@@ -381,6 +382,35 @@ pub struct Snapshot {
     /// the agent socket `up` found.
     #[serde(default)]
     pub ssh_agent: Option<crate::ssh_agent::host::Forward>,
+    /// What `up --restart` compares besides the above ([`changes`]);
+    /// `None` in a snapshot from before it.
+    #[serde(default)]
+    pub recorded: Option<Recorded>,
+}
+
+/// The parts of the configuration [`Snapshot`] keeps only so that `up` can
+/// say what changed since the VM started ([`changes::differences`]).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Recorded {
+    /// The plugins merged in, as the file lists them.
+    pub plugins: Vec<String>,
+    /// The built-in agents' home on the host.
+    pub agent_home: Option<PathBuf>,
+    /// Each `[env]` entry's [`changes::env_digest`] (never its text).
+    pub env: std::collections::BTreeMap<String, String>,
+    /// The Debian packages of the root file system.
+    pub packages: Vec<String>,
+    /// The npm packages of the root file system.
+    pub npm: Vec<String>,
+    /// `[ssh] agent`.
+    pub ssh_agent: bool,
+    /// `[ssh] keys`.
+    pub ssh_keys: Vec<String>,
+    /// `[ssh] hosts`.
+    pub ssh_hosts: Vec<String>,
+    /// The kernel's, initrd's and root file system's
+    /// [`changes::image_identity`], when `up` could take it.
+    pub image: Option<String>,
 }
 
 /// A secret in [`Snapshot`]: never its value or placeholder.
@@ -444,6 +474,21 @@ impl Snapshot {
             allow_unsandboxed_virtiofsd: false,
             secrets: Vec::new(),
             ssh_agent: None,
+            recorded: Some(Recorded {
+                plugins: cfg.plugins.clone(),
+                agent_home: cfg.agent_home.clone(),
+                env: cfg
+                    .env
+                    .iter()
+                    .map(|(k, e)| (k.clone(), changes::env_digest(k, &e.value.template)))
+                    .collect(),
+                packages: cfg.packages.clone(),
+                npm: cfg.npm.clone(),
+                ssh_agent: cfg.ssh.agent,
+                ssh_keys: cfg.ssh.keys.clone(),
+                ssh_hosts: cfg.ssh.hosts.clone(),
+                image: None,
+            }),
         }
     }
 

@@ -40,6 +40,15 @@ pub struct UpArgs {
     /// you do) instead of refusing the shares.
     #[arg(long)]
     allow_unsandboxed_virtiofsd: bool,
+    /// When the VM is running, stop it (as `agentvm down` does) and start
+    /// it again with the current configuration and image; without it, `up`
+    /// on a running VM only says what differs.
+    #[arg(long)]
+    restart: bool,
+    /// With --restart: seconds the guest gets to power off before its VMM
+    /// is killed (`agentvm down --timeout`).
+    #[arg(long, value_name = "SECS", default_value_t = 10)]
+    stop_timeout: u64,
     /// Report on stderr, not stdout: `run`, `shell` and `agent` start the
     /// VM this way, and their stdout is the command's.
     #[arg(skip)]
@@ -63,8 +72,15 @@ impl UpArgs {
             timeout: 60,
             rm_on_failure: false,
             allow_unsandboxed_virtiofsd: false,
+            restart: false,
+            stop_timeout: 10,
             report_on_stderr: true,
         }
+    }
+
+    /// The same, restarting a running VM (`shell --restart`).
+    pub fn restarting(self, restart: bool) -> UpArgs {
+        UpArgs { restart, ..self }
     }
 }
 
@@ -79,16 +95,18 @@ pub fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     check_private(&root)?;
     let state = StateDir::of_workspace(&cfg.workspace);
     check_private(&state.dir)?;
-    if let Some(code) = already_up(&state, &cfg.name, &args, false)? {
+    // After the approval check: an unapproved change stops nothing.
+    if args.restart && matches!(wait_started(&state, args.timeout), VmState::Running(_)) {
+        args.report(&format!(
+            "agentvm: stopping {} to start it with the current configuration",
+            cfg.name
+        ));
+        super::down::bring_down(&state, Duration::from_secs(args.stop_timeout))?;
+    }
+    if let Some(code) = already_up(&state, &cfg, &args, false)? {
         return Ok(code);
     }
-    let kernel = choose_kernel(
-        cfg.kernel.clone(),
-        cfg.image.as_deref(),
-        cfg.initrd.clone(),
-        None,
-    )?;
-    let mut snap = Snapshot::new(&cfg, kernel.kernel, kernel.initrd, kernel.cmdline);
+    let mut snap = base_snapshot(&cfg)?;
     snap.allow_unsandboxed_virtiofsd = args.allow_unsandboxed_virtiofsd;
     // The VMM's environment is scrubbed: the agent's socket goes in the
     // snapshot (a path, no secret).
@@ -146,8 +164,15 @@ pub fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     make_private(&root)?;
     let lock = RootLock::take(&root)?;
     // Another `up` may have started it meanwhile.
-    if let Some(code) = already_up(&state, &cfg.name, &args, true)? {
+    if let Some(code) = already_up(&state, &cfg, &args, true)? {
         return Ok(code);
+    }
+    if let Some(r) = snap.recorded.as_mut() {
+        r.image = image_identity(
+            &snap.kernel,
+            snap.initrd.as_deref(),
+            snap.root_image.as_deref(),
+        );
     }
     make_private(&state.dir)?;
     // Before the guest can write a byte.
@@ -241,6 +266,124 @@ pub fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         child.id()
     ));
     Ok(ExitCode::SUCCESS)
+}
+
+/// The snapshot of `cfg` before `up` finds its root file system, agent and
+/// secrets: the kernel chosen, the configuration's values.
+fn base_snapshot(cfg: &config::ResolvedConfig) -> anyhow::Result<Snapshot> {
+    let kernel = choose_kernel(
+        cfg.kernel.clone(),
+        cfg.image.as_deref(),
+        cfg.initrd.clone(),
+        None,
+    )?;
+    Ok(Snapshot::new(
+        cfg,
+        kernel.kernel,
+        kernel.initrd,
+        kernel.cmdline,
+    ))
+}
+
+/// The snapshot `up` would write for `cfg` now, as far as it is known
+/// without doing anything: no hook or secret command runs, no root file
+/// system is built (one built from `packages` is left out: its packages
+/// are compared instead), no directory is made, nothing is printed.
+/// Secrets are their names and hosts, as `up` records them.
+pub fn planned(cfg: &config::ResolvedConfig) -> anyhow::Result<Snapshot> {
+    let mut snap = base_snapshot(cfg)?;
+    let built = cfg.kernel.is_none()
+        && cfg.image.is_none()
+        && !(cfg.packages.is_empty() && cfg.npm.is_empty());
+    if cfg.kernel.is_none() && !built {
+        snap.root_image = crate::image::load(cfg.image.as_deref())
+            .ok()
+            .filter(|i| i.has_rootfs)
+            .map(|i| i.dir);
+    }
+    if cfg.persistent_root && (built || snap.root_image.is_some()) {
+        snap.persistent_root =
+            crate::paths::data_dir().map(|data| crate::paths::persistent_root(&data, &cfg.id));
+    }
+    if cfg.network.mode != config::NetworkMode::Off {
+        // As `up` would bind them: one whose host variables are unset or
+        // empty is left out; one read by a command is taken to be there
+        // (the command is not run).
+        snap.secrets = cfg
+            .secrets
+            .iter()
+            .filter(|(_, s)| match &s.source {
+                config::SecretSource::Value(v) => {
+                    v.expand(&env::host_lookup).is_ok_and(|v| !v.is_empty())
+                }
+                config::SecretSource::Command(_) => true,
+            })
+            .map(|(name, s)| super::SnapshotSecret {
+                name: name.clone(),
+                hosts: s.hosts.clone(),
+            })
+            .collect();
+    }
+    if let Some(r) = snap.recorded.as_mut() {
+        r.image = image_identity(
+            &snap.kernel,
+            snap.initrd.as_deref(),
+            snap.root_image.as_deref(),
+        );
+    }
+    Ok(snap)
+}
+
+/// [`super::changes::image_identity`] of the files a VM boots from.
+fn image_identity(kernel: &Path, initrd: Option<&Path>, root: Option<&Path>) -> Option<String> {
+    let rootfs = root.map(|r| r.join(crate::image::ROOTFS));
+    let mut files = vec![kernel];
+    files.extend(initrd);
+    files.extend(rootfs.as_deref());
+    super::changes::image_identity(&files)
+}
+
+/// Says that the VM of `cfg` runs, and what differs between it and the
+/// configuration now ([`super::changes`]).
+fn report_running(state: &StateDir, cfg: &config::ResolvedConfig, pid: i32, args: &UpArgs) {
+    let name = &cfg.name;
+    let compared = state
+        .read_snapshot()
+        .and_then(|running| Ok(super::changes::differences(&running, &planned(cfg)?)));
+    match compared {
+        Ok(diff) if diff.is_empty() => args.report(&format!(
+            "agentvm: {name} is already running (pid {pid}) and up to date with its configuration"
+        )),
+        Ok(diff) => {
+            let mut text = format!(
+                "agentvm: {name} is already running (pid {pid}), and the running VM differs \
+                 from the configuration:"
+            );
+            for change in &diff {
+                text.push_str(&format!("\n  {change}"));
+            }
+            text.push_str("\n`agentvm up --restart` applies it");
+            args.report(&text);
+        }
+        Err(e) => {
+            args.report(&format!("agentvm: {name} is already running (pid {pid})"));
+            eprintln!("agentvm: warning: cannot compare it with the configuration: {e:#}");
+        }
+    }
+}
+
+/// The state of the VM of `state`, once it is no longer starting (or
+/// `timeout` seconds have passed).
+fn wait_started(state: &StateDir, timeout: u64) -> VmState {
+    let deadline = Instant::now() + Duration::from_secs(timeout);
+    loop {
+        match state.state() {
+            VmState::Starting(_) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            other => return other,
+        }
+    }
 }
 
 /// The size the persistent root layer may grow to (a sparse file: it takes
@@ -360,21 +503,22 @@ impl std::io::Write for Tail {
     }
 }
 
-/// Says so and returns `Some` when the VM runs (waiting for one that is
-/// starting); with `clean` (only under [`RootLock`]: another `up` may be
+/// Says so, with what differs from the configuration ([`report_running`]),
+/// and returns `Some` when the VM runs (waiting for one that is starting); with `clean` (only under [`RootLock`]: another `up` may be
 /// writing the directory) cleans up after one that is gone.
 fn already_up(
     state: &StateDir,
-    name: &str,
+    cfg: &config::ResolvedConfig,
     args: &UpArgs,
     clean: bool,
 ) -> anyhow::Result<Option<ExitCode>> {
+    let name = &cfg.name;
     let timeout = args.timeout;
     let deadline = Instant::now() + Duration::from_secs(timeout);
     loop {
         match state.state() {
             VmState::Running(pid) => {
-                args.report(&format!("agentvm: {name} is already running (pid {pid})"));
+                report_running(state, cfg, pid, args);
                 return Ok(Some(ExitCode::SUCCESS));
             }
             VmState::Starting(_) if Instant::now() < deadline => {
