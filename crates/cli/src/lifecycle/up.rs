@@ -503,9 +503,14 @@ impl std::io::Write for Tail {
     }
 }
 
+/// How long a VM whose VMM process lives may look stale before `up`
+/// cleans it away.
+const STALE_GRACE: Duration = Duration::from_secs(5);
+
 /// Says so, with what differs from the configuration ([`report_running`]),
-/// and returns `Some` when the VM runs (waiting for one that is starting); with `clean` (only under [`RootLock`]: another `up` may be
-/// writing the directory) cleans up after one that is gone.
+/// and returns `Some` when the VM runs (waiting for one that is starting);
+/// with `clean` (only under [`RootLock`]: another `up` may be writing the
+/// directory) cleans up after one that is gone.
 fn already_up(
     state: &StateDir,
     cfg: &config::ResolvedConfig,
@@ -515,6 +520,7 @@ fn already_up(
     let name = &cfg.name;
     let timeout = args.timeout;
     let deadline = Instant::now() + Duration::from_secs(timeout);
+    let grace = Instant::now() + STALE_GRACE;
     loop {
         match state.state() {
             VmState::Running(pid) => {
@@ -528,6 +534,16 @@ fn already_up(
                 bail!("{name} is still starting (pid {pid}) after {timeout} s; see `agentvm logs`")
             }
             VmState::Stale(_) | VmState::Stopped if !clean => return Ok(None),
+            // The process the pid file names lives: a VMM another `up`
+            // has just started can look stale for a moment (its
+            // command line is empty while exec completes, its control
+            // socket not yet answering). Only one still so after the
+            // grace period is cleaned away (and killed).
+            VmState::Stale(_)
+                if Instant::now() < grace && state.pid().is_some_and(super::is_alive) =>
+            {
+                std::thread::sleep(Duration::from_millis(10));
+            }
             VmState::Stale(_) => {
                 eprintln!(
                     "agentvm: {name}: cleaning up after a VM that is gone ({}); the end of its log:",
