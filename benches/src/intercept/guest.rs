@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use agentvm_net::addr::DNS_IP;
-use agentvm_net::testing::{wait_readable, Guest};
+use agentvm_net::testing::{wait_readable, Guest, SocketWriter};
 use agentvm_net::NetStack;
 use anyhow::{anyhow, bail, ensure, Context};
 use rustls::pki_types::{CertificateDer, ServerName};
@@ -109,27 +109,10 @@ impl Conn {
 /// Writes what rustls has to send into the socket, as far as it fits.
 fn send(tls: &mut ClientConnection, s: &mut tcp::Socket<'static>) {
     while tls.wants_write() && s.can_send() {
-        match tls.write_tls(&mut SockWriter(s)) {
+        match tls.write_tls(&mut SocketWriter(s)) {
             Ok(0) | Err(_) => break,
             Ok(_) => {}
         }
-    }
-}
-
-/// A guest socket as an `io::Write` for rustls.
-struct SockWriter<'a>(&'a mut tcp::Socket<'static>);
-
-impl Write for SockWriter<'_> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match self.0.send_slice(buf) {
-            Ok(0) => Err(io::ErrorKind::WouldBlock.into()),
-            Ok(n) => Ok(n),
-            Err(e) => Err(io::Error::other(e)),
-        }
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
     }
 }
 

@@ -316,3 +316,22 @@ pub fn wait_readable(fd: std::os::fd::RawFd, timeout: Duration) {
     // SAFETY: one valid pollfd for the duration of the call.
     unsafe { libc::poll(&mut pfd, 1, ms) };
 }
+
+/// A guest TCP socket as an [`std::io::Write`] (for a TLS library's
+/// `write_tls`): what fits in its send buffer is taken; a full buffer is
+/// `WouldBlock`.
+pub struct SocketWriter<'a, 'b>(pub &'a mut tcp::Socket<'b>);
+
+impl std::io::Write for SocketWriter<'_, '_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self.0.send_slice(buf) {
+            Ok(0) => Err(std::io::ErrorKind::WouldBlock.into()),
+            Ok(n) => Ok(n),
+            Err(e) => Err(std::io::Error::other(e)),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}

@@ -12,7 +12,7 @@
 
 mod common;
 
-use std::io::{self, Read, Write};
+use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -21,7 +21,7 @@ use std::time::Duration;
 use agentvm_net::intercept::ca::Minter;
 use agentvm_net::intercept::{Ca, InterceptConfig};
 use agentvm_net::secrets::{Secret, SecretValue};
-use agentvm_net::testing::Guest;
+use agentvm_net::testing::{Guest, SocketWriter};
 use agentvm_net::{Audit, AuditEvent, Mode, NetStack, Policy, StackConfig, Verdict};
 use common::{found, guest, lookup, Events};
 use rustls::pki_types::pem::PemObject;
@@ -208,7 +208,7 @@ impl GuestTls {
     fn pump(&mut self, g: &mut Guest) {
         let s = g.tcp(self.sock);
         while self.conn.wants_write() && s.can_send() {
-            let mut w = SockWriter(s);
+            let mut w = SocketWriter(s);
             if self.conn.write_tls(&mut w).unwrap_or(0) == 0 {
                 break;
             }
@@ -227,7 +227,7 @@ impl GuestTls {
                 self.error = Some(e);
                 // The alert goes out.
                 while self.conn.wants_write() && s.can_send() {
-                    if self.conn.write_tls(&mut SockWriter(s)).unwrap_or(0) == 0 {
+                    if self.conn.write_tls(&mut SocketWriter(s)).unwrap_or(0) == 0 {
                         break;
                     }
                 }
@@ -256,21 +256,6 @@ impl GuestTls {
             done(&self.plain) || self.error.is_some() || !g.tcp(self.sock).is_open()
         });
         done(&self.plain)
-    }
-}
-
-struct SockWriter<'a, 'b>(&'a mut smoltcp::socket::tcp::Socket<'b>);
-
-impl Write for SockWriter<'_, '_> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match self.0.send_slice(buf) {
-            Ok(0) => Err(io::ErrorKind::WouldBlock.into()),
-            Ok(n) => Ok(n),
-            Err(e) => Err(io::Error::other(e)),
-        }
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
     }
 }
 
