@@ -329,7 +329,10 @@ pub fn identity<S: Read + Write>(
 
 /// Has the agent write one host file into the guest (`[[files]]`), owned
 /// by the guest's default user.
-pub fn put_file<S: Read + Write>(stream: S, file: crate::frame::FileCopy) -> Result<(), ClientError> {
+pub fn put_file<S: Read + Write>(
+    stream: S,
+    file: crate::frame::FileCopy,
+) -> Result<(), ClientError> {
     request(stream, Frame::File(file))
 }
 

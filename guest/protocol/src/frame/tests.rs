@@ -358,7 +358,13 @@ fn file_frames_are_bounded_on_both_sides() {
     ] {
         let bytes = raw_file(target, mode, len);
         assert!(
-            matches!(decode(&bytes), Err(DecodeError::Invalid { kind: kind::FILE, .. })),
+            matches!(
+                decode(&bytes),
+                Err(DecodeError::Invalid {
+                    kind: kind::FILE,
+                    ..
+                })
+            ),
             "{:?} {mode:o} {len} decoded",
             String::from_utf8_lossy(target)
         );
