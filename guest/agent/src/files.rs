@@ -80,11 +80,15 @@ pub fn write(root: &Path, owner: &Owner, file: &FileCopy) -> Result<PathBuf, Fil
         dir = enter(&dir, part, owner, &shown)?;
     }
     shown.push(name);
-    let tmp_name = format!(".{}.agentvm-{}", name.to_string_lossy(), std::process::id());
+    // Unique per request: two copies to one target never share a name.
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp_name = format!(
+        ".{}.agentvm-{}-{n}",
+        name.to_string_lossy(),
+        std::process::id()
+    );
     let tmp = OsStr::new(&tmp_name);
-    // A stale temporary from an interrupted copy (never a link followed:
-    // unlink removes the name itself).
-    let _ = unlinkat(&dir, tmp, UnlinkatFlags::NoRemoveDir);
     let fd = openat(
         &dir,
         tmp,
