@@ -70,5 +70,14 @@ fuzz_target!(|data: &[u8]| {
         for name in policy.domains.iter().chain(policy.hosts.keys()) {
             assert_eq!(normalize_name(name).as_deref(), Ok(name.as_str()));
         }
+        // Every copied file is one the guest agent's frame accepts.
+        for f in &cfg.files {
+            let copy = agentvm_protocol::frame::FileCopy {
+                target: f.target.as_bytes().to_vec(),
+                mode: f.mode.unwrap_or(0o644),
+                content: Vec::new(),
+            };
+            assert_eq!(agentvm_protocol::frame::check_file(&copy), Ok(()));
+        }
     }
 });

@@ -1300,3 +1300,54 @@ fn the_vmm_relays_the_hosts_ssh_agent_filtered_under_its_confinement() {
     let _ = agent.kill();
     let _ = agent.wait();
 }
+
+#[test]
+fn a_files_source_that_is_missing_or_guest_writable_stops_up_before_the_vm() {
+    let Some(w) = World::new() else { return };
+    let ws = w.workspace("files");
+    let config = ws.join(".agentvm/config.toml");
+    let base = std::fs::read_to_string(&config).unwrap();
+    let missing = w.runtime.path().join("no-such-gitconfig");
+    w.configure(
+        &ws,
+        &format!(
+            "{base}\n[[files]]\nsource = \"{}\"\ntarget = \"~/.gitconfig\"\n",
+            missing.display()
+        ),
+    );
+    let o = w.agentvm(&["up"], &ws);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains(&format!("{} does not exist", missing.display()))
+            && err.contains("config.toml:"),
+        "{err}"
+    );
+    assert!(!w.state(&ws).exists());
+    // A source in the workspace (shared read-write) is the guest's to
+    // swap for a link to any of the user's files: refused.
+    std::fs::write(ws.join("gitconfig"), "[user]\n").unwrap();
+    w.configure(
+        &ws,
+        &format!("{base}\n[[files]]\nsource = \"gitconfig\"\ntarget = \"~/.gitconfig\"\n"),
+    );
+    let o = w.agentvm(&["up"], &ws);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("inside the read-write share"), "{err}");
+    assert!(!w.state(&ws).exists());
+    assert!(w.processes().is_empty(), "{:?}", w.processes());
+    // The approval prompt names each source and target.
+    std::fs::write(
+        &config,
+        format!("{base}\n[[files]]\nsource = \"/etc/hostname\"\ntarget = \"/etc/x\"\n"),
+    )
+    .unwrap();
+    let o = w.agentvm(&["up"], &ws);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("+ /etc/hostname -> /etc/x (mode of the source)"),
+        "{err}"
+    );
+}

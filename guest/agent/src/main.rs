@@ -21,6 +21,7 @@
 mod accounts;
 mod cmdline;
 mod dhcp;
+mod files;
 mod identity;
 mod init;
 mod loopdev;
@@ -126,6 +127,29 @@ impl Agent {
         };
         all.extend(env);
         self.set_env(all);
+        Ok(())
+    }
+
+    /// Carries out a `File`: writes it for the default user (root when
+    /// there is none) under the trust root (`/` as PID 1), never on a test
+    /// agent's host.
+    pub fn put_file(&self, copy: &agentvm_protocol::frame::FileCopy) -> Result<(), String> {
+        let root = self
+            .trust_root
+            .as_deref()
+            .ok_or("this agent has no root to write files into (serve without --root)")?;
+        let spec = self
+            .default_user()
+            .map_or_else(|| nix::unistd::getuid().as_raw().to_string(), str::to_owned);
+        let user = user::lookup_in(root, &spec)
+            .ok_or_else(|| format!("the default user {spec:?} is not in the guest's passwd"))?;
+        let owner = files::Owner {
+            uid: user.uid,
+            gid: user.gid,
+            home: user.home,
+        };
+        let at = files::write(root, &owner, copy).map_err(|e| session::error_chain(&e))?;
+        log!("wrote {} for {}", at.display(), user.name);
         Ok(())
     }
 

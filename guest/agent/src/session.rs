@@ -92,6 +92,16 @@ pub fn serve(conn: OwnedFd, agent: &Arc<Agent>) {
             };
             let _ = send(&mut file, &[Frame::hello(), reply]);
         }
+        Frame::File(copy) => {
+            let reply = match agent.put_file(&copy) {
+                Ok(()) => Frame::Ack,
+                Err(msg) => {
+                    crate::log!("cannot write a host file: {msg}");
+                    Frame::error(ErrorCode::Internal, msg)
+                }
+            };
+            let _ = send(&mut file, &[Frame::hello(), reply]);
+        }
         Frame::Poweroff => {
             let _ = send(&mut file, &[Frame::hello(), Frame::Ack]);
             drop(file);

@@ -680,3 +680,48 @@ fn the_hosts_identity_lands_under_the_agents_root() {
         "{git}"
     );
 }
+
+#[test]
+fn a_host_file_lands_in_the_default_users_home_under_the_agents_root() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let root = tempfile::tempdir().unwrap();
+    let (uid, gid) = (
+        nix::unistd::getuid().as_raw(),
+        nix::unistd::getgid().as_raw(),
+    );
+    std::fs::create_dir_all(root.path().join("etc")).unwrap();
+    std::fs::create_dir_all(root.path().join("home/z")).unwrap();
+    std::fs::write(
+        root.path().join("etc/passwd"),
+        format!("z:x:{uid}:{gid}::/home/z:/bin/sh\n"),
+    )
+    .unwrap();
+    let r = root.path().to_str().unwrap().to_owned();
+    let agent = Agent::start_with(&["--root", &r, "--user", "z"]);
+    let copy = |target: &str, content: &[u8]| agentvm_protocol::frame::FileCopy {
+        target: target.as_bytes().to_vec(),
+        mode: 0o600,
+        content: content.to_vec(),
+    };
+    client::put_file(
+        agent.connect(),
+        copy("~/.config/gh/hosts.yml", b"github.com:\n"),
+    )
+    .unwrap();
+    let file = root.path().join("home/z/.config/gh/hosts.yml");
+    assert_eq!(std::fs::read(&file).unwrap(), b"github.com:\n");
+    let meta = std::fs::metadata(&file).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o7777, 0o600);
+    assert_eq!((meta.uid(), meta.gid()), (uid, gid));
+    // A link the guest planted on the way is refused, and said so.
+    std::os::unix::fs::symlink("/etc", root.path().join("home/z/.ssh")).unwrap();
+    let refused = client::put_file(agent.connect(), copy("~/.ssh/config", b"x"));
+    assert!(
+        matches!(refused, Err(ClientError::Remote { ref message, .. }) if message.contains("link")),
+        "{refused:?}"
+    );
+    // An agent on the host without --root writes nothing anywhere.
+    let plain = Agent::start();
+    assert!(client::put_file(plain.connect(), copy("/tmp/agentvm-never", b"x")).is_err());
+    assert!(!std::path::Path::new("/tmp/agentvm-never").exists());
+}

@@ -6,7 +6,8 @@
 //! 9-byte frame. That makes [`decode`] a fuzz target as it stands.
 
 use crate::{
-    ErrorCode, ExitStatus, WinSize, HEADER_LEN, MAX_CA, MAX_DATA, MAX_PAYLOAD, PROTOCOL_VERSION,
+    ErrorCode, ExitStatus, WinSize, HEADER_LEN, MAX_CA, MAX_DATA, MAX_FILE, MAX_FILE_TARGET,
+    MAX_PAYLOAD, PROTOCOL_VERSION,
 };
 
 /// Frame type bytes. Host → guest types are below 0x80, guest → host at or above.
@@ -29,6 +30,8 @@ pub mod kind {
     pub const POWEROFF: u8 = 0x08;
     /// The host user's known ssh hosts and git identity.
     pub const IDENTITY: u8 = 0x09;
+    /// Write one host file at a path in the guest (`[[files]]`).
+    pub const FILE: u8 = 0x0a;
     /// The command was spawned.
     pub const STARTED: u8 = 0x80;
     /// Bytes the command wrote to stdout (or to the terminal in PTY mode).
@@ -79,6 +82,19 @@ pub struct Identity {
     pub git_email: Option<Vec<u8>>,
 }
 
+/// What a `File` frame carries: one host file for the guest (`[[files]]`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct FileCopy {
+    /// Where in the guest: an absolute path, or `~/…` under the default
+    /// user's home; never `.` or `..` components (at most
+    /// [`MAX_FILE_TARGET`] bytes, no NUL).
+    pub target: Vec<u8>,
+    /// Permission bits (at most `0o777`: never setuid, setgid or sticky).
+    pub mode: u32,
+    /// The file's content (at most [`MAX_FILE`] bytes).
+    pub content: Vec<u8>,
+}
+
 /// One protocol frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Frame {
@@ -114,6 +130,8 @@ pub enum Frame {
     /// ssh-agent: the agent writes the guest's system-wide known hosts and
     /// git identity from it.
     Identity(Identity),
+    /// Write a host file into the guest, owned by the default user.
+    File(FileCopy),
     /// The command runs with this process id.
     Started {
         /// Process id in the guest.
@@ -176,6 +194,9 @@ pub enum EncodeError {
     /// A `Configure` frame's CA would exceed [`MAX_CA`].
     #[error("CA of {0} bytes exceeds the limit")]
     CaTooLarge(usize),
+    /// A `File` frame's target, mode or content is out of bounds.
+    #[error("file frame: {0}")]
+    BadFile(&'static str),
 }
 
 impl Frame {
@@ -191,6 +212,7 @@ impl Frame {
             Frame::Configure { .. } => kind::CONFIGURE,
             Frame::Poweroff => kind::POWEROFF,
             Frame::Identity(_) => kind::IDENTITY,
+            Frame::File(_) => kind::FILE,
             Frame::Started { .. } => kind::STARTED,
             Frame::Stdout(_) => kind::STDOUT,
             Frame::Stderr(_) => kind::STDERR,
@@ -231,6 +253,7 @@ impl Frame {
             Frame::Configure { ca: Some(ca), .. } if ca.len() > MAX_CA => {
                 Some(EncodeError::CaTooLarge(ca.len()))
             }
+            Frame::File(f) => check_file(f).err().map(EncodeError::BadFile),
             _ if len > MAX_PAYLOAD => Some(EncodeError::TooLarge(len)),
             _ => None,
         };
@@ -285,6 +308,11 @@ impl Frame {
                 put_bytes(out, &id.known_hosts);
                 put_opt(out, id.git_name.as_deref());
                 put_opt(out, id.git_email.as_deref());
+            }
+            Frame::File(f) => {
+                put_bytes(out, &f.target);
+                out.extend_from_slice(&f.mode.to_le_bytes());
+                put_bytes(out, &f.content);
             }
             Frame::Started { pid } => out.extend_from_slice(&pid.to_le_bytes()),
             Frame::Exit(status) => {
@@ -429,6 +457,15 @@ pub fn decode_payload(kind: u8, payload: &[u8]) -> Result<Frame, DecodeError> {
             git_name: r.opt()?.map(<[u8]>::to_vec),
             git_email: r.opt()?.map(<[u8]>::to_vec),
         }),
+        kind::FILE => {
+            let file = FileCopy {
+                target: r.bytes()?.to_vec(),
+                mode: r.u32()?,
+                content: r.bytes()?.to_vec(),
+            };
+            check_file(&file).map_err(|what| r.invalid(what))?;
+            Frame::File(file)
+        }
         kind::STARTED => Frame::Started { pid: r.u32()? },
         kind::EXIT => match r.u8()? {
             0 => Frame::Exit(ExitStatus::Code(r.i32()?)),
@@ -446,6 +483,49 @@ pub fn decode_payload(kind: u8, payload: &[u8]) -> Result<Frame, DecodeError> {
         return Err(DecodeError::TrailingBytes(kind));
     }
     Ok(frame)
+}
+
+/// The bounds of a `File` frame, the same on both sides: a target of at
+/// most [`MAX_FILE_TARGET`] bytes that is absolute or `~/…`, without NUL,
+/// empty, `.` or `..` components; a mode of at most `0o777`; at most
+/// [`MAX_FILE`] bytes of content. The guest agent checks the target again
+/// where it writes (`guest/agent/src/files.rs`).
+pub fn check_file(f: &FileCopy) -> Result<(), &'static str> {
+    if f.content.len() > MAX_FILE {
+        return Err("content over the limit");
+    }
+    if f.mode & !0o777 != 0 {
+        return Err("mode has bits beyond 0777 (setuid, setgid, sticky)");
+    }
+    check_target(&f.target)
+}
+
+/// See [`check_file`]: the target alone.
+pub fn check_target(t: &[u8]) -> Result<(), &'static str> {
+    if t.len() > MAX_FILE_TARGET {
+        return Err("target over the limit");
+    }
+    if t.contains(&0) {
+        return Err("target holds a NUL byte");
+    }
+    let rest = if let Some(rest) = t.strip_prefix(b"~/") {
+        rest
+    } else if let Some(rest) = t.strip_prefix(b"/") {
+        rest
+    } else {
+        return Err("target is neither absolute nor under ~/");
+    };
+    if rest.is_empty() {
+        return Err("target names no file");
+    }
+    for part in rest.split(|&b| b == b'/') {
+        match part {
+            b"" => return Err("target has an empty component (// or a trailing /)"),
+            b"." | b".." => return Err("target has a . or .. component"),
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 fn put_u32(out: &mut Vec<u8>, n: usize) {

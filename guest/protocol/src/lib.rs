@@ -26,7 +26,7 @@
 //! the first frame is not a `Hello` of a version the agent speaks, or the frame
 //! is malformed or too large, or the command cannot be spawned, the agent sends
 //! one `Error` frame and closes the connection. Instead of `Start`, the host may
-//! send `Configure` or `Identity` (answered by `Ack`) or `Poweroff` (answered
+//! send `Configure`, `Identity` or `File` (answered by `Ack`) or `Poweroff` (answered
 //! by `Ack`, then the guest powers off).
 //!
 //! In pipe mode the command's stdin, stdout and stderr are three pipes, and
@@ -65,6 +65,7 @@
 //! | 0x07 | Configure | host → guest | `env`, then optionally `opt` ca (PEM certificates, ≤ [`MAX_CA`], 64 KiB; present when the flag is 1, the field left out when there is none) |
 //! | 0x08 | Poweroff | host → guest | empty |
 //! | 0x09 | Identity | host → guest | known_hosts: `bytes`, git user.name: `opt`, git user.email: `opt` |
+//! | 0x0a | File | host → guest | target: `bytes` (absolute or `~/…`, no `.`/`..`/empty components, ≤ [`MAX_FILE_TARGET`]), mode: u32 (≤ 0o777), content: `bytes` (≤ [`MAX_FILE`]) |
 //! | 0x80 | Started | guest → host | pid: u32 |
 //! | 0x81 | Stdout | guest → host | data (≤ 64 KiB) |
 //! | 0x82 | Stderr | guest → host | data (≤ 64 KiB) |
@@ -88,7 +89,7 @@
 //! A later version that changes a frame bumps the number. A new request type
 //! (host → guest) may come without one: an agent that predates it answers
 //! `Error{Malformed}` (unknown frame type), and the host carries on without
-//! it (`Identity`, 0x09, came this way).
+//! it (`Identity`, 0x09, and `File`, 0x0a, came this way).
 
 #![deny(missing_docs)]
 
@@ -121,6 +122,13 @@ pub const MAX_DATA: usize = 64 << 10;
 
 /// Largest CA field of a `Configure` frame: 64 KiB of PEM.
 pub const MAX_CA: usize = 64 << 10;
+
+/// Largest content of a `File` frame: 1016 KiB, so that the frame with its
+/// target fits in [`MAX_PAYLOAD`].
+pub const MAX_FILE: usize = MAX_PAYLOAD - (8 << 10);
+
+/// Longest target path of a `File` frame (Linux's `PATH_MAX`).
+pub const MAX_FILE_TARGET: usize = 4096;
 
 /// A terminal size in character cells.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

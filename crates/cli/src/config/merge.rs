@@ -14,7 +14,7 @@
 //!   `npm`, `hooks.*`):
 //!   concatenated in layer order, duplicates dropped (the first occurrence
 //!   keeps its place); so the plugins' scripts run before the user's;
-//! - `mounts` are keyed by guest target and `network.forwards` by host port:
+//! - `mounts` and `files` are keyed by guest target and `network.forwards` by host port:
 //!   a later layer's entry replaces an earlier one with the same key, in
 //!   its place (the user can remount the workspace read-only by mounting
 //!   the same target);
@@ -45,6 +45,8 @@ pub struct Fragment {
     pub net_memory_mib: Option<u64>,
     /// `[[mounts]]`.
     pub mounts: Vec<Mount>,
+    /// `[[files]]`.
+    pub files: Vec<super::CopiedFile>,
     /// `network.mode`.
     pub mode: Option<NetworkMode>,
     /// `network.domains`.
@@ -106,6 +108,7 @@ impl Fragment {
         over(&mut self.image, later.image);
         over(&mut self.upstream_ca, later.upstream_ca);
         keyed(&mut self.mounts, later.mounts, |m| m.target.clone());
+        keyed(&mut self.files, later.files, |f| f.target.clone());
         keyed(&mut self.forwards, later.forwards, |f| f.host);
         concat(&mut self.domains, later.domains);
         match (&mut self.ports, later.ports) {
@@ -152,6 +155,7 @@ impl Fragment {
             log_max_mib: self.log_max_mib.unwrap_or(super::DEFAULT_LOG_MAX_MIB),
             net_memory_mib: self.net_memory_mib.unwrap_or(super::DEFAULT_NET_MEMORY_MIB),
             mounts: self.mounts,
+            files: self.files,
             network: Network {
                 mode: self.mode.unwrap_or(NetworkMode::Filtered),
                 domains: self.domains,

@@ -106,6 +106,9 @@ pub struct ResolvedConfig {
     /// the workspace itself, read-write at the same absolute path, unless a
     /// file mounts something else at that path.
     pub mounts: Vec<Mount>,
+    /// Host files copied into the guest at `up`, by target (`[[files]]`);
+    /// their content is read at `up` ([`crate::lifecycle::files`]).
+    pub files: Vec<CopiedFile>,
     /// Egress policy and port forwards.
     pub network: Network,
     /// Environment of commands run in the guest, unexpanded: expand at `up`
@@ -303,6 +306,28 @@ impl Seed {
         }
     }
 }
+
+/// One `[[files]]` entry, resolved: a host file whose content `up`
+/// copies into the guest (never back).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CopiedFile {
+    /// The host file (absolute; links are followed when it is read).
+    pub source: PathBuf,
+    /// Where in the guest: absolute, or `~/…` in the guest user's home;
+    /// checked by [`agentvm_protocol::frame::check_target`].
+    pub target: String,
+    /// Permission bits (at most 0o777); `None`: the source's.
+    pub mode: Option<u32>,
+    /// Where it was configured.
+    pub origin: Origin,
+}
+
+/// The most `[[files]]` a configuration may list.
+pub const MAX_FILES: usize = 64;
+/// The largest file `[[files]]` copies (1016 KiB: one protocol frame).
+pub const MAX_FILE_BYTES: u64 = agentvm_protocol::MAX_FILE as u64;
+/// The most bytes all `[[files]]` together copy.
+pub const MAX_FILES_TOTAL_BYTES: u64 = 8 << 20;
 
 /// `[network]`, resolved.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -159,6 +159,15 @@ pub fn render(cfg: &ResolvedConfig, lookup: &dyn Fn(&str) -> Option<String>) -> 
         line(&mut out, "read_only", &m.read_only.to_string(), None);
         line(&mut out, "create", &m.create.to_string(), None);
     }
+    for f in &cfg.files {
+        let _ = writeln!(out, "\n[[files]]  # {}", origin(&f.origin));
+        line(&mut out, "source", &path_value(&f.source), None);
+        line(&mut out, "target", &string(&f.target), None);
+        match f.mode {
+            Some(m) => line(&mut out, "mode", &string(&format!("{m:04o}")), None),
+            None => out.push_str("# mode: the source's\n"),
+        }
+    }
     out
 }
 

@@ -30,6 +30,8 @@ pub struct ConfigFile {
     pub resources: Option<Resources>,
     /// Host directories shared with the guest.
     pub mounts: Option<Vec<Spanned<Mount>>>,
+    /// Host files copied into the guest at `up` (one way).
+    pub files: Option<Vec<Spanned<File>>>,
     /// Egress policy and port forwards.
     pub network: Option<Network>,
     /// Environment variables of commands run in the guest.
@@ -109,6 +111,18 @@ pub struct Mount {
     /// Whether `up` creates a missing source directory.
     #[serde(default)]
     pub create: bool,
+}
+
+/// One `[[files]]` entry.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct File {
+    /// Host file: absolute, `~/…`, or relative to the workspace.
+    pub source: Spanned<String>,
+    /// Guest path: absolute, or `~/…` in the guest user's home.
+    pub target: Spanned<String>,
+    /// Octal permission bits (`"0644"`); default: the source's.
+    pub mode: Option<Spanned<String>>,
 }
 
 /// `[network]`.

@@ -155,6 +155,16 @@ name = {name}
 # target = "/data"        # absolute path in the guest
 # read_only = true        # default: false
 # create = true           # create a missing source at `up` (default: false, an error)
+
+# Host files copied into the guest at every `up` (one way: what the guest
+# changes stays in the guest), for dotfiles you cannot share as a
+# directory. The source must be a regular file (a link to one is
+# followed) outside every read-write mount; a missing one stops `up`. At
+# most 64 files, 1016 KiB each, 8 MiB in all. Needs approval.
+# [[files]]
+# source = "~/.gitconfig"  # host file: absolute, ~/..., or relative to the workspace
+# target = "~/.gitconfig"  # in the guest: absolute, or ~/... in the guest user's home
+# mode = "0644"            # default: the source's permissions (never setuid/setgid)
 "#,
         name = quote(name),
         min_memory = MIN_DEFAULT_MEMORY_MIB,

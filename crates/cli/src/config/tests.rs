@@ -326,6 +326,9 @@ fn the_init_template_resolves_to_the_defaults() {
         "target =",
         "read_only =",
         "create =",
+        "[[files]]",
+        "target = \"~/.gitconfig\"",
+        "mode = \"0644\"",
     ] {
         assert!(text.contains(key), "{key} missing from\n{text}");
     }
@@ -595,7 +598,7 @@ const ERRORS: &[(&str, usize, usize, &str)] = &[
     ("a = ", 1, 5, "invalid TOML: string values must be quoted"),
     ("[network]\nmode = \"off\"\nmode = \"open\"\n", 3, 1, "invalid TOML: duplicate key"),
     // Unknown keys, top level and nested, in every kind of table.
-    ("nmae = \"x\"", 1, 1, "unknown key `nmae` (expected one of name, plugins, resources, mounts, network, env, secrets, scripts, packages, npm, hooks, kernel, initrd, image, agent_home, git_hooks, seccomp, ssh)"),
+    ("nmae = \"x\"", 1, 1, "unknown key `nmae` (expected one of name, plugins, resources, mounts, files, network, env, secrets, scripts, packages, npm, hooks, kernel, initrd, image, agent_home, git_hooks, seccomp, ssh)"),
     ("\n\n[network]\nmode = \"off\"\n\nmdoe = \"open\"\n", 6, 1, "unknown key `network.mdoe` (expected one of mode, domains, ports, hosts, forwards, upstream_ca)"),
     ("network.mdoe = 1", 1, 9, "unknown key `network.mdoe`"),
     ("[resources]\ncpus = 2", 2, 1, "unknown key `resources.cpus` (expected one of vcpus, memory_mib, persistent_root, log_max_mib, net_memory_mib)"),
@@ -1301,4 +1304,87 @@ fn agent_state_is_mounted_in_the_guest_users_home() {
     // Run as root, the guest's commands are root's.
     let c = ws.ok("plugins = [\"claude-code\"]");
     assert_eq!(c.mounts[1].target, Path::new("/root/.claude"));
+}
+
+#[test]
+fn files_are_read_with_targets_and_modes_checked() {
+    let ws = Ws::new();
+    let c = ws.ok(
+        "[[files]]\nsource = \"~/.gitconfig\"\ntarget = \"~/.gitconfig\"\n\n\
+         [[files]]\nsource = \"/etc/npmrc\"\ntarget = \"/etc/npmrc\"\nmode = \"0600\"\n",
+    );
+    assert_eq!(
+        c.files,
+        [
+            CopiedFile {
+                source: ws.home.join(".gitconfig"),
+                target: "~/.gitconfig".into(),
+                mode: None,
+                origin: Origin::File {
+                    file: config_path(&ws.dir).display().to_string(),
+                    line: 1,
+                },
+            },
+            CopiedFile {
+                source: "/etc/npmrc".into(),
+                target: "/etc/npmrc".into(),
+                mode: Some(0o600),
+                origin: Origin::File {
+                    file: config_path(&ws.dir).display().to_string(),
+                    line: 5,
+                },
+            },
+        ]
+    );
+    // The rendered configuration parses back to the same files.
+    let text = render::render(&c, &|_| None);
+    assert!(text.contains("[[files]]"), "{text}");
+    let again = ws.ok(&text);
+    assert_eq!(again.files.len(), 2);
+    assert_eq!(again.files[1].mode, Some(0o600));
+
+    let malicious = [
+        ("relative/x", "neither absolute nor under ~/"),
+        ("~/../../etc/shadow", ". or .."),
+        ("/etc/../etc/sudoers", ". or .."),
+        ("~", "neither absolute nor under ~/"),
+        ("~root/.bashrc", "neither absolute nor under ~/"),
+        ("/", "names no file"),
+        ("/etc/", "empty component"),
+    ];
+    for (target, why) in malicious {
+        let text = format!("[[files]]\nsource = \"~/x\"\ntarget = {target:?}\n");
+        let e = ws.err(&text);
+        assert_eq!((e.line, e.column), (3, 10), "{target}: {e}");
+        assert!(
+            e.message.contains("`files[0].target`") && e.message.contains(why),
+            "{e}"
+        );
+    }
+    for (mode, why) in [
+        ("4755", "setuid"),
+        ("02644", "setuid"),
+        ("0o1777", "setuid"),
+        ("rw-r--r--", "not an octal mode"),
+        ("0999", "not an octal mode"),
+        ("", "not an octal mode"),
+    ] {
+        let text = format!("[[files]]\nsource = \"~/x\"\ntarget = \"/x\"\nmode = {mode:?}\n");
+        let e = ws.err(&text);
+        assert!(
+            e.message.contains("`files[0].mode`") && e.message.contains(why),
+            "{mode}: {e}"
+        );
+    }
+    let twice = "[[files]]\nsource = \"~/a\"\ntarget = \"/x\"\n[[files]]\nsource = \"~/b\"\ntarget = \"/x\"\n";
+    assert!(ws
+        .err(twice)
+        .message
+        .contains("already the target of `files[0]`"));
+    let unknown = "[[files]]\nsource = \"~/a\"\ntarget = \"/x\"\nowner = \"root\"\n";
+    assert!(ws.err(unknown).message.contains("owner"));
+    let many: String = (0..=MAX_FILES)
+        .map(|i| format!("[[files]]\nsource = \"~/a\"\ntarget = \"/f{i}\"\n"))
+        .collect();
+    assert!(ws.err(&many).message.contains("at most 64 files"));
 }

@@ -131,6 +131,25 @@ pub fn fragment(file: &ConfigFile, src: &Source, ctx: &Context<'_>) -> Result<Fr
     for (i, m) in file.mounts.iter().flatten().enumerate() {
         out.mounts.push(mount(m, i, src, ctx)?);
     }
+    for (i, f) in file.files.iter().flatten().enumerate() {
+        if i >= super::MAX_FILES {
+            return Err(src.error(
+                f.span(),
+                format!("`files`: at most {} files can be copied", super::MAX_FILES),
+            ));
+        }
+        let copied = copied_file(f, i, src, ctx)?;
+        if let Some(j) = out.files.iter().position(|o| o.target == copied.target) {
+            return Err(src.error(
+                f.get_ref().target.span(),
+                format!(
+                    "`files[{i}].target` {:?} is already the target of `files[{j}]`",
+                    copied.target
+                ),
+            ));
+        }
+        out.files.push(copied);
+    }
     if let Some(n) = &file.network {
         network(n, src, &mut out)?;
     }
@@ -216,6 +235,69 @@ fn mount(m: &Spanned<schema::Mount>, i: usize, src: &Source, ctx: &Context<'_>) 
         },
         seed: None,
     })
+}
+
+/// One `[[files]]` entry: a host path (as for mount sources), a guest
+/// target that is absolute or `~/…` without `.` or `..` components (the
+/// guest agent checks it again), and an octal mode without setuid, setgid
+/// or sticky bits. The source is read at `up`, not here.
+fn copied_file(
+    f: &Spanned<schema::File>,
+    i: usize,
+    src: &Source,
+    ctx: &Context<'_>,
+) -> Result<super::CopiedFile> {
+    let inner = f.get_ref();
+    let source = host_path(
+        &inner.source,
+        &format!("files[{i}].source"),
+        ctx.workspace,
+        src,
+        ctx,
+    )?;
+    let t = inner.target.get_ref();
+    agentvm_protocol::frame::check_target(t.as_bytes()).map_err(|why| {
+        src.error(
+            inner.target.span(),
+            format!(
+                "`files[{i}].target` {t:?}: {why}; write an absolute guest path or ~/… (in the \
+                 guest user's home), without . or .. components"
+            ),
+        )
+    })?;
+    let mode = inner
+        .mode
+        .as_ref()
+        .map(|m| {
+            parse_mode(m.get_ref())
+                .map_err(|why| src.error(m.span(), format!("`files[{i}].mode`: {why}")))
+        })
+        .transpose()?;
+    Ok(super::CopiedFile {
+        source,
+        target: t.clone(),
+        mode,
+        origin: Origin::File {
+            file: src.shown.clone(),
+            line: src.line(f.span().start),
+        },
+    })
+}
+
+/// An octal permission mode (`"0644"`, `"644"`, `"0o644"`): at most 0o777.
+pub fn parse_mode(s: &str) -> std::result::Result<u32, String> {
+    let digits = s.strip_prefix("0o").unwrap_or(s);
+    let mode = (!digits.is_empty() && digits.len() <= 6)
+        .then(|| u32::from_str_radix(digits, 8).ok())
+        .flatten()
+        .ok_or_else(|| format!("{s:?} is not an octal mode such as \"0644\""))?;
+    if mode & !0o777 != 0 {
+        return Err(format!(
+            "{s:?} has setuid, setgid or sticky bits, which copied files never get; use at \
+             most \"0777\""
+        ));
+    }
+    Ok(mode)
 }
 
 /// Checks `agent_home`: a host directory (`~` and relative paths as for

@@ -6,7 +6,8 @@
 //! which runs nothing: no hook, no secret command). It never prints a value
 //! of `[env]` or `[secrets]` (they may be credentials): an `[env]` entry is
 //! compared by a digest of its text as written ([`env_digest`]), a secret by
-//! its name and hosts.
+//! its name and hosts, a copied file (`[[files]]`) by its source, target,
+//! mode and a digest of its content.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -19,7 +20,7 @@ use super::Snapshot;
 /// One difference, in the group it belongs to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Change {
-    /// `resources`, `mounts`, `network`, `env`, `secrets`, `ssh`, `image`,
+    /// `resources`, `mounts`, `files`, `network`, `env`, `secrets`, `ssh`, `image`,
     /// `plugins`, `agent_home`, `persistent_root`, `seccomp`, `scripts`,
     /// `hooks`, `user`.
     pub group: &'static str,
@@ -71,6 +72,7 @@ pub fn differences(running: &Snapshot, current: &Snapshot) -> Vec<Change> {
     let mut out = Diff(Vec::new());
     resources(&mut out, running, current);
     mounts(&mut out, running, current);
+    files(&mut out, running, current);
     network(&mut out, running, current);
     env(&mut out, running, current);
     secrets(&mut out, running, current);
@@ -159,6 +161,41 @@ fn mounts(d: &mut Diff, a: &Snapshot, b: &Snapshot) {
             .collect()
     };
     d.set("mounts", "shares", show(a), show(b));
+}
+
+/// Which files, and for the same file whether its mode or content (by
+/// digest: never the content) changed.
+fn files(d: &mut Diff, a: &Snapshot, b: &Snapshot) {
+    let show = |s: &Snapshot| -> Vec<String> {
+        s.files
+            .iter()
+            .map(|f| format!("{}:{}", f.source.display(), f.target))
+            .collect()
+    };
+    d.set("files", "files", show(a), show(b));
+    for f in &a.files {
+        let Some(g) = b
+            .files
+            .iter()
+            .find(|g| g.source == f.source && g.target == f.target)
+        else {
+            continue;
+        };
+        if g.sha256 == "unreadable" {
+            d.push(
+                "files",
+                format!("{} cannot be read now", f.source.display()),
+            );
+        } else if g.sha256 != f.sha256 {
+            d.push("files", format!("{} changed", f.target));
+        }
+        if g.mode != f.mode && g.sha256 != "unreadable" {
+            d.push(
+                "files",
+                format!("{} mode {:o} → {:o}", f.target, f.mode, g.mode),
+            );
+        }
+    }
 }
 
 fn network(d: &mut Diff, a: &Snapshot, b: &Snapshot) {

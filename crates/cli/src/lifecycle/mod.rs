@@ -19,7 +19,8 @@
 //!   line (only when the VM has a network: mode `filtered` or `open`);
 //! - `config.json`: what `up` resolved ([`Snapshot`]); never a secret, since
 //!   `[env]` values go to the guest agent over vsock only and `[secrets]`
-//!   values to the VMM process on its stdin (the guest gets placeholders).
+//!   values to the VMM process on its stdin (the guest gets placeholders);
+//!   `[[files]]` by their digests (the content goes to the guest agent).
 //!
 //! `agentvm net` (allow, deny, show, log) acts on a running VM's network
 //! ([`net`]).
@@ -34,6 +35,7 @@ pub mod changes;
 pub mod control;
 pub mod down;
 pub mod exec;
+pub mod files;
 pub mod git_guard;
 pub mod net;
 pub mod reclaim;
@@ -330,6 +332,10 @@ pub struct Snapshot {
     pub vcpus: u8,
     /// Host directories shared with the guest.
     pub mounts: Vec<SnapshotMount>,
+    /// Host files copied into the guest (`[[files]]`): paths, modes and
+    /// digests, never the content.
+    #[serde(default)]
+    pub files: Vec<files::SnapshotFile>,
     /// The configured egress mode (`off`, `filtered`, `open`); the running
     /// VM's may since have changed (the control socket's `status` says).
     pub network_mode: String,
@@ -458,6 +464,7 @@ impl Snapshot {
                     read_only: m.read_only,
                 })
                 .collect(),
+            files: Vec::new(),
             network_mode: cfg.network.mode.as_str().to_string(),
             policy: cfg.network.policy(),
             env_keys: cfg.env.keys().cloned().collect(),

@@ -26,6 +26,8 @@ struct Row {
     limits: Vec<String>,
     /// The secrets bound, `NAME -> host, host` (never a value).
     secrets: Vec<String>,
+    /// The guest targets of the host files copied at `up`.
+    files: Vec<String>,
 }
 
 /// Lists every VM with its pid, uptime, resident memory, network mode and
@@ -64,6 +66,16 @@ pub fn run() -> anyhow::Result<ExitCode> {
             r.secrets.join("; ")
         );
     }
+    for r in rows.iter().filter(|r| !r.files.is_empty()) {
+        let _ = writeln!(
+            out,
+            "{}: {} host file{} copied in at up: {}",
+            r.name,
+            r.files.len(),
+            if r.files.len() == 1 { "" } else { "s" },
+            r.files.join(", ")
+        );
+    }
     for r in rows.iter().filter(|r| !r.limits.is_empty()) {
         let _ = writeln!(out, "{}: limits hit: {}", r.name, r.limits.join("; "));
     }
@@ -92,6 +104,9 @@ fn row(state: StateDir) -> Row {
         secrets: snap
             .as_ref()
             .map_or_else(Vec::new, |s| secrets_shown(&s.secrets)),
+        files: snap.as_ref().map_or_else(Vec::new, |s| {
+            s.files.iter().map(|f| shown(&f.target)).collect()
+        }),
     };
     if let VmState::Starting(pid) | VmState::Stale(Some(pid)) = vm {
         row.pid = pid.to_string();

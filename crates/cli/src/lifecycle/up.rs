@@ -161,6 +161,10 @@ pub fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
             hosts: s.hosts.clone(),
         })
         .collect();
+    // After the hooks too (one may write a file); before the VM starts, so
+    // that a missing or refused source stops `up` with nothing running.
+    let host_files = super::files::read_all(&cfg)?;
+    snap.files = host_files.iter().map(|f| f.snapshot()).collect();
     make_private(&root)?;
     let lock = RootLock::take(&root)?;
     // Another `up` may have started it meanwhile.
@@ -235,6 +239,10 @@ pub fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
             );
         }
     }
+    // Before the scripts, which may use them.
+    if let Some(line) = super::files::copy_in(&state, &mut snap, &host_files) {
+        args.report(&line);
+    }
     let agent = Agent {
         uds: &state.vsock(),
         port: EXEC_PORT,
@@ -292,6 +300,7 @@ fn base_snapshot(cfg: &config::ResolvedConfig) -> anyhow::Result<Snapshot> {
 /// Secrets are their names and hosts, as `up` records them.
 pub fn planned(cfg: &config::ResolvedConfig) -> anyhow::Result<Snapshot> {
     let mut snap = base_snapshot(cfg)?;
+    snap.files = super::files::planned(cfg);
     let built = cfg.kernel.is_none()
         && cfg.image.is_none()
         && !(cfg.packages.is_empty() && cfg.npm.is_empty());

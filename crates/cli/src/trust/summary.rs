@@ -60,6 +60,24 @@ fn sections(v: &View) -> Vec<Section> {
                 .collect(),
         },
         Section {
+            title: "host files copied into the guest at up (files)",
+            items: v
+                .files
+                .iter()
+                .map(|f| {
+                    format!(
+                        "{} -> {} ({})",
+                        show(&f.source),
+                        f.target,
+                        f.mode.map_or_else(
+                            || "mode of the source".to_string(),
+                            |m| format!("mode {m:04o}")
+                        )
+                    )
+                })
+                .collect(),
+        },
+        Section {
             title: "guest environment (env; ${VAR} is read from this host)",
             items: v.env.iter().map(|(k, t)| format!("{k} = {t}")).collect(),
         },

@@ -85,6 +85,9 @@ fn any_change_that_widens_access_needs_a_new_approval() {
         ("seccomp = \"log\"\n[network]\ndomains = [\"github.com\"]\n", "+ seccomp log"),
         // The guest using the host's ssh keys, or more of them.
         ("[ssh]\nagent = true\n[network]\ndomains = [\"github.com\"]\n", "ssh-agent (the guest may use your ssh keys):\n    + agent forwarded"),
+        // A host file copied into the guest: which one, where, which mode.
+        ("[[files]]\nsource = \"/home/u/.ssh/id_ed25519\"\ntarget = \"~/k\"\n[network]\ndomains = [\"github.com\"]\n", "host files copied into the guest at up (files):\n    + /home/u/.ssh/id_ed25519 -> ~/k (mode of the source)"),
+        ("[[files]]\nsource = \"/etc/hosts\"\ntarget = \"/etc/hosts\"\nmode = \"0600\"\n[network]\ndomains = [\"github.com\"]\n", "+ /etc/hosts -> /etc/hosts (mode 0600)"),
     ];
     for (text, line) in cases {
         let changed = ws.cfg("w", text);
@@ -330,4 +333,34 @@ fn a_workspace_without_a_file_runs_on_the_defaults() {
     // A file, even an empty one, is the workspace's choice.
     let cfg = ws.cfg("plain", "");
     assert!(matches!(ws.standing(&cfg), Standing::New(_)));
+}
+
+#[test]
+fn copied_files_are_in_the_approval_and_a_changed_one_needs_another() {
+    let ws = Ws::new();
+    let text = "[[files]]\nsource = \"/etc/hostname\"\ntarget = \"~/.gitconfig\"\n";
+    let cfg = ws.cfg("f", text);
+    let s = ws.standing(&cfg);
+    assert!(
+        s.summary()
+            .contains("host files copied into the guest at up (files):\n    /etc/hostname -> ~/.gitconfig (mode of the source)"),
+        "{}",
+        s.summary()
+    );
+    approve_in(&ws.approvals, &cfg).unwrap();
+    assert!(matches!(ws.standing(&cfg), Standing::Approved));
+    // Another target, source or mode each need approval again.
+    for changed in [
+        "[[files]]\nsource = \"/etc/hostname\"\ntarget = \"~/.bashrc\"\n",
+        "[[files]]\nsource = \"/etc/shadow\"\ntarget = \"~/.gitconfig\"\n",
+        "[[files]]\nsource = \"/etc/hostname\"\ntarget = \"~/.gitconfig\"\nmode = \"0777\"\n",
+    ] {
+        let c = ws.cfg("f", changed);
+        let s = ws.standing(&c);
+        assert!(matches!(s, Standing::Changed { .. }), "{changed}");
+        assert!(s.summary().contains("(files):"), "{}", s.summary());
+    }
+    // No files: the view serializes as it did before the key existed.
+    let plain = View::of(&ws.cfg("g", ""));
+    assert!(!serde_json::to_string(&plain).unwrap().contains("\"files\""));
 }

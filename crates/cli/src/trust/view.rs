@@ -25,6 +25,12 @@ pub struct View {
     pub hooks: Vec<(String, String)>,
     /// Shares.
     pub mounts: Vec<MountView>,
+    /// Host files copied into the guest (`[[files]]`): which, where, with
+    /// which mode; not their content (the user's own files, which change
+    /// without the workspace asking). Left out when empty, so approvals
+    /// from before it stay valid.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<FileView>,
     /// `[env]` as written (`${HOST_VAR}` references unexpanded).
     pub env: BTreeMap<String, String>,
     /// `[secrets]`: where each value comes from (a `${HOST_VAR}` template
@@ -94,6 +100,17 @@ pub struct SecretView {
     pub hosts: Vec<String>,
 }
 
+/// One copied file in a [`View`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileView {
+    /// Host file.
+    pub source: PathBuf,
+    /// Guest path (`~/…` or absolute).
+    pub target: String,
+    /// Octal mode, or `None` for the source's.
+    pub mode: Option<u32>,
+}
+
 /// One share in a [`View`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MountView {
@@ -134,6 +151,15 @@ impl View {
                     target: m.target.clone(),
                     read_only: m.read_only,
                     create: m.create,
+                })
+                .collect(),
+            files: cfg
+                .files
+                .iter()
+                .map(|f| FileView {
+                    source: f.source.clone(),
+                    target: f.target.clone(),
+                    mode: f.mode,
                 })
                 .collect(),
             env: cfg

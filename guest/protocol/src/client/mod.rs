@@ -327,6 +327,15 @@ pub fn identity<S: Read + Write>(
     request(stream, Frame::Identity(identity))
 }
 
+/// Has the agent write one host file into the guest (`[[files]]`), owned
+/// by the guest's default user.
+pub fn put_file<S: Read + Write>(
+    stream: S,
+    file: crate::frame::FileCopy,
+) -> Result<(), ClientError> {
+    request(stream, Frame::File(file))
+}
+
 /// Asks the agent to power the guest off; returns once it has acknowledged.
 pub fn poweroff<S: Read + Write>(stream: S) -> Result<(), ClientError> {
     request(stream, Frame::Poweroff)

@@ -44,6 +44,16 @@ fn samples() -> Vec<Frame> {
             git_email: None,
         }),
         Frame::Identity(crate::frame::Identity::default()),
+        Frame::File(FileCopy {
+            target: b"~/.gitconfig".to_vec(),
+            mode: 0o644,
+            content: b"[user]\n\tname = Z\n".to_vec(),
+        }),
+        Frame::File(FileCopy {
+            target: b"/etc/npmrc".to_vec(),
+            mode: 0,
+            content: vec![7; MAX_FILE],
+        }),
         Frame::Started { pid: 4242 },
         Frame::Stdout(vec![0, 1, 2, 255]),
         Frame::Stderr(b"oops\n".to_vec()),
@@ -308,4 +318,79 @@ fn error_codes_round_trip() {
 fn shell_codes() {
     assert_eq!(ExitStatus::Code(7).shell_code(), 7);
     assert_eq!(ExitStatus::Signal(15).shell_code(), 143);
+}
+
+/// A `File` frame with `f`'s fields, bypassing the encoder's checks.
+fn raw_file(target: &[u8], mode: u32, content_len: usize) -> Vec<u8> {
+    let mut payload = Vec::new();
+    payload.extend_from_slice(&(target.len() as u32).to_le_bytes());
+    payload.extend_from_slice(target);
+    payload.extend_from_slice(&mode.to_le_bytes());
+    payload.extend_from_slice(&(content_len as u32).to_le_bytes());
+    payload.resize(payload.len() + content_len, b'x');
+    let mut out = (payload.len() as u32).to_le_bytes().to_vec();
+    out.push(kind::FILE);
+    out.extend_from_slice(&payload);
+    out
+}
+
+#[test]
+fn file_frames_are_bounded_on_both_sides() {
+    // The good one decodes.
+    let ok = raw_file(b"~/.npmrc", 0o600, 3);
+    assert!(matches!(decode(&ok), Ok(Some((Frame::File(_), _)))));
+    for (target, mode, len) in [
+        (&b"relative/path"[..], 0o644, 1),
+        (b"~/../etc/shadow", 0o644, 1),
+        (b"/etc/../etc/passwd", 0o644, 1),
+        (b"/a/./b", 0o644, 1),
+        (b"/a//b", 0o644, 1),
+        (b"/a/", 0o644, 1),
+        (b"/", 0o644, 1),
+        (b"~", 0o644, 1),
+        (b"~/", 0o644, 1),
+        (b"~root/x", 0o644, 1),
+        (b"/a\0b", 0o644, 1),
+        (b"/bin/su", 0o4755, 1),
+        (b"/x", 0o2755, 1),
+        (b"/x", 0o1777, 1),
+        (b"/x", 0o644, MAX_FILE + 1),
+    ] {
+        let bytes = raw_file(target, mode, len);
+        assert!(
+            matches!(
+                decode(&bytes),
+                Err(DecodeError::Invalid {
+                    kind: kind::FILE,
+                    ..
+                })
+            ),
+            "{:?} {mode:o} {len} decoded",
+            String::from_utf8_lossy(target)
+        );
+        let frame = Frame::File(FileCopy {
+            target: target.to_vec(),
+            mode,
+            content: vec![0; len],
+        });
+        assert!(
+            matches!(frame.encode(), Err(EncodeError::BadFile(_))),
+            "{:?} encoded",
+            String::from_utf8_lossy(target)
+        );
+    }
+    let long = [b"/".as_slice(), &[b'a'; MAX_FILE_TARGET]].concat();
+    assert!(decode(&raw_file(&long, 0o644, 0)).is_err());
+    // A content length beyond the payload is truncated, not an allocation.
+    let mut lying = raw_file(b"/x", 0o644, 0);
+    let at = lying.len() - 4;
+    lying[at..].copy_from_slice(&u32::MAX.to_le_bytes());
+    assert_eq!(decode(&lying), Err(DecodeError::Truncated(kind::FILE)));
+    // The largest target with the largest content still fits in a frame.
+    let biggest = Frame::File(FileCopy {
+        target: [b"/".as_slice(), &[b'a'; MAX_FILE_TARGET - 1]].concat(),
+        mode: 0o777,
+        content: vec![1; MAX_FILE],
+    });
+    assert!(biggest.encode().is_ok());
 }

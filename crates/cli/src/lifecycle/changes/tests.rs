@@ -17,6 +17,12 @@ fn base() -> Snapshot {
             target: PathBuf::from("/home/u/ws"),
             read_only: false,
         }],
+        files: vec![crate::lifecycle::files::SnapshotFile {
+            source: PathBuf::from("/home/u/.gitconfig"),
+            target: "~/.gitconfig".into(),
+            mode: 0o644,
+            sha256: crate::lifecycle::files::digest(b"[user] name = secret-name"),
+        }],
         network_mode: "filtered".into(),
         policy: agentvm_net::Policy::new(agentvm_net::Mode::Filtered),
         env_keys: vec!["FOO".into()],
@@ -276,4 +282,36 @@ fn control_characters_in_a_path_are_escaped() {
     b.kernel = PathBuf::from("/img/\x1b[2Jvmlinux");
     let l = lines(&base(), &b, "image");
     assert!(!l[0].contains('\x1b'), "{l:?}");
+}
+
+#[test]
+fn copied_files_by_list_mode_and_digest_never_content() {
+    let a = base();
+    let mut b = base();
+    b.files[0].sha256 = crate::lifecycle::files::digest(b"[user] name = other-name");
+    b.files[0].mode = 0o600;
+    b.files.push(crate::lifecycle::files::SnapshotFile {
+        source: PathBuf::from("/home/u/.npmrc"),
+        target: "/etc/npmrc".into(),
+        mode: 0o644,
+        sha256: crate::lifecycle::files::digest(b"token"),
+    });
+    let diff: Vec<String> = differences(&a, &b).iter().map(|c| c.to_string()).collect();
+    assert_eq!(
+        diff,
+        [
+            "files: files +/home/u/.npmrc:/etc/npmrc",
+            "files: ~/.gitconfig changed",
+            "files: ~/.gitconfig mode 644 → 600",
+        ]
+    );
+    for line in &diff {
+        assert!(!line.contains("name") && !line.contains("token"), "{line}");
+    }
+    // A source that cannot be read now says so, not "changed".
+    let mut c = base();
+    c.files[0].sha256 = "unreadable".into();
+    let diff: Vec<String> = differences(&a, &c).iter().map(|c| c.to_string()).collect();
+    assert_eq!(diff, ["files: /home/u/.gitconfig cannot be read now"]);
+    assert!(differences(&a, &base()).is_empty());
 }
