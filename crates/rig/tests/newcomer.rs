@@ -23,7 +23,10 @@ use agentvm_rig::{error_chain, Boot, BootResult, Rig, Scenario, Tier};
 const SCRIPT: &str = r##"one_line() { head -c 1500 "$1" | tr '\n' '|'; }
 S=${XDG_RUNTIME_DIR:+$XDG_RUNTIME_DIR/agentvm}
 S=${S:-/tmp/agentvm-$(id -u)}
-printf '[user]\n\tname = Rig Newcomer\n' > /tmp/host-gitconfig
+# Dotfiles as stow leaves them: ~/.gitconfig a link into ~/dotfiles.
+mkdir -p ~/dotfiles && printf '[user]\n\tname = Rig Newcomer\n' > ~/dotfiles/gitconfig
+chmod 640 ~/dotfiles/gitconfig && ln -sfn ~/dotfiles/gitconfig ~/.gitconfig
+printf 'registry=http://registry.test/\n' > /tmp/npmrc
 W=/tmp/ws
 rm -rf $W && mkdir -p $W && cd $W
 $AGENTVM init >/tmp/init.out 2>&1; echo "RIG-EXEC init_rc=$?"
@@ -31,8 +34,13 @@ sed -i "s|^# image = .*|image = \"/l2\"|; s|^# memory_mib = .*|memory_mib = 512|
 cat >> .agentvm/config.toml <<'EOF'
 
 [[files]]
-source = "/tmp/host-gitconfig"
+source = "~/.gitconfig"
 target = "~/.gitconfig"
+
+[[files]]
+source = "/tmp/npmrc"
+target = "/etc/npmrc"
+mode = "0600"
 EOF
 $AGENTVM trust >/tmp/trust.out 2>&1; echo "RIG-EXEC trust_rc=$?"
 echo "RIG-EXEC trust=$(one_line /tmp/trust.out)"
@@ -63,13 +71,15 @@ id=$(basename "$d")
 echo "RIG-EXEC id=$id"
 
 # [[files]]: in the guest's home, and one way only.
-$AGENTVM run 'cat ~/.gitconfig; stat -c "%U %a" ~/.gitconfig' >/tmp/files.out 2>&1; echo "RIG-EXEC files_rc=$?"
+$AGENTVM run 'cat ~/.gitconfig; stat -c "%u:%g %a %F" ~/.gitconfig /etc/npmrc; cat /etc/npmrc' >/tmp/files.out 2>&1; echo "RIG-EXEC files_rc=$?"
 echo "RIG-EXEC files=$(one_line /tmp/files.out)"
 $AGENTVM run 'echo "changed-in-guest" >> ~/.gitconfig' >/dev/null 2>&1
-echo "RIG-EXEC host_file=$(one_line /tmp/host-gitconfig)"
+echo "RIG-EXEC host_file=$(one_line ~/dotfiles/gitconfig)"
+echo "RIG-EXEC files_status=$($AGENTVM status 2>&1 | grep 'copied in' | tr '\n' '|')"
 
 # A changed [resources]: `up` says so and keeps the VM; --restart applies it.
 sed -i "s|^memory_mib = 512|memory_mib = 384|; s|^vcpus = 1|vcpus = 2|" .agentvm/config.toml
+printf '\temail = newcomer@example.test\n' >> ~/dotfiles/gitconfig
 $AGENTVM trust >/dev/null 2>&1
 res='echo $(nproc) $(sed -n "s/^MemTotal: *\([0-9]*\) kB/\1/p" /proc/meminfo)'
 echo "RIG-EXEC res_before=$($AGENTVM run "$res" 2>&1)"
@@ -182,10 +192,23 @@ fn check_shell(t: &Markers<'_>) {
 /// did not come back.
 fn check_files(t: &Markers<'_>) {
     assert_eq!(t.m("files_rc"), "0", "{}; {}", t.m("files"), t.ctx);
-    assert!(
-        t.m("files").starts_with("[user]|\tname = Rig Newcomer|"),
-        "{}; {}",
+    assert_eq!(
         t.m("files"),
+        "[user]|\tname = Rig Newcomer|0:0 640 regular file|0:0 600 regular file|\
+         registry=http://registry.test/|",
+        "content, owner, the source's mode and the configured one; {}",
+        t.ctx
+    );
+    assert!(
+        t.m("files_status").contains("~/.gitconfig") && t.m("files_status").contains("/etc/npmrc"),
+        "status lists the copied files: {}; {}",
+        t.m("files_status"),
+        t.ctx
+    );
+    assert!(
+        t.m("shell_pane").contains("copied 2 files into the guest"),
+        "the auto-start says what it copied: {}; {}",
+        t.m("shell_pane"),
         t.ctx
     );
     assert_eq!(
@@ -205,8 +228,11 @@ fn check_restart(t: &Markers<'_>) {
     assert_eq!(t.m("up_rc"), "0", "{}; {}", t.m("up_out"), t.ctx);
     let up = t.m("up_out");
     assert!(
-        up.contains("vcpus") && up.contains("memory") && up.contains("--restart"),
-        "up should list the changed resources and suggest --restart: {up}; {}",
+        up.contains("vcpus")
+            && up.contains("memory")
+            && up.contains("~/.gitconfig changed")
+            && up.contains("--restart"),
+        "up should list the changed resources and file and suggest --restart: {up}; {}",
         t.ctx
     );
     assert_eq!(
@@ -238,8 +264,8 @@ fn check_restart(t: &Markers<'_>) {
     );
     assert!(
         t.m("files_after_restart")
-            .starts_with("[user]|\tname = Rig Newcomer|"),
-        "[[files]] again after the restart (the guest's change is gone): {}; {}",
+            == "[user]|\tname = Rig Newcomer|\temail = newcomer@example.test|",
+        "[[files]] again after the restart, as the host has it now: {}; {}",
         t.m("files_after_restart"),
         t.ctx
     );
