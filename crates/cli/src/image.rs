@@ -107,16 +107,14 @@ pub fn workspace_rootfs(cfg: &crate::config::ResolvedConfig) -> anyhow::Result<O
     let recipe = RootfsRecipe::new(cfg.packages.clone(), cfg.npm.clone());
     let cache = image_cache()?;
     let _lock = cache.lock().context("cannot lock the image build cache")?;
-    let fs = Rootfs::build(&cache, &recipe, &mut |line| {
-        eprintln!("  {}", crate::escape::line(line))
-    })
-    .with_context(|| {
-        format!(
-            "cannot build the guest's root file system (packages: {}; npm: {})",
-            list_or_none(&cfg.packages),
-            list_or_none(&cfg.npm)
-        )
-    })?;
+    let fs =
+        Rootfs::build(&cache, &recipe, &mut *crate::progress::reporter()).with_context(|| {
+            format!(
+                "cannot build the guest's root file system (packages: {}; npm: {})",
+                list_or_none(&cfg.packages),
+                list_or_none(&cfg.npm)
+            )
+        })?;
     let built: Vec<String> = fs
         .timings
         .iter()
@@ -233,7 +231,8 @@ fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
         "agentvm: building the guest image (packages are cached in {})",
         cache.root().display()
     );
-    let image = GuestImage::build(&cache, &recipe).context("cannot build the guest image")?;
+    let image = GuestImage::build_with(&cache, &recipe, &mut *crate::progress::reporter())
+        .context("cannot build the guest image")?;
     image
         .install(&out)
         .with_context(|| format!("cannot write the image to {}", out.display()))?;
@@ -291,7 +290,7 @@ fn build_rootfs(cache: &Cache, args: &BuildArgs, out: &Path) -> anyhow::Result<(
     };
     let recipe = RootfsRecipe::new(packages, npm);
     eprintln!("agentvm: building the root file system");
-    let fs = Rootfs::build(cache, &recipe, &mut |line| eprintln!("{line}"))
+    let fs = Rootfs::build(cache, &recipe, &mut *crate::progress::reporter())
         .context("cannot build the root file system")?;
     fs.install(out)
         .with_context(|| format!("cannot write the root file system to {}", out.display()))?;

@@ -16,6 +16,7 @@ mod kvm_host;
 mod lifecycle;
 mod net_args;
 mod paths;
+mod progress;
 mod secrets;
 mod share;
 mod ssh_agent;
