@@ -87,7 +87,7 @@ pub mod layout {
 }
 
 /// Bumped when the initramfs layout changes, so cached images are rebuilt.
-const LAYOUT_VERSION: &str = "agentvm-image-1";
+pub(crate) const LAYOUT_VERSION: &str = "agentvm-image-1";
 
 /// Where the kernel comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -33,6 +33,7 @@ pub mod lz4;
 pub mod modules;
 pub mod progress;
 pub mod rootfs;
+pub mod stamp;
 
 pub use archive::Initramfs;
 pub use cache::{Cache, CacheLock, KeyHasher};
