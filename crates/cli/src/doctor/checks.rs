@@ -470,6 +470,9 @@ pub fn memory(meminfo: Option<&str>, memory_mib: u64, net_memory_mib: u64) -> Ch
     Check::new(
         NAME,
         Status::Ok,
-        format!("{avail} MiB available for a VM of up to {need} MiB"),
+        format!(
+            "{avail} MiB available for a VM of up to {need} MiB (memory_mib {memory_mib} + \
+             network {net_memory_mib} + about {VMM_OVERHEAD_MIB} for the VMM)"
+        ),
     )
 }

@@ -15,7 +15,8 @@ fn lines_carry_the_status_word() {
     let c = memory(Some("MemAvailable: 8388608 kB\n"), 4096, 64);
     assert_eq!(
         c.line(),
-        "memory: ok: 8192 MiB available for a VM of up to 4416 MiB"
+        "memory: ok: 8192 MiB available for a VM of up to 4416 MiB (memory_mib 4096 + \
+         network 64 + about 256 for the VMM)"
     );
     let c = config(&ConfigState::New {
         file: "/w/.agentvm/config.toml".into(),
