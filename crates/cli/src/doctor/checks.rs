@@ -213,9 +213,15 @@ pub fn image(f: &ImageFacts) -> Check {
             );
         }
     };
+    // The stamp is a file in a directory an unapproved configuration may
+    // name, or a share may hold: its text is shown escaped.
+    let esc = |s: &str| crate::escape::line(s).into_owned();
     let mut what = format!(
         "{}: kernel {} ({} {}), built {age}",
-        f.dir, stamp.kernel_release, stamp.kernel_package, stamp.kernel_version
+        f.dir,
+        esc(&stamp.kernel_release),
+        esc(&stamp.kernel_package),
+        esc(&stamp.kernel_version)
     );
     if let Some(r) = &f.rootfs {
         let _ = write!(what, "; root file system: {r}");
@@ -226,7 +232,8 @@ pub fn image(f: &ImageFacts) -> Check {
             Status::Warn,
             format!(
                 "{what} — made for image layout {}, this agentvm builds {}: run {build}",
-                stamp.layout, f.layout
+                esc(&stamp.layout),
+                f.layout
             ),
         );
     }

@@ -228,6 +228,20 @@ fn a_current_image_is_ok_and_says_what_it_carries() {
 }
 
 #[test]
+fn a_hostile_stamp_is_shown_escaped() {
+    let mut s = stamp();
+    s.kernel_release = "6.1\x1b]0;pwned\x07".into();
+    s.layout = "x\ny".into();
+    let c = image(&ImageFacts {
+        stamp: StampState::Present(s),
+        ..facts()
+    });
+    assert!(!c.message.contains('\x1b'), "{}", c.message);
+    assert!(!c.message.contains('\n'), "{}", c.message);
+    assert_eq!(c.status, Status::Warn, "{}", c.message);
+}
+
+#[test]
 fn a_missing_or_partial_image() {
     let none = image(&ImageFacts {
         missing: vec!["vmlinux", "initrd.img", "cmdline"],
