@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
 use agentvm_image::rootfs::{self, LayerKeys, Manifest, BUILTIN_AGENTS};
+use agentvm_image::stamp::Stamp;
 use agentvm_image::{
     debian, default_image_dir, files, is_static, which, BusyboxSource, Cache, GuestImage,
     KernelSource, Recipe, Rootfs, RootfsRecipe,
@@ -107,16 +108,14 @@ pub fn workspace_rootfs(cfg: &crate::config::ResolvedConfig) -> anyhow::Result<O
     let recipe = RootfsRecipe::new(cfg.packages.clone(), cfg.npm.clone());
     let cache = image_cache()?;
     let _lock = cache.lock().context("cannot lock the image build cache")?;
-    let fs = Rootfs::build(&cache, &recipe, &mut |line| {
-        eprintln!("  {}", crate::escape::line(line))
-    })
-    .with_context(|| {
-        format!(
-            "cannot build the guest's root file system (packages: {}; npm: {})",
-            list_or_none(&cfg.packages),
-            list_or_none(&cfg.npm)
-        )
-    })?;
+    let fs =
+        Rootfs::build(&cache, &recipe, &mut *crate::progress::reporter()).with_context(|| {
+            format!(
+                "cannot build the guest's root file system (packages: {}; npm: {})",
+                list_or_none(&cfg.packages),
+                list_or_none(&cfg.npm)
+            )
+        })?;
     let built: Vec<String> = fs
         .timings
         .iter()
@@ -233,10 +232,15 @@ fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
         "agentvm: building the guest image (packages are cached in {})",
         cache.root().display()
     );
-    let image = GuestImage::build(&cache, &recipe).context("cannot build the guest image")?;
+    let image = GuestImage::build_with(&cache, &recipe, &mut *crate::progress::reporter())
+        .context("cannot build the guest image")?;
     image
         .install(&out)
         .with_context(|| format!("cannot write the image to {}", out.display()))?;
+    // What `agentvm doctor` compares with what a build would make now.
+    Stamp::of(&image, &agent)
+        .and_then(|s| s.write(&out))
+        .with_context(|| format!("cannot write the image's stamp to {}", out.display()))?;
     // The installed copy is what boots; the cache keeps only the newest.
     cache.prune("image-", 1);
     let size = |p: &Path| {
@@ -291,7 +295,7 @@ fn build_rootfs(cache: &Cache, args: &BuildArgs, out: &Path) -> anyhow::Result<(
     };
     let recipe = RootfsRecipe::new(packages, npm);
     eprintln!("agentvm: building the root file system");
-    let fs = Rootfs::build(cache, &recipe, &mut |line| eprintln!("{line}"))
+    let fs = Rootfs::build(cache, &recipe, &mut *crate::progress::reporter())
         .context("cannot build the root file system")?;
     fs.install(out)
         .with_context(|| format!("cannot write the root file system to {}", out.display()))?;
@@ -425,16 +429,39 @@ fn find_agent(given: Option<&Path>) -> anyhow::Result<PathBuf> {
             return check(&build_agent(&ws)?, "built from the source tree");
         }
     }
-    let sibling = std::env::current_exe()
-        .ok()
-        .and_then(|e| e.parent().map(|d| d.join("agentvm-guest")));
-    match sibling {
+    match sibling_agent() {
         Some(s) if s.is_file() => check(&s, "next to agentvm"),
         _ => bail!(
             "no guest agent: pass --agent PATH (a static agentvm-guest), install agentvm-guest \
              next to the agentvm binary, or run agentvm from its source tree with cargo installed"
         ),
     }
+}
+
+/// `agentvm-guest` next to this binary (it may not exist).
+fn sibling_agent() -> Option<PathBuf> {
+    std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(|d| d.join("agentvm-guest")))
+}
+
+/// The agent `image build` would put in an image, as it is now and without
+/// building anything: the source tree's static build when agentvm runs
+/// from its source tree, else `agentvm-guest` next to this binary; `None`
+/// when that file does not exist.
+pub fn current_agent() -> Option<PathBuf> {
+    let path = match source_tree() {
+        Some(ws) if which("cargo").is_some() => static_agent(&ws),
+        _ => sibling_agent()?,
+    };
+    path.is_file().then_some(path)
+}
+
+/// Where [`build_agent`] leaves the static agent.
+fn static_agent(ws: &Path) -> PathBuf {
+    ws.join("target/guest-static")
+        .join(TARGET)
+        .join("release/agentvm-guest")
 }
 
 /// The workspace this binary was built from, if it is still there.
@@ -474,5 +501,5 @@ fn build_agent(ws: &Path) -> anyhow::Result<PathBuf> {
     if !status.success() {
         bail!("cargo could not build the guest agent ({status}); or pass --agent PATH");
     }
-    Ok(target_dir.join(TARGET).join("release/agentvm-guest"))
+    Ok(static_agent(ws))
 }

@@ -16,6 +16,7 @@ mod kvm_host;
 mod lifecycle;
 mod net_args;
 mod paths;
+mod progress;
 mod secrets;
 mod share;
 mod ssh_agent;
@@ -44,8 +45,10 @@ enum Command {
     /// Print the workspace's configuration, plugins merged and defaults
     /// filled in (host secrets are never shown).
     Config(config_cmd::ConfigArgs),
-    /// Check that this host can run agentvm VMs, and say how to fix what is missing.
-    Doctor,
+    /// Check that this host can run agentvm VMs and that the workspace is
+    /// ready (configuration approved, image current, memory), and say how
+    /// to fix what is not.
+    Doctor(doctor::DoctorArgs),
     /// Print the shell hook that opens `agentvm shell` on `cd` into a
     /// workspace whose configuration you approved (`eval "$(agentvm hook
     /// bash)"` in ~/.bashrc; AGENTVM_HOOK=off turns it off).
@@ -107,7 +110,7 @@ fn main() -> ExitCode {
         Command::Attach(args) => attach::run(args),
         Command::Boot(args) => boot::run(*args),
         Command::Config(args) => config_cmd::run(args),
-        Command::Doctor => doctor::run(),
+        Command::Doctor(args) => doctor::run(args),
         Command::Hook(args) => hook::run(args),
         Command::HookCheck(args) => hook::check(args),
         Command::Image(args) => image::run(args),

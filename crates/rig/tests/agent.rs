@@ -133,8 +133,10 @@ fn claude_code_runs_in_the_vm_and_edits_the_workspace() {
         let cache = rig.cache();
         let recipe = RootfsRecipe::new(vec![], vec!["@anthropic-ai/claude-code".into()]);
         let t = std::time::Instant::now();
-        let fs = Rootfs::build(cache, &recipe, &mut |line| eprintln!("rootfs: {line}"))
-            .unwrap_or_else(|e| panic!("{}", error_chain(&e)));
+        let fs = Rootfs::build(cache, &recipe, &mut |line: &str| {
+            eprintln!("rootfs: {line}")
+        })
+        .unwrap_or_else(|e| panic!("{}", error_chain(&e)));
         eprintln!(
             "root file system: {:.0} MB erofs ({:.0} MB tree), {:.1} s ({:?})",
             fs.manifest.erofs_bytes as f64 / 1e6,

@@ -173,8 +173,10 @@ fn a_secret_reaches_its_server_and_never_the_guest_and_git_uses_the_hosts_agent(
         let cache = rig.cache();
         // The agent scenario's recipe: one cached root file system for both.
         let recipe = RootfsRecipe::new(vec![], vec!["@anthropic-ai/claude-code".into()]);
-        let fs = Rootfs::build(cache, &recipe, &mut |line| eprintln!("rootfs: {line}"))
-            .unwrap_or_else(|e| panic!("{}", error_chain(&e)));
+        let fs = Rootfs::build(cache, &recipe, &mut |line: &str| {
+            eprintln!("rootfs: {line}")
+        })
+        .unwrap_or_else(|e| panic!("{}", error_chain(&e)));
         let mut files: Vec<(String, std::path::PathBuf)> = vec![
             ("vmlinux".into(), l2.dir.join("vmlinux")),
             ("initrd.img".into(), l2.dir.join("initrd.img")),

@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use crate::cache::{Cache, KeyHasher};
 use crate::error::{on_path, run, ImageError};
 use crate::modules::ModuleTree;
+use crate::progress::{self, Event, Progress};
 
 /// A Debian package unpacked in the cache.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,8 +32,9 @@ pub fn have_apt() -> bool {
     on_path("apt-get") && on_path("apt-cache")
 }
 
-/// The candidate version of `name`, or `None` when apt does not know it.
-fn candidate(name: &str) -> Result<Option<String>, ImageError> {
+/// The candidate version of `name` and its download size, or `None` when
+/// apt does not know it.
+fn candidate(name: &str) -> Result<Option<Candidate>, ImageError> {
     let out = run(
         Command::new("apt-cache").args(["show", "--no-all-versions", name]),
         "apt-cache",
@@ -42,10 +44,31 @@ fn candidate(name: &str) -> Result<Option<String>, ImageError> {
         Err(ImageError::CommandFailed { .. }) => return Ok(None),
         Err(e) => return Err(e),
     };
-    Ok(String::from_utf8_lossy(&out)
-        .lines()
-        .find_map(|l| l.strip_prefix("Version: "))
-        .map(|v| v.trim().to_string()))
+    Ok(parse_show(&String::from_utf8_lossy(&out)))
+}
+
+/// What `apt-cache show` says about a package's candidate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Candidate {
+    /// `Version:`.
+    version: String,
+    /// `Size:` of the `.deb`, bytes, when given.
+    size: Option<u64>,
+}
+
+/// The first record of `apt-cache show` output.
+fn parse_show(text: &str) -> Option<Candidate> {
+    let record = text.split("\n\n").next().unwrap_or("");
+    let field = |k: &str| {
+        record
+            .lines()
+            .find_map(|l| l.strip_prefix(k)?.strip_prefix(": "))
+            .map(str::trim)
+    };
+    Some(Candidate {
+        version: field("Version").filter(|v| !v.is_empty())?.to_string(),
+        size: field("Size").and_then(|s| s.parse().ok()),
+    })
 }
 
 /// Runs `apt-get update` once per process, when a lookup fails (a machine
@@ -64,11 +87,15 @@ fn update_once() -> Result<(), ImageError> {
 /// Resolves `name` to its candidate version, updating the package lists
 /// once if apt does not know it.
 pub fn resolve(name: &str) -> Result<String, ImageError> {
+    resolve_candidate(name).map(|c| c.version)
+}
+
+fn resolve_candidate(name: &str) -> Result<Candidate, ImageError> {
     if !have_apt() {
         return Err(ImageError::NoApt(name.to_string()));
     }
-    if let Some(v) = candidate(name)? {
-        return Ok(v);
+    if let Some(c) = candidate(name)? {
+        return Ok(c);
     }
     update_once()?;
     candidate(name)?.ok_or_else(|| ImageError::PackageNotFound(name.to_string()))
@@ -111,17 +138,27 @@ fn dir_name(name: &str, version: &str) -> String {
 }
 
 /// Downloads and unpacks `name` at its candidate version, unless the cache
-/// has it already.
-pub fn fetch(cache: &Cache, name: &str) -> Result<DebPackage, ImageError> {
-    let version = resolve(name)?;
+/// has it already; the download is a step of `progress`.
+pub fn fetch(
+    cache: &Cache,
+    name: &str,
+    progress: &mut dyn Progress,
+) -> Result<DebPackage, ImageError> {
+    let Candidate { version, size } = resolve_candidate(name)?;
+    let mut downloaded = false;
     let root = cache.entry(&dir_name(name, &version), |tmp| {
         let dl = tmp.join("dl");
         fs::create_dir_all(&dl).map_err(|e| ImageError::io("Cannot create", &dl, e))?;
-        run(
+        downloaded = true;
+        progress::download(
             Command::new("apt-get")
                 .args(["download", "-qq", &format!("{name}={version}")])
                 .current_dir(&dl),
             "apt-get download",
+            &format!("downloading {name} {version}"),
+            &dl,
+            size,
+            progress,
         )?;
         let deb = fs::read_dir(&dl)
             .map_err(|e| ImageError::io("Cannot list", &dl, e))?
@@ -136,6 +173,9 @@ pub fn fetch(cache: &Cache, name: &str) -> Result<DebPackage, ImageError> {
         unpack_deb(&deb, tmp)?;
         fs::remove_dir_all(&dl).map_err(|e| ImageError::io("Cannot remove", &dl, e))
     })?;
+    if !downloaded {
+        progress.event(Event::Cached(&format!("{name} {version}")));
+    }
     Ok(DebPackage {
         name: name.to_string(),
         version,
@@ -245,9 +285,13 @@ pub struct DebianKernel {
 impl DebianKernel {
     /// Fetches the kernel a metapackage (`linux-image-cloud-amd64`)
     /// currently points to.
-    pub fn fetch(cache: &Cache, meta: &str) -> Result<Self, ImageError> {
+    pub fn fetch(
+        cache: &Cache,
+        meta: &str,
+        progress: &mut dyn Progress,
+    ) -> Result<Self, ImageError> {
         let name = dependency_of(meta, "linux-image-")?;
-        Self::from_package(fetch(cache, &name)?)
+        Self::from_package(fetch(cache, &name, progress)?)
     }
 
     /// Takes the kernel from a `linux-image-<release>` `.deb` file.
@@ -295,6 +339,26 @@ impl DebianKernel {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn apt_cache_show_gives_version_and_size() {
+        let text = "Package: busybox-static\nVersion: 1:1.35.0-4+b3\nInstalled-Size: 2035\n\
+                    Size: 905204\nDescription: x\n\nPackage: busybox-static\nVersion: 0.1\n";
+        assert_eq!(
+            parse_show(text),
+            Some(Candidate {
+                version: "1:1.35.0-4+b3".into(),
+                size: Some(905_204)
+            })
+        );
+        // A size apt does not give, or garbles, is unknown, not an error.
+        let c = parse_show("Version: 2\nSize: lots\n").unwrap();
+        assert_eq!((c.version.as_str(), c.size), ("2", None));
+        // No version: apt does not know the package.
+        assert_eq!(parse_show("Size: 10\n"), None);
+        assert_eq!(parse_show(""), None);
+        assert_eq!(parse_show("Version: \n"), None);
+    }
 
     #[test]
     fn dir_names_are_plain() {

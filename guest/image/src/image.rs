@@ -6,6 +6,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Instant;
 
 use crate::archive::Initramfs;
 use crate::cache::{Cache, KeyHasher};
@@ -14,6 +15,7 @@ use crate::elf::Elf64;
 use crate::error::ImageError;
 use crate::kernel::{self, Compression, KernelFacts};
 use crate::modules::ModulePlan;
+use crate::progress::{Event, Progress, Quiet};
 
 /// The kernel metapackage images are built from.
 pub const KERNEL_META: &str = "linux-image-cloud-amd64";
@@ -85,7 +87,7 @@ pub mod layout {
 }
 
 /// Bumped when the initramfs layout changes, so cached images are rebuilt.
-const LAYOUT_VERSION: &str = "agentvm-image-1";
+pub(crate) const LAYOUT_VERSION: &str = "agentvm-image-1";
 
 /// Where the kernel comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -166,16 +168,26 @@ pub struct GuestImage {
 impl GuestImage {
     /// Builds the image `recipe` describes, or finds it in `cache`.
     pub fn build(cache: &Cache, recipe: &Recipe) -> Result<Self, ImageError> {
+        Self::build_with(cache, recipe, &mut Quiet)
+    }
+
+    /// [`GuestImage::build`], telling `progress` of the downloads and of
+    /// writing the image.
+    pub fn build_with(
+        cache: &Cache,
+        recipe: &Recipe,
+        progress: &mut dyn Progress,
+    ) -> Result<Self, ImageError> {
         if !is_static(&recipe.agent)? {
             return Err(ImageError::NotStatic(recipe.agent.clone()));
         }
         let kernel = match &recipe.kernel {
-            KernelSource::Apt(meta) => DebianKernel::fetch(cache, meta)?,
+            KernelSource::Apt(meta) => DebianKernel::fetch(cache, meta, progress)?,
             KernelSource::Deb(deb) => DebianKernel::from_deb(cache, deb)?,
         };
         let (busybox, busybox_package) = match &recipe.busybox {
             BusyboxSource::Apt => {
-                let p = debian::fetch(cache, BUSYBOX_PACKAGE)?;
+                let p = debian::fetch(cache, BUSYBOX_PACKAGE, progress)?;
                 (p.root.join("bin/busybox"), Some(p))
             }
             BusyboxSource::Deb(deb) => {
@@ -204,7 +216,17 @@ impl GuestImage {
             key.add(m.name.as_bytes());
         }
         let key = key.hex();
-        let dir = cache.entry(&format!("image-{key}"), |tmp| {
+        let name = format!("image-{key}");
+        if cache.root().join(&name).is_dir() {
+            progress.event(Event::Cached(&format!("guest image {}", &key)));
+        }
+        let dir = cache.entry(&name, |tmp| {
+            progress.event(Event::Start(&format!(
+                "writing the guest image (kernel {}, {} modules)",
+                kernel.release,
+                modules.load_order.len()
+            )));
+            let start = Instant::now();
             let bz = fs::read(&kernel.bzimage)
                 .map_err(|e| ImageError::io("Cannot read", &kernel.bzimage, e))?;
             let (vmlinux, facts) =
@@ -219,7 +241,9 @@ impl GuestImage {
                 &tmp.join(files::CMDLINE),
                 format!("{}\n", recipe.cmdline).as_bytes(),
             )?;
-            write_initramfs(&tmp.join(files::INITRD), recipe, &busybox, &modules)
+            write_initramfs(&tmp.join(files::INITRD), recipe, &busybox, &modules)?;
+            progress.event(Event::Done(start.elapsed()));
+            Ok(())
         })?;
         // A new kernel or agent makes a new image; keep the last two.
         cache.prune("image-", 2);

@@ -31,7 +31,9 @@ pub mod image;
 pub mod kernel;
 pub mod lz4;
 pub mod modules;
+pub mod progress;
 pub mod rootfs;
+pub mod stamp;
 
 pub use archive::Initramfs;
 pub use cache::{Cache, CacheLock, KeyHasher};
@@ -41,6 +43,7 @@ pub use image::{
     files, is_static, layout, BusyboxSource, GuestImage, KernelSource, Recipe, DEFAULT_CMDLINE,
     GUEST_MODULES, KERNEL_META,
 };
+pub use progress::{Event, Progress, Quiet};
 pub use rootfs::{Rootfs, RootfsError, RootfsRecipe};
 
 /// Where `agentvm` keeps its default guest image:

@@ -149,7 +149,7 @@ pub fn require(cfg: &ResolvedConfig) -> anyhow::Result<()> {
 
 /// A read-write share that holds agentvm's approvals would let the guest
 /// approve its own configuration.
-fn check_shares(cfg: &ResolvedConfig) -> anyhow::Result<()> {
+pub fn check_shares(cfg: &ResolvedConfig) -> anyhow::Result<()> {
     let Some(dir) = crate::paths::config_dir() else {
         return Ok(());
     };

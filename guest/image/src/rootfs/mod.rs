@@ -43,6 +43,7 @@ use thiserror::Error;
 
 use crate::cache::{Cache, KeyHasher};
 use crate::error::{on_path, ImageError};
+use crate::progress::{Event, Progress};
 pub use manifest::Manifest;
 pub use mmdebstrap::{Mode, BASE_PACKAGES, SUITE};
 pub use node::{BUILTIN_AGENTS, NODE, NPM};
@@ -280,13 +281,14 @@ pub struct Rootfs {
 
 impl Rootfs {
     /// Builds the root file system `recipe` describes, reusing every
-    /// cached layer whose inputs are unchanged; `progress` receives one
-    /// line per step (and mmdebstrap's and npm's output while they run).
+    /// cached layer whose inputs are unchanged; `progress` is told of each
+    /// layer and download (and gets mmdebstrap's and npm's output while
+    /// they run).
     /// The caller holds the cache lock.
     pub fn build(
         cache: &Cache,
         recipe: &RootfsRecipe,
-        progress: &mut dyn FnMut(&str),
+        progress: &mut dyn Progress,
     ) -> Result<Rootfs, ImageError> {
         let recipe = RootfsRecipe::new(recipe.packages.clone(), recipe.npm.clone());
         recipe.validate()?;
@@ -330,8 +332,8 @@ impl Rootfs {
             )?;
             dir.join("layer.tar")
         };
-        let node_tgz = NODE.fetch(cache)?;
-        let npm_tgz = NPM.fetch(cache)?;
+        let node_tgz = NODE.fetch(cache, progress)?;
+        let npm_tgz = NPM.fetch(cache, progress)?;
         let host_ca = mmdebstrap::host_ca_bundle();
         let dir = layer(
             cache,
@@ -393,25 +395,24 @@ fn layer(
     kind: &'static str,
     key: &str,
     timings: &mut Vec<(&'static str, Option<Duration>)>,
-    progress: &mut dyn FnMut(&str),
-    build: impl FnOnce(&Path, &mut dyn FnMut(&str)) -> Result<(), ImageError>,
+    progress: &mut dyn Progress,
+    build: impl FnOnce(&Path, &mut dyn Progress) -> Result<(), ImageError>,
 ) -> Result<PathBuf, ImageError> {
     let name = format!("rootfs-{kind}-{key}");
     let path = cache.root().join(&name);
     if path.is_dir() {
-        progress(&format!("rootfs: {kind} layer {key} (cached)"));
+        progress.event(Event::Cached(&format!("rootfs: {kind} layer {key}")));
         touch(&path);
         timings.push((kind, None));
         return Ok(path);
     }
-    progress(&format!("rootfs: building the {kind} layer {key}"));
+    progress.event(Event::Start(&format!(
+        "rootfs: building the {kind} layer {key}"
+    )));
     let start = Instant::now();
     let dir = cache.entry(&name, |tmp| build(tmp, progress))?;
     let took = start.elapsed();
-    progress(&format!(
-        "rootfs: {kind} layer built in {:.0} s",
-        took.as_secs_f64()
-    ));
+    progress.event(Event::Done(took));
     timings.push((kind, Some(took)));
     Ok(dir)
 }

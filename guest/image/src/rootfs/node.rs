@@ -12,7 +12,8 @@ use sha2::{Digest, Sha512};
 
 use super::RootfsError;
 use crate::cache::Cache;
-use crate::error::{run, ImageError};
+use crate::error::ImageError;
+use crate::progress::{self, Event, Progress};
 
 /// The npm registry the tarballs come from.
 pub const REGISTRY: &str = "https://registry.npmjs.org";
@@ -52,23 +53,33 @@ impl Tarball {
         format!("{REGISTRY}/{}/-/{base}-{}.tgz", self.name, self.version)
     }
 
-    /// The tarball in `cache`, downloaded with curl and checked first when
-    /// it is not there yet.
-    pub fn fetch(&self, cache: &Cache) -> Result<PathBuf, ImageError> {
+    /// The tarball in `cache`, downloaded with curl (a step of `progress`)
+    /// and checked first when it is not there yet.
+    pub fn fetch(&self, cache: &Cache, progress: &mut dyn Progress) -> Result<PathBuf, ImageError> {
         let entry = format!("download-{}-{}", self.name.replace('/', "+"), self.version);
         let file = "package.tgz";
+        let what = format!("{} {}", self.name, self.version);
+        let mut downloaded = false;
         let dir = cache.entry(&entry, |tmp| {
             let out = tmp.join(file);
             super::require_tool("curl")?;
-            run(
+            downloaded = true;
+            progress::download(
                 Command::new("curl")
                     .args(["-fsSL", "--retry", "3", "-o"])
                     .arg(&out)
                     .arg(self.url()),
                 "curl",
+                &format!("downloading {what}"),
+                tmp,
+                None,
+                progress,
             )?;
             self.verify(&out)
         })?;
+        if !downloaded {
+            progress.event(Event::Cached(&what));
+        }
         Ok(dir.join(file))
     }
 

@@ -12,6 +12,7 @@ use super::mmdebstrap::{out, Mode, SUITE};
 use super::node::{npm_name, AGENT_COMMANDS, NPM};
 use super::{require_tool, LayerKeys, RootfsError, RootfsRecipe};
 use crate::error::{run, ImageError};
+use crate::progress::{Event, Progress};
 
 /// Lines of output kept for the error when mmdebstrap fails.
 const TAIL_LINES: usize = 25;
@@ -77,7 +78,7 @@ fn user_name(uid: u32) -> Option<String> {
 
 /// Runs mmdebstrap with `args`, every output line (its own and the hooks')
 /// passed to `progress`; a failure carries the last lines.
-pub fn mmdebstrap(args: &[String], progress: &mut dyn FnMut(&str)) -> Result<(), ImageError> {
+pub fn mmdebstrap(args: &[String], progress: &mut dyn Progress) -> Result<(), ImageError> {
     let spawn = |source| ImageError::Spawn {
         program: "mmdebstrap".into(),
         source,
@@ -96,7 +97,7 @@ pub fn mmdebstrap(args: &[String], progress: &mut dyn FnMut(&str)) -> Result<(),
     let mut tail = VecDeque::with_capacity(TAIL_LINES);
     for line in BufReader::new(reader).lines() {
         let Ok(line) = line else { break };
-        progress(&format!("  {line}"));
+        progress.event(Event::Output(&line));
         if tail.len() == TAIL_LINES {
             tail.pop_front();
         }
