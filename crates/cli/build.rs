@@ -71,10 +71,7 @@ fn run() -> Result<(), String> {
         ));
     }
     let dest = out_dir.join(EMBEDDED);
-    // Unchanged bytes keep their mtime: no needless recompile of the CLI.
-    if fs::read(&dest).ok().as_deref() != Some(bytes.as_slice()) {
-        fs::write(&dest, &bytes).map_err(|e| format!("cannot write {}: {e}", dest.display()))?;
-    }
+    fs::write(&dest, &bytes).map_err(|e| format!("cannot write {}: {e}", dest.display()))?;
     let digest: String = Sha256::digest(&bytes)
         .iter()
         .map(|b| format!("{b:02x}"))
