@@ -53,7 +53,9 @@
         builtins.head (builtins.match re (builtins.head hits));
 
       # The CLI. Wrapped so `--share` finds nixpkgs' virtiofsd (the Rust one,
-      # which agentvm otherwise looks for in ~/.cargo/bin).
+      # which agentvm otherwise looks for in ~/.cargo/bin). It carries the
+      # guest agent `agentvm image build` puts in images: its build script
+      # embeds the static agentvm-guest below instead of building one.
       agentvm = pkgs.rustPlatform.buildRustPackage {
         pname = "agentvm";
         inherit version src;
@@ -62,6 +64,7 @@
           "-p"
           "agentvm"
         ];
+        AGENTVM_GUEST_AGENT = "${agentvm-guest}/bin/agentvm-guest";
         nativeBuildInputs = [ pkgs.makeWrapper ];
         # The test suite needs /dev/kvm, QEMU, apt and the network (the rig
         # downloads Debian packages); none of them exist in the build sandbox.

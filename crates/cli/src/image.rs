@@ -4,7 +4,7 @@
 //! finding an image directory for `agentvm boot`.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode};
+use std::process::ExitCode;
 
 use agentvm_image::rootfs::{self, LayerKeys, Manifest, BUILTIN_AGENTS};
 use agentvm_image::stamp::Stamp;
@@ -14,6 +14,8 @@ use agentvm_image::{
 };
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
+
+use crate::guest_agent::Agent;
 
 /// Arguments of `agentvm image`.
 #[derive(Args, Debug)]
@@ -57,8 +59,8 @@ pub struct BuildArgs {
     /// [default: busybox-static through apt, else a static busybox on PATH].
     #[arg(long, value_name = "FILE")]
     busybox: Option<PathBuf>,
-    /// The static guest agent (agentvm-guest) [default: built from the
-    /// source tree, else the agentvm-guest next to this binary].
+    /// The static guest agent (agentvm-guest) [default: the one built into
+    /// this agentvm].
     #[arg(long, value_name = "PATH")]
     agent: Option<PathBuf>,
     /// Also build the root file system (Debian 12 with the base tools, Node
@@ -221,8 +223,8 @@ fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
             ),
         },
     };
-    let agent = find_agent(args.agent.as_deref())?;
-    let mut recipe = Recipe::new(&agent);
+    let agent = Agent::select(args.agent.as_deref())?;
+    let mut recipe = Recipe::new(agent.path());
     recipe.kernel = kernel;
     recipe.busybox = busybox;
 
@@ -238,7 +240,7 @@ fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
         .install(&out)
         .with_context(|| format!("cannot write the image to {}", out.display()))?;
     // What `agentvm doctor` compares with what a build would make now.
-    Stamp::of(&image, &agent)
+    Stamp::of(&image, agent.path())
         .and_then(|s| s.write(&out))
         .with_context(|| format!("cannot write the image's stamp to {}", out.display()))?;
     // The installed copy is what boots; the cache keeps only the newest.
@@ -265,7 +267,7 @@ fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
     println!(
         "  initrd   {}: agent {}, busybox, {} modules",
         size(&image.initrd),
-        agent.display(),
+        agent.describe(),
         image.modules.load_order.len()
     );
     if !image.modules.missing.is_empty() {
@@ -402,104 +404,4 @@ fn existing(p: &Path, flag: &str) -> anyhow::Result<PathBuf> {
 
 fn static_busybox_on_path() -> Option<PathBuf> {
     which("busybox").filter(|b| is_static(b).unwrap_or(false))
-}
-
-/// The static guest agent: `--agent`, else built from the source tree this
-/// binary came from (when it and cargo are there), else `agentvm-guest`
-/// next to this binary.
-fn find_agent(given: Option<&Path>) -> anyhow::Result<PathBuf> {
-    let check = |p: &Path, how: &str| -> anyhow::Result<PathBuf> {
-        let static_ =
-            is_static(p).with_context(|| format!("cannot read the agent {}", p.display()))?;
-        if !static_ {
-            bail!(
-                "the agent {} ({how}) is dynamically linked; the guest has no libraries: build \
-                 it with RUSTFLAGS='-C target-feature=+crt-static' cargo build --release \
-                 --target x86_64-unknown-linux-gnu -p agentvm-guest",
-                p.display()
-            );
-        }
-        Ok(p.to_path_buf())
-    };
-    if let Some(p) = given {
-        return check(&existing(p, "--agent")?, "--agent");
-    }
-    if let Some(ws) = source_tree() {
-        if which("cargo").is_some() {
-            return check(&build_agent(&ws)?, "built from the source tree");
-        }
-    }
-    match sibling_agent() {
-        Some(s) if s.is_file() => check(&s, "next to agentvm"),
-        _ => bail!(
-            "no guest agent: pass --agent PATH (a static agentvm-guest), install agentvm-guest \
-             next to the agentvm binary, or run agentvm from its source tree with cargo installed"
-        ),
-    }
-}
-
-/// `agentvm-guest` next to this binary (it may not exist).
-fn sibling_agent() -> Option<PathBuf> {
-    std::env::current_exe()
-        .ok()
-        .and_then(|e| e.parent().map(|d| d.join("agentvm-guest")))
-}
-
-/// The agent `image build` would put in an image, as it is now and without
-/// building anything: the source tree's static build when agentvm runs
-/// from its source tree, else `agentvm-guest` next to this binary; `None`
-/// when that file does not exist.
-pub fn current_agent() -> Option<PathBuf> {
-    let path = match source_tree() {
-        Some(ws) if which("cargo").is_some() => static_agent(&ws),
-        _ => sibling_agent()?,
-    };
-    path.is_file().then_some(path)
-}
-
-/// Where [`build_agent`] leaves the static agent.
-fn static_agent(ws: &Path) -> PathBuf {
-    ws.join("target/guest-static")
-        .join(TARGET)
-        .join("release/agentvm-guest")
-}
-
-/// The workspace this binary was built from, if it is still there.
-fn source_tree() -> Option<PathBuf> {
-    let ws = Path::new(env!("CARGO_MANIFEST_DIR")).parent()?.parent()?;
-    ws.join("guest/agent/Cargo.toml")
-        .is_file()
-        .then(|| ws.to_path_buf())
-}
-
-/// The target of the static agent build.
-const TARGET: &str = "x86_64-unknown-linux-gnu";
-
-/// `cargo build --release -p agentvm-guest` with `+crt-static`, in its own
-/// target directory (static and dynamic builds would evict each other).
-fn build_agent(ws: &Path) -> anyhow::Result<PathBuf> {
-    let target_dir = ws.join("target/guest-static");
-    eprintln!(
-        "agentvm: building the guest agent (static) from {}",
-        ws.display()
-    );
-    let mut cmd = Command::new("cargo");
-    cmd.current_dir(ws)
-        .args(["build", "--release", "--target", TARGET, "--target-dir"])
-        .arg(&target_dir)
-        .args(["-p", "agentvm-guest", "--bin", "agentvm-guest"]);
-    for var in [
-        "CARGO_ENCODED_RUSTFLAGS",
-        "CARGO_BUILD_RUSTFLAGS",
-        "CARGO_BUILD_TARGET",
-        "CARGO_TARGET_DIR",
-    ] {
-        cmd.env_remove(var);
-    }
-    cmd.env("RUSTFLAGS", "-C target-feature=+crt-static");
-    let status = cmd.status().context("cannot run cargo")?;
-    if !status.success() {
-        bail!("cargo could not build the guest agent ({status}); or pass --agent PATH");
-    }
-    Ok(static_agent(ws))
 }

@@ -9,6 +9,7 @@ mod destroy;
 mod doctor;
 mod escape;
 mod guard;
+mod guest_agent;
 mod hook;
 mod image;
 mod init;
@@ -28,9 +29,17 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+/// `--version`: with the sha256 of the guest agent built in, the one
+/// `agentvm image build` puts in images.
+const LONG_VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    "\nguest agent: built in, sha256 ",
+    env!("AGENTVM_EMBEDDED_AGENT_SHA256")
+);
+
 /// Run AI coding agents in isolated KVM microVMs.
 #[derive(Parser)]
-#[command(name = "agentvm", version, about)]
+#[command(name = "agentvm", version, long_version = LONG_VERSION, about)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -75,16 +75,14 @@ fn a_dynamic_agent_is_refused() {
     );
 }
 
-/// The real thing: Debian's cloud kernel through apt, the agent built
-/// static from this source tree, the files where `agentvm boot` looks.
+/// The real thing: Debian's cloud kernel through apt, the agent built into
+/// agentvm, the files where `agentvm boot` looks.
 #[test]
 fn build_writes_the_default_image() {
-    let has = |p: &str| {
-        std::env::var_os("PATH")
-            .is_some_and(|path| std::env::split_paths(&path).any(|d| d.join(p).is_file()))
-    };
-    if !has("apt-get") || !has("cargo") {
-        eprintln!("skipped: needs apt-get and cargo");
+    let has_apt = std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|d| d.join("apt-get").is_file()));
+    if !has_apt {
+        eprintln!("skipped: needs apt-get");
         return;
     }
     let data = tempfile::tempdir().unwrap();

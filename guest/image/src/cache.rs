@@ -142,6 +142,16 @@ impl KeyHasher {
         self
     }
 
+    /// Mixes in `bytes` without a separator: a file's contents read in
+    /// pieces hash as the whole would.
+    pub fn add_content(&mut self, bytes: &[u8]) -> &mut Self {
+        for &b in bytes {
+            self.0 ^= u64::from(b);
+            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+        }
+        self
+    }
+
     /// Mixes in a file's contents.
     pub fn add_file(&mut self, path: &Path) -> Result<&mut Self, ImageError> {
         let mut f = File::open(path).map_err(|e| ImageError::io("Cannot read", path, e))?;
@@ -153,10 +163,7 @@ impl KeyHasher {
             if n == 0 {
                 break;
             }
-            for &b in &buf[..n] {
-                self.0 ^= u64::from(b);
-                self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
-            }
+            self.add_content(&buf[..n]);
         }
         Ok(self.add(b""))
     }

@@ -45,6 +45,12 @@ pub fn agent_digest(agent: &Path) -> Result<String, ImageError> {
     Ok(KeyHasher::default().add_file(agent)?.hex())
 }
 
+/// [`agent_digest`] of a guest agent held in memory (the one built into
+/// agentvm).
+pub fn agent_digest_of(agent: &[u8]) -> String {
+    KeyHasher::default().add_content(agent).hex()
+}
+
 impl Stamp {
     /// The stamp of `image`, built around `agent`, installed now.
     pub fn of(image: &GuestImage, agent: &Path) -> Result<Stamp, ImageError> {

@@ -147,7 +147,7 @@ fn probe_image(cfg: Option<&ResolvedConfig>) -> ImageFacts {
         stamp,
         age,
         layout: stamp::layout().to_string(),
-        agent: crate::image::current_agent().and_then(|a| stamp::agent_digest(&a).ok()),
+        agent: Some(stamp::agent_digest_of(crate::guest_agent::EMBEDDED)),
         rootfs,
     }
 }
