@@ -8,7 +8,6 @@
 //! line ([`Event`]'s `Display`), for callers that only log.
 
 use std::fmt;
-use std::fs;
 use std::io::Read;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -119,7 +118,7 @@ pub(crate) fn download(
     let mut last = None;
     let status = loop {
         let exited = child.try_wait().map_err(spawn)?;
-        let done = dir_bytes(watch);
+        let done = crate::rootfs::dir_bytes(watch);
         if last != Some(done) {
             progress.event(Event::Bytes { done, total });
             last = Some(done);
@@ -141,19 +140,6 @@ pub(crate) fn download(
     }
     progress.event(Event::Done(start.elapsed()));
     Ok(())
-}
-
-/// Bytes of the regular files directly in `dir` (0 when unreadable).
-fn dir_bytes(dir: &Path) -> u64 {
-    fs::read_dir(dir)
-        .map(|rd| {
-            rd.filter_map(Result::ok)
-                .filter_map(|e| e.metadata().ok())
-                .filter(|m| m.is_file())
-                .map(|m| m.len())
-                .sum()
-        })
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

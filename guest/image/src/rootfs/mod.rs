@@ -469,7 +469,8 @@ pub fn list(cache: &Cache) -> Vec<CachedLayer> {
     out
 }
 
-fn dir_bytes(dir: &Path) -> u64 {
+/// Bytes of the regular files directly in `dir` (0 when unreadable).
+pub(crate) fn dir_bytes(dir: &Path) -> u64 {
     fs::read_dir(dir)
         .map(|rd| {
             rd.filter_map(Result::ok)
