@@ -9,7 +9,7 @@ use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use agentvm_testguest::{Asm64, Format, Program};
+mod common;
 
 /// A test's directories: `run/` (runtime), `config/`, `data/`, `home/`,
 /// and workspaces under `ws/`.
@@ -49,14 +49,7 @@ impl World {
     }
 
     fn id(&self, ws: &Path) -> String {
-        use sha2::Digest;
-        let path = std::fs::canonicalize(ws).unwrap();
-        let digest = sha2::Sha256::digest(path.as_os_str().as_encoded_bytes());
-        digest
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<String>()[..16]
-            .to_string()
+        common::workspace_id(ws)
     }
 
     /// Every place agentvm keeps something for `ws`.
@@ -292,34 +285,10 @@ fn an_agent_home_that_is_a_link_goes_as_a_link() {
     );
 }
 
-/// The tiny guest that prints the agent's ready line and halts.
-fn ready_guest(dir: &Path) -> Option<PathBuf> {
-    if let Err(e) = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-    {
-        eprintln!("skipped: /dev/kvm cannot be opened ({e})");
-        return None;
-    }
-    let mut code = Asm64::new().unwrap();
-    code.serial_print("agentvm-guest: ready\n").unwrap();
-    let mut top = code.create_label();
-    code.set_label(&mut top).unwrap();
-    code.cli().unwrap();
-    code.hlt().unwrap();
-    code.jmp(top).unwrap();
-    let guest = Program::new("ready")
-        .with_long64(code)
-        .build(Format::Elf64)
-        .unwrap();
-    Some(guest.write_to(dir).unwrap())
-}
-
 #[test]
 fn a_running_vm_is_stopped_only_with_force() {
     let w = World::new();
-    let Some(kernel) = ready_guest(w.root.path()) else {
+    let Some(kernel) = common::ready_guest(w.root.path(), "") else {
         return;
     };
     let ws = w.workspace("live", &kernel);

@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 
 use agentvm_testguest::{Asm64, Format, Program};
 
+mod common;
+
 /// A test's world: its runtime directory (the state root's parent), its
 /// workspaces, and the tiny guest they boot.
 struct World {
@@ -23,34 +25,13 @@ struct World {
 impl World {
     /// `None` (with the reason printed) where /dev/kvm cannot be opened.
     fn new() -> Option<World> {
-        if let Err(e) = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open("/dev/kvm")
-        {
-            eprintln!("skipped: /dev/kvm cannot be opened ({e})");
-            return None;
-        }
         let guest_dir = tempfile::tempdir().unwrap();
-        // Prints the agent's ready line, then halts for good: the vCPU
-        // sleeps in KVM (a pause loop would burn a host CPU per VM).
-        let mut code = Asm64::new().unwrap();
         // With terminal escapes a hostile guest would print: `logs` must
         // show them escaped.
-        code.serial_print(
-            "tiny guest booted\n\x1b]52;c;ZXZpbA==\x07\x1b[1A\x1b[2Kforged\nagentvm-guest: ready\n",
-        )
-        .unwrap();
-        let mut top = code.create_label();
-        code.set_label(&mut top).unwrap();
-        code.cli().unwrap();
-        code.hlt().unwrap();
-        code.jmp(top).unwrap();
-        let guest = Program::new("ready")
-            .with_long64(code)
-            .build(Format::Elf64)
-            .unwrap();
-        let kernel = guest.write_to(guest_dir.path()).unwrap();
+        let kernel = common::ready_guest(
+            guest_dir.path(),
+            "tiny guest booted\n\x1b]52;c;ZXZpbA==\x07\x1b[1A\x1b[2Kforged\n",
+        )?;
         Some(World {
             runtime: tempfile::Builder::new().prefix("avm").tempdir().unwrap(),
             kernel,
@@ -90,11 +71,7 @@ impl World {
     /// The state directory of the VM of `ws`: keyed by the workspace's
     /// canonical path, not its name.
     fn state(&self, ws: &Path) -> PathBuf {
-        use sha2::Digest;
-        let path = std::fs::canonicalize(ws).unwrap();
-        let digest = sha2::Sha256::digest(path.as_os_str().as_encoded_bytes());
-        let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-        self.state_root().join(&hex[..16])
+        self.state_root().join(common::workspace_id(ws))
     }
 
     fn agentvm(&self, args: &[&str], workspace: &Path) -> Output {
@@ -173,17 +150,7 @@ impl World {
 impl Drop for World {
     fn drop(&mut self) {
         // A failed test must not leave VMMs behind.
-        let root = self.state_root();
-        let Ok(dirs) = std::fs::read_dir(&root) else {
-            return;
-        };
-        for d in dirs.flatten() {
-            if let Ok(pid) = std::fs::read_to_string(d.path().join("vmm.pid")) {
-                if let Ok(pid) = pid.trim().parse::<i32>() {
-                    let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
-                }
-            }
-        }
+        common::kill_vmms(&self.state_root());
     }
 }
 

@@ -1,7 +1,7 @@
 //! `agentvm up` on a running VM says what differs from the configuration;
 //! `up --restart` stops it and starts it again with the configuration as
 //! it is now. Tiny guests on the host's /dev/kvm, as in `lifecycle.rs`
-//! (whose `World` this copies the little it needs of).
+//! (the tiny guest and the workspace ids come from `common`).
 #![allow(clippy::unwrap_used)] // a panicking test is a failing test
 
 use std::io::{BufRead, BufReader, Write};
@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use agentvm_testguest::{Asm64, Format, Program};
+mod common;
 
 struct World {
     runtime: tempfile::TempDir,
@@ -21,28 +21,8 @@ struct World {
 impl World {
     /// `None` (with the reason printed) where /dev/kvm cannot be opened.
     fn new() -> Option<World> {
-        if let Err(e) = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open("/dev/kvm")
-        {
-            eprintln!("skipped: /dev/kvm cannot be opened ({e})");
-            return None;
-        }
         let guest_dir = tempfile::tempdir().unwrap();
-        // Says it is ready, then halts for good.
-        let mut code = Asm64::new().unwrap();
-        code.serial_print("agentvm-guest: ready\n").unwrap();
-        let mut top = code.create_label();
-        code.set_label(&mut top).unwrap();
-        code.cli().unwrap();
-        code.hlt().unwrap();
-        code.jmp(top).unwrap();
-        let guest = Program::new("ready")
-            .with_long64(code)
-            .build(Format::Elf64)
-            .unwrap();
-        let kernel = guest.write_to(guest_dir.path()).unwrap();
+        let kernel = common::ready_guest(guest_dir.path(), "")?;
         Some(World {
             runtime: tempfile::Builder::new().prefix("avm").tempdir().unwrap(),
             kernel,
@@ -76,11 +56,10 @@ impl World {
 
     /// The state directory of the VM of `ws`.
     fn state(&self, ws: &Path) -> PathBuf {
-        use sha2::Digest;
-        let path = std::fs::canonicalize(ws).unwrap();
-        let digest = sha2::Sha256::digest(path.as_os_str().as_encoded_bytes());
-        let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-        self.runtime.path().join("agentvm").join(&hex[..16])
+        self.runtime
+            .path()
+            .join("agentvm")
+            .join(common::workspace_id(ws))
     }
 
     /// The VMM's pid as its pid file has it.
@@ -140,16 +119,7 @@ impl World {
 impl Drop for World {
     fn drop(&mut self) {
         // A failed test must not leave VMMs behind.
-        let Ok(dirs) = std::fs::read_dir(self.runtime.path().join("agentvm")) else {
-            return;
-        };
-        for d in dirs.flatten() {
-            if let Ok(pid) = std::fs::read_to_string(d.path().join("vmm.pid")) {
-                if let Ok(pid) = pid.trim().parse::<i32>() {
-                    let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
-                }
-            }
-        }
+        common::kill_vmms(&self.runtime.path().join("agentvm"));
     }
 }
 
