@@ -23,6 +23,7 @@ mod cmdline;
 mod dhcp;
 mod identity;
 mod init;
+mod live_mount;
 mod loopdev;
 mod net;
 mod reaper;

@@ -44,6 +44,17 @@ fn samples() -> Vec<Frame> {
             git_email: None,
         }),
         Frame::Identity(crate::frame::Identity::default()),
+        Frame::Mount(LiveMount {
+            base: 0xc000_5000,
+            tag: "live0".into(),
+            target: b"/mnt/live".to_vec(),
+            read_only: true,
+        }),
+        Frame::Mount(LiveMount::default()),
+        Frame::Unmount(LiveUnmount {
+            base: u64::MAX,
+            target: b"/mnt/\xff".to_vec(),
+        }),
         Frame::Started { pid: 4242 },
         Frame::Stdout(vec![0, 1, 2, 255]),
         Frame::Stderr(b"oops\n".to_vec()),
@@ -308,4 +319,39 @@ fn error_codes_round_trip() {
 fn shell_codes() {
     assert_eq!(ExitStatus::Code(7).shell_code(), 7);
     assert_eq!(ExitStatus::Signal(15).shell_code(), 143);
+}
+
+#[test]
+fn live_mount_frames_refuse_bad_fields() {
+    let mut good = Frame::Mount(LiveMount {
+        base: 1,
+        tag: "t".into(),
+        target: b"/m".to_vec(),
+        read_only: false,
+    })
+    .encode()
+    .unwrap();
+    // read_only 2.
+    *good.last_mut().unwrap() = 2;
+    assert!(matches!(decode(&good), Err(DecodeError::Invalid { .. })));
+    // A tag that is not UTF-8.
+    let mut p = 1u64.to_le_bytes().to_vec();
+    p.extend_from_slice(&[1, 0, 0, 0, 0xff]);
+    p.extend_from_slice(&[0, 0, 0, 0, 0]);
+    assert!(matches!(
+        decode_payload(kind::MOUNT, &p),
+        Err(DecodeError::Invalid { .. })
+    ));
+    // A target length beyond the payload.
+    let mut p = 1u64.to_le_bytes().to_vec();
+    p.extend_from_slice(&[0xff, 0xff, 0xff, 0x7f]);
+    assert!(matches!(
+        decode_payload(kind::UNMOUNT, &p),
+        Err(DecodeError::Truncated(_))
+    ));
+    // A short base.
+    assert!(matches!(
+        decode_payload(kind::UNMOUNT, &[1, 2, 3]),
+        Err(DecodeError::Truncated(_))
+    ));
 }
