@@ -26,6 +26,8 @@ struct Row {
     limits: Vec<String>,
     /// The secrets bound, `NAME -> host, host` (never a value).
     secrets: Vec<String>,
+    /// The live mounts, `HOST -> GUEST`.
+    mounts: Vec<String>,
 }
 
 /// Lists every VM with its pid, uptime, resident memory, network mode and
@@ -64,6 +66,9 @@ pub fn run() -> anyhow::Result<ExitCode> {
             r.secrets.join("; ")
         );
     }
+    for r in rows.iter().filter(|r| !r.mounts.is_empty()) {
+        let _ = writeln!(out, "{}: live mounts: {}", r.name, r.mounts.join("; "));
+    }
     for r in rows.iter().filter(|r| !r.limits.is_empty()) {
         let _ = writeln!(out, "{}: limits hit: {}", r.name, r.limits.join("; "));
     }
@@ -92,6 +97,10 @@ fn row(state: StateDir) -> Row {
         secrets: snap
             .as_ref()
             .map_or_else(Vec::new, |s| secrets_shown(&s.secrets)),
+        mounts: super::mount::describe(&state)
+            .iter()
+            .map(|m| crate::escape::line(m).into_owned())
+            .collect(),
     };
     if let VmState::Starting(pid) | VmState::Stale(Some(pid)) = vm {
         row.pid = pid.to_string();
