@@ -23,14 +23,16 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use agentvm_devices::virtio::fs::{launch_detached, stop_detached, FsConfig, Search};
+use agentvm_devices::virtio::fs::{
+    launch_detached_in, stop_detached, DaemonError, Detached, FsConfig, Sandbox, Search, Virtiofsd,
+};
 use agentvm_protocol::client::{self, connect_vsock_within};
 use agentvm_protocol::frame::{LiveMount as MountFrame, LiveUnmount};
 use agentvm_protocol::EXEC_PORT;
 use anyhow::{bail, Context};
 use clap::Args;
 
-use super::control::Client;
+use super::control::{Client, SlotReply};
 use super::{StateDir, Target, VmState};
 use record::LiveMount;
 
@@ -105,24 +107,7 @@ pub fn mount(args: MountArgs) -> anyhow::Result<ExitCode> {
     config.read_only = args.ro;
     config.allow_unsandboxed = snap.allow_unsandboxed_virtiofsd;
     let bin = Search::from_env(None).find()?;
-    let daemon = launch_detached(&bin, &config, &record::daemon_log(&state, &tag))
-        .with_context(|| format!("cannot start virtiofsd for {}", host_dir.display()))?;
-    let start_time = record::start_time(daemon.pid).unwrap_or(0);
-    let end_daemon = || {
-        stop_detached(daemon.pid, &daemon.socket, DAEMON_GRACE, || {
-            record::start_time(daemon.pid) == Some(start_time)
-        })
-    };
-
-    // The VMM fills a slot.
-    let slot =
-        match Client::connect(&state.control()).and_then(|mut c| c.attach_fs(&tag, daemon.pid)) {
-            Ok(slot) => slot,
-            Err(e) => {
-                end_daemon();
-                return Err(e.context("the VMM did not attach the directory"));
-            }
-        };
+    let (daemon, start_time, slot) = start_and_attach(&state, &bin, &config)?;
     let live = LiveMount {
         tag: tag.clone(),
         host_dir,
@@ -159,6 +144,73 @@ pub fn mount(args: MountArgs) -> anyhow::Result<ExitCode> {
         live.base
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// Starts the daemon for `config` and has the VMM attach it to a slot,
+/// in the sandbox modes of [`Sandbox::choices`] in turn: a daemon whose
+/// namespace sandbox fails may exit only after its socket appeared, and
+/// the VMM's handshake then fails (as for shares, the next mode is tried).
+/// Returns the daemon, its start time and the slot.
+fn start_and_attach(
+    state: &StateDir,
+    bin: &Virtiofsd,
+    config: &FsConfig,
+) -> anyhow::Result<(Detached, u64, SlotReply)> {
+    let log = record::daemon_log(state, &config.tag);
+    let choices = Sandbox::choices(config.allow_unsandboxed);
+    let mut last = None;
+    for (i, &sandbox) in choices.iter().enumerate() {
+        let next = choices.get(i + 1).filter(|_| sandbox == Sandbox::Namespace);
+        let daemon = match launch_detached_in(bin, config, &log, sandbox) {
+            Ok(d) => d,
+            Err(e @ DaemonError::Exited { .. }) if next.is_some() => {
+                Sandbox::namespace_failed();
+                last = Some(anyhow::Error::new(e));
+                continue;
+            }
+            Err(e) => {
+                return Err(anyhow::Error::new(e).context(format!(
+                    "cannot start virtiofsd for {}",
+                    config.shared_dir.display()
+                )))
+            }
+        };
+        let start_time = record::start_time(daemon.pid).unwrap_or(0);
+        let attached = Client::connect(&state.control())
+            .and_then(|mut c| c.attach_fs(&config.tag, daemon.pid));
+        match attached {
+            Ok(slot) => return Ok((daemon, start_time, slot)),
+            Err(e) => {
+                let exited = daemon.has_exited(Duration::from_secs(1));
+                stop_detached(daemon.pid, &daemon.socket, DAEMON_GRACE, || {
+                    record::start_time(daemon.pid) == Some(start_time)
+                });
+                match next {
+                    Some(next) if exited => {
+                        eprintln!(
+                            "agentvm: virtiofsd cannot use --sandbox namespace here; using \
+                             --sandbox {next}"
+                        );
+                        Sandbox::namespace_failed();
+                        last = Some(e);
+                    }
+                    _ => {
+                        return Err(e.context(format!(
+                            "the VMM did not attach the directory (virtiofsd's log: {})",
+                            log.display()
+                        )))
+                    }
+                }
+            }
+        }
+    }
+    Err(last
+        .unwrap_or_else(|| anyhow::anyhow!("no sandbox mode is left to run virtiofsd in"))
+        .context(format!(
+            "cannot start virtiofsd for {} (its log: {})",
+            config.shared_dir.display(),
+            log.display()
+        )))
 }
 
 fn guest_mount(state: &StateDir, live: &LiveMount) -> anyhow::Result<()> {

@@ -27,6 +27,9 @@ use super::daemon::{
 use super::locate::Virtiofsd;
 use super::FsError;
 
+/// How long a daemon whose socket appeared is watched for an early exit.
+const SETTLE: Duration = Duration::from_millis(300);
+
 /// A started detached daemon.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Detached {
@@ -69,6 +72,30 @@ pub fn launch_detached(
     }))
 }
 
+/// Starts virtiofsd for `config` (validated) in `sandbox` mode only; see
+/// [`launch_detached`]. A daemon whose sandbox set-up fails may do so
+/// after its socket appeared: the caller whose connection then fails
+/// asks [`Detached::has_exited`] and tries the next mode
+/// ([`Sandbox::choices`]).
+pub fn launch_detached_in(
+    bin: &Virtiofsd,
+    config: &FsConfig,
+    log: &Path,
+    sandbox: Sandbox,
+) -> Result<Detached, DaemonError> {
+    launch_in(bin, config, log, sandbox)
+}
+
+impl Detached {
+    /// Whether the daemon has exited, waiting up to `timeout` for it.
+    pub fn has_exited(&self, timeout: Duration) -> bool {
+        match pidfd_open(self.pid) {
+            Ok(fd) => wait_readable(fd.as_fd(), timeout),
+            Err(_) => true,
+        }
+    }
+}
+
 fn launch_in(
     bin: &Virtiofsd,
     config: &FsConfig,
@@ -98,7 +125,9 @@ fn launch_in(
     };
     let deadline = Instant::now() + START_TIMEOUT;
     loop {
-        if is_socket(&socket) {
+        // The socket comes before the sandbox: a daemon that cannot set
+        // its sandbox up exits right after. Give it a moment to.
+        if is_socket(&socket) && !wait_readable(pidfd.as_fd(), SETTLE) {
             // Not reaped here: the process outlives us and is reaped by
             // whoever inherits it.
             return Ok(Detached {

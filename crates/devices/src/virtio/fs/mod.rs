@@ -74,7 +74,7 @@ pub mod session;
 pub use backend::BackendError;
 pub use config::{CacheMode, ConfigError, FsConfig};
 pub use daemon::{DaemonError, Sandbox};
-pub use detached::{launch_detached, stop_detached, Detached};
+pub use detached::{launch_detached, launch_detached_in, stop_detached, Detached};
 pub use device::{FsError, VirtioFs};
 pub use handle::{DaemonState, FsHandle};
 pub use locate::{LocateError, Search, Virtiofsd};
