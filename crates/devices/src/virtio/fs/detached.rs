@@ -137,6 +137,8 @@ fn launch_in(
             });
         }
         if wait_readable(pidfd.as_fd(), Duration::ZERO) {
+            // A socket it left must not be taken for a live daemon's.
+            let _ = fs::remove_file(&socket);
             let status = child.wait().map_err(|source| DaemonError::Spawn {
                 path: bin.path.clone(),
                 source,
@@ -290,5 +292,29 @@ mod tests {
             Err(FsError::Config(_))
         ));
         assert!(!log.exists());
+    }
+
+    #[test]
+    fn a_daemon_that_dies_right_after_its_socket_is_an_error() {
+        let tmp = tempfile::tempdir().unwrap();
+        // As virtiofsd whose sandbox fails after it bound its socket.
+        let bin = fake(
+            tmp.path(),
+            "#!/usr/bin/env python3\n\
+             import socket,sys\n\
+             p=[a.split('=',1)[1] for a in sys.argv if a.startswith('--socket-path=')][0]\n\
+             s=socket.socket(socket.AF_UNIX); s.bind(p); s.listen(1)\n\
+             sys.stderr.write('ERROR Error entering sandbox\\n')\n\
+             sys.exit(1)\n",
+        );
+        let mut config = FsConfig::new("live3", tmp.path(), tmp.path());
+        config.allow_unsandboxed = true;
+        let log = tmp.path().join("d.log");
+        let err = launch_detached_in(&bin, &config, &log, Sandbox::Chroot).unwrap_err();
+        assert!(matches!(err, DaemonError::Exited { .. }), "{err}");
+        assert!(!config.socket_path().exists());
+        assert!(fs::read_to_string(&log)
+            .unwrap()
+            .contains("entering sandbox"));
     }
 }
