@@ -116,7 +116,7 @@ fn live_mounts_come_and_go_on_a_running_vm() {
     for step in STEPS {
         eprintln!(
             "$ {}",
-            m(&format!("cmd_{step}")).replace("/agentvm ", "agentvm ")
+            m(&format!("cmd_{step}")).replace("/bin/agentvm ", "agentvm ")
         );
         for line in m(&format!("out_{step}"))
             .split('|')
