@@ -91,6 +91,7 @@ pub fn mount(args: MountArgs) -> anyhow::Result<ExitCode> {
         bail!("{} is not a directory", host_dir.display());
     }
     let guest_path = record::guest_path(&args.guest_path)?;
+    let _lock = record::lock(&state)?;
     let mut mounts = record::load(&state)?;
     let shares: Vec<PathBuf> = snap.mounts.iter().map(|m| m.target.clone()).collect();
     record::check_free(&guest_path, &shares, &mounts)?;
@@ -258,6 +259,10 @@ fn detach_and_end(state: &StateDir, live: &LiveMount) -> String {
 pub fn unmount(args: UnmountArgs) -> anyhow::Result<ExitCode> {
     let state = args.target.locate()?;
     let guest_path = record::guest_path(&args.guest_path)?;
+    if !state.dir.exists() {
+        bail!("the workspace's VM is not running, so it has no live mounts");
+    }
+    let _lock = record::lock(&state)?;
     let mut mounts = record::load(&state)?;
     let Some(live) = mounts.iter().find(|m| m.guest_path == guest_path).cloned() else {
         let listed: Vec<String> = mounts

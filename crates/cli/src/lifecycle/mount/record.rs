@@ -45,6 +45,25 @@ pub struct LiveMount {
     pub base: u64,
 }
 
+/// Held while a command changes the live mounts: two `mount`s at once
+/// would otherwise pick the same tag and slot.
+pub struct Lock(#[allow(dead_code, reason = "held for its Drop")] nix::fcntl::Flock<fs::File>);
+
+/// Waits for, and takes, the live mounts' lock of `state`.
+pub fn lock(state: &StateDir) -> anyhow::Result<Lock> {
+    let path = state.dir.join(format!("{RECORDS}.lock"));
+    let file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+        .map(Lock)
+        .map_err(|(_, e)| anyhow::Error::new(e).context(format!("cannot lock {}", path.display())))
+}
+
 /// The live mounts file of `state`.
 fn records_path(state: &StateDir) -> PathBuf {
     state.dir.join(RECORDS)
@@ -288,5 +307,23 @@ mod tests {
         assert_eq!(parse_start_time("garbage"), None);
         // Our own process has one.
         assert!(start_time(std::process::id()).is_some());
+    }
+
+    #[test]
+    fn one_command_at_a_time_changes_the_mounts() {
+        let tmp = tempfile::tempdir().unwrap();
+        let state = StateDir {
+            dir: tmp.path().into(),
+        };
+        let held = lock(&state).unwrap();
+        let path = tmp.path().join(format!("{RECORDS}.lock"));
+        let other = fs::File::open(&path).unwrap();
+        let refused = nix::fcntl::Flock::lock(other, nix::fcntl::FlockArg::LockExclusiveNonblock);
+        assert!(refused.is_err(), "a second lock while the first is held");
+        drop(held);
+        let other = fs::File::open(&path).unwrap();
+        assert!(
+            nix::fcntl::Flock::lock(other, nix::fcntl::FlockArg::LockExclusiveNonblock).is_ok()
+        );
     }
 }
