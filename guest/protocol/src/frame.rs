@@ -30,9 +30,9 @@ pub mod kind {
     /// The host user's known ssh hosts and git identity.
     pub const IDENTITY: u8 = 0x09;
     /// Bind a filled hot-plug slot and mount its virtio-fs tag.
-    pub const MOUNT: u8 = 0x0a;
+    pub const MOUNT: u8 = 0x0b;
     /// Unmount a live mount and unbind its slot.
-    pub const UNMOUNT: u8 = 0x0b;
+    pub const UNMOUNT: u8 = 0x0c;
     /// The command was spawned.
     pub const STARTED: u8 = 0x80;
     /// Bytes the command wrote to stdout (or to the terminal in PTY mode).

@@ -65,8 +65,8 @@
 //! | 0x07 | Configure | host → guest | `env`, then optionally `opt` ca (PEM certificates, ≤ [`MAX_CA`], 64 KiB; present when the flag is 1, the field left out when there is none) |
 //! | 0x08 | Poweroff | host → guest | empty |
 //! | 0x09 | Identity | host → guest | known_hosts: `bytes`, git user.name: `opt`, git user.email: `opt` |
-//! | 0x0a | Mount | host → guest | base: u64 (the hot-plug slot's MMIO base), tag: `bytes` (UTF-8), target: `bytes`, read_only: u8 (0/1) |
-//! | 0x0b | Unmount | host → guest | base: u64, target: `bytes` |
+//! | 0x0b | Mount | host → guest | base: u64 (the hot-plug slot's MMIO base), tag: `bytes` (UTF-8), target: `bytes`, read_only: u8 (0/1) |
+//! | 0x0c | Unmount | host → guest | base: u64, target: `bytes` |
 //! | 0x80 | Started | guest → host | pid: u32 |
 //! | 0x81 | Stdout | guest → host | data (≤ 64 KiB) |
 //! | 0x82 | Stderr | guest → host | data (≤ 64 KiB) |
