@@ -92,6 +92,11 @@ enum Command {
     /// Run the workspace's coding agent in its VM (starting the VM if
     /// needed), without permission prompts: the VM is the sandbox.
     Agent(lifecycle::agent::AgentArgs),
+    /// Share a host directory with the running VM at GUEST_PATH, now (a
+    /// live mount, gone at `down`).
+    Mount(lifecycle::mount::MountArgs),
+    /// Undo a live mount: the guest loses it and its virtiofsd ends.
+    Unmount(lifecycle::mount::UnmountArgs),
     /// The running VM's network: allow or deny a domain, show the policy,
     /// print the audit log.
     Net(lifecycle::net::NetArgs),
@@ -133,6 +138,8 @@ fn main() -> ExitCode {
         Command::Run(args) => lifecycle::exec::run(args),
         Command::Shell(args) => lifecycle::exec::shell(args),
         Command::Agent(args) => lifecycle::agent::run(args),
+        Command::Mount(args) => lifecycle::mount::mount(args),
+        Command::Unmount(args) => lifecycle::mount::unmount(args),
         Command::Net(args) => lifecycle::net::run(args),
         Command::VhostUser(args) => vhost_user::run(args),
         Command::Vmm(args) => lifecycle::vmm::run(args),

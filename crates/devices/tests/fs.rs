@@ -17,9 +17,10 @@ use std::time::{Duration, Instant};
 
 use agentvm_devices::testing::{Buf, Driver};
 use agentvm_devices::virtio::fs::{
-    DaemonState, FsConfig, FsHandle, LocateError, Search, VirtioFs, Virtiofsd, NUM_QUEUES,
-    QUEUE_SIZE, TAG_LEN,
+    launch_detached, stop_detached, DaemonState, FsConfig, FsHandle, LocateError, Search, VirtioFs,
+    Virtiofsd, NUM_QUEUES, QUEUE_SIZE, TAG_LEN,
 };
+use agentvm_devices::virtio::transport::mmio::{regs, status, MmioTransport};
 use agentvm_devices::virtio::{device_type, GuestMemory, VIRTIO_F_VERSION_1};
 use vm_memory::{FileOffset, GuestAddress};
 
@@ -990,4 +991,97 @@ fn a_daemon_restarted_under_landlock_falls_back_from_namespaces_and_serves() {
     // Landlock forbids mounts, so the namespace sandbox could not be set up.
     let log = logs();
     assert!(log.contains("cannot use --sandbox namespace"), "{log}");
+}
+
+#[test]
+fn a_live_mount_fills_a_slot_serves_and_leaves_nothing_when_emptied() {
+    let Some(bin) = virtiofsd("a_live_mount_fills_a_slot_serves_and_leaves_nothing_when_emptied")
+    else {
+        return;
+    };
+    capture_logs();
+    let d = dirs();
+    fs::write(d.shared.join("from-host"), b"hello").unwrap();
+    let mut cfg = config(&d, "live0");
+    cfg.allow_unsandboxed = true;
+    // The CLI's part: a daemon that outlives it, its log in the state dir.
+    let daemon = launch_detached(&bin, &cfg, &d.state.join("virtiofsd-live0.log")).unwrap();
+    assert!(!live_in_group(daemon.pid).is_empty());
+
+    // The VMM's part: an empty slot, filled with a device attached to it.
+    let mem = memfd_ram(MEM);
+    let slot = MmioTransport::empty_slot(mem.clone(), NUM_QUEUES).unwrap();
+    let mut drv = Driver::with_transport(slot, mem).unwrap();
+    assert!(drv.probe().is_err(), "an empty slot has no device");
+    let device = VirtioFs::attach(cfg.clone(), daemon.pid).unwrap();
+    let host = device.handle();
+    drv.transport_mut().fill(Box::new(device)).unwrap();
+    let mut g = Guest {
+        drv,
+        host,
+        unique: 0,
+    };
+    g.init_driver();
+    g.fuse_init();
+    assert!(g.lookup("from-host").is_ok());
+    assert_eq!(g.host.daemon_pid(), Some(daemon.pid));
+
+    // Emptying the slot closes the connection: the daemon ends by itself.
+    let old = g.drv.transport_mut().empty().unwrap();
+    drop(old);
+    assert!(stop_detached(
+        daemon.pid,
+        &daemon.socket,
+        Duration::from_secs(5),
+        || false
+    ));
+    assert_gone(daemon.pid, &daemon.socket);
+    assert_eq!(g.drv.read_reg(regs::DEVICE_ID), 0);
+}
+
+#[test]
+fn a_live_mount_whose_device_is_reset_fails_without_restarting() {
+    let Some(bin) = virtiofsd("a_live_mount_whose_device_is_reset_fails_without_restarting") else {
+        return;
+    };
+    capture_logs();
+    let d = dirs();
+    let mut cfg = config(&d, "live1");
+    cfg.allow_unsandboxed = true;
+    let daemon = launch_detached(&bin, &cfg, &d.state.join("virtiofsd-live1.log")).unwrap();
+    // Nobody listens for another tag: attaching fails, nothing is left.
+    assert!(VirtioFs::attach(config(&d, "nobody"), 0).is_err());
+
+    let mem = memfd_ram(MEM);
+    let slot = MmioTransport::empty_slot(mem.clone(), NUM_QUEUES).unwrap();
+    let mut drv = Driver::with_transport(slot, mem).unwrap();
+    let device = VirtioFs::attach(cfg, daemon.pid).unwrap();
+    let host = device.handle();
+    drv.transport_mut().fill(Box::new(device)).unwrap();
+    let mut g = Guest {
+        drv,
+        host,
+        unique: 0,
+    };
+    g.init_driver();
+    g.fuse_init();
+    // The guest resets the device: the connection closes with it, the
+    // daemon ends, and the next activation cannot start another.
+    g.drv.reset();
+    assert!(stop_detached(
+        daemon.pid,
+        &daemon.socket,
+        Duration::from_secs(5),
+        || false
+    ));
+    g.drv.probe().unwrap();
+    g.drv.negotiate(VIRTIO_F_VERSION_1).unwrap();
+    for q in 0..NUM_QUEUES as u16 {
+        g.drv.setup_queue(q, 64).unwrap();
+    }
+    assert!(g.drv.driver_ok().is_err());
+    assert_ne!(g.drv.status() & status::DEVICE_NEEDS_RESET, 0);
+    // The slot still empties cleanly.
+    drop(g.drv.transport_mut().empty().unwrap());
+    assert_gone(daemon.pid, &daemon.socket);
 }

@@ -17,6 +17,7 @@ use std::thread::JoinHandle;
 use agentvm_devices::virtio::transport::mmio::MmioTransport;
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::hotplug::Hotplug;
 use crate::seccomp::{self, SeccompError, SeccompLevel, ThreadKind};
 
 /// Errors while starting the activation thread.
@@ -50,11 +51,13 @@ pub(crate) struct Activator {
 }
 
 impl Activator {
-    /// Starts the thread for `transports`, woken by `event` (the eventfd
-    /// every transport's `defer_activation` got a copy of). Returns once
-    /// the thread is confined.
+    /// Starts the thread for `transports` and the hot-plug requests of
+    /// `hotplug`, woken by `event` (the eventfd every transport's
+    /// `defer_activation` and the hot-plug queue got a copy of). Returns
+    /// once the thread is confined.
     pub fn spawn(
         transports: Vec<Arc<Mutex<MmioTransport>>>,
+        hotplug: Option<Arc<Hotplug>>,
         event: &EventFd,
         confinement: Confinement,
     ) -> Result<Self, ActivatorError> {
@@ -76,7 +79,7 @@ impl Activator {
                 // The spawner waits for exactly this message.
                 let _ = ready_tx.send(confined);
                 if ok {
-                    serve(&wake, &stop, &transports);
+                    serve(&wake, &stop, &transports, hotplug.as_deref());
                 }
             })
             .map_err(ActivatorError::Spawn)?;
@@ -121,8 +124,14 @@ impl Drop for Activator {
     }
 }
 
-/// Completes pending work each time `wake` fires, until `stopping`.
-fn serve(wake: &EventFd, stopping: &AtomicBool, transports: &[Arc<Mutex<MmioTransport>>]) {
+/// Completes pending work and hot-plug requests each time `wake` fires,
+/// until `stopping`.
+fn serve(
+    wake: &EventFd,
+    stopping: &AtomicBool,
+    transports: &[Arc<Mutex<MmioTransport>>],
+    hotplug: Option<&Hotplug>,
+) {
     loop {
         // A blocking eventfd: read returns once some transport (or stop)
         // wrote to it, with all writes since the last read summed.
@@ -141,6 +150,9 @@ fn serve(wake: &EventFd, stopping: &AtomicBool, transports: &[Arc<Mutex<MmioTran
             if t.has_pending() {
                 t.complete_pending();
             }
+        }
+        if let Some(hotplug) = hotplug {
+            hotplug.run_pending();
         }
     }
 }

@@ -28,6 +28,7 @@ use crate::config::{
 };
 use crate::device_manager::{DeviceError, DeviceManager};
 use crate::device_setup;
+use crate::hotplug::Hotplug;
 use crate::hygiene::{self, HygieneError};
 use crate::landlock::{self as fs_rules, FsAccess, LandlockError};
 use crate::memory::{GuestRam, MemoryError};
@@ -265,6 +266,13 @@ impl VmBuilder {
         self
     }
 
+    /// Declares `n` empty hot-plug slots for live mounts
+    /// ([`VmConfig::hotplug_slots`]; needs a [`VmBuilder::state_dir`]).
+    pub fn hotplug_slots(mut self, n: u8) -> Self {
+        self.config.hotplug_slots = n;
+        self
+    }
+
     /// Adds a virtio-vsock device ([`VmConfig::vsock`]); its socket is the
     /// guest agent's ([`crate::VmHandle::agent_socket`]).
     pub fn vsock(mut self, vsock: VsockConfig) -> Self {
@@ -379,6 +387,22 @@ impl VmBuilder {
             DeviceManager::new(&vm_fd, &mut pio, serial_writer(serial)?, shared.exit())?;
         for device in configured.devices {
             device_manager.add_virtio(&vm_fd, &mut mmio, mem, device)?;
+        }
+        if let (Some(state_dir), n @ 1..) = (&config.state_dir, config.hotplug_slots) {
+            let mut places = Vec::with_capacity(usize::from(n));
+            for _ in 0..n {
+                places.push(device_manager.add_hotplug_slot(
+                    &vm_fd,
+                    &mut mmio,
+                    mem,
+                    agentvm_devices::virtio::fs::NUM_QUEUES,
+                )?);
+            }
+            let wake = device_manager
+                .activation_event()
+                .try_clone()
+                .map_err(DeviceError::EventFd)?;
+            shared.set_hotplug(Arc::new(Hotplug::new(state_dir.clone(), places, wake)));
         }
 
         let kernel = boot::load_kernel(mem, &config.kernel)?;

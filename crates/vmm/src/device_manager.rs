@@ -149,6 +149,32 @@ impl DeviceManager {
         mem: &GuestMemory,
         device: Box<dyn VirtioDevice>,
     ) -> Result<MmioSlot, DeviceError> {
+        let transport = MmioTransport::new(device, mem.clone()).map_err(DeviceError::Transport)?;
+        self.add_transport(vm, mmio, transport)
+            .map(|(slot, _)| slot)
+    }
+
+    /// Adds an empty hot-plug slot (DeviceID 0) for devices of up to
+    /// `queues` queues, wired like any device; returns where it sits and
+    /// its transport, which the hot-plug requests fill and empty.
+    pub(crate) fn add_hotplug_slot(
+        &mut self,
+        vm: &VmFd,
+        mmio: &mut Bus,
+        mem: &GuestMemory,
+        queues: usize,
+    ) -> Result<(MmioSlot, Arc<Mutex<MmioTransport>>), DeviceError> {
+        let transport =
+            MmioTransport::empty_slot(mem.clone(), queues).map_err(DeviceError::Transport)?;
+        self.add_transport(vm, mmio, transport)
+    }
+
+    fn add_transport(
+        &mut self,
+        vm: &VmFd,
+        mmio: &mut Bus,
+        mut transport: MmioTransport,
+    ) -> Result<(MmioSlot, Arc<Mutex<MmioTransport>>), DeviceError> {
         let index = self.slots.len();
         let gsi = IRQ_BASE + index as u32;
         if gsi > IRQ_MAX {
@@ -157,8 +183,6 @@ impl DeviceManager {
             ));
         }
         let base = VIRTIO_MMIO_START + index as u64 * VIRTIO_MMIO_SIZE;
-        let mut transport =
-            MmioTransport::new(device, mem.clone()).map_err(DeviceError::Transport)?;
         transport.defer_activation(self.activation.try_clone().map_err(DeviceError::EventFd)?);
         let slot = MmioSlot {
             base,
@@ -175,9 +199,9 @@ impl DeviceManager {
             .map_err(kvm("a virtio interrupt"))?;
         let transport = Arc::new(Mutex::new(transport));
         mmio.insert(base, VIRTIO_MMIO_SIZE, transport.clone())?;
-        self.transports.push(transport);
+        self.transports.push(transport.clone());
         self.slots.push(slot);
-        Ok(slot)
+        Ok((slot, transport))
     }
 
     /// The eventfd the transports signal when an activation waits, and the
@@ -186,8 +210,13 @@ impl DeviceManager {
         (&self.activation, self.transports.clone())
     }
 
+    /// The eventfd that wakes the activation thread.
+    pub(crate) fn activation_event(&self) -> &EventFd {
+        &self.activation
+    }
+
     /// Whether activating a device may start a process (virtio-fs starts
-    /// a new virtiofsd after a reset).
+    /// a new virtiofsd after a reset). A hot-plugged device never does.
     pub(crate) fn launches_daemons(&self) -> bool {
         self.slots
             .iter()

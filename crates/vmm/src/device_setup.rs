@@ -58,8 +58,10 @@ pub(crate) fn create(
                         source: Box::new(source),
                     }
                 })?;
-            if !virtiofsd.contains(&fs.virtiofsd().path) {
-                virtiofsd.push(fs.virtiofsd().path.clone());
+            if let Some(bin) = fs.virtiofsd() {
+                if !virtiofsd.contains(&bin.path) {
+                    virtiofsd.push(bin.path.clone());
+                }
             }
             devices.push(Box::new(fs));
         }

@@ -262,3 +262,79 @@ fn a_net_stack_adds_exactly_one_virtio_device_of_type_1() {
     assert_eq!(slots[0].device_type, 1);
     assert_eq!(slots[0].base, VIRTIO_MMIO_START);
 }
+
+#[test]
+fn hotplug_slots_follow_the_devices_and_attach_under_the_seccomp_filters() {
+    use agentvm_devices::virtio::fs::{launch_detached, stop_detached, FsConfig, Search};
+
+    use crate::HotplugError;
+    if !kvm_or_skip() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let shared = dir.path().join("shared");
+    std::fs::create_dir_all(&state).unwrap();
+    std::fs::create_dir_all(&shared).unwrap();
+    let kernel = write_guest(dir.path(), &programs::hello("x").unwrap());
+    let vm = VmBuilder::new(&kernel)
+        .memory_mib(64)
+        .rng()
+        .state_dir(&state)
+        .hotplug_slots(2)
+        .serial(SerialSink::Discard)
+        .build()
+        .unwrap();
+    let slots = vm.devices().slots().to_vec();
+    assert_eq!(
+        slots.iter().map(|s| s.device_type).collect::<Vec<_>>(),
+        [4, 0, 0],
+        "the slots come after the devices, as placeholders"
+    );
+    assert_eq!(slots[1].base, VIRTIO_MMIO_START + 0x1000);
+    let handle = vm.handle();
+    // A guest that halts at once would end the VM; this one prints and
+    // halts, and the VMM's threads keep running until the handle stops it.
+    let running = vm.start().unwrap();
+
+    // The requests run on the activation thread, under its filter (the
+    // default level kills the VMM on a call outside it).
+    assert!(matches!(
+        handle.detach_fs("none"),
+        Err(HotplugError::UnknownTag(_))
+    ));
+    assert!(matches!(
+        handle.attach_fs("nobody", 1),
+        Err(HotplugError::Attach { .. })
+    ));
+    let bin = match Search::from_env(None).find() {
+        Ok(bin) => Some(bin),
+        Err(e) => {
+            eprintln!("no virtiofsd, attaching to a real one is skipped: {e}");
+            None
+        }
+    };
+    if let Some(bin) = bin {
+        let mut config = FsConfig::new("live0", &shared, &state);
+        config.allow_unsandboxed = true;
+        let daemon = launch_detached(&bin, &config, &state.join("live0.log")).unwrap();
+        let attached = handle.attach_fs("live0", daemon.pid).unwrap();
+        assert_eq!(attached.base, slots[1].base);
+        assert_eq!(handle.attached_fs(), std::slice::from_ref(&attached));
+        assert!(matches!(
+            handle.attach_fs("live0", daemon.pid),
+            Err(HotplugError::TagInUse(_))
+        ));
+        assert_eq!(handle.detach_fs("live0").unwrap(), attached);
+        assert!(handle.attached_fs().is_empty());
+        // The connection closed: the daemon ends by itself.
+        assert!(stop_detached(
+            daemon.pid,
+            &daemon.socket,
+            Duration::from_secs(5),
+            || false
+        ));
+    }
+    handle.stop();
+    assert!(!running.wait().is_failure());
+}

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -16,6 +16,7 @@ use vmm_sys_util::signal::Killable;
 use crate::activator::{Activator, ActivatorError, Confinement};
 use crate::device_manager::DeviceManager;
 use crate::exit::{ExitLatch, ExitStatus};
+use crate::hotplug::{AttachedFs, Hotplug, HotplugError};
 use crate::memory::GuestRam;
 use crate::memory_control::{self, BalloonReport, MemoryControlError};
 use crate::seccomp::SeccompLevel;
@@ -46,6 +47,8 @@ pub(crate) struct Shared {
     counters: Vec<Arc<VcpuCounters>>,
     memory_bytes: u64,
     controls: Controls,
+    /// The hot-plug slots, set once the devices are placed.
+    hotplug: OnceLock<Arc<Hotplug>>,
 }
 
 /// What the controls of [`VmHandle`] act through.
@@ -69,7 +72,14 @@ impl Shared {
                 .map(|_| Arc::new(VcpuCounters::default()))
                 .collect(),
             memory_bytes,
+            hotplug: OnceLock::new(),
         }
+    }
+
+    /// Gives the VM its hot-plug slots (once, while building).
+    pub(crate) fn set_hotplug(&self, hotplug: Arc<Hotplug>) {
+        // Set once by the builder; a second call would be a bug, ignored.
+        let _ = self.hotplug.set(hotplug);
     }
 
     /// Where the VM's exit status is decided; the devices and vCPUs that
@@ -149,6 +159,40 @@ impl VmHandle {
     /// a vsock device.
     pub fn agent_socket(&self) -> Option<&Path> {
         self.shared.controls.agent.as_deref()
+    }
+
+    /// Puts a virtio-fs device for `tag` into a free hot-plug slot,
+    /// connected to the virtiofsd the caller started on
+    /// `virtiofs-<tag>.sock` in the VM's state directory (`pid`, its
+    /// process id, is only shown). The guest sees the device once its
+    /// driver probes the returned window again. Waits for the VM's
+    /// activation thread, which does the work.
+    pub fn attach_fs(&self, tag: &str, pid: u32) -> Result<AttachedFs, HotplugError> {
+        self.shared
+            .hotplug
+            .get()
+            .ok_or(HotplugError::NoSlots)?
+            .attach_fs(tag, pid)
+    }
+
+    /// Takes the live mount `tag` out of its slot: the device stops, its
+    /// connection closes (the daemon then ends by itself) and the slot is
+    /// empty again, whatever the guest's driver still does.
+    pub fn detach_fs(&self, tag: &str) -> Result<AttachedFs, HotplugError> {
+        self.shared
+            .hotplug
+            .get()
+            .ok_or(HotplugError::NoSlots)?
+            .detach_fs(tag)
+    }
+
+    /// The live mounts attached now.
+    pub fn attached_fs(&self) -> Vec<AttachedFs> {
+        self.shared
+            .hotplug
+            .get()
+            .map(|h| h.attached())
+            .unwrap_or_default()
     }
 
     /// The network stack's handle, when the VM was built with
@@ -241,7 +285,8 @@ impl Vm {
             level: self.seccomp,
             launches_daemons: self.devices.launches_daemons(),
         };
-        let activator = match Activator::spawn(transports, event, confinement) {
+        let hotplug = self.shared.hotplug.get().cloned();
+        let activator = match Activator::spawn(transports, hotplug, event, confinement) {
             Ok(a) => a,
             Err(e) => {
                 self.devices.shutdown();
@@ -307,6 +352,9 @@ impl RunningVm {
             .unwrap_or(ExitStatus::Stopped);
         stop_vcpus(std::mem::take(&mut self.threads));
         self.activator.stop();
+        if let Some(hotplug) = self.vm.shared.hotplug.get() {
+            hotplug.cancel();
+        }
         self.vm.devices.shutdown();
         status
     }

@@ -238,7 +238,12 @@ impl crate::root::ShareMounter for VirtioFs {
 
 /// Mounts virtio-fs `tag` on `target`; retries for a second while the
 /// device probes.
-fn mount_virtiofs(tag: &str, target: &Path, read_only: bool, flags: MsFlags) -> nix::Result<()> {
+pub(crate) fn mount_virtiofs(
+    tag: &str,
+    target: &Path,
+    read_only: bool,
+    flags: MsFlags,
+) -> nix::Result<()> {
     let mut flags = flags;
     if read_only {
         flags |= MsFlags::MS_RDONLY;

@@ -24,6 +24,7 @@ mod dhcp;
 mod files;
 mod identity;
 mod init;
+mod live_mount;
 mod loopdev;
 mod net;
 mod reaper;

@@ -102,6 +102,14 @@ pub fn serve(conn: OwnedFd, agent: &Arc<Agent>) {
             };
             let _ = send(&mut file, &[Frame::hello(), reply]);
         }
+        Frame::Mount(m) => {
+            let done = crate::live_mount::mount(m.base, &m.tag, &m.target, m.read_only);
+            let _ = send(&mut file, &[Frame::hello(), ack_or_error(done)]);
+        }
+        Frame::Unmount(u) => {
+            let done = crate::live_mount::unmount(u.base, &u.target);
+            let _ = send(&mut file, &[Frame::hello(), ack_or_error(done)]);
+        }
         Frame::Poweroff => {
             let _ = send(&mut file, &[Frame::hello(), Frame::Ack]);
             drop(file);
@@ -110,6 +118,17 @@ pub fn serve(conn: OwnedFd, agent: &Arc<Agent>) {
         other => {
             let msg = format!("frame type {:#04x} cannot start a session", other.kind());
             let _ = send(&mut file, &[Frame::error(ErrorCode::UnexpectedFrame, msg)]);
+        }
+    }
+}
+
+/// `Ack` for a request carried out, else an `Error` saying why.
+fn ack_or_error(done: Result<(), crate::live_mount::LiveMountError>) -> Frame {
+    match done {
+        Ok(()) => Frame::Ack,
+        Err(e) => {
+            crate::log!("live mount: {e}");
+            Frame::error(ErrorCode::Internal, e.to_string())
         }
     }
 }

@@ -32,6 +32,10 @@ pub mod kind {
     pub const IDENTITY: u8 = 0x09;
     /// Write one host file at a path in the guest (`[[files]]`).
     pub const FILE: u8 = 0x0a;
+    /// Bind a filled hot-plug slot and mount its virtio-fs tag.
+    pub const MOUNT: u8 = 0x0b;
+    /// Unmount a live mount and unbind its slot.
+    pub const UNMOUNT: u8 = 0x0c;
     /// The command was spawned.
     pub const STARTED: u8 = 0x80;
     /// Bytes the command wrote to stdout (or to the terminal in PTY mode).
@@ -42,7 +46,8 @@ pub mod kind {
     pub const EXIT: u8 = 0x83;
     /// The request failed; the agent closes the connection after it.
     pub const ERROR: u8 = 0x84;
-    /// A `Configure`, `Identity` or `Poweroff` request was carried out.
+    /// A `Configure`, `Identity`, `Mount`, `Unmount` or `Poweroff` request
+    /// was carried out.
     pub const ACK: u8 = 0x85;
 }
 
@@ -95,6 +100,29 @@ pub struct FileCopy {
     pub content: Vec<u8>,
 }
 
+/// A live mount for the guest to make (`Mount`): the host filled the
+/// hot-plug slot at `base` with a virtio-fs device for `tag`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct LiveMount {
+    /// Guest-physical base of the slot's virtio-mmio window.
+    pub base: u64,
+    /// The virtio-fs tag.
+    pub tag: String,
+    /// Where to mount it (an absolute path).
+    pub target: Vec<u8>,
+    /// Mount it read-only.
+    pub read_only: bool,
+}
+
+/// A live mount for the guest to undo (`Unmount`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct LiveUnmount {
+    /// Guest-physical base of the slot's virtio-mmio window.
+    pub base: u64,
+    /// Where it is mounted.
+    pub target: Vec<u8>,
+}
+
 /// One protocol frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Frame {
@@ -132,6 +160,11 @@ pub enum Frame {
     Identity(Identity),
     /// Write a host file into the guest, owned by the default user.
     File(FileCopy),
+    /// Probe the hot-plug slot again (its driver's `bind`) and mount the
+    /// new virtio-fs device.
+    Mount(LiveMount),
+    /// Unmount a live mount and unbind its slot's device.
+    Unmount(LiveUnmount),
     /// The command runs with this process id.
     Started {
         /// Process id in the guest.
@@ -213,6 +246,8 @@ impl Frame {
             Frame::Poweroff => kind::POWEROFF,
             Frame::Identity(_) => kind::IDENTITY,
             Frame::File(_) => kind::FILE,
+            Frame::Mount(_) => kind::MOUNT,
+            Frame::Unmount(_) => kind::UNMOUNT,
             Frame::Started { .. } => kind::STARTED,
             Frame::Stdout(_) => kind::STDOUT,
             Frame::Stderr(_) => kind::STDERR,
@@ -313,6 +348,16 @@ impl Frame {
                 put_bytes(out, &f.target);
                 out.extend_from_slice(&f.mode.to_le_bytes());
                 put_bytes(out, &f.content);
+            }
+            Frame::Mount(m) => {
+                out.extend_from_slice(&m.base.to_le_bytes());
+                put_bytes(out, m.tag.as_bytes());
+                put_bytes(out, &m.target);
+                out.push(u8::from(m.read_only));
+            }
+            Frame::Unmount(u) => {
+                out.extend_from_slice(&u.base.to_le_bytes());
+                put_bytes(out, &u.target);
             }
             Frame::Started { pid } => out.extend_from_slice(&pid.to_le_bytes()),
             Frame::Exit(status) => {
@@ -466,6 +511,21 @@ pub fn decode_payload(kind: u8, payload: &[u8]) -> Result<Frame, DecodeError> {
             check_file(&file).map_err(|what| r.invalid(what))?;
             Frame::File(file)
         }
+        kind::MOUNT => Frame::Mount(LiveMount {
+            base: r.u64()?,
+            tag: String::from_utf8(r.bytes()?.to_vec())
+                .map_err(|_| r.invalid("tag is not UTF-8"))?,
+            target: r.bytes()?.to_vec(),
+            read_only: match r.u8()? {
+                0 => false,
+                1 => true,
+                _ => return Err(r.invalid("read_only is not 0 or 1")),
+            },
+        }),
+        kind::UNMOUNT => Frame::Unmount(LiveUnmount {
+            base: r.u64()?,
+            target: r.bytes()?.to_vec(),
+        }),
         kind::STARTED => Frame::Started { pid: r.u32()? },
         kind::EXIT => match r.u8()? {
             0 => Frame::Exit(ExitStatus::Code(r.i32()?)),
@@ -590,6 +650,10 @@ impl<'a> Cursor<'a> {
 
     fn u32(&mut self) -> Result<u32, DecodeError> {
         Ok(u32::from_le_bytes(self.array()?))
+    }
+
+    fn u64(&mut self) -> Result<u64, DecodeError> {
+        Ok(u64::from_le_bytes(self.array()?))
     }
 
     fn i32(&mut self) -> Result<i32, DecodeError> {

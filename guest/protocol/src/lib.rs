@@ -26,7 +26,7 @@
 //! the first frame is not a `Hello` of a version the agent speaks, or the frame
 //! is malformed or too large, or the command cannot be spawned, the agent sends
 //! one `Error` frame and closes the connection. Instead of `Start`, the host may
-//! send `Configure`, `Identity` or `File` (answered by `Ack`) or `Poweroff` (answered
+//! send `Configure`, `Identity`, `File`, `Mount` or `Unmount` (answered by `Ack`) or `Poweroff` (answered
 //! by `Ack`, then the guest powers off).
 //!
 //! In pipe mode the command's stdin, stdout and stderr are three pipes, and
@@ -66,6 +66,8 @@
 //! | 0x08 | Poweroff | host → guest | empty |
 //! | 0x09 | Identity | host → guest | known_hosts: `bytes`, git user.name: `opt`, git user.email: `opt` |
 //! | 0x0a | File | host → guest | target: `bytes` (absolute or `~/…`, no `.`/`..`/empty components, ≤ [`MAX_FILE_TARGET`]), mode: u32 (≤ 0o777), content: `bytes` (≤ [`MAX_FILE`]) |
+//! | 0x0b | Mount | host → guest | base: u64 (the hot-plug slot's MMIO base), tag: `bytes` (UTF-8), target: `bytes`, read_only: u8 (0/1) |
+//! | 0x0c | Unmount | host → guest | base: u64, target: `bytes` |
 //! | 0x80 | Started | guest → host | pid: u32 |
 //! | 0x81 | Stdout | guest → host | data (≤ 64 KiB) |
 //! | 0x82 | Stderr | guest → host | data (≤ 64 KiB) |

@@ -43,6 +43,8 @@ pub struct Fragment {
     pub log_max_mib: Option<u64>,
     /// `resources.net_memory_mib`.
     pub net_memory_mib: Option<u64>,
+    /// `resources.hotplug_slots`.
+    pub hotplug_slots: Option<u64>,
     /// `[[mounts]]`.
     pub mounts: Vec<Mount>,
     /// `[[files]]`.
@@ -102,6 +104,7 @@ impl Fragment {
         over(&mut self.persistent_root, later.persistent_root);
         over(&mut self.log_max_mib, later.log_max_mib);
         over(&mut self.net_memory_mib, later.net_memory_mib);
+        over(&mut self.hotplug_slots, later.hotplug_slots);
         over(&mut self.mode, later.mode);
         over(&mut self.kernel, later.kernel);
         over(&mut self.initrd, later.initrd);
@@ -154,6 +157,10 @@ impl Fragment {
             persistent_root: self.persistent_root.unwrap_or(false),
             log_max_mib: self.log_max_mib.unwrap_or(super::DEFAULT_LOG_MAX_MIB),
             net_memory_mib: self.net_memory_mib.unwrap_or(super::DEFAULT_NET_MEMORY_MIB),
+            hotplug_slots: self
+                .hotplug_slots
+                .and_then(|n| u8::try_from(n).ok())
+                .unwrap_or(super::DEFAULT_HOTPLUG_SLOTS),
             mounts: self.mounts,
             files: self.files,
             network: Network {

@@ -63,6 +63,11 @@ pub const MIN_MEMORY_MIB: u64 = 128;
 pub const DEFAULT_LOG_MAX_MIB: u64 = 16;
 /// The network stack's memory budget when no file names one, MiB.
 pub const DEFAULT_NET_MEMORY_MIB: u64 = 64;
+/// Hot-plug slots for live mounts, by default.
+pub const DEFAULT_HOTPLUG_SLOTS: u8 = 4;
+/// The most hot-plug slots a VM may declare (the interrupt lines left
+/// after the configured devices bound it further).
+pub const MAX_HOTPLUG_SLOTS: u8 = 8;
 /// The smallest network memory budget, MiB (the stack's queues need it).
 pub const MIN_NET_MEMORY_MIB: u64 = 4;
 /// Destination ports `filtered` mode allows when no file lists any.
@@ -102,6 +107,9 @@ pub struct ResolvedConfig {
     /// connections, MiB; connections past it are refused. Default:
     /// [`DEFAULT_NET_MEMORY_MIB`].
     pub net_memory_mib: u64,
+    /// Empty virtio-mmio slots declared at boot for `agentvm mount` (live
+    /// mounts); 0 declares none. Default: [`DEFAULT_HOTPLUG_SLOTS`].
+    pub hotplug_slots: u8,
     /// Host directories shared with the guest, in mount order. The first is
     /// the workspace itself, read-write at the same absolute path, unless a
     /// file mounts something else at that path.

@@ -73,6 +73,12 @@ pub fn render(cfg: &ResolvedConfig, lookup: &dyn Fn(&str) -> Option<String>) -> 
     );
     line(
         &mut out,
+        "hotplug_slots",
+        &cfg.hotplug_slots.to_string(),
+        None,
+    );
+    line(
+        &mut out,
         "persistent_root",
         &cfg.persistent_root.to_string(),
         None,

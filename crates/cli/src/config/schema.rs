@@ -95,6 +95,8 @@ pub struct Resources {
     pub log_max_mib: Option<Spanned<i64>>,
     /// The network stack's memory budget, MiB.
     pub net_memory_mib: Option<Spanned<i64>>,
+    /// Empty hot-plug slots for `agentvm mount`.
+    pub hotplug_slots: Option<Spanned<i64>>,
 }
 
 /// One `[[mounts]]` entry.

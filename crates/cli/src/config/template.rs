@@ -87,6 +87,9 @@ name = {name}
 # Memory the network stack may take for its connections, MiB; connections
 # past it are refused (RST). Default: 64.
 # net_memory_mib = 64
+# Empty device slots for `agentvm mount` (live mounts while the VM runs);
+# 0 turns live mounts off. Default: 4.
+# hotplug_slots = 4
 
 [network]
 # "off": no network. "filtered": only the domains below, on the ports

@@ -82,6 +82,7 @@ fn no_file_means_every_default() {
     assert_eq!(c.vcpus, 6);
     assert_eq!(c.memory_mib, 8000);
     assert_eq!((c.log_max_mib, c.net_memory_mib), (16, 64));
+    assert_eq!(c.hotplug_slots, DEFAULT_HOTPLUG_SLOTS);
     assert_eq!(
         c.mounts,
         [Mount {
@@ -121,8 +122,9 @@ fn no_file_means_every_default() {
 #[test]
 fn log_and_network_memory_caps_are_read() {
     let ws = Ws::new();
-    let c = ws.ok("[resources]\nlog_max_mib = 4\nnet_memory_mib = 128\n");
+    let c = ws.ok("[resources]\nlog_max_mib = 4\nnet_memory_mib = 128\nhotplug_slots = 0\n");
     assert_eq!((c.log_max_mib, c.net_memory_mib), (4, 128));
+    assert_eq!(c.hotplug_slots, 0);
 }
 
 #[test]
@@ -601,7 +603,7 @@ const ERRORS: &[(&str, usize, usize, &str)] = &[
     ("nmae = \"x\"", 1, 1, "unknown key `nmae` (expected one of name, plugins, resources, mounts, files, network, env, secrets, scripts, packages, npm, hooks, kernel, initrd, image, agent_home, git_hooks, seccomp, ssh)"),
     ("\n\n[network]\nmode = \"off\"\n\nmdoe = \"open\"\n", 6, 1, "unknown key `network.mdoe` (expected one of mode, domains, ports, hosts, forwards, upstream_ca)"),
     ("network.mdoe = 1", 1, 9, "unknown key `network.mdoe`"),
-    ("[resources]\ncpus = 2", 2, 1, "unknown key `resources.cpus` (expected one of vcpus, memory_mib, persistent_root, log_max_mib, net_memory_mib)"),
+    ("[resources]\ncpus = 2", 2, 1, "unknown key `resources.cpus` (expected one of vcpus, memory_mib, persistent_root, log_max_mib, net_memory_mib, hotplug_slots)"),
     ("[hooks]\npost-up = []", 2, 1, "unknown key `hooks.post-up` (expected one of pre_up, post_up, pre_down, post_down)"),
     ("[[mounts]]\nsource = \"a\"\ntarget = \"/a\"\n\n[[mounts]]\nsource = \"b\"\ntarget = \"/b\"\nreadonly = true\n", 8, 1, "unknown key `mounts[1].readonly` (expected one of source, target, read_only, create)"),
     ("mounts = [{ source = \"a\", target = \"/a\", ro = true }]", 1, 42, "unknown key `mounts[0].ro`"),
@@ -627,6 +629,8 @@ const ERRORS: &[(&str, usize, usize, &str)] = &[
     ("[resources]\nmemory_mib = 64", 2, 14, "`resources.memory_mib` must be at least 128 (MiB), not 64"),
     ("[resources]\nlog_max_mib = 0", 2, 15, "`resources.log_max_mib` must be between 1 and 1048576 (MiB), not 0"),
     ("[resources]\nnet_memory_mib = 2", 2, 18, "`resources.net_memory_mib` must be between 4 and 1048576 (MiB), not 2"),
+    ("[resources]\nhotplug_slots = 9", 2, 17, "`resources.hotplug_slots` must be between 0 and 8, not 9"),
+    ("[resources]\nhotplug_slots = -1", 2, 17, "`resources.hotplug_slots` must be between 0 and 8, not -1"),
     ("[resources]\nmemory_mib = -1", 2, 14, "must be at least 128 (MiB), not -1"),
     ("[network]\nmode = \"closed\"", 2, 8, "`network.mode` \"closed\" is not a mode (expected one of off, filtered, open)"),
     ("[network]\nports = [80, 0]", 2, 14, "`network.ports[1]`: 0 is not a port (1 to 65535)"),

@@ -12,7 +12,10 @@ use super::env::{is_var_name, EnvEntry, EnvValue};
 use super::load::{ConfigError, Source};
 use super::merge::Fragment;
 use super::schema::{self, ConfigFile, SpannedList};
-use super::{normalize, Forward, Mount, NetworkMode, Origin, MIN_MEMORY_MIB, MIN_NET_MEMORY_MIB};
+use super::{
+    normalize, Forward, Mount, NetworkMode, Origin, MAX_HOTPLUG_SLOTS, MIN_MEMORY_MIB,
+    MIN_NET_MEMORY_MIB,
+};
 
 /// The longest VM name.
 pub const MAX_NAME: usize = 63;
@@ -76,12 +79,13 @@ pub fn fragment(file: &ConfigFile, src: &Source, ctx: &Context<'_>) -> Result<Fr
                 )
             })?);
         }
-        for (key, value, min, max, slot) in [
+        for (key, value, min, max, unit, slot) in [
             (
                 "log_max_mib",
                 &r.log_max_mib,
                 1,
                 1 << 20,
+                " (MiB)",
                 &mut out.log_max_mib,
             ),
             (
@@ -89,7 +93,16 @@ pub fn fragment(file: &ConfigFile, src: &Source, ctx: &Context<'_>) -> Result<Fr
                 &r.net_memory_mib,
                 MIN_NET_MEMORY_MIB,
                 1 << 20,
+                " (MiB)",
                 &mut out.net_memory_mib,
+            ),
+            (
+                "hotplug_slots",
+                &r.hotplug_slots,
+                0,
+                u64::from(MAX_HOTPLUG_SLOTS),
+                "",
+                &mut out.hotplug_slots,
             ),
         ] {
             if let Some(v) = value {
@@ -102,7 +115,7 @@ pub fn fragment(file: &ConfigFile, src: &Source, ctx: &Context<'_>) -> Result<Fr
                             src.error(
                                 v.span(),
                                 format!(
-                                    "`resources.{key}` must be between {min} and {max} (MiB), \
+                                    "`resources.{key}` must be between {min} and {max}{unit}, \
                                      not {n}"
                                 ),
                             )

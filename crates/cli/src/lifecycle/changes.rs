@@ -132,6 +132,12 @@ fn resources(d: &mut Diff, a: &Snapshot, b: &Snapshot) {
         Mib(a.net_memory_mib),
         Mib(b.net_memory_mib),
     );
+    d.value(
+        "resources",
+        "hotplug_slots",
+        a.hotplug_slots,
+        b.hotplug_slots,
+    );
 }
 
 #[derive(PartialEq)]

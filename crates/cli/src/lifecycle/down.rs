@@ -44,6 +44,8 @@ pub fn bring_down(state: &StateDir, grace: Duration) -> anyhow::Result<()> {
         run_hooks("pre_down", &s.pre_down, &s.workspace);
     }
     stop(state, grace);
+    // Live mounts' daemons end with their connections; make sure.
+    super::mount::end_all(state);
     // The guest is gone: the last check, which nothing can race.
     if let Some(s) = &snap {
         super::git_guard::undo(state, s);

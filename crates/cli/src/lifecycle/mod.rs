@@ -37,6 +37,7 @@ pub mod down;
 pub mod exec;
 pub mod files;
 pub mod git_guard;
+pub mod mount;
 pub mod net;
 pub mod reclaim;
 pub mod rotated;
@@ -380,6 +381,10 @@ pub struct Snapshot {
     /// (`up --allow-unsandboxed-virtiofsd`).
     #[serde(default)]
     pub allow_unsandboxed_virtiofsd: bool,
+    /// Empty hot-plug slots for `agentvm mount` (`[resources]
+    /// hotplug_slots`; 0 in a snapshot from before them: that VM has none).
+    #[serde(default)]
+    pub hotplug_slots: u8,
     /// The secrets bound in this VM: names and hosts only (the values went
     /// to the VMM process on its stdin, the guest has placeholders).
     #[serde(default)]
@@ -479,6 +484,7 @@ impl Snapshot {
             log_max_mib: cfg.log_max_mib,
             net_memory_mib: cfg.net_memory_mib,
             allow_unsandboxed_virtiofsd: false,
+            hotplug_slots: cfg.hotplug_slots,
             secrets: Vec::new(),
             ssh_agent: None,
             recorded: Some(Recorded {

@@ -28,6 +28,8 @@ struct Row {
     secrets: Vec<String>,
     /// The guest targets of the host files copied at `up`.
     files: Vec<String>,
+    /// The live mounts, `HOST -> GUEST`.
+    mounts: Vec<String>,
 }
 
 /// Lists every VM with its pid, uptime, resident memory, network mode and
@@ -76,6 +78,9 @@ pub fn run() -> anyhow::Result<ExitCode> {
             r.files.join(", ")
         );
     }
+    for r in rows.iter().filter(|r| !r.mounts.is_empty()) {
+        let _ = writeln!(out, "{}: live mounts: {}", r.name, r.mounts.join("; "));
+    }
     for r in rows.iter().filter(|r| !r.limits.is_empty()) {
         let _ = writeln!(out, "{}: limits hit: {}", r.name, r.limits.join("; "));
     }
@@ -107,6 +112,10 @@ fn row(state: StateDir) -> Row {
         files: snap.as_ref().map_or_else(Vec::new, |s| {
             s.files.iter().map(|f| shown(&f.target)).collect()
         }),
+        mounts: super::mount::describe(&state)
+            .iter()
+            .map(|m| crate::escape::line(m).into_owned())
+            .collect(),
     };
     if let VmState::Starting(pid) | VmState::Stale(Some(pid)) = vm {
         row.pid = pid.to_string();

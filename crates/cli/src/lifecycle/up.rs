@@ -101,6 +101,13 @@ pub fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
             "agentvm: stopping {} to start it with the current configuration",
             cfg.name
         ));
+        let live = super::mount::describe(&state);
+        if !live.is_empty() {
+            args.report(&format!(
+                "agentvm: live mounts are not kept across a restart; `agentvm mount` them                  again: {}",
+                live.join(", ")
+            ));
+        }
         super::down::bring_down(&state, Duration::from_secs(args.stop_timeout))?;
     }
     if let Some(code) = already_up(&state, &cfg, &args, false)? {
@@ -372,6 +379,9 @@ fn report_running(state: &StateDir, cfg: &config::ResolvedConfig, pid: i32, args
                 text.push_str(&format!("\n  {change}"));
             }
             text.push_str("\n`agentvm up --restart` applies it");
+            if super::mount::any(state) {
+                text.push_str(" (live mounts are not kept across a restart)");
+            }
             args.report(&text);
         }
         Err(e) => {

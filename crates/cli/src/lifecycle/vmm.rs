@@ -109,6 +109,7 @@ pub fn run(args: VmmArgs) -> anyhow::Result<ExitCode> {
         )
         .collect();
     config.virtiofsd.allow_unsandboxed = snap.allow_unsandboxed_virtiofsd;
+    config.hotplug_slots = snap.hotplug_slots;
     let vsock = state.vsock();
     let vsock_config = VsockConfig::new(&vsock);
     let vsock_counters = vsock_config.counters.clone();
@@ -427,7 +428,25 @@ impl Handler for Server {
             | Request::NetAllow { .. }
             | Request::NetDeny { .. }
             | Request::NetPolicy { .. } => self.net.answer(&request),
+            Request::AttachFs { tag, pid } => self
+                .handle
+                .attach_fs(&tag, pid)
+                .map(|a| Reply::AttachFs(slot_reply(a)))
+                .map_err(|e| format!("{:#}", anyhow::Error::new(e))),
+            Request::DetachFs { tag } => self
+                .handle
+                .detach_fs(&tag)
+                .map(|a| Reply::DetachFs(slot_reply(a)))
+                .map_err(|e| format!("{:#}", anyhow::Error::new(e))),
         }
+    }
+}
+
+fn slot_reply(a: agentvm_vmm::AttachedFs) -> control::SlotReply {
+    control::SlotReply {
+        slot: a.slot,
+        base: a.base,
+        tag: a.tag,
     }
 }
 

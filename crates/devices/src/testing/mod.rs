@@ -198,11 +198,21 @@ impl Driver {
         device: Box<dyn VirtioDevice>,
         mem: GuestMemory,
     ) -> Result<Self, HarnessError> {
+        let transport = MmioTransport::new(device, mem.clone()).map_err(HarnessError::Transport)?;
+        Self::with_transport(transport, mem)
+    }
+
+    /// A driver for a transport made elsewhere (e.g. an empty hot-plug
+    /// slot, [`MmioTransport::empty_slot`]) over `mem`, the transport's
+    /// guest memory.
+    pub fn with_transport(
+        transport: MmioTransport,
+        mem: GuestMemory,
+    ) -> Result<Self, HarnessError> {
         let (start, end) = mem
             .iter()
             .next()
             .map_or((0, 0), |r| (r.start_addr().0, r.start_addr().0 + r.len()));
-        let transport = MmioTransport::new(device, mem.clone()).map_err(HarnessError::Transport)?;
         let epoll = Epoll::new().map_err(HarnessError::Wait)?;
         let fd = transport.interrupt_event().as_raw_fd();
         epoll

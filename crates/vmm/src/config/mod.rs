@@ -79,8 +79,9 @@ pub enum ConfigError {
     /// same words as [`agentvm_devices::virtio::vsock::VsockError::InvalidCid`]).
     #[error("Guest CID {0} is reserved or too large (use 3 to 4294967294)")]
     InvalidCid(u64),
-    /// Shares need a state directory for virtiofsd's sockets.
-    #[error("Shares need a state directory for virtiofsd's sockets")]
+    /// Shares (and hot-plug slots) need a state directory for virtiofsd's
+    /// sockets.
+    #[error("Shares and hot-plug slots need a state directory for virtiofsd's sockets")]
     NoStateDir,
     /// Two shares have the same tag.
     #[error("The share tag {0} is used twice")]
@@ -159,6 +160,11 @@ pub struct VmConfig {
     /// How the VMM's own file system access is restricted once the VM is
     /// built.
     pub landlock: Landlock,
+    /// Empty virtio-mmio windows declared at boot after every device, for
+    /// virtio-fs devices attached while the guest runs
+    /// ([`crate::VmHandle::attach_fs`]); 0 declares none. Needs a state
+    /// directory (the daemons' sockets live there).
+    pub hotplug_slots: u8,
 }
 
 impl VmConfig {
@@ -185,6 +191,7 @@ impl VmConfig {
             rng: false,
             balloon: None,
             landlock: Landlock::default(),
+            hotplug_slots: 0,
         }
     }
 
@@ -214,7 +221,7 @@ impl VmConfig {
                 return Err(ConfigError::InvalidCid(vsock.cid));
             }
         }
-        if !self.shares.is_empty() && self.state_dir.is_none() {
+        if (!self.shares.is_empty() || self.hotplug_slots > 0) && self.state_dir.is_none() {
             return Err(ConfigError::NoStateDir);
         }
         for share in &self.shares {

@@ -122,8 +122,10 @@ impl WorkerDevice {
 pub enum ThreadKind {
     /// A vCPU.
     Vcpu,
-    /// The thread that activates devices (and starts their workers) and
-    /// cleans up after resets, off the vCPU threads; with
+    /// The thread that activates devices (and starts their workers),
+    /// cleans up after resets and fills and empties hot-plug slots
+    /// (connecting to a live mount's virtiofsd: the vhost-user calls of
+    /// virtio-fs), off the vCPU threads; with
     /// `launches_daemons` it may also start virtiofsd, whose process then
     /// inherits this filter.
     Activation {

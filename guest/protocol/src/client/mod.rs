@@ -336,6 +336,23 @@ pub fn put_file<S: Read + Write>(
     request(stream, Frame::File(file))
 }
 
+/// Asks the agent to make a live mount: bind the filled hot-plug slot and
+/// mount its tag. Returns once the agent has acknowledged.
+pub fn mount<S: Read + Write>(
+    stream: S,
+    mount: crate::frame::LiveMount,
+) -> Result<(), ClientError> {
+    request(stream, Frame::Mount(mount))
+}
+
+/// Asks the agent to unmount a live mount and unbind its slot.
+pub fn unmount<S: Read + Write>(
+    stream: S,
+    unmount: crate::frame::LiveUnmount,
+) -> Result<(), ClientError> {
+    request(stream, Frame::Unmount(unmount))
+}
+
 /// Asks the agent to power the guest off; returns once it has acknowledged.
 pub fn poweroff<S: Read + Write>(stream: S) -> Result<(), ClientError> {
     request(stream, Frame::Poweroff)

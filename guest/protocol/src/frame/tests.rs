@@ -54,6 +54,17 @@ fn samples() -> Vec<Frame> {
             mode: 0,
             content: vec![7; MAX_FILE],
         }),
+        Frame::Mount(LiveMount {
+            base: 0xc000_5000,
+            tag: "live0".into(),
+            target: b"/mnt/live".to_vec(),
+            read_only: true,
+        }),
+        Frame::Mount(LiveMount::default()),
+        Frame::Unmount(LiveUnmount {
+            base: u64::MAX,
+            target: b"/mnt/\xff".to_vec(),
+        }),
         Frame::Started { pid: 4242 },
         Frame::Stdout(vec![0, 1, 2, 255]),
         Frame::Stderr(b"oops\n".to_vec()),
@@ -393,4 +404,39 @@ fn file_frames_are_bounded_on_both_sides() {
         content: vec![1; MAX_FILE],
     });
     assert!(biggest.encode().is_ok());
+}
+
+#[test]
+fn live_mount_frames_refuse_bad_fields() {
+    let mut good = Frame::Mount(LiveMount {
+        base: 1,
+        tag: "t".into(),
+        target: b"/m".to_vec(),
+        read_only: false,
+    })
+    .encode()
+    .unwrap();
+    // read_only 2.
+    *good.last_mut().unwrap() = 2;
+    assert!(matches!(decode(&good), Err(DecodeError::Invalid { .. })));
+    // A tag that is not UTF-8.
+    let mut p = 1u64.to_le_bytes().to_vec();
+    p.extend_from_slice(&[1, 0, 0, 0, 0xff]);
+    p.extend_from_slice(&[0, 0, 0, 0, 0]);
+    assert!(matches!(
+        decode_payload(kind::MOUNT, &p),
+        Err(DecodeError::Invalid { .. })
+    ));
+    // A target length beyond the payload.
+    let mut p = 1u64.to_le_bytes().to_vec();
+    p.extend_from_slice(&[0xff, 0xff, 0xff, 0x7f]);
+    assert!(matches!(
+        decode_payload(kind::UNMOUNT, &p),
+        Err(DecodeError::Truncated(_))
+    ));
+    // A short base.
+    assert!(matches!(
+        decode_payload(kind::UNMOUNT, &[1, 2, 3]),
+        Err(DecodeError::Truncated(_))
+    ));
 }

@@ -37,6 +37,7 @@ fn base() -> Snapshot {
         log_max_mib: 0,
         net_memory_mib: 0,
         allow_unsandboxed_virtiofsd: false,
+        hotplug_slots: 4,
         secrets: vec![SnapshotSecret {
             name: "TOKEN".into(),
             hosts: vec!["api.example.com".into()],

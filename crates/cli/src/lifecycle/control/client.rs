@@ -10,7 +10,7 @@ use agentvm_net::Policy;
 use anyhow::{anyhow, bail, Context};
 
 use super::protocol::{decode, encode, DecodeError, MAX_REPLY, VERSION};
-use super::protocol::{PolicyChange, Reply, Request, StatsReply, StatusReply};
+use super::protocol::{PolicyChange, Reply, Request, SlotReply, StatsReply, StatusReply};
 
 /// How long a client waits for the VMM to take a request or to reply.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -158,6 +158,30 @@ impl Client {
         match self.call(&Request::Reclaim)? {
             Reply::Reclaim => Ok(()),
             _ => Err(wrong_reply(&Request::Reclaim)),
+        }
+    }
+
+    /// Fills a hot-plug slot with a virtio-fs device for `tag`, attached
+    /// to the daemon `pid` listening in the state directory.
+    pub fn attach_fs(&mut self, tag: &str, pid: u32) -> anyhow::Result<SlotReply> {
+        let request = Request::AttachFs {
+            tag: tag.to_owned(),
+            pid,
+        };
+        match self.call(&request)? {
+            Reply::AttachFs(slot) => Ok(slot),
+            _ => Err(wrong_reply(&request)),
+        }
+    }
+
+    /// Empties the slot of live mount `tag`.
+    pub fn detach_fs(&mut self, tag: &str) -> anyhow::Result<SlotReply> {
+        let request = Request::DetachFs {
+            tag: tag.to_owned(),
+        };
+        match self.call(&request)? {
+            Reply::DetachFs(slot) => Ok(slot),
+            _ => Err(wrong_reply(&request)),
         }
     }
 

@@ -25,6 +25,8 @@
 //! | `net_allow` | `domains` | `policy`, `changed`: the names that were not on the allowlist |
 //! | `net_deny` | `domains` | `policy`, `changed`: the names that were on it (exact entries) |
 //! | `net_policy` | `policy` | `policy`: the whole new policy |
+//! | `attach_fs` | `tag`, `pid` | `slot`, `base`, `tag`: the hot-plug slot now holding the virtio-fs device |
+//! | `detach_fs` | `tag` | `slot`, `base`, `tag`: the slot just emptied |
 //!
 //! A policy is `{"mode":"off"|"filtered"|"open","domains":[…],"ports":[…],
 //! "hosts":{NAME:IPV4…},"forwards":[{"host":"ADDR:PORT","guest_port":N}…]}`
@@ -61,8 +63,8 @@ pub mod server;
 
 pub use client::{Client, VersionMismatch};
 pub use protocol::{
-    BalloonStats, BalloonStatus, Limits, NetLimits, PolicyChange, Reply, Request, StatsReply,
-    StatusReply,
+    BalloonStats, BalloonStatus, Limits, NetLimits, PolicyChange, Reply, Request, SlotReply,
+    StatsReply, StatusReply,
 };
 pub use server::{serve_connection, Handler};
 

@@ -54,6 +54,20 @@ pub enum Request {
         /// The new policy.
         policy: Policy,
     },
+    /// Put a virtio-fs device into a free hot-plug slot, connected to the
+    /// virtiofsd the CLI started on `virtiofs-<tag>.sock` in the state
+    /// directory (`agentvm mount`).
+    AttachFs {
+        /// The virtio-fs tag (letters, digits, `._-`).
+        tag: String,
+        /// The daemon's pid (shown only).
+        pid: u32,
+    },
+    /// Empty the slot of live mount `tag` (`agentvm unmount`).
+    DetachFs {
+        /// The virtio-fs tag.
+        tag: String,
+    },
 }
 
 impl Request {
@@ -69,6 +83,8 @@ impl Request {
             Request::NetAllow { .. } => "net_allow",
             Request::NetDeny { .. } => "net_deny",
             Request::NetPolicy { .. } => "net_policy",
+            Request::AttachFs { .. } => "attach_fs",
+            Request::DetachFs { .. } => "detach_fs",
         }
     }
 }
@@ -104,6 +120,10 @@ pub enum Reply {
         /// The policy now in force (names normalized).
         policy: Policy,
     },
+    /// Answers [`Request::AttachFs`].
+    AttachFs(SlotReply),
+    /// Answers [`Request::DetachFs`].
+    DetachFs(SlotReply),
     /// The request was not served.
     Error {
         /// Why, as a kind a program can act on.
@@ -196,6 +216,19 @@ pub struct NetLimits {
     pub udp_evicted: u64,
     /// DNS queries refused with too many upstream.
     pub dns_busy: u64,
+}
+
+/// The hot-plug slot a live mount is (or was) in.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct SlotReply {
+    /// The slot's index among the hot-plug slots.
+    pub slot: usize,
+    /// Guest-physical base of its virtio-mmio window (the guest finds
+    /// the device by it).
+    pub base: u64,
+    /// The virtio-fs tag.
+    pub tag: String,
 }
 
 /// The VM's counters.

@@ -32,6 +32,13 @@ fn every_request() -> Vec<Request> {
             domains: vec!["x.test".into()],
         },
         Request::NetPolicy { policy },
+        Request::AttachFs {
+            tag: "live0".into(),
+            pid: 77,
+        },
+        Request::DetachFs {
+            tag: "live0".into(),
+        },
     ]
 }
 
@@ -97,6 +104,16 @@ fn reply_to(request: &Request) -> Reply {
         Request::NetPolicy { policy } => Reply::NetPolicy {
             policy: policy.clone(),
         },
+        Request::AttachFs { tag, .. } => Reply::AttachFs(SlotReply {
+            slot: 1,
+            base: 0xc000_6000,
+            tag: tag.clone(),
+        }),
+        Request::DetachFs { tag } => Reply::DetachFs(SlotReply {
+            slot: 1,
+            base: 0xc000_6000,
+            tag: tag.clone(),
+        }),
     }
 }
 
@@ -410,6 +427,8 @@ fn every_client_call_gets_its_typed_reply() {
     assert_eq!(change.changed, ["b.test"]);
     let open = Policy::new(Mode::Open);
     assert_eq!(vmm.net_policy(open.clone()).unwrap(), open);
+    assert_eq!(vmm.attach_fs("live3", 9).unwrap().base, 0xc000_6000);
+    assert_eq!(vmm.detach_fs("live3").unwrap().tag, "live3");
     // A failure on the VMM's side reads as before.
     let err = vmm.reclaim().unwrap_err();
     assert_eq!(format!("{err:#}"), "the VMM refused: no agent");
@@ -432,6 +451,13 @@ fn every_client_call_gets_its_typed_reply() {
                 domains: vec!["b.test".into()]
             },
             Request::NetPolicy { policy: open },
+            Request::AttachFs {
+                tag: "live3".into(),
+                pid: 9
+            },
+            Request::DetachFs {
+                tag: "live3".into()
+            },
             Request::Reclaim,
         ]
     );
@@ -586,4 +612,43 @@ fn net_requests_round_trip() {
         "{err:#}"
     );
     server.join().unwrap();
+}
+
+#[test]
+fn live_mount_requests_are_checked_field_by_field() {
+    // As documented.
+    assert_eq!(
+        decode::<Request>(br#"{"version":1,"op":"attach_fs","tag":"live0","pid":5}"#).unwrap(),
+        Request::AttachFs {
+            tag: "live0".into(),
+            pid: 5
+        }
+    );
+    assert_eq!(
+        decode::<Request>(br#"{"version":1,"op":"detach_fs","tag":"live0"}"#).unwrap(),
+        Request::DetachFs {
+            tag: "live0".into()
+        }
+    );
+    // Missing, extra, mistyped or out-of-range fields are bad requests.
+    for line in [
+        &br#"{"version":1,"op":"attach_fs","tag":"live0"}"#[..],
+        br#"{"version":1,"op":"attach_fs","tag":"live0","pid":-1}"#,
+        br#"{"version":1,"op":"attach_fs","tag":"live0","pid":4294967296}"#,
+        br#"{"version":1,"op":"attach_fs","tag":5,"pid":5}"#,
+        br#"{"version":1,"op":"attach_fs","tag":"t","pid":5,"dir":"/etc"}"#,
+        br#"{"version":1,"op":"detach_fs"}"#,
+        br#"{"version":1,"op":"detach_fs","tag":null}"#,
+    ] {
+        assert!(
+            matches!(decode::<Request>(line), Err(DecodeError::Invalid(_))),
+            "{}",
+            String::from_utf8_lossy(line)
+        );
+    }
+    // A reply with a field too many is no reply of this protocol.
+    assert!(decode::<Reply>(
+        br#"{"version":1,"reply":"attach_fs","slot":0,"base":1,"tag":"t","x":1}"#
+    )
+    .is_err());
 }

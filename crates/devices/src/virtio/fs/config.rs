@@ -162,7 +162,7 @@ impl FsConfig {
 
 /// Tags are kept to a safe alphabet: they name the socket file and appear
 /// on the guest's mount command line.
-fn validate_tag(tag: &str) -> Result<(), ConfigError> {
+pub(crate) fn validate_tag(tag: &str) -> Result<(), ConfigError> {
     if tag.is_empty() {
         return Err(ConfigError::EmptyTag);
     }

@@ -256,29 +256,7 @@ impl Daemon {
                  virtiofsd runs without a sandbox (--sandbox none), as allowed"
             );
         }
-        let filter = VirtiofsdFilter::new()?;
-        let mut cmd = Command::new(&bin.path);
-        cmd.args(arguments(config, &socket, sandbox))
-            .env_clear()
-            .envs(
-                VIRTIOFSD_ENV
-                    .iter()
-                    .filter_map(|&k| Some((k, std::env::var_os(k)?))),
-            )
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .process_group(0);
-        // SAFETY: the closure runs in the forked child before exec and only
-        // makes system calls (close_range, prctl and seccomp in
-        // `VirtiofsdFilter::apply`, which does not allocate: the programs
-        // were compiled above, before the fork).
-        unsafe {
-            cmd.pre_exec(move || {
-                cloexec_from(3)?;
-                filter.apply()
-            });
-        }
+        let mut cmd = command(bin, config, &socket, sandbox, Stdio::piped())?;
         debug!(tag = %config.tag, ?cmd, "virtio-fs: starting virtiofsd {}", bin.version);
         let mut child = cmd.spawn().map_err(|source| DaemonError::Spawn {
             path: bin.path.clone(),
@@ -473,6 +451,43 @@ impl Drop for Daemon {
     }
 }
 
+/// The virtiofsd command for `config` (validated) in `sandbox` mode with
+/// its socket at `socket` and its stderr going to `stderr`: a clean
+/// environment, its own process group, nothing inherited but its stdio,
+/// and the filter of [`super::filter`] installed before exec.
+pub(super) fn command(
+    bin: &Virtiofsd,
+    config: &FsConfig,
+    socket: &Path,
+    sandbox: Sandbox,
+    stderr: Stdio,
+) -> Result<Command, DaemonError> {
+    let filter = VirtiofsdFilter::new()?;
+    let mut cmd = Command::new(&bin.path);
+    cmd.args(arguments(config, socket, sandbox))
+        .env_clear()
+        .envs(
+            VIRTIOFSD_ENV
+                .iter()
+                .filter_map(|&k| Some((k, std::env::var_os(k)?))),
+        )
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(stderr)
+        .process_group(0);
+    // SAFETY: the closure runs in the forked child before exec and only
+    // makes system calls (close_range, prctl and seccomp in
+    // `VirtiofsdFilter::apply`, which does not allocate: the programs
+    // were compiled above, before the fork).
+    unsafe {
+        cmd.pre_exec(move || {
+            cloexec_from(3)?;
+            filter.apply()
+        });
+    }
+    Ok(cmd)
+}
+
 /// virtiofsd's command line for `config`.
 fn arguments(config: &FsConfig, socket: &Path, sandbox: Sandbox) -> Vec<String> {
     let handles = if has_capability(CAP_DAC_READ_SEARCH) {
@@ -503,7 +518,7 @@ fn pid_file(socket: &Path) -> PathBuf {
 }
 
 /// A socket left by a VMM that died is replaced; anything else is not ours.
-fn remove_stale_socket(path: &Path) -> Result<(), DaemonError> {
+pub(super) fn remove_stale_socket(path: &Path) -> Result<(), DaemonError> {
     match fs::symlink_metadata(path) {
         Ok(meta) if meta.file_type().is_socket() => {
             fs::remove_file(path).map_err(|source| DaemonError::StaleSocket {
@@ -584,7 +599,7 @@ fn cloexec_from(first: u32) -> io::Result<()> {
 
 /// Waits up to `timeout` for `fd` to become readable (a pidfd: the
 /// process exited).
-fn wait_readable(fd: BorrowedFd<'_>, timeout: Duration) -> bool {
+pub(super) fn wait_readable(fd: BorrowedFd<'_>, timeout: Duration) -> bool {
     let deadline = Instant::now() + timeout;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -625,7 +640,7 @@ fn group_members(pgid: u32) -> Vec<u32> {
     members
 }
 
-fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
+pub(super) fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
     let pid = libc::pid_t::try_from(pid).map_err(|_| io::Error::from_raw_os_error(libc::ESRCH))?;
     // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
@@ -638,7 +653,7 @@ fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
 }
 
 /// SIGKILL to the process group `pid` leads. ESRCH (all gone) is fine.
-fn kill_group(pid: u32) {
+pub(super) fn kill_group(pid: u32) {
     let Ok(pgid) = libc::pid_t::try_from(pid) else {
         return;
     };

@@ -66,6 +66,9 @@ pub enum FsError {
         #[source]
         source: BackendError,
     },
+    /// The daemon of a live mount is gone and cannot be restarted here.
+    #[error("virtiofsd of live mount {0} is gone; unmount and mount again")]
+    Detached(String),
     /// The driver acknowledged features the (new) daemon does not offer.
     #[error("The driver acknowledged features {0:#x} virtiofsd does not offer")]
     Features(u64),
@@ -74,7 +77,9 @@ pub enum FsError {
 /// A virtio-fs device backed by one virtiofsd; see the [module docs](self).
 pub struct VirtioFs {
     config: FsConfig,
-    binary: Virtiofsd,
+    /// `None` for a daemon started elsewhere ([`VirtioFs::attach`]),
+    /// which this device never restarts.
+    binary: Option<Virtiofsd>,
     features: u64,
     config_space: [u8; CONFIG_LEN],
     /// A started daemon waiting for the driver.
@@ -109,7 +114,37 @@ impl VirtioFs {
         Ok(VirtioFs {
             features: session.guest_features(),
             config,
-            binary,
+            binary: Some(binary),
+            config_space,
+            idle: Some(session),
+            worker: WorkerSlot::new("virtio-fs", device_type::FS),
+            retired: None,
+            shared,
+        })
+    }
+
+    /// A device for the daemon someone else started for `config` (its
+    /// socket is [`FsConfig::socket_path`]; `shared_dir` is not looked
+    /// at), whose pid is said to be `pid`. Connects and runs the first half
+    /// of the handshake. After a reset of the device the daemon is gone
+    /// (it ends with its connection) and the device fails to activate
+    /// until it is replaced.
+    pub fn attach(config: FsConfig, pid: u32) -> Result<Self, FsError> {
+        super::config::validate_tag(&config.tag)?;
+        let session =
+            Session::attach(&config.socket_path(), pid).map_err(|source| FsError::Start {
+                tag: config.tag.clone(),
+                source,
+            })?;
+        let mut config_space = [0u8; CONFIG_LEN];
+        config_space[..TAG_LEN].copy_from_slice(&config.tag_bytes());
+        config_space[TAG_LEN..].copy_from_slice(&u32::from(NUM_REQUEST_QUEUES).to_le_bytes());
+        let shared = Arc::new(Shared::new(&config.tag, config.socket_path()));
+        shared.set(DaemonState::Running { pid });
+        Ok(VirtioFs {
+            features: session.guest_features(),
+            config,
+            binary: None,
             config_space,
             idle: Some(session),
             worker: WorkerSlot::new("virtio-fs", device_type::FS),
@@ -124,9 +159,9 @@ impl VirtioFs {
         FsHandle::new(self.shared.clone())
     }
 
-    /// The virtiofsd binary in use.
-    pub fn virtiofsd(&self) -> &Virtiofsd {
-        &self.binary
+    /// The virtiofsd binary in use; `None` for a daemon started elsewhere.
+    pub fn virtiofsd(&self) -> Option<&Virtiofsd> {
+        self.binary.as_ref()
     }
 
     /// The share.
@@ -183,7 +218,10 @@ impl VirtioFs {
     }
 
     fn start_session(&self) -> Result<Session, FsError> {
-        Session::start(&self.binary, &self.config).map_err(|source| FsError::Start {
+        let Some(binary) = &self.binary else {
+            return Err(FsError::Detached(self.config.tag.clone()));
+        };
+        Session::start(binary, &self.config).map_err(|source| FsError::Start {
             tag: self.config.tag.clone(),
             source,
         })

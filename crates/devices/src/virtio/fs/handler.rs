@@ -85,10 +85,8 @@ impl FsHandler {
             return;
         };
         // The fds close with the session; stop watching them first.
-        for (fd, token) in [
-            (session.socket_fd(), SOCKET),
-            (session.pidfd().as_raw_fd(), EXITED),
-        ] {
+        let pidfd = session.pidfd().map(|fd| (fd.as_raw_fd(), EXITED));
+        for (fd, token) in std::iter::once((session.socket_fd(), SOCKET)).chain(pidfd) {
             if let Err(e) = ops.remove(Events::with_data_raw(fd, token, EventSet::IN)) {
                 debug!("virtio-fs: cannot unwatch token {token}: {e}");
             }
@@ -196,7 +194,9 @@ impl MutEventSubscriber for FsHandler {
             .collect();
         if let Some(session) = &self.session {
             fds.push((session.socket_fd(), SOCKET));
-            fds.push((session.pidfd().as_raw_fd(), EXITED));
+            if let Some(pidfd) = session.pidfd() {
+                fds.push((pidfd.as_raw_fd(), EXITED));
+            }
         }
         for (fd, token) in fds {
             if let Err(e) = ops.add(Events::with_data_raw(fd, token, EventSet::IN)) {

@@ -62,6 +62,7 @@
 pub mod backend;
 pub mod config;
 pub mod daemon;
+pub mod detached;
 pub mod device;
 pub mod filter;
 pub mod handle;
@@ -73,6 +74,7 @@ pub mod session;
 pub use backend::BackendError;
 pub use config::{CacheMode, ConfigError, FsConfig};
 pub use daemon::{DaemonError, Sandbox};
+pub use detached::{launch_detached, launch_detached_in, stop_detached, Detached};
 pub use device::{FsError, VirtioFs};
 pub use handle::{DaemonState, FsHandle};
 pub use locate::{LocateError, Search, Virtiofsd};

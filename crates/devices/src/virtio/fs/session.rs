@@ -1,9 +1,12 @@
 //! A started share: one virtiofsd process and our vhost-user connection to
 //! it, past the first half of the handshake.
 
+use std::io;
 use std::os::fd::{BorrowedFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
 use std::process::ExitStatus;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tracing::warn;
 use vmm_sys_util::eventfd::EventFd;
@@ -16,6 +19,8 @@ use crate::virtio::{ActiveQueue, GuestMemory};
 
 /// How long any one vhost-user reply may take.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a started daemon's socket may refuse connections.
+const ATTACH_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Why a share could not be started.
 #[derive(Debug, thiserror::Error)]
@@ -33,7 +38,9 @@ pub(crate) struct Session {
     // Field order matters: the connection closes first, so the daemon
     // exits by itself before `Daemon`'s drop would have to kill it.
     backend: VhostUserFs,
-    daemon: Daemon,
+    /// `None` for a daemon someone else started ([`Session::attach`]).
+    daemon: Option<Daemon>,
+    pid: u32,
 }
 
 impl Session {
@@ -76,12 +83,49 @@ impl Session {
         let mut daemon = Daemon::spawn(bin, config, sandbox)?;
         let stream = daemon.connect(START_TIMEOUT)?;
         match VhostUserFs::connect(stream, REPLY_TIMEOUT) {
-            Ok(backend) => Ok(Session { backend, daemon }),
+            Ok(backend) => Ok(Session {
+                backend,
+                pid: daemon.pid(),
+                daemon: Some(daemon),
+            }),
             // A daemon that died mid-handshake explains the failure better
             // than the broken socket does.
             Err(_) if daemon.has_exited(STOP_GRACE) => Err(daemon.exited_error().into()),
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// Connects to a daemon started elsewhere (a live mount's, started by
+    /// the CLI) listening on `socket`; `pid` is what it says its pid is
+    /// (shown, never signalled). The daemon ends by itself when the
+    /// connection closes.
+    pub(crate) fn attach(socket: &Path, pid: u32) -> Result<Self, StartError> {
+        let deadline = Instant::now() + ATTACH_TIMEOUT;
+        let stream = loop {
+            match UnixStream::connect(socket) {
+                Ok(stream) => break stream,
+                // Bound but not yet listening.
+                Err(e)
+                    if e.kind() == io::ErrorKind::ConnectionRefused
+                        && Instant::now() < deadline =>
+                {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(source) => {
+                    return Err(DaemonError::Connect {
+                        path: socket.to_owned(),
+                        source,
+                    }
+                    .into())
+                }
+            }
+        };
+        let backend = VhostUserFs::connect(stream, REPLY_TIMEOUT)?;
+        Ok(Session {
+            backend,
+            daemon: None,
+            pid,
+        })
     }
 
     /// The virtio features to offer the guest.
@@ -91,12 +135,12 @@ impl Session {
 
     /// Whether the daemon has exited, waiting up to `timeout` for it.
     pub(crate) fn has_exited(&self, timeout: Duration) -> bool {
-        self.daemon.has_exited(timeout)
+        self.daemon.as_ref().is_some_and(|d| d.has_exited(timeout))
     }
 
     /// The daemon's pid.
     pub(crate) fn pid(&self) -> u32 {
-        self.daemon.pid()
+        self.pid
     }
 
     /// The vhost-user socket (readable once the daemon is gone).
@@ -104,9 +148,9 @@ impl Session {
         self.backend.socket_fd()
     }
 
-    /// The daemon's pidfd (readable once it exited).
-    pub(crate) fn pidfd(&self) -> BorrowedFd<'_> {
-        self.daemon.pidfd()
+    /// The daemon's pidfd (readable once it exited), when it is ours.
+    pub(crate) fn pidfd(&self) -> Option<BorrowedFd<'_>> {
+        self.daemon.as_ref().map(Daemon::pidfd)
     }
 
     /// The second half of the handshake; see [`VhostUserFs::activate`].
@@ -123,11 +167,10 @@ impl Session {
     /// Closes the connection, stops the daemon and tells how it ended.
     pub(crate) fn shutdown(self) -> Option<ExitStatus> {
         let Session {
-            backend,
-            mut daemon,
+            backend, daemon, ..
         } = self;
         drop(backend);
-        daemon.stop()
+        daemon.and_then(|mut d| d.stop())
     }
 }
 

@@ -58,6 +58,9 @@ use crate::virtio::{
 };
 use crate::warn_limited;
 
+mod slot;
+pub use slot::{SlotError, PLACEHOLDER_DEVICE_ID};
+
 /// Size of one virtio-mmio window.
 pub const MMIO_WINDOW_SIZE: u64 = 0x1000;
 /// "virt" in little endian: the value of the MagicValue register.
@@ -325,21 +328,14 @@ pub struct MmioTransport {
     pending: Option<ActivationContext>,
     /// A reset whose [`VirtioDevice::retire`] has not run yet.
     unretired: bool,
+    /// A hot-plug slot ([`MmioTransport::empty_slot`]).
+    slot: bool,
 }
 
 impl MmioTransport {
     /// Puts `device` behind a new register window over guest memory `mem`.
     pub fn new(device: Box<dyn VirtioDevice>, mem: GuestMemory) -> Result<Self, MmioError> {
-        if device.features() & VIRTIO_F_VERSION_1 == 0 {
-            return Err(MmioError::NotModern(device.device_type()));
-        }
-        let mut queues = Vec::new();
-        for (queue, &size) in device.queue_max_sizes().iter().enumerate() {
-            if size == 0 || size > MAX_QUEUE_SIZE || !size.is_power_of_two() {
-                return Err(MmioError::QueueMaxSize { queue, size });
-            }
-            queues.push(QueueRegs::new(size));
-        }
+        let queues = slot::queue_regs(device.as_ref())?;
         let notify = queues
             .iter()
             .map(|_| EventFd::new(EFD_NONBLOCK))
@@ -362,6 +358,7 @@ impl MmioTransport {
             deferred: None,
             pending: None,
             unretired: false,
+            slot: false,
         })
     }
 
