@@ -208,19 +208,19 @@ fn host_checks() -> bool {
         );
     }
     // The agents' computer: the root file system is built with these.
-    let missing: Vec<&str> = ["mmdebstrap", "mkfs.erofs", "mke2fs"]
+    let missing: Vec<&str> = ["mmdebstrap", "mkfs.erofs", "mke2fs", "mount", "curl"]
         .into_iter()
         .filter(|t| agentvm_image::which(t).is_none())
         .collect();
     if missing.is_empty() {
-        println!("root file system tools: mmdebstrap, mkfs.erofs, mke2fs: ok");
+        println!("root file system tools: mmdebstrap, mkfs.erofs, mke2fs, mount, curl: ok");
     } else {
         ok = false;
         println!(
             "root file system tools: {} missing — the guest's Debian userland with the agents \
              is built with them: {}",
             missing.join(", "),
-            agentvm_image::rootfs::install_hint("mmdebstrap uidmap erofs-utils e2fsprogs")
+            agentvm_image::rootfs::install_hint("mmdebstrap uidmap erofs-utils e2fsprogs mount curl")
         );
     }
     ok

@@ -294,6 +294,8 @@ impl Rootfs {
         recipe.validate()?;
         require_tool("mmdebstrap")?;
         require_tool("mkfs.erofs")?;
+        // mkfs.erofs reads the tree through a bind mount (mmdebstrap.rs).
+        require_tool("mount")?;
         let mode = detect_mode()?;
         let version = run::mmdebstrap_version()?;
         let keys = LayerKeys::compute(&recipe, &version);
