@@ -220,7 +220,9 @@ fn host_checks() -> bool {
             "root file system tools: {} missing — the guest's Debian userland with the agents \
              is built with them: {}",
             missing.join(", "),
-            agentvm_image::rootfs::install_hint("mmdebstrap uidmap erofs-utils e2fsprogs mount curl")
+            agentvm_image::rootfs::install_hint(
+                "mmdebstrap uidmap erofs-utils e2fsprogs mount curl"
+            )
         );
     }
     ok
