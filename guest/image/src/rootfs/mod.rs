@@ -24,7 +24,7 @@
 //! let cache = Cache::from_env("AGENTVM_IMAGE_CACHE", "image-build")?;
 //! let _lock = cache.lock()?;
 //! let recipe = RootfsRecipe::new(vec!["htop".into()], vec!["@openai/codex".into()]);
-//! let rootfs = Rootfs::build(&cache, &recipe, &mut |line| eprintln!("{line}"))?;
+//! let rootfs = Rootfs::build(&cache, &recipe, &mut |line: &str| eprintln!("{line}"))?;
 //! rootfs.install("/tmp/agentvm-image".as_ref())?; // rootfs.erofs rootfs.json
 //! # Ok(()) }
 //! ```
