@@ -258,20 +258,7 @@ impl Daemon {
         }
         let mut cmd = command(bin, config, &socket, sandbox, Stdio::piped())?;
         debug!(tag = %config.tag, ?cmd, "virtio-fs: starting virtiofsd {}", bin.version);
-        let mut child = cmd.spawn().map_err(|source| DaemonError::Spawn {
-            path: bin.path.clone(),
-            source,
-        })?;
-        let pid = child.id();
-        let pidfd = match pidfd_open(pid) {
-            Ok(fd) => fd,
-            Err(source) => {
-                kill_group(pid);
-                // Reaping a process we just SIGKILLed returns at once.
-                let _ = child.wait();
-                return Err(DaemonError::Pidfd { pid, source });
-            }
-        };
+        let (mut child, pidfd) = spawn(&mut cmd, bin)?;
         let tail = Tail::default();
         let relay = child
             .stderr
@@ -638,6 +625,25 @@ fn group_members(pgid: u32) -> Vec<u32> {
         }
     }
     members
+}
+
+/// Starts `cmd` (virtiofsd `bin`) and opens a pidfd for it; a daemon
+/// whose pidfd cannot be opened is killed and reaped.
+pub(super) fn spawn(cmd: &mut Command, bin: &Virtiofsd) -> Result<(Child, OwnedFd), DaemonError> {
+    let mut child = cmd.spawn().map_err(|source| DaemonError::Spawn {
+        path: bin.path.clone(),
+        source,
+    })?;
+    let pid = child.id();
+    match pidfd_open(pid) {
+        Ok(fd) => Ok((child, fd)),
+        Err(source) => {
+            kill_group(pid);
+            // Reaping a process we just SIGKILLed returns at once.
+            let _ = child.wait();
+            Err(DaemonError::Pidfd { pid, source })
+        }
+    }
 }
 
 pub(super) fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {

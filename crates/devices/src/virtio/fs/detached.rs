@@ -110,19 +110,8 @@ fn launch_in(
     })?;
     let mut cmd = daemon::command(bin, config, &socket, sandbox, Stdio::from(log_file))?;
     debug!(tag = %config.tag, ?cmd, "virtio-fs: starting a detached virtiofsd {}", bin.version);
-    let mut child = cmd.spawn().map_err(|source| DaemonError::Spawn {
-        path: bin.path.clone(),
-        source,
-    })?;
+    let (mut child, pidfd) = daemon::spawn(&mut cmd, bin)?;
     let pid = child.id();
-    let pidfd = match pidfd_open(pid) {
-        Ok(fd) => fd,
-        Err(source) => {
-            kill_group(pid);
-            let _ = child.wait();
-            return Err(DaemonError::Pidfd { pid, source });
-        }
-    };
     let deadline = Instant::now() + START_TIMEOUT;
     loop {
         // The socket comes before the sandbox: a daemon that cannot set

@@ -106,21 +106,8 @@ impl VirtioFs {
             tag: config.tag.clone(),
             source,
         })?;
-        let mut config_space = [0u8; CONFIG_LEN];
-        config_space[..TAG_LEN].copy_from_slice(&config.tag_bytes());
-        config_space[TAG_LEN..].copy_from_slice(&u32::from(NUM_REQUEST_QUEUES).to_le_bytes());
-        let shared = Arc::new(Shared::new(&config.tag, config.socket_path()));
-        shared.set(DaemonState::Running { pid: session.pid() });
-        Ok(VirtioFs {
-            features: session.guest_features(),
-            config,
-            binary: Some(binary),
-            config_space,
-            idle: Some(session),
-            worker: WorkerSlot::new("virtio-fs", device_type::FS),
-            retired: None,
-            shared,
-        })
+        let pid = session.pid();
+        Ok(Self::around(config, Some(binary), session, pid))
     }
 
     /// A device for the daemon someone else started for `config` (its
@@ -136,21 +123,27 @@ impl VirtioFs {
                 tag: config.tag.clone(),
                 source,
             })?;
+        Ok(Self::around(config, None, session, pid))
+    }
+
+    /// The device around a connected `session` to daemon `pid`, started
+    /// from `binary` (`None`: started elsewhere).
+    fn around(config: FsConfig, binary: Option<Virtiofsd>, session: Session, pid: u32) -> Self {
         let mut config_space = [0u8; CONFIG_LEN];
         config_space[..TAG_LEN].copy_from_slice(&config.tag_bytes());
         config_space[TAG_LEN..].copy_from_slice(&u32::from(NUM_REQUEST_QUEUES).to_le_bytes());
         let shared = Arc::new(Shared::new(&config.tag, config.socket_path()));
         shared.set(DaemonState::Running { pid });
-        Ok(VirtioFs {
+        VirtioFs {
             features: session.guest_features(),
             config,
-            binary: None,
+            binary,
             config_space,
             idle: Some(session),
             worker: WorkerSlot::new("virtio-fs", device_type::FS),
             retired: None,
             shared,
-        })
+        }
     }
 
     /// The host's view of the daemon; valid for the device's lifetime and
