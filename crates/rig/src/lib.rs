@@ -41,7 +41,7 @@ pub use agentvm_image::{Cache, ImageError};
 pub use image::{L1Image, L2Image, SshPeer, Tmux};
 pub use runner::{required, select_tier, Rig, RunError};
 pub use scenario::{
-    Boot, BootResult, GuestMode, KernelFormat, Scenario, ScenarioResult, Tier, Vmm,
+    Boot, BootResult, GuestMode, KernelFormat, Markers, Scenario, ScenarioResult, Tier, Vmm,
 };
 pub use stamp::VmmExit;
 

@@ -692,6 +692,29 @@ pub fn parse_log(log: &str) -> (Vec<(String, String)>, Vec<BootResult>) {
     (l1, boots)
 }
 
+/// A boot's script markers, with what a failed assertion about them should
+/// show (the scenario's context for the boot).
+pub struct Markers<'a> {
+    /// The boot whose markers these are.
+    pub boot: &'a BootResult,
+    /// [`ScenarioResult::context`] of the boot.
+    pub ctx: String,
+}
+
+impl<'a> Markers<'a> {
+    /// The markers of `boot` in `result`.
+    pub fn new(result: &ScenarioResult, boot: &'a BootResult) -> Markers<'a> {
+        Markers {
+            boot,
+            ctx: result.context(boot),
+        }
+    }
+
+    /// The marker `key`'s value, `<missing>` when the script never printed it.
+    pub fn m(&self, key: &str) -> &'a str {
+        self.boot.exec_marker(key).unwrap_or("<missing>")
+    }
+}
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {

@@ -26,7 +26,7 @@
 
 use std::time::Duration;
 
-use agentvm_rig::{error_chain, Boot, BootResult, Rig, Scenario, Tier, Tmux};
+use agentvm_rig::{error_chain, Boot, Markers, Rig, Scenario, Tier, Tmux};
 
 /// Before agentvm starts: L1's loopback and a web server on it.
 const SETUP: &str = r#"ip link set lo up
@@ -164,10 +164,7 @@ fn two_workspaces_at_once_with_their_own_networks_and_a_shell_through_tmux() {
         .run(&Scenario::new("lifecycle", vec![boot]))
         .unwrap_or_else(|e| panic!("{}", error_chain(&e)));
     let b = r.boot("lifecycle").expect("boot ran");
-    let t = Markers {
-        boot: b,
-        ctx: r.context(b),
-    };
+    let t = Markers::new(&r, b);
     eprintln!(
         "scenario lifecycle ({:?}): {:.1} s (L1 ready after {:.1} s; in L1, s since boot: \
          both up / networks checked / shell / all down: {}); up: {} / {}",
@@ -390,17 +387,4 @@ fn check_shell(t: &Markers<'_>) {
     );
     assert_eq!(t.m("shell_session"), "gone", "`exit`: {pane}; {}", t.ctx);
     assert_eq!(t.m("shell_rc"), "0", "{}", t.ctx);
-}
-
-/// The script's markers and what a failed assertion shows.
-struct Markers<'a> {
-    boot: &'a BootResult,
-    ctx: String,
-}
-
-impl<'a> Markers<'a> {
-    /// The marker `key`'s value.
-    fn m(&self, key: &str) -> &'a str {
-        self.boot.exec_marker(key).unwrap_or("<missing>")
-    }
 }

@@ -17,7 +17,7 @@
 
 use std::time::Duration;
 
-use agentvm_rig::{error_chain, Boot, BootResult, Rig, Scenario, Tier};
+use agentvm_rig::{error_chain, Boot, Markers, Rig, Scenario, Tier};
 
 /// Once the rig's own VM is up (it only carries this script).
 const SCRIPT: &str = r##"one_line() { head -c 1500 "$1" | tr '\n' '|'; }
@@ -128,10 +128,7 @@ fn shell_starts_the_vm_files_arrive_restart_applies_resources_and_destroy_leaves
         .run(&Scenario::new("newcomer", vec![boot]))
         .unwrap_or_else(|e| panic!("{}", error_chain(&e)));
     let b = r.boot("newcomer").expect("boot ran");
-    let t = Markers {
-        boot: b,
-        ctx: r.context(b),
-    };
+    let t = Markers::new(&r, b);
     eprintln!(
         "scenario newcomer ({:?}): {:.1} s (L1 ready after {:.1} s)",
         r.tier,
@@ -322,17 +319,4 @@ fn resources(s: &str) -> (u32, u64) {
     let cpus = it.next().and_then(|v| v.parse().ok()).unwrap_or(0);
     let mem = it.next().and_then(|v| v.parse().ok()).unwrap_or(0);
     (cpus, mem)
-}
-
-/// The script's markers and what a failed assertion shows.
-struct Markers<'a> {
-    boot: &'a BootResult,
-    ctx: String,
-}
-
-impl<'a> Markers<'a> {
-    /// The marker `key`'s value.
-    fn m(&self, key: &str) -> &'a str {
-        self.boot.exec_marker(key).unwrap_or("<missing>")
-    }
 }
