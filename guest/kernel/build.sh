@@ -6,7 +6,8 @@
 # SRC is a Linux source tree or tarball (default: Debian's linux-source-6.12,
 # /usr/src/linux-source-6.12.tar.xz, from `apt-get install linux-source-6.12`).
 # OUT_DIR (default: ./out/guest-kernel) receives `vmlinux` (the PVH ELF that
-# `agentvm boot` loads) and `config` (the kernel's .config). The object tree
+# `agentvm boot` loads), `bzImage` (the same kernel in the boot protocol's
+# compressed format) and `config` (the kernel's .config). The object tree
 # (OUT_DIR/build) and an unpacked tarball (OUT_DIR/src) are removed on
 # success unless AGENTVM_KERNEL_KEEP_BUILD=1; a rerun with them kept is
 # incremental.
@@ -14,7 +15,7 @@
 # Steps: `make allnoconfig`, merge microvm.config with merge_config.sh,
 # `make olddefconfig`, then check that every option of the fragment survived
 # (Kconfig silently drops an option whose dependencies are unmet) and fail
-# listing the ones that did not; then `make vmlinux`. --config-only stops
+# listing the ones that did not; then `make vmlinux bzImage`. --config-only stops
 # after the check (seconds, for editing the fragment).
 #
 # Needs: gcc make bc bison flex libelf-dev libssl-dev xz-utils (perl, python3
@@ -97,9 +98,11 @@ log "config ok: every option of $(basename "$fragment") is in $out/config"
 [ "$config_only" -eq 0 ] || exit 0
 
 start=$SECONDS
-log "make -j$jobs vmlinux"
-kmake -j"$jobs" vmlinux
-cp "$build/vmlinux" "$out/vmlinux.tmp"
-mv "$out/vmlinux.tmp" "$out/vmlinux"
-log "built $out/vmlinux ($(stat -c %s "$out/vmlinux") bytes) in $((SECONDS - start)) s"
+log "make -j$jobs vmlinux bzImage"
+kmake -j"$jobs" vmlinux bzImage
+for f in vmlinux arch/x86/boot/bzImage; do
+  cp "$build/$f" "$out/$(basename "$f").tmp"
+  mv "$out/$(basename "$f").tmp" "$out/$(basename "$f")"
+done
+log "built $out/vmlinux ($(stat -c %s "$out/vmlinux") bytes) and $out/bzImage ($(stat -c %s "$out/bzImage") bytes) in $((SECONDS - start)) s"
 [ "${AGENTVM_KERNEL_KEEP_BUILD:-0}" = 1 ] || rm -rf "${scratch[@]}"

@@ -16,7 +16,7 @@ use kvm_bindings::{
     kvm_pit_config, kvm_userspace_memory_region, CpuId, KVM_MAX_CPUID_ENTRIES,
     KVM_PIT_SPEAKER_DUMMY,
 };
-use kvm_ioctls::{Kvm, VmFd};
+use kvm_ioctls::{Cap, Kvm, VmFd};
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 
 use crate::arch::x86_64::regs::{self, EntryMode};
@@ -348,6 +348,9 @@ impl VmBuilder {
         // Threads the devices start from here on (virtiofsd's log relay)
         // confine themselves.
         agentvm_devices::thread::set_start_hook(seccomp::device_thread_hook(config.seccomp));
+        // Devices added by the embedder may be vhost-user back ends in
+        // another process; only ours are known not to be.
+        let shared_memory = config.needs_shared_memory() || !extra.is_empty();
         let configured = device_setup::create(&config, extra)?;
         let landlock = match &config.landlock {
             Landlock::Off => None,
@@ -358,7 +361,11 @@ impl VmBuilder {
 
         let kvm = Kvm::new().map_err(BuildError::OpenKvm)?;
         let vm_fd = kvm.create_vm().map_err(kvm_err("create a VM"))?;
-        let ram = GuestRam::new(memory_bytes)?;
+        let ram = if shared_memory {
+            GuestRam::new(memory_bytes)?
+        } else {
+            GuestRam::private(memory_bytes)?
+        };
         let memory_slots = register_memory(&vm_fd, &ram)?;
         vm_fd
             .set_tss_address(KVM_TSS_ADDRESS)
@@ -436,13 +443,23 @@ impl VmBuilder {
         let topology = cpuid::Topology {
             vcpus: config.vcpus,
         };
+        let mut host = cpuid::Host {
+            tsc_deadline: kvm.check_extension(Cap::TscDeadlineTimer),
+            brand: cpuid::Host::brand_of_this_cpu(),
+            tsc_khz: None,
+        };
         let mut vcpus = Vec::with_capacity(usize::from(config.vcpus));
         for id in 0..config.vcpus {
             let vcpu = vm_fd
                 .create_vcpu(u64::from(id))
                 .map_err(kvm_err("create a vCPU"))?;
+            if id == 0 && cpuid::Host::invariant_tsc_on_this_cpu() {
+                // KVM gives every vCPU the same rate; 0 or an error means
+                // it does not know one.
+                host.tsc_khz = vcpu.get_tsc_khz().ok().filter(|&khz| khz > 0);
+            }
             let mut entries = supported.as_slice().to_vec();
-            cpuid::normalize(&mut entries, id, topology);
+            cpuid::normalize(&mut entries, id, topology, host);
             let cpuid = CpuId::from_entries(&entries).map_err(|_| BuildError::Cpuid)?;
             vcpu.set_cpuid2(&cpuid).map_err(kvm_err("set CPUID"))?;
             regs::setup_vcpu(&vcpu, kernel.mode, kernel.entry, id == 0)

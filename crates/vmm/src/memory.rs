@@ -1,11 +1,23 @@
-//! Guest RAM: one memfd, mapped shared, laid out around the 32-bit MMIO hole.
+//! Guest RAM, laid out around the 32-bit MMIO hole: one memfd mapped
+//! shared ([`GuestRam::new`]) when another process must map it, private
+//! anonymous memory ([`GuestRam::private`]) otherwise.
 //!
 //! The memfd lets vhost-user back ends (virtiofsd) map the same pages, and
-//! lets the balloon give pages back with `fallocate(PUNCH_HOLE)`. Mappings
-//! are `MAP_NORESERVE`: guest RAM is a limit, not a reservation; pages are
+//! lets the balloon give pages back with `MADV_REMOVE`. Mappings are
+//! `MAP_NORESERVE`: guest RAM is a limit, not a reservation; pages are
 //! allocated when the guest first touches them. They are also
 //! `MADV_DONTDUMP`: a crash of the VMM never writes guest memory into a
 //! core dump (see [`crate::hygiene`]).
+//!
+//! Both kinds are advised `MADV_HUGEPAGE`. Every page the guest touches
+//! for the first time is a fault KVM must resolve (and, nested, a world
+//! switch of the outer hypervisor); a 2 MiB page resolves 512 of them at
+//! once and takes a level off every guest TLB miss. Linux gives anonymous
+//! memory huge pages under the default `enabled=madvise` or `always`, but
+//! a memfd only when `shmem_enabled` is `advise` or `always` (the default
+//! is `never`): a VM that needs no shared memory boots markedly faster on
+//! private memory (nested, 0.55 to 0.87 of the memfd's time to init in
+//! the same L1).
 
 use std::fs::File;
 use std::ptr::NonNull;
@@ -100,7 +112,34 @@ impl GuestRam {
             }
         })?;
         exclude_from_core_dumps(&mem)?;
+        ask_for_huge_pages(&mem);
         Ok(GuestRam { mem })
+    }
+
+    /// Creates `size` bytes of private anonymous guest RAM: only this
+    /// process can map it (no vhost-user back end), and nothing is
+    /// committed until the guest touches it. The balloon frees its pages
+    /// with `MADV_DONTNEED`.
+    pub fn private(size: u64) -> Result<Self, MemoryError> {
+        if !size.is_multiple_of(4096) || !(MIN_MEMORY..=MAX_MEMORY).contains(&size) {
+            return Err(MemoryError::InvalidSize(size));
+        }
+        let ranges: Vec<_> = ram_ranges(size)
+            .into_iter()
+            .map(|(addr, len)| (addr, len as usize))
+            .collect();
+        let mem = GuestMemoryMmap::from_ranges(&ranges).map_err(|source| MemoryError::Map {
+            mib: size >> 20,
+            source,
+        })?;
+        exclude_from_core_dumps(&mem)?;
+        ask_for_huge_pages(&mem);
+        Ok(GuestRam { mem })
+    }
+
+    /// Whether other processes can map this RAM (it is a shared memfd).
+    pub fn is_shared(&self) -> bool {
+        self.mem.iter().all(|r| r.file_offset().is_some())
     }
 
     /// The mapped memory.
@@ -136,6 +175,23 @@ fn create_memfd(size: u64) -> Result<Arc<File>, MemoryError> {
         tracing::debug!("cannot seal guest memory size: {e}");
     }
     Ok(Arc::new(file))
+}
+
+/// Advises every RAM mapping `MADV_HUGEPAGE`. Advice only: a kernel
+/// without transparent huge pages, or a memfd under `shmem_enabled=never`,
+/// keeps 4 KiB pages and the VM works the same.
+fn ask_for_huge_pages(mem: &GuestMemoryMmap<()>) {
+    for region in mem.iter() {
+        let Some(addr) = NonNull::new(region.as_ptr().cast::<std::ffi::c_void>()) else {
+            continue;
+        };
+        // SAFETY: the range is exactly one live mapping owned by `mem`;
+        // MADV_HUGEPAGE only changes how the kernel backs it, never its
+        // contents or its lifetime.
+        if let Err(e) = unsafe { madvise(addr, region.len() as usize, MmapAdvise::MADV_HUGEPAGE) } {
+            tracing::debug!("guest memory stays on small pages: MADV_HUGEPAGE: {e}");
+        }
+    }
 }
 
 /// Marks every RAM mapping `MADV_DONTDUMP`.
@@ -205,14 +261,21 @@ mod tests {
         assert!(blocks * 512 <= 2 << 20, "{blocks} blocks allocated");
     }
 
-    /// The `VmFlags` of the mapping that starts at `addr`, from smaps.
+    /// The `VmFlags` of the mapping that holds `addr`, from smaps (the
+    /// kernel merges adjacent anonymous mappings with the same flags).
     fn vm_flags(addr: usize) -> Vec<String> {
         let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
-        let start = format!("{addr:x}-");
         let mut in_mapping = false;
         for line in smaps.lines() {
-            if line.starts_with(|c: char| c.is_ascii_hexdigit()) && line.contains('-') {
-                in_mapping = line.starts_with(&start);
+            let range = line.split_once(' ').and_then(|(r, _)| r.split_once('-'));
+            if let Some((a, b)) =
+                range.filter(|_| line.starts_with(|c: char| c.is_ascii_hexdigit()))
+            {
+                let (a, b) = (
+                    usize::from_str_radix(a, 16).unwrap(),
+                    usize::from_str_radix(b, 16).unwrap(),
+                );
+                in_mapping = (a..b).contains(&addr);
             } else if let Some(flags) = line.strip_prefix("VmFlags:") {
                 if in_mapping {
                     return flags.split_whitespace().map(str::to_owned).collect();
@@ -247,6 +310,34 @@ mod tests {
             .next()
             .unwrap();
         assert!(!vm_flags(start).iter().any(|f| f == "dd"));
+    }
+
+    #[test]
+    fn private_ram_is_anonymous_advised_huge_and_left_out_of_core_dumps() {
+        let ram = GuestRam::private(4 << 30).unwrap();
+        assert!(!ram.is_shared());
+        assert!(GuestRam::new(64 << 20).unwrap().is_shared());
+        let mem = ram.memory();
+        assert_eq!(mem.num_regions(), 2);
+        assert!(mem.iter().all(|r| r.file_offset().is_none()));
+        mem.write_obj(0x5a_u8, GuestAddress(MMIO_HOLE_END)).unwrap();
+        assert_eq!(
+            mem.read_obj::<u8>(GuestAddress(MMIO_HOLE_END)).unwrap(),
+            0x5a
+        );
+        for region in mem.iter() {
+            let flags = vm_flags(region.as_ptr() as usize);
+            assert!(flags.iter().any(|f| f == "dd"), "flags {flags:?}");
+            // "hg": MADV_HUGEPAGE took (this kernel has THP).
+            let thp = std::path::Path::new("/sys/kernel/mm/transparent_hugepage/enabled");
+            if thp.exists() {
+                assert!(flags.iter().any(|f| f == "hg"), "flags {flags:?}");
+            }
+        }
+        assert!(matches!(
+            GuestRam::private((16 << 20) + 1),
+            Err(MemoryError::InvalidSize(_))
+        ));
     }
 
     #[test]

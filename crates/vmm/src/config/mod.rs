@@ -168,6 +168,13 @@ pub struct VmConfig {
 }
 
 impl VmConfig {
+    /// Whether a process other than the VMM must map guest RAM: the shares'
+    /// virtiofsd now, or a live mount's later (hot-plug slots). Guest RAM is
+    /// then a shared memfd, else private memory (see [`crate::memory`]).
+    pub fn needs_shared_memory(&self) -> bool {
+        !self.shares.is_empty() || (self.hotplug_slots > 0 && self.state_dir.is_some())
+    }
+
     /// Defaults for `kernel`: 512 MiB, one vCPU, [`DEFAULT_CMDLINE`], a PIT
     /// only when the command line turns ACPI off, seccomp filters that end
     /// the VM on an unexpected system call, the console on standard output,

@@ -202,3 +202,22 @@ fn the_pit_follows_acpi_unless_set() {
     c.pit = Some(false);
     assert!(!c.wants_pit());
 }
+
+#[test]
+fn guest_memory_is_shared_only_for_a_process_that_maps_it() {
+    assert!(full().needs_shared_memory(), "virtiofsd of the shares");
+    let mut c = VmConfig::new("/k");
+    c.vsock = Some(VsockConfig::new("/run/vm/vsock.sock"));
+    c.balloon = Some(BalloonConfig { target_mib: None });
+    c.rng = true;
+    assert!(!c.needs_shared_memory(), "devices of the VMM alone");
+    c.hotplug_slots = 4;
+    assert!(
+        !c.needs_shared_memory(),
+        "no state directory, no live mounts"
+    );
+    c.state_dir = Some("/run/vm".into());
+    assert!(c.needs_shared_memory(), "a live mount's virtiofsd");
+    c.hotplug_slots = 0;
+    assert!(!c.needs_shared_memory());
+}

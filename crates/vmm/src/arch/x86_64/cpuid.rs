@@ -4,6 +4,13 @@
 //! in the leaves that carry it, a topology that matches the VM (one socket,
 //! `n` cores, one thread per core), the hypervisor bit, and the KVM signature
 //! leaves so the guest enables kvm-clock and other paravirtual features.
+//!
+//! Some of what the guest should see KVM emulates without listing it (the
+//! TSC-deadline mode of the in-kernel local APIC, [`Host::tsc_deadline`]),
+//! or leaves out (the processor's brand string). Without the TSC-deadline
+//! bit Linux programs its timer through the APIC's memory-mapped
+//! registers, each write an instruction KVM must decode, where an MSR
+//! write would do.
 
 use kvm_bindings::kvm_cpuid_entry2;
 
@@ -40,12 +47,58 @@ pub const EDX_HTT: u32 = 1 << 28;
 /// "KVMKVMKVM\0\0\0" as EBX, ECX, EDX.
 pub const KVM_SIGNATURE: [u32; 3] = [0x4b4d_564b, 0x564b_4d56, 0x0000_004d];
 
+/// CPUID.1:ECX bit 24, "the local APIC timer supports TSC-deadline mode".
+pub const ECX_TSC_DEADLINE: u32 = 1 << 24;
+/// The leaves that hold the 48-byte processor brand string.
+pub const LEAVES_BRAND: [u32; 3] = [0x8000_0002, 0x8000_0003, 0x8000_0004];
+/// The hypervisor leaf that reports the TSC and APIC bus frequencies in kHz.
+const LEAF_TIMING: u32 = 0x4000_0010;
+/// KVM's local APIC timer counts at 1 GHz (its bus cycle is 1 ns), in kHz.
+const KVM_APIC_BUS_KHZ: u32 = 1_000_000;
+
 const LEVEL_TYPE_INVALID: u32 = 0;
 const LEVEL_TYPE_SMT: u32 = 1;
 const LEVEL_TYPE_CORE: u32 = 2;
 
+/// What the host offers beyond KVM's supported CPUID list.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Host {
+    /// KVM emulates the local APIC timer's TSC-deadline mode
+    /// (`KVM_CAP_TSC_DEADLINE_TIMER`).
+    pub tsc_deadline: bool,
+    /// The host processor's brand string as the twelve registers of leaves
+    /// 0x80000002..=0x80000004, when it has one.
+    pub brand: Option<[u32; 12]>,
+    /// The guest's TSC frequency in kHz, when it is invariant (the guest can
+    /// then skip calibrating it).
+    pub tsc_khz: Option<u32>,
+}
+
+impl Host {
+    /// The brand string of the processor this runs on, if it reports one.
+    pub fn brand_of_this_cpu() -> Option<[u32; 12]> {
+        use std::arch::x86_64::__cpuid;
+        if __cpuid(0x8000_0000).eax < LEAVES_BRAND[2] {
+            return None;
+        }
+        let mut regs = [0u32; 12];
+        for (i, leaf) in LEAVES_BRAND.into_iter().enumerate() {
+            let r = __cpuid(leaf);
+            regs[i * 4..i * 4 + 4].copy_from_slice(&[r.eax, r.ebx, r.ecx, r.edx]);
+        }
+        regs.iter().any(|&r| r != 0).then_some(regs)
+    }
+
+    /// Whether this processor's TSC runs at a constant rate in every power
+    /// state (CPUID.80000007H:EDX bit 8).
+    pub fn invariant_tsc_on_this_cpu() -> bool {
+        use std::arch::x86_64::__cpuid;
+        __cpuid(0x8000_0000).eax >= 0x8000_0007 && __cpuid(0x8000_0007).edx & (1 << 8) != 0
+    }
+}
+
 /// Rewrites `entries` (KVM's supported CPUID) for vCPU `apic_id`.
-pub fn normalize(entries: &mut Vec<kvm_cpuid_entry2>, apic_id: u8, topo: Topology) {
+pub fn normalize(entries: &mut Vec<kvm_cpuid_entry2>, apic_id: u8, topo: Topology, host: Host) {
     let apic = u32::from(apic_id);
     let n = u32::from(topo.vcpus.max(1));
     let core_bits = topo.core_bits();
@@ -57,6 +110,9 @@ pub fn normalize(entries: &mut Vec<kvm_cpuid_entry2>, apic_id: u8, topo: Topolog
                 // package, 15:8 CLFLUSH line size in quadwords.
                 e.ebx = (apic << 24) | (n << 16) | (8 << 8) | (e.ebx & 0xff);
                 e.ecx |= ECX_HYPERVISOR;
+                if host.tsc_deadline {
+                    e.ecx |= ECX_TSC_DEADLINE;
+                }
                 if n > 1 {
                     e.edx |= EDX_HTT;
                 } else {
@@ -82,7 +138,11 @@ pub fn normalize(entries: &mut Vec<kvm_cpuid_entry2>, apic_id: u8, topo: Topolog
                 e.edx = apic;
             }
             LEAF_KVM_SIGNATURE => {
-                e.eax = LEAF_KVM_FEATURES;
+                e.eax = if host.tsc_khz.is_some() {
+                    LEAF_TIMING
+                } else {
+                    LEAF_KVM_FEATURES
+                };
                 [e.ebx, e.ecx, e.edx] = KVM_SIGNATURE;
             }
             LEAF_AMD_SIZES => {
@@ -110,12 +170,45 @@ pub fn normalize(entries: &mut Vec<kvm_cpuid_entry2>, apic_id: u8, topo: Topolog
     if !entries.iter().any(|e| e.function == LEAF_KVM_SIGNATURE) {
         entries.push(kvm_cpuid_entry2 {
             function: LEAF_KVM_SIGNATURE,
-            eax: LEAF_KVM_FEATURES,
+            eax: if host.tsc_khz.is_some() {
+                LEAF_TIMING
+            } else {
+                LEAF_KVM_FEATURES
+            },
             ebx: KVM_SIGNATURE[0],
             ecx: KVM_SIGNATURE[1],
             edx: KVM_SIGNATURE[2],
             ..Default::default()
         });
+    }
+    entries.retain(|e| e.function != LEAF_TIMING);
+    if let Some(khz) = host.tsc_khz {
+        entries.push(kvm_cpuid_entry2 {
+            function: LEAF_TIMING,
+            eax: khz,
+            ebx: KVM_APIC_BUS_KHZ,
+            ..Default::default()
+        });
+    }
+    if let Some(brand) = host.brand {
+        let max_ext = entries
+            .iter()
+            .find(|e| e.function == 0x8000_0000)
+            .map_or(0, |e| e.eax);
+        if max_ext >= LEAVES_BRAND[2] {
+            entries.retain(|e| !LEAVES_BRAND.contains(&e.function));
+            for (i, function) in LEAVES_BRAND.into_iter().enumerate() {
+                let r = &brand[i * 4..i * 4 + 4];
+                entries.push(kvm_cpuid_entry2 {
+                    function,
+                    eax: r[0],
+                    ebx: r[1],
+                    ecx: r[2],
+                    edx: r[3],
+                    ..Default::default()
+                });
+            }
+        }
     }
 }
 
@@ -161,7 +254,7 @@ mod tests {
         let topo = Topology { vcpus: 6 };
         assert_eq!(topo.core_bits(), 3);
         let mut v = host();
-        normalize(&mut v, 5, topo);
+        normalize(&mut v, 5, topo, Host::default());
 
         let l1 = find(&v, 1, 0);
         assert_eq!(l1.ebx >> 24, 5);
@@ -200,7 +293,7 @@ mod tests {
     #[test]
     fn single_vcpu_has_no_htt_and_kvm_signature_is_added() {
         let mut v = host();
-        normalize(&mut v, 0, Topology { vcpus: 1 });
+        normalize(&mut v, 0, Topology { vcpus: 1 }, Host::default());
         assert_eq!(find(&v, 1, 0).edx & EDX_HTT, 0);
         assert_eq!(find(&v, 0xb, 1).eax, 0);
         let sig = find(&v, LEAF_KVM_SIGNATURE, 0);
@@ -210,5 +303,64 @@ mod tests {
         }
         assert_eq!(&text, b"KVMKVMKVM\0\0\0");
         assert_eq!(sig.eax, LEAF_KVM_FEATURES);
+    }
+
+    #[test]
+    fn without_host_extras_nothing_is_invented() {
+        let mut v = host();
+        normalize(&mut v, 0, Topology { vcpus: 1 }, Host::default());
+        assert_eq!(find(&v, 1, 0).ecx & ECX_TSC_DEADLINE, 0);
+        assert!(v.iter().all(|e| e.function != LEAF_TIMING));
+        assert!(v.iter().all(|e| !LEAVES_BRAND.contains(&e.function)));
+    }
+
+    #[test]
+    fn host_extras_reach_the_guest() {
+        let mut v = host();
+        let mut ext = entry(0x8000_0000, 0);
+        ext.eax = 0x8000_0021;
+        v.push(ext);
+        // KVM's own (empty) brand leaf is replaced, not duplicated.
+        v.push(entry(0x8000_0002, 0));
+        let text = b"AMD EPYC-Rome Processor\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0";
+        let mut brand = [0u32; 12];
+        for (i, r) in brand.iter_mut().enumerate() {
+            *r = u32::from_le_bytes(text[i * 4..i * 4 + 4].try_into().unwrap());
+        }
+        let extras = Host {
+            tsc_deadline: true,
+            brand: Some(brand),
+            tsc_khz: Some(2_445_000),
+        };
+        normalize(&mut v, 0, Topology { vcpus: 1 }, extras);
+
+        assert_ne!(find(&v, 1, 0).ecx & ECX_TSC_DEADLINE, 0);
+        assert_ne!(find(&v, 1, 0).ecx & ECX_HYPERVISOR, 0, "kept");
+        assert_eq!(find(&v, LEAF_KVM_SIGNATURE, 0).eax, LEAF_TIMING);
+        let timing = find(&v, LEAF_TIMING, 0);
+        assert_eq!((timing.eax, timing.ebx), (2_445_000, 1_000_000));
+        let mut got = Vec::new();
+        for leaf in LEAVES_BRAND {
+            assert_eq!(v.iter().filter(|e| e.function == leaf).count(), 1);
+            let e = find(&v, leaf, 0);
+            for r in [e.eax, e.ebx, e.ecx, e.edx] {
+                got.extend_from_slice(&r.to_le_bytes());
+            }
+        }
+        assert_eq!(&got[..], &text[..]);
+    }
+
+    #[test]
+    fn a_brand_is_not_added_past_the_last_extended_leaf() {
+        let mut v = host();
+        let mut ext = entry(0x8000_0000, 0);
+        ext.eax = 0x8000_0001;
+        v.push(ext);
+        let extras = Host {
+            brand: Some([0x4141_4141; 12]),
+            ..Host::default()
+        };
+        normalize(&mut v, 0, Topology { vcpus: 1 }, extras);
+        assert!(v.iter().all(|e| !LEAVES_BRAND.contains(&e.function)));
     }
 }
