@@ -366,6 +366,11 @@ impl VmBuilder {
         } else {
             GuestRam::private(memory_bytes)?
         };
+        tracing::debug!(
+            mib = memory_bytes >> 20,
+            shared = ram.is_shared(),
+            "guest RAM mapped"
+        );
         let memory_slots = register_memory(&vm_fd, &ram)?;
         vm_fd
             .set_tss_address(KVM_TSS_ADDRESS)
