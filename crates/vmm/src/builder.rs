@@ -9,6 +9,7 @@ use std::fs::File;
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Instant;
 
 use agentvm_devices::bus::Bus;
 use agentvm_devices::virtio::VirtioDevice;
@@ -34,7 +35,7 @@ use crate::landlock::{self as fs_rules, FsAccess, LandlockError};
 use crate::memory::{GuestRam, MemoryError};
 use crate::seccomp;
 use crate::vcpu::Buses;
-use crate::vm::{Controls, Shared, Vm};
+use crate::vm::{Controls, SetupTimes, Shared, Vm};
 
 /// Address of the 3-page TSS KVM needs on Intel hosts (just below the BIOS
 /// ROM area at the top of the 32-bit space, inside the MMIO hole).
@@ -351,7 +352,10 @@ impl VmBuilder {
         // Devices added by the embedder may be vhost-user back ends in
         // another process; only ours are known not to be.
         let shared_memory = config.needs_shared_memory() || !extra.is_empty();
+        let mut times = SetupTimes::default();
+        let mut step = Instant::now();
         let configured = device_setup::create(&config, extra)?;
+        times.devices = lap(&mut step);
         let landlock = match &config.landlock {
             Landlock::Off => None,
             Landlock::FromConfig => Some(fs_rules::vm_access(&config, &configured.virtiofsd)),
@@ -417,6 +421,7 @@ impl VmBuilder {
             shared.set_hotplug(Arc::new(Hotplug::new(state_dir.clone(), places, wake)));
         }
 
+        times.memory = lap(&mut step);
         let kernel = boot::load_kernel(mem, &config.kernel)?;
         let initrd = match &config.initrd {
             Some(path) => Some(boot::load_initrd(mem, memory_bytes, &kernel, path)?),
@@ -441,6 +446,7 @@ impl VmBuilder {
             )?,
         }
         regs::write_boot_tables(mem, kernel.mode).map_err(|e| BuildError::Vcpu(0, e))?;
+        times.boot_image = lap(&mut step);
 
         let supported = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
@@ -472,6 +478,7 @@ impl VmBuilder {
             vcpus.push(vcpu);
         }
 
+        times.vcpus = lap(&mut step);
         // Last: everything above opened what it needed.
         let landlock = match &landlock {
             Some(access) => Some(fs_rules::restrict_self(access)?),
@@ -487,8 +494,17 @@ impl VmBuilder {
             ram,
             memory_slots,
             landlock,
+            setup_times: times,
         })
     }
+}
+
+/// The time since `*step`, which moves to now.
+fn lap(step: &mut Instant) -> std::time::Duration {
+    let now = Instant::now();
+    let took = now.duration_since(*step);
+    *step = now;
+    took
 }
 
 fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> BuildError {

@@ -113,4 +113,4 @@ pub use hotplug::{AttachedFs, HotplugError};
 pub use memory::MemoryError;
 pub use memory_control::{BalloonReport, MemoryControlError};
 pub use seccomp::SeccompLevel;
-pub use vm::{RunError, RunningVm, Vm, VmHandle, VmStats};
+pub use vm::{RunError, RunningVm, SetupTimes, Vm, VmHandle, VmStats};

@@ -19,6 +19,7 @@
 //! [`reaper`]), the accept loop on the main thread.
 
 mod accounts;
+mod boot_times;
 mod cmdline;
 mod dhcp;
 mod files;
@@ -305,6 +306,7 @@ fn run_serve(args: ServeArgs) -> ExitCode {
 
 /// PID 1. `listen` replaces vsock (tests run init in a PID namespace).
 fn run_init(listen: Option<Listen>) -> ExitCode {
+    let mut times = boot_times::BootTimes::start();
     let set = block_signals();
     init::mount_basics();
     init::ensure_console();
@@ -318,6 +320,7 @@ fn run_init(listen: Option<Listen>) -> ExitCode {
         log!("{w}");
     }
     init::load_modules();
+    times.mark("modules_loaded");
     let switched = cfg.rootfs.as_ref().is_some_and(|rootfs| {
         match root::setup(rootfs, &cfg.upper, &root::Layout::guest(), &init::VirtioFs) {
             Ok(notes) => {
@@ -333,8 +336,10 @@ fn run_init(listen: Option<Listen>) -> ExitCode {
             }
         }
     });
+    times.mark("root_ready");
     init::set_hostname(&cfg.hostname);
     net::configure(&cfg);
+    times.mark("network_started");
     // The user (and so their home) before the shares: plugins mount agent
     // homes inside it, and a home made by those mounts would be root's.
     let account = cfg
@@ -364,6 +369,7 @@ fn run_init(listen: Option<Listen>) -> ExitCode {
     }
     let owner = account.as_ref().map(|a| (a.home.as_str(), a.uid, a.gid));
     init::mount_tmpfs(&tmpfs, owner);
+    times.mark("shares_mounted");
     if let Some(port) = cfg.ssh_agent {
         let owner = account.as_ref().map(|a| (a.uid, a.gid));
         let connect = std::sync::Arc::new(ssh_agent::vsock_to_host(port));
@@ -381,7 +387,9 @@ fn run_init(listen: Option<Listen>) -> ExitCode {
     if let Some(a) = account {
         let _ = agent.default_user.set(a.name);
     }
+    times.mark("user_and_ssh_agent");
     init::run_startup(&agent.reaper);
+    times.mark("startup_scripts");
     let at = listen.unwrap_or(Listen::Vsock(cfg.port));
     let listener = match Listener::bind(&at) {
         Ok(l) => l,
@@ -390,6 +398,8 @@ fn run_init(listen: Option<Listen>) -> ExitCode {
             init::power_off();
         }
     };
+    times.mark("ready");
+    times.write();
     announce_ready();
     if let Err(e) = listener.serve(&agent) {
         log!("accept failed: {e}");

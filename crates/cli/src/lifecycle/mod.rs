@@ -42,6 +42,7 @@ pub mod net;
 pub mod reclaim;
 pub mod rotated;
 pub mod status;
+pub mod timings;
 pub mod up;
 pub mod vmm;
 

@@ -14,6 +14,7 @@ use anyhow::{bail, Context};
 use clap::Args;
 
 use super::control::Client;
+use super::timings;
 use super::{
     check_private, make_private, run_hooks, RootLock, Snapshot, StateDir, VmState, VMM_SUBCOMMAND,
 };
@@ -49,6 +50,11 @@ pub struct UpArgs {
     /// is killed (`agentvm down --timeout`).
     #[arg(long, value_name = "SECS", default_value_t = 10)]
     stop_timeout: u64,
+    /// After starting, print where the time went: each step from the
+    /// command to the guest's ready line (this side, the VMM, the kernel,
+    /// the guest agent) and the steps after it.
+    #[arg(long)]
+    timings: bool,
     /// Report on stderr, not stdout: `run`, `shell` and `agent` start the
     /// VM this way, and their stdout is the command's.
     #[arg(skip)]
@@ -74,6 +80,7 @@ impl UpArgs {
             allow_unsandboxed_virtiofsd: false,
             restart: false,
             stop_timeout: 10,
+            timings: false,
             report_on_stderr: true,
         }
     }
@@ -87,6 +94,7 @@ impl UpArgs {
 /// Starts the VM, or says it already runs.
 pub fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
+    let mut stamps = timings::UpStamps::start();
     let cfg = config::load(args.dir.as_deref().unwrap_or(Path::new(".")))?;
     // Before anything of the configuration takes effect: nothing it says
     // runs or is shared until the user approved exactly this content.
@@ -113,6 +121,7 @@ pub fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     if let Some(code) = already_up(&state, &cfg, &args, false)? {
         return Ok(code);
     }
+    stamps.mark("configuration");
     let mut snap = base_snapshot(&cfg)?;
     snap.allow_unsandboxed_virtiofsd = args.allow_unsandboxed_virtiofsd;
     // The VMM's environment is scrubbed: the agent's socket goes in the
@@ -148,6 +157,7 @@ pub fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         }
     }
 
+    stamps.mark("image");
     for mount in &cfg.mounts {
         mount.prepare_source()?;
     }
@@ -194,7 +204,9 @@ pub fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     let json = serde_json::to_vec_pretty(&snap).context("cannot encode the configuration")?;
     std::fs::write(state.snapshot(), json)
         .with_context(|| format!("cannot write {}", state.snapshot().display()))?;
+    stamps.mark("prepared");
     let mut child = spawn_vmm(&state, bound.handoff.as_ref())?;
+    stamps.mark("spawned");
     if let Err(e) = std::fs::write(state.pid_file(), format!("{}\n", child.id())) {
         let _ = child.kill();
         let _ = child.wait();
@@ -204,21 +216,25 @@ pub fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         );
     }
     drop(lock);
-    if let Err(e) = wait_ready(&state, &mut child, Duration::from_secs(args.timeout)) {
-        let _ = child.kill();
-        let _ = child.wait();
-        let tail = console_tail(&state.console());
-        let _ = state.clean();
-        return Err(if tail.is_empty() {
-            anyhow::anyhow!("{} did not start: {e:#}", cfg.name)
-        } else {
-            anyhow::anyhow!(
-                "{} did not start ({e:#}); its console ended with:\n{tail}",
-                cfg.name
-            )
-        });
-    }
+    let vmm_stamps = match wait_ready(&state, &mut child, Duration::from_secs(args.timeout)) {
+        Ok(reply) => reply.boot,
+        Err(e) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            let tail = console_tail(&state.console());
+            let _ = state.clean();
+            return Err(if tail.is_empty() {
+                anyhow::anyhow!("{} did not start: {e:#}", cfg.name)
+            } else {
+                anyhow::anyhow!(
+                    "{} did not start ({e:#}); its console ended with:\n{tail}",
+                    cfg.name
+                )
+            });
+        }
+    };
     let boot = started.elapsed();
+    stamps.mark("ready");
 
     let guest_vars = crate::secrets::guest_env(&guest_env.vars, &bound.secrets);
     if !guest_vars.is_empty() || bound.ca_cert_pem.is_some() {
@@ -250,6 +266,7 @@ pub fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     if let Some(line) = super::files::copy_in(&state, &mut snap, &host_files) {
         args.report(&line);
     }
+    stamps.mark("configured");
     let agent = Agent {
         uds: &state.vsock(),
         port: EXEC_PORT,
@@ -273,6 +290,7 @@ pub fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     }
     super::git_guard::undo(&state, &snap);
     run_hooks("post_up", &cfg.hooks.post_up, &cfg.workspace);
+    stamps.mark("scripts");
     args.report(&format!(
         "agentvm: {} is up in {} ms (pid {}); `agentvm shell` opens a shell, `agentvm down` \
          stops it",
@@ -280,7 +298,44 @@ pub fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         boot.as_millis(),
         child.id()
     ));
+    if args.timings {
+        let guest = guest_boot_times(&agent, &snap);
+        let rows = timings::report(&stamps, vmm_stamps.as_ref(), &guest);
+        args.report(&format!(
+            "agentvm: where `up` spent its time:\n{}",
+            timings::render(&rows).trim_end()
+        ));
+        if guest.is_empty() {
+            args.report(
+                "agentvm: the guest's steps are missing: its image predates them \
+                 (`agentvm image build` makes a new one)",
+            );
+        }
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The guest agent's milestones ([`timings::GUEST_FILE`]), empty when it
+/// has none.
+fn guest_boot_times(agent: &Agent<'_>, snap: &Snapshot) -> Vec<(String, u64)> {
+    let out = Tail::default();
+    let read = agent.connect("cat").and_then(|stream| {
+        let writer = stream
+            .try_clone()
+            .context("cannot use the guest agent's socket")?;
+        let stdio = client::Stdio {
+            stdin: None,
+            stdout: Box::new(out.clone()),
+            stderr: Box::new(std::io::sink()),
+        };
+        let argv = vec![b"cat".to_vec(), timings::GUEST_FILE.as_bytes().to_vec()];
+        client::run(stream, writer, guest_start(argv, snap, false), stdio)
+            .context("cannot read the guest's boot times")
+    });
+    match read {
+        Ok(status) if status.shell_code() == 0 => timings::parse_guest(&out.text()),
+        _ => Vec::new(),
+    }
 }
 
 /// The snapshot of `cfg` before `up` finds its root file system, agent and
@@ -670,8 +725,12 @@ fn spawn_vmm(
     Ok(child)
 }
 
-/// Waits until the VMM says its guest is ready.
-fn wait_ready(state: &StateDir, child: &mut Child, timeout: Duration) -> anyhow::Result<()> {
+/// Waits until the VMM says its guest is ready; its last status reply.
+fn wait_ready(
+    state: &StateDir,
+    child: &mut Child,
+    timeout: Duration,
+) -> anyhow::Result<super::control::StatusReply> {
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(status) = child.try_wait().context("cannot watch the VMM")? {
@@ -679,7 +738,7 @@ fn wait_ready(state: &StateDir, child: &mut Child, timeout: Duration) -> anyhow:
         }
         if let Ok(reply) = Client::connect(&state.control()).and_then(|mut vmm| vmm.status()) {
             if reply.ready {
-                return Ok(());
+                return Ok(reply);
             }
         }
         if Instant::now() >= deadline {

@@ -10,7 +10,7 @@
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -29,6 +29,7 @@ use nix::sys::signal::{SigSet, Signal};
 
 use super::control::{self, Handler, Reply, Request};
 use super::net::NetControl;
+use super::timings;
 use super::StateDir;
 use crate::ssh_agent;
 
@@ -49,6 +50,7 @@ pub struct VmmArgs {
 
 /// Runs the VM until it ends; the exit code says whether it ended cleanly.
 pub fn run(args: VmmArgs) -> anyhow::Result<ExitCode> {
+    let started_us = timings::now_us();
     crate::boot::harden_vmm_process()?;
     // Every thread started from here on (the VM's) inherits this mask:
     // only the signal thread takes termination signals, so signal-hook's
@@ -69,9 +71,11 @@ pub fn run(args: VmmArgs) -> anyhow::Result<ExitCode> {
     let console = RotatingFile::open(&state.console(), log_max)
         .with_context(|| format!("cannot open {}", state.console().display()))?;
     let ready = Arc::new(AtomicBool::new(false));
+    let ready_us = Arc::new(AtomicU64::new(0));
     let watch = ReadyWatch {
         out: console,
         ready: ready.clone(),
+        ready_us: ready_us.clone(),
         tail: Vec::new(),
     };
     let (console, console_written) = ConsoleThread::start(watch, snap.seccomp)?;
@@ -148,7 +152,20 @@ pub fn run(args: VmmArgs) -> anyhow::Result<ExitCode> {
         None => None,
     };
     config.landlock = Landlock::FromConfig;
+    let build_us = timings::now_us();
     let vm = crate::build::build_vm(config)?;
+    let setup = vm.setup_times();
+    let micros = |d: Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+    let boot = timings::VmmStamps {
+        started_us,
+        build_us,
+        devices_us: micros(setup.devices),
+        memory_us: micros(setup.memory),
+        boot_image_us: micros(setup.boot_image),
+        vcpus_us: micros(setup.vcpus),
+        running_us: 0,
+        ready_us: 0,
+    };
     let level = snap.seccomp;
     if let Some(relay) = ssh_relay {
         relay
@@ -166,6 +183,11 @@ pub fn run(args: VmmArgs) -> anyhow::Result<ExitCode> {
         net: NetControl::new(vm.handle().net().cloned()),
         started: Instant::now(),
         vsock_counters,
+        boot: timings::VmmStamps {
+            running_us: timings::now_us(),
+            ..boot
+        },
+        ready_us,
     });
     std::thread::Builder::new()
         .name("control".into())
@@ -333,6 +355,8 @@ impl Write for ConsoleThread {
 struct ReadyWatch {
     out: RotatingFile,
     ready: Arc<AtomicBool>,
+    /// When it passed, host monotonic microseconds.
+    ready_us: Arc<AtomicU64>,
     /// The last bytes seen, so a line split across writes still matches.
     tail: Vec<u8>,
 }
@@ -343,6 +367,7 @@ impl Write for ReadyWatch {
         if !self.ready.load(Ordering::Relaxed) {
             self.tail.extend_from_slice(&buf[..n]);
             if self.tail.windows(READY_LINE.len()).any(|w| w == READY_LINE) {
+                self.ready_us.store(timings::now_us(), Ordering::Relaxed);
                 self.ready.store(true, Ordering::Relaxed);
                 self.tail = Vec::new();
             } else {
@@ -366,6 +391,11 @@ struct Server {
     net: NetControl,
     started: Instant,
     vsock_counters: VsockCounters,
+    /// The start's steps; `running_us` is the server's start, the vCPUs'
+    /// less than a millisecond later.
+    boot: timings::VmmStamps,
+    /// When the ready line passed (0: not yet).
+    ready_us: Arc<AtomicU64>,
 }
 
 impl Handler for Server {
@@ -382,6 +412,10 @@ impl Handler for Server {
                     network_mode: self.net.mode(),
                     ready: self.ready.load(Ordering::Relaxed),
                     limits: limits(self.handle.net().map(|n| n.stats()), &self.vsock_counters),
+                    boot: Some(timings::VmmStamps {
+                        ready_us: self.ready_us.load(Ordering::Relaxed),
+                        ..self.boot
+                    }),
                 }))
             }
             Request::Stop { grace_ms } => {
@@ -525,17 +559,23 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("console.log");
         let ready = Arc::new(AtomicBool::new(false));
+        let ready_us = Arc::new(AtomicU64::new(0));
         let mut w = ReadyWatch {
             out: RotatingFile::open(&path, 1 << 20).unwrap(),
             ready: ready.clone(),
+            ready_us: ready_us.clone(),
             tail: Vec::new(),
         };
         for chunk in ["booting\nagentvm-gu", "est", ": rea"] {
             w.write_all(chunk.as_bytes()).unwrap();
             assert!(!ready.load(Ordering::Relaxed));
+            assert_eq!(ready_us.load(Ordering::Relaxed), 0);
         }
+        let before = timings::now_us();
         w.write_all(b"dy\nmore\n").unwrap();
         assert!(ready.load(Ordering::Relaxed));
+        let at = ready_us.load(Ordering::Relaxed);
+        assert!(at >= before && at <= timings::now_us(), "{at}");
         assert!(w.tail.len() < READY_LINE.len());
         assert_eq!(
             std::fs::read_to_string(&path).unwrap(),

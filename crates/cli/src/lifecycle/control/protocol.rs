@@ -180,6 +180,10 @@ pub struct StatusReply {
     pub ready: bool,
     /// The VM's caps and how often each was hit.
     pub limits: Limits,
+    /// When the VMM reached each step of the start (`up --timings`); absent
+    /// from a VMM older than it.
+    #[serde(default)]
+    pub boot: Option<crate::lifecycle::timings::VmmStamps>,
 }
 
 /// The VM's caps and how often each was hit.

@@ -60,6 +60,11 @@ fn status_reply() -> StatusReply {
                 ..NetLimits::default()
             }),
         },
+        boot: Some(crate::lifecycle::timings::VmmStamps {
+            started_us: 1,
+            ready_us: 9,
+            ..Default::default()
+        }),
     }
 }
 
