@@ -31,6 +31,7 @@ pub mod image;
 pub mod kernel;
 pub mod lz4;
 pub mod modules;
+pub mod own_kernel;
 pub mod progress;
 pub mod rootfs;
 pub mod stamp;
@@ -43,6 +44,7 @@ pub use image::{
     files, is_static, layout, BusyboxSource, GuestImage, KernelSource, Recipe, DEFAULT_CMDLINE,
     GUEST_MODULES, KERNEL_META,
 };
+pub use own_kernel::OwnKernel;
 pub use progress::{Event, Progress, Quiet};
 pub use rootfs::{Rootfs, RootfsError, RootfsRecipe};
 
