@@ -32,6 +32,7 @@
 pub mod binaries;
 pub mod image;
 pub mod mock_llm;
+pub mod peers;
 pub mod runner;
 pub mod scenario;
 pub mod stamp;
@@ -39,6 +40,7 @@ pub mod tools;
 
 pub use agentvm_image::{Cache, ImageError};
 pub use image::{L1Image, L2Image, SshPeer, Tmux};
+pub use peers::{Peers, PEER_CLOUD_HYPERVISOR_ENV, PEER_FIRECRACKER_ENV};
 pub use runner::{required, select_tier, Rig, RunError};
 pub use scenario::{
     Boot, BootResult, GuestMode, KernelFormat, Markers, Scenario, ScenarioResult, Tier, Vmm,

@@ -327,6 +327,13 @@ impl Rig {
         // Unix socket paths are short (108 bytes): not under the cache.
         let sock_dir = std::env::temp_dir().join(format!("agentvm-rig-{}", std::process::id()));
         fs::create_dir_all(&sock_dir).map_err(io_err("Cannot create", &sock_dir))?;
+        let own = if scenario.needs_own_kernel() {
+            Some(crate::peers::own_kernel(&mut |line: &str| {
+                eprintln!("rig: {line}")
+            })?)
+        } else {
+            None
+        };
         let paths = BootPaths {
             agentvm: bins.agentvm.clone(),
             stamp: bins.stamp.clone(),
@@ -340,6 +347,15 @@ impl Rig {
             vmlinux: l2.vmlinux.clone(),
             bzimage: l2.bzimage.clone(),
             initrd: l2.initrd.clone(),
+            // Where the direct tier finds what a nested run carries on its
+            // disk: the kernel in its cache, the peers where the benchmark
+            // was told they are.
+            own_vmlinux: own.as_ref().map(|k| k.vmlinux()).unwrap_or_default(),
+            own_bzimage: own.as_ref().map(|k| k.bzimage()).unwrap_or_default(),
+            firecracker: std::env::var_os(crate::PEER_FIRECRACKER_ENV)
+                .map_or_else(|| "firecracker".into(), PathBuf::from),
+            cloud_hypervisor: std::env::var_os(crate::PEER_CLOUD_HYPERVISOR_ENV)
+                .map_or_else(|| "cloud-hypervisor".into(), PathBuf::from),
         };
         let result = scenario.boots.iter().try_for_each(|b| {
             if let Some(setup) = &b.setup {
@@ -350,6 +366,9 @@ impl Rig {
                 if !status.success() {
                     return Err(RunError::Setup(b.name.clone(), status.to_string()));
                 }
+            }
+            for (path, text) in b.vmm_files(&paths) {
+                fs::write(&path, text).map_err(io_err("Cannot write", &path))?;
             }
             let (program, args) = b.command(&paths);
             let then = match b.script_text(&paths) {
@@ -367,6 +386,7 @@ impl Rig {
                 program,
                 args,
                 then,
+                guest_mib: Some(b.memory_mib),
             };
             stamp(&spec, &mut sink)
                 .map(drop)

@@ -16,6 +16,24 @@ pub enum Vmm {
     Agentvm,
     /// `qemu-system-x86_64 -M microvm,acpi=on -enable-kvm -cpu host`.
     QemuMicrovm,
+    /// Firecracker (`--no-api --config-file`), a benchmark peer the scenario
+    /// carries on its disk. It has no ACPI power-off: its guests end with a
+    /// reset (`rig.halt=reboot`), on which it exits.
+    Firecracker,
+    /// cloud-hypervisor, a benchmark peer the scenario carries on its disk.
+    CloudHypervisor,
+}
+
+impl Vmm {
+    /// Its name in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Vmm::Agentvm => "agentvm",
+            Vmm::QemuMicrovm => "qemu",
+            Vmm::Firecracker => "firecracker",
+            Vmm::CloudHypervisor => "cloud-hypervisor",
+        }
+    }
 }
 
 /// Which kernel file the VMM is given.
@@ -94,6 +112,9 @@ pub struct Boot {
     /// The script drives a terminal with tmux (L1 carries it; on the host
     /// it must be installed).
     pub tmux: bool,
+    /// Boot agentvm's own kernel ([`BootPaths::own_vmlinux`]) rather than
+    /// Debian's.
+    pub own_kernel: bool,
 }
 
 /// The kernel command line every L2 boot starts from (agentvm's default
@@ -119,6 +140,7 @@ impl Boot {
             setup: None,
             virtiofsd: false,
             tmux: false,
+            own_kernel: false,
         }
     }
 
@@ -169,6 +191,18 @@ impl Boot {
             vmm: Vmm::QemuMicrovm,
             ..Boot::agentvm(name, kernel)
         }
+    }
+
+    /// The same boot under another VMM.
+    pub fn under(mut self, vmm: Vmm) -> Self {
+        self.vmm = vmm;
+        self
+    }
+
+    /// Boots agentvm's own kernel.
+    pub fn own_kernel(mut self) -> Self {
+        self.own_kernel = true;
+        self
     }
 
     /// Sets the vCPU count.
@@ -223,6 +257,9 @@ impl Boot {
         c.push_str(RIG_INIT);
         c.push_str(" rig.mode=");
         c.push_str(self.mode.word());
+        if self.vmm == Vmm::Firecracker {
+            c.push_str(" rig.halt=reboot");
+        }
         if !self.extra_cmdline.is_empty() {
             c.push(' ');
             c.push_str(&self.extra_cmdline);
@@ -230,12 +267,56 @@ impl Boot {
         c
     }
 
+    /// Firecracker's configuration file for this boot, under `dir`.
+    pub fn firecracker_config_path(&self, dir: &Path) -> PathBuf {
+        dir.join(format!("{}.firecracker.json", self.name))
+    }
+
+    /// Files the VMM reads that the rig writes first: `(path, text)`
+    /// (Firecracker's configuration).
+    pub fn vmm_files(&self, p: &BootPaths) -> Vec<(PathBuf, String)> {
+        if self.vmm != Vmm::Firecracker {
+            return Vec::new();
+        }
+        let json = |s: &str| {
+            let mut out = String::from("\"");
+            for c in s.chars() {
+                match c {
+                    '"' => out.push_str("\\\""),
+                    '\\' => out.push_str("\\\\"),
+                    c if u32::from(c) < 0x20 => out.push_str(&format!("\\u{:04x}", u32::from(c))),
+                    c => out.push(c),
+                }
+            }
+            out.push('"');
+            out
+        };
+        let text = format!(
+            "{{\"boot-source\": {{\"kernel_image_path\": {}, \"initrd_path\": {}, \
+             \"boot_args\": {}}}, \"drives\": [], \"machine-config\": {{\"vcpu_count\": {}, \
+             \"mem_size_mib\": {}}}}}\n",
+            json(&self.kernel_path(p).to_string_lossy()),
+            json(&p.initrd.to_string_lossy()),
+            json(&self.cmdline()),
+            self.vcpus,
+            self.memory_mib
+        );
+        vec![(self.firecracker_config_path(&p.sock_dir), text)]
+    }
+
+    /// The kernel file this boot is given.
+    fn kernel_path<'a>(&self, p: &'a BootPaths) -> &'a Path {
+        match (self.own_kernel, self.kernel) {
+            (false, KernelFormat::Vmlinux) => &p.vmlinux,
+            (false, KernelFormat::BzImage) => &p.bzimage,
+            (true, KernelFormat::Vmlinux) => &p.own_vmlinux,
+            (true, KernelFormat::BzImage) => &p.own_bzimage,
+        }
+    }
+
     /// Program and arguments for this boot, given where things are.
     pub fn command(&self, p: &BootPaths) -> (PathBuf, Vec<String>) {
-        let kernel = match self.kernel {
-            KernelFormat::Vmlinux => &p.vmlinux,
-            KernelFormat::BzImage => &p.bzimage,
-        };
+        let kernel = self.kernel_path(p);
         let s = |p: &Path| p.to_string_lossy().to_string();
         match self.vmm {
             Vmm::Agentvm if self.mode == GuestMode::Agent => {
@@ -308,6 +389,30 @@ impl Boot {
                 ]);
                 (p.qemu.clone(), args)
             }
+            Vmm::Firecracker => {
+                let config = self.firecracker_config_path(&p.sock_dir);
+                let args = ["--no-api".into(), "--config-file".into(), s(&config)];
+                (p.firecracker.clone(), args.into())
+            }
+            Vmm::CloudHypervisor => {
+                let args = [
+                    "--kernel".into(),
+                    s(kernel),
+                    "--initramfs".into(),
+                    s(&p.initrd),
+                    "--cmdline".into(),
+                    self.cmdline(),
+                    "--cpus".into(),
+                    format!("boot={}", self.vcpus),
+                    "--memory".into(),
+                    format!("size={}M", self.memory_mib),
+                    "--serial".into(),
+                    "tty".into(),
+                    "--console".into(),
+                    "off".into(),
+                ];
+                (p.cloud_hypervisor.clone(), args.into())
+            }
         }
     }
 }
@@ -339,6 +444,15 @@ pub struct BootPaths {
     pub bzimage: PathBuf,
     /// L2 initramfs.
     pub initrd: PathBuf,
+    /// agentvm's own kernel, vmlinux ([`agentvm_image::OwnKernel`]; on the
+    /// scenario's disk in L1).
+    pub own_vmlinux: PathBuf,
+    /// agentvm's own kernel, bzImage.
+    pub own_bzimage: PathBuf,
+    /// Firecracker (a benchmark peer, on the scenario's disk in L1).
+    pub firecracker: PathBuf,
+    /// cloud-hypervisor (a benchmark peer, on the scenario's disk in L1).
+    pub cloud_hypervisor: PathBuf,
 }
 
 impl BootPaths {
@@ -360,6 +474,10 @@ impl BootPaths {
             vmlinux: l2.join(files::VMLINUX),
             bzimage: l2.join(files::BZIMAGE),
             initrd: l2.join(files::INITRD),
+            own_vmlinux: Path::new(p::DISK_DIR).join(OWN_KERNEL_DIR).join("vmlinux"),
+            own_bzimage: Path::new(p::DISK_DIR).join(OWN_KERNEL_DIR).join("bzImage"),
+            firecracker: "/usr/bin/firecracker".into(),
+            cloud_hypervisor: "/usr/bin/cloud-hypervisor".into(),
         }
     }
 }
@@ -393,6 +511,12 @@ impl Scenario {
     pub fn with_disk(mut self, image: PathBuf) -> Self {
         self.disk = Some(image);
         self
+    }
+
+    /// Whether any boot uses agentvm's own kernel (the scenario's disk then
+    /// carries it, under [`OWN_KERNEL_DIR`]).
+    pub fn needs_own_kernel(&self) -> bool {
+        self.boots.iter().any(|b| b.own_kernel)
     }
 
     /// Whether any boot uses QEMU (the L1 image then carries it).
@@ -431,6 +555,12 @@ impl Scenario {
                 s.push_str(setup);
                 s.push('\n');
             }
+            for (path, text) in b.vmm_files(paths) {
+                s.push_str(&format!(
+                    "cat > {} <<'RIG_VMM_FILE_END'\n{text}RIG_VMM_FILE_END\n",
+                    shell_quote(&path.to_string_lossy())
+                ));
+            }
             let (prog, args) = b.command(paths);
             let mut line = vec![
                 paths.stamp.to_string_lossy().to_string(),
@@ -440,6 +570,8 @@ impl Scenario {
                 b.timeout.as_secs().to_string(),
                 "--first-line".into(),
                 b.first_line().into(),
+                "--guest-mib".into(),
+                b.memory_mib.to_string(),
             ];
             if let Some(text) = b.script_text(paths) {
                 let file = paths.sock_dir.join(format!("{}.sh", b.name));
@@ -459,6 +591,10 @@ impl Scenario {
         s
     }
 }
+
+/// Where a scenario's disk holds agentvm's own kernel (`vmlinux`,
+/// `bzImage`).
+pub const OWN_KERNEL_DIR: &str = "own-kernel";
 
 /// The first line of the L2 init.
 pub const FIRST_LINE: &str = "RIG-L2 init=start";
@@ -519,6 +655,10 @@ pub struct BootResult {
     pub first_line: Option<Duration>,
     /// VMM start → VMM exit.
     pub exit_after: Duration,
+    /// VMM start → its first line of output.
+    pub first_output: Option<Duration>,
+    /// The VMM's resident memory outside guest RAM at the first line, KiB.
+    pub vmm_rss_kib: Option<u64>,
     /// `RIG-L2` markers in order.
     pub markers: Vec<(String, String)>,
     /// `RIG-EXEC` markers (the boot's script) in order.
@@ -648,6 +788,8 @@ pub fn parse_log(log: &str) -> (Vec<(String, String)>, Vec<BootResult>) {
                     exit: VmmExit::TimedOut,
                     first_line: None,
                     exit_after: Duration::ZERO,
+                    first_output: None,
+                    vmm_rss_kib: None,
                     markers: Vec::new(),
                     exec: Vec::new(),
                     script_exit: None,
@@ -670,6 +812,14 @@ pub fn parse_log(log: &str) -> (Vec<(String, String)>, Vec<BootResult>) {
                         .map(|v| Duration::from_secs_f64(v / 1e3))
                         .unwrap_or_default()
                 }
+                "first_output_ms" => {
+                    b.first_output = m
+                        .value
+                        .parse::<f64>()
+                        .ok()
+                        .map(|v| Duration::from_secs_f64(v / 1e3))
+                }
+                "vmm_rss_kib" => b.vmm_rss_kib = m.value.parse().ok(),
                 "script_exit" => b.script_exit = VmmExit::from_marker(&m.value),
                 "end" => boots.extend(cur.take()),
                 "error" => {
@@ -778,7 +928,7 @@ mod tests {
         assert!(Scenario::new("t", vec![Boot::agent("t", "").with_tmux()]).needs_tmux());
         assert_eq!(s.max_vcpus(), 2);
         let script = s.l1_script(&paths());
-        assert!(script.contains("/bin/rig-stamp --name pvh-2 --timeout 120 --first-line 'RIG-L2 init=start' -- /bin/agentvm boot"));
+        assert!(script.contains("/bin/rig-stamp --name pvh-2 --timeout 120 --first-line 'RIG-L2 init=start' --guest-mib 768 -- /bin/agentvm boot"));
         assert!(script.contains(
             "'console=ttyS0 reboot=k panic=1 pci=off quiet rdinit=/rig/init rig.mode=bench'"
         ));
@@ -787,9 +937,79 @@ mod tests {
         ));
         assert!(script.contains("echo \"RIG-EXEC x=$UDS\"\nRIG_SCRIPT_END\n"));
         assert!(script.contains(
-            "--first-line 'agentvm-guest: ready' --then /tmp/exec.sh -- /bin/agentvm boot --image /l2"
+            "--first-line 'agentvm-guest: ready' --guest-mib 512 --then /tmp/exec.sh -- /bin/agentvm boot --image /l2"
         ));
         assert_eq!(shell_quote("it's"), r"'it'\''s'");
+    }
+
+    #[test]
+    fn peers_and_the_own_kernel() {
+        let fc = Boot::agentvm("fc", KernelFormat::Vmlinux)
+            .under(Vmm::Firecracker)
+            .own_kernel()
+            .mode(GuestMode::Bench)
+            .vcpus(2)
+            .memory_mib(256);
+        let (prog, args) = fc.command(&paths());
+        assert_eq!(prog, Path::new("/usr/bin/firecracker"));
+        assert_eq!(
+            args,
+            ["--no-api", "--config-file", "/tmp/fc.firecracker.json"]
+        );
+        assert!(fc.cmdline().ends_with("rig.mode=bench rig.halt=reboot"));
+        let files = fc.vmm_files(&paths());
+        assert_eq!(files.len(), 1);
+        assert_eq!(files[0].0, Path::new("/tmp/fc.firecracker.json"));
+        let json = &files[0].1;
+        assert!(
+            json.contains("\"kernel_image_path\": \"/disk/own-kernel/vmlinux\""),
+            "{json}"
+        );
+        assert!(
+            json.contains("\"initrd_path\": \"/l2/initrd.img\""),
+            "{json}"
+        );
+        assert!(
+            json.contains("\"vcpu_count\": 2, \"mem_size_mib\": 256"),
+            "{json}"
+        );
+        assert!(json.contains("rig.halt=reboot\"}"), "{json}");
+
+        let ch = Boot::agentvm("ch", KernelFormat::Vmlinux)
+            .under(Vmm::CloudHypervisor)
+            .mode(GuestMode::Bench);
+        let (prog, args) = ch.command(&paths());
+        assert_eq!(prog, Path::new("/usr/bin/cloud-hypervisor"));
+        assert!(args.windows(2).any(|w| w == ["--kernel", "/l2/vmlinux"]));
+        assert!(args.windows(2).any(|w| w == ["--cpus", "boot=1"]));
+        assert!(args.windows(2).any(|w| w == ["--memory", "size=512M"]));
+        assert!(!ch.cmdline().contains("rig.halt"));
+        assert!(ch.vmm_files(&paths()).is_empty());
+
+        let s = Scenario::new("p", vec![fc, ch]);
+        assert!(s.needs_own_kernel());
+        let script = s.l1_script(&paths());
+        assert!(
+            script
+                .contains("cat > /tmp/fc.firecracker.json <<'RIG_VMM_FILE_END'\n{\"boot-source\""),
+            "{script}"
+        );
+        let written = script
+            .find("RIG_VMM_FILE_END\n/bin/rig-stamp --name fc")
+            .unwrap();
+        assert!(written > 0);
+    }
+
+    #[test]
+    fn first_output_and_memory_are_parsed() {
+        let log = "RIG-VMM begin=a\nRIG-L2 init=start\nRIG-VMM exit=0\n\
+                   RIG-VMM first_line_ms=900.0\nRIG-VMM exit_ms=1000.0\n\
+                   RIG-VMM first_output_ms=120.5\nRIG-VMM vmm_rss_kib=5120\nRIG-VMM end=a\n\
+                   RIG-VMM begin=b\nRIG-VMM vmm_rss_kib=lots\nRIG-VMM end=b\n";
+        let (_, boots) = parse_log(log);
+        assert_eq!(boots[0].first_output, Some(Duration::from_micros(120_500)));
+        assert_eq!(boots[0].vmm_rss_kib, Some(5120));
+        assert_eq!((boots[1].first_output, boots[1].vmm_rss_kib), (None, None));
     }
 
     #[test]

@@ -29,6 +29,9 @@ pub struct StampSpec {
     /// A shell script to run (`sh FILE`) once the first line appeared;
     /// its output passes through like the VMM's.
     pub then: Option<PathBuf>,
+    /// The guest's RAM in MiB: when given, the VMM's resident memory
+    /// outside it is read when the first line appears.
+    pub guest_mib: Option<u32>,
 }
 
 /// How long a script may go on after the VMM exited.
@@ -81,6 +84,12 @@ pub struct StampOutcome {
     pub exit_after: Duration,
     /// How the script ended, if one ran.
     pub script: Option<VmmExit>,
+    /// From spawn to the process's first line of output (the kernel's
+    /// banner when the guest boots without `quiet`).
+    pub first_output: Option<Duration>,
+    /// The VMM's resident memory outside guest RAM when the first line
+    /// appeared, KiB ([`StampSpec::guest_mib`]).
+    pub vmm_rss_kib: Option<u64>,
 }
 
 /// Which process an event is about.
@@ -186,6 +195,8 @@ pub fn stamp(spec: &StampSpec, sink: &mut dyn Write) -> io::Result<StampOutcome>
 
     let deadline = start + spec.timeout;
     let mut first_line = None;
+    let mut first_output = None;
+    let mut vmm_rss_kib = None;
     let mut exited: Option<(Instant, io::Result<ExitStatus>)> = None;
     let mut eofs = 0;
     let mut killed_at: Option<Instant> = None;
@@ -211,11 +222,19 @@ pub fn stamp(spec: &StampSpec, sink: &mut dyn Write) -> io::Result<StampOutcome>
         };
         match rx.recv_timeout(until.saturating_duration_since(Instant::now())) {
             Ok(Event::Line(who, at, mut line)) => {
+                if who == Src::Vmm && first_output.is_none() {
+                    first_output = Some(at - start);
+                }
                 if who == Src::Vmm
                     && first_line.is_none()
                     && contains(&line, spec.first_line.as_bytes())
                 {
                     first_line = Some(at - start);
+                    if let Some(mib) = spec.guest_mib {
+                        vmm_rss_kib = std::fs::read_to_string(format!("/proc/{pid}/smaps"))
+                            .ok()
+                            .map(|smaps| rss_outside_guest_kib(&smaps, mib));
+                    }
                     if let Some(file) = &spec.then {
                         script = start_script(file, &tx, sink)?;
                     }
@@ -281,6 +300,8 @@ pub fn stamp(spec: &StampSpec, sink: &mut dyn Write) -> io::Result<StampOutcome>
         first_line,
         exit_after: at - start,
         script,
+        first_output,
+        vmm_rss_kib,
     };
     write_outcome(sink, &spec.name, &outcome)?;
     Ok(outcome)
@@ -379,11 +400,50 @@ fn write_outcome(sink: &mut dyn Write, name: &str, o: &StampOutcome) -> io::Resu
         o.first_line.map(ms).unwrap_or_else(|| "none".into())
     )?;
     writeln!(sink, "RIG-VMM exit_ms={}", ms(o.exit_after))?;
+    if let Some(d) = o.first_output {
+        writeln!(sink, "RIG-VMM first_output_ms={}", ms(d))?;
+    }
+    if let Some(kib) = o.vmm_rss_kib {
+        writeln!(sink, "RIG-VMM vmm_rss_kib={kib}")?;
+    }
     if let Some(s) = o.script {
         writeln!(sink, "RIG-VMM script_exit={}", s.to_marker())?;
     }
     writeln!(sink, "RIG-VMM end={name}")?;
     sink.flush()
+}
+
+/// The resident KiB of every mapping in `smaps` but those at least
+/// `guest_mib` large (guest RAM: one mapping, or two around the 32-bit
+/// hole, each VMM maps it whole).
+pub fn rss_outside_guest_kib(smaps: &str, guest_mib: u32) -> u64 {
+    let guest = u64::from(guest_mib) << 20;
+    let mut total = 0;
+    let mut counted = false;
+    for line in smaps.lines() {
+        let head = line.split_once(' ').and_then(|(r, _)| r.split_once('-'));
+        let range = head.and_then(|(a, b)| {
+            Some((
+                u64::from_str_radix(a, 16).ok()?,
+                u64::from_str_radix(b, 16).ok()?,
+            ))
+        });
+        if let Some((a, b)) = range {
+            // A mapping of at least half the guest's size is guest RAM
+            // (a low part below the hole may be smaller than the whole).
+            counted = b.saturating_sub(a) < guest / 2;
+        } else if let Some(kib) = line.strip_prefix("Rss:") {
+            if counted {
+                total += kib
+                    .trim()
+                    .trim_end_matches("kB")
+                    .trim()
+                    .parse::<u64>()
+                    .unwrap_or(0);
+            }
+        }
+    }
+    total
 }
 
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
@@ -403,10 +463,28 @@ mod tests {
             program: "/bin/sh".into(),
             args: vec!["-c".into(), script.into()],
             then: None,
+            guest_mib: None,
         };
         let mut out = Vec::new();
         let o = stamp(&spec, &mut out).unwrap();
         (o, String::from_utf8(out).unwrap())
+    }
+
+    #[test]
+    fn rss_outside_guest_ram_leaves_out_the_guest_mappings() {
+        let smaps = "00400000-00600000 r-xp 00000000 08:01 1 /bin/vmm\n\
+                     Size:               2048 kB\n\
+                     Rss:                1500 kB\n\
+                     7f0000000000-7f0010000000 rw-s 00000000 00:01 2 /memfd:ram\n\
+                     Rss:              120000 kB\n\
+                     7f0010000000-7f0010100000 rw-p 00000000 00:00 0\n\
+                     Rss:                 800 kB\n\
+                     garbage line\n\
+                     Rss: notanumber kB\n";
+        // 256 MiB of guest RAM: the 256 MiB mapping is left out.
+        assert_eq!(rss_outside_guest_kib(smaps, 256), 2300);
+        // A guest larger than every mapping leaves nothing out.
+        assert_eq!(rss_outside_guest_kib(smaps, 4096), 122_300);
     }
 
     #[test]
@@ -427,8 +505,12 @@ mod tests {
                 && lines.contains(&"oops")
                 && lines.contains(&"RIG-L2 init=start")
         );
-        assert_eq!(lines[lines.len() - 4], "RIG-VMM exit=3");
-        assert!(lines[lines.len() - 3].starts_with("RIG-VMM first_line_ms="));
+        assert_eq!(lines[lines.len() - 5], "RIG-VMM exit=3");
+        assert!(lines[lines.len() - 4].starts_with("RIG-VMM first_line_ms="));
+        assert!(lines[lines.len() - 3].starts_with("RIG-VMM exit_ms="));
+        // "before" came first, well before the init's line.
+        assert!(lines[lines.len() - 2].starts_with("RIG-VMM first_output_ms="));
+        assert!(o.first_output.unwrap() < first);
         assert_eq!(lines[lines.len() - 1], "RIG-VMM end=ok");
     }
 
@@ -475,6 +557,7 @@ mod tests {
                 ),
             ],
             then: Some(script),
+            guest_mib: None,
         };
         let mut out = Vec::new();
         let o = stamp(&spec, &mut out).unwrap();
@@ -509,6 +592,7 @@ mod tests {
             program: "/bin/sh".into(),
             args: vec!["-c".into(), "echo up; exec sleep 30".into()],
             then: Some(script),
+            guest_mib: None,
         };
         let t = Instant::now();
         let mut out = Vec::new();

@@ -1,182 +1,299 @@
-//! `bench-nested`: boot time of agentvm against QEMU microvm on the same
-//! L2 kernel and initramfs, in the same L1 (nested tier) or on the host
-//! (hardware KVM). Measures, from VMM start, the L2 init's first serial
-//! line and the VMM's exit after `poweroff -f`; prints medians and the
-//! agentvm/QEMU ratio. Under nested TCG absolute times mean little; the
-//! ratio is the figure.
+//! `bench-nested`: boot time and memory of agentvm against its peers on
+//! the same kernel and initramfs, in the same L1 (nested tier) or on the
+//! host (hardware KVM): QEMU `-M microvm` always, Firecracker and
+//! cloud-hypervisor when `AGENTVM_BENCH_FIRECRACKER` and
+//! `AGENTVM_BENCH_CLOUD_HYPERVISOR` name their binaries (built by you from
+//! their public sources; a line says which are skipped).
 //!
-//! Usage: `cargo run --release -p agentvm-rig --bin bench-nested -- [--runs N] [--kernel vmlinux|bzimage|both]`
+//! Each boot is timed from VMM process start to the L2 init's first
+//! serial line and to the VMM's exit after the guest halts (a reset for
+//! Firecracker, which has no ACPI power-off); with `--verbose` (no `quiet`)
+//! also to the VMM's first line of output, the kernel's banner. The VMM's
+//! resident memory outside guest RAM is read when the init's line appears.
+//! Boots are interleaved (one of each VMM in turn) so drift in the host's
+//! load hits all alike; each VMM and kernel gets a warm-up boot that is not
+//! counted. Medians, and each VMM's ratio to the fastest peer.
+//!
+//! Kernels: agentvm's own (`guest/kernel/build.sh`, built into the kernel
+//! cache when missing: minutes), Debian's cloud kernel, or both; always the
+//! vmlinux (PVH), which all four VMMs boot.
+//!
+//! Usage: `cargo run --release -p agentvm-rig --bin bench-nested -- [--runs N]
+//! [--kernel own|debian|both] [--vcpus 1,2] [--memory MIB] [--verbose]`
 
 use std::process::ExitCode;
+use std::time::Duration;
 
-use agentvm_rig::{median, Boot, GuestMode, KernelFormat, Rig, Scenario, ScenarioResult, Vmm};
+use agentvm_rig::{
+    median, peers, Boot, GuestMode, KernelFormat, Peers, Rig, Scenario, ScenarioResult, Tier, Vmm,
+};
 
-fn parse() -> Result<(usize, Vec<KernelFormat>), String> {
-    let (mut runs, mut kernels) = (5, vec![KernelFormat::Vmlinux, KernelFormat::BzImage]);
+struct Args {
+    runs: usize,
+    own: bool,
+    debian: bool,
+    vcpus: Vec<u8>,
+    memory_mib: u32,
+    verbose: bool,
+}
+
+const USAGE: &str = "usage: bench-nested [--runs N] [--kernel own|debian|both] [--vcpus 1,2] \
+                     [--memory MIB] [--verbose]";
+
+fn parse() -> Result<Args, String> {
+    let mut a = Args {
+        runs: 5,
+        own: true,
+        debian: false,
+        vcpus: vec![1, 2],
+        memory_mib: 256,
+        verbose: false,
+    };
     let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        match a.as_str() {
+    while let Some(arg) = args.next() {
+        let mut value = || args.next().ok_or_else(|| format!("{arg} needs a value"));
+        match arg.as_str() {
             "--runs" => {
-                runs = args
-                    .next()
-                    .and_then(|v| v.parse().ok())
+                a.runs = value()?
+                    .parse()
+                    .ok()
                     .filter(|&n| n > 0)
                     .ok_or("--runs needs N > 0")?
             }
             "--kernel" => {
-                kernels = match args.next().as_deref() {
-                    Some("vmlinux") => vec![KernelFormat::Vmlinux],
-                    Some("bzimage") => vec![KernelFormat::BzImage],
-                    Some("both") => vec![KernelFormat::Vmlinux, KernelFormat::BzImage],
-                    _ => return Err("--kernel takes vmlinux, bzimage or both".into()),
+                (a.own, a.debian) = match value()?.as_str() {
+                    "own" => (true, false),
+                    "debian" => (false, true),
+                    "both" => (true, true),
+                    _ => return Err("--kernel takes own, debian or both".into()),
                 }
             }
-            _ => {
-                return Err("usage: bench-nested [--runs N] [--kernel vmlinux|bzimage|both]".into())
+            "--vcpus" => {
+                a.vcpus = value()?
+                    .split(',')
+                    .map(|v| v.parse().ok().filter(|&n: &u8| (1..=8).contains(&n)))
+                    .collect::<Option<_>>()
+                    .ok_or("--vcpus takes a list such as 1,2 (each 1 to 8)")?
             }
+            "--memory" => {
+                a.memory_mib = value()?
+                    .parse()
+                    .ok()
+                    .filter(|&m| m >= 64)
+                    .ok_or("--memory needs MIB >= 64")?
+            }
+            "--verbose" => a.verbose = true,
+            _ => return Err(USAGE.into()),
         }
     }
-    Ok((runs, kernels))
+    Ok(a)
 }
 
-fn label(vmm: Vmm, k: KernelFormat) -> String {
-    let v = if vmm == Vmm::Agentvm {
-        "agentvm"
-    } else {
-        "qemu"
-    };
-    let k = if k == KernelFormat::Vmlinux {
-        "vmlinux"
-    } else {
-        "bzimage"
-    };
-    format!("{v}-{k}")
+/// One configuration: which VMM, kernel and vCPU count.
+#[derive(Clone, Copy, PartialEq)]
+struct Config {
+    vmm: Vmm,
+    own_kernel: bool,
+    vcpus: u8,
+}
+
+impl Config {
+    fn label(self) -> String {
+        let k = if self.own_kernel { "own" } else { "debian" };
+        format!("{}-{k}-{}cpu", self.vmm.name(), self.vcpus)
+    }
+
+    fn boot(self, name: &str, a: &Args) -> Boot {
+        let mut b = Boot::agentvm(name, KernelFormat::Vmlinux)
+            .under(self.vmm)
+            .mode(GuestMode::Bench)
+            .vcpus(self.vcpus)
+            .memory_mib(a.memory_mib);
+        b.verbose = a.verbose;
+        b.timeout = Duration::from_secs(180);
+        if self.own_kernel {
+            b = b.own_kernel();
+        }
+        b
+    }
 }
 
 struct Row {
-    first: Option<f64>,
+    ok: usize,
+    first_output: Option<f64>,
+    first_line: Option<f64>,
     exit: Option<f64>,
-    runs: usize,
+    rss_kib: Option<f64>,
 }
 
-fn row(r: &ScenarioResult, prefix: &str) -> Row {
-    let boots: Vec<_> = r
+fn row(r: &ScenarioResult, label: &str) -> Row {
+    let ok: Vec<_> = r
         .boots
         .iter()
-        .filter(|b| b.name.starts_with(prefix) && !b.name.ends_with("-warmup"))
+        .filter(|b| {
+            b.name
+                .strip_prefix(label)
+                .is_some_and(|rest| rest.starts_with("-run"))
+        })
+        .filter(|b| b.first_line.is_some() && b.exit_code() == Some(0))
         .collect();
-    let ok: Vec<_> = boots
-        .iter()
-        .filter(|b| b.exit_code() == Some(0) && b.first_line.is_some())
-        .collect();
-    let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let med = |f: &dyn Fn(&agentvm_rig::BootResult) -> Option<f64>| {
+        median(&ok.iter().filter_map(|b| f(b)).collect::<Vec<_>>())
+    };
     Row {
-        first: median(
-            &ok.iter()
-                .filter_map(|b| b.first_line.map(ms))
-                .collect::<Vec<_>>(),
-        ),
-        exit: median(&ok.iter().map(|b| ms(b.exit_after)).collect::<Vec<_>>()),
-        runs: ok.len(),
+        ok: ok.len(),
+        first_output: med(&|b| b.first_output.map(ms)),
+        first_line: med(&|b| b.first_line.map(ms)),
+        exit: med(&|b| Some(ms(b.exit_after))),
+        rss_kib: med(&|b| b.vmm_rss_kib.map(|k| k as f64)),
     }
 }
 
 fn main() -> ExitCode {
-    let (runs, kernels) = match parse() {
-        Ok(p) => p,
+    let args = match parse() {
+        Ok(a) => a,
         Err(e) => {
             eprintln!("{e}");
             return ExitCode::from(64);
         }
     };
-    let rig = match Rig::open() {
-        Ok(r) => r,
+    match run(&args) {
+        Ok(code) => code,
         Err(e) => {
-            eprintln!("bench-nested: {}", agentvm_rig::error_chain(&e));
-            return ExitCode::FAILURE;
-        }
-    };
-    let mut boots = Vec::new();
-    for &k in &kernels {
-        for vmm in [Vmm::Agentvm, Vmm::QemuMicrovm] {
-            let mut b =
-                Boot::agentvm(&format!("{}-warmup", label(vmm, k)), k).mode(GuestMode::Bench);
-            b.vmm = vmm;
-            boots.push(b);
+            eprintln!("bench-nested: {e}");
+            ExitCode::FAILURE
         }
     }
-    // Interleave the VMMs so drift in the host's load hits both alike.
-    for i in 0..runs {
-        for &k in &kernels {
-            for vmm in [Vmm::Agentvm, Vmm::QemuMicrovm] {
-                let mut b =
-                    Boot::agentvm(&format!("{}-{i}", label(vmm, k)), k).mode(GuestMode::Bench);
-                b.vmm = vmm;
-                boots.push(b);
+}
+
+fn run(args: &Args) -> Result<ExitCode, String> {
+    let chain = |e: &dyn std::error::Error| agentvm_rig::error_chain(e);
+    let rig = Rig::open().map_err(|e| chain(&e))?;
+    let peers = Peers::from_env();
+    for line in &peers.skipped {
+        println!("{line}");
+    }
+    let mut vmms = vec![Vmm::Agentvm, Vmm::QemuMicrovm];
+    vmms.extend(peers.vmms());
+    let kernel = if args.own {
+        Some(
+            peers::own_kernel(&mut |l: &str| eprintln!("bench-nested: {l}"))
+                .map_err(|e| chain(&e))?,
+        )
+    } else {
+        None
+    };
+    let mut configs = Vec::new();
+    for own_kernel in [true, false] {
+        if (own_kernel && !args.own) || (!own_kernel && !args.debian) {
+            continue;
+        }
+        for &vcpus in &args.vcpus {
+            for &vmm in &vmms {
+                configs.push(Config {
+                    vmm,
+                    own_kernel,
+                    vcpus,
+                });
             }
         }
     }
+    // The peers and the kernel travel on a disk; on the host they are
+    // where they are.
+    let setup = (rig.tier() == Tier::Nested).then(|| {
+        format!(
+            "mkdir -p /disk && mount -t ext4 -o ro /dev/vda /disk\n{}",
+            peers.tools().l1_setup()
+        )
+    });
+    let mut boots = Vec::new();
+    for (i, c) in configs.iter().enumerate() {
+        let mut b = c.boot(&format!("{}-warmup", c.label()), args);
+        if i == 0 {
+            if let Some(s) = &setup {
+                b = b.setup(s);
+            }
+        }
+        boots.push(b);
+    }
+    for run in 0..args.runs {
+        for c in &configs {
+            boots.push(c.boot(&format!("{}-run{run}", c.label()), args));
+        }
+    }
+    let mut scenario = Scenario::new("bench", boots);
+    if rig.tier() == Tier::Nested && (kernel.is_some() || !peers.found.is_empty()) {
+        let disk =
+            peers::disk(rig.cache(), kernel.as_ref(), &peers.tools()).map_err(|e| chain(&e))?;
+        scenario = scenario.with_disk(disk);
+    }
     eprintln!(
         "bench-nested: {} boots in one {:?}-tier run...",
-        boots.len(),
+        scenario.boots.len(),
         rig.tier()
     );
-    let result = match rig.run(&Scenario::new("bench", boots)) {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("bench-nested: {}", agentvm_rig::error_chain(&e));
-            return ExitCode::FAILURE;
-        }
-    };
+    let result = rig.run(&scenario).map_err(|e| chain(&e))?;
     println!(
-        "tier: {:?}; runs per VMM and kernel: {runs} (+1 warm-up); log: {}",
+        "tier: {:?}; {} MiB guests; runs per row: {} (+1 warm-up); log: {}",
         result.tier,
+        args.memory_mib,
+        args.runs,
         result.log_path.display()
     );
     println!(
-        "{:<18} {:>6} {:>16} {:>16}",
-        "vmm-kernel", "ok", "first line ms", "exit ms"
+        "{:<34} {:>5} {:>12} {:>12} {:>10} {:>12} {:>16}",
+        "vmm-kernel-vcpus",
+        "ok",
+        "first out ms",
+        "init ms",
+        "exit ms",
+        "VMM RSS KiB",
+        "init / fastest peer"
     );
-    let f = |v: Option<f64>| v.map(|v| format!("{v:.0}")).unwrap_or_else(|| "-".into());
+    let f = |v: Option<f64>| v.map_or_else(|| "-".into(), |v| format!("{v:.0}"));
     let mut failed = false;
-    for &k in &kernels {
-        let a = row(&result, &label(Vmm::Agentvm, k));
-        let q = row(&result, &label(Vmm::QemuMicrovm, k));
-        for (name, r) in [
-            (label(Vmm::Agentvm, k), &a),
-            (label(Vmm::QemuMicrovm, k), &q),
-        ] {
-            println!(
-                "{name:<18} {:>6} {:>16} {:>16}",
-                format!("{}/{runs}", r.runs),
-                f(r.first),
-                f(r.exit)
-            );
-            failed |= r.runs == 0;
+    for own_kernel in [true, false] {
+        for &vcpus in &args.vcpus {
+            let group: Vec<Config> = configs
+                .iter()
+                .copied()
+                .filter(|c| c.own_kernel == own_kernel && c.vcpus == vcpus)
+                .collect();
+            if group.is_empty() {
+                continue;
+            }
+            let rows: Vec<(Config, Row)> = group
+                .iter()
+                .map(|&c| (c, row(&result, &c.label())))
+                .collect();
+            let fastest_peer = rows
+                .iter()
+                .filter(|(c, _)| c.vmm != Vmm::Agentvm)
+                .filter_map(|(_, r)| r.first_line)
+                .fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.min(v))));
+            for (c, r) in &rows {
+                let ratio = r
+                    .first_line
+                    .zip(fastest_peer)
+                    .map_or_else(|| "-".into(), |(a, p)| format!("{:.2}", a / p));
+                println!(
+                    "{:<34} {:>5} {:>12} {:>12} {:>10} {:>12} {:>16}",
+                    c.label(),
+                    format!("{}/{}", r.ok, args.runs),
+                    f(r.first_output),
+                    f(r.first_line),
+                    f(r.exit),
+                    f(r.rss_kib),
+                    ratio
+                );
+                failed |= r.ok == 0;
+            }
         }
-        let ratio = |x: Option<f64>, y: Option<f64>| {
-            x.zip(y)
-                .map(|(x, y)| format!("{:.2}", x / y))
-                .unwrap_or("-".into())
-        };
-        println!(
-            "{:<18} {:>6} {:>16} {:>16}",
-            format!(
-                "ratio {}",
-                if k == KernelFormat::Vmlinux {
-                    "vmlinux"
-                } else {
-                    "bzimage"
-                }
-            ),
-            "",
-            ratio(a.first, q.first),
-            ratio(a.exit, q.exit)
-        );
     }
     if failed {
         eprintln!("bench-nested: some VMM never booted; see the log");
-        return ExitCode::FAILURE;
+        return Ok(ExitCode::FAILURE);
     }
-    ExitCode::SUCCESS
+    Ok(ExitCode::SUCCESS)
 }

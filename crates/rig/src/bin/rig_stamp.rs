@@ -4,7 +4,7 @@
 //! times to the guest's first init line and to the VMM's exit. With
 //! `--repeat` it times a command instead (the exec benchmark).
 //!
-//! Usage: `rig-stamp --name NAME --timeout SECS --first-line TEXT [--then SCRIPT] -- PROGRAM ARGS...`
+//! Usage: `rig-stamp --name NAME --timeout SECS --first-line TEXT [--then SCRIPT] [--guest-mib MIB] -- PROGRAM ARGS...`
 //! or `rig-stamp --repeat N --label LABEL -- PROGRAM ARGS...`
 
 use std::path::PathBuf;
@@ -61,6 +61,7 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<StampSpec, String> {
         program: Default::default(),
         args: Vec::new(),
         then: None,
+        guest_mib: None,
     };
     while let Some(a) = args.next() {
         let mut value = || args.next().ok_or_else(|| format!("{a} needs a value"));
@@ -73,6 +74,10 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<StampSpec, String> {
                     Duration::from_secs(v.parse().map_err(|_| format!("bad --timeout {v}"))?);
             }
             "--first-line" => spec.first_line = value()?,
+            "--guest-mib" => {
+                let v = value()?;
+                spec.guest_mib = Some(v.parse().map_err(|_| format!("bad --guest-mib {v}"))?);
+            }
             "--" => {
                 spec.program = args.next().ok_or("no program after --")?.into();
                 spec.args = args.collect();

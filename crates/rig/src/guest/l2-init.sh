@@ -22,11 +22,14 @@ for a in $(cat /proc/cmdline); do
     rig.host=*) host="${a#rig.host=}" ;;
     rig.port=*) port="${a#rig.port=}" ;;
     rig.denied=*) denied="${a#rig.denied=}" ;;
+    rig.halt=*) halt="${a#rig.halt=}" ;;
   esac
 done
 echo "RIG-L2 mode=$mode"
 echo "RIG-L2 uptime_init=$(cut -d' ' -f1 /proc/uptime)"
 if [ "$mode" = bench ]; then
+  # A VMM without ACPI power-off (Firecracker) exits on a reset instead.
+  if [ "$halt" = reboot ]; then reboot -f; fi
   poweroff -f
 fi
 
