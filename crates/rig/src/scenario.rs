@@ -89,8 +89,9 @@ pub struct Boot {
     pub mode: GuestMode,
     /// Leave out `quiet`, so the whole kernel log goes to the console.
     pub verbose: bool,
-    /// Appended to the kernel command line (rig init modes only: an agent
-    /// boot uses the image's command line as it is).
+    /// Appended to the kernel command line (rig init modes, and agent
+    /// boots of the own kernel; an agent boot of the image uses the
+    /// image's command line as it is).
     pub extra_cmdline: String,
     /// Kill the VMM after this long.
     pub timeout: Duration,
@@ -319,6 +320,34 @@ impl Boot {
         let kernel = self.kernel_path(p);
         let s = |p: &Path| p.to_string_lossy().to_string();
         match self.vmm {
+            Vmm::Agentvm if self.mode == GuestMode::Agent && self.own_kernel => {
+                // The image's initramfs and command line around our kernel
+                // (its module list names Debian's modules, which the agent
+                // cannot load there and needs none of).
+                let mut cmdline = agentvm_image::DEFAULT_CMDLINE.to_string();
+                if !self.extra_cmdline.is_empty() {
+                    cmdline.push(' ');
+                    cmdline.push_str(&self.extra_cmdline);
+                }
+                let args = [
+                    "boot".into(),
+                    "--kernel".into(),
+                    s(kernel),
+                    "--initrd".into(),
+                    s(&p.initrd),
+                    "--cmdline".into(),
+                    cmdline,
+                    "--vsock".into(),
+                    s(&self.vsock_path(&p.sock_dir)),
+                    "--memory".into(),
+                    self.memory_mib.to_string(),
+                    "--vcpus".into(),
+                    self.vcpus.to_string(),
+                ];
+                let mut args: Vec<String> = args.into();
+                args.extend(self.extra_args.iter().cloned());
+                (p.agentvm.clone(), args)
+            }
             Vmm::Agentvm if self.mode == GuestMode::Agent => {
                 let args = [
                     "boot".into(),

@@ -89,7 +89,11 @@ impl OwnKernel {
     /// The cached build, else builds it (minutes; `progress` hears the
     /// compiler's output and the time it took). Fails naming what to
     /// install when the source is missing.
-    pub fn build(cache: &Cache, src: &Path, progress: &mut dyn Progress) -> Result<OwnKernel, ImageError> {
+    pub fn build(
+        cache: &Cache,
+        src: &Path,
+        progress: &mut dyn Progress,
+    ) -> Result<OwnKernel, ImageError> {
         if let Some(k) = Self::cached(cache, src) {
             progress.event(Event::Cached("guest kernel"));
             return Ok(k);
@@ -104,9 +108,8 @@ impl OwnKernel {
         }
         let _lock = cache.lock()?;
         let name = Self::key(src);
-        let step = format!(
-            "building the guest kernel (about {BUILD_MINUTES} minutes on two idle cores)"
-        );
+        let step =
+            format!("building the guest kernel (about {BUILD_MINUTES} minutes on two idle cores)");
         progress.event(Event::Start(&step));
         let started = std::time::Instant::now();
         let dir = cache.entry(&name, |tmp| {
@@ -124,7 +127,11 @@ impl OwnKernel {
                 .map_err(|e| ImageError::io("Cannot run", &script, e))?;
             if !status.success() {
                 let e = std::io::Error::other(format!("exited with {status}"));
-                return Err(ImageError::io("Failed to build the kernel with", &script, e));
+                return Err(ImageError::io(
+                    "Failed to build the kernel with",
+                    &script,
+                    e,
+                ));
             }
             for f in ["vmlinux", "bzImage", "config"] {
                 std::fs::rename(out.join(f), tmp.join(f))

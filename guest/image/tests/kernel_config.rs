@@ -204,5 +204,9 @@ fn kernel_build_keeps_every_fragment_option() {
         "vmlinux has no PVH entry note (CONFIG_PVH)"
     );
     let bzimage = std::fs::read(dir.join("bzImage")).unwrap();
-    assert_eq!(&bzimage[0x202..0x206], b"HdrS", "bzImage lacks the boot protocol header");
+    assert_eq!(
+        &bzimage[0x202..0x206],
+        b"HdrS",
+        "bzImage lacks the boot protocol header"
+    );
 }

@@ -1,0 +1,93 @@
+//! T3 for `agentvm up --timings`: a workspace VM started in L1 (the
+//! default image, its workspace shared through virtiofsd) prints where the
+//! start's time went, with rows from `up`, the VMM, the kernel and the
+//! guest agent that add up to the whole. Twice, so the second start shows
+//! the figures with warm caches; the scenario prints both tables.
+#![allow(clippy::unwrap_used)] // a panicking test is a failing test
+
+use std::time::Duration;
+
+use agentvm_rig::{error_chain, Boot, Markers, Rig, Scenario};
+
+const SCRIPT: &str = r##"W=/tmp/tws
+rm -rf $W && mkdir -p $W && cd $W
+$AGENTVM init >/dev/null 2>&1
+sed -i "s|^# image = .*|image = \"/l2\"|; s|^# memory_mib = .*|memory_mib = 512|; s|^# vcpus = .*|vcpus = 1|" .agentvm/config.toml
+$AGENTVM trust >/dev/null 2>&1; echo "RIG-EXEC trust_rc=$?"
+for i in 1 2; do
+  $AGENTVM up --timings >/tmp/up$i.out 2>&1; echo "RIG-EXEC up${i}_rc=$?"
+  echo "RIG-EXEC up${i}=$(tr '\n' '|' < /tmp/up$i.out)"
+  $AGENTVM run true; echo "RIG-EXEC run${i}_rc=$?"
+  $AGENTVM down >/dev/null 2>&1; echo "RIG-EXEC down${i}_rc=$?"
+done
+"##;
+
+/// The rows of a printed table: `(step, took ms, at ms)`; `total` has no
+/// time of its own.
+fn rows(out: &str) -> Vec<(String, f64, f64)> {
+    out.split('|')
+        .skip_while(|l| !l.starts_with("step "))
+        .skip(1)
+        .filter_map(|l| {
+            let toks: Vec<&str> = l.split_whitespace().collect();
+            let at: f64 = toks.last()?.parse().ok()?;
+            if toks == ["total", toks[1]] {
+                return Some(("total".to_string(), 0.0, at));
+            }
+            let took: f64 = toks.get(toks.len().checked_sub(2)?)?.parse().ok()?;
+            Some((toks[..toks.len() - 2].join(" "), took, at))
+        })
+        .collect()
+}
+
+#[test]
+fn up_timings_break_a_start_down_from_the_command_to_ready() {
+    let Some(rig) = Rig::open_for_test().unwrap_or_else(|e| panic!("{}", error_chain(&e))) else {
+        return;
+    };
+    let mut boot = Boot::agent("timings", SCRIPT).with_virtiofsd();
+    boot.timeout = Duration::from_secs(600);
+    let r = rig
+        .run(&Scenario::new("timings", vec![boot]))
+        .unwrap_or_else(|e| panic!("{}", error_chain(&e)));
+    let b = r.boot("timings").expect("boot ran");
+    let t = Markers::new(&r, b);
+    for i in ["1", "2"] {
+        let out = t.m(&format!("up{i}"));
+        eprintln!("up #{i}:\n{}", out.replace('|', "\n"));
+        assert_eq!(t.m(&format!("up{i}_rc")), "0", "{}", t.ctx);
+        assert_eq!(t.m(&format!("run{i}_rc")), "0", "{}", t.ctx);
+        let rows = rows(out);
+        let step = |name: &str| {
+            rows.iter()
+                .find(|r| r.0 == name)
+                .unwrap_or_else(|| panic!("no row {name:?} in {rows:?}; {}", t.ctx))
+        };
+        for name in [
+            "configuration, approval, state",
+            "starting the VMM process",
+            "VMM: devices and virtiofsd",
+            "VMM: kernel and initrd loaded",
+            "kernel: entry (clock starts)",
+            "kernel: initramfs unpacked",
+            "agent: kernel modules",
+            "agent: shares and tmpfs",
+            "ready line seen by the VMM",
+            "ready seen by `up`",
+        ] {
+            step(name);
+        }
+        // The rows follow one another and add up to the total.
+        let total = rows.iter().find(|r| r.0 == "total").map(|r| r.2).unwrap();
+        let sum: f64 = rows.iter().filter(|r| r.0 != "total").map(|r| r.1).sum();
+        assert!(
+            (sum - total).abs() < 1.0,
+            "rows add to {sum}, total {total}; {}",
+            t.ctx
+        );
+        // The kernel and the agent take real time; a misaligned clock would
+        // put them at zero.
+        assert!(step("kernel: initramfs unpacked").1 > 0.0, "{rows:?}");
+        assert!(step("agent: kernel modules").1 > 0.0, "{rows:?}");
+    }
+}
