@@ -196,6 +196,24 @@ fn up_status_down_leaves_nothing_behind() {
     assert!(console.contains("agentvm-guest: ready"), "{console}");
     let snapshot = std::fs::read_to_string(state.join("config.json")).unwrap();
     assert!(snapshot.contains("\"memory_mib\": 128"), "{snapshot}");
+    // Guest RAM, shared with the workspace's virtiofsd, is an unnamed file
+    // on a private huge-page tmpfs (this machine allows user namespaces),
+    // not a memfd.
+    let pid = std::fs::read_to_string(state.join("vmm.pid")).unwrap();
+    let maps = std::fs::read_to_string(format!("/proc/{}/maps", pid.trim())).unwrap();
+    let ram: Vec<&str> = maps
+        .lines()
+        .filter(|l| {
+            let range = l.split(' ').next().unwrap();
+            let (a, b) = range.split_once('-').unwrap();
+            let len = u64::from_str_radix(b, 16).unwrap() - u64::from_str_radix(a, 16).unwrap();
+            len == 128 << 20
+        })
+        .collect();
+    assert_eq!(ram.len(), 1, "one 128 MiB mapping: {maps}");
+    assert!(ram[0].contains(" rw-s "), "shared: {}", ram[0]);
+    assert!(!ram[0].contains("memfd:"), "not a memfd: {}", ram[0]);
+    assert!(ram[0].ends_with("(deleted)"), "an unnamed file: {}", ram[0]);
 
     let again = w.ok(&["up"], &ws);
     assert!(again.contains("already running"), "{again}");
@@ -217,6 +235,13 @@ fn up_status_down_leaves_nothing_behind() {
     assert_eq!(st["memory_mib"], 128);
     assert_eq!(st["vcpus"], 1);
     assert_eq!(st["ready"], true);
+    // The start's steps, for `up --timings`, in order.
+    let boot = &st["boot"];
+    let at = |k: &str| boot[k].as_u64().unwrap_or_else(|| panic!("boot.{k}: {st}"));
+    assert!(at("started_us") > 0, "{st}");
+    assert!(at("started_us") <= at("build_us"), "{st}");
+    assert!(at("build_us") <= at("running_us"), "{st}");
+    assert!(at("running_us") <= at("ready_us"), "{st}");
     assert_eq!(st["network_mode"], "filtered");
     assert!(st["rss_kib"].as_u64().unwrap() > 0);
     // The caps and their counters (none hit by this guest).

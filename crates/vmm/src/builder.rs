@@ -366,7 +366,10 @@ impl VmBuilder {
         let kvm = Kvm::new().map_err(BuildError::OpenKvm)?;
         let vm_fd = kvm.create_vm().map_err(kvm_err("create a VM"))?;
         let ram = if shared_memory {
-            GuestRam::new(memory_bytes)?
+            match config.shared_memory_file.take() {
+                Some(file) => GuestRam::in_file(file, memory_bytes)?,
+                None => GuestRam::new(memory_bytes)?,
+            }
         } else {
             GuestRam::private(memory_bytes)?
         };

@@ -91,7 +91,21 @@ impl GuestRam {
         if !size.is_multiple_of(4096) || !(MIN_MEMORY..=MAX_MEMORY).contains(&size) {
             return Err(MemoryError::InvalidSize(size));
         }
-        let memfd = create_memfd(size)?;
+        Self::shared_in(create_memfd(size)?, size)
+    }
+
+    /// Creates `size` bytes of guest RAM in `file` (see
+    /// [`crate::VmConfig::shared_memory_file`]), mapped shared like the
+    /// memfd of [`GuestRam::new`].
+    pub fn in_file(file: File, size: u64) -> Result<Self, MemoryError> {
+        if !size.is_multiple_of(4096) || !(MIN_MEMORY..=MAX_MEMORY).contains(&size) {
+            return Err(MemoryError::InvalidSize(size));
+        }
+        file.set_len(size).map_err(MemoryError::Truncate)?;
+        Self::shared_in(Arc::new(file), size)
+    }
+
+    fn shared_in(memfd: Arc<File>, size: u64) -> Result<Self, MemoryError> {
         let mut offset = 0;
         let ranges: Vec<_> = ram_ranges(size)
             .into_iter()
@@ -336,6 +350,25 @@ mod tests {
         }
         assert!(matches!(
             GuestRam::private((16 << 20) + 1),
+            Err(MemoryError::InvalidSize(_))
+        ));
+    }
+
+    #[test]
+    fn ram_in_a_given_file_is_shared_through_it() {
+        let file = tempfile::tempfile().unwrap();
+        let probe = file.try_clone().unwrap();
+        let ram = GuestRam::in_file(file, 64 << 20).unwrap();
+        assert!(ram.is_shared());
+        assert_eq!(probe.metadata().unwrap().len(), 64 << 20, "sized by us");
+        ram.memory()
+            .write_obj(0x1234_u16, GuestAddress(4096))
+            .unwrap();
+        let mut buf = [0u8; 2];
+        assert_eq!(pread(&probe, &mut buf, 4096), 2);
+        assert_eq!(u16::from_le_bytes(buf), 0x1234);
+        assert!(matches!(
+            GuestRam::in_file(tempfile::tempfile().unwrap(), 4097),
             Err(MemoryError::InvalidSize(_))
         ));
     }

@@ -37,6 +37,7 @@ pub mod down;
 pub mod exec;
 pub mod files;
 pub mod git_guard;
+pub mod huge_ram;
 pub mod mount;
 pub mod net;
 pub mod reclaim;

@@ -28,6 +28,7 @@ use clap::Args;
 use nix::sys::signal::{SigSet, Signal};
 
 use super::control::{self, Handler, Reply, Request};
+use super::huge_ram;
 use super::net::NetControl;
 use super::timings;
 use super::StateDir;
@@ -67,6 +68,19 @@ pub fn run(args: VmmArgs) -> anyhow::Result<ExitCode> {
     // of ours that nobody else can write.
     super::check_private(&state.dir)?;
     let snap = state.read_snapshot()?;
+    // While this process has one thread: virtiofsd maps guest RAM, so it
+    // is a shared file; one that gets huge pages if this host allows.
+    let wants_shared = !snap.mounts.is_empty()
+        || snap.root_image.is_some()
+        || snap.persistent_root.is_some()
+        || snap.hotplug_slots > 0;
+    let ram_file = wants_shared
+        .then(|| {
+            huge_ram::create(snap.memory_mib << 20)
+                .inspect_err(|e| tracing::debug!("guest RAM in a memfd: no huge-page tmpfs: {e}"))
+                .ok()
+        })
+        .flatten();
     let log_max = snap.log_max_bytes();
     let console = RotatingFile::open(&state.console(), log_max)
         .with_context(|| format!("cannot open {}", state.console().display()))?;
@@ -114,6 +128,7 @@ pub fn run(args: VmmArgs) -> anyhow::Result<ExitCode> {
         .collect();
     config.virtiofsd.allow_unsandboxed = snap.allow_unsandboxed_virtiofsd;
     config.hotplug_slots = snap.hotplug_slots;
+    config.shared_memory_file = ram_file;
     let vsock = state.vsock();
     let vsock_config = VsockConfig::new(&vsock);
     let vsock_counters = vsock_config.counters.clone();

@@ -165,6 +165,14 @@ pub struct VmConfig {
     /// ([`crate::VmHandle::attach_fs`]); 0 declares none. Needs a state
     /// directory (the daemons' sockets live there).
     pub hotplug_slots: u8,
+    /// The file shared guest RAM lives in, instead of a new memfd: an
+    /// empty tmpfs file (the VMM sizes it) whose mount gives huge pages
+    /// (`huge=always`), which a memfd only gets where the host's
+    /// `shmem_enabled` allows. Used only when guest RAM must be shared
+    /// ([`VmConfig::needs_shared_memory`]). Unlike a memfd it cannot be
+    /// sealed against shrinking: only pass a file no other process can
+    /// open (an `O_TMPFILE` in a mount of a private namespace).
+    pub shared_memory_file: Option<std::fs::File>,
 }
 
 impl VmConfig {
@@ -199,6 +207,7 @@ impl VmConfig {
             balloon: None,
             landlock: Landlock::default(),
             hotplug_slots: 0,
+            shared_memory_file: None,
         }
     }
 
