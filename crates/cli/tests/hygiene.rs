@@ -105,10 +105,16 @@ fn a_running_vmm_has_no_new_privs_no_core_dumps_and_no_inherited_fds() {
         if let Some(flags) = line.strip_prefix("VmFlags:") {
             if in_ram {
                 assert!(flags.split_whitespace().any(|f| f == "dd"), "{flags}");
+                // Advised huge pages, too (it needs no sharing: private).
+                assert!(flags.split_whitespace().any(|f| f == "hg"), "{flags}");
                 ram_mappings += 1;
             }
         } else if line.contains('-') && line.split_whitespace().count() >= 5 {
-            in_ram = line.contains("agentvm-guest-ram");
+            let range = line.split(' ').next().unwrap_or_default();
+            let len = range.split_once('-').and_then(|(a, b)| {
+                Some(u64::from_str_radix(b, 16).ok()? - u64::from_str_radix(a, 16).ok()?)
+            });
+            in_ram = len == Some(128 << 20);
         }
     }
     assert_eq!(ram_mappings, 1, "one guest RAM mapping of 128 MiB");
