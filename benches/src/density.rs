@@ -274,12 +274,7 @@ fn agentvm_bin() -> PathBuf {
 
 /// Firecracker's configuration for VM `i`: the guest, memory, a vsock
 /// device and, with `tap`, a network interface on it.
-fn firecracker_config(
-    guest: &Path,
-    memory_mib: u64,
-    vsock: &Path,
-    tap: Option<&str>,
-) -> String {
+fn firecracker_config(guest: &Path, memory_mib: u64, vsock: &Path, tap: Option<&str>) -> String {
     let net = match tap {
         Some(tap) => format!(
             r#", "network-interfaces": [{{"iface_id": "eth0", "guest_mac": "06:00:0a:00:02:0f", "host_dev_name": "{tap}"}}]"#
@@ -338,8 +333,7 @@ fn run(options: &Options, dir: &Path) -> anyhow::Result<()> {
     print_row("agentvm", "median", &ours.median);
     print_row("agentvm", "max", &ours.max);
 
-    let Some(firecracker) = std::env::var_os("AGENTVM_BENCH_FIRECRACKER").map(PathBuf::from)
-    else {
+    let Some(firecracker) = std::env::var_os("AGENTVM_BENCH_FIRECRACKER").map(PathBuf::from) else {
         println!(
             "firecracker: skipped (set AGENTVM_BENCH_FIRECRACKER to a firecracker binary to \
              compare)"

@@ -155,8 +155,8 @@ const IDLE_QUEUE_SIZE: u32 = 16;
 
 /// The density benchmark's guest, a [`Format::DualElf`]: drives every
 /// virtio-mmio transport it finds (from each of [`VIRTIO_MMIO_FIRST`],
-/// until a slot without the "virt" magic) through feature negotiation (`VERSION_1`
-/// only) and queue setup to `DRIVER_OK`, with empty queues, so the VMM
+/// until a slot without the "virt" magic) through feature negotiation
+/// (taking every feature offered) and queue setup to `DRIVER_OK`, with empty queues, so the VMM
 /// activates each device as it would for a Linux guest; then prints the
 /// [`bench_guest`]'s line and waits in `cli; hlt` for good, so the VMM
 /// stays up until it is stopped from outside.
@@ -196,6 +196,8 @@ fn activate_virtio(a: &mut iced_x86::code_asm::CodeAssembler, first: u32) -> Res
     // Register offsets (virtio 1.x, MMIO transport version 2).
     const MAGIC: i32 = 0x000;
     const DEVICE_ID: i32 = 0x008;
+    const DEVICE_FEATURES: i32 = 0x010;
+    const DEVICE_FEATURES_SEL: i32 = 0x014;
     const DRIVER_FEATURES: i32 = 0x020;
     const DRIVER_FEATURES_SEL: i32 = 0x024;
     const QUEUE_SEL: i32 = 0x030;
@@ -226,11 +228,14 @@ fn activate_virtio(a: &mut iced_x86::code_asm::CodeAssembler, first: u32) -> Res
     a.je(next_device)?;
     a.mov(dword_ptr(ebx + STATUS), 0)?;
     a.mov(dword_ptr(ebx + STATUS), ACK_DRIVER)?;
-    // VIRTIO_F_VERSION_1 (feature bit 32) and nothing else.
-    a.mov(dword_ptr(ebx + DRIVER_FEATURES_SEL), 1)?;
-    a.mov(dword_ptr(ebx + DRIVER_FEATURES), 1)?;
-    a.mov(dword_ptr(ebx + DRIVER_FEATURES_SEL), 0)?;
-    a.mov(dword_ptr(ebx + DRIVER_FEATURES), 0)?;
+    // Every feature the device offers (bits 0-63), as a driver that
+    // knows them all would take.
+    for sel in 0..2 {
+        a.mov(dword_ptr(ebx + DEVICE_FEATURES_SEL), sel)?;
+        a.mov(eax, dword_ptr(ebx + DEVICE_FEATURES))?;
+        a.mov(dword_ptr(ebx + DRIVER_FEATURES_SEL), sel)?;
+        a.mov(dword_ptr(ebx + DRIVER_FEATURES), eax)?;
+    }
     a.mov(dword_ptr(ebx + STATUS), FEATURES_OK)?;
     a.xor(ebp, ebp)?;
     a.set_label(&mut queue)?;
