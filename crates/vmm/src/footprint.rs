@@ -78,6 +78,13 @@ pub fn release_startup_code() -> Released {
     unsafe {
         libc::dl_iterate_phdr(Some(visit), (&raw mut released).cast());
     }
+    // What start-up freed inside the heap goes back too.
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only returns free heap pages to the kernel; it
+    // takes malloc's locks like any allocation.
+    unsafe {
+        libc::malloc_trim(0);
+    }
     tracing::debug!(
         "released {} read-only segments ({} KiB mapped) of start-up code",
         released.segments,
