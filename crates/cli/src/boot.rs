@@ -170,6 +170,7 @@ pub fn run(args: BootArgs) -> anyhow::Result<ExitCode> {
         None => None,
     };
     let running = vm.start().context("cannot run the VM")?;
+    agentvm_vmm::footprint::release_startup_code();
     seccomp::install(args.seccomp, ThreadKind::Supervisor)
         .context("cannot confine the VMM's main thread")?;
     if args.seccomp_selftest {
@@ -309,12 +310,14 @@ fn seccomp_selftest() {
 }
 
 /// What a VMM process (`boot`, `__vmm`) does before anything else: closes
-/// the descriptors it inherited, sets `no_new_privs` before any thread
-/// exists (so every thread has it) and switches core dumps off. See
-/// [`agentvm_vmm::hygiene`].
+/// the descriptors it inherited, caps malloc's arenas, sets
+/// `no_new_privs` before any thread exists (so every thread has it) and
+/// switches core dumps off. See [`agentvm_vmm::hygiene`] and
+/// [`agentvm_vmm::footprint`].
 pub fn harden_vmm_process() -> anyhow::Result<()> {
     use agentvm_vmm::hygiene;
     hygiene::close_inherited_fds().context("cannot close inherited file descriptors")?;
+    agentvm_vmm::footprint::limit_malloc_arenas();
     hygiene::harden_process().context("cannot harden the VMM process")
 }
 

@@ -136,6 +136,154 @@ pub fn bench_guest() -> Result<Guest, Error> {
         .build(Format::DualElf)
 }
 
+/// Where [`idle_guest`] looks for virtio-mmio transports: from each of
+/// these (agentvm's first slot, and Firecracker's), one every
+/// [`VIRTIO_MMIO_STRIDE`].
+pub const VIRTIO_MMIO_FIRST: [u32; 2] = [0xc000_0000, 0xd000_0000];
+/// The distance between two virtio-mmio transports.
+pub const VIRTIO_MMIO_STRIDE: u32 = 0x1000;
+/// Where [`idle_guest`] puts its virtqueues: one 4 KiB page per queue
+/// from here (32 MiB, above the guest's own code at 16 MiB).
+pub const IDLE_QUEUES_AT: u32 = 0x0200_0000;
+/// The most transports [`idle_guest`] looks at.
+const IDLE_MAX_DEVICES: u32 = 32;
+/// The most queues per device [`idle_guest`] sets up.
+const IDLE_MAX_QUEUES: u32 = 8;
+/// The size of each queue [`idle_guest`] sets up (or the device's
+/// maximum, if smaller).
+const IDLE_QUEUE_SIZE: u32 = 16;
+
+/// The density benchmark's guest, a [`Format::DualElf`]: drives every
+/// virtio-mmio transport it finds (from each of [`VIRTIO_MMIO_FIRST`],
+/// until a slot without the "virt" magic) through feature negotiation
+/// (taking every feature offered) and queue setup to `DRIVER_OK`, with empty queues, so the VMM
+/// activates each device as it would for a Linux guest; then prints the
+/// [`bench_guest`]'s line and waits in `cli; hlt` for good, so the VMM
+/// stays up until it is stopped from outside.
+pub fn idle_guest() -> Result<Guest, Error> {
+    let mut long64 = Asm64::new()?;
+    a_queue_page(&mut long64)?;
+    for base in VIRTIO_MMIO_FIRST {
+        activate_virtio(&mut long64, base)?;
+    }
+    long64.serial_print(BENCH_LINE_LONG64)?;
+    halt_forever(&mut long64)?;
+    let mut pvh32 = Asm32::new()?;
+    a_queue_page(&mut pvh32)?;
+    for base in VIRTIO_MMIO_FIRST {
+        activate_virtio(&mut pvh32, base)?;
+    }
+    pvh32.serial_print(BENCH_LINE_PVH32)?;
+    halt_forever(&mut pvh32)?;
+    Program::new("idle")
+        .with_long64(long64)
+        .with_pvh32(pvh32)
+        .build(Format::DualElf)
+}
+
+/// Points `esi` at the first queue page, [`IDLE_QUEUES_AT`].
+fn a_queue_page(a: &mut iced_x86::code_asm::CodeAssembler) -> Result<(), Error> {
+    a.mov(esi, IDLE_QUEUES_AT)?;
+    Ok(())
+}
+
+/// The virtio-mmio driver of [`idle_guest`] for the transports from
+/// `first`, with 32-bit registers and addresses only, so the same code
+/// serves both entries. Queues go to the pages from `esi` on (advanced
+/// past them). Clobbers `eax`, `ecx`, `ebx`, `edi`, `ebp`.
+fn activate_virtio(a: &mut iced_x86::code_asm::CodeAssembler, first: u32) -> Result<(), Error> {
+    use iced_x86::code_asm::{ecx, edi};
+    // Register offsets (virtio 1.x, MMIO transport version 2).
+    const MAGIC: i32 = 0x000;
+    const DEVICE_ID: i32 = 0x008;
+    const DEVICE_FEATURES: i32 = 0x010;
+    const DEVICE_FEATURES_SEL: i32 = 0x014;
+    const DRIVER_FEATURES: i32 = 0x020;
+    const DRIVER_FEATURES_SEL: i32 = 0x024;
+    const QUEUE_SEL: i32 = 0x030;
+    const QUEUE_NUM_MAX: i32 = 0x034;
+    const QUEUE_NUM: i32 = 0x038;
+    const QUEUE_READY: i32 = 0x044;
+    const STATUS: i32 = 0x070;
+    const QUEUE_DESC: i32 = 0x080;
+    const QUEUE_DRIVER: i32 = 0x090;
+    const QUEUE_DEVICE: i32 = 0x0a0;
+    const MAGIC_VALUE: u32 = 0x7472_6976;
+    // ACKNOWLEDGE, DRIVER, FEATURES_OK, DRIVER_OK.
+    const ACK_DRIVER: u32 = 1 | 2;
+    const FEATURES_OK: u32 = ACK_DRIVER | 8;
+    const DRIVER_OK: u32 = FEATURES_OK | 4;
+
+    let mut device = a.create_label();
+    let mut queue = a.create_label();
+    let mut queues_done = a.create_label();
+    let mut next_device = a.create_label();
+    let mut done = a.create_label();
+    a.mov(ebx, first)?;
+    a.mov(edi, IDLE_MAX_DEVICES)?;
+    a.set_label(&mut device)?;
+    a.cmp(dword_ptr(ebx + MAGIC), MAGIC_VALUE)?;
+    a.jne(done)?;
+    a.cmp(dword_ptr(ebx + DEVICE_ID), 0)?;
+    a.je(next_device)?;
+    a.mov(dword_ptr(ebx + STATUS), 0)?;
+    a.mov(dword_ptr(ebx + STATUS), ACK_DRIVER)?;
+    // Every feature the device offers (bits 0-63), as a driver that
+    // knows them all would take.
+    for sel in 0..2 {
+        a.mov(dword_ptr(ebx + DEVICE_FEATURES_SEL), sel)?;
+        a.mov(eax, dword_ptr(ebx + DEVICE_FEATURES))?;
+        a.mov(dword_ptr(ebx + DRIVER_FEATURES_SEL), sel)?;
+        a.mov(dword_ptr(ebx + DRIVER_FEATURES), eax)?;
+    }
+    a.mov(dword_ptr(ebx + STATUS), FEATURES_OK)?;
+    a.xor(ebp, ebp)?;
+    a.set_label(&mut queue)?;
+    a.cmp(ebp, IDLE_MAX_QUEUES)?;
+    a.jae(queues_done)?;
+    a.mov(dword_ptr(ebx + QUEUE_SEL), ebp)?;
+    a.mov(eax, dword_ptr(ebx + QUEUE_NUM_MAX))?;
+    a.test(eax, eax)?;
+    a.jz(queues_done)?;
+    a.mov(ecx, IDLE_QUEUE_SIZE)?;
+    a.cmp(eax, ecx)?;
+    a.cmovb(ecx, eax)?;
+    a.mov(dword_ptr(ebx + QUEUE_NUM), ecx)?;
+    // Descriptors, driver (avail) and device (used) rings in one page.
+    a.mov(dword_ptr(ebx + QUEUE_DESC), esi)?;
+    a.mov(dword_ptr(ebx + (QUEUE_DESC + 4)), 0)?;
+    a.lea(eax, ptr(esi + 0x400))?;
+    a.mov(dword_ptr(ebx + QUEUE_DRIVER), eax)?;
+    a.mov(dword_ptr(ebx + (QUEUE_DRIVER + 4)), 0)?;
+    a.lea(eax, ptr(esi + 0x800))?;
+    a.mov(dword_ptr(ebx + QUEUE_DEVICE), eax)?;
+    a.mov(dword_ptr(ebx + (QUEUE_DEVICE + 4)), 0)?;
+    a.mov(dword_ptr(ebx + QUEUE_READY), 1)?;
+    a.add(esi, 0x1000)?;
+    a.inc(ebp)?;
+    a.jmp(queue)?;
+    a.set_label(&mut queues_done)?;
+    a.mov(dword_ptr(ebx + STATUS), DRIVER_OK)?;
+    a.set_label(&mut next_device)?;
+    a.add(ebx, VIRTIO_MMIO_STRIDE)?;
+    a.dec(edi)?;
+    a.jnz(device)?;
+    a.set_label(&mut done)?;
+    a.zero_bytes()?;
+    Ok(())
+}
+
+/// `cli; hlt` in a loop: with interrupts off the vCPU sleeps in the host's
+/// KVM and never wakes.
+fn halt_forever(a: &mut iced_x86::code_asm::CodeAssembler) -> Result<(), Error> {
+    a.cli()?;
+    let mut halt = a.create_label();
+    a.set_label(&mut halt)?;
+    a.hlt()?;
+    a.jmp(halt)?;
+    Ok(())
+}
+
 /// What the boot probe reads besides the zero page.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct BootProbeOptions {

@@ -132,6 +132,11 @@ fn serve(
     transports: &[Arc<Mutex<MmioTransport>>],
     hotplug: Option<&Hotplug>,
 ) {
+    // Start-up ends when the guest has driven every device to DRIVER_OK:
+    // the code that building and activating needed is then dropped from
+    // the resident set once more (the VMM did so when the VM started).
+    // Once only, so a guest that resets its devices cannot make it work.
+    let mut startup_released = false;
     loop {
         // A blocking eventfd: read returns once some transport (or stop)
         // wrote to it, with all writes since the last read summed.
@@ -154,5 +159,16 @@ fn serve(
         if let Some(hotplug) = hotplug {
             hotplug.run_pending();
         }
+        if !startup_released && all_activated(transports) {
+            crate::footprint::release_startup_code();
+            startup_released = true;
+        }
     }
+}
+
+/// Whether every transport's device is activated.
+fn all_activated(transports: &[Arc<Mutex<MmioTransport>>]) -> bool {
+    transports
+        .iter()
+        .all(|t| t.lock().unwrap_or_else(|p| p.into_inner()).is_activated())
 }

@@ -338,3 +338,43 @@ fn hotplug_slots_follow_the_devices_and_attach_under_the_seccomp_filters() {
     handle.stop();
     assert!(!running.wait().is_failure());
 }
+
+/// Whether a thread of this process is called `name`.
+fn has_thread(name: &str) -> bool {
+    std::fs::read_dir("/proc/self/task").unwrap().any(|t| {
+        std::fs::read_to_string(t.unwrap().path().join("comm")).is_ok_and(|c| c.trim() == name)
+    })
+}
+
+#[test]
+fn the_density_guest_activates_every_device_and_stays_up_until_stopped() {
+    if !kvm_or_skip() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let kernel = write_guest(dir.path(), &programs::idle_guest().unwrap());
+    let console = Console::default();
+    let vm = VmBuilder::new(&kernel)
+        .memory_mib(64)
+        .rng()
+        .serial(SerialSink::Writer(Box::new(console.clone())))
+        .build()
+        .unwrap();
+    let handle = vm.handle();
+    assert!(!has_thread("virtio-rng"), "no worker before activation");
+    let runner = std::thread::spawn(move || vm.run().unwrap());
+    // The rng's worker starts only when the guest drove it to DRIVER_OK.
+    // A guard, not a timing check: a broken guest fails instead of hanging.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !(console.text().contains(programs::BENCH_READY) && has_thread("virtio-rng")) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not activated: {}",
+            console.text()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(!runner.is_finished(), "the guest halts and the VM stays up");
+    handle.stop();
+    assert_eq!(runner.join().unwrap(), ExitStatus::Stopped);
+}

@@ -79,6 +79,7 @@
 #![deny(missing_docs)]
 
 pub mod config;
+pub mod footprint;
 pub mod hygiene;
 pub mod landlock;
 pub mod seccomp;

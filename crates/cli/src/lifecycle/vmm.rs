@@ -222,16 +222,17 @@ pub fn run(args: VmmArgs) -> anyhow::Result<ExitCode> {
         })
         .context("cannot start the control thread")?;
     stop_on_signals(vm.handle(), level, termination)?;
-    let status = vm.start().map(
-        |running| match seccomp::install(level, ThreadKind::Supervisor) {
+    let status = vm.start().map(|running| {
+        agentvm_vmm::footprint::release_startup_code();
+        match seccomp::install(level, ThreadKind::Supervisor) {
             Ok(()) => running.wait(),
             Err(e) => {
                 eprintln!("agentvm: {e}; stopping the VM");
                 running.handle().stop();
                 running.wait()
             }
-        },
-    );
+        }
+    });
     // The guest's last words (a panic, say) reach the log before we exit.
     console_written.wait(CONSOLE_DRAIN);
     for f in [
