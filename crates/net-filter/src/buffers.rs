@@ -22,7 +22,7 @@ use smoltcp::socket::tcp;
 use smoltcp::time::{Duration as SmolDuration, Instant as SmolInstant};
 
 use crate::budget::{Budget, Charge};
-use crate::phy::Phy;
+use crate::phy::{Borrowed, Phy};
 
 /// Largest buffer each way, bytes: the receive buffer is the window the
 /// guest sees.
@@ -369,6 +369,31 @@ impl TcpSockets {
             }
         }
         result
+    }
+
+    /// Lets smoltcp process the guest's `frame` in the socket of `id` at
+    /// once, where the frame lies; false (nothing done) when there is no
+    /// such socket or no room for a reply, and the caller queues it.
+    pub fn ingest(
+        &mut self,
+        id: SockId,
+        iface: &mut Interface,
+        now: SmolInstant,
+        phy: &mut Phy,
+        frame: &[u8],
+    ) -> bool {
+        let Some(entry) = self.entries.get_mut(&id) else {
+            return false;
+        };
+        let mut device = Borrowed::new(frame, phy);
+        iface.poll_ingress_single(now, &mut device, &mut entry.set);
+        if !device.taken() {
+            return false;
+        }
+        entry.polls += 1;
+        self.mark(id);
+        self.touch(id);
+        true
     }
 
     /// Lets smoltcp process what `phy` holds for the socket of `id` alone

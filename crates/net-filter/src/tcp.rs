@@ -339,6 +339,28 @@ impl TcpFlows {
         result
     }
 
+    /// Has smoltcp process the guest's `frame` for the flow of `key` at
+    /// once (no copy); false when it cannot, and the caller queues it.
+    pub fn ingest(
+        &mut self,
+        key: &FlowKey,
+        iface: &mut Interface,
+        phy: &mut Phy,
+        frame: &[u8],
+    ) -> bool {
+        let Some(socket) = self.socket_of(key) else {
+            return false;
+        };
+        if !self
+            .sockets
+            .ingest(socket, iface, SmolInstant::now(), phy, frame)
+        {
+            return false;
+        }
+        self.dirty.insert(*key);
+        true
+    }
+
     /// The smoltcp socket of an open flow (where its frames go).
     pub fn socket_of(&self, key: &FlowKey) -> Option<SockId> {
         match self.flows.get(key).map(|f| &f.state) {

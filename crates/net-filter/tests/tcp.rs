@@ -158,9 +158,18 @@ fn idle_connections_are_left_alone_while_another_moves_data() {
     // A segment for one idle connection (here: its data) runs smoltcp for
     // that one only; it still works.
     let (first_port, first) = idle[0];
-    assert!(common::echo_roundtrip(&mut g, &mut stack, first, b"still here"));
+    assert!(common::echo_roundtrip(
+        &mut g,
+        &mut stack,
+        first,
+        b"still here"
+    ));
     let after = polls(&stack);
     assert!(after[0] > before[0]);
-    assert_eq!(after[1..], before[1..], "other idle connections were polled");
+    assert_eq!(
+        after[1..],
+        before[1..],
+        "other idle connections were polled"
+    );
     assert_eq!(stack.tcp_socket_polls(first_port, remote), after[0]);
 }

@@ -124,6 +124,12 @@ impl NetStack {
                 match self.tcp.state_of(&key) {
                     // A retransmitted SYN while the host connects.
                     Some(true) => false,
+                    // In order behind queued frames; at once (no copy)
+                    // when none wait.
+                    Some(false) if !self.phy.rx_waiting() => {
+                        self.tcp.ingest(&key, &mut self.iface, &mut self.phy, frame)
+                            || self.phy.take(frame, self.tcp.socket_of(&key))
+                    }
                     Some(false) => self.phy.take(frame, self.tcp.socket_of(&key)),
                     None if tcp.syn() && !tcp.ack() => {
                         let syn_len = l4.len().saturating_sub(usize::from(tcp.header_len())) + 1;
