@@ -36,10 +36,21 @@ const RX_FRAMES: usize = 1024;
 pub const MAX_FRAME: usize = ETH_HEADER + u16::MAX as usize;
 /// Spare frame buffers kept for reuse, at most, each way.
 const POOL_FRAMES: usize = 32;
+/// Frames up to this long (ACKs, ARP, DNS) reuse small buffers, longer ones
+/// large buffers: a large buffer is then mostly handed out at about the
+/// length it had, and grows (and is zeroed) rarely.
+const SMALL_FRAME: usize = 2048;
 
 /// Spare frame buffers (bounded by [`POOL_FRAMES`] and a byte cap).
+///
+/// A reused buffer keeps what it held before where the new frame does not
+/// overwrite it (smoltcp and the frame builders write every byte of the
+/// frames they make). The buffers of guest frames only ever hold guest
+/// frames and are never handed out; those of frames for the guest only
+/// ever hold frames for the same guest.
 struct Pool {
-    spare: Vec<Vec<u8>>,
+    small: Vec<Vec<u8>>,
+    large: Vec<Vec<u8>>,
     bytes: usize,
     cap: usize,
 }
@@ -47,17 +58,22 @@ struct Pool {
 impl Pool {
     fn new(cap: usize) -> Self {
         Pool {
-            spare: Vec::new(),
+            small: Vec::new(),
+            large: Vec::new(),
             bytes: 0,
             cap,
         }
     }
 
-    /// A buffer of `len` bytes, reused when one is spare. Its bytes are
-    /// whatever it held before (the caller overwrites them): only what it
+    /// A buffer of `len` bytes, reused when one is spare: only what it
     /// grows by is zeroed.
     fn get(&mut self, len: usize) -> Vec<u8> {
-        match self.spare.pop() {
+        let spare = if len <= SMALL_FRAME {
+            &mut self.small
+        } else {
+            &mut self.large
+        };
+        match spare.pop() {
             Some(mut buf) => {
                 self.bytes -= buf.capacity();
                 if buf.len() >= len {
@@ -67,6 +83,11 @@ impl Pool {
                 }
                 buf
             }
+            None if len <= SMALL_FRAME => {
+                let mut buf = Vec::with_capacity(SMALL_FRAME);
+                buf.resize(len, 0);
+                buf
+            }
             None => vec![0; len],
         }
     }
@@ -74,9 +95,14 @@ impl Pool {
     /// Keeps `buf` for reuse if there is room (else it is freed).
     fn put(&mut self, buf: Vec<u8>) {
         let size = buf.capacity();
-        if self.spare.len() < POOL_FRAMES && size <= MAX_FRAME && self.bytes + size <= self.cap {
+        let spare = if size <= SMALL_FRAME {
+            &mut self.small
+        } else {
+            &mut self.large
+        };
+        if spare.len() < POOL_FRAMES && size <= MAX_FRAME && self.bytes + size <= self.cap {
             self.bytes += size;
-            self.spare.push(buf);
+            spare.push(buf);
         }
     }
 }
@@ -382,5 +408,77 @@ impl Device for Phy {
         checksum.icmpv4 = Checksum::Tx;
         caps.checksum = checksum;
         caps
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_spare_buffer_is_reused_without_zeroing() {
+        let mut pool = Pool::new(1 << 20);
+        let mut buf = pool.get(9000);
+        buf.fill(0xab);
+        let ptr = buf.as_ptr();
+        pool.put(buf);
+        let again = pool.get(8000);
+        assert_eq!(again.as_ptr(), ptr, "the spare buffer was not reused");
+        assert_eq!(again.len(), 8000);
+        assert!(
+            again.iter().all(|&b| b == 0xab),
+            "a reused buffer was zeroed"
+        );
+        // Growing zeroes only the new part.
+        pool.put(again);
+        let grown = pool.get(9500);
+        assert!(grown[..8000].iter().all(|&b| b == 0xab));
+        assert!(grown[9000..].iter().all(|&b| b == 0));
+    }
+
+    #[test]
+    fn small_frames_do_not_take_large_buffers() {
+        let mut pool = Pool::new(1 << 20);
+        let large = pool.get(60000);
+        let ptr = large.as_ptr();
+        pool.put(large);
+        let small = pool.get(54);
+        assert_ne!(small.as_ptr(), ptr);
+        assert_eq!(pool.get(60000).as_ptr(), ptr);
+    }
+
+    #[test]
+    fn the_pool_is_bounded() {
+        let mut pool = Pool::new(4 * MAX_FRAME);
+        for _ in 0..10 {
+            pool.put(vec![0; MAX_FRAME]);
+        }
+        assert_eq!(pool.large.len(), 4);
+        assert!(pool.bytes <= 4 * MAX_FRAME);
+        let mut pool = Pool::new(usize::MAX);
+        for _ in 0..(POOL_FRAMES + 10) {
+            pool.put(vec![0; 100]);
+        }
+        pool.put(vec![0; MAX_FRAME + 1]);
+        assert_eq!(pool.small.len(), POOL_FRAMES);
+        assert!(pool.large.is_empty(), "an oversized buffer was kept");
+    }
+
+    #[test]
+    fn queued_frames_keep_their_order_and_route_and_the_bounds_hold() {
+        let caps = QueueCaps::of_budget(1 << 20);
+        let mut phy = Phy::new(1500, caps);
+        assert!(phy.take(&[1; 60], None));
+        assert!(phy.take(&[2; 70], None));
+        assert_eq!(phy.next_route(), Some(None));
+        assert_eq!(phy.next_rx(), Some(vec![1; 60]));
+        assert_eq!(phy.next_rx(), Some(vec![2; 70]));
+        assert_eq!(phy.next_route(), None);
+        let mut taken = 0;
+        while phy.take(&[0; 1514], None) {
+            taken += 1;
+            assert!(taken <= RX_FRAMES, "the guest frame queue is unbounded");
+        }
+        assert!(phy.rx_bytes <= caps.rx + MAX_FRAME);
     }
 }
