@@ -175,6 +175,8 @@ pub struct TcpSockets {
     /// An empty set for frames no socket is routed (ARP, ICMP, segments
     /// of unknown connections, which smoltcp answers with a RST).
     unrouted: SocketSet<'static>,
+    /// Every socket was woken since the last poll.
+    woke_all: bool,
 }
 
 impl Default for TcpSockets {
@@ -188,6 +190,7 @@ impl Default for TcpSockets {
             touched: Vec::new(),
             touched_set: HashSet::new(),
             unrouted: SocketSet::new(Vec::new()),
+            woke_all: false,
         }
     }
 }
@@ -291,8 +294,13 @@ impl TcpSockets {
         }
     }
 
-    /// Has smoltcp run for every socket at the next poll.
+    /// Has smoltcp run for every socket at the next poll (once per poll
+    /// however often it is called).
     pub fn wake_all(&mut self) {
+        if self.woke_all {
+            return;
+        }
+        self.woke_all = true;
         let ids: Vec<SockId> = self.entries.keys().copied().collect();
         for id in ids {
             self.mark(id);
@@ -323,6 +331,7 @@ impl TcpSockets {
     /// those whose timer is due).
     pub fn poll(&mut self, iface: &mut Interface, now: SmolInstant, phy: &mut Phy) -> PollResult {
         let mut result = PollResult::None;
+        self.woke_all = false;
         // Each iteration takes a frame from the bounded queue, or ends.
         while let Some(route) = phy.next_route() {
             let entry = route.and_then(|id| Some(id).zip(self.entries.get_mut(&id)));
@@ -514,6 +523,60 @@ mod tests {
             assert_eq!(sockets.with(h, |s| s.state()), None);
         }
         assert_eq!(budget.used(), 0, "removing a socket releases its charge");
+    }
+
+    #[test]
+    fn smoltcp_runs_only_for_the_socket_a_frame_is_routed_to() {
+        use smoltcp::iface::Config;
+        use smoltcp::wire::{HardwareAddress, IpCidr, IpListenEndpoint};
+
+        use crate::addr::{GATEWAY_IP, GATEWAY_MAC, GUEST_IP};
+        use crate::phy::QueueCaps;
+
+        let budget = Budget::new(1 << 30);
+        let mut phy = Phy::new(1500, QueueCaps::of_budget(1 << 26));
+        let config = Config::new(HardwareAddress::Ethernet(GATEWAY_MAC));
+        let mut iface = Interface::new(config, &mut phy, SmolInstant::ZERO);
+        iface.update_ip_addrs(|a| a.push(IpCidr::new(GATEWAY_IP.into(), 24)).unwrap());
+        iface.set_any_ip(true);
+        let mut sockets = TcpSockets::default();
+        let ids: Vec<SockId> = (0..3u16)
+            .map(|i| {
+                let size = BufferSize::fixed(&budget, MIN_BUFFER).unwrap();
+                let endpoint = IpListenEndpoint {
+                    addr: Some(GATEWAY_IP.into()),
+                    port: 1000 + i,
+                };
+                sockets.add(size, |s| s.listen(endpoint)).unwrap()
+            })
+            .collect();
+        let now = SmolInstant::from_secs(1);
+        sockets.poll(&mut iface, now, &mut phy);
+        let counts = |s: &TcpSockets| ids.iter().map(|&id| s.polls(id)).collect::<Vec<_>>();
+        assert_eq!(counts(&sockets), [1, 1, 1], "a new socket runs once");
+        // Nothing for them: nothing runs.
+        sockets.poll(&mut iface, now, &mut phy);
+        assert_eq!(counts(&sockets), [1, 1, 1]);
+        assert_eq!(sockets.poll_delay(now), None);
+        // A segment routed to the second one runs it alone.
+        let segment = crate::frames::tcp_reset(
+            GATEWAY_MAC,
+            std::net::SocketAddrV4::new(GATEWAY_IP, 1001),
+            std::net::SocketAddrV4::new(GUEST_IP, 40000),
+            smoltcp::wire::TcpSeqNumber(7),
+            1,
+        );
+        assert!(phy.take(&segment, Some(ids[1])));
+        sockets.poll(&mut iface, now, &mut phy);
+        let after = counts(&sockets);
+        assert_eq!((after[0], after[2]), (1, 1), "{after:?}");
+        assert!(after[1] > 1, "{after:?}");
+        // A frame routed to a socket that is gone reaches no other one.
+        sockets.remove(ids[1]);
+        assert!(phy.take(&segment, Some(ids[1])));
+        sockets.poll(&mut iface, now, &mut phy);
+        assert_eq!(counts(&sockets), [1, 0, 1]);
+        assert!(!phy.rx_waiting());
     }
 
     #[test]
