@@ -83,11 +83,9 @@ impl Pool {
                 }
                 buf
             }
-            None if len <= SMALL_FRAME => {
-                let mut buf = Vec::with_capacity(SMALL_FRAME);
-                buf.resize(len, 0);
-                buf
-            }
+            // Exactly as long: many small frames may be queued at once
+            // (one per new connection), and their memory stays with the
+            // allocator once freed.
             None => vec![0; len],
         }
     }
