@@ -61,6 +61,7 @@ pub fn serve_agentvm(path: &Path, ports: &[u16]) -> anyhow::Result<()> {
                 break;
             };
             link.queue(&frame);
+            stack.recycle(frame);
             moved = true;
         }
         moved |= link.flush()?;

@@ -24,13 +24,13 @@
 //! | `stack/` | [`NetStack`]: the poll loop (`mod.rs`), what each guest frame is (`classify.rs`) |
 //! | `judge.rs` | the policy's verdict on a flow's destination and on the name its first bytes ask for |
 //! | `peek/` | the TLS server name and HTTP `Host` of a flow's first bytes, held until judged |
-//! | `phy.rs` | the frame queues smoltcp sends and receives through |
+//! | `phy.rs` | the frame queues smoltcp sends and receives through (guest frames routed to their socket, frame buffers reused) |
 //! | `frames.rs` | frames the stack builds itself (UDP, ICMP, RST) |
 //! | `dhcp.rs` | the DHCP server |
 //! | `dns/` | the DNS server with the allowlist and the handed-out table, over UDP and TCP (`tcp.rs`), asking upstream again over TCP for truncated answers (`upstream_tcp.rs`) |
 //! | `tcp.rs` | guest TCP connections spliced to host sockets |
 //! | `budget.rs` | the memory budget every flow and queue is charged to |
-//! | `buffers.rs` | the TCP sockets with their buffers (each mapped on its own) |
+//! | `buffers.rs` | the TCP sockets with their buffers (each mapped on its own), each in a socket set of its own so smoltcp runs only for those with work |
 //! | `caps.rs` | a cap's counter and its one warning per episode |
 //! | `udp.rs` | guest UDP flows on host sockets |
 //! | `forward.rs` | host→guest port forwards |

@@ -5,8 +5,19 @@
 //! that stops taking frames costs bounded memory. `rx` is bounded in bytes
 //! too. Both byte bounds are shares of the stack's memory budget
 //! ([`QueueCaps::of_budget`]), reserved when the stack starts.
+//!
+//! Each guest frame carries the socket it is routed to (the stack knows
+//! its connection when it classifies it), so smoltcp processes it in that
+//! socket's set alone ([`crate::buffers::TcpSockets::poll`]).
+//!
+//! Frame buffers are reused: guest frames are copied into buffers kept
+//! from earlier frames, and frames smoltcp sends are written into buffers
+//! the consumer handed back ([`Phy::recycle`]). A reused buffer is not
+//! zeroed again: only the part beyond what it held before is, once.
 
 use std::collections::VecDeque;
+
+use crate::buffers::SockId;
 
 use smoltcp::phy::{Checksum, ChecksumCapabilities, Device, DeviceCapabilities, Medium};
 use smoltcp::time::Instant;
@@ -23,6 +34,82 @@ const RX_FRAMES: usize = 1024;
 /// Ethernet header): a queue checks its byte bound before it takes a frame,
 /// so it may pass it by up to this much.
 pub const MAX_FRAME: usize = ETH_HEADER + u16::MAX as usize;
+/// Spare frame buffers kept for reuse, at most, each way.
+const POOL_FRAMES: usize = 32;
+/// Frames up to this long (ACKs, ARP, DNS) reuse small buffers, longer ones
+/// large buffers: a large buffer is then mostly handed out at about the
+/// length it had, and grows (and is zeroed) rarely.
+const SMALL_FRAME: usize = 2048;
+
+/// Spare frame buffers (bounded by [`POOL_FRAMES`] and a byte cap).
+///
+/// A reused buffer keeps what it held before where the new frame does not
+/// overwrite it (smoltcp and the frame builders write every byte of the
+/// frames they make). The buffers of guest frames only ever hold guest
+/// frames and are never handed out; those of frames for the guest only
+/// ever hold frames for the same guest.
+struct Pool {
+    small: Vec<Vec<u8>>,
+    large: Vec<Vec<u8>>,
+    bytes: usize,
+    cap: usize,
+}
+
+impl Pool {
+    fn new(cap: usize) -> Self {
+        Pool {
+            small: Vec::new(),
+            large: Vec::new(),
+            bytes: 0,
+            cap,
+        }
+    }
+
+    /// A buffer of `len` bytes, reused when one is spare: only what it
+    /// grows by is zeroed.
+    fn get(&mut self, len: usize) -> Vec<u8> {
+        let spare = if len <= SMALL_FRAME {
+            &mut self.small
+        } else {
+            &mut self.large
+        };
+        match spare.pop() {
+            Some(mut buf) => {
+                self.bytes -= buf.capacity();
+                if buf.len() >= len {
+                    buf.truncate(len);
+                } else {
+                    buf.resize(len, 0);
+                }
+                buf
+            }
+            // Exactly as long: many small frames may be queued at once
+            // (one per new connection), and their memory stays with the
+            // allocator once freed.
+            None => vec![0; len],
+        }
+    }
+
+    /// Keeps `buf` for reuse if there is room (else it is freed).
+    fn put(&mut self, buf: Vec<u8>) {
+        let size = buf.capacity();
+        let spare = if size <= SMALL_FRAME {
+            &mut self.small
+        } else {
+            &mut self.large
+        };
+        if spare.len() < POOL_FRAMES && size <= MAX_FRAME && self.bytes + size <= self.cap {
+            self.bytes += size;
+            spare.push(buf);
+        }
+    }
+}
+
+/// A guest frame for smoltcp and the socket it is routed to.
+struct RxFrame {
+    data: Vec<u8>,
+    route: Option<SockId>,
+}
 
 /// The byte bounds of the two queues.
 #[derive(Debug, Clone, Copy)]
@@ -31,6 +118,8 @@ pub struct QueueCaps {
     pub tx: usize,
     /// Guest bytes waiting for smoltcp, at most.
     pub rx: usize,
+    /// Spare frame buffers kept for reuse, bytes at most (each way).
+    pub pool: usize,
 }
 
 impl QueueCaps {
@@ -41,20 +130,25 @@ impl QueueCaps {
         QueueCaps {
             tx: budget / 4,
             rx: budget / 32,
+            pool: (budget / 32).min(POOL_FRAMES * MAX_FRAME),
         }
     }
 
     /// The most the two queues hold, bytes.
     pub fn worst_case(&self) -> usize {
-        self.tx + self.rx + 2 * MAX_FRAME
+        self.tx + self.rx + 2 * MAX_FRAME + 2 * self.pool
     }
 }
 
 /// The two queues and the MTU smoltcp sees.
 pub struct Phy {
     /// Frames for smoltcp to process.
-    rx: VecDeque<Vec<u8>>,
+    rx: VecDeque<RxFrame>,
     rx_bytes: usize,
+    /// Buffers of guest frames smoltcp processed.
+    rx_pool: Pool,
+    /// Buffers the consumer handed back, for frames smoltcp sends.
+    tx_pool: Pool,
     /// Frames for the guest.
     tx: VecDeque<Vec<u8>>,
     tx_bytes: usize,
@@ -69,6 +163,8 @@ impl Phy {
         Phy {
             rx: VecDeque::new(),
             rx_bytes: 0,
+            rx_pool: Pool::new(caps.pool),
+            tx_pool: Pool::new(caps.pool),
             tx: VecDeque::new(),
             tx_bytes: 0,
             caps,
@@ -76,14 +172,28 @@ impl Phy {
         }
     }
 
-    /// Queues a guest frame for smoltcp; false (dropped) when full.
-    pub fn take(&mut self, frame: &[u8]) -> bool {
+    /// Queues a guest frame for smoltcp, for the socket of `route` (none:
+    /// for smoltcp's own handling); false (dropped) when full.
+    pub fn take(&mut self, frame: &[u8], route: Option<SockId>) -> bool {
         if self.rx.len() >= RX_FRAMES || self.rx_bytes >= self.caps.rx {
             return false;
         }
         self.rx_bytes += frame.len();
-        self.rx.push_back(frame.to_vec());
+        let mut data = self.rx_pool.get(frame.len());
+        data.copy_from_slice(frame);
+        self.rx.push_back(RxFrame { data, route });
         true
+    }
+
+    /// Where the next guest frame for smoltcp is routed: `None` when there
+    /// is none, `Some(None)` for a frame of no socket.
+    pub fn next_route(&self) -> Option<Option<SockId>> {
+        self.rx.front().map(|f| f.route)
+    }
+
+    /// Takes back a frame [`Phy::pop`] handed out, for reuse.
+    pub fn recycle(&mut self, frame: Vec<u8>) {
+        self.tx_pool.put(frame);
     }
 
     /// Runs `f` with `frame` as the only guest frame for smoltcp (a parked
@@ -94,7 +204,10 @@ impl Phy {
     pub fn alone<R>(&mut self, frame: Vec<u8>, f: impl FnOnce(&mut Self) -> R) -> (R, bool) {
         let queued = std::mem::take(&mut self.rx);
         let queued_bytes = std::mem::replace(&mut self.rx_bytes, frame.len());
-        self.rx.push_back(frame);
+        self.rx.push_back(RxFrame {
+            data: frame,
+            route: None,
+        });
         let r = f(self);
         let untaken = !self.rx.is_empty();
         self.rx = queued;
@@ -105,8 +218,8 @@ impl Phy {
     /// The next guest frame for smoltcp.
     fn next_rx(&mut self) -> Option<Vec<u8>> {
         let frame = self.rx.pop_front()?;
-        self.rx_bytes -= frame.len();
-        Some(frame)
+        self.rx_bytes -= frame.data.len();
+        Some(frame.data)
     }
 
     /// Whether guest frames wait for smoltcp.
@@ -142,43 +255,139 @@ impl Phy {
     }
 }
 
-/// A frame smoltcp takes.
-pub struct RxTok(Vec<u8>);
+/// A frame smoltcp takes; its buffer is kept for the next guest frame.
+pub struct RxTok<'a> {
+    frame: Vec<u8>,
+    pool: &'a mut Pool,
+}
 
 /// Room for one frame smoltcp sends.
-pub struct TxTok<'a>(&'a mut Phy);
+pub struct TxTok<'a> {
+    tx: &'a mut VecDeque<Vec<u8>>,
+    tx_bytes: &'a mut usize,
+    pool: &'a mut Pool,
+}
 
-impl smoltcp::phy::RxToken for RxTok {
+impl smoltcp::phy::RxToken for RxTok<'_> {
     fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
-        f(&self.0)
+        let r = f(&self.frame);
+        self.pool.put(self.frame);
+        r
     }
 }
 
 impl smoltcp::phy::TxToken for TxTok<'_> {
     fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
-        let mut frame = vec![0; len];
+        let mut frame = self.pool.get(len);
         let r = f(&mut frame);
-        // transmit() only hands out a token when there is room.
-        self.0.send(frame);
+        // Tokens are only handed out when there is room.
+        *self.tx_bytes += frame.len();
+        self.tx.push_back(frame);
         r
     }
 }
 
+/// One guest frame smoltcp processes where it lies (no copy), replies
+/// queued to the guest as usual.
+pub struct Borrowed<'f, 'p> {
+    frame: Option<&'f [u8]>,
+    phy: &'p mut Phy,
+}
+
+impl<'f, 'p> Borrowed<'f, 'p> {
+    /// `frame` for smoltcp, its replies into `phy`.
+    pub fn new(frame: &'f [u8], phy: &'p mut Phy) -> Self {
+        Borrowed {
+            frame: Some(frame),
+            phy,
+        }
+    }
+
+    /// Whether smoltcp took the frame (it does not when the guest-bound
+    /// queue has no room for a reply).
+    pub fn taken(&self) -> bool {
+        self.frame.is_none()
+    }
+}
+
+/// A borrowed guest frame smoltcp takes.
+pub struct SliceTok<'f>(&'f [u8]);
+
+impl smoltcp::phy::RxToken for SliceTok<'_> {
+    fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
+        f(self.0)
+    }
+}
+
+impl<'f> Device for Borrowed<'f, '_> {
+    type RxToken<'a>
+        = SliceTok<'f>
+    where
+        Self: 'a;
+    type TxToken<'a>
+        = TxTok<'a>
+    where
+        Self: 'a;
+
+    fn receive(&mut self, _: Instant) -> Option<(SliceTok<'f>, TxTok<'_>)> {
+        if !self.phy.has_room() {
+            return None;
+        }
+        let frame = self.frame.take()?;
+        Some((SliceTok(frame), self.phy.tx_token()))
+    }
+
+    fn transmit(&mut self, _: Instant) -> Option<TxTok<'_>> {
+        if self.phy.has_room() {
+            Some(self.phy.tx_token())
+        } else {
+            None
+        }
+    }
+
+    fn capabilities(&self) -> DeviceCapabilities {
+        self.phy.capabilities()
+    }
+}
+
+impl Phy {
+    fn tx_token(&mut self) -> TxTok<'_> {
+        TxTok {
+            tx: &mut self.tx,
+            tx_bytes: &mut self.tx_bytes,
+            pool: &mut self.tx_pool,
+        }
+    }
+}
+
 impl Device for Phy {
-    type RxToken<'a> = RxTok;
+    type RxToken<'a> = RxTok<'a>;
     type TxToken<'a> = TxTok<'a>;
 
-    fn receive(&mut self, _: Instant) -> Option<(RxTok, TxTok<'_>)> {
+    fn receive(&mut self, _: Instant) -> Option<(RxTok<'_>, TxTok<'_>)> {
         if !self.has_room() {
             // A reply could not be queued; leave the frame for later.
             return None;
         }
         let frame = self.next_rx()?;
-        Some((RxTok(frame), TxTok(self)))
+        let rx = RxTok {
+            frame,
+            pool: &mut self.rx_pool,
+        };
+        let tx = TxTok {
+            tx: &mut self.tx,
+            tx_bytes: &mut self.tx_bytes,
+            pool: &mut self.tx_pool,
+        };
+        Some((rx, tx))
     }
 
     fn transmit(&mut self, _: Instant) -> Option<TxTok<'_>> {
-        self.has_room().then_some(TxTok(self))
+        if self.has_room() {
+            Some(self.tx_token())
+        } else {
+            None
+        }
     }
 
     fn capabilities(&self) -> DeviceCapabilities {
@@ -197,5 +406,78 @@ impl Device for Phy {
         checksum.icmpv4 = Checksum::Tx;
         caps.checksum = checksum;
         caps
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_spare_buffer_is_reused_without_zeroing() {
+        let mut pool = Pool::new(1 << 20);
+        let mut buf = pool.get(9000);
+        buf.fill(0xab);
+        let ptr = buf.as_ptr();
+        pool.put(buf);
+        let again = pool.get(8000);
+        assert_eq!(again.as_ptr(), ptr, "the spare buffer was not reused");
+        assert_eq!(again.len(), 8000);
+        assert!(
+            again.iter().all(|&b| b == 0xab),
+            "a reused buffer was zeroed"
+        );
+        // Growing zeroes only the new part.
+        pool.put(again);
+        let grown = pool.get(9500);
+        assert!(grown[..8000].iter().all(|&b| b == 0xab));
+        assert!(grown[9000..].iter().all(|&b| b == 0));
+    }
+
+    #[test]
+    fn small_frames_do_not_take_large_buffers() {
+        let mut pool = Pool::new(1 << 20);
+        let large = pool.get(60000);
+        let ptr = large.as_ptr();
+        pool.put(large);
+        let small = pool.get(54);
+        assert_ne!(small.as_ptr(), ptr);
+        let large = pool.get(60000);
+        assert_eq!(large.as_ptr(), ptr);
+    }
+
+    #[test]
+    fn the_pool_is_bounded() {
+        let mut pool = Pool::new(4 * MAX_FRAME);
+        for _ in 0..10 {
+            pool.put(vec![0; MAX_FRAME]);
+        }
+        assert_eq!(pool.large.len(), 4);
+        assert!(pool.bytes <= 4 * MAX_FRAME);
+        let mut pool = Pool::new(usize::MAX);
+        for _ in 0..(POOL_FRAMES + 10) {
+            pool.put(vec![0; 100]);
+        }
+        pool.put(vec![0; MAX_FRAME + 1]);
+        assert_eq!(pool.small.len(), POOL_FRAMES);
+        assert!(pool.large.is_empty(), "an oversized buffer was kept");
+    }
+
+    #[test]
+    fn queued_frames_keep_their_order_and_route_and_the_bounds_hold() {
+        let caps = QueueCaps::of_budget(1 << 20);
+        let mut phy = Phy::new(1500, caps);
+        assert!(phy.take(&[1; 60], None));
+        assert!(phy.take(&[2; 70], None));
+        assert_eq!(phy.next_route(), Some(None));
+        assert_eq!(phy.next_rx(), Some(vec![1; 60]));
+        assert_eq!(phy.next_rx(), Some(vec![2; 70]));
+        assert_eq!(phy.next_route(), None);
+        let mut taken = 0;
+        while phy.take(&[0; 1514], None) {
+            taken += 1;
+            assert!(taken <= RX_FRAMES, "the guest frame queue is unbounded");
+        }
+        assert!(phy.rx_bytes <= caps.rx + MAX_FRAME);
     }
 }

@@ -20,7 +20,7 @@
 //! socket's, sized together by [`BufferSize`]) once the host end is
 //! connected. A flow that does not fit is refused, never left hanging.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::{self, Read, Write};
 use std::mem::size_of;
 use std::net::{Shutdown, SocketAddr, SocketAddrV4};
@@ -28,18 +28,20 @@ use std::time::{Duration, Instant};
 
 use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
-use smoltcp::iface::{Interface, SocketHandle};
+use smoltcp::iface::{Interface, PollResult};
 use smoltcp::socket::tcp;
+use smoltcp::time::Instant as SmolInstant;
 use smoltcp::wire::IpListenEndpoint;
 use tracing::debug;
 
 use crate::addr::{GATEWAY_IP, GUEST_IP};
 use crate::budget::{Budget, Charge};
-use crate::buffers::{AddError, BufferSize, TcpSockets};
+use crate::buffers::{AddError, BufferSize, SockId, TcpSockets};
 use crate::intercept::flow::FLOW_MEMORY;
 use crate::intercept::InterceptFlow;
 use crate::intercepted::{Intercepted, Report};
 use crate::peek::{Gate, Peeked, Protocol};
+use crate::phy::Phy;
 
 /// Connections (TCP, connecting ones and forwarded ones included) at most.
 pub const MAX_FLOWS: usize = 4096;
@@ -68,7 +70,7 @@ enum State {
     /// are part of the flow's charge).
     Connecting { syn: Vec<u8>, since: Instant },
     /// Host connected, SYN handed to the smoltcp socket.
-    Open { socket: SocketHandle },
+    Open { socket: SockId },
 }
 
 /// One connection.
@@ -166,9 +168,22 @@ impl StartError {
 }
 
 /// Every TCP connection of a stack.
+///
+/// Only flows with something to do are visited in a poll: those a host
+/// socket event, a guest frame or a state change of their smoltcp socket
+/// marked ("dirty"), and the few that are watched each poll (connecting,
+/// held for their first message, intercepted). An idle connection costs
+/// nothing per poll.
 pub struct TcpFlows {
     flows: HashMap<FlowKey, Flow>,
     by_token: HashMap<Token, FlowKey>,
+    by_socket: HashMap<SockId, FlowKey>,
+    /// Flows to visit at the next splice.
+    dirty: HashSet<FlowKey>,
+    /// Flows the last splice visited (reaped if their socket closed).
+    visited: Vec<FlowKey>,
+    /// Flows visited every poll: connecting, held, or intercepted.
+    watched: HashSet<FlowKey>,
     sockets: TcpSockets,
     budget: Budget,
     next_port: u16,
@@ -182,6 +197,10 @@ impl TcpFlows {
         TcpFlows {
             flows: HashMap::new(),
             by_token: HashMap::new(),
+            by_socket: HashMap::new(),
+            dirty: HashSet::new(),
+            visited: Vec::new(),
+            watched: HashSet::new(),
             sockets: TcpSockets::default(),
             budget,
             next_port: 0,
@@ -282,6 +301,95 @@ impl TcpFlows {
         if let Some(flow) = self.flows.get_mut(key) {
             flow.gate = Some(gate);
         }
+        self.rewatch(key);
+    }
+
+    /// Files `key` among the watched flows if it is connecting, held or
+    /// intercepted, takes it out otherwise.
+    fn rewatch(&mut self, key: &FlowKey) {
+        let watched = self.flows.get(key).is_some_and(|f| {
+            matches!(f.state, State::Connecting { .. }) || f.gate.is_some() || f.intercept.is_some()
+        });
+        if watched {
+            self.watched.insert(*key);
+        } else {
+            self.watched.remove(key);
+        }
+    }
+
+    /// Has the flow of `key` visited at the next splice, its socket polled.
+    fn mark(&mut self, key: &FlowKey) {
+        if let Some(flow) = self.flows.get(key) {
+            self.dirty.insert(*key);
+            if let State::Open { socket } = flow.state {
+                self.sockets.wake(socket);
+            }
+        }
+    }
+
+    /// Lets smoltcp process the guest's frames and send for the sockets
+    /// with work; the flows whose socket it ran for are visited next.
+    pub fn poll_sockets(&mut self, iface: &mut Interface, phy: &mut Phy) -> PollResult {
+        let result = self.sockets.poll(iface, SmolInstant::now(), phy);
+        for id in self.sockets.take_touched() {
+            if let Some(key) = self.by_socket.get(&id) {
+                self.dirty.insert(*key);
+            }
+        }
+        result
+    }
+
+    /// Has smoltcp process the guest's `frame` for the flow of `key` at
+    /// once (no copy); false when it cannot, and the caller queues it.
+    pub fn ingest(
+        &mut self,
+        key: &FlowKey,
+        iface: &mut Interface,
+        phy: &mut Phy,
+        frame: &[u8],
+    ) -> bool {
+        let Some(socket) = self.socket_of(key) else {
+            return false;
+        };
+        if !self
+            .sockets
+            .ingest(socket, iface, SmolInstant::now(), phy, frame)
+        {
+            return false;
+        }
+        self.dirty.insert(*key);
+        true
+    }
+
+    /// The smoltcp socket of an open flow (where its frames go).
+    pub fn socket_of(&self, key: &FlowKey) -> Option<SockId> {
+        match self.flows.get(key).map(|f| &f.state) {
+            Some(State::Open { socket }) => Some(*socket),
+            _ => None,
+        }
+    }
+
+    /// Lets smoltcp process what `phy` holds for the flow of `key` alone
+    /// (its parked SYN), in its socket.
+    pub fn poll_alone(&mut self, key: &FlowKey, iface: &mut Interface, phy: &mut Phy) {
+        if let Some(socket) = self.socket_of(key) {
+            self.sockets
+                .poll_one(socket, iface, SmolInstant::now(), phy);
+            self.dirty.insert(*key);
+        }
+    }
+
+    /// How often smoltcp ran for the socket of `key` (0 without one).
+    pub fn socket_polls(&self, key: &FlowKey) -> u64 {
+        match self.flows.get(key).map(|f| &f.state) {
+            Some(State::Open { socket }) => self.sockets.polls(*socket),
+            _ => 0,
+        }
+    }
+
+    /// Whether flows wait for a visit (the next poll has work).
+    pub fn has_work(&self) -> bool {
+        !self.dirty.is_empty()
     }
 
     /// Held flows whose first message is decided, with its protocol, what
@@ -289,7 +397,10 @@ impl TcpFlows {
     /// lifts its gate ([`TcpFlows::release`]) or refuses it.
     pub fn peeked(&mut self, now: Instant) -> Vec<HeldFlow> {
         let mut decided = Vec::new();
-        for (key, flow) in &mut self.flows {
+        for key in &self.watched {
+            let Some(flow) = self.flows.get_mut(key) else {
+                continue;
+            };
             let (Some(gate), State::Open { socket, .. }) = (&mut flow.gate, &flow.state) else {
                 continue;
             };
@@ -314,6 +425,7 @@ impl TcpFlows {
         if let Some(State::Open { socket, .. }) = self.flows.get(key).map(|f| &f.state) {
             self.sockets.with(*socket, |socket| socket.abort());
         }
+        self.mark(key);
     }
 
     /// Lets a held flow's data move, allowed from now on for `name` (what
@@ -323,6 +435,8 @@ impl TcpFlows {
             flow.name = name;
             flow.gate = None;
         }
+        self.rewatch(key);
+        self.mark(key);
     }
 
     /// Takes a held flow over for TLS interception (before its gate is
@@ -339,6 +453,7 @@ impl TcpFlows {
         if let Some(f) = self.flows.get_mut(key) {
             f.intercept = Some(Box::new(Intercepted::new(flow, host, key.remote, charge)));
         }
+        self.rewatch(key);
         Ok(())
     }
 
@@ -413,7 +528,12 @@ impl TcpFlows {
 
     fn insert(&mut self, key: FlowKey, flow: Flow) {
         self.by_token.insert(flow.token, key);
+        if let State::Open { socket } = flow.state {
+            self.by_socket.insert(socket, key);
+        }
         self.flows.insert(key, flow);
+        self.rewatch(&key);
+        self.mark(&key);
     }
 
     fn free_forward_port(&mut self, guest_port: u16) -> io::Result<u16> {
@@ -437,21 +557,24 @@ impl TcpFlows {
 
     /// Notes what epoll said about a host socket.
     pub fn on_event(&mut self, token: Token, readable: bool, writable: bool) {
-        let Some(flow) = self
-            .by_token
-            .get(&token)
-            .and_then(|k| self.flows.get_mut(k))
-        else {
+        let Some(key) = self.by_token.get(&token).copied() else {
+            return;
+        };
+        let Some(flow) = self.flows.get_mut(&key) else {
             return;
         };
         flow.host_readable |= readable;
         flow.host_writable |= writable;
+        self.dirty.insert(key);
     }
 
     /// Connects that finished (or timed out) since the last call.
     pub fn finished_connects(&mut self, now: Instant) -> Vec<Connected> {
         let mut done = Vec::new();
-        for (key, flow) in &mut self.flows {
+        for key in &self.watched {
+            let Some(flow) = self.flows.get_mut(key) else {
+                continue;
+            };
             let since = match &flow.state {
                 State::Connecting { since, .. } => *since,
                 State::Open { .. } => continue,
@@ -519,7 +642,12 @@ impl TcpFlows {
                 AddError::Configure(e) => StartError::Host(io::Error::other(format!("{e}"))),
             })?;
         match self.flows.get_mut(key) {
-            Some(flow) => flow.state = State::Open { socket },
+            Some(flow) => {
+                flow.state = State::Open { socket };
+                self.by_socket.insert(socket, *key);
+                self.rewatch(key);
+                self.mark(key);
+            }
             None => self.sockets.remove(socket),
         }
         Ok(())
@@ -537,17 +665,30 @@ impl TcpFlows {
     pub fn remove(&mut self, key: &FlowKey, registry: &Registry) {
         if let Some(mut flow) = self.flows.remove(key) {
             self.by_token.remove(&flow.token);
+            self.dirty.remove(key);
+            self.watched.remove(key);
             let _ = registry.deregister(&mut flow.host);
             if let State::Open { socket } = flow.state {
+                self.by_socket.remove(&socket);
                 self.sockets.remove(socket);
             }
         }
     }
 
-    /// Moves data both ways on every open flow; true if anything moved.
+    /// Moves data both ways on the flows with something to do (dirty and
+    /// watched ones); true if anything moved.
     pub fn splice(&mut self) -> bool {
         let mut progress = false;
-        for (key, flow) in &mut self.flows {
+        let mut visit: Vec<FlowKey> = (self.watched.iter())
+            .filter(|k| !self.dirty.contains(k))
+            .copied()
+            .collect();
+        visit.extend(self.dirty.drain());
+        self.visited.clear();
+        for key in &visit {
+            let Some(flow) = self.flows.get_mut(key) else {
+                continue;
+            };
             let State::Open { socket } = flow.state else {
                 continue;
             };
@@ -555,7 +696,7 @@ impl TcpFlows {
                 continue;
             }
             let reports = &mut self.reports;
-            progress |= self
+            let moved = self
                 .sockets
                 .with(socket, |socket| match flow.intercept.as_mut() {
                     Some(i) => i.pump(
@@ -570,16 +711,24 @@ impl TcpFlows {
                     None => splice_one(key, flow, socket),
                 })
                 .unwrap_or(false);
+            if moved {
+                // Data or a close for smoltcp to send, room to announce.
+                self.sockets.wake(socket);
+                progress = true;
+            }
         }
+        self.visited = visit;
         progress
     }
 
     /// Removes flows whose smoltcp socket is closed (after smoltcp had its
     /// chance to send a final RST or FIN). Returns how many went.
     pub fn reap(&mut self, registry: &Registry) -> usize {
-        let gone: Vec<FlowKey> = self
-            .flows
-            .iter()
+        // A socket closes only in smoltcp (which marks its flow dirty) or
+        // by an abort or close here (on a flow the last splice visited).
+        let gone: Vec<FlowKey> = (self.dirty.iter())
+            .chain(&self.visited)
+            .filter_map(|k| self.flows.get_key_value(k))
             .filter(|(_, f)| match f.state {
                 State::Open { socket } => matches!(
                     self.sockets.state(socket),
@@ -589,10 +738,16 @@ impl TcpFlows {
             })
             .map(|(k, _)| *k)
             .collect();
+        let mut reaped = 0;
         for key in &gone {
-            self.remove(key, registry);
+            // A key in both lists comes twice; it is removed once.
+            if self.flows.contains_key(key) {
+                self.remove(key, registry);
+                reaped += 1;
+            }
         }
-        gone.len()
+        self.visited.clear();
+        reaped
     }
 
     /// Aborts (RST to the guest, host end dropped) every flow `keep`
@@ -618,6 +773,8 @@ impl TcpFlows {
                 // Reaped after smoltcp sent the RST.
                 State::Open { socket } => {
                     self.sockets.with(*socket, |s| s.abort());
+                    self.sockets.wake(*socket);
+                    self.dirty.insert(*key);
                     None
                 }
                 State::Connecting { syn, .. } => Some(std::mem::take(syn)),
@@ -638,8 +795,9 @@ impl TcpFlows {
 
     /// The earliest connect or gate deadline.
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.flows
-            .values()
+        self.watched
+            .iter()
+            .filter_map(|k| self.flows.get(k))
             .filter_map(|f| match f.state {
                 State::Connecting { since, .. } => Some(since + CONNECT_TIMEOUT),
                 State::Open { .. } => f.gate.as_ref().and_then(Gate::deadline),

@@ -117,3 +117,59 @@ fn refused_host_connect_resets_the_guest_at_once() {
     );
     assert_eq!(stack.stats().tcp_flows, 0);
 }
+
+#[test]
+fn idle_connections_are_left_alone_while_another_moves_data() {
+    let echo = common::TcpEcho::start();
+    let (mut stack, _) = stack_with(pinned_policy(echo.port), vec![]);
+    let mut g = guest(&mut stack);
+    lookup(&mut g, &mut stack, "api.test", TYPE::A);
+    let remote = SocketAddrV4::new(ALIAS, echo.port);
+    let idle: Vec<_> = (0..20)
+        .map(|i| {
+            let (sock, state) = common::connect(&mut g, &mut stack, remote, 41000 + i);
+            assert_eq!(state, State::Established);
+            (41000 + i, sock)
+        })
+        .collect();
+    let (busy, state) = common::connect(&mut g, &mut stack, remote, 42000);
+    assert_eq!(state, State::Established);
+    // The handshakes' last ACKs are in; from here the idle connections
+    // have no frame, no host event and no timer due.
+    for _ in 0..10 {
+        stack.poll();
+    }
+    let polls = |stack: &agentvm_net::NetStack| -> Vec<u64> {
+        (idle.iter())
+            .map(|(port, _)| stack.tcp_socket_polls(*port, remote))
+            .collect()
+    };
+    let before = polls(&stack);
+    assert!(before.iter().all(|&n| n > 0), "{before:?}");
+    let busy_before = stack.tcp_socket_polls(42000, remote);
+    assert!(common::echo_roundtrip(
+        &mut g,
+        &mut stack,
+        busy,
+        &pattern(512 << 10, 5)
+    ));
+    assert!(stack.tcp_socket_polls(42000, remote) > busy_before + 10);
+    assert_eq!(polls(&stack), before, "idle connections were polled");
+    // A segment for one idle connection (here: its data) runs smoltcp for
+    // that one only; it still works.
+    let (first_port, first) = idle[0];
+    assert!(common::echo_roundtrip(
+        &mut g,
+        &mut stack,
+        first,
+        b"still here"
+    ));
+    let after = polls(&stack);
+    assert!(after[0] > before[0]);
+    assert_eq!(
+        after[1..],
+        before[1..],
+        "other idle connections were polled"
+    );
+    assert_eq!(stack.tcp_socket_polls(first_port, remote), after[0]);
+}

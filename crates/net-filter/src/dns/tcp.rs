@@ -15,14 +15,13 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use smoltcp::iface::SocketHandle;
 use smoltcp::socket::tcp;
 use smoltcp::wire::IpListenEndpoint;
 
 use super::{Client, DnsServer};
 use crate::addr::DNS_IP;
 use crate::budget::Budget;
-use crate::buffers::{BufferSize, TcpSockets};
+use crate::buffers::{BufferSize, SockId, TcpSockets};
 use crate::{Audit, Policy};
 
 /// Connections at once, at most.
@@ -43,7 +42,7 @@ const BUFFER: usize = 16 << 10;
 
 /// One connection.
 struct Conn {
-    socket: SocketHandle,
+    socket: SockId,
     /// The guest's port (its key).
     guest_port: u16,
     /// Length-prefixed answers not yet in the socket's send buffer.
@@ -63,6 +62,13 @@ impl DnsTcp {
     /// Whether the guest's `port` has a connection to the server.
     pub fn knows(&self, guest_port: u16) -> bool {
         self.conns.values().any(|c| c.guest_port == guest_port)
+    }
+
+    /// The socket of the guest's `port`'s connection (where its frames go).
+    pub fn socket_of(&self, guest_port: u16) -> Option<SockId> {
+        (self.conns.values())
+            .find(|c| c.guest_port == guest_port)
+            .map(|c| c.socket)
     }
 
     /// A socket listening for the guest's SYN from `guest_port` (queued
@@ -120,11 +126,15 @@ impl DnsTcp {
     ) -> bool {
         let mut progress = false;
         for (&id, conn) in &mut self.conns {
-            progress |= sockets
+            let moved = sockets
                 .with(conn.socket, |socket| {
                     serve_one(id, conn, socket, dns, policy, audit, now)
                 })
                 .unwrap_or(false);
+            if moved {
+                sockets.wake(conn.socket);
+                progress = true;
+            }
         }
         progress
     }
@@ -136,6 +146,7 @@ impl DnsTcp {
             conn.active = now;
             push(&mut conn.out, reply);
             sockets.with(conn.socket, |socket| flush(conn, socket));
+            sockets.wake(conn.socket);
         }
     }
 
@@ -150,14 +161,18 @@ impl DnsTcp {
             let answered = conn.out.is_empty() && dns.pending_for(Client::Tcp(id)) == 0;
             let state = sockets
                 .with(conn.socket, |socket| {
-                    if (idle || (answered && socket.state() == tcp::State::CloseWait))
-                        && socket.is_open()
-                    {
+                    let close = (idle || (answered && socket.state() == tcp::State::CloseWait))
+                        && socket.is_open();
+                    if close {
                         socket.close();
                     }
-                    socket.state()
+                    (socket.state(), close)
                 })
-                .unwrap_or(tcp::State::Closed);
+                .unwrap_or((tcp::State::Closed, false));
+            let (state, closed_now) = state;
+            if closed_now {
+                sockets.wake(conn.socket);
+            }
             let closed = matches!(state, tcp::State::Closed | tcp::State::TimeWait);
             // Past the idle time twice over, a peer that never finishes
             // the close is cut off.

@@ -75,7 +75,10 @@ impl NetStack {
         if source_hardware_addr.is_unicast() {
             self.guest_mac = source_hardware_addr;
         }
-        self.phy.take(frame)
+        // Sockets that waited for the guest's address may send now (ARP is
+        // rare; a guest flooding it costs one visit per socket a frame).
+        self.tcp.sockets().wake_all();
+        self.phy.take(frame, None)
     }
 
     fn classify_ipv4(&mut self, frame: &[u8], payload: &[u8]) -> bool {
@@ -121,14 +124,20 @@ impl NetStack {
                 match self.tcp.state_of(&key) {
                     // A retransmitted SYN while the host connects.
                     Some(true) => false,
-                    Some(false) => self.phy.take(frame),
+                    // In order behind queued frames; at once (no copy)
+                    // when none wait.
+                    Some(false) if !self.phy.rx_waiting() => {
+                        self.tcp.ingest(&key, &mut self.iface, &mut self.phy, frame)
+                            || self.phy.take(frame, self.tcp.socket_of(&key))
+                    }
+                    Some(false) => self.phy.take(frame, self.tcp.socket_of(&key)),
                     None if tcp.syn() && !tcp.ack() => {
                         let syn_len = l4.len().saturating_sub(usize::from(tcp.header_len())) + 1;
                         self.new_connection(key, frame, tcp.seq_number(), syn_len);
                         true
                     }
                     // smoltcp resets segments of unknown connections.
-                    None => self.phy.take(frame),
+                    None => self.phy.take(frame, None),
                 }
             }
             IpProtocol::Icmp if from_guest => {
@@ -137,7 +146,7 @@ impl NetStack {
                 };
                 let to_us = repr.dst_addr == GATEWAY_IP || repr.dst_addr == DNS_IP;
                 if to_us && icmp.msg_type() == Icmpv4Message::EchoRequest {
-                    return self.phy.take(frame);
+                    return self.phy.take(frame, None);
                 }
                 false
             }
@@ -170,7 +179,8 @@ impl NetStack {
             self.phy.send(reset);
             return true;
         }
-        self.phy.take(frame)
+        let route = self.dns_tcp.socket_of(key.guest_port);
+        self.phy.take(frame, route)
     }
 
     fn dhcp(&mut self, payload: &[u8]) -> bool {

@@ -317,6 +317,20 @@ impl NetStack {
         Some(frame)
     }
 
+    /// Hands back a frame [`NetStack::pop_frame`] gave, once its bytes
+    /// went to the guest: its buffer is reused for a later frame (optional;
+    /// a frame not handed back is simply freed).
+    pub fn recycle(&mut self, frame: Vec<u8>) {
+        self.phy.recycle(frame);
+    }
+
+    /// How often smoltcp ran for the socket of the guest's connection from
+    /// `guest_port` to `remote` (0 when there is none): an idle connection's
+    /// count stays put while others move data.
+    pub fn tcp_socket_polls(&self, guest_port: u16, remote: SocketAddrV4) -> u64 {
+        self.tcp.socket_polls(&FlowKey { guest_port, remote })
+    }
+
     /// Whether frames wait for the guest.
     pub fn has_frames(&self) -> bool {
         self.phy.has_frames()
@@ -338,7 +352,7 @@ impl NetStack {
     /// How long until [`NetStack::poll`] must run again even if neither
     /// the fd nor a frame says so (`None`: not before then).
     pub fn poll_delay(&mut self) -> Option<Duration> {
-        if !self.again.is_empty() || self.phy.rx_waiting() {
+        if !self.again.is_empty() || self.phy.rx_waiting() || self.tcp.has_work() {
             return Some(Duration::ZERO);
         }
         let now = Instant::now();
@@ -355,7 +369,7 @@ impl NetStack {
         let smol = self
             .tcp
             .sockets()
-            .poll_delay(&mut self.iface, SmolInstant::now())
+            .poll_delay(SmolInstant::now())
             .map(Duration::from);
         match (own, smol) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -382,10 +396,7 @@ impl NetStack {
                 &self.audit,
                 now,
             );
-            let smol = self
-                .tcp
-                .sockets()
-                .poll(&mut self.iface, SmolInstant::now(), &mut self.phy);
+            let smol = self.tcp.poll_sockets(&mut self.iface, &mut self.phy);
             progress |= smol != smoltcp::iface::PollResult::None;
             progress |= self.tcp.reap(self.poll.registry()) > 0;
             if !progress {
@@ -432,9 +443,7 @@ impl NetStack {
                         continue;
                     }
                     let (tcp, iface) = (&mut self.tcp, &mut self.iface);
-                    let (_, untaken) = self.phy.alone(syn, |phy| {
-                        tcp.sockets().poll(iface, SmolInstant::now(), phy)
-                    });
+                    let (_, untaken) = self.phy.alone(syn, |phy| tcp.poll_alone(&key, iface, phy));
                     if untaken || !self.tcp.took_syn(&key) {
                         // No room to answer, or smoltcp refused the SYN:
                         // the guest retransmits and gets a fresh try.

@@ -20,6 +20,10 @@ impl FrameBackend for NetStack {
         NetStack::has_frames(self)
     }
 
+    fn recycle(&mut self, frame: Vec<u8>) {
+        NetStack::recycle(self, frame);
+    }
+
     fn poll(&mut self) {
         NetStack::poll(self);
     }

@@ -89,6 +89,11 @@ pub trait FrameBackend: AsRawFd + Send + 'static {
     fn pop_frame(&mut self) -> Option<Vec<u8>>;
     /// Whether frames wait for the guest.
     fn has_frames(&self) -> bool;
+    /// Takes back a frame [`FrameBackend::pop_frame`] gave once its bytes
+    /// are in guest memory, to reuse its buffer (by default it is freed).
+    fn recycle(&mut self, frame: Vec<u8>) {
+        drop(frame);
+    }
     /// Does the pending work (host sockets, timers, frames taken).
     fn poll(&mut self);
     /// How long until [`FrameBackend::poll`] must run again even if nothing

@@ -233,6 +233,7 @@ where
         } else {
             progress.detail.dropped += 1;
         }
+        backend.recycle(frame);
     }
     vq::signal_used(mem, queue, RX_QUEUE, progress.completed, interrupt)?;
     Ok(progress)

@@ -23,12 +23,16 @@ fn memory() -> GuestMemory {
     GuestMemory::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap()
 }
 
-/// Hands out canned frames.
-struct Frames(VecDeque<Vec<u8>>, EventFd);
+/// Hands out canned frames; keeps those handed back.
+struct Frames(VecDeque<Vec<u8>>, EventFd, Vec<Vec<u8>>);
 
 impl Frames {
     fn new(frames: &[Vec<u8>]) -> Self {
-        Frames(frames.iter().cloned().collect(), EventFd::new(0).unwrap())
+        Frames(
+            frames.iter().cloned().collect(),
+            EventFd::new(0).unwrap(),
+            Vec::new(),
+        )
     }
 }
 
@@ -45,6 +49,9 @@ impl FrameBackend for Frames {
     }
     fn has_frames(&self) -> bool {
         !self.0.is_empty()
+    }
+    fn recycle(&mut self, frame: Vec<u8>) {
+        self.2.push(frame);
     }
     fn poll(&mut self) {}
     fn poll_delay(&mut self) -> Option<Duration> {
@@ -115,6 +122,8 @@ fn a_frame_spans_chains_published_at_once() {
     assert_eq!(*irq.0.lock().unwrap(), [InterruptKind::Queue(RX_QUEUE)]);
     // The fourth chain is still the guest's.
     assert_eq!(queue.next_avail(), 3);
+    // The delivered frame went back to the backend for reuse.
+    assert_eq!(backend.2, [frame]);
 }
 
 #[test]
@@ -132,6 +141,10 @@ fn a_ring_running_dry_mid_frame_publishes_nothing() {
     assert_eq!(used_idx(&vq), 0);
     assert!(irq.0.lock().unwrap().is_empty());
     assert!(state.has_work(&backend), "the frame is kept");
+    assert!(
+        backend.2.is_empty(),
+        "a frame not delivered was handed back"
+    );
     post(&vq, 2, &[64]);
     let p = process_rx(&mem, &mut queue, &mut backend, &irq, &mut state).unwrap();
     assert_eq!(
