@@ -25,8 +25,11 @@ use crate::budget::{Budget, Charge};
 use crate::phy::{Borrowed, Phy};
 
 /// Largest buffer each way, bytes: the receive buffer is the window the
-/// guest sees.
-pub const MAX_BUFFER: usize = 256 << 10;
+/// guest sees. 1 MiB keeps a bulk flow's bytes in flight (and so the
+/// wake-ups per GiB) on a par with passt's, whose window is the guest's;
+/// the budget, not this cap, bounds what all flows together take
+/// (a new flow gets at most a fair share of what is left).
+pub const MAX_BUFFER: usize = 1 << 20;
 /// Smallest buffer each way, bytes; a flow that cannot have this much is
 /// refused. Half of it is above the kernel's smallest socket buffers, so
 /// the host socket's buffers are what [`BufferSize`] charges for them.
@@ -508,11 +511,11 @@ mod tests {
             })
             .collect();
         let grown = resident_kib().saturating_sub(before);
-        // 64 × 512 KiB mapped; far less resident (other tests' threads
+        // 64 × 2 MiB mapped; far less resident (other tests' threads
         // allocate meanwhile, hence the slack).
         assert!(
             grown < 8 << 10,
-            "{grown} KiB resident for 32 MiB of idle buffers"
+            "{grown} KiB resident for 128 MiB of idle buffers"
         );
         for &h in &handles {
             assert_eq!(sockets.with(h, |s| s.recv_capacity()), Some(MAX_BUFFER));
