@@ -12,7 +12,6 @@
 use std::time::Duration;
 
 use nix::time::{clock_gettime, ClockId};
-use serde::{Deserialize, Serialize};
 
 /// The guest agent's milestones file (agentvm-guest's `boot_times`).
 pub const GUEST_FILE: &str = "/run/agentvm/boot-times";
@@ -26,27 +25,7 @@ pub fn now_us() -> u64 {
         .unwrap_or(0)
 }
 
-/// What the VMM process measured (host monotonic microseconds), in its
-/// `status` reply.
-#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
-pub struct VmmStamps {
-    /// The VMM process's `main` began.
-    pub started_us: u64,
-    /// The build began (the configuration read, the console open).
-    pub build_us: u64,
-    /// Devices (the shares' virtiofsd among them), microseconds taken.
-    pub devices_us: u64,
-    /// VM, guest RAM and interrupt controller.
-    pub memory_us: u64,
-    /// Kernel, initrd and boot tables.
-    pub boot_image_us: u64,
-    /// vCPUs.
-    pub vcpus_us: u64,
-    /// The vCPUs were started.
-    pub running_us: u64,
-    /// The ready line passed the console (0: not yet).
-    pub ready_us: u64,
-}
+pub use super::control::VmmStamps;
 
 /// `up`'s own stamps (host monotonic microseconds).
 #[derive(Debug, Clone, Default)]

@@ -64,7 +64,7 @@ pub mod server;
 pub use client::{Client, VersionMismatch};
 pub use protocol::{
     BalloonStats, BalloonStatus, Limits, NetLimits, PolicyChange, Reply, Request, SlotReply,
-    StatsReply, StatusReply,
+    StatsReply, StatusReply, VmmStamps,
 };
 pub use server::{serve_connection, Handler};
 

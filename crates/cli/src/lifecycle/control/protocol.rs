@@ -183,7 +183,29 @@ pub struct StatusReply {
     /// When the VMM reached each step of the start (`up --timings`); absent
     /// from a VMM older than it.
     #[serde(default)]
-    pub boot: Option<crate::lifecycle::timings::VmmStamps>,
+    pub boot: Option<VmmStamps>,
+}
+
+/// When the VMM reached each step of a start, host monotonic microseconds
+/// (`up --timings`).
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct VmmStamps {
+    /// The VMM process's `main` began.
+    pub started_us: u64,
+    /// The build began (the configuration read, the console open).
+    pub build_us: u64,
+    /// Devices (the shares' virtiofsd among them), microseconds taken.
+    pub devices_us: u64,
+    /// VM, guest RAM and interrupt controller.
+    pub memory_us: u64,
+    /// Kernel, initrd and boot tables.
+    pub boot_image_us: u64,
+    /// vCPUs.
+    pub vcpus_us: u64,
+    /// The vCPUs were started.
+    pub running_us: u64,
+    /// The ready line passed the console (0: not yet).
+    pub ready_us: u64,
 }
 
 /// The VM's caps and how often each was hit.
