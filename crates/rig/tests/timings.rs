@@ -20,6 +20,7 @@ for i in 1 2; do
   $AGENTVM run true; echo "RIG-EXEC run${i}_rc=$?"
   $AGENTVM down >/dev/null 2>&1; echo "RIG-EXEC down${i}_rc=$?"
 done
+$AGENTVM attach --uds $UDS --poweroff
 "##;
 
 /// The rows of a printed table: `(step, took ms, at ms)`; `total` has no
@@ -52,11 +53,13 @@ fn up_timings_break_a_start_down_from_the_command_to_ready() {
         .unwrap_or_else(|e| panic!("{}", error_chain(&e)));
     let b = r.boot("timings").expect("boot ran");
     let t = Markers::new(&r, b);
+    assert_eq!(b.exit_code(), Some(0), "the rig's VM powers off; {}", t.ctx);
     for i in ["1", "2"] {
         let out = t.m(&format!("up{i}"));
         eprintln!("up #{i}:\n{}", out.replace('|', "\n"));
         assert_eq!(t.m(&format!("up{i}_rc")), "0", "{}", t.ctx);
         assert_eq!(t.m(&format!("run{i}_rc")), "0", "{}", t.ctx);
+        assert_eq!(t.m(&format!("down{i}_rc")), "0", "{}", t.ctx);
         let rows = rows(out);
         let step = |name: &str| {
             rows.iter()
