@@ -320,65 +320,44 @@ impl Boot {
         let kernel = self.kernel_path(p);
         let s = |p: &Path| p.to_string_lossy().to_string();
         match self.vmm {
-            Vmm::Agentvm if self.mode == GuestMode::Agent && self.own_kernel => {
-                // The image's initramfs and command line around our kernel
-                // (its module list names Debian's modules, which the agent
-                // cannot load there and needs none of).
-                let mut cmdline = agentvm_image::DEFAULT_CMDLINE.to_string();
-                if !self.extra_cmdline.is_empty() {
-                    cmdline.push(' ');
-                    cmdline.push_str(&self.extra_cmdline);
-                }
-                let args = [
-                    "boot".into(),
-                    "--kernel".into(),
-                    s(kernel),
-                    "--initrd".into(),
-                    s(&p.initrd),
-                    "--cmdline".into(),
-                    cmdline,
-                    "--vsock".into(),
-                    s(&self.vsock_path(&p.sock_dir)),
-                    "--memory".into(),
-                    self.memory_mib.to_string(),
-                    "--vcpus".into(),
-                    self.vcpus.to_string(),
-                ];
-                let mut args: Vec<String> = args.into();
-                args.extend(self.extra_args.iter().cloned());
-                (p.agentvm.clone(), args)
-            }
-            Vmm::Agentvm if self.mode == GuestMode::Agent => {
-                let args = [
-                    "boot".into(),
-                    "--image".into(),
-                    s(&p.image_dir),
-                    "--vsock".into(),
-                    s(&self.vsock_path(&p.sock_dir)),
-                    "--memory".into(),
-                    self.memory_mib.to_string(),
-                    "--vcpus".into(),
-                    self.vcpus.to_string(),
-                ];
-                let mut args: Vec<String> = args.into();
-                args.extend(self.extra_args.iter().cloned());
-                (p.agentvm.clone(), args)
-            }
             Vmm::Agentvm => {
-                let args = [
-                    "boot".into(),
-                    "--kernel".into(),
-                    s(kernel),
-                    "--initrd".into(),
-                    s(&p.initrd),
+                let agent = self.mode == GuestMode::Agent;
+                let mut args: Vec<String> = vec!["boot".into()];
+                if agent && !self.own_kernel {
+                    // The image as it is: its kernel and command line.
+                    args.extend(["--image".into(), s(&p.image_dir)]);
+                } else {
+                    args.extend([
+                        "--kernel".into(),
+                        s(kernel),
+                        "--initrd".into(),
+                        s(&p.initrd),
+                    ]);
+                }
+                if agent {
+                    if self.own_kernel {
+                        // The image's initramfs and command line around our
+                        // kernel (its module list names Debian's modules,
+                        // which the agent cannot load there and needs none
+                        // of).
+                        let mut cmdline = agentvm_image::DEFAULT_CMDLINE.to_string();
+                        if !self.extra_cmdline.is_empty() {
+                            cmdline.push(' ');
+                            cmdline.push_str(&self.extra_cmdline);
+                        }
+                        args.extend(["--cmdline".into(), cmdline]);
+                    }
+                    args.extend(["--vsock".into(), s(&self.vsock_path(&p.sock_dir))]);
+                }
+                args.extend([
                     "--memory".into(),
                     self.memory_mib.to_string(),
                     "--vcpus".into(),
                     self.vcpus.to_string(),
-                    "--cmdline".into(),
-                    self.cmdline(),
-                ];
-                let mut args: Vec<String> = args.into();
+                ]);
+                if !agent {
+                    args.extend(["--cmdline".into(), self.cmdline()]);
+                }
                 args.extend(self.extra_args.iter().cloned());
                 (p.agentvm.clone(), args)
             }
@@ -1014,6 +993,25 @@ mod tests {
         assert!(args.windows(2).any(|w| w == ["--memory", "size=512M"]));
         assert!(!ch.cmdline().contains("rig.halt"));
         assert!(ch.vmm_files(&paths()).is_empty());
+
+        let mut oa = Boot::agent("oa", "").own_kernel();
+        oa.extra_cmdline = "acpi=off".into();
+        let (_, args) = oa.command(&paths());
+        let cmdline = format!("{} acpi=off", agentvm_image::DEFAULT_CMDLINE);
+        assert_eq!(
+            args[..7],
+            [
+                "boot",
+                "--kernel",
+                "/disk/own-kernel/vmlinux",
+                "--initrd",
+                "/l2/initrd.img",
+                "--cmdline",
+                cmdline.as_str()
+            ]
+        );
+        assert!(args.windows(2).any(|w| w == ["--vsock", "/tmp/oa.vsock"]));
+        assert!(!args.iter().any(|a| a == "--image"));
 
         let s = Scenario::new("p", vec![fc, ch]);
         assert!(s.needs_own_kernel());
