@@ -88,9 +88,7 @@ impl GuestRam {
     /// committed: more RAM than the host has is fine until the guest touches
     /// it (the balloon gives unused pages back).
     pub fn new(size: u64) -> Result<Self, MemoryError> {
-        if !size.is_multiple_of(4096) || !(MIN_MEMORY..=MAX_MEMORY).contains(&size) {
-            return Err(MemoryError::InvalidSize(size));
-        }
+        check_size(size)?;
         Self::shared_in(create_memfd(size)?, size)
     }
 
@@ -98,9 +96,7 @@ impl GuestRam {
     /// [`crate::VmConfig::shared_memory_file`]), mapped shared like the
     /// memfd of [`GuestRam::new`].
     pub fn in_file(file: File, size: u64) -> Result<Self, MemoryError> {
-        if !size.is_multiple_of(4096) || !(MIN_MEMORY..=MAX_MEMORY).contains(&size) {
-            return Err(MemoryError::InvalidSize(size));
-        }
+        check_size(size)?;
         file.set_len(size).map_err(MemoryError::Truncate)?;
         Self::shared_in(Arc::new(file), size)
     }
@@ -125,9 +121,7 @@ impl GuestRam {
                 source,
             }
         })?;
-        exclude_from_core_dumps(&mem)?;
-        ask_for_huge_pages(&mem);
-        Ok(GuestRam { mem })
+        GuestRam::advised(mem)
     }
 
     /// Creates `size` bytes of private anonymous guest RAM: only this
@@ -135,9 +129,7 @@ impl GuestRam {
     /// committed until the guest touches it. The balloon frees its pages
     /// with `MADV_DONTNEED`.
     pub fn private(size: u64) -> Result<Self, MemoryError> {
-        if !size.is_multiple_of(4096) || !(MIN_MEMORY..=MAX_MEMORY).contains(&size) {
-            return Err(MemoryError::InvalidSize(size));
-        }
+        check_size(size)?;
         let ranges: Vec<_> = ram_ranges(size)
             .into_iter()
             .map(|(addr, len)| (addr, len as usize))
@@ -146,12 +138,18 @@ impl GuestRam {
             mib: size >> 20,
             source,
         })?;
+        GuestRam::advised(mem)
+    }
+
+    /// The RAM mapped in `mem`, kept out of core dumps and advised huge
+    /// pages.
+    fn advised(mem: GuestMemoryMmap<()>) -> Result<Self, MemoryError> {
         exclude_from_core_dumps(&mem)?;
         ask_for_huge_pages(&mem);
         Ok(GuestRam { mem })
     }
 
-    /// Whether other processes can map this RAM (it is a shared memfd).
+    /// Whether other processes can map this RAM (it is a shared file).
     pub fn is_shared(&self) -> bool {
         self.mem.iter().all(|r| r.file_offset().is_some())
     }
@@ -172,6 +170,14 @@ impl GuestRam {
             .map(|f| f.file())
             .expect("guest RAM has a region backed by the memfd")
     }
+}
+
+/// Whole pages, between [`MIN_MEMORY`] and [`MAX_MEMORY`].
+fn check_size(size: u64) -> Result<(), MemoryError> {
+    if !size.is_multiple_of(4096) || !(MIN_MEMORY..=MAX_MEMORY).contains(&size) {
+        return Err(MemoryError::InvalidSize(size));
+    }
+    Ok(())
 }
 
 fn create_memfd(size: u64) -> Result<Arc<File>, MemoryError> {
