@@ -76,7 +76,7 @@ pub fn run(args: VmmArgs) -> anyhow::Result<ExitCode> {
         || snap.hotplug_slots > 0;
     let ram_file = wants_shared
         .then(|| {
-            huge_ram::create(snap.memory_mib << 20)
+            huge_ram::create(snap.memory_mib.saturating_mul(1 << 20))
                 .inspect_err(|e| tracing::debug!("guest RAM in a memfd: no huge-page tmpfs: {e}"))
                 .ok()
         })
