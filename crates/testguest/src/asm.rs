@@ -127,6 +127,12 @@ pub(crate) fn emit_reset(a: &mut CodeAssembler) -> Result<(), Error> {
     a.out(u32::from(I8042_COMMAND_PORT), al)?;
     a.mov(al, u32::from(DEBUG_EXIT_VALUE))?;
     a.out(u32::from(DEBUG_EXIT_PORT), al)?;
+    emit_halt_forever(a)
+}
+
+/// `cli; hlt` in a loop: with interrupts off the vCPU sleeps in the host's
+/// KVM and never wakes.
+pub(crate) fn emit_halt_forever(a: &mut CodeAssembler) -> Result<(), Error> {
     a.cli()?;
     let mut halt = a.create_label();
     a.set_label(&mut halt)?;

@@ -19,7 +19,7 @@
 
 use iced_x86::code_asm::{dword_ptr, eax, ebp, ebx, esi, ptr, r12, r13, r13d, r14, rax, rbx, rsi};
 
-use crate::asm::{Asm32, Asm64, ControlReg, Width, CSTR_MAX};
+use crate::asm::{emit_halt_forever, Asm32, Asm64, ControlReg, Width, CSTR_MAX};
 use crate::{Error, Format, Guest, Program};
 
 /// Start of every line the benchmark guest prints.
@@ -167,14 +167,14 @@ pub fn idle_guest() -> Result<Guest, Error> {
         activate_virtio(&mut long64, base)?;
     }
     long64.serial_print(BENCH_LINE_LONG64)?;
-    halt_forever(&mut long64)?;
+    emit_halt_forever(&mut long64)?;
     let mut pvh32 = Asm32::new()?;
     a_queue_page(&mut pvh32)?;
     for base in VIRTIO_MMIO_FIRST {
         activate_virtio(&mut pvh32, base)?;
     }
     pvh32.serial_print(BENCH_LINE_PVH32)?;
-    halt_forever(&mut pvh32)?;
+    emit_halt_forever(&mut pvh32)?;
     Program::new("idle")
         .with_long64(long64)
         .with_pvh32(pvh32)
@@ -270,17 +270,6 @@ fn activate_virtio(a: &mut iced_x86::code_asm::CodeAssembler, first: u32) -> Res
     a.jnz(device)?;
     a.set_label(&mut done)?;
     a.zero_bytes()?;
-    Ok(())
-}
-
-/// `cli; hlt` in a loop: with interrupts off the vCPU sleeps in the host's
-/// KVM and never wakes.
-fn halt_forever(a: &mut iced_x86::code_asm::CodeAssembler) -> Result<(), Error> {
-    a.cli()?;
-    let mut halt = a.create_label();
-    a.set_label(&mut halt)?;
-    a.hlt()?;
-    a.jmp(halt)?;
     Ok(())
 }
 
