@@ -1,7 +1,9 @@
 //! The virtio devices a [`VmConfig`] asks for, created: the network stack
 //! started, each share's virtiofsd started, the vsock socket bound. All of
 //! it happens before KVM is opened, so a bad share or socket path fails
-//! before anything of the VM exists.
+//! before anything of the VM exists. Every share's daemon is started
+//! before the first is waited for, so they start side by side, and beside
+//! the network stack's set-up.
 
 use std::path::PathBuf;
 
@@ -37,6 +39,19 @@ pub(crate) fn create(
     config: &VmConfig,
     extra: Vec<Box<dyn VirtioDevice>>,
 ) -> Result<ConfiguredDevices, BuildError> {
+    let share_error = |share: &crate::config::ShareConfig, source| BuildError::Share {
+        tag: share.tag.clone(),
+        dir: share.host_dir.clone(),
+        source: Box::new(source),
+    };
+    let mut starting = Vec::new();
+    if let Some(state_dir) = &config.state_dir {
+        for share in &config.shares {
+            let spawned = VirtioFs::spawn(share.fs_config(state_dir, &config.virtiofsd))
+                .map_err(|e| share_error(share, e))?;
+            starting.push((share, spawned));
+        }
+    }
     let stack = match &config.net {
         Some(net) => {
             hygiene::raise_fd_limit();
@@ -48,23 +63,14 @@ pub(crate) fn create(
     };
     let mut devices: Vec<Box<dyn VirtioDevice>> = Vec::new();
     let mut virtiofsd = Vec::new();
-    if let Some(state_dir) = &config.state_dir {
-        for share in &config.shares {
-            let fs =
-                VirtioFs::new(share.fs_config(state_dir, &config.virtiofsd)).map_err(|source| {
-                    BuildError::Share {
-                        tag: share.tag.clone(),
-                        dir: share.host_dir.clone(),
-                        source: Box::new(source),
-                    }
-                })?;
-            if let Some(bin) = fs.virtiofsd() {
-                if !virtiofsd.contains(&bin.path) {
-                    virtiofsd.push(bin.path.clone());
-                }
+    for (share, spawned) in starting {
+        let fs = spawned.connect().map_err(|e| share_error(share, e))?;
+        if let Some(bin) = fs.virtiofsd() {
+            if !virtiofsd.contains(&bin.path) {
+                virtiofsd.push(bin.path.clone());
             }
-            devices.push(Box::new(fs));
         }
+        devices.push(Box::new(fs));
     }
     if config.rng {
         devices.push(Box::new(Rng::new()));

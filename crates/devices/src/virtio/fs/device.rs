@@ -26,7 +26,7 @@ use super::daemon::STOP_GRACE;
 use super::handle::{DaemonState, FsHandle, Shared};
 use super::handler::FsHandler;
 use super::locate::{LocateError, Search, Virtiofsd};
-use super::session::{Session, StartError};
+use super::session::{Session, Spawned, StartError};
 use super::{CONFIG_LEN, NUM_QUEUES, NUM_REQUEST_QUEUES, QUEUE_SIZE, TAG_LEN};
 use crate::virtio::worker::WorkerSlot;
 use crate::virtio::{
@@ -100,14 +100,27 @@ impl VirtioFs {
 
     /// Starts the share `config` with the first virtiofsd `search` finds.
     pub fn with_search(config: FsConfig, search: &Search) -> Result<Self, FsError> {
+        Self::spawn_with(config, search)?.connect()
+    }
+
+    /// The first half of [`VirtioFs::new`]: starts the share's virtiofsd
+    /// and returns without waiting for it. Spawning every share before
+    /// connecting to any lets their daemons start side by side.
+    pub fn spawn(config: FsConfig) -> Result<SpawnedFs, FsError> {
+        let search = Search::from_env(config.virtiofsd.clone());
+        Self::spawn_with(config, &search)
+    }
+
+    /// [`VirtioFs::spawn`] with the first virtiofsd `search` finds.
+    pub fn spawn_with(config: FsConfig, search: &Search) -> Result<SpawnedFs, FsError> {
         config.validate()?;
         let binary = search.find()?;
-        let session = Session::start(&binary, &config).map_err(|source| FsError::Start {
-            tag: config.tag.clone(),
-            source,
-        })?;
-        let pid = session.pid();
-        Ok(Self::around(config, Some(binary), session, pid))
+        let spawned = Session::spawn(&binary, &config);
+        Ok(SpawnedFs {
+            config,
+            binary,
+            spawned,
+        })
     }
 
     /// A device for the daemon someone else started for `config` (its
@@ -218,6 +231,35 @@ impl VirtioFs {
             tag: self.config.tag.clone(),
             source,
         })
+    }
+}
+
+/// A share whose virtiofsd is starting ([`VirtioFs::spawn`]); dropped,
+/// the daemon is stopped.
+pub struct SpawnedFs {
+    config: FsConfig,
+    binary: Virtiofsd,
+    spawned: Spawned,
+}
+
+impl SpawnedFs {
+    /// The second half of [`VirtioFs::new`]: waits for the daemon to
+    /// listen (falling back to the next sandbox mode when it cannot use
+    /// this one) and runs the first half of the handshake.
+    pub fn connect(self) -> Result<VirtioFs, FsError> {
+        let SpawnedFs {
+            config,
+            binary,
+            spawned,
+        } = self;
+        let session = spawned
+            .connect(&binary, &config)
+            .map_err(|source| FsError::Start {
+                tag: config.tag.clone(),
+                source,
+            })?;
+        let pid = session.pid();
+        Ok(VirtioFs::around(config, Some(binary), session, pid))
     }
 }
 

@@ -75,7 +75,7 @@ pub use backend::BackendError;
 pub use config::{CacheMode, ConfigError, FsConfig};
 pub use daemon::{DaemonError, Sandbox};
 pub use detached::{launch_detached, launch_detached_in, stop_detached, Detached};
-pub use device::{FsError, VirtioFs};
+pub use device::{FsError, SpawnedFs, VirtioFs};
 pub use handle::{DaemonState, FsHandle};
 pub use locate::{LocateError, Search, Virtiofsd};
 pub use session::StartError;

@@ -43,18 +43,54 @@ pub(crate) struct Session {
     pid: u32,
 }
 
+/// A daemon started in the first sandbox mode of [`Sandbox::choices`],
+/// not yet connected to ([`Session::spawn`]).
+pub(crate) struct Spawned {
+    choices: Vec<Sandbox>,
+    first: Option<Result<Daemon, DaemonError>>,
+}
+
 impl Session {
     /// Starts `bin` for `config` (validated) and connects. Tries the
     /// sandbox modes of [`Sandbox::choices`] in order: a daemon that dies
     /// during startup in `namespace` mode is started again in the next.
     pub(crate) fn start(bin: &Virtiofsd, config: &FsConfig) -> Result<Self, StartError> {
+        Self::spawn(bin, config).connect(bin, config)
+    }
+
+    /// The first half of [`Session::start`]: starts the process and
+    /// returns at once, so that several shares' daemons start side by side.
+    pub(crate) fn spawn(bin: &Virtiofsd, config: &FsConfig) -> Spawned {
+        let choices = Sandbox::choices(config.allow_unsandboxed);
+        let first = choices
+            .first()
+            .map(|&sandbox| Daemon::spawn(bin, config, sandbox));
+        Spawned { choices, first }
+    }
+}
+
+impl Spawned {
+    /// The second half of [`Session::start`]: waits for the daemon
+    /// [`Session::spawn`] started (`bin` for `config`, the same) and
+    /// connects, falling back to the next sandbox mode as `start` does.
+    pub(crate) fn connect(
+        mut self,
+        bin: &Virtiofsd,
+        config: &FsConfig,
+    ) -> Result<Session, StartError> {
         let no_sandbox = || DaemonError::NoSandbox {
             tag: config.tag.clone(),
         };
-        let choices = Sandbox::choices(config.allow_unsandboxed);
-        let mut tried = choices.iter().peekable();
+        let mut tried = self.choices.iter().peekable();
         while let Some(&sandbox) = tried.next() {
-            match Self::start_in(bin, config, sandbox) {
+            let daemon = match self.first.take() {
+                Some(spawned) => spawned,
+                None => Daemon::spawn(bin, config, sandbox),
+            };
+            match daemon
+                .map_err(StartError::from)
+                .and_then(Session::connect_to)
+            {
                 Ok(session) => return Ok(session),
                 Err(StartError::Daemon(e @ DaemonError::Exited { .. }))
                     if sandbox == Sandbox::Namespace =>
@@ -78,9 +114,10 @@ impl Session {
         }
         Err(no_sandbox().into())
     }
+}
 
-    fn start_in(bin: &Virtiofsd, config: &FsConfig, sandbox: Sandbox) -> Result<Self, StartError> {
-        let mut daemon = Daemon::spawn(bin, config, sandbox)?;
+impl Session {
+    fn connect_to(mut daemon: Daemon) -> Result<Self, StartError> {
         let stream = daemon.connect(START_TIMEOUT)?;
         match VhostUserFs::connect(stream, REPLY_TIMEOUT) {
             Ok(backend) => Ok(Session {
