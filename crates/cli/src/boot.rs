@@ -354,7 +354,7 @@ pub fn choose_kernel(
                 // before it fails: say so now instead.
                 bail!(
                     "this host's KVM is PVM (nested virtualization without VT-x/AMD-V), and \
-                     the guest image at {} has Debian's stock kernel: {}",
+                     the guest image at {} has a stock kernel: {}",
                     image.dir.display(),
                     KvmKind::Pvm.guest_kernel_note()
                 );

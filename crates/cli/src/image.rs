@@ -9,8 +9,8 @@ use std::process::ExitCode;
 use agentvm_image::rootfs::{self, LayerKeys, Manifest, BUILTIN_AGENTS};
 use agentvm_image::stamp::Stamp;
 use agentvm_image::{
-    debian, default_image_dir, files, is_static, which, BusyboxSource, Cache, GuestImage,
-    KernelSource, Recipe, Rootfs, RootfsRecipe,
+    debian, default_image_dir, files, is_static, own_kernel, which, BusyboxSource, Cache,
+    GuestImage, KernelSource, OwnKernel, Recipe, Rootfs, RootfsRecipe,
 };
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
@@ -26,8 +26,9 @@ pub struct ImageArgs {
 
 #[derive(Subcommand, Debug)]
 enum ImageCommand {
-    /// Build the default guest image (Debian's cloud kernel, busybox, the
-    /// guest agent) into DIR: vmlinux, bzImage, initrd.img, cmdline.
+    /// Build the default guest image (Debian's cloud kernel, or agentvm's
+    /// own with --kernel-build; busybox; the guest agent) into DIR:
+    /// vmlinux, bzImage, initrd.img, cmdline.
     Build(BuildArgs),
     /// List the cached root file system layers (base, packages, agents)
     /// with their keys and sizes.
@@ -53,8 +54,16 @@ pub struct BuildArgs {
     out: Option<PathBuf>,
     /// Take the kernel from this linux-image-*.deb instead of downloading
     /// linux-image-cloud-amd64 with apt.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", conflicts_with = "kernel_build")]
     kernel_deb: Option<PathBuf>,
+    /// Boot agentvm's own kernel instead of Debian's: built from
+    /// linux-source-6.12 with guest/kernel/microvm.config, everything built
+    /// in, so the guest loads no modules and reaches ready sooner. The
+    /// first build takes about 9 minutes on two idle cores (it needs
+    /// `linux-source-6.12` and a compiler; `scripts/setup --tests` installs
+    /// them); later builds reuse it from ~/.cache/agentvm/kernel.
+    #[arg(long)]
+    kernel_build: bool,
     /// busybox to use: a static busybox binary or the busybox-static .deb
     /// [default: busybox-static through apt, else a static busybox on PATH].
     #[arg(long, value_name = "FILE")]
@@ -202,10 +211,12 @@ fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
     let apt = debian::have_apt();
     let kernel = match &args.kernel_deb {
         Some(deb) => KernelSource::Deb(existing(deb, "--kernel-deb")?),
+        None if args.kernel_build => KernelSource::Own(own_kernel()?),
         None if apt => KernelSource::Apt(agentvm_image::KERNEL_META.to_string()),
         None => bail!(
             "this host has no apt-get to download Debian's cloud kernel: pass --kernel-deb FILE \
-             (a linux-image-*-cloud-amd64 .deb), or boot an image directory made elsewhere \
+             (a linux-image-*-cloud-amd64 .deb), or --kernel-build with AGENTVM_KERNEL_SRC \
+             naming a Linux 6.12 tree, or boot an image directory made elsewhere \
              (e.g. by the Nix flake) with `agentvm boot --image DIR`"
         ),
     };
@@ -254,8 +265,8 @@ fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
     println!(
         "  kernel   {} ({} {}), vmlinux {}{}, bzImage {}",
         image.kernel.release,
-        image.kernel.package.name,
-        image.kernel.package.version,
+        image.kernel.package,
+        image.kernel.version,
         size(&image.vmlinux),
         if image.facts.pvh_entry.is_some() {
             " with PVH entry"
@@ -264,11 +275,14 @@ fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
         },
         size(&image.bzimage),
     );
+    let modules = match image.kernel.debian {
+        Some(_) => format!("{} modules", image.modules.load_order.len()),
+        None => "no modules (all built in)".to_string(),
+    };
     println!(
-        "  initrd   {}: agent {}, busybox, {} modules",
+        "  initrd   {}: agent {}, busybox, {modules}",
         size(&image.initrd),
         agent.describe(),
-        image.modules.load_order.len()
     );
     if !image.modules.missing.is_empty() {
         println!("  not in this kernel: {}", image.modules.missing.join(", "));
@@ -328,6 +342,25 @@ fn build_rootfs(cache: &Cache, args: &BuildArgs, out: &Path) -> anyhow::Result<(
         .collect();
     println!("           layers: {}", timing.join(", "));
     Ok(())
+}
+
+/// agentvm's own kernel: the cached build, else built now (the build says
+/// how long it takes before it starts).
+fn own_kernel() -> anyhow::Result<OwnKernel> {
+    let cache = Cache::from_env(own_kernel::CACHE_ENV, own_kernel::CACHE_DIR)
+        .context("cannot create the kernel build cache")?;
+    let src = OwnKernel::source();
+    if OwnKernel::cached(&cache, &src).is_none() && src.exists() {
+        eprintln!(
+            "agentvm: building agentvm's guest kernel from {} into {}: about {} minutes on two \
+             idle cores, once",
+            src.display(),
+            cache.root().display(),
+            own_kernel::BUILD_MINUTES
+        );
+    }
+    OwnKernel::build(&cache, &src, &mut *crate::progress::reporter())
+        .context("cannot build agentvm's guest kernel")
 }
 
 fn image_cache() -> anyhow::Result<Cache> {

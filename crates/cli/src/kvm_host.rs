@@ -44,7 +44,7 @@ impl KvmKind {
         match self {
             KvmKind::Hardware => "any x86_64 Linux kernel boots (ELF vmlinux or bzImage)",
             KvmKind::Pvm => {
-                "PVM runs only PVM-enabled guest kernels; a stock kernel (Debian's, the default image) \
+                "PVM runs only PVM-enabled guest kernels; a stock kernel (Debian's or agentvm's own, the image's) \
                  dies in emulation. Supply a PVM guest kernel with --kernel, or use the nested rig \
                  (`cargo demo`, see README) to boot stock Linux here"
             }

@@ -119,6 +119,103 @@ fn build_writes_the_default_image() {
     assert!(!Path::new(&dir.join(".vmlinux.tmp")).exists());
 }
 
+/// `--kernel-build`: agentvm's own kernel (built when its cache lacks it:
+/// minutes), and an initramfs without modules, which it needs none of.
+#[test]
+fn build_with_our_kernel_writes_an_image_without_modules() {
+    let has_apt = std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|d| d.join("apt-get").is_file()));
+    if !has_apt {
+        eprintln!("skipped: needs apt-get (busybox-static)");
+        return;
+    }
+    let data = tempfile::tempdir().unwrap();
+    let o = agentvm(
+        &["image", "build", "--kernel-build"],
+        &[("XDG_DATA_HOME", data.path().to_str().unwrap())],
+    );
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    eprintln!("{stdout}");
+    assert!(
+        stdout.contains("(agentvm guest kernel guest-kernel-"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("no modules (all built in)"), "{stdout}");
+    let dir = data.path().join("agentvm/images/default");
+    let read = |f: &str| std::fs::read(dir.join(f)).unwrap();
+    assert_eq!(&read("vmlinux")[..4], b"\x7fELF");
+    assert_eq!(&read("bzImage")[0x202..0x206], b"HdrS");
+    let names = cpio_names(&read("initrd.img"));
+    assert!(names.iter().any(|n| n == "init"), "{names:?}");
+    assert!(names.iter().any(|n| n == "bin/busybox"), "{names:?}");
+    assert!(
+        !names.iter().any(|n| n.ends_with(".ko")),
+        "a module in the initramfs: {names:?}"
+    );
+    let stamp = String::from_utf8(read("image.json")).unwrap();
+    assert!(
+        stamp.contains("\"kernel_package\": \"agentvm guest kernel\""),
+        "{stamp}"
+    );
+    assert!(stamp.contains("\"kernel_release\": \"6.12."), "{stamp}");
+}
+
+/// The entry names of a newc cpio archive (as the kernel reads it).
+fn cpio_names(data: &[u8]) -> Vec<String> {
+    let field = |at: usize, i: usize| {
+        let hex = std::str::from_utf8(&data[at + 6 + 8 * i..at + 14 + 8 * i]).unwrap();
+        usize::from_str_radix(hex, 16).unwrap()
+    };
+    let pad = |n: usize| (n + 3) & !3;
+    let mut names = Vec::new();
+    let mut at = 0;
+    while at + 110 <= data.len() && &data[at..at + 6] == b"070701" {
+        let (size, name_len) = (field(at, 6), field(at, 11));
+        let name = String::from_utf8_lossy(&data[at + 110..at + 110 + name_len - 1]).into_owned();
+        if name == "TRAILER!!!" {
+            break;
+        }
+        names.push(name);
+        at = pad(pad(at + 110 + name_len) + size);
+    }
+    names
+}
+
+#[test]
+fn our_kernel_without_its_source_says_what_to_install() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("kernel-cache");
+    let o = agentvm(
+        &[
+            "image",
+            "build",
+            "--kernel-build",
+            "--out",
+            "/nonexistent/img",
+        ],
+        &[
+            ("AGENTVM_KERNEL_CACHE", cache.to_str().unwrap()),
+            ("AGENTVM_KERNEL_SRC", "/nonexistent/linux.tar.xz"),
+        ],
+    );
+    let line = one_line_error(&o);
+    assert!(
+        line.contains("cannot build agentvm's guest kernel")
+            && line.contains("apt-get install linux-source-6.12"),
+        "{line}"
+    );
+    let o = agentvm(
+        &["image", "build", "--kernel-build", "--kernel-deb", "/k.deb"],
+        &[],
+    );
+    assert_eq!(o.status.code(), Some(2), "a usage error");
+}
+
 #[test]
 fn booting_the_stock_image_on_pvm_fails_at_once_and_says_why() {
     let doctor = agentvm(&["doctor"], &[]);
@@ -134,7 +231,7 @@ fn booting_the_stock_image_on_pvm_fails_at_once_and_says_why() {
     let image = dir.path().to_str().unwrap();
     let line = one_line_error(&agentvm(&["boot", "--image", image], &[]));
     assert!(
-        line.contains(&format!("KVM is PVM (nested virtualization without VT-x/AMD-V), and the guest image at {image} has Debian's stock kernel")),
+        line.contains(&format!("KVM is PVM (nested virtualization without VT-x/AMD-V), and the guest image at {image} has a stock kernel")),
         "{line}"
     );
     assert!(

@@ -15,7 +15,7 @@ use std::process::Command;
 
 use agentvm_image::archive::shared_libraries;
 use agentvm_image::{
-    files, run, which, Cache, DebianKernel, GuestImage, ImageError, Initramfs, KeyHasher, Recipe,
+    files, run, which, Cache, GuestImage, ImageError, ImageKernel, Initramfs, KeyHasher, Recipe,
 };
 
 /// Modules the L1 initramfs loads: KVM for the L2 VMM, fw_cfg for the
@@ -245,7 +245,7 @@ impl L2Image {
     }
 
     /// The kernel package.
-    pub fn kernel(&self) -> &DebianKernel {
+    pub fn kernel(&self) -> &ImageKernel {
         &self.image.kernel
     }
 }
@@ -315,7 +315,13 @@ pub struct L1Image {
 impl L1Image {
     /// Builds (or finds in the cache) the L1 image for `c`.
     pub fn build(cache: &Cache, c: &L1Contents<'_>) -> Result<Self, ImageError> {
-        let modules = c.l2.kernel().modules()?.plan(L1_MODULES)?;
+        // L1 boots the L2 image's kernel, with the modules KVM needs.
+        let kernel = &c.l2.kernel();
+        let debian = kernel
+            .debian
+            .as_ref()
+            .ok_or_else(|| ImageError::NoModules(kernel.release.clone()))?;
+        let modules = debian.modules()?.plan(L1_MODULES)?;
         if let Some(m) = modules.missing.first() {
             return Err(ImageError::MissingModule(m.clone()));
         }

@@ -1,18 +1,22 @@
 //! What a benchmark or scenario brings into L1 beyond the rig's own image:
 //! the peer VMMs it compares agentvm with (Firecracker, cloud-hypervisor),
 //! found through environment variables and built by the user from their
-//! public sources, and agentvm's own guest kernel ([`OwnKernel`]).
+//! public sources, and agentvm's own guest kernel ([`OwnKernel`]) with the
+//! default image built around it ([`own_image`]).
 //!
-//! All of it travels on the scenario's read-only disk: the kernel under
-//! [`OWN_KERNEL_DIR`], each peer as a program with its libraries
+//! All of it travels on the scenario's read-only disk: that image
+//! directory under [`OWN_KERNEL_DIR`], each peer as a program with its libraries
 //! ([`Tools`]), callable as `/usr/bin/firecracker` and
 //! `/usr/bin/cloud-hypervisor` once the boot's setup lines ran.
 
 use std::path::{Path, PathBuf};
 
-use agentvm_image::{own_kernel, Cache, ImageError, KeyHasher, OwnKernel, Progress};
+use agentvm_image::{
+    files, own_kernel, BusyboxSource, Cache, GuestImage, ImageError, KernelSource, KeyHasher,
+    OwnKernel, Progress, Recipe,
+};
 
-use crate::image::disk_image;
+use crate::image::{disk_image, L2Image};
 use crate::scenario::{Vmm, OWN_KERNEL_DIR};
 use crate::tools::Tools;
 
@@ -86,18 +90,33 @@ pub fn own_kernel(progress: &mut dyn Progress) -> Result<OwnKernel, ImageError> 
     OwnKernel::build(&cache, &OwnKernel::source(), progress)
 }
 
-/// A disk with agentvm's own kernel (when given) and `tools`, cached in
-/// the rig's cache by content.
-pub fn disk(
-    cache: &Cache,
-    kernel: Option<&OwnKernel>,
-    tools: &Tools,
-) -> Result<PathBuf, ImageError> {
+/// The default image as `agentvm image build --kernel-build` makes it:
+/// agentvm's own kernel (built when the kernel cache lacks it: minutes),
+/// the L2 image's guest agent `agent` and busybox, no modules. Cached in
+/// the rig's cache, apart from the L2 image's.
+pub fn own_image(
+    rig_cache: &Cache,
+    l2: &L2Image,
+    agent: &Path,
+    progress: &mut dyn Progress,
+) -> Result<GuestImage, ImageError> {
+    let kernel = self::own_kernel(progress)?;
+    let cache = Cache::at(rig_cache.root().join("own-image"))?;
+    let mut recipe = Recipe::new(agent);
+    recipe.kernel = KernelSource::Own(kernel);
+    recipe.busybox = BusyboxSource::Binary(l2.image.busybox.clone());
+    GuestImage::build(&cache, &recipe)
+}
+
+/// A disk with the own-kernel image (when given, under
+/// [`OWN_KERNEL_DIR`]) and `tools`, cached in the rig's cache by content.
+pub fn disk(cache: &Cache, own: Option<&GuestImage>, tools: &Tools) -> Result<PathBuf, ImageError> {
     let tool_files = tools.disk_files()?;
     let mut files: Vec<(String, PathBuf)> = tool_files;
-    if let Some(k) = kernel {
-        files.push((format!("{OWN_KERNEL_DIR}/vmlinux"), k.vmlinux()));
-        files.push((format!("{OWN_KERNEL_DIR}/bzImage"), k.bzimage()));
+    if let Some(image) = own {
+        for name in files::ALL {
+            files.push((format!("{OWN_KERNEL_DIR}/{name}"), image.dir.join(name)));
+        }
     }
     let mut key = KeyHasher::default();
     key.add(b"rig-peers-1");

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use thiserror::Error;
 
-use agentvm_image::{Cache, CacheLock, ImageError};
+use agentvm_image::{Cache, CacheLock, GuestImage, ImageError, Progress};
 
 use crate::binaries::{self, StaticBinaries};
 use crate::image::{L1Contents, L1Image, L2Extras, L2Image, SshPeer, Tmux};
@@ -208,6 +208,20 @@ impl Rig {
         )?)
     }
 
+    /// Builds (or finds) the default image with agentvm's own kernel
+    /// ([`crate::peers::own_image`]); building the kernel takes minutes,
+    /// which `progress` hears of.
+    pub fn own_image(&self, progress: &mut dyn Progress) -> Result<GuestImage, RunError> {
+        let bins = binaries::build()?;
+        let l2 = self.l2_image()?;
+        Ok(crate::peers::own_image(
+            &self.cache,
+            &l2,
+            &bins.agent,
+            progress,
+        )?)
+    }
+
     /// The SSH peer, or why it is not there.
     fn ssh_peer(&self) -> Result<SshPeer, RunError> {
         SshPeer::find(&self.cache)?.ok_or_else(|| {
@@ -328,9 +342,13 @@ impl Rig {
         let sock_dir = std::env::temp_dir().join(format!("agentvm-rig-{}", std::process::id()));
         fs::create_dir_all(&sock_dir).map_err(io_err("Cannot create", &sock_dir))?;
         let own = if scenario.needs_own_kernel() {
-            Some(crate::peers::own_kernel(&mut |line: &str| {
-                eprintln!("rig: {line}")
-            })?)
+            let mut progress = |line: &str| eprintln!("rig: {line}");
+            Some(crate::peers::own_image(
+                &self.cache,
+                l2,
+                &bins.agent,
+                &mut progress,
+            )?)
         } else {
             None
         };
@@ -350,8 +368,9 @@ impl Rig {
             // Where the direct tier finds what a nested run carries on its
             // disk: the kernel in its cache, the peers where the benchmark
             // was told they are.
-            own_vmlinux: own.as_ref().map(|k| k.vmlinux()).unwrap_or_default(),
-            own_bzimage: own.as_ref().map(|k| k.bzimage()).unwrap_or_default(),
+            own_image_dir: own.as_ref().map(|i| i.dir.clone()).unwrap_or_default(),
+            own_vmlinux: own.as_ref().map(|i| i.vmlinux.clone()).unwrap_or_default(),
+            own_bzimage: own.as_ref().map(|i| i.bzimage.clone()).unwrap_or_default(),
             firecracker: std::env::var_os(crate::PEER_FIRECRACKER_ENV)
                 .map_or_else(|| "firecracker".into(), PathBuf::from),
             cloud_hypervisor: std::env::var_os(crate::PEER_CLOUD_HYPERVISOR_ENV)

@@ -87,11 +87,12 @@ pub struct Boot {
     pub memory_mib: u32,
     /// What the L2 init does.
     pub mode: GuestMode,
-    /// Leave out `quiet`, so the whole kernel log goes to the console.
+    /// Leave out `quiet`, so the whole kernel log goes to the console,
+    /// each line with its time (`printk.time=1`).
     pub verbose: bool,
-    /// Appended to the kernel command line (rig init modes, and agent
-    /// boots of the own kernel; an agent boot of the image uses the
-    /// image's command line as it is).
+    /// Appended to the kernel command line (an agent boot, which otherwise
+    /// uses its image's command line as it is, then gets the images'
+    /// default command line with this after it).
     pub extra_cmdline: String,
     /// Kill the VMM after this long.
     pub timeout: Duration,
@@ -251,9 +252,11 @@ impl Boot {
     /// The full kernel command line of a rig init boot.
     pub fn cmdline(&self) -> String {
         let mut c = BASE_CMDLINE.to_string();
-        if !self.verbose {
-            c.push_str(" quiet");
-        }
+        c.push_str(if self.verbose {
+            " printk.time=1"
+        } else {
+            " quiet"
+        });
         c.push_str(" rdinit=");
         c.push_str(RIG_INIT);
         c.push_str(" rig.mode=");
@@ -323,9 +326,14 @@ impl Boot {
             Vmm::Agentvm => {
                 let agent = self.mode == GuestMode::Agent;
                 let mut args: Vec<String> = vec!["boot".into()];
-                if agent && !self.own_kernel {
+                if agent {
                     // The image as it is: its kernel and command line.
-                    args.extend(["--image".into(), s(&p.image_dir)]);
+                    let image = if self.own_kernel {
+                        &p.own_image_dir
+                    } else {
+                        &p.image_dir
+                    };
+                    args.extend(["--image".into(), s(image)]);
                 } else {
                     args.extend([
                         "--kernel".into(),
@@ -335,16 +343,10 @@ impl Boot {
                     ]);
                 }
                 if agent {
-                    if self.own_kernel {
-                        // The image's initramfs and command line around our
-                        // kernel (its module list names Debian's modules,
-                        // which the agent cannot load there and needs none
-                        // of).
-                        let mut cmdline = agentvm_image::DEFAULT_CMDLINE.to_string();
-                        if !self.extra_cmdline.is_empty() {
-                            cmdline.push(' ');
-                            cmdline.push_str(&self.extra_cmdline);
-                        }
+                    if !self.extra_cmdline.is_empty() {
+                        // The image's command line, and more.
+                        let cmdline =
+                            format!("{} {}", agentvm_image::DEFAULT_CMDLINE, self.extra_cmdline);
                         args.extend(["--cmdline".into(), cmdline]);
                     }
                     args.extend(["--vsock".into(), s(&self.vsock_path(&p.sock_dir))]);
@@ -452,8 +454,11 @@ pub struct BootPaths {
     pub bzimage: PathBuf,
     /// L2 initramfs.
     pub initrd: PathBuf,
-    /// agentvm's own kernel, vmlinux ([`agentvm_image::OwnKernel`]; on the
-    /// scenario's disk in L1).
+    /// The default image with agentvm's own kernel
+    /// ([`crate::peers::own_image`]; on the scenario's disk in L1): an image
+    /// directory with `vmlinux`, `bzImage`, `initrd.img` and `cmdline`.
+    pub own_image_dir: PathBuf,
+    /// agentvm's own kernel, vmlinux (in [`BootPaths::own_image_dir`]).
     pub own_vmlinux: PathBuf,
     /// agentvm's own kernel, bzImage.
     pub own_bzimage: PathBuf,
@@ -482,8 +487,13 @@ impl BootPaths {
             vmlinux: l2.join(files::VMLINUX),
             bzimage: l2.join(files::BZIMAGE),
             initrd: l2.join(files::INITRD),
-            own_vmlinux: Path::new(p::DISK_DIR).join(OWN_KERNEL_DIR).join("vmlinux"),
-            own_bzimage: Path::new(p::DISK_DIR).join(OWN_KERNEL_DIR).join("bzImage"),
+            own_image_dir: Path::new(p::DISK_DIR).join(OWN_KERNEL_DIR),
+            own_vmlinux: Path::new(p::DISK_DIR)
+                .join(OWN_KERNEL_DIR)
+                .join(files::VMLINUX),
+            own_bzimage: Path::new(p::DISK_DIR)
+                .join(OWN_KERNEL_DIR)
+                .join(files::BZIMAGE),
             firecracker: "/usr/bin/firecracker".into(),
             cloud_hypervisor: "/usr/bin/cloud-hypervisor".into(),
         }
@@ -999,19 +1009,17 @@ mod tests {
         let (_, args) = oa.command(&paths());
         let cmdline = format!("{} acpi=off", agentvm_image::DEFAULT_CMDLINE);
         assert_eq!(
-            args[..7],
+            args[..5],
             [
                 "boot",
-                "--kernel",
-                "/disk/own-kernel/vmlinux",
-                "--initrd",
-                "/l2/initrd.img",
+                "--image",
+                "/disk/own-kernel",
                 "--cmdline",
                 cmdline.as_str()
             ]
         );
         assert!(args.windows(2).any(|w| w == ["--vsock", "/tmp/oa.vsock"]));
-        assert!(!args.iter().any(|a| a == "--image"));
+        assert!(!args.iter().any(|a| a == "--kernel" || a == "--initrd"));
 
         let s = Scenario::new("p", vec![fc, ch]);
         assert!(s.needs_own_kernel());

@@ -28,7 +28,7 @@ fn l2_image_is_the_default_image_with_the_rig_init_appended() {
     let image = &l2.image;
     eprintln!(
         "kernel {} ({}): {:?}",
-        image.kernel.release, image.kernel.package.version, image.facts
+        image.kernel.release, image.kernel.version, image.facts
     );
     let order: Vec<&str> = image
         .modules

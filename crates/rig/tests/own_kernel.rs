@@ -71,7 +71,9 @@ fn the_own_kernel_runs_the_agent_with_every_device() {
         return;
     };
     let mut progress = |line: &str| eprintln!("own_kernel: {line}");
-    let kernel = peers::own_kernel(&mut progress).unwrap_or_else(|e| panic!("{}", error_chain(&e)));
+    let image = rig
+        .own_image(&mut progress)
+        .unwrap_or_else(|e| panic!("{}", error_chain(&e)));
     let nested = rig.tier() == Tier::Nested;
     let mut full = Boot::agent("own", SCRIPT)
         .own_kernel()
@@ -100,7 +102,7 @@ fn the_own_kernel_runs_the_agent_with_every_device() {
     no_acpi.timeout = Duration::from_secs(150);
     let mut scenario = Scenario::new("own-kernel", vec![full, no_acpi]);
     if nested {
-        let disk = peers::disk(rig.cache(), Some(&kernel), &Tools::new())
+        let disk = peers::disk(rig.cache(), Some(&image), &Tools::new())
             .unwrap_or_else(|e| panic!("{}", error_chain(&e)));
         scenario = scenario.with_disk(disk);
     }

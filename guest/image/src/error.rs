@@ -73,6 +73,10 @@ pub enum ImageError {
     /// A module the image cannot work without is missing.
     #[error("Required kernel module {0} is neither in the package nor built in")]
     MissingModule(String),
+    /// Modules were asked of a kernel that has none (agentvm's own kernel
+    /// builds everything in).
+    #[error("Kernel {0} has no modules: it is agentvm's own kernel, with everything built in")]
+    NoModules(String),
     /// A binary that must run without shared libraries needs some.
     #[error("{} is dynamically linked; the guest needs a static binary", .0.display())]
     NotStatic(PathBuf),

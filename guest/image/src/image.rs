@@ -1,7 +1,9 @@
 //! The default guest image: Debian's cloud kernel (bzImage, and the vmlinux
 //! extracted from it), an initramfs whose `/init` is the static agentvm
 //! guest agent with busybox and the virtio/vsock/fuse/overlay/loop/erofs/ext4
-//! modules beside it, and the default kernel command line.
+//! modules beside it, and the default kernel command line. With agentvm's
+//! own kernel ([`KernelSource::Own`]) everything is built in and the
+//! initramfs carries no modules.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -15,6 +17,7 @@ use crate::elf::Elf64;
 use crate::error::ImageError;
 use crate::kernel::{self, Compression, KernelFacts};
 use crate::modules::ModulePlan;
+use crate::own_kernel::OwnKernel;
 use crate::progress::{Event, Progress, Quiet};
 
 /// The kernel metapackage images are built from.
@@ -64,7 +67,7 @@ pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=1 pci=off quiet"
 pub mod files {
     /// The vmlinux ELF (PVH entry), what `agentvm boot` boots.
     pub const VMLINUX: &str = "vmlinux";
-    /// Debian's bzImage, for VMMs that want one.
+    /// The kernel's bzImage, for VMMs that want one.
     pub const BZIMAGE: &str = "bzImage";
     /// The initramfs (uncompressed newc cpio).
     pub const INITRD: &str = "initrd.img";
@@ -96,6 +99,61 @@ pub enum KernelSource {
     Apt(String),
     /// A `linux-image-<release>` `.deb` file.
     Deb(PathBuf),
+    /// agentvm's own kernel, built ([`OwnKernel::build`]): no modules.
+    Own(OwnKernel),
+}
+
+/// What [`ImageKernel::package`] says for agentvm's own kernel.
+pub const OWN_KERNEL_PACKAGE: &str = "agentvm guest kernel";
+
+/// The kernel an image boots.
+#[derive(Debug, Clone)]
+pub struct ImageKernel {
+    /// `uname -r` (`6.1.0-41-cloud-amd64`, `6.12.118`).
+    pub release: String,
+    /// The Debian package it came from, or [`OWN_KERNEL_PACKAGE`].
+    pub package: String,
+    /// The package's version, or the own kernel's cache entry
+    /// (`guest-kernel-<key>`), which names the fragment and source.
+    pub version: String,
+    /// Its bzImage.
+    pub bzimage: PathBuf,
+    /// The Debian package, whose modules the image carries; `None` for
+    /// agentvm's own kernel, which has everything built in.
+    pub debian: Option<DebianKernel>,
+}
+
+impl ImageKernel {
+    fn debian(k: DebianKernel) -> Self {
+        ImageKernel {
+            release: k.release.clone(),
+            package: k.package.name.clone(),
+            version: k.package.version.clone(),
+            bzimage: k.bzimage.clone(),
+            debian: Some(k),
+        }
+    }
+
+    fn own(k: &OwnKernel) -> Result<Self, ImageError> {
+        let bzimage = k.bzimage();
+        let bz = fs::read(&bzimage).map_err(|e| ImageError::io("Cannot read", &bzimage, e))?;
+        let release = kernel::release(&bz).ok_or_else(|| ImageError::Kernel {
+            path: bzimage.clone(),
+            source: kernel::KernelError::NotBzImage,
+        })?;
+        let version = k
+            .dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        Ok(ImageKernel {
+            release,
+            package: OWN_KERNEL_PACKAGE.to_string(),
+            version,
+            bzimage,
+            debian: None,
+        })
+    }
 }
 
 /// Where busybox comes from.
@@ -145,7 +203,7 @@ pub struct GuestImage {
     pub dir: PathBuf,
     /// The vmlinux extracted from the bzImage.
     pub vmlinux: PathBuf,
-    /// The Debian bzImage.
+    /// The kernel's bzImage.
     pub bzimage: PathBuf,
     /// The initramfs.
     pub initrd: PathBuf,
@@ -153,10 +211,11 @@ pub struct GuestImage {
     pub cmdline: String,
     /// What the kernel image looks like.
     pub facts: KernelFacts,
-    /// Which modules the image loads, which are built in, which do not exist.
+    /// Which modules the image loads, which are built in, which do not
+    /// exist (none of any with agentvm's own kernel).
     pub modules: ModulePlan,
-    /// The kernel package.
-    pub kernel: DebianKernel,
+    /// The kernel.
+    pub kernel: ImageKernel,
     /// The busybox binary the image carries.
     pub busybox: PathBuf,
     /// The busybox package, when it came from one.
@@ -182,8 +241,11 @@ impl GuestImage {
             return Err(ImageError::NotStatic(recipe.agent.clone()));
         }
         let kernel = match &recipe.kernel {
-            KernelSource::Apt(meta) => DebianKernel::fetch(cache, meta, progress)?,
-            KernelSource::Deb(deb) => DebianKernel::from_deb(cache, deb)?,
+            KernelSource::Apt(meta) => {
+                ImageKernel::debian(DebianKernel::fetch(cache, meta, progress)?)
+            }
+            KernelSource::Deb(deb) => ImageKernel::debian(DebianKernel::from_deb(cache, deb)?),
+            KernelSource::Own(own) => ImageKernel::own(own)?,
         };
         let (busybox, busybox_package) = match &recipe.busybox {
             BusyboxSource::Apt => {
@@ -199,16 +261,25 @@ impl GuestImage {
         if !is_static(&busybox)? {
             return Err(ImageError::NotStatic(busybox));
         }
-        let wanted: Vec<&str> = recipe.modules.iter().map(String::as_str).collect();
-        let modules = kernel.modules()?.plan(&wanted)?;
-        for needed in REQUIRED_MODULES {
-            if modules.missing.iter().any(|m| m == needed) {
-                return Err(ImageError::MissingModule(needed.to_string()));
+        // Our own kernel has every module's code built in
+        // (guest/kernel/required-options.txt): it loads nothing.
+        let modules = match &kernel.debian {
+            Some(debian) => {
+                let wanted: Vec<&str> = recipe.modules.iter().map(String::as_str).collect();
+                let modules = debian.modules()?.plan(&wanted)?;
+                for needed in REQUIRED_MODULES {
+                    if modules.missing.iter().any(|m| m == needed) {
+                        return Err(ImageError::MissingModule(needed.to_string()));
+                    }
+                }
+                modules
             }
-        }
+            None => ModulePlan::default(),
+        };
         let mut key = KeyHasher::default();
         key.add(LAYOUT_VERSION.as_bytes())
-            .add(kernel.package.version.as_bytes())
+            .add(kernel.package.as_bytes())
+            .add(kernel.version.as_bytes())
             .add(kernel.release.as_bytes())
             .add(recipe.cmdline.as_bytes());
         key.add_file(&busybox)?.add_file(&recipe.agent)?;

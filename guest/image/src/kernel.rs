@@ -175,6 +175,30 @@ pub fn payload(bzimage: &[u8]) -> Result<(&[u8], u16), KernelError> {
     Ok((data, version))
 }
 
+/// The kernel release (`uname -r`) a bzImage names in its setup header:
+/// `kernel_version` (0x20e) points, less 0x200, at a NUL-terminated
+/// string such as `6.12.118 (agentvm@agentvm) #1 SMP …`, whose first word
+/// is the release. `None` when the header has no readable one.
+pub fn release(bzimage: &[u8]) -> Option<String> {
+    /// The string is at most this long (the kernel's UTS_RELEASE and build
+    /// banner); a longer run without a NUL is not a version string.
+    const MAX: usize = 256;
+    payload(bzimage).ok()?;
+    let ptr = bzimage
+        .get(0x20e..0x210)
+        .map(|b| u16::from_le_bytes([b[0], b[1]]))?;
+    if ptr == 0 {
+        return None;
+    }
+    let start = usize::from(ptr) + 0x200;
+    let tail = bzimage.get(start..)?;
+    let text = &tail[..tail.len().min(MAX)];
+    let end = text.iter().position(|&b| b == 0)?;
+    let word = std::str::from_utf8(&text[..end]).ok()?.split(' ').next()?;
+    let printable = |c: char| c.is_ascii_alphanumeric() || "._+-~".contains(c);
+    (!word.is_empty() && word.chars().all(printable)).then(|| word.to_string())
+}
+
 /// Decompresses the payload into the vmlinux ELF (with the relocation table
 /// the x86 build appends cut off) and reports what it found.
 pub fn extract_vmlinux(bzimage: &[u8]) -> Result<(Vec<u8>, KernelFacts), KernelError> {
@@ -182,8 +206,15 @@ pub fn extract_vmlinux(bzimage: &[u8]) -> Result<(Vec<u8>, KernelFacts), KernelE
     let compression = Compression::detect(payload).ok_or_else(|| {
         KernelError::UnknownCompression(payload.iter().take(8).copied().collect())
     })?;
-    // Every x86 compressor rule appends the uncompressed size (size_append).
-    let (stream, size) = payload.split_at(payload.len().saturating_sub(4));
+    // The payload ends in the uncompressed size: appended by every x86
+    // compressor rule (size_append) but gzip's, whose own trailer ends in
+    // it (ISIZE), so there it stays part of the stream.
+    let (rest, size) = payload.split_at(payload.len().saturating_sub(4));
+    let stream = if compression == Compression::Gzip {
+        payload
+    } else {
+        rest
+    };
     let want = size.try_into().map(u32::from_le_bytes).unwrap_or(0) as usize;
     let mut raw = decompress(compression, stream)?;
     if raw.len() != want {
@@ -295,6 +326,26 @@ mod tests {
     }
 
     #[test]
+    fn release_comes_from_the_setup_header() {
+        let mut img = fake_bzimage(&[1, 2, 3]);
+        assert_eq!(release(&img), None, "no kernel_version pointer");
+        img[0x20e..0x210].copy_from_slice(&0x200u16.to_le_bytes());
+        img[0x400..0x400 + 30].copy_from_slice(b"6.12.118 (agentvm@agentvm) #1\0");
+        assert_eq!(release(&img).as_deref(), Some("6.12.118"));
+        // A pointer past the end, no NUL, or bytes no release has.
+        img[0x20e..0x210].copy_from_slice(&0xfff0u16.to_le_bytes());
+        assert_eq!(release(&img), None);
+        img[0x20e..0x210].copy_from_slice(&0x200u16.to_le_bytes());
+        img[0x400..0x400 + 8].copy_from_slice(b"6.1\x1b]0;x");
+        assert_eq!(release(&img), None);
+        let mut no_nul = fake_bzimage(&[7; 600]);
+        no_nul[0x20e..0x210].copy_from_slice(&0x200u16.to_le_bytes());
+        no_nul[0x400..].fill(b'6');
+        assert_eq!(release(&no_nul), None);
+        assert_eq!(release(&[0u8; 1024]), None, "not a bzImage");
+    }
+
+    #[test]
     fn rejects_non_bzimage() {
         assert!(matches!(
             payload(&[0u8; 1024]),
@@ -308,10 +359,8 @@ mod tests {
         ));
     }
 
-    #[test]
-    fn extracts_lz4_vmlinux_with_pvh_note() {
-        // An ELF with a Xen PVH note, LZ4-"compressed" as literals only,
-        // followed by fake relocations and the appended size.
+    /// An ELF64 header with one PT_NOTE program header over a Xen PVH note.
+    fn elf_with_pvh_note() -> Vec<u8> {
         let mut elf = vec![0u8; 64 + 56];
         elf[..6].copy_from_slice(b"\x7fELF\x02\x01");
         elf[0x20..0x28].copy_from_slice(&64u64.to_le_bytes());
@@ -325,6 +374,36 @@ mod tests {
         }
         elf.extend_from_slice(b"Xen\0");
         elf.extend_from_slice(&0x0100_0abcu32.to_le_bytes());
+        elf
+    }
+
+    /// gzip, the kernel's default compressor: its payload is the gzip file
+    /// as it is, whose trailer already ends in the size (no size_append).
+    #[test]
+    fn extracts_gzip_vmlinux() {
+        let elf = elf_with_pvh_note();
+        let mut child = Command::new("gzip")
+            .args(["-n", "-9", "-c"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(&elf).unwrap();
+        let gz = child.wait_with_output().unwrap().stdout;
+        assert_eq!(gz[gz.len() - 4..], (elf.len() as u32).to_le_bytes());
+        let (vmlinux, facts) = extract_vmlinux(&fake_bzimage(&gz)).unwrap();
+        assert_eq!(vmlinux, elf);
+        assert_eq!(facts.compression, Compression::Gzip);
+        assert_eq!(facts.pvh_entry, Some(0x0100_0abc));
+        // A truncated stream is an error, not a short kernel.
+        assert!(extract_vmlinux(&fake_bzimage(&gz[..gz.len() - 8])).is_err());
+    }
+
+    #[test]
+    fn extracts_lz4_vmlinux_with_pvh_note() {
+        // An ELF with a Xen PVH note, LZ4-"compressed" as literals only,
+        // followed by fake relocations and the appended size.
+        let elf = elf_with_pvh_note();
         let elf_len = elf.len();
         let mut plain = elf.clone();
         plain.extend_from_slice(&[0xee; 8]);

@@ -41,8 +41,8 @@ pub use cache::{Cache, CacheLock, KeyHasher};
 pub use debian::{DebPackage, DebianKernel};
 pub use error::{on_path, run, which, ImageError};
 pub use image::{
-    files, is_static, layout, BusyboxSource, GuestImage, KernelSource, Recipe, DEFAULT_CMDLINE,
-    GUEST_MODULES, KERNEL_META,
+    files, is_static, layout, BusyboxSource, GuestImage, ImageKernel, KernelSource, Recipe,
+    DEFAULT_CMDLINE, GUEST_MODULES, KERNEL_META, OWN_KERNEL_PACKAGE,
 };
 pub use own_kernel::OwnKernel;
 pub use progress::{Event, Progress, Quiet};

@@ -58,8 +58,8 @@ impl Stamp {
             layout: LAYOUT_VERSION.to_string(),
             key: image.key.clone(),
             kernel_release: image.kernel.release.clone(),
-            kernel_package: image.kernel.package.name.clone(),
-            kernel_version: image.kernel.package.version.clone(),
+            kernel_package: image.kernel.package.clone(),
+            kernel_version: image.kernel.version.clone(),
             agent_digest: agent_digest(agent)?,
             built_unix: SystemTime::now()
                 .duration_since(UNIX_EPOCH)

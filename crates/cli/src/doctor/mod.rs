@@ -202,7 +202,7 @@ fn host_checks() -> bool {
         // Tiny and PVM-enabled guests run, but not what agentvm is for.
         ok = false;
         println!(
-            "default image: cannot boot here (Debian's stock kernel needs hardware KVM); \
+            "default image: cannot boot here (its stock kernel, Debian's or agentvm's own, needs hardware KVM); \
              use a host with VT-x/AMD-V, boot a PVM guest kernel with `agentvm boot --kernel`, \
              or watch the default image boot inside the nested rig: `cargo demo`"
         );

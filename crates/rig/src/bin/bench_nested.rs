@@ -178,7 +178,7 @@ fn run(args: &Args) -> Result<ExitCode, String> {
     vmms.extend(peers.vmms());
     let kernel = if args.own {
         Some(
-            peers::own_kernel(&mut |l: &str| eprintln!("bench-nested: {l}"))
+            rig.own_image(&mut |l: &str| eprintln!("bench-nested: {l}"))
                 .map_err(|e| chain(&e))?,
         )
     } else {
