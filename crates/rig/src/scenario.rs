@@ -677,6 +677,8 @@ pub struct BootResult {
     pub first_output: Option<Duration>,
     /// The VMM's resident memory outside guest RAM at the first line, KiB.
     pub vmm_rss_kib: Option<u64>,
+    /// The CPU each VMM thread had used at the first line: `(name, ms)`.
+    pub vmm_threads_cpu: Vec<(String, u64)>,
     /// `RIG-L2` markers in order.
     pub markers: Vec<(String, String)>,
     /// `RIG-EXEC` markers (the boot's script) in order.
@@ -688,6 +690,23 @@ pub struct BootResult {
 }
 
 impl BootResult {
+    /// The CPU the VMM's threads other than its vCPUs had used at the
+    /// first line, ms (vCPU threads are `vcpuN` in agentvm and
+    /// cloud-hypervisor, `fc_vcpu N` in Firecracker, `CPU N/KVM` in QEMU).
+    pub fn vmm_cpu_beside_vcpus_ms(&self) -> Option<u64> {
+        let is_vcpu = |name: &str| {
+            name.to_ascii_lowercase().contains("vcpu")
+                || (name.starts_with("CPU") && name.ends_with("/KVM"))
+        };
+        (!self.vmm_threads_cpu.is_empty()).then(|| {
+            self.vmm_threads_cpu
+                .iter()
+                .filter(|(name, _)| !is_vcpu(name))
+                .map(|(_, ms)| ms)
+                .sum()
+        })
+    }
+
     /// The first value of the L2 marker `key`.
     pub fn marker(&self, key: &str) -> Option<&str> {
         self.markers
@@ -808,6 +827,7 @@ pub fn parse_log(log: &str) -> (Vec<(String, String)>, Vec<BootResult>) {
                     exit_after: Duration::ZERO,
                     first_output: None,
                     vmm_rss_kib: None,
+                    vmm_threads_cpu: Vec::new(),
                     markers: Vec::new(),
                     exec: Vec::new(),
                     script_exit: None,
@@ -838,6 +858,16 @@ pub fn parse_log(log: &str) -> (Vec<(String, String)>, Vec<BootResult>) {
                         .map(|v| Duration::from_secs_f64(v / 1e3))
                 }
                 "vmm_rss_kib" => b.vmm_rss_kib = m.value.parse().ok(),
+                "threads_cpu_ms" => {
+                    b.vmm_threads_cpu = m
+                        .value
+                        .split(',')
+                        .filter_map(|t| {
+                            let (name, ms) = t.rsplit_once(':')?;
+                            Some((name.to_string(), ms.parse().ok()?))
+                        })
+                        .collect()
+                }
                 "script_exit" => b.script_exit = VmmExit::from_marker(&m.value),
                 "end" => boots.extend(cur.take()),
                 "error" => {
@@ -1040,10 +1070,14 @@ mod tests {
         let log = "RIG-VMM begin=a\nRIG-L2 init=start\nRIG-VMM exit=0\n\
                    RIG-VMM first_line_ms=900.0\nRIG-VMM exit_ms=1000.0\n\
                    RIG-VMM first_output_ms=120.5\nRIG-VMM vmm_rss_kib=5120\nRIG-VMM end=a\n\
+                   RIG-VMM threads_cpu_ms=agentvm:120,vcpu0:900,fc_vcpu_0:5,CPU_0/KVM:7,console:3\n\
                    RIG-VMM begin=b\nRIG-VMM vmm_rss_kib=lots\nRIG-VMM end=b\n";
         let (_, boots) = parse_log(log);
         assert_eq!(boots[0].first_output, Some(Duration::from_micros(120_500)));
         assert_eq!(boots[0].vmm_rss_kib, Some(5120));
+        assert_eq!(boots[0].vmm_threads_cpu.len(), 5);
+        assert_eq!(boots[0].vmm_cpu_beside_vcpus_ms(), Some(123));
+        assert_eq!(boots[1].vmm_cpu_beside_vcpus_ms(), None);
         assert_eq!((boots[1].first_output, boots[1].vmm_rss_kib), (None, None));
     }
 

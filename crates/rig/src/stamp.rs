@@ -74,7 +74,7 @@ impl VmmExit {
 }
 
 /// What a timed run measured.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct StampOutcome {
     /// How the process ended.
     pub exit: VmmExit,
@@ -90,6 +90,10 @@ pub struct StampOutcome {
     /// The VMM's resident memory outside guest RAM when the first line
     /// appeared, KiB ([`StampSpec::guest_mib`]).
     pub vmm_rss_kib: Option<u64>,
+    /// The CPU time each of the VMM's threads had used when the first line
+    /// appeared: `(name, ms)`, in thread order. Where a VMM spends CPU
+    /// beside its vCPUs matters when L1 has one CPU: it is the guest's.
+    pub vmm_threads_cpu: Vec<(String, u64)>,
 }
 
 /// Which process an event is about.
@@ -197,6 +201,7 @@ pub fn stamp(spec: &StampSpec, sink: &mut dyn Write) -> io::Result<StampOutcome>
     let mut first_line = None;
     let mut first_output = None;
     let mut vmm_rss_kib = None;
+    let mut vmm_threads_cpu = Vec::new();
     let mut exited: Option<(Instant, io::Result<ExitStatus>)> = None;
     let mut eofs = 0;
     let mut killed_at: Option<Instant> = None;
@@ -234,6 +239,7 @@ pub fn stamp(spec: &StampSpec, sink: &mut dyn Write) -> io::Result<StampOutcome>
                         vmm_rss_kib = std::fs::read_to_string(format!("/proc/{pid}/smaps"))
                             .ok()
                             .map(|smaps| rss_outside_guest_kib(&smaps, mib));
+                        vmm_threads_cpu = threads_cpu_ms(pid);
                     }
                     if let Some(file) = &spec.then {
                         script = start_script(file, &tx, sink)?;
@@ -302,6 +308,7 @@ pub fn stamp(spec: &StampSpec, sink: &mut dyn Write) -> io::Result<StampOutcome>
         script,
         first_output,
         vmm_rss_kib,
+        vmm_threads_cpu,
     };
     write_outcome(sink, &spec.name, &outcome)?;
     Ok(outcome)
@@ -406,6 +413,14 @@ fn write_outcome(sink: &mut dyn Write, name: &str, o: &StampOutcome) -> io::Resu
     if let Some(kib) = o.vmm_rss_kib {
         writeln!(sink, "RIG-VMM vmm_rss_kib={kib}")?;
     }
+    if !o.vmm_threads_cpu.is_empty() {
+        let threads: Vec<String> = o
+            .vmm_threads_cpu
+            .iter()
+            .map(|(name, ms)| format!("{}:{ms}", name.replace([' ', ',', ':'], "_")))
+            .collect();
+        writeln!(sink, "RIG-VMM threads_cpu_ms={}", threads.join(","))?;
+    }
     if let Some(s) = o.script {
         writeln!(sink, "RIG-VMM script_exit={}", s.to_marker())?;
     }
@@ -446,6 +461,44 @@ pub fn rss_outside_guest_kib(smaps: &str, guest_mib: u32) -> u64 {
     total
 }
 
+/// Each thread of process `pid`: its name and the CPU it has used (user
+/// and system), ms; empty when /proc cannot tell.
+fn threads_cpu_ms(pid: i32) -> Vec<(String, u64)> {
+    // SAFETY: sysconf only reads a configuration value.
+    let ticks = match unsafe { libc::sysconf(libc::_SC_CLK_TCK) } {
+        t if t > 0 => t as u64,
+        _ => 100,
+    };
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    let mut tids: Vec<u64> = dir
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    tids.sort_unstable();
+    tids.into_iter()
+        .filter_map(|tid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")).ok()?;
+            let (name, ticks_used) = thread_cpu_ticks(&stat)?;
+            Some((name, ticks_used * 1000 / ticks))
+        })
+        .collect()
+}
+
+/// A thread's name and its user + system clock ticks, from its
+/// `/proc/PID/task/TID/stat` line: `tid (comm) state … utime stime …`,
+/// where comm may hold spaces and parentheses.
+fn thread_cpu_ticks(stat: &str) -> Option<(String, u64)> {
+    let open = stat.find('(')?;
+    let close = stat.rfind(')')?;
+    let name = stat.get(open + 1..close)?.to_string();
+    let rest: Vec<&str> = stat.get(close + 1..)?.split_whitespace().collect();
+    // After the name: state (0), … utime (11), stime (12).
+    let utime: u64 = rest.get(11)?.parse().ok()?;
+    let stime: u64 = rest.get(12)?.parse().ok()?;
+    Some((name, utime + stime))
+}
+
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
     needle.is_empty() || hay.windows(needle.len()).any(|w| w == needle)
 }
@@ -468,6 +521,19 @@ mod tests {
         let mut out = Vec::new();
         let o = stamp(&spec, &mut out).unwrap();
         (o, String::from_utf8(out).unwrap())
+    }
+
+    #[test]
+    fn thread_cpu_comes_from_the_stat_line() {
+        let stat = "4242 (fc_vcpu 0) S 1 2 3 0 -1 4194560 10 0 0 0 250 40 0 0 20 0 1 0";
+        assert_eq!(thread_cpu_ticks(stat), Some(("fc_vcpu 0".into(), 290)));
+        let odd = "7 (a) b)) R 1 2 3 0 -1 0 0 0 0 0 5 6 0 0";
+        assert_eq!(thread_cpu_ticks(odd), Some(("a) b)".into(), 11)));
+        assert_eq!(thread_cpu_ticks("7 (x) R 1 2"), None);
+        assert_eq!(thread_cpu_ticks("garbage"), None);
+        // This process has a thread that has used some CPU.
+        let me = threads_cpu_ms(std::process::id() as i32);
+        assert!(!me.is_empty());
     }
 
     #[test]

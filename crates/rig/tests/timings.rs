@@ -31,7 +31,7 @@ for i in 1 2 own1 own2; do
   echo "RIG-EXEC up${i}=$(tr '\n' '|' < /tmp/up$i.out)"
   $AGENTVM run true; echo "RIG-EXEC run${i}_rc=$?"
   echo "RIG-EXEC kernel${i}=$($AGENTVM run -- uname -r)"
-  echo "RIG-EXEC modules${i}=$($AGENTVM run -- sh -c 'cat /proc/modules 2>/dev/null | wc -l')"
+  echo "RIG-EXEC modules${i}=$($AGENTVM run -- cat /proc/modules | wc -l)"
   $AGENTVM down >/dev/null 2>&1; echo "RIG-EXEC down${i}_rc=$?"
 done
 $AGENTVM attach --uds $UDS --poweroff

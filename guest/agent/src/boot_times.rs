@@ -16,12 +16,16 @@ use nix::time::{clock_gettime, ClockId};
 /// Where the milestones are written.
 pub const FILE: &str = "/run/agentvm/boot-times";
 
-/// Kernel log messages that mark a step: (milestone, message prefix).
+/// Kernel log messages that mark a step: (milestone, message prefix); the
+/// first of a milestone's messages to appear marks it.
 const KERNEL_STEPS: &[(&str, &str)] = &[
+    // With CONFIG_BLK_DEV_RAM (Debian's kernel) …
     (
         "initramfs_start",
         "Trying to unpack rootfs image as initramfs",
     ),
+    // … and without (agentvm's own).
+    ("initramfs_start", "Unpacking initramfs"),
     ("initramfs_end", "Freeing initrd memory"),
     ("kernel_runs_init", "Run /init as init process"),
 ];
@@ -145,6 +149,15 @@ mod tests {
             ]
         );
         assert!(kernel_steps("").is_empty());
+        // A kernel without ramdisk support says it another way.
+        let ours = "6,0,100,-;Unpacking initramfs...\n6,1,150,-;Freeing initrd memory: 9K\n";
+        assert_eq!(
+            kernel_steps(ours),
+            vec![
+                ("initramfs_start", Duration::from_micros(100)),
+                ("initramfs_end", Duration::from_micros(150)),
+            ]
+        );
     }
 
     #[test]
