@@ -381,6 +381,9 @@ impl Boot {
                     "-serial",
                     "stdio",
                     "-no-reboot",
+                    // Threads by name (`CPU 0/KVM`), for the CPU by thread.
+                    "-name",
+                    "debug-threads=on",
                     "-device",
                     "virtio-rng-device",
                 ];
@@ -1069,9 +1072,9 @@ mod tests {
     fn first_output_and_memory_are_parsed() {
         let log = "RIG-VMM begin=a\nRIG-L2 init=start\nRIG-VMM exit=0\n\
                    RIG-VMM first_line_ms=900.0\nRIG-VMM exit_ms=1000.0\n\
-                   RIG-VMM first_output_ms=120.5\nRIG-VMM vmm_rss_kib=5120\nRIG-VMM end=a\n\
+                   RIG-VMM first_output_ms=120.5\nRIG-VMM vmm_rss_kib=5120\n\
                    RIG-VMM threads_cpu_ms=agentvm:120,vcpu0:900,fc_vcpu_0:5,CPU_0/KVM:7,console:3\n\
-                   RIG-VMM begin=b\nRIG-VMM vmm_rss_kib=lots\nRIG-VMM end=b\n";
+                   RIG-VMM end=a\nRIG-VMM begin=b\nRIG-VMM vmm_rss_kib=lots\nRIG-VMM end=b\n";
         let (_, boots) = parse_log(log);
         assert_eq!(boots[0].first_output, Some(Duration::from_micros(120_500)));
         assert_eq!(boots[0].vmm_rss_kib, Some(5120));

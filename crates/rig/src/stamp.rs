@@ -94,6 +94,10 @@ pub struct StampOutcome {
     /// appeared: `(name, ms)`, in thread order. Where a VMM spends CPU
     /// beside its vCPUs matters when L1 has one CPU: it is the guest's.
     pub vmm_threads_cpu: Vec<(String, u64)>,
+    /// Of guest RAM, KiB resident and KiB of it in huge pages, when the
+    /// first line appeared (every first touch of a small page is a fault
+    /// the outer hypervisor handles, nested).
+    pub guest_ram_kib: Option<(u64, u64)>,
 }
 
 /// Which process an event is about.
@@ -202,6 +206,7 @@ pub fn stamp(spec: &StampSpec, sink: &mut dyn Write) -> io::Result<StampOutcome>
     let mut first_output = None;
     let mut vmm_rss_kib = None;
     let mut vmm_threads_cpu = Vec::new();
+    let mut guest_ram_kib = None;
     let mut exited: Option<(Instant, io::Result<ExitStatus>)> = None;
     let mut eofs = 0;
     let mut killed_at: Option<Instant> = None;
@@ -236,9 +241,9 @@ pub fn stamp(spec: &StampSpec, sink: &mut dyn Write) -> io::Result<StampOutcome>
                 {
                     first_line = Some(at - start);
                     if let Some(mib) = spec.guest_mib {
-                        vmm_rss_kib = std::fs::read_to_string(format!("/proc/{pid}/smaps"))
-                            .ok()
-                            .map(|smaps| rss_outside_guest_kib(&smaps, mib));
+                        let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).ok();
+                        vmm_rss_kib = smaps.as_ref().map(|s| rss_outside_guest_kib(s, mib));
+                        guest_ram_kib = smaps.as_ref().map(|s| guest_ram_resident_kib(s, mib));
                         vmm_threads_cpu = threads_cpu_ms(pid);
                     }
                     if let Some(file) = &spec.then {
@@ -309,6 +314,7 @@ pub fn stamp(spec: &StampSpec, sink: &mut dyn Write) -> io::Result<StampOutcome>
         first_output,
         vmm_rss_kib,
         vmm_threads_cpu,
+        guest_ram_kib,
     };
     write_outcome(sink, &spec.name, &outcome)?;
     Ok(outcome)
@@ -413,6 +419,9 @@ fn write_outcome(sink: &mut dyn Write, name: &str, o: &StampOutcome) -> io::Resu
     if let Some(kib) = o.vmm_rss_kib {
         writeln!(sink, "RIG-VMM vmm_rss_kib={kib}")?;
     }
+    if let Some((rss, huge)) = o.guest_ram_kib {
+        writeln!(sink, "RIG-VMM guest_ram_kib={rss} huge={huge}")?;
+    }
     if !o.vmm_threads_cpu.is_empty() {
         let threads: Vec<String> = o
             .vmm_threads_cpu
@@ -499,6 +508,44 @@ fn thread_cpu_ticks(stat: &str) -> Option<(String, u64)> {
     Some((name, utime + stime))
 }
 
+/// Of the guest RAM mappings in `smaps` (those [`rss_outside_guest_kib`]
+/// leaves out): KiB resident, and KiB of it mapped by huge pages
+/// (`AnonHugePages`, `ShmemPmdMapped`, `FilePmdMapped`).
+pub fn guest_ram_resident_kib(smaps: &str, guest_mib: u32) -> (u64, u64) {
+    let guest = u64::from(guest_mib) << 20;
+    let (mut rss, mut huge) = (0, 0);
+    let mut in_guest = false;
+    let kib = |v: &str| {
+        v.trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse::<u64>()
+            .unwrap_or(0)
+    };
+    for line in smaps.lines() {
+        let head = line.split_once(' ').and_then(|(r, _)| r.split_once('-'));
+        let range = head.and_then(|(a, b)| {
+            Some((
+                u64::from_str_radix(a, 16).ok()?,
+                u64::from_str_radix(b, 16).ok()?,
+            ))
+        });
+        if let Some((a, b)) = range {
+            in_guest = b.saturating_sub(a) >= guest / 2;
+        } else if !in_guest {
+            continue;
+        } else if let Some(v) = line.strip_prefix("Rss:") {
+            rss += kib(v);
+        } else if let Some(v) = ["AnonHugePages:", "ShmemPmdMapped:", "FilePmdMapped:"]
+            .iter()
+            .find_map(|k| line.strip_prefix(k))
+        {
+            huge += kib(v);
+        }
+    }
+    (rss, huge)
+}
+
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
     needle.is_empty() || hay.windows(needle.len()).any(|w| w == needle)
 }
@@ -551,6 +598,15 @@ mod tests {
         assert_eq!(rss_outside_guest_kib(smaps, 256), 2300);
         // A guest larger than every mapping leaves nothing out.
         assert_eq!(rss_outside_guest_kib(smaps, 4096), 122_300);
+        let huge = "7f0000000000-7f0010000000 rw-p 00000000 00:00 0\n\
+                    Rss:              120000 kB\n\
+                    AnonHugePages:    102400 kB\n\
+                    ShmemPmdMapped:        0 kB\n\
+                    7f0010000000-7f0010100000 rw-p 00000000 00:00 0\n\
+                    Rss:                 800 kB\n\
+                    AnonHugePages:       512 kB\n";
+        assert_eq!(guest_ram_resident_kib(huge, 256), (120_000, 102_400));
+        assert_eq!(guest_ram_resident_kib(huge, 8192), (0, 0));
     }
 
     #[test]

@@ -206,7 +206,10 @@ fn run(args: &Args) -> Result<ExitCode, String> {
     // where they are.
     let setup = (rig.tier() == Tier::Nested).then(|| {
         format!(
-            "mkdir -p /disk && mount -t ext4 -o ro /dev/vda /disk\n{}",
+            "mkdir -p /disk && mount -t ext4 -o ro /dev/vda /disk\n\
+             echo \"bench-nested: L1 transparent huge pages: \
+             $(cat /sys/kernel/mm/transparent_hugepage/enabled) / \
+             defrag $(cat /sys/kernel/mm/transparent_hugepage/defrag)\"\n{}",
             peers.tools().l1_setup()
         )
     });
