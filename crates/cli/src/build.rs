@@ -20,9 +20,19 @@ pub fn build_vm(config: VmConfig) -> anyhow::Result<Vm> {
         );
     }
     let uds = config.vsock.as_ref().map(|v| v.uds.clone());
-    VmBuilder::from_config(config)
+    let vm = VmBuilder::from_config(config)
         .build()
-        .map_err(|e| in_cli_words(e, uds.as_deref()))
+        .map_err(|e| in_cli_words(e, uds.as_deref()))?;
+    let t = vm.setup_times();
+    tracing::debug!(
+        "set up in {:.1} ms: devices {:.1}, VM and RAM {:.1}, kernel and initrd {:.1}, vCPUs {:.1}",
+        (t.devices + t.memory + t.boot_image + t.vcpus).as_secs_f64() * 1e3,
+        t.devices.as_secs_f64() * 1e3,
+        t.memory.as_secs_f64() * 1e3,
+        t.boot_image.as_secs_f64() * 1e3,
+        t.vcpus.as_secs_f64() * 1e3
+    );
+    Ok(vm)
 }
 
 /// `e` as the CLI says it; `uds` is the `--vsock` socket.

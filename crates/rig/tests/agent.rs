@@ -17,6 +17,11 @@
 //! and `agent` exits 0. Last, `sudo apt-get install` of a package the guest
 //! builds itself (no network) is gone after `down`/`up`, and kept with
 //! `persistent_root = true`.
+//!
+//! A second VM boots the same root file system on agentvm's own kernel
+//! (the image `agentvm image build --kernel-build` makes, on the disk
+//! too; its loop device, erofs, overlay and ext4 are built in): `up`,
+//! Claude Code's version and the tools, with a persistent root.
 #![allow(clippy::unwrap_used)] // a panicking test is a failing test
 
 use std::time::Duration;
@@ -110,6 +115,40 @@ echo "RIG-EXEC times=$t0 $t_up $t_version $t_tools $t_agent"
 $AGENTVM attach --uds $UDS --poweroff
 "##;
 
+/// In L1 before the second VM: an image directory with our kernel and the
+/// same root file system (bound in, as a symbolic link would point
+/// nowhere inside the guest, which reads it over virtio-fs).
+const OWN_SETUP: &str = r#"rm -rf /tmp/own-img && mkdir -p /tmp/own-img
+for f in vmlinux bzImage initrd.img cmdline; do ln -s /disk/own-kernel/$f /tmp/own-img/$f; done
+touch /tmp/own-img/rootfs.erofs && mount --bind /disk/rootfs.erofs /tmp/own-img/rootfs.erofs
+rm -rf /tmp/ws-own && mkdir -p /tmp/ws-own"#;
+
+/// The second VM: the root file system on our kernel.
+const OWN_SCRIPT: &str = r##"one_line() { head -c 1500 "$1" | tr '\n' '|'; }
+cd /tmp/ws-own
+$AGENTVM init --plugin claude-code >/tmp/init-own.out 2>&1; echo "RIG-EXEC init_rc=$?"
+cat > .agentvm/config.toml <<'CONFIG'
+name = "agent-own"
+plugins = ["claude-code"]
+image = "/tmp/own-img"
+persistent_root = true
+[resources]
+vcpus = 1
+memory_mib = 1536
+CONFIG
+$AGENTVM trust >/tmp/trust-own.out 2>&1; echo "RIG-EXEC trust_rc=$?"
+$AGENTVM up --timeout 900 >/tmp/up-own.out 2>&1; echo "RIG-EXEC up_rc=$?"
+echo "RIG-EXEC up_out=$(one_line /tmp/up-own.out)"
+echo "RIG-EXEC kernel=$($AGENTVM run 'uname -r' 2>&1)"
+$AGENTVM run 'claude --version' >/tmp/version-own.out 2>&1; echo "RIG-EXEC version_rc=$?"
+echo "RIG-EXEC version=$(one_line /tmp/version-own.out)"
+$AGENTVM run 'node --version; git --version; python3 -c "print(6*7)"; findmnt -n -o FSTYPE /' >/tmp/tools-own.out 2>&1
+echo "RIG-EXEC tools_rc=$?"
+echo "RIG-EXEC tools=$(one_line /tmp/tools-own.out)"
+$AGENTVM down >/tmp/down-own.out 2>&1; echo "RIG-EXEC down_rc=$?"
+$AGENTVM attach --uds $UDS --poweroff
+"##;
+
 #[test]
 fn claude_code_runs_in_the_vm_and_edits_the_workspace() {
     let Some(rig) = Rig::open_for_test().unwrap_or_else(|e| panic!("{}", error_chain(&e))) else {
@@ -128,6 +167,9 @@ fn claude_code_runs_in_the_vm_and_edits_the_workspace() {
     let l2 = rig
         .l2_image()
         .unwrap_or_else(|e| panic!("{}", error_chain(&e)));
+    let own = rig
+        .own_image(&mut |line: &str| eprintln!("own kernel: {line}"))
+        .unwrap_or_else(|e| panic!("{}", error_chain(&e)));
     let disk = {
         // The rig holds the cache's lock for as long as it is open.
         let cache = rig.cache();
@@ -145,15 +187,20 @@ fn claude_code_runs_in_the_vm_and_edits_the_workspace() {
             fs.timings
         );
         let key = format!(
-            "disk-agent-{}-{}",
+            "disk-agent-{}-{}-{}",
             fs.dir.file_name().unwrap().to_string_lossy(),
-            l2.key
+            l2.key,
+            own.key
         );
         let files = [
             ("vmlinux", l2.dir.join("vmlinux")),
             ("initrd.img", l2.dir.join("initrd.img")),
             ("cmdline", l2.dir.join("cmdline")),
             ("rootfs.erofs", fs.erofs.clone()),
+            ("own-kernel/vmlinux", own.vmlinux.clone()),
+            ("own-kernel/bzImage", own.bzimage.clone()),
+            ("own-kernel/initrd.img", own.initrd.clone()),
+            ("own-kernel/cmdline", own.dir.join("cmdline")),
         ];
         let files: Vec<(&str, &std::path::Path)> =
             files.iter().map(|(n, p)| (*n, p.as_path())).collect();
@@ -167,8 +214,13 @@ fn claude_code_runs_in_the_vm_and_edits_the_workspace() {
         .with_virtiofsd()
         .setup(&SETUP.replace("CONTENT", CONTENT));
     boot.timeout = Duration::from_secs(2400);
+    let mut own_boot = Boot::agent("agent-own", OWN_SCRIPT)
+        .memory_mib(256)
+        .with_virtiofsd()
+        .setup(OWN_SETUP);
+    own_boot.timeout = Duration::from_secs(1200);
     let r = rig
-        .run(&Scenario::new("agent", vec![boot]).with_disk(disk))
+        .run(&Scenario::new("agent", vec![boot, own_boot]).with_disk(disk))
         .unwrap_or_else(|e| panic!("{}", error_chain(&e)));
     let b = r.boot("agent").expect("boot ran");
     let ctx = r.context(b);
@@ -253,5 +305,40 @@ fn claude_code_runs_in_the_vm_and_edits_the_workspace() {
         "the install did not survive down/up; {ctx}"
     );
     assert_eq!(m("down2_rc"), "0", "{ctx}");
+    assert_eq!(b.exit_code(), Some(0), "{ctx}");
+    own_kernel_runs_the_root_file_system(&r);
+}
+
+/// The second VM's checks: the root file system on our kernel.
+fn own_kernel_runs_the_root_file_system(r: &agentvm_rig::ScenarioResult) {
+    let b = r.boot("agent-own").expect("boot ran");
+    let ctx = r.context(b);
+    let m = |k: &str| b.exec_marker(k).unwrap_or("<missing>");
+    eprintln!("own kernel: up: {}; tools: {}", m("up_out"), m("tools"));
+    for k in [
+        "init_rc",
+        "trust_rc",
+        "up_rc",
+        "version_rc",
+        "tools_rc",
+        "down_rc",
+    ] {
+        assert_eq!(m(k), "0", "{k}: {}; {ctx}", m("up_out"));
+    }
+    assert!(m("kernel").starts_with("6.12."), "{}; {ctx}", m("kernel"));
+    assert!(
+        m("version").contains("Claude Code"),
+        "{}; {ctx}",
+        m("version")
+    );
+    let tools = m("tools");
+    assert!(
+        tools.starts_with("v2") && tools.contains("git version") && tools.contains("|42|"),
+        "{tools}; {ctx}"
+    );
+    assert!(
+        tools.contains("overlay"),
+        "the root is the overlay: {tools}; {ctx}"
+    );
     assert_eq!(b.exit_code(), Some(0), "{ctx}");
 }

@@ -423,7 +423,12 @@ mod tests {
         let mut kept = Vec::new();
         for _ in 0..16 {
             let region = in_aligned_gap(len, || vm_memory::MmapRegion::<()>::new(len)).unwrap();
-            assert_eq!(region.as_ptr() as usize % HUGE_PAGE, 0, "{:p}", region.as_ptr());
+            assert_eq!(
+                region.as_ptr() as usize % HUGE_PAGE,
+                0,
+                "{:p}",
+                region.as_ptr()
+            );
             assert_eq!(region.size(), len);
             // Kept mapped, so each placement starts from a new layout.
             kept.push(region);

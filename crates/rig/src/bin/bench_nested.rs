@@ -11,7 +11,8 @@
 //! also to the VMM's first line of output, the kernel's banner. The VMM's
 //! resident memory outside guest RAM is read when the init's line appears.
 //! The VMM's CPU beside its vCPU threads until the init's line is read too
-//! (in one-CPU L1 it is time the guest did not run). Boots are interleaved (one of each VMM in turn) so drift in the host's
+//! (in one-CPU L1 it is time the guest did not run); agentvm's own set-up
+//! steps are in the log (`set up in … ms`). Boots are interleaved (one of each VMM in turn) so drift in the host's
 //! load hits all alike; each VMM and kernel gets a warm-up boot that is not
 //! counted. Medians, and each VMM's ratio to the fastest peer.
 //!
@@ -209,7 +210,8 @@ fn run(args: &Args) -> Result<ExitCode, String> {
             "mkdir -p /disk && mount -t ext4 -o ro /dev/vda /disk\n\
              echo \"bench-nested: L1 transparent huge pages: \
              $(cat /sys/kernel/mm/transparent_hugepage/enabled) / \
-             defrag $(cat /sys/kernel/mm/transparent_hugepage/defrag)\"\n{}",
+             defrag $(cat /sys/kernel/mm/transparent_hugepage/defrag)\"\n\
+             export AGENTVM_LOG=agentvm::build=debug\n{}",
             peers.tools().l1_setup()
         )
     });
