@@ -131,10 +131,10 @@ cat > .agentvm/config.toml <<'CONFIG'
 name = "agent-own"
 plugins = ["claude-code"]
 image = "/tmp/own-img"
-persistent_root = true
 [resources]
 vcpus = 1
 memory_mib = 1536
+persistent_root = true
 CONFIG
 $AGENTVM trust >/tmp/trust-own.out 2>&1; echo "RIG-EXEC trust_rc=$?"
 $AGENTVM up --timeout 900 >/tmp/up-own.out 2>&1; echo "RIG-EXEC up_rc=$?"
