@@ -9,6 +9,29 @@ mod common;
 
 use common::{agentvm, one_line_error};
 
+/// Whether apt-get is on the PATH (the image's downloads need it).
+fn has_apt() -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|d| d.join("apt-get").is_file()))
+}
+
+/// `agentvm image build ARGS` into a new data directory, which must
+/// succeed: the directory and what it printed.
+fn build_image(args: &[&str]) -> (tempfile::TempDir, String) {
+    let data = tempfile::tempdir().unwrap();
+    let mut all = vec!["image", "build"];
+    all.extend_from_slice(args);
+    let o = agentvm(&all, &[("XDG_DATA_HOME", data.path().to_str().unwrap())]);
+    let stdout = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(
+        o.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    eprintln!("{stdout}");
+    (data, stdout)
+}
+
 #[test]
 fn boot_without_an_image_says_to_build_one() {
     let dir = tempfile::tempdir().unwrap();
@@ -59,9 +82,7 @@ fn build_without_apt_says_what_to_do_instead() {
 
 #[test]
 fn a_dynamic_agent_is_refused() {
-    let has_apt = std::env::var_os("PATH")
-        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join("apt-get").is_file()));
-    if !has_apt {
+    if !has_apt() {
         eprintln!("skipped: no apt-get");
         return;
     }
@@ -79,24 +100,11 @@ fn a_dynamic_agent_is_refused() {
 /// agentvm, the files where `agentvm boot` looks.
 #[test]
 fn build_writes_the_default_image() {
-    let has_apt = std::env::var_os("PATH")
-        .is_some_and(|path| std::env::split_paths(&path).any(|d| d.join("apt-get").is_file()));
-    if !has_apt {
+    if !has_apt() {
         eprintln!("skipped: needs apt-get");
         return;
     }
-    let data = tempfile::tempdir().unwrap();
-    let o = agentvm(
-        &["image", "build"],
-        &[("XDG_DATA_HOME", data.path().to_str().unwrap())],
-    );
-    let stdout = String::from_utf8_lossy(&o.stdout);
-    assert!(
-        o.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    eprintln!("{stdout}");
+    let (data, stdout) = build_image(&[]);
     let dir = data.path().join("agentvm/images/default");
     assert!(stdout.contains(&format!("guest image: {}", dir.display())));
     let read = |f: &str| std::fs::read(dir.join(f)).unwrap();
@@ -123,24 +131,11 @@ fn build_writes_the_default_image() {
 /// minutes), and an initramfs without modules, which it needs none of.
 #[test]
 fn build_with_our_kernel_writes_an_image_without_modules() {
-    let has_apt = std::env::var_os("PATH")
-        .is_some_and(|path| std::env::split_paths(&path).any(|d| d.join("apt-get").is_file()));
-    if !has_apt {
+    if !has_apt() {
         eprintln!("skipped: needs apt-get (busybox-static)");
         return;
     }
-    let data = tempfile::tempdir().unwrap();
-    let o = agentvm(
-        &["image", "build", "--kernel-build"],
-        &[("XDG_DATA_HOME", data.path().to_str().unwrap())],
-    );
-    let stdout = String::from_utf8_lossy(&o.stdout);
-    assert!(
-        o.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    eprintln!("{stdout}");
+    let (data, stdout) = build_image(&["--kernel-build"]);
     assert!(
         stdout.contains("(agentvm guest kernel guest-kernel-"),
         "{stdout}"

@@ -437,14 +437,14 @@ fn write_outcome(sink: &mut dyn Write, name: &str, o: &StampOutcome) -> io::Resu
     sink.flush()
 }
 
-/// The resident KiB of every mapping in `smaps` but those at least
-/// `guest_mib` large (guest RAM: one mapping, or two around the 32-bit
-/// hole, each VMM maps it whole).
-pub fn rss_outside_guest_kib(smaps: &str, guest_mib: u32) -> u64 {
+/// Each `Key: N kB` field of `smaps` with whether its mapping is guest RAM:
+/// at least half of `guest_mib` (one mapping, or two around the 32-bit
+/// hole, each VMM maps it whole; the part below the hole may be smaller
+/// than the whole). Lines that are neither are skipped.
+fn smaps_fields(smaps: &str, guest_mib: u32) -> impl Iterator<Item = (bool, &str, u64)> {
     let guest = u64::from(guest_mib) << 20;
-    let mut total = 0;
-    let mut counted = false;
-    for line in smaps.lines() {
+    let mut in_guest = false;
+    smaps.lines().filter_map(move |line| {
         let head = line.split_once(' ').and_then(|(r, _)| r.split_once('-'));
         let range = head.and_then(|(a, b)| {
             Some((
@@ -453,21 +453,34 @@ pub fn rss_outside_guest_kib(smaps: &str, guest_mib: u32) -> u64 {
             ))
         });
         if let Some((a, b)) = range {
-            // A mapping of at least half the guest's size is guest RAM
-            // (a low part below the hole may be smaller than the whole).
-            counted = b.saturating_sub(a) < guest / 2;
-        } else if let Some(kib) = line.strip_prefix("Rss:") {
-            if counted {
-                total += kib
-                    .trim()
-                    .trim_end_matches("kB")
-                    .trim()
-                    .parse::<u64>()
-                    .unwrap_or(0);
-            }
+            in_guest = b.saturating_sub(a) >= guest / 2;
+            return None;
         }
-    }
-    total
+        let (key, value) = line.split_once(':')?;
+        let kib = value.trim().strip_suffix("kB")?.trim().parse().ok()?;
+        Some((in_guest, key, kib))
+    })
+}
+
+/// The resident KiB of every mapping in `smaps` but guest RAM.
+pub fn rss_outside_guest_kib(smaps: &str, guest_mib: u32) -> u64 {
+    smaps_fields(smaps, guest_mib)
+        .filter(|&(guest, key, _)| !guest && key == "Rss")
+        .map(|(_, _, kib)| kib)
+        .sum()
+}
+
+/// Of guest RAM in `smaps`: KiB resident, and KiB of it mapped by huge
+/// pages (`AnonHugePages`, `ShmemPmdMapped`, `FilePmdMapped`).
+pub fn guest_ram_resident_kib(smaps: &str, guest_mib: u32) -> (u64, u64) {
+    const HUGE: [&str; 3] = ["AnonHugePages", "ShmemPmdMapped", "FilePmdMapped"];
+    smaps_fields(smaps, guest_mib)
+        .filter(|&(guest, _, _)| guest)
+        .fold((0, 0), |(rss, huge), (_, key, kib)| match key {
+            "Rss" => (rss + kib, huge),
+            k if HUGE.contains(&k) => (rss, huge + kib),
+            _ => (rss, huge),
+        })
 }
 
 /// Each thread of process `pid`: its name and the CPU it has used (user
@@ -506,44 +519,6 @@ fn thread_cpu_ticks(stat: &str) -> Option<(String, u64)> {
     let utime: u64 = rest.get(11)?.parse().ok()?;
     let stime: u64 = rest.get(12)?.parse().ok()?;
     Some((name, utime + stime))
-}
-
-/// Of the guest RAM mappings in `smaps` (those [`rss_outside_guest_kib`]
-/// leaves out): KiB resident, and KiB of it mapped by huge pages
-/// (`AnonHugePages`, `ShmemPmdMapped`, `FilePmdMapped`).
-pub fn guest_ram_resident_kib(smaps: &str, guest_mib: u32) -> (u64, u64) {
-    let guest = u64::from(guest_mib) << 20;
-    let (mut rss, mut huge) = (0, 0);
-    let mut in_guest = false;
-    let kib = |v: &str| {
-        v.trim()
-            .trim_end_matches("kB")
-            .trim()
-            .parse::<u64>()
-            .unwrap_or(0)
-    };
-    for line in smaps.lines() {
-        let head = line.split_once(' ').and_then(|(r, _)| r.split_once('-'));
-        let range = head.and_then(|(a, b)| {
-            Some((
-                u64::from_str_radix(a, 16).ok()?,
-                u64::from_str_radix(b, 16).ok()?,
-            ))
-        });
-        if let Some((a, b)) = range {
-            in_guest = b.saturating_sub(a) >= guest / 2;
-        } else if !in_guest {
-            continue;
-        } else if let Some(v) = line.strip_prefix("Rss:") {
-            rss += kib(v);
-        } else if let Some(v) = ["AnonHugePages:", "ShmemPmdMapped:", "FilePmdMapped:"]
-            .iter()
-            .find_map(|k| line.strip_prefix(k))
-        {
-            huge += kib(v);
-        }
-    }
-    (rss, huge)
 }
 
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
