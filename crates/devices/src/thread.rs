@@ -30,6 +30,15 @@ pub enum DeviceThread {
     VhostUserReplies,
 }
 
+/// The stack each thread this crate (and the VMM's activation thread)
+/// starts gets: std's default of 2 MiB, less 64 KiB. A 2 MiB stack that
+/// lands 2 MiB-aligned (as one placed right below the aligned guest RAM
+/// does) is backed by a whole huge page on its first touch where
+/// transparent huge pages are `always` (Debian's default), 2 MiB of
+/// resident memory for a few KiB of stack; a stack smaller than a huge
+/// page can never be.
+pub const STACK_SIZE: usize = (2 << 20) - (64 << 10);
+
 /// What a thread runs first: typically confining itself.
 pub type StartHook = Arc<dyn Fn(DeviceThread) -> io::Result<()> + Send + Sync>;
 
@@ -81,6 +90,7 @@ where
     let (started_tx, started_rx) = mpsc::sync_channel(1);
     let inner = std::thread::Builder::new()
         .name(name.to_owned())
+        .stack_size(STACK_SIZE)
         .spawn(move || {
             let started = match &hook {
                 Some(run) => run(kind),
@@ -116,6 +126,31 @@ mod tests {
     use std::sync::Mutex;
 
     use super::*;
+
+    /// The thread's stack mapping (the one holding a local of it) is
+    /// smaller than a huge page, so it can never be backed by one.
+    #[test]
+    fn thread_stacks_are_smaller_than_a_huge_page() {
+        let t = spawn("stack", DeviceThread::Worker(1), || {
+            let local = 0u8;
+            let at = std::ptr::addr_of!(local) as usize;
+            let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+            maps.lines()
+                .filter_map(|l| {
+                    let (a, b) = l.split_once(' ')?.0.split_once('-')?;
+                    Some((
+                        usize::from_str_radix(a, 16).ok()?,
+                        usize::from_str_radix(b, 16).ok()?,
+                    ))
+                })
+                .find(|&(a, b)| (a..b).contains(&at))
+                .map(|(a, b)| b - a)
+        })
+        .unwrap();
+        let size = t.join().unwrap().expect("the stack is mapped");
+        assert!(size < 2 << 20, "{size} bytes");
+        assert!(size >= STACK_SIZE - (64 << 10), "{size} bytes");
+    }
 
     #[test]
     fn the_hook_runs_first_on_the_new_thread_and_is_inherited() {

@@ -67,6 +67,7 @@ impl Activator {
         let (ready_tx, ready_rx) = mpsc::sync_channel(1);
         let thread = std::thread::Builder::new()
             .name("activation".into())
+            .stack_size(agentvm_devices::thread::STACK_SIZE)
             .spawn(move || {
                 let kind = ThreadKind::Activation {
                     launches_daemons: confinement.launches_daemons,
