@@ -349,18 +349,12 @@ fn build_rootfs(cache: &Cache, args: &BuildArgs, out: &Path) -> anyhow::Result<(
 fn own_kernel() -> anyhow::Result<OwnKernel> {
     let cache = Cache::from_env(own_kernel::CACHE_ENV, own_kernel::CACHE_DIR)
         .context("cannot create the kernel build cache")?;
-    let src = OwnKernel::source();
-    if OwnKernel::cached(&cache, &src).is_none() && src.exists() {
-        eprintln!(
-            "agentvm: building agentvm's guest kernel from {} into {}: about {} minutes on two \
-             idle cores, once",
-            src.display(),
-            cache.root().display(),
-            own_kernel::BUILD_MINUTES
-        );
-    }
-    OwnKernel::build(&cache, &src, &mut *crate::progress::reporter())
-        .context("cannot build agentvm's guest kernel")
+    OwnKernel::build(
+        &cache,
+        &OwnKernel::source(),
+        &mut *crate::progress::reporter(),
+    )
+    .context("cannot build agentvm's guest kernel")
 }
 
 fn image_cache() -> anyhow::Result<Cache> {

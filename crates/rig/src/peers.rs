@@ -5,8 +5,8 @@
 //! default image built around it ([`own_image`]).
 //!
 //! All of it travels on the scenario's read-only disk: that image
-//! directory under [`OWN_KERNEL_DIR`], each peer as a program with its libraries
-//! ([`Tools`]), callable as `/usr/bin/firecracker` and
+//! directory under [`OWN_KERNEL_DIR`], each peer as a program with its
+//! libraries ([`Tools`]), callable as `/usr/bin/firecracker` and
 //! `/usr/bin/cloud-hypervisor` once the boot's setup lines ran.
 
 use std::path::{Path, PathBuf};

@@ -369,8 +369,6 @@ impl Rig {
             // disk: the kernel in its cache, the peers where the benchmark
             // was told they are.
             own_image_dir: own.as_ref().map(|i| i.dir.clone()).unwrap_or_default(),
-            own_vmlinux: own.as_ref().map(|i| i.vmlinux.clone()).unwrap_or_default(),
-            own_bzimage: own.as_ref().map(|i| i.bzimage.clone()).unwrap_or_default(),
             firecracker: std::env::var_os(crate::PEER_FIRECRACKER_ENV)
                 .map_or_else(|| "firecracker".into(), PathBuf::from),
             cloud_hypervisor: std::env::var_os(crate::PEER_CLOUD_HYPERVISOR_ENV)

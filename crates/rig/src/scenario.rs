@@ -114,7 +114,7 @@ pub struct Boot {
     /// The script drives a terminal with tmux (L1 carries it; on the host
     /// it must be installed).
     pub tmux: bool,
-    /// Boot agentvm's own kernel ([`BootPaths::own_vmlinux`]) rather than
+    /// Boot agentvm's own kernel ([`BootPaths::own_image_dir`]) rather than
     /// Debian's.
     pub own_kernel: bool,
 }
@@ -309,18 +309,19 @@ impl Boot {
     }
 
     /// The kernel file this boot is given.
-    fn kernel_path<'a>(&self, p: &'a BootPaths) -> &'a Path {
+    fn kernel_path(&self, p: &BootPaths) -> PathBuf {
+        use agentvm_image::files;
         match (self.own_kernel, self.kernel) {
-            (false, KernelFormat::Vmlinux) => &p.vmlinux,
-            (false, KernelFormat::BzImage) => &p.bzimage,
-            (true, KernelFormat::Vmlinux) => &p.own_vmlinux,
-            (true, KernelFormat::BzImage) => &p.own_bzimage,
+            (false, KernelFormat::Vmlinux) => p.vmlinux.clone(),
+            (false, KernelFormat::BzImage) => p.bzimage.clone(),
+            (true, KernelFormat::Vmlinux) => p.own_image_dir.join(files::VMLINUX),
+            (true, KernelFormat::BzImage) => p.own_image_dir.join(files::BZIMAGE),
         }
     }
 
     /// Program and arguments for this boot, given where things are.
     pub fn command(&self, p: &BootPaths) -> (PathBuf, Vec<String>) {
-        let kernel = self.kernel_path(p);
+        let kernel = &self.kernel_path(p);
         let s = |p: &Path| p.to_string_lossy().to_string();
         match self.vmm {
             Vmm::Agentvm => {
@@ -461,10 +462,6 @@ pub struct BootPaths {
     /// ([`crate::peers::own_image`]; on the scenario's disk in L1): an image
     /// directory with `vmlinux`, `bzImage`, `initrd.img` and `cmdline`.
     pub own_image_dir: PathBuf,
-    /// agentvm's own kernel, vmlinux (in [`BootPaths::own_image_dir`]).
-    pub own_vmlinux: PathBuf,
-    /// agentvm's own kernel, bzImage.
-    pub own_bzimage: PathBuf,
     /// Firecracker (a benchmark peer, on the scenario's disk in L1).
     pub firecracker: PathBuf,
     /// cloud-hypervisor (a benchmark peer, on the scenario's disk in L1).
@@ -491,12 +488,6 @@ impl BootPaths {
             bzimage: l2.join(files::BZIMAGE),
             initrd: l2.join(files::INITRD),
             own_image_dir: Path::new(p::DISK_DIR).join(OWN_KERNEL_DIR),
-            own_vmlinux: Path::new(p::DISK_DIR)
-                .join(OWN_KERNEL_DIR)
-                .join(files::VMLINUX),
-            own_bzimage: Path::new(p::DISK_DIR)
-                .join(OWN_KERNEL_DIR)
-                .join(files::BZIMAGE),
             firecracker: "/usr/bin/firecracker".into(),
             cloud_hypervisor: "/usr/bin/cloud-hypervisor".into(),
         }

@@ -28,13 +28,12 @@
 //! guest RAM is aligned too, Firecracker's is not.
 
 use std::fs::File;
+use std::num::NonZeroUsize;
 use std::ptr::NonNull;
 use std::sync::Arc;
 
 use nix::fcntl::{fcntl, FcntlArg, SealFlag};
 use nix::sys::memfd::{memfd_create, MFdFlags};
-use std::num::NonZeroUsize;
-
 use nix::sys::mman::{madvise, mmap_anonymous, munmap, MapFlags, MmapAdvise, ProtFlags};
 use vm_memory::{
     FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
@@ -433,8 +432,7 @@ mod tests {
             // Kept mapped, so each placement starts from a new layout.
             kept.push(region);
         }
-        // Nothing of the reservations is left behind: a length that cannot
-        // be reserved is mapped as it is.
+        // A length that cannot be reserved (none) is mapped as it is.
         let plain = in_aligned_gap(0, || 7);
         assert_eq!(plain, 7);
     }

@@ -12,9 +12,10 @@
 //! resident memory outside guest RAM is read when the init's line appears.
 //! The VMM's CPU beside its vCPU threads until the init's line is read too
 //! (in one-CPU L1 it is time the guest did not run); agentvm's own set-up
-//! steps are in the log (`set up in … ms`). Boots are interleaved (one of each VMM in turn) so drift in the host's
-//! load hits all alike; each VMM and kernel gets a warm-up boot that is not
-//! counted. Medians, and each VMM's ratio to the fastest peer.
+//! steps are in the log (`set up in … ms`). Boots are interleaved (one of
+//! each VMM in turn) so drift in the host's load hits all alike; each VMM
+//! and kernel gets a warm-up boot that is not counted. Medians, and each
+//! VMM's ratio to the fastest peer.
 //!
 //! Kernels: agentvm's own (`guest/kernel/build.sh`, built into the kernel
 //! cache when missing: minutes), Debian's cloud kernel, or both; always the
