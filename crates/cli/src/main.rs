@@ -24,6 +24,7 @@ mod ssh_agent;
 mod trust;
 mod vhost_user;
 
+use std::ffi::OsString;
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
@@ -108,6 +109,40 @@ enum Command {
     Vmm(lifecycle::vmm::VmmArgs),
 }
 
+/// The command line, parsed. For the commands that start a VM (`boot`,
+/// `__vmm`) only that subcommand's options are built, not the whole
+/// command tree, whose building is most of clap's work and comes before
+/// the VM can start. What does not parse that way (help, a mistake) goes
+/// through the whole tree, so the user sees what every other command
+/// gives.
+fn parse_cli() -> Cli {
+    vm_command(std::env::args_os()).unwrap_or_else(Cli::parse)
+}
+
+/// `args` as a VM-starting command, if they are one and parse alone.
+fn vm_command(args: impl IntoIterator<Item = OsString>) -> Option<Cli> {
+    use clap::{Args, FromArgMatches};
+    // The subcommand's name stands where the program's would.
+    let args: Vec<OsString> = args.into_iter().skip(1).collect();
+    let name = args.first()?.to_str()?;
+    let command = match name {
+        "boot" => {
+            let cmd = boot::BootArgs::augment_args(clap::Command::new("boot"));
+            let matches = cmd.try_get_matches_from(&args).ok()?;
+            Command::Boot(Box::new(boot::BootArgs::from_arg_matches(&matches).ok()?))
+        }
+        lifecycle::VMM_SUBCOMMAND => {
+            let cmd = lifecycle::vmm::VmmArgs::augment_args(clap::Command::new(
+                lifecycle::VMM_SUBCOMMAND,
+            ));
+            let matches = cmd.try_get_matches_from(&args).ok()?;
+            Command::Vmm(lifecycle::vmm::VmmArgs::from_arg_matches(&matches).ok()?)
+        }
+        _ => return None,
+    };
+    Some(Cli { command })
+}
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -119,7 +154,7 @@ fn main() -> ExitCode {
         .with_ansi(std::io::stderr().is_terminal())
         .without_time()
         .init();
-    let cli = Cli::parse();
+    let cli = parse_cli();
     let result = match cli.command {
         Command::Attach(args) => attach::run(args),
         Command::Boot(args) => boot::run(*args),
@@ -150,6 +185,90 @@ fn main() -> ExitCode {
             // Errors quote files and output the guest may have written.
             eprintln!("agentvm: error: {}", escape::text(&format!("{e:#}")));
             ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn os(args: &[&str]) -> Vec<OsString> {
+        args.iter().map(OsString::from).collect()
+    }
+
+    /// A VM command's arguments, as text.
+    fn shown(cli: Cli) -> String {
+        match cli.command {
+            Command::Boot(a) => format!("boot {a:?}"),
+            Command::Vmm(a) => format!("__vmm {a:?}"),
+            _ => "another command".into(),
+        }
+    }
+
+    /// What the whole tree makes of `args`, as text.
+    fn full(args: &[&str]) -> String {
+        match Cli::try_parse_from(args) {
+            Ok(cli) => shown(cli),
+            Err(e) => panic!("{args:?} does not parse: {e}"),
+        }
+    }
+
+    #[test]
+    fn the_whole_tree_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn vm_commands_parse_alone_as_the_whole_tree_parses_them() {
+        for args in [
+            &[
+                "agentvm",
+                "boot",
+                "--kernel",
+                "/k",
+                "--initrd",
+                "/i",
+                "--memory",
+                "256",
+                "--vcpus",
+                "2",
+                "--cmdline",
+                "console=ttyS0 quiet",
+                "--net",
+                "filtered",
+                "--allow",
+                "example.com",
+                "--share",
+                "/w:/workspace:ro",
+                "--no-rng",
+            ][..],
+            &["agentvm", "boot"],
+            &["agentvm", "__vmm", "--state", "/run/x"],
+        ] {
+            let alone = vm_command(os(args)).expect("parses alone");
+            assert_eq!(shown(alone), full(args), "{args:?}");
+        }
+    }
+
+    #[test]
+    fn help_mistakes_and_other_commands_go_to_the_whole_tree() {
+        for args in [
+            &["agentvm"][..],
+            &["agentvm", "boot", "--help"],
+            &["agentvm", "boot", "-h"],
+            &["agentvm", "boot", "--version"],
+            &["agentvm", "boot", "--memory", "lots"],
+            &["agentvm", "boot", "--kernel", "/k", "--image", "/d"],
+            &["agentvm", "boot", "--no-such-option"],
+            &["agentvm", "__vmm"],
+            &["agentvm", "--version"],
+            &["agentvm", "up"],
+            &["agentvm", "status"],
+            &["agentvm", "bo"],
+        ] {
+            assert!(vm_command(os(args)).is_none(), "{args:?}");
         }
     }
 }
