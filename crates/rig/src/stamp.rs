@@ -98,7 +98,20 @@ pub struct StampOutcome {
     /// first line appeared (every first touch of a small page is a fault
     /// the outer hypervisor handles, nested).
     pub guest_ram_kib: Option<(u64, u64)>,
+    /// How [`L1_VMSTAT`]'s counters of the machine the VMM runs on moved
+    /// from spawn to the first line: `(name, delta)`. Direct compaction
+    /// and major faults on the way to the guest's init are time no VMM
+    /// chose, and differ from boot to boot.
+    pub vmstat_delta: Vec<(String, u64)>,
 }
+
+/// The `/proc/vmstat` counters [`StampOutcome::vmstat_delta`] follows.
+pub const L1_VMSTAT: [&str; 4] = [
+    "compact_stall",
+    "thp_fault_alloc",
+    "thp_fault_fallback",
+    "pgmajfault",
+];
 
 /// Which process an event is about.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -198,6 +211,8 @@ pub fn stamp(spec: &StampSpec, sink: &mut dyn Write) -> io::Result<StampOutcome>
             )
         })?;
     let pid = child.id() as i32;
+    let vmstat_at_spawn = spec.guest_mib.map(|_| vmstat());
+    let mut vmstat_delta = Vec::new();
     let (tx, rx) = mpsc::channel();
     watch(child, Src::Vmm, &tx)?;
 
@@ -245,6 +260,9 @@ pub fn stamp(spec: &StampSpec, sink: &mut dyn Write) -> io::Result<StampOutcome>
                         vmm_rss_kib = smaps.as_ref().map(|s| rss_outside_guest_kib(s, mib));
                         guest_ram_kib = smaps.as_ref().map(|s| guest_ram_resident_kib(s, mib));
                         vmm_threads_cpu = threads_cpu_ms(pid);
+                        if let Some(before) = &vmstat_at_spawn {
+                            vmstat_delta = vmstat_moved(before, &vmstat());
+                        }
                     }
                     if let Some(file) = &spec.then {
                         script = start_script(file, &tx, sink)?;
@@ -315,6 +333,7 @@ pub fn stamp(spec: &StampSpec, sink: &mut dyn Write) -> io::Result<StampOutcome>
         vmm_rss_kib,
         vmm_threads_cpu,
         guest_ram_kib,
+        vmstat_delta,
     };
     write_outcome(sink, &spec.name, &outcome)?;
     Ok(outcome)
@@ -430,6 +449,14 @@ fn write_outcome(sink: &mut dyn Write, name: &str, o: &StampOutcome) -> io::Resu
             .collect();
         writeln!(sink, "RIG-VMM threads_cpu_ms={}", threads.join(","))?;
     }
+    if !o.vmstat_delta.is_empty() {
+        let moved: Vec<String> = o
+            .vmstat_delta
+            .iter()
+            .map(|(name, n)| format!("{name}:{n}"))
+            .collect();
+        writeln!(sink, "RIG-VMM l1_vmstat={}", moved.join(","))?;
+    }
     if let Some(s) = o.script {
         writeln!(sink, "RIG-VMM script_exit={}", s.to_marker())?;
     }
@@ -485,6 +512,36 @@ pub fn guest_ram_resident_kib(smaps: &str, guest_mib: u32) -> (u64, u64) {
 
 /// Each thread of process `pid`: its name and the CPU it has used (user
 /// and system), ms; empty when /proc cannot tell.
+/// This machine's [`L1_VMSTAT`] counters (those it lacks are left out).
+fn vmstat() -> Vec<(String, u64)> {
+    parse_vmstat(&std::fs::read_to_string("/proc/vmstat").unwrap_or_default())
+}
+
+/// [`L1_VMSTAT`]'s counters in `/proc/vmstat` text, in that order.
+fn parse_vmstat(text: &str) -> Vec<(String, u64)> {
+    L1_VMSTAT
+        .iter()
+        .filter_map(|&want| {
+            text.lines().find_map(|line| {
+                let (name, value) = line.split_once(' ')?;
+                (name == want).then(|| Some((want.to_string(), value.trim().parse().ok()?)))?
+            })
+        })
+        .collect()
+}
+
+/// How each counter of `before` moved in `after` (counters only grow; a
+/// counter missing from either is left out).
+fn vmstat_moved(before: &[(String, u64)], after: &[(String, u64)]) -> Vec<(String, u64)> {
+    before
+        .iter()
+        .filter_map(|(name, b)| {
+            let (_, a) = after.iter().find(|(n, _)| n == name)?;
+            Some((name.clone(), a.saturating_sub(*b)))
+        })
+        .collect()
+}
+
 fn threads_cpu_ms(pid: i32) -> Vec<(String, u64)> {
     // SAFETY: sysconf only reads a configuration value.
     let ticks = match unsafe { libc::sysconf(libc::_SC_CLK_TCK) } {
@@ -543,6 +600,31 @@ mod tests {
         let mut out = Vec::new();
         let o = stamp(&spec, &mut out).unwrap();
         (o, String::from_utf8(out).unwrap())
+    }
+
+    #[test]
+    fn vmstat_counters_are_read_in_order_and_their_moves_taken() {
+        let text = "nr_free_pages 100\npgmajfault 7\nthp_fault_alloc 12\n\
+                    compact_stall 3\ncompact_stall_extra 99\nthp_fault_fallback x\n";
+        let before = parse_vmstat(text);
+        assert_eq!(
+            before,
+            [
+                ("compact_stall".to_string(), 3),
+                ("thp_fault_alloc".to_string(), 12),
+                ("pgmajfault".to_string(), 7),
+            ]
+        );
+        let after = parse_vmstat("compact_stall 5\nthp_fault_alloc 20\n");
+        assert_eq!(
+            vmstat_moved(&before, &after),
+            [
+                ("compact_stall".to_string(), 2),
+                ("thp_fault_alloc".to_string(), 8),
+            ]
+        );
+        // This machine has the counters (every Linux since 5.x).
+        assert!(vmstat().iter().any(|(n, _)| n == "pgmajfault"));
     }
 
     #[test]

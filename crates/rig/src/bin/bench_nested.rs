@@ -12,7 +12,11 @@
 //! resident memory outside guest RAM is read when the init's line appears.
 //! The VMM's CPU beside its vCPU threads until the init's line is read too
 //! (in one-CPU L1 it is time the guest did not run); agentvm's own set-up
-//! steps are in the log (`set up in … ms`). Boots are interleaved (one of
+//! steps are in the log (`set up in … ms`), and so is how L1's direct
+//! compaction, huge page and major fault counters moved on the way. With
+//! `--dmesg` each guest prints its kernel log (printk times, console still
+//! quiet) after the init's line, to compare where each VMM's guest spends
+//! its boot. Boots are interleaved (one of
 //! each VMM in turn) so drift in the host's load hits all alike; each VMM
 //! and kernel gets a warm-up boot that is not counted. Medians, and each
 //! VMM's ratio to the fastest peer.
@@ -22,7 +26,7 @@
 //! vmlinux (PVH), which all four VMMs boot.
 //!
 //! Usage: `cargo run --release -p agentvm-rig --bin bench-nested -- [--runs N]
-//! [--kernel own|debian|both] [--vcpus 1,2] [--memory MIB] [--verbose]`
+//! [--kernel own|debian|both] [--vcpus 1,2] [--memory MIB] [--verbose] [--dmesg]`
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -38,10 +42,11 @@ struct Args {
     vcpus: Vec<u8>,
     memory_mib: u32,
     verbose: bool,
+    dmesg: bool,
 }
 
 const USAGE: &str = "usage: bench-nested [--runs N] [--kernel own|debian|both] [--vcpus 1,2] \
-                     [--memory MIB] [--verbose]";
+                     [--memory MIB] [--verbose] [--dmesg]";
 
 fn parse() -> Result<Args, String> {
     let mut a = Args {
@@ -51,6 +56,7 @@ fn parse() -> Result<Args, String> {
         vcpus: vec![1, 2],
         memory_mib: 256,
         verbose: false,
+        dmesg: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -86,6 +92,7 @@ fn parse() -> Result<Args, String> {
                     .ok_or("--memory needs MIB >= 64")?
             }
             "--verbose" => a.verbose = true,
+            "--dmesg" => a.dmesg = true,
             _ => return Err(USAGE.into()),
         }
     }
@@ -113,6 +120,9 @@ impl Config {
             .vcpus(self.vcpus)
             .memory_mib(a.memory_mib);
         b.verbose = a.verbose;
+        if a.dmesg {
+            b.extra_cmdline = "printk.time=1 rig.dmesg=1".into();
+        }
         b.timeout = Duration::from_secs(180);
         if self.own_kernel {
             b = b.own_kernel();

@@ -5,7 +5,8 @@
 # The kernel command line picks what it does: rig.mode=report (default)
 # reports what the guest sees and powers off; rig.mode=panic loads the
 # modules and exits, so the kernel panics; rig.mode=bench powers off at
-# once (boot-time benchmark); rig.mode=net asks for a DHCP lease on eth0,
+# once (boot-time benchmark; with rig.dmesg=1 it prints the kernel's log
+# first, `RIG-DMESG` lines); rig.mode=net asks for a DHCP lease on eth0,
 # resolves rig.host (busybox's nslookup: the static wget cannot resolve),
 # fetches http://ADDRESS:rig.port/ and http://rig.denied:rig.port/ (which
 # must fail), and powers off. The modules are the image's
@@ -23,11 +24,13 @@ for a in $(cat /proc/cmdline); do
     rig.port=*) port="${a#rig.port=}" ;;
     rig.denied=*) denied="${a#rig.denied=}" ;;
     rig.halt=*) halt="${a#rig.halt=}" ;;
+    rig.dmesg=*) dmesg="${a#rig.dmesg=}" ;;
   esac
 done
 echo "RIG-L2 mode=$mode"
 echo "RIG-L2 uptime_init=$(cut -d' ' -f1 /proc/uptime)"
 if [ "$mode" = bench ]; then
+  if [ "$dmesg" = 1 ]; then dmesg | sed 's/^/RIG-DMESG /'; fi
   # A VMM without ACPI power-off (Firecracker) exits on a reset instead.
   if [ "$halt" = reboot ]; then reboot -f; fi
   poweroff -f
