@@ -510,8 +510,6 @@ pub fn guest_ram_resident_kib(smaps: &str, guest_mib: u32) -> (u64, u64) {
         })
 }
 
-/// Each thread of process `pid`: its name and the CPU it has used (user
-/// and system), ms; empty when /proc cannot tell.
 /// This machine's [`L1_VMSTAT`] counters (those it lacks are left out).
 fn vmstat() -> Vec<(String, u64)> {
     parse_vmstat(&std::fs::read_to_string("/proc/vmstat").unwrap_or_default())
@@ -524,7 +522,10 @@ fn parse_vmstat(text: &str) -> Vec<(String, u64)> {
         .filter_map(|&want| {
             text.lines().find_map(|line| {
                 let (name, value) = line.split_once(' ')?;
-                (name == want).then(|| Some((want.to_string(), value.trim().parse().ok()?)))?
+                if name != want {
+                    return None;
+                }
+                Some((want.to_string(), value.trim().parse().ok()?))
             })
         })
         .collect()
@@ -542,6 +543,8 @@ fn vmstat_moved(before: &[(String, u64)], after: &[(String, u64)]) -> Vec<(Strin
         .collect()
 }
 
+/// Each thread of process `pid`: its name and the CPU it has used (user
+/// and system), ms; empty when /proc cannot tell.
 fn threads_cpu_ms(pid: i32) -> Vec<(String, u64)> {
     // SAFETY: sysconf only reads a configuration value.
     let ticks = match unsafe { libc::sysconf(libc::_SC_CLK_TCK) } {
