@@ -16,7 +16,8 @@
 //! compaction, huge page and major fault counters moved on the way. With
 //! `--dmesg` each guest prints its kernel log (printk times, console still
 //! quiet) after the init's line, to compare where each VMM's guest spends
-//! its boot. Boots are interleaved (one of
+//! its boot (the exit column then includes that printing). Boots are
+//! interleaved (one of
 //! each VMM in turn) so drift in the host's load hits all alike; each VMM
 //! and kernel gets a warm-up boot that is not counted. Medians, and each
 //! VMM's ratio to the fastest peer.
