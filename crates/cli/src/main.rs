@@ -121,26 +121,25 @@ fn parse_cli() -> Cli {
 
 /// `args` as a VM-starting command, if they are one and parse alone.
 fn vm_command(args: impl IntoIterator<Item = OsString>) -> Option<Cli> {
-    use clap::{Args, FromArgMatches};
     // The subcommand's name stands where the program's would.
     let args: Vec<OsString> = args.into_iter().skip(1).collect();
-    let name = args.first()?.to_str()?;
-    let command = match name {
-        "boot" => {
-            let cmd = boot::BootArgs::augment_args(clap::Command::new("boot"));
-            let matches = cmd.try_get_matches_from(&args).ok()?;
-            Command::Boot(Box::new(boot::BootArgs::from_arg_matches(&matches).ok()?))
-        }
-        lifecycle::VMM_SUBCOMMAND => {
-            let cmd = lifecycle::vmm::VmmArgs::augment_args(clap::Command::new(
-                lifecycle::VMM_SUBCOMMAND,
-            ));
-            let matches = cmd.try_get_matches_from(&args).ok()?;
-            Command::Vmm(lifecycle::vmm::VmmArgs::from_arg_matches(&matches).ok()?)
-        }
+    let command = match args.first()?.to_str()? {
+        "boot" => Command::Boot(Box::new(parse_alone("boot", &args)?)),
+        lifecycle::VMM_SUBCOMMAND => Command::Vmm(parse_alone(lifecycle::VMM_SUBCOMMAND, &args)?),
         _ => return None,
     };
     Some(Cli { command })
+}
+
+/// `args` as subcommand `name`'s options, built without the rest of the tree.
+fn parse_alone<A: clap::Args + clap::FromArgMatches>(
+    name: &'static str,
+    args: &[OsString],
+) -> Option<A> {
+    let matches = A::augment_args(clap::Command::new(name))
+        .try_get_matches_from(args)
+        .ok()?;
+    A::from_arg_matches(&matches).ok()
 }
 
 fn main() -> ExitCode {
