@@ -197,6 +197,8 @@ impl Script {
 pub fn stamp(spec: &StampSpec, sink: &mut dyn Write) -> io::Result<StampOutcome> {
     writeln!(sink, "RIG-VMM begin={}", spec.name)?;
     sink.flush()?;
+    // Read before the clock starts: not beside the process being timed.
+    let vmstat_at_spawn = spec.guest_mib.map(|_| vmstat());
     let start = Instant::now();
     let child = Command::new(&spec.program)
         .args(&spec.args)
@@ -211,7 +213,6 @@ pub fn stamp(spec: &StampSpec, sink: &mut dyn Write) -> io::Result<StampOutcome>
             )
         })?;
     let pid = child.id() as i32;
-    let vmstat_at_spawn = spec.guest_mib.map(|_| vmstat());
     let mut vmstat_delta = Vec::new();
     let (tx, rx) = mpsc::channel();
     watch(child, Src::Vmm, &tx)?;
