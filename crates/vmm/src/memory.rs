@@ -191,7 +191,11 @@ fn map_aligned(
     let regions = ranges
         .into_iter()
         .map(|(addr, len, file)| {
-            let region = in_aligned_gap(len, || GuestRegionMmap::from_range(addr, len, file));
+            let region = in_aligned_gap(
+                len,
+                || GuestRegionMmap::from_range(addr, len, file.clone()),
+                |r| r.as_ptr() as usize,
+            );
             if let Ok(r) = &region {
                 if !(r.as_ptr() as usize).is_multiple_of(HUGE_PAGE) {
                     tracing::debug!("guest RAM at {addr:#x?} is not 2 MiB-aligned on the host");
@@ -204,21 +208,49 @@ fn map_aligned(
     GuestMemoryMmap::from_regions(regions).map_err(|e| map_err(e.into()))
 }
 
+/// How many placements [`in_aligned_gap`] makes before it keeps an
+/// unaligned one: each failed one fills the gap that took it.
+const PLACEMENT_TRIES: usize = 4;
+
 /// Runs `map`, which makes one mapping of `len` bytes wherever the kernel
-/// places it, with a `len`-byte gap at a 2 MiB-aligned address waiting
-/// for it: a reservation of `len` + 2 MiB, unmapped in the aligned middle
-/// while `map` runs and wholly after. The kernel places a mapping at the
-/// top of the highest gap that fits, and no gap above the reservation was
-/// large enough for it, so the mapping lands in the aligned one unless
-/// another thread maps something meanwhile (or the kernel aligns it
-/// itself); either way nothing is wrong, only possibly unaligned. Without
-/// room for the reservation, `map` runs as it is.
-fn in_aligned_gap<T>(len: usize, map: impl FnOnce() -> T) -> T {
-    let Some(reserve) = len
-        .checked_add(HUGE_PAGE)
-        .and_then(NonZeroUsize::new)
-        .filter(|_| len.is_multiple_of(4096) && len > 0)
-    else {
+/// places it (`host_addr` says where), so that it lands at a 2 MiB-aligned
+/// address when the address space allows.
+///
+/// The kernel places a new mapping at the top of the highest free gap that
+/// is large enough, so each try ([`place_once`]) reserves `len` + 2 MiB and
+/// opens a `len`-byte hole at its aligned middle for `map`. A gap above the
+/// reservation that was too small for the reservation but is large enough
+/// for the mapping takes the mapping instead (a thread's malloc arena
+/// leaves such gaps). That mapping is kept until the next try has been
+/// made, so the gap is full then, and dropped (unmapped) after. Each try
+/// fills one such gap; after [`PLACEMENT_TRIES`] the last mapping is kept
+/// wherever it is, which is slower for the guest, never wrong.
+fn in_aligned_gap<T, E>(
+    len: usize,
+    mut map: impl FnMut() -> Result<T, E>,
+    host_addr: impl Fn(&T) -> usize,
+) -> Result<T, E> {
+    if len == 0 || !len.is_multiple_of(4096) {
+        return map();
+    }
+    let mut mapped = place_once(len, &mut map)?;
+    let mut misplaced = Vec::new();
+    for _ in 1..PLACEMENT_TRIES {
+        if host_addr(&mapped).is_multiple_of(HUGE_PAGE) {
+            break;
+        }
+        let next = place_once(len, &mut map)?;
+        misplaced.push(std::mem::replace(&mut mapped, next));
+    }
+    Ok(mapped)
+}
+
+/// One try of [`in_aligned_gap`]: runs `map` with a `len`-byte gap at a
+/// 2 MiB-aligned address waiting for it, the middle of a reservation of
+/// `len` + 2 MiB that is unmapped there while `map` runs and wholly after.
+/// Without room for the reservation, `map` runs as it is.
+fn place_once<T>(len: usize, map: impl FnOnce() -> T) -> T {
+    let Some(reserve) = len.checked_add(HUGE_PAGE).and_then(NonZeroUsize::new) else {
         return map();
     };
     // SAFETY: a new PROT_NONE mapping at an address the kernel chooses
@@ -314,6 +346,7 @@ fn exclude_from_core_dumps(mem: &GuestMemoryMmap<()>) -> Result<(), MemoryError>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use nix::sys::mman::{msync, MsFlags};
     use std::os::unix::fs::MetadataExt;
     use vm_memory::Bytes;
 
@@ -414,6 +447,12 @@ mod tests {
         assert!(!vm_flags(start).iter().any(|f| f == "dd"));
     }
 
+    fn anonymous(
+        len: usize,
+    ) -> Result<vm_memory::MmapRegion<()>, vm_memory::mmap::MmapRegionError> {
+        vm_memory::MmapRegion::<()>::new(len)
+    }
+
     /// A length the kernel would not align by itself (not a multiple of
     /// 2 MiB) still gets a 2 MiB-aligned address, every time.
     #[test]
@@ -421,7 +460,7 @@ mod tests {
         let len = (6 << 20) + 4096;
         let mut kept = Vec::new();
         for _ in 0..16 {
-            let region = in_aligned_gap(len, || vm_memory::MmapRegion::<()>::new(len)).unwrap();
+            let region = in_aligned_gap(len, || anonymous(len), |r| r.as_ptr() as usize).unwrap();
             assert_eq!(
                 region.as_ptr() as usize % HUGE_PAGE,
                 0,
@@ -433,8 +472,86 @@ mod tests {
             kept.push(region);
         }
         // A length that cannot be reserved (none) is mapped as it is.
-        let plain = in_aligned_gap(0, || 7);
-        assert_eq!(plain, 7);
+        let plain = in_aligned_gap(0, || Ok::<_, ()>(7), |_| 1);
+        assert_eq!(plain, Ok(7));
+    }
+
+    /// A free gap too small for the reservation but large enough for the
+    /// mapping, placed where the mapping would start unaligned, does not
+    /// keep it: the first try lands there and the next one in the hole.
+    #[test]
+    fn a_gap_too_small_to_reserve_does_not_take_the_mapping() {
+        let len = (6 << 20) + 4096;
+        let outer = len + HUGE_PAGE;
+        // SAFETY: a new PROT_NONE mapping at an address the kernel
+        // chooses overlaps nothing of this process.
+        let start = unsafe {
+            mmap_anonymous(
+                None,
+                NonZeroUsize::new(outer).unwrap(),
+                ProtFlags::PROT_NONE,
+                MapFlags::MAP_PRIVATE | MapFlags::MAP_NORESERVE,
+            )
+        }
+        .unwrap()
+        .as_ptr() as usize;
+        // Fill every gap above `outer` that holds `len` bytes. Each is
+        // shorter than `outer` (which would be there otherwise), so what a
+        // filler leaves of it holds no more; the first filler below
+        // `outer` says none is left.
+        let mut fillers = Vec::new();
+        while fillers.len() < 64 {
+            let filler = anonymous(len).unwrap();
+            let below = (filler.as_ptr() as usize) < start;
+            fillers.push(filler);
+            if below {
+                break;
+            }
+        }
+        assert!((fillers.last().unwrap().as_ptr() as usize) < start);
+        // The gap, inside `outer`: the highest that holds `len` bytes,
+        // 1 MiB too short for a reservation, and its top `len` bytes begin
+        // off a 2 MiB boundary.
+        let gap_len = len + (1 << 20);
+        let mut gap = start + 4096;
+        if (gap + gap_len - len).is_multiple_of(HUGE_PAGE) {
+            gap += 4096;
+        }
+        let unmap = |from: usize, to: usize| {
+            // SAFETY: [from, to) lies in the PROT_NONE mapping made above,
+            // which only this test uses.
+            unsafe { munmap(NonNull::new(from as *mut _).unwrap(), to - from) }.unwrap();
+        };
+        unmap(gap, gap + gap_len);
+        let mut tries = Vec::new();
+        let region = in_aligned_gap(
+            len,
+            || {
+                let r = anonymous(len);
+                if let Ok(r) = &r {
+                    tries.push(r.as_ptr() as usize);
+                }
+                r
+            },
+            |r| r.as_ptr() as usize,
+        )
+        .unwrap();
+        assert_eq!(
+            region.as_ptr() as usize % HUGE_PAGE,
+            0,
+            "{:p}",
+            region.as_ptr()
+        );
+        assert_eq!(tries.first(), Some(&(gap + gap_len - len)), "{tries:x?}");
+        // The first try's mapping is gone with the tries: the top of the
+        // gap is unmapped again (msync refuses a range with a hole).
+        let first = NonNull::new((gap + gap_len - len) as *mut _).unwrap();
+        // SAFETY: msync only checks and flushes; nothing is written.
+        let synced = unsafe { msync(first, len, MsFlags::MS_ASYNC) };
+        assert_eq!(synced, Err(nix::errno::Errno::ENOMEM));
+        drop(region);
+        unmap(start, gap);
+        unmap(gap + gap_len, start + outer);
     }
 
     /// Guest RAM, both sides of the MMIO hole, private and shared.
