@@ -425,11 +425,12 @@ impl VmBuilder {
         }
 
         times.memory = lap(&mut step);
-        let kernel = boot::load_kernel(mem, &config.kernel)?;
-        let initrd = match &config.initrd {
-            Some(path) => Some(boot::load_initrd(mem, memory_bytes, &kernel, path)?),
-            None => None,
-        };
+        let (kernel, initrd) = boot::load_kernel_and_initrd(
+            mem,
+            memory_bytes,
+            &config.kernel,
+            config.initrd.as_deref(),
+        )?;
         let cmdline = full_cmdline(&config, cmdline, &device_manager);
         boot::write_cmdline(mem, &kernel, &cmdline)?;
         let rsdp = acpi::create_acpi_tables(mem, &acpi_layout(&config, &device_manager))

@@ -22,6 +22,8 @@ use crate::arch::x86_64::regs::EntryMode;
 
 /// Offset of the "HdrS" magic in a bzImage.
 const BZIMAGE_MAGIC_OFFSET: u64 = 0x202;
+/// Offset of the setup header's `initrd_addr_max` (u32) in a bzImage.
+const BZIMAGE_INITRD_ADDR_MAX_OFFSET: u64 = 0x22c;
 const BZIMAGE_MAGIC: &[u8; 4] = b"HdrS";
 const ELF_MAGIC: &[u8; 4] = b"\x7fELF";
 /// Boot protocol 2.12 introduced `xloadflags`.
@@ -190,42 +192,105 @@ pub fn load_kernel(mem: &GuestMemoryMmap<()>, path: &Path) -> Result<LoadedKerne
     }
 }
 
-/// Loads the initrd at `path` as high as the kernel allows (below
-/// `initrd_addr_max` and the end of low RAM), page aligned, above the kernel.
-pub fn load_initrd(
+/// Loads the kernel at `kernel_path` and the initrd at `initrd_path` (if
+/// any) into `mem`, side by side on two threads: each copy into fresh
+/// guest memory is CPU-bound (page faults, zeroing, copying), and the
+/// vCPUs wait for both.
+///
+/// The initrd's place ([`place_initrd`]) depends on the kernel only
+/// through the `initrd_addr_max` of its header, read first; that the
+/// initrd lies above the kernel is checked once both are in. If it does
+/// not, the VM is not built, so what the two copies wrote over each other
+/// never runs.
+pub fn load_kernel_and_initrd(
     mem: &GuestMemoryMmap<()>,
     ram_size: u64,
-    kernel: &LoadedKernel,
-    path: &Path,
-) -> Result<InitrdRegion, BootError> {
+    kernel_path: &Path,
+    initrd_path: Option<&Path>,
+) -> Result<(LoadedKernel, Option<InitrdRegion>), BootError> {
+    let Some(initrd_path) = initrd_path else {
+        return Ok((load_kernel(mem, kernel_path)?, None));
+    };
+    let (file, size) = open_initrd(initrd_path)?;
+    let limit = initrd_limit(ram_size, initrd_addr_max(kernel_path)?);
+    let early = initrd_start(size, limit);
+    let (kernel, copied) = std::thread::scope(|s| {
+        let initrd = early.map(|addr| s.spawn(move || copy_initrd(mem, addr, file, size)));
+        let kernel = load_kernel(mem, kernel_path);
+        // A panic while copying is a bug in the copy, never the guest's.
+        let copied = initrd.map(|t| t.join().unwrap_or_else(|p| std::panic::resume_unwind(p)));
+        (kernel, copied)
+    });
+    let kernel = kernel?;
+    let addr = place_initrd(size, ram_size, &kernel)?;
+    match copied {
+        Some(copied) if early == Some(addr) => copied?,
+        // The header said otherwise before loading than after: copy again.
+        _ => copy_initrd(mem, addr, open_initrd(initrd_path)?.0, size)?,
+    }
+    Ok((kernel, Some(InitrdRegion { addr, size })))
+}
+
+fn open_initrd(path: &Path) -> Result<(File, u64), BootError> {
     let err = |e| BootError::InitrdFile(path.to_path_buf(), e);
-    let mut file = File::open(path).map_err(err)?;
+    let file = File::open(path).map_err(err)?;
     let size = file.metadata().map_err(err)?.len();
-    let addr = place_initrd(size, ram_size, kernel)?;
-    mem.read_exact_volatile_from(GuestAddress(addr), &mut file, size as usize)
-        .map_err(BootError::GuestMemory)?;
-    Ok(InitrdRegion { addr, size })
+    Ok((file, size))
+}
+
+/// Copies `size` bytes of `file` to `addr` in guest memory.
+fn copy_initrd(
+    mem: &GuestMemoryMmap<()>,
+    addr: u64,
+    mut file: File,
+    size: u64,
+) -> Result<(), BootError> {
+    // `size` fits below the 4 GiB hole, so in a usize.
+    let count = usize::try_from(size).unwrap_or(usize::MAX);
+    mem.read_exact_volatile_from(GuestAddress(addr), &mut file, count)
+        .map_err(BootError::GuestMemory)
+}
+
+/// The kernel's `initrd_addr_max`, read from a bzImage's setup header
+/// before loading (what [`LoadedKernel::initrd_addr_max`] says after).
+fn initrd_addr_max(path: &Path) -> Result<u64, BootError> {
+    if detect_format(path)? == KernelFormat::Elf {
+        return Ok(DEFAULT_INITRD_ADDR_MAX);
+    }
+    let err = |e| BootError::KernelFile(path.to_path_buf(), e);
+    let mut file = File::open(path).map_err(err)?;
+    let mut field = [0u8; 4];
+    file.seek(SeekFrom::Start(BZIMAGE_INITRD_ADDR_MAX_OFFSET))
+        .and_then(|_| file.read_exact(&mut field))
+        .map_err(err)?;
+    Ok(u64::from(u32::from_le_bytes(field)))
 }
 
 /// Picks the initrd's address: the highest page-aligned start whose end is
-/// within both the kernel's `initrd_addr_max` and low RAM.
+/// within both the kernel's `initrd_addr_max` and low RAM, above the
+/// kernel.
 pub fn place_initrd(size: u64, ram_size: u64, kernel: &LoadedKernel) -> Result<u64, BootError> {
-    let limit = (kernel.initrd_addr_max().saturating_add(1)).min(ram_size.min(MMIO_HOLE_START));
-    let too_large = BootError::InitrdTooLarge {
-        size,
-        limit,
-        kernel_end: kernel.end,
-    };
-    let start = limit.checked_sub(size).ok_or(too_large)? & !0xfff;
-    let kernel_end = (kernel.end + 0xfff) & !0xfff;
-    if start < kernel_end {
-        return Err(BootError::InitrdTooLarge {
+    let limit = initrd_limit(ram_size, kernel.initrd_addr_max());
+    let kernel_end = kernel.end.saturating_add(0xfff) & !0xfff;
+    initrd_start(size, limit)
+        .filter(|&start| start >= kernel_end)
+        .ok_or(BootError::InitrdTooLarge {
             size,
             limit,
             kernel_end: kernel.end,
-        });
-    }
-    Ok(start)
+        })
+}
+
+/// Where an initrd must end: within both `initrd_addr_max` and low RAM.
+fn initrd_limit(ram_size: u64, initrd_addr_max: u64) -> u64 {
+    initrd_addr_max
+        .saturating_add(1)
+        .min(ram_size.min(MMIO_HOLE_START))
+}
+
+/// The highest page-aligned start for `size` bytes that end by `limit`.
+fn initrd_start(size: u64, limit: u64) -> Option<u64> {
+    limit.checked_sub(size).map(|start| start & !0xfff)
 }
 
 /// Checks `cmdline` against the kernel's limit and writes it, NUL

@@ -1,4 +1,7 @@
 use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use agentvm_testguest::{programs, BzImageOptions, Format};
 
 use linux_loader::loader::bootparam::boot_params;
 use linux_loader::loader::elf::start_info::{
@@ -118,6 +121,104 @@ fn initrd_goes_as_high_as_the_kernel_allows() {
         place_initrd(u64::MAX, 24 << 20, &elf_kernel()),
         Err(BootError::InitrdTooLarge { .. })
     ));
+}
+
+/// A kernel file of `format` and an initrd of `size` bytes (a marker,
+/// then a byte pattern) in `dir`.
+fn kernel_and_initrd(dir: &Path, format: Format, size: usize) -> (PathBuf, PathBuf, Vec<u8>) {
+    let kernel = programs::hello_as(format, "x")
+        .unwrap()
+        .write_to(dir)
+        .unwrap();
+    let mut bytes = b"INITRD!\0".to_vec();
+    bytes.extend((0..size - 8).map(|i| (i % 251) as u8));
+    let initrd = dir.join("initrd.img");
+    std::fs::write(&initrd, &bytes).unwrap();
+    (kernel, initrd, bytes)
+}
+
+fn guest_bytes(mem: &GuestMemoryMmap<()>, addr: u64, len: usize) -> Vec<u8> {
+    let mut out = vec![0u8; len];
+    mem.read_slice(&mut out, GuestAddress(addr)).unwrap();
+    out
+}
+
+/// Loaded side by side, each lands whole where loading it alone puts it.
+#[test]
+fn kernel_and_initrd_load_together_where_each_belongs() {
+    let dir = tempfile::tempdir().unwrap();
+    let ram = 128u64 << 20;
+    let (kernel_path, initrd_path, initrd) =
+        kernel_and_initrd(dir.path(), Format::Elf64, (3 << 20) + 17);
+    let together = mem(ram);
+    let (kernel, region) =
+        load_kernel_and_initrd(&together, ram, &kernel_path, Some(&initrd_path)).unwrap();
+    let region = region.unwrap();
+    assert_eq!(region.size, initrd.len() as u64);
+    assert_eq!(
+        region.addr,
+        place_initrd(region.size, ram, &kernel).unwrap()
+    );
+    assert_eq!(guest_bytes(&together, region.addr, initrd.len()), initrd);
+    // The kernel's bytes are those of a load alone.
+    let alone = mem(ram);
+    let kernel_alone = load_kernel(&alone, &kernel_path).unwrap();
+    assert_eq!(
+        (kernel.entry, kernel.end),
+        (kernel_alone.entry, kernel_alone.end)
+    );
+    let span = (kernel.end - HIMEM_START) as usize;
+    assert_eq!(
+        guest_bytes(&together, HIMEM_START, span),
+        guest_bytes(&alone, HIMEM_START, span)
+    );
+    // Without an initrd, the kernel alone.
+    let (_, none) = load_kernel_and_initrd(&mem(ram), ram, &kernel_path, None).unwrap();
+    assert_eq!(none, None);
+}
+
+/// A bzImage's `initrd_addr_max` is read before loading and obeyed.
+#[test]
+fn the_bzimage_header_limits_the_initrd_loaded_beside_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let ram = 1u64 << 30;
+    let options = BzImageOptions {
+        initrd_addr_max: 0x0fff_ffff,
+        ..BzImageOptions::default()
+    };
+    let (kernel_path, initrd_path, initrd) =
+        kernel_and_initrd(dir.path(), Format::BzImage(options), 5 << 20);
+    assert_eq!(initrd_addr_max(&kernel_path).unwrap(), 0x0fff_ffff);
+    let m = mem(ram);
+    let (_, region) = load_kernel_and_initrd(&m, ram, &kernel_path, Some(&initrd_path)).unwrap();
+    let region = region.unwrap();
+    assert_eq!(region.addr, (0x1000_0000 - (5 << 20)) & !0xfff);
+    assert_eq!(guest_bytes(&m, region.addr, initrd.len()), initrd);
+}
+
+/// An initrd that reaches down into the kernel is refused after both
+/// copies, naming the kernel's end; one larger than RAM is refused too.
+#[test]
+fn an_initrd_over_the_kernel_is_refused_after_loading() {
+    let dir = tempfile::tempdir().unwrap();
+    let ram = 24u64 << 20;
+    let (kernel_path, initrd_path, _) = kernel_and_initrd(dir.path(), Format::Elf64, 20 << 20);
+    let kernel_end = load_kernel(&mem(ram), &kernel_path).unwrap().end;
+    let err = load_kernel_and_initrd(&mem(ram), ram, &kernel_path, Some(&initrd_path)).unwrap_err();
+    match err {
+        BootError::InitrdTooLarge {
+            size,
+            limit,
+            kernel_end: end,
+        } => assert_eq!((size, limit, end), (20 << 20, ram, kernel_end)),
+        other => panic!("{other}"),
+    }
+    let small = 18u64 << 20;
+    let err = load_kernel_and_initrd(&mem(small), small, &kernel_path, Some(&initrd_path));
+    assert!(
+        matches!(err, Err(BootError::InitrdTooLarge { .. })),
+        "{err:?}"
+    );
 }
 
 #[test]
