@@ -117,6 +117,11 @@ pub struct Boot {
     /// Boot agentvm's own kernel ([`BootPaths::own_image_dir`]) rather than
     /// Debian's.
     pub own_kernel: bool,
+    /// The guest gets a serial port and nothing else, as Firecracker and
+    /// cloud-hypervisor give it (the latter's PCI devices hidden by
+    /// `pci=off`): agentvm without its default virtio-rng and
+    /// virtio-balloon, QEMU without the virtio-rng it otherwise gets.
+    pub serial_only: bool,
 }
 
 /// The kernel command line every L2 boot starts from (agentvm's default
@@ -143,6 +148,7 @@ impl Boot {
             virtiofsd: false,
             tmux: false,
             own_kernel: false,
+            serial_only: false,
         }
     }
 
@@ -361,6 +367,9 @@ impl Boot {
                 if !agent {
                     args.extend(["--cmdline".into(), self.cmdline()]);
                 }
+                if self.serial_only {
+                    args.extend(["--no-rng".into(), "--no-balloon".into()]);
+                }
                 args.extend(self.extra_args.iter().cloned());
                 (p.agentvm.clone(), args)
             }
@@ -385,10 +394,11 @@ impl Boot {
                     // Threads by name (`CPU 0/KVM`), for the CPU by thread.
                     "-name",
                     "debug-threads=on",
-                    "-device",
-                    "virtio-rng-device",
                 ];
                 args.extend(rest.iter().map(|a| a.to_string()));
+                if !self.serial_only {
+                    args.extend(["-device".into(), "virtio-rng-device".into()]);
+                }
                 args.extend([
                     "-m".into(),
                     self.memory_mib.to_string(),
@@ -942,11 +952,22 @@ mod tests {
             args.last().unwrap(),
             "console=ttyS0 reboot=k panic=1 pci=off quiet rdinit=/rig/init rig.mode=report"
         );
+        assert!(!args.iter().any(|a| a == "--no-rng" || a == "--no-balloon"));
         let q = Boot::qemu("q", KernelFormat::BzImage).mode(GuestMode::Bench);
         let (prog, args) = q.command(&paths());
         assert_eq!(prog, Path::new("/bin/qemu-system-x86_64"));
         assert!(args.windows(2).any(|w| w == ["-kernel", "/l2/bzImage"]));
         assert!(args.windows(2).any(|w| w == ["-M", "microvm,acpi=on"]));
+        assert!(args
+            .windows(2)
+            .any(|w| w == ["-device", "virtio-rng-device"]));
+        // Serial only: neither adds a device.
+        let mut bare = Boot::agentvm("bare", KernelFormat::Vmlinux);
+        bare.serial_only = true;
+        let (_, args) = bare.command(&paths());
+        assert!(args.windows(2).any(|w| w == ["--no-rng", "--no-balloon"]));
+        let (_, args) = bare.under(Vmm::QemuMicrovm).command(&paths());
+        assert!(!args.iter().any(|a| a == "-device"), "{args:?}");
         let a = Boot::agent("exec", "echo \"RIG-EXEC x=$UDS\"");
         let (_, args) = a.command(&paths());
         assert_eq!(

@@ -16,18 +16,24 @@
 //! compaction, huge page and major fault counters moved on the way. With
 //! `--dmesg` each guest prints its kernel log (printk times, console still
 //! quiet) after the init's line, to compare where each VMM's guest spends
-//! its boot (the exit column then includes that printing). Boots are
-//! interleaved (one of
-//! each VMM in turn) so drift in the host's load hits all alike; each VMM
-//! and kernel gets a warm-up boot that is not counted. Medians, and each
-//! VMM's ratio to the fastest peer.
+//! its boot (the exit column then includes that printing).
+//!
+//! The work is the same for all: the same kernel, initramfs and command
+//! line, and a serial port as the guest's only device, which is all
+//! Firecracker and cloud-hypervisor give it here. `--devices` leaves
+//! agentvm its default virtio-rng and virtio-balloon and QEMU a
+//! virtio-rng, so their guests probe more than the other two. Boots are
+//! interleaved (one of each VMM in turn) so drift in the host's load hits
+//! all alike; each VMM and kernel gets a warm-up boot that is not counted.
+//! Medians, and each VMM's ratio to the fastest peer.
 //!
 //! Kernels: agentvm's own (`guest/kernel/build.sh`, built into the kernel
 //! cache when missing: minutes), Debian's cloud kernel, or both; always the
 //! vmlinux (PVH), which all four VMMs boot.
 //!
 //! Usage: `cargo run --release -p agentvm-rig --bin bench-nested -- [--runs N]
-//! [--kernel own|debian|both] [--vcpus 1,2] [--memory MIB] [--verbose] [--dmesg]`
+//! [--kernel own|debian|both] [--vcpus 1,2] [--memory MIB] [--verbose] [--dmesg]
+//! [--devices]`
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -44,10 +50,11 @@ struct Args {
     memory_mib: u32,
     verbose: bool,
     dmesg: bool,
+    devices: bool,
 }
 
 const USAGE: &str = "usage: bench-nested [--runs N] [--kernel own|debian|both] [--vcpus 1,2] \
-                     [--memory MIB] [--verbose] [--dmesg]";
+                     [--memory MIB] [--verbose] [--dmesg] [--devices]";
 
 fn parse() -> Result<Args, String> {
     let mut a = Args {
@@ -58,6 +65,7 @@ fn parse() -> Result<Args, String> {
         memory_mib: 256,
         verbose: false,
         dmesg: false,
+        devices: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -94,6 +102,7 @@ fn parse() -> Result<Args, String> {
             }
             "--verbose" => a.verbose = true,
             "--dmesg" => a.dmesg = true,
+            "--devices" => a.devices = true,
             _ => return Err(USAGE.into()),
         }
     }
@@ -121,6 +130,7 @@ impl Config {
             .vcpus(self.vcpus)
             .memory_mib(a.memory_mib);
         b.verbose = a.verbose;
+        b.serial_only = !a.devices;
         if a.dmesg {
             b.extra_cmdline = "printk.time=1 rig.dmesg=1".into();
         }
@@ -255,9 +265,14 @@ fn run(args: &Args) -> Result<ExitCode, String> {
     );
     let result = rig.run(&scenario).map_err(|e| chain(&e))?;
     println!(
-        "tier: {:?}; {} MiB guests; runs per row: {} (+1 warm-up); log: {}",
+        "tier: {:?}; {} MiB guests with {}; runs per row: {} (+1 warm-up); log: {}",
         result.tier,
         args.memory_mib,
+        if args.devices {
+            "each VMM's default devices"
+        } else {
+            "a serial port only"
+        },
         args.runs,
         result.log_path.display()
     );
