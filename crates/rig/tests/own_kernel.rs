@@ -5,7 +5,7 @@
 //! finds its devices through ACPI, gets its address by DHCP from the
 //! filtered network and resolves only the allowed name, mounts a virtio-fs
 //! share read-write, inflates the balloon and reports free pages, on two
-//! vCPUs. A second boot turns ACPI off: the devices then come from
+//! vCPUs (cores of one package, their TSC trusted as synchronised). A second boot turns ACPI off: the devices then come from
 //! `virtio_mmio.device=` on the command line, and the guest ends with a
 //! reset (there is no power-off without ACPI).
 #![allow(clippy::unwrap_used)] // a panicking test is a failing test
@@ -30,6 +30,11 @@ const SCRIPT: &str = r#"A="$AGENTVM attach --uds $UDS"
 one_line() { head -c 300 "$1" | tr '\n' ' '; }
 echo "RIG-EXEC uname=$($A -- uname -r)"
 echo "RIG-EXEC nproc=$($A -- nproc)"
+# One package of two cores, not two packages: Linux believes an AMD
+# machine's packages keep separate TSCs and would mark the TSC unstable.
+echo "RIG-EXEC packages=$($A -- sh -c 'cat /sys/devices/system/cpu/cpu[0-9]*/topology/physical_package_id' | tr '\n' ' ')"
+echo "RIG-EXEC cores=$($A -- sh -c 'cat /sys/devices/system/cpu/cpu[0-9]*/topology/core_id' | tr '\n' ' ')"
+echo "RIG-EXEC tsc_unsynchronized=$($A -- sh -c 'dmesg | grep -c "TSCs unsynchronized"')"
 # No module support at all: /proc/modules does not even exist.
 echo "RIG-EXEC modules=$($A -- sh -c 'cat /proc/modules 2>/dev/null | wc -l')"
 echo "RIG-EXEC acpi=$($A -- sh -c 'ls /sys/firmware/acpi/tables 2>/dev/null | grep -c DSDT')"
@@ -129,6 +134,9 @@ fn the_own_kernel_runs_the_agent_with_every_device() {
         m.ctx
     );
     assert_eq!(m.m("nproc"), "2", "{}", m.ctx);
+    assert_eq!(m.m("packages").trim(), "0 0", "{}", m.ctx);
+    assert_eq!(m.m("cores").trim(), "0 1", "{}", m.ctx);
+    assert_eq!(m.m("tsc_unsynchronized"), "0", "{}", m.ctx);
     assert_eq!(
         m.m("modules"),
         "0",

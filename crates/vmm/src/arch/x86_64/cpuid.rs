@@ -12,7 +12,7 @@
 //! registers, each write an instruction KVM must decode, where an MSR
 //! write would do.
 
-use kvm_bindings::kvm_cpuid_entry2;
+use kvm_bindings::{kvm_cpuid_entry2, KVM_CPUID_FLAG_SIGNIFCANT_INDEX};
 
 /// VM topology the CPUID describes.
 #[derive(Debug, Clone, Copy)]
@@ -126,17 +126,6 @@ pub fn normalize(entries: &mut Vec<kvm_cpuid_entry2>, apic_id: u8, topo: Topolog
                 let sharing = if level >= 3 { n - 1 } else { 0 };
                 e.eax = (e.eax & 0x3fff) | (sharing << 14) | ((n - 1) << 26);
             }
-            LEAF_TOPOLOGY | LEAF_TOPOLOGY_V2 => {
-                let (shift, count, kind) = match e.index {
-                    0 => (0, 1, LEVEL_TYPE_SMT),
-                    1 => (core_bits, n, LEVEL_TYPE_CORE),
-                    _ => (0, 0, LEVEL_TYPE_INVALID),
-                };
-                e.eax = shift;
-                e.ebx = count;
-                e.ecx = (kind << 8) | (e.index & 0xff);
-                e.edx = apic;
-            }
             LEAF_KVM_SIGNATURE => {
                 e.eax = if host.tsc_khz.is_some() {
                     LEAF_TIMING
@@ -162,6 +151,39 @@ pub fn normalize(entries: &mut Vec<kvm_cpuid_entry2>, apic_id: u8, topo: Topolog
                 e.ecx = 0;
             }
             _ => {}
+        }
+    }
+
+    // The topology leaves are written whole: KVM lists the host's levels,
+    // and a host without them (or with an unknown level type at subleaf
+    // 0) lists subleaf 0 alone. Linux then reads no core level, puts each
+    // vCPU in a package of its own and, on AMD without an invariant TSC,
+    // marks the TSC unstable because packages are not synchronised.
+    let max_basic = entries
+        .iter()
+        .find(|e| e.function == 0)
+        .map_or(0, |e| e.eax);
+    for leaf in [LEAF_TOPOLOGY, LEAF_TOPOLOGY_V2] {
+        if max_basic < leaf && !entries.iter().any(|e| e.function == leaf) {
+            continue;
+        }
+        entries.retain(|e| e.function != leaf);
+        let levels = [
+            (0, 1, LEVEL_TYPE_SMT),
+            (core_bits, n, LEVEL_TYPE_CORE),
+            (0, 0, LEVEL_TYPE_INVALID),
+        ];
+        for (index, (shift, count, kind)) in (0u32..).zip(levels) {
+            entries.push(kvm_cpuid_entry2 {
+                function: leaf,
+                index,
+                flags: KVM_CPUID_FLAG_SIGNIFCANT_INDEX,
+                eax: shift,
+                ebx: count,
+                ecx: (kind << 8) | index,
+                edx: apic,
+                ..Default::default()
+            });
         }
     }
 
@@ -288,6 +310,46 @@ mod tests {
 
         assert_eq!(find(&v, 0x8000_0008, 0).ecx, (3 << 12) | 5);
         assert_eq!(find(&v, 0x8000_001e, 0).eax, 5);
+    }
+
+    /// What KVM lists in the nested rig's L1 (an AMD model without
+    /// topology leaves): leaf 0xb's subleaf 0, zeros. Every vCPU still
+    /// sees the whole topology, one package of `n` cores; so does a guest
+    /// whose host lists no 0xb at all or more levels than we describe.
+    #[test]
+    fn topology_leaves_are_whole_whatever_the_host_lists() {
+        let mut max = entry(0, 0);
+        max.eax = 0xd;
+        let mut lists = [
+            vec![max, entry(0xb, 0)],
+            vec![max],
+            vec![
+                max,
+                entry(0xb, 0),
+                entry(0xb, 1),
+                entry(0xb, 2),
+                entry(0xb, 3),
+            ],
+        ];
+        for v in &mut lists {
+            normalize(v, 1, Topology { vcpus: 2 }, Host::default());
+            let leaf: Vec<_> = v.iter().filter(|e| e.function == 0xb).collect();
+            let got: Vec<_> = leaf
+                .iter()
+                .map(|e| (e.index, e.flags, e.eax, e.ebx, e.ecx, e.edx))
+                .collect();
+            let sig = KVM_CPUID_FLAG_SIGNIFCANT_INDEX;
+            assert_eq!(
+                got,
+                [
+                    (0, sig, 0, 1, (LEVEL_TYPE_SMT << 8), 1),
+                    (1, sig, 1, 2, (LEVEL_TYPE_CORE << 8) | 1, 1),
+                    (2, sig, 0, 0, 2, 1),
+                ]
+            );
+            // 0x1f lies past the highest basic leaf: not added.
+            assert!(!v.iter().any(|e| e.function == 0x1f));
+        }
     }
 
     #[test]
