@@ -215,7 +215,13 @@ pub fn load_kernel_and_initrd(
     let limit = initrd_limit(ram_size, initrd_addr_max(kernel_path)?);
     let early = initrd_start(size, limit);
     let (kernel, copied) = std::thread::scope(|s| {
-        let initrd = early.map(|addr| s.spawn(move || copy_initrd(mem, addr, file, size)));
+        // Without a thread the copy is made after the kernel's, below.
+        let initrd = early.and_then(|addr| {
+            std::thread::Builder::new()
+                .name("load-initrd".into())
+                .spawn_scoped(s, move || copy_initrd(mem, addr, file, size))
+                .ok()
+        });
         let kernel = load_kernel(mem, kernel_path);
         // A panic while copying is a bug in the copy, never the guest's.
         let copied = initrd.map(|t| t.join().unwrap_or_else(|p| std::panic::resume_unwind(p)));
@@ -225,7 +231,7 @@ pub fn load_kernel_and_initrd(
     let addr = place_initrd(size, ram_size, &kernel)?;
     match copied {
         Some(copied) if early == Some(addr) => copied?,
-        // The header said otherwise before loading than after: copy again.
+        // No thread, or the header said otherwise before loading than after.
         _ => copy_initrd(mem, addr, open_initrd(initrd_path)?.0, size)?,
     }
     Ok((kernel, Some(InitrdRegion { addr, size })))
