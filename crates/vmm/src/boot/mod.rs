@@ -219,6 +219,8 @@ pub fn load_kernel_and_initrd(
         let initrd = early.and_then(|addr| {
             std::thread::Builder::new()
                 .name("load-initrd".into())
+                // Smaller than a huge page, as the device threads' are.
+                .stack_size(agentvm_devices::thread::STACK_SIZE)
                 .spawn_scoped(s, move || copy_initrd(mem, addr, file, size))
                 .ok()
         });
