@@ -151,7 +151,15 @@ pub fn detect_format(path: &Path) -> Result<KernelFormat, BootError> {
 
 /// Loads the kernel at `path` into `mem`.
 pub fn load_kernel(mem: &GuestMemoryMmap<()>, path: &Path) -> Result<LoadedKernel, BootError> {
-    let format = detect_format(path)?;
+    load_kernel_as(mem, path, detect_format(path)?)
+}
+
+/// Loads the kernel at `path`, already known to be in `format`, into `mem`.
+fn load_kernel_as(
+    mem: &GuestMemoryMmap<()>,
+    path: &Path,
+    format: KernelFormat,
+) -> Result<LoadedKernel, BootError> {
     let mut file = File::open(path).map_err(|e| BootError::KernelFile(path.to_path_buf(), e))?;
     let highmem = Some(GuestAddress(HIMEM_START));
     let load_err = |e| BootError::Load(path.to_path_buf(), e);
@@ -211,8 +219,9 @@ pub fn load_kernel_and_initrd(
     let Some(initrd_path) = initrd_path else {
         return Ok((load_kernel(mem, kernel_path)?, None));
     };
+    let format = detect_format(kernel_path)?;
     let (file, size) = open_initrd(initrd_path)?;
-    let limit = initrd_limit(ram_size, initrd_addr_max(kernel_path)?);
+    let limit = initrd_limit(ram_size, initrd_addr_max(kernel_path, format)?);
     let early = initrd_start(size, limit);
     let (kernel, copied) = std::thread::scope(|s| {
         // Without a thread the copy is made after the kernel's, below.
@@ -224,7 +233,7 @@ pub fn load_kernel_and_initrd(
                 .spawn_scoped(s, move || copy_initrd(mem, addr, file, size))
                 .ok()
         });
-        let kernel = load_kernel(mem, kernel_path);
+        let kernel = load_kernel_as(mem, kernel_path, format);
         // A panic while copying is a bug in the copy, never the guest's.
         let copied = initrd.map(|t| t.join().unwrap_or_else(|p| std::panic::resume_unwind(p)));
         (kernel, copied)
@@ -261,8 +270,8 @@ fn copy_initrd(
 
 /// The kernel's `initrd_addr_max`, read from a bzImage's setup header
 /// before loading (what [`LoadedKernel::initrd_addr_max`] says after).
-fn initrd_addr_max(path: &Path) -> Result<u64, BootError> {
-    if detect_format(path)? == KernelFormat::Elf {
+fn initrd_addr_max(path: &Path, format: KernelFormat) -> Result<u64, BootError> {
+    if format == KernelFormat::Elf {
         return Ok(DEFAULT_INITRD_ADDR_MAX);
     }
     let err = |e| BootError::KernelFile(path.to_path_buf(), e);

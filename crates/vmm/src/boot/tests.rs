@@ -188,7 +188,10 @@ fn the_bzimage_header_limits_the_initrd_loaded_beside_it() {
     };
     let (kernel_path, initrd_path, initrd) =
         kernel_and_initrd(dir.path(), Format::BzImage(options), 5 << 20);
-    assert_eq!(initrd_addr_max(&kernel_path).unwrap(), 0x0fff_ffff);
+    assert_eq!(
+        initrd_addr_max(&kernel_path, KernelFormat::BzImage).unwrap(),
+        0x0fff_ffff
+    );
     let m = mem(ram);
     let (_, region) = load_kernel_and_initrd(&m, ram, &kernel_path, Some(&initrd_path)).unwrap();
     let region = region.unwrap();
