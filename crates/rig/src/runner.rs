@@ -6,6 +6,7 @@ use std::fs::{self, File};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -28,6 +29,59 @@ pub const REQUIRE_ENV: &str = "AGENTVM_RIG_REQUIRE";
 pub const L1_MEMORY_MIB: u32 = 3072;
 /// Time allowed for L1 to boot, on top of the boots' own timeouts.
 const L1_BOOT_ALLOWANCE: Duration = Duration::from_secs(600);
+/// How long L1 may print nothing beyond its longest boot's timeout (its
+/// own boot, a setup script, rig-stamp's report after a timeout) before
+/// it counts as wedged.
+const L1_SILENCE_ALLOWANCE: Duration = Duration::from_secs(300);
+
+/// When a nested run is over its time: the whole run's limit, or a
+/// silence longer than `silence` since L1's last output.
+#[derive(Debug)]
+struct Deadline {
+    started: Instant,
+    total: Duration,
+    silence: Duration,
+    /// Milliseconds from `started` to L1's last output.
+    last_output_ms: AtomicU64,
+}
+
+/// Why a nested run was stopped.
+#[derive(Debug, PartialEq, Eq)]
+enum Overdue {
+    /// Over the whole run's limit.
+    Total,
+    /// Silent for this long.
+    Silent(Duration),
+}
+
+impl Deadline {
+    fn new(started: Instant, total: Duration, silence: Duration) -> Self {
+        Deadline {
+            started,
+            total,
+            silence,
+            last_output_ms: AtomicU64::new(0),
+        }
+    }
+
+    /// L1 printed something at `now`.
+    fn output(&self, now: Instant) {
+        let ms = u64::try_from(now.saturating_duration_since(self.started).as_millis())
+            .unwrap_or(u64::MAX);
+        self.last_output_ms.fetch_max(ms, Ordering::Relaxed);
+    }
+
+    /// Whether the run is overdue at `now`.
+    fn overdue(&self, now: Instant) -> Option<Overdue> {
+        let elapsed = now.saturating_duration_since(self.started);
+        if elapsed > self.total {
+            return Some(Overdue::Total);
+        }
+        let last = Duration::from_millis(self.last_output_ms.load(Ordering::Relaxed));
+        let quiet = elapsed.saturating_sub(last);
+        (quiet > self.silence).then_some(Overdue::Silent(quiet))
+    }
+}
 
 /// Why a scenario could not be run, or failed.
 #[derive(Debug, Error)]
@@ -58,6 +112,21 @@ pub enum RunError {
         /// Scenario.
         name: String,
         /// The limit.
+        secs: u64,
+        /// The kept log.
+        log: PathBuf,
+    },
+    /// L1 printed nothing for longer than any of its boots may stay
+    /// silent: it is wedged (stuck, its console dead), and was stopped.
+    #[error(
+        "Scenario {name}: L1 printed nothing for {secs} s, longer than any boot may stay \
+         silent, and was stopped as wedged; full log: {}",
+        log.display()
+    )]
+    Wedged {
+        /// Scenario.
+        name: String,
+        /// How long it was silent.
         secs: u64,
         /// The kept log.
         log: PathBuf,
@@ -503,7 +572,14 @@ impl Rig {
                 .iter()
                 .map(|b| b.timeout + Duration::from_secs(5))
                 .sum::<Duration>();
+        let longest_boot = scenario.boots.iter().map(|b| b.timeout).max();
         let started = Instant::now();
+        let deadline = Arc::new(Deadline::new(
+            started,
+            timeout,
+            longest_boot.unwrap_or_default() + L1_SILENCE_ALLOWANCE,
+        ));
+        let deadline_w = Arc::clone(&deadline);
         let mut child = cmd.spawn().map_err(|source| {
             RunError::Image(ImageError::Spawn {
                 program: "qemu-system-x86_64".into(),
@@ -521,6 +597,7 @@ impl Rig {
             let mut r = BufReader::new(out);
             let mut line = Vec::new();
             while r.read_until(b'\n', &mut line).is_ok_and(|n| n > 0) {
+                deadline_w.output(Instant::now());
                 if line.windows(11).any(|w| w == b"RIG-L1 kvm=") {
                     if let Ok(mut g) = ready_w.lock() {
                         g.get_or_insert(started.elapsed());
@@ -532,23 +609,35 @@ impl Rig {
         });
         let status = loop {
             match child.try_wait() {
-                Ok(Some(s)) => break Some(s),
-                Ok(None) if started.elapsed() > timeout => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    break None;
-                }
-                Ok(None) => std::thread::sleep(Duration::from_millis(50)),
+                Ok(Some(s)) => break Ok(s),
+                Ok(None) => match deadline.overdue(Instant::now()) {
+                    Some(why) => {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        break Err(why);
+                    }
+                    None => std::thread::sleep(Duration::from_millis(50)),
+                },
                 Err(e) => return Err(io_err("Cannot wait for QEMU; log", log_path)(e)),
             }
         };
         let _ = copier.join();
-        let Some(status) = status else {
-            return Err(RunError::Timeout {
-                name: scenario.name.clone(),
-                secs: timeout.as_secs(),
-                log: log_path.into(),
-            });
+        let status = match status {
+            Ok(s) => s,
+            Err(Overdue::Total) => {
+                return Err(RunError::Timeout {
+                    name: scenario.name.clone(),
+                    secs: timeout.as_secs(),
+                    log: log_path.into(),
+                })
+            }
+            Err(Overdue::Silent(quiet)) => {
+                return Err(RunError::Wedged {
+                    name: scenario.name.clone(),
+                    secs: quiet.as_secs(),
+                    log: log_path.into(),
+                })
+            }
         };
         if !status.success() {
             let err = fs::read_to_string(&stderr_path).unwrap_or_default();
@@ -584,5 +673,46 @@ impl Write for Tee {
             let _ = std::io::stdout().flush();
         }
         self.file.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(start: Instant, secs: u64) -> Instant {
+        start + Duration::from_secs(secs)
+    }
+
+    #[test]
+    fn a_run_that_keeps_printing_is_overdue_only_past_its_total() {
+        let t0 = Instant::now();
+        let d = Deadline::new(t0, Duration::from_secs(1000), Duration::from_secs(100));
+        for s in (0..=950).step_by(50) {
+            d.output(at(t0, s));
+            assert_eq!(d.overdue(at(t0, s + 10)), None, "at {s} s");
+        }
+        assert_eq!(d.overdue(at(t0, 1001)), Some(Overdue::Total));
+    }
+
+    #[test]
+    fn a_silent_run_is_wedged_once_past_the_silence_allowed() {
+        let t0 = Instant::now();
+        let d = Deadline::new(t0, Duration::from_secs(1000), Duration::from_secs(100));
+        // Silent from the start: L1's own boot counts too.
+        assert_eq!(d.overdue(at(t0, 100)), None);
+        assert_eq!(
+            d.overdue(at(t0, 101)),
+            Some(Overdue::Silent(Duration::from_secs(101)))
+        );
+        // Output moves the limit; a late-arriving older time does not
+        // move it back.
+        d.output(at(t0, 300));
+        d.output(at(t0, 250));
+        assert_eq!(d.overdue(at(t0, 400)), None);
+        assert_eq!(
+            d.overdue(at(t0, 401)),
+            Some(Overdue::Silent(Duration::from_secs(101)))
+        );
     }
 }
