@@ -5,7 +5,8 @@
 //! finds its devices through ACPI, gets its address by DHCP from the
 //! filtered network and resolves only the allowed name, mounts a virtio-fs
 //! share read-write, inflates the balloon and reports free pages, on two
-//! vCPUs (cores of one package, their TSC trusted as synchronised). A second boot turns ACPI off: the devices then come from
+//! vCPUs (cores of one package, their TSC trusted as synchronised). A
+//! second boot turns ACPI off: the devices then come from
 //! `virtio_mmio.device=` on the command line, and the guest ends with a
 //! reset (there is no power-off without ACPI).
 #![allow(clippy::unwrap_used)] // a panicking test is a failing test
